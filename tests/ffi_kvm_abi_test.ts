@@ -62,11 +62,10 @@ async function kernelValues(): Promise<Record<string, string> | string> {
   const lines = [
     ...structs.map(([c]) => `printf("size\\t${c}\\t%zu\\n", sizeof(${c}));`),
     ...ioctls.map(([n]) => `printf("ioctl\\t${n}\\t%lu\\n", (unsigned long)${n});`),
-    ...offsets.map(([c, f]) =>
-      `printf("off\\t${c}.${f}\\t%zu\\n", offsetof(${c}, ${f}));`
-    ),
+    ...offsets.map(([c, f]) => `printf("off\\t${c}.${f}\\t%zu\\n", offsetof(${c}, ${f}));`),
   ];
-  const src = `#include <stdio.h>\n#include <stddef.h>\n#include <linux/kvm.h>\n#include <linux/userfaultfd.h>\n` +
+  const src =
+    `#include <stdio.h>\n#include <stddef.h>\n#include <linux/kvm.h>\n#include <linux/userfaultfd.h>\n` +
     `int main(void){\n${lines.join("\n")}\nreturn 0;}\n`;
   await Deno.writeTextFile(`${dir}/abi.c`, src);
   const cc = await new Deno.Command("gcc", { args: ["-o", `${dir}/abi`, `${dir}/abi.c`] }).output();
@@ -91,5 +90,7 @@ Deno.test("every KVM and userfaultfd struct, offset and ioctl number matches the
     await t.step(c, () => assertEquals(codec.size, Number(k[`size ${c}`])));
   }
   for (const [n, v] of ioctls) assertEquals(`${n}=${v}`, `${n}=${k[`ioctl ${n}`]}`);
-  for (const [c, f, v] of offsets) assertEquals(`${c}.${f}=${v}`, `${c}.${f}=${k[`off ${c}.${f}`]}`);
+  for (const [c, f, v] of offsets) {
+    assertEquals(`${c}.${f}=${v}`, `${c}.${f}=${k[`off ${c}.${f}`]}`);
+  }
 });

@@ -122,7 +122,13 @@ export class VmFd {
 
   /** KVM_SET_USER_MEMORY_REGION. */
   setUserMemoryRegion(r: abi.KvmUserspaceMemoryRegion): void {
-    setStruct(this.fd, IOCTL.SET_USER_MEMORY_REGION, abi.kvmUserspaceMemoryRegion, r, "KVM_SET_USER_MEMORY_REGION");
+    setStruct(
+      this.fd,
+      IOCTL.SET_USER_MEMORY_REGION,
+      abi.kvmUserspaceMemoryRegion,
+      r,
+      "KVM_SET_USER_MEMORY_REGION",
+    );
   }
 
   /** KVM_SET_TSS_ADDR (three pages Intel VMX needs below 4 GiB). */
@@ -161,7 +167,13 @@ export class VmFd {
 
   /** KVM_SET_IRQCHIP for one chip from the raw 512-byte union. */
   setIrqchip(chipId: number, chip: Uint8Array): void {
-    setStruct(this.fd, IOCTL.SET_IRQCHIP, abi.kvmIrqchip, { chip_id: chipId, chip }, "KVM_SET_IRQCHIP");
+    setStruct(
+      this.fd,
+      IOCTL.SET_IRQCHIP,
+      abi.kvmIrqchip,
+      { chip_id: chipId, chip },
+      "KVM_SET_IRQCHIP",
+    );
   }
 
   /** KVM_GET_PIT2. */
@@ -187,11 +199,22 @@ export class VmFd {
   /** KVM_GET_DIRTY_LOG into `bitmap` (one bit per page of the slot); clears the log unless manual-protect is on. */
   getDirtyLog(slot: number, bitmap: Uint8Array<ArrayBuffer>): void {
     const p = libc.ptrValue(Deno.UnsafePointer.of(bitmap));
-    setStruct(this.fd, IOCTL.GET_DIRTY_LOG, abi.kvmDirtyLog, { slot, dirty_bitmap: p }, "KVM_GET_DIRTY_LOG");
+    setStruct(
+      this.fd,
+      IOCTL.GET_DIRTY_LOG,
+      abi.kvmDirtyLog,
+      { slot, dirty_bitmap: p },
+      "KVM_GET_DIRTY_LOG",
+    );
   }
 
   /** KVM_CLEAR_DIRTY_LOG (with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) for pages set in `bitmap`. */
-  clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint8Array<ArrayBuffer>): void {
+  clearDirtyLog(
+    slot: number,
+    firstPage: number,
+    numPages: number,
+    bitmap: Uint8Array<ArrayBuffer>,
+  ): void {
     const p = libc.ptrValue(Deno.UnsafePointer.of(bitmap));
     setStruct(this.fd, IOCTL.CLEAR_DIRTY_LOG, abi.kvmClearDirtyLog, {
       slot,
@@ -204,7 +227,13 @@ export class VmFd {
   /** KVM_ENABLE_CAP on the VM. */
   enableCap(cap: number, args: bigint[] = []): void {
     const a = [0n, 0n, 0n, 0n].map((z, i) => args[i] ?? z);
-    setStruct(this.fd, IOCTL.ENABLE_CAP, abi.kvmEnableCap, { cap, flags: 0, args: a }, "KVM_ENABLE_CAP");
+    setStruct(
+      this.fd,
+      IOCTL.ENABLE_CAP,
+      abi.kvmEnableCap,
+      { cap, flags: 0, args: a },
+      "KVM_ENABLE_CAP",
+    );
   }
 
   /** KVM_CREATE_VCPU. */
@@ -250,7 +279,12 @@ export class VcpuFd {
   getXsave(size: number): Uint8Array {
     const buf = new Uint8Array(Math.max(size, abi.KVM_XSAVE_SIZE));
     const useV2 = size > abi.KVM_XSAVE_SIZE;
-    libc.ioctlBuf(this.fd, useV2 ? IOCTL.GET_XSAVE2 : IOCTL.GET_XSAVE, buf, useV2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE");
+    libc.ioctlBuf(
+      this.fd,
+      useV2 ? IOCTL.GET_XSAVE2 : IOCTL.GET_XSAVE,
+      buf,
+      useV2 ? "KVM_GET_XSAVE2" : "KVM_GET_XSAVE",
+    );
     return buf;
   }
   /** KVM_SET_XSAVE (takes the XSAVE2-sized buffer too). */
@@ -270,16 +304,28 @@ export class VcpuFd {
   /** KVM_GET_MSRS for the given indices; returns the entries KVM filled. */
   getMsrs(indices: number[]): abi.KvmMsrEntry[] {
     const header = abi.kvmMsrsHeader.encode({ nmsrs: indices.length });
-    const buf = entriesBuffer(header, abi.kvmMsrEntry, indices.map((index) => ({ index, data: 0n })));
+    const buf = entriesBuffer(
+      header,
+      abi.kvmMsrEntry,
+      indices.map((index) => ({ index, data: 0n })),
+    );
     const n = libc.ioctlBuf(this.fd, IOCTL.GET_MSRS, buf, "KVM_GET_MSRS");
     return readEntries(buf, abi.kvmMsrsHeader.size, abi.kvmMsrEntry, n);
   }
   /** KVM_SET_MSRS; throws unless every entry was accepted. */
   setMsrs(entries: abi.KvmMsrEntry[]): void {
     const header = abi.kvmMsrsHeader.encode({ nmsrs: entries.length });
-    const n = libc.ioctlBuf(this.fd, IOCTL.SET_MSRS, entriesBuffer(header, abi.kvmMsrEntry, entries), "KVM_SET_MSRS");
+    const n = libc.ioctlBuf(
+      this.fd,
+      IOCTL.SET_MSRS,
+      entriesBuffer(header, abi.kvmMsrEntry, entries),
+      "KVM_SET_MSRS",
+    );
     if (n !== entries.length) {
-      throw new SyscallError(`ioctl(KVM_SET_MSRS) rejected MSR 0x${entries[n].index.toString(16)}`, Errno.EINVAL);
+      throw new SyscallError(
+        `ioctl(KVM_SET_MSRS) rejected MSR 0x${entries[n].index.toString(16)}`,
+        Errno.EINVAL,
+      );
     }
   }
   /** KVM_GET_LAPIC. */
@@ -317,7 +363,12 @@ export class VcpuFd {
   /** KVM_SET_CPUID2. */
   setCpuid2(entries: abi.KvmCpuidEntry2[]): void {
     const header = abi.kvmCpuid2Header.encode({ nent: entries.length });
-    libc.ioctlBuf(this.fd, IOCTL.SET_CPUID2, entriesBuffer(header, abi.kvmCpuidEntry2, entries), "KVM_SET_CPUID2");
+    libc.ioctlBuf(
+      this.fd,
+      IOCTL.SET_CPUID2,
+      entriesBuffer(header, abi.kvmCpuidEntry2, entries),
+      "KVM_SET_CPUID2",
+    );
   }
   /** KVM_KVMCLOCK_CTRL: tells the guest it was paused (EINVAL when kvmclock is not in use). */
   kvmclockCtrl(): void {

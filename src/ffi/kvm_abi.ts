@@ -268,7 +268,11 @@ export const kvmUserspaceMemoryRegion = struct("kvm_userspace_memory_region", {
 export type KvmUserspaceMemoryRegion = Decoded<typeof kvmUserspaceMemoryRegion>;
 
 /** `struct kvm_dirty_log`. */
-export const kvmDirtyLog = struct("kvm_dirty_log", { slot: u32, padding1: pad(4), dirty_bitmap: u64 });
+export const kvmDirtyLog = struct("kvm_dirty_log", {
+  slot: u32,
+  padding1: pad(4),
+  dirty_bitmap: u64,
+});
 /** `struct kvm_clear_dirty_log`. */
 export const kvmClearDirtyLog = struct("kvm_clear_dirty_log", {
   slot: u32,

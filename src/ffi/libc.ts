@@ -101,7 +101,12 @@ export function close(fd: number): void {
 }
 
 /** ioctl(2) with a buffer argument the kernel reads and/or fills. */
-export function ioctlBuf(fd: number, req: bigint, buf: Uint8Array<ArrayBuffer>, name: string): number {
+export function ioctlBuf(
+  fd: number,
+  req: bigint,
+  buf: Uint8Array<ArrayBuffer>,
+  name: string,
+): number {
   return check(`ioctl(${name})`, s.ioctl_buf(fd, req, buf));
 }
 
@@ -168,7 +173,11 @@ export function pwrite(fd: number, src: Deno.PointerValue, length: number, offse
 }
 
 /** pwritev(2) of (address, length) pairs; returns bytes written. */
-export function pwritev(fd: number, iov: Array<[Deno.PointerValue, number]>, offset: number): number {
+export function pwritev(
+  fd: number,
+  iov: Array<[Deno.PointerValue, number]>,
+  offset: number,
+): number {
   const buf = new BigUint64Array(iov.length * 2);
   iov.forEach(([p, len], i) => {
     buf[2 * i] = p === null ? 0n : BigInt(Deno.UnsafePointer.value(p));

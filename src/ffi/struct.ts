@@ -82,7 +82,8 @@ export function bytes(size: number, align = 1): Codec<Uint8Array> {
   return {
     size,
     align,
-    read: (dv, off) => new Uint8Array(dv.buffer.slice(dv.byteOffset + off, dv.byteOffset + off + size)),
+    read: (dv, off) =>
+      new Uint8Array(dv.buffer.slice(dv.byteOffset + off, dv.byteOffset + off + size)),
     write: (dv, off, v) => {
       if (v.length !== size) throw new RangeError(`expected ${size} bytes, got ${v.length}`);
       new Uint8Array(dv.buffer, dv.byteOffset + off, size).set(v);

@@ -12,11 +12,25 @@ export const uffdioApi = struct("uffdio_api", { api: u64, features: u64, ioctls:
 /** `struct uffdio_range`. */
 export const uffdioRange = struct("uffdio_range", { start: u64, len: u64 });
 /** `struct uffdio_register`. */
-export const uffdioRegister = struct("uffdio_register", { range: uffdioRange, mode: u64, ioctls: u64 });
+export const uffdioRegister = struct("uffdio_register", {
+  range: uffdioRange,
+  mode: u64,
+  ioctls: u64,
+});
 /** `struct uffdio_copy`. */
-export const uffdioCopy = struct("uffdio_copy", { dst: u64, src: u64, len: u64, mode: u64, copy: i64 });
+export const uffdioCopy = struct("uffdio_copy", {
+  dst: u64,
+  src: u64,
+  len: u64,
+  mode: u64,
+  copy: i64,
+});
 /** `struct uffdio_zeropage`. */
-export const uffdioZeropage = struct("uffdio_zeropage", { range: uffdioRange, mode: u64, zeropage: i64 });
+export const uffdioZeropage = struct("uffdio_zeropage", {
+  range: uffdioRange,
+  mode: u64,
+  zeropage: i64,
+});
 /** `struct uffdio_writeprotect`. */
 export const uffdioWriteprotect = struct("uffdio_writeprotect", { range: uffdioRange, mode: u64 });
 /** `struct uffd_msg` (pagefault arm of the union; other events decode their first fields the same way). */
@@ -32,7 +46,6 @@ export const uffdMsg = struct("uffd_msg", {
 });
 /** A decoded userfaultfd event. */
 export type UffdMsg = Decoded<typeof uffdMsg>;
-
 
 /** The ioctl numbers. */
 export const UFFDIO_IOCTL = {
@@ -67,7 +80,13 @@ export const FEATURE = {
   WP_UNPOPULATED: 1n << 13n,
 } as const;
 /** `uffd_msg.event` values. */
-export const EVENT = { PAGEFAULT: 0x12, FORK: 0x13, REMAP: 0x14, REMOVE: 0x15, UNMAP: 0x16 } as const;
+export const EVENT = {
+  PAGEFAULT: 0x12,
+  FORK: 0x13,
+  REMAP: 0x14,
+  REMOVE: 0x15,
+  UNMAP: 0x16,
+} as const;
 /** `uffd_msg.flags` for page faults. */
 export const PAGEFAULT_FLAG = { WRITE: 1n, WP: 2n, MINOR: 4n } as const;
 
@@ -101,7 +120,12 @@ export class Userfaultfd {
 
   /** Unregisters a range. */
   unregister(start: bigint, len: number): void {
-    libc.ioctlBuf(this.fd, UFFDIO_IOCTL.UNREGISTER, uffdioRange.encode({ start, len: BigInt(len) }), "UFFDIO_UNREGISTER");
+    libc.ioctlBuf(
+      this.fd,
+      UFFDIO_IOCTL.UNREGISTER,
+      uffdioRange.encode({ start, len: BigInt(len) }),
+      "UFFDIO_UNREGISTER",
+    );
   }
 
   /** UFFDIO_COPY: atomically fills missing pages at `dst` from `src` and wakes the faulting threads. */
@@ -125,7 +149,12 @@ export class Userfaultfd {
 
   /** UFFDIO_WAKE: wakes threads waiting on a range. */
   wake(start: bigint, len: number): void {
-    libc.ioctlBuf(this.fd, UFFDIO_IOCTL.WAKE, uffdioRange.encode({ start, len: BigInt(len) }), "UFFDIO_WAKE");
+    libc.ioctlBuf(
+      this.fd,
+      UFFDIO_IOCTL.WAKE,
+      uffdioRange.encode({ start, len: BigInt(len) }),
+      "UFFDIO_WAKE",
+    );
   }
 
   /** UFFDIO_WRITEPROTECT: sets (`protect`) or clears write protection on a range. */

@@ -43,7 +43,9 @@ export async function assertRejects(
 
 function checkError(e: unknown, cls?: new (...args: never[]) => Error, includes?: string) {
   if (cls && !(e instanceof cls)) {
-    throw new Error(`expected ${cls.name}, got ${e instanceof Error ? e.name + ": " + e.message : e}`);
+    throw new Error(
+      `expected ${cls.name}, got ${e instanceof Error ? e.name + ": " + e.message : e}`,
+    );
   }
   if (includes && !(e instanceof Error && e.message.includes(includes))) {
     throw new Error(`expected message to include "${includes}", got "${(e as Error).message}"`);

@@ -1,0 +1,135 @@
+/** dcres CLI entry: parse, dispatch, one-line errors, exit codes. */
+import { Command, CommanderError, Option } from "commander";
+import { configure, getStreamSink, jsonLinesFormatter } from "@logtape/logtape";
+import { CommandFailed, EXIT, type GlobalOptions } from "./src/cli/context.ts";
+import { runCommand, type RunFlags } from "./src/cli/run.ts";
+import { vmmCommand } from "./src/cli/vmm.ts";
+import { vmControl, vmLs } from "./src/cli/vm.ts";
+import { guestVerify } from "./src/cli/guest.ts";
+import { consoleCommand } from "./src/cli/console.ts";
+import { demoCommand } from "./src/cli/demo.ts";
+import { parseDuration, UsageError } from "./src/cli/units.ts";
+
+/** dcres version, recorded in everything it writes. */
+export const VERSION = "0.1.0";
+
+function program(exit: (code: number) => void): Command {
+  const p = new Command("dcres")
+    .description(
+      "KVM VMs with memory split across hosts; parallel, consistent, live checkpoint and restore",
+    )
+    .version(VERSION)
+    .option("--json", "print one JSON report instead of human output")
+    .option(
+      "--state-dir <dir>",
+      "directory of VM control sockets (default $XDG_RUNTIME_DIR/dcres or /run/dcres)",
+    )
+    .option("--log-level <level>", "debug, info, warning or error", "warning")
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
+  const g = (): GlobalOptions => p.opts();
+  const act = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A) =>
+    exit(await fn(...a));
+
+  p.command("run")
+    .description("run a VM: in the foreground with its console on this terminal, or --detach")
+    .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
+    .option("--mem <size>", "guest RAM, e.g. 256M or 1G", "256M")
+    .option("--vcpus <n>", "number of vCPUs", "1")
+    .option("--name <name>", "VM name (default: guest kind and a random suffix)")
+    .option("--kernel <file>", "linux: bzImage (default: newest /boot/vmlinuz-*)")
+    .option("--initrd <file>", "linux: initramfs (default: target/guest/initramfs.cpio.gz)")
+    .option("--cmdline <text>", "linux: kernel command line")
+    .option("--for <duration>", "stop after this long, e.g. 30s")
+    .option("--detach", "run as its own dcres vmm process and return")
+    .option(
+      "--exec <cmd>",
+      "linux: run CMD in the guest shell, print its output, exit with its status",
+    )
+    .option("--ws <size>", "memstamp: working set per vCPU (default: its whole share)")
+    .option("--pattern <p>", "memstamp: seq, random or hotcold (default random)")
+    .option("--stride <pages>", "memstamp: page stride of the working set (spread)")
+    .option("--delay <n>", "memstamp: busy-loop iterations between page writes")
+    .option("--timer-hz <hz>", "memstamp: LAPIC timer frequency (0: off)")
+    .action(act((f: RunFlags) => runCommand(g(), f)));
+
+  p.command("vmm", { hidden: true })
+    .requiredOption("--spec <json>")
+    .option("--for-ms <ms>")
+    .action(act((f: { spec: string; forMs?: string }) => vmmCommand(g(), f)));
+
+  const vm = p.command("vm").description("manage running VMs");
+  vm.command("ls").description("list running VMs").action(act(() => vmLs(g())));
+  for (const op of ["stop", "pause", "resume"] as const) {
+    vm.command(`${op} <name>`).description(`${op} a VM`).action(
+      act((name: string) => vmControl(g(), op, name)),
+    );
+  }
+
+  p.command("console <name>")
+    .description("attach to a VM's serial console (Ctrl-] leaves), or --exec one command")
+    .option("--exec <cmd>", "run CMD in the guest shell and print its output")
+    .option("--timeout <duration>", "how long --exec may take", "30s")
+    .action(
+      act((name: string, f: { exec?: string; timeout: string }) =>
+        consoleCommand(g(), name, {
+          exec: f.exec,
+          timeoutMs: parseDuration("--timeout", f.timeout),
+        })
+      ),
+    );
+
+  p.command("guest").description("talk to the guest").command("verify <name>")
+    .description("memstamp: verify every page; prints OK or the first bad page")
+    .option("--timeout <duration>", "how long verification may take", "120s")
+    .action(
+      act((name: string, f: { timeout: string }) =>
+        guestVerify(g(), name, parseDuration("--timeout", f.timeout))
+      ),
+    );
+
+  p.command("demo")
+    .description(
+      "run the built-in memstamp guest through pause/resume and a state move, then verify it",
+    )
+    .option("--mem <size>", "guest RAM", "512M")
+    .option("--vcpus <n>", "vCPUs", "2")
+    .action(act((f: { mem: string; vcpus: string }) => demoCommand(g(), f)));
+  return p;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const levelArg = argv.indexOf("--log-level");
+  const level = (levelArg >= 0 ? argv[levelArg + 1] : "warning") as
+    | "debug"
+    | "info"
+    | "warning"
+    | "error";
+  await configure({
+    sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter: jsonLinesFormatter }) },
+    loggers: [
+      {
+        category: ["dcres"],
+        lowestLevel: argv.includes("vmm") ? "info" : level,
+        sinks: ["stderr"],
+      },
+      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
+    ],
+  });
+  let code: number = EXIT.OK;
+  const p = program((c) => (code = c));
+  try {
+    await p.parseAsync(argv, { from: "user" });
+    return code;
+  } catch (e) {
+    if (e instanceof CommanderError) return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
+    if (e instanceof UsageError) {
+      console.error(`dcres: ${e.message}`);
+      return EXIT.USAGE;
+    }
+    console.error(`dcres: ${(e as Error).message}`);
+    return e instanceof CommandFailed ? e.code : EXIT.FAILURE;
+  }
+}
+
+if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,164 @@
+/** `dcres run`: run a VM in the foreground (console on the terminal) or detached as a `dcres vmm`. */
+import { type GuestKind, GUESTS, type MachineSpec } from "../vmm/machine.ts";
+import { isPvmHost, runMachine } from "../vmm/runner.ts";
+import type { AccessPattern } from "../vmm/guests/memstamp/memstamp.ts";
+import { findGuestKernel } from "../vmm/boot/initramfs.ts";
+import {
+  CommandFailed,
+  EXIT,
+  type GlobalOptions,
+  report,
+  showProgress,
+  stateDirOf,
+} from "./context.ts";
+import { fmtBytes, parseCount, parseDuration, parseSize, UsageError } from "./units.ts";
+import { spawnVmm } from "./spawn.ts";
+import { ConsoleRelay } from "./terminal.ts";
+
+/** Flags of `dcres run`. */
+export interface RunFlags {
+  guest: string;
+  mem: string;
+  vcpus: string;
+  name?: string;
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  for?: string;
+  detach?: boolean;
+  exec?: string;
+  ws?: string;
+  pattern?: string;
+  stride?: string;
+  delay?: string;
+  timerHz?: string;
+}
+
+const PATTERNS: AccessPattern[] = ["seq", "random", "hotcold"];
+const DEFAULT_CMDLINE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1 reboot=k noapic";
+
+/** Turns flags into a machine spec, or throws UsageError naming the bad flag. */
+export function specFromFlags(f: RunFlags): MachineSpec {
+  if (!(GUESTS as readonly string[]).includes(f.guest)) {
+    throw new UsageError(`--guest ${f.guest}: unknown guest; use one of: ${GUESTS.join(", ")}`);
+  }
+  const guest = f.guest as GuestKind;
+  const memSize = parseSize("--mem", f.mem);
+  if (memSize % 4096 !== 0) throw new UsageError(`--mem ${f.mem}: must be a multiple of 4K`);
+  const vcpus = parseCount("--vcpus", f.vcpus);
+  const name = f.name ?? `${guest}-${crypto.randomUUID().slice(0, 6)}`;
+  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(name)) {
+    throw new UsageError(`--name ${name}: use letters, digits, '.', '_' and '-' (at most 63)`);
+  }
+  const spec: MachineSpec = { name, guest, memSize, vcpus };
+  if (guest === "memstamp") {
+    if (f.pattern && !PATTERNS.includes(f.pattern as AccessPattern)) {
+      throw new UsageError(`--pattern ${f.pattern}: use one of: ${PATTERNS.join(", ")}`);
+    }
+    spec.memstamp = {
+      workingSet: f.ws ? parseSize("--ws", f.ws) : undefined,
+      pattern: f.pattern as AccessPattern | undefined,
+      stride: f.stride ? parseCount("--stride", f.stride) : undefined,
+      delay: f.delay !== undefined ? Number(f.delay) : undefined,
+      timerHz: f.timerHz !== undefined ? Number(f.timerHz) : undefined,
+    };
+  } else {
+    const kernel = f.kernel ?? findGuestKernel();
+    if (!kernel) {
+      throw new UsageError(
+        "--kernel: no kernel given and none in /boot; install linux-image-cloud-amd64 or pass --kernel FILE",
+      );
+    }
+    const initrd = f.initrd ?? defaultInitrd();
+    spec.linux = { kernel, initrd, cmdline: f.cmdline ?? DEFAULT_CMDLINE };
+  }
+  return spec;
+}
+
+function defaultInitrd(): string | undefined {
+  const p = new URL("../../target/guest/initramfs.cpio.gz", import.meta.url).pathname;
+  try {
+    Deno.statSync(p);
+    return p;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Runs `dcres run`. */
+export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number> {
+  const spec = specFromFlags(f);
+  const forMs = f.for ? parseDuration("--for", f.for) : undefined;
+  if (f.exec && spec.guest !== "linux") {
+    throw new UsageError("--exec needs --guest linux (memstamp has no shell)");
+  }
+  if (f.exec && f.detach) throw new UsageError("--exec and --detach cannot be combined");
+  if (isPvmHost()) {
+    console.error(
+      "note: /dev/kvm here is PVM: guest kernel-mode code runs emulated (~1000x slower); memstamp's workload runs in ring 3",
+    );
+  }
+  const stateDir = stateDirOf(g);
+  if (f.detach) {
+    const info = await spawnVmm(spec, stateDir, forMs);
+    report(
+      g,
+      info,
+      () =>
+        `started ${info.name} (${spec.guest}, ${
+          fmtBytes(spec.memSize)
+        }, ${spec.vcpus} vCPU) as pid ${info.pid}`,
+    );
+    return EXIT.OK;
+  }
+  const relay = spec.guest === "linux" && !f.exec && !g.json ? new ConsoleRelay() : undefined;
+  let execResult: { output: string; status: number } | undefined;
+  let progress: ReturnType<typeof setInterval> | undefined;
+  const rep = await runMachine(spec, {
+    stateDir,
+    forMs,
+    serialOut: relay ? (b) => relay.write(b) : undefined,
+    onStarted: async (m, server) => {
+      relay?.attach((bytes) => m.serial.enqueueInput(bytes));
+      if (spec.guest === "memstamp" && showProgress(g)) {
+        const t0 = performance.now();
+        progress = setInterval(() => {
+          const st = m.memstamp!.statuses();
+          const written = st.reduce((a, s) => a + Number(s.written), 0);
+          const stamped = st.reduce((a, s) => a + Number(s.stamped), 0);
+          const secs = (performance.now() - t0) / 1000;
+          Deno.stderr.writeSync(new TextEncoder().encode(
+            `\r${spec.name}: stamped ${stamped} pages, rewritten ${written} (${
+              Math.round(written / secs)
+            }/s), ticks ${st.map((s) => s.ticks).join("/")}   `,
+          ));
+        }, 500);
+      }
+      if (f.exec) {
+        try {
+          execResult = await server.exec(f.exec, forMs ?? 600_000);
+        } finally {
+          await m.vm.stop({ reason: "stopped", detail: "--exec finished" });
+        }
+      }
+    },
+  });
+  clearInterval(progress);
+  relay?.close();
+  if (progress !== undefined) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
+  if (execResult) {
+    if (g.json) report(g, { ...rep, ...execResult }, () => "");
+    else console.log(execResult.output);
+    return execResult.status;
+  }
+  report(
+    g,
+    rep,
+    () =>
+      `${rep.name}: ${rep.exit.reason} (${rep.exit.detail}) after ${
+        (rep.ranMs / 1000).toFixed(1)
+      } s`,
+  );
+  if (rep.exit.reason === "error") throw new CommandFailed(`${rep.name}: ${rep.exit.detail}`);
+  return EXIT.OK;
+}

@@ -1,0 +1,80 @@
+/** Starts a VM as its own detached `dcres vmm` process and waits until its control socket answers. */
+import { join } from "node:path";
+import { request } from "../vmm/control/client.ts";
+import type { VmInfo } from "../vmm/control/protocol.ts";
+import type { MachineSpec } from "../vmm/machine.ts";
+import { CommandFailed } from "./context.ts";
+
+/** Deno permission flags the VMM process needs. */
+export const VMM_PERMISSIONS = [
+  "--allow-ffi",
+  "--allow-read",
+  "--allow-write",
+  "--allow-net",
+  "--allow-run",
+  "--allow-env",
+  "--allow-sys",
+  "--unstable-net",
+];
+
+/** argv that runs this program's CLI with `args` (works from source and from `deno compile`). */
+export function selfCommand(args: string[]): { cmd: string; args: string[] } {
+  const main = new URL("../../main.ts", import.meta.url);
+  if (main.protocol !== "file:" || main.pathname.includes("deno-compile")) {
+    return { cmd: Deno.execPath(), args };
+  }
+  return {
+    cmd: Deno.execPath(),
+    args: ["run", "--quiet", ...VMM_PERMISSIONS, main.pathname, ...args],
+  };
+}
+
+/** Spawns `dcres vmm` for `spec`; resolves with its info once it serves requests. */
+export async function spawnVmm(
+  spec: MachineSpec,
+  stateDir: string,
+  forMs?: number,
+): Promise<VmInfo> {
+  Deno.mkdirSync(stateDir, { recursive: true });
+  const log = join(stateDir, `${spec.name}.log`);
+  const self = selfCommand([
+    "--state-dir",
+    stateDir,
+    "vmm",
+    "--spec",
+    JSON.stringify(spec),
+    ...(forMs ? ["--for-ms", String(forMs)] : []),
+  ]);
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec "$0" "$@" >>"$DCRES_VMM_LOG" 2>&1', self.cmd, ...self.args],
+    env: { DCRES_VMM_LOG: log },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+    detached: true,
+  }).spawn();
+  let exited: Deno.CommandStatus | undefined;
+  child.status.then((s) => (exited = s));
+  child.unref();
+  const deadline = performance.now() + 60_000;
+  while (performance.now() < deadline) {
+    try {
+      return await request<VmInfo>(stateDir, spec.name, { op: "info" });
+    } catch {
+      if (exited) {
+        throw new CommandFailed(`${spec.name}: the VMM process exited at start: ${lastLine(log)}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new CommandFailed(`${spec.name}: the VMM did not answer within 60 s; see ${log}`);
+}
+
+function lastLine(path: string): string {
+  try {
+    const lines = Deno.readTextFileSync(path).trim().split("\n");
+    return lines[lines.length - 1] || "(no output)";
+  } catch {
+    return "(no log)";
+  }
+}

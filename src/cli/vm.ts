@@ -1,0 +1,49 @@
+/** `dcres vm ls|stop|pause|resume`. */
+import { listVms, request } from "../vmm/control/client.ts";
+import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
+import { fmtBytes } from "./units.ts";
+
+/** `dcres vm ls`. */
+export async function vmLs(g: GlobalOptions): Promise<number> {
+  const vms = await listVms(stateDirOf(g));
+  report(g, vms, () => {
+    if (vms.length === 0) return "no VMs running";
+    const rows = vms.map((v) => [
+      v.name,
+      v.guest,
+      fmtBytes(v.memSize),
+      String(v.vcpus),
+      v.state,
+      String(v.pid),
+      `${Math.round(v.uptimeMs / 1000)}s`,
+      v.memstamp ? `written ${v.memstamp.written}, ticks ${v.memstamp.ticks.join("/")}` : "",
+    ]);
+    return table(["NAME", "GUEST", "MEM", "VCPUS", "STATE", "PID", "UP", "GUEST STATUS"], rows);
+  });
+  return EXIT.OK;
+}
+
+/** `dcres vm stop|pause|resume NAME`. */
+export async function vmControl(
+  g: GlobalOptions,
+  op: "stop" | "pause" | "resume",
+  name: string,
+): Promise<number> {
+  const result = await request<{ pauseMs?: number } | null>(stateDirOf(g), name, { op });
+  report(
+    g,
+    { name, op, ...(result ?? {}) },
+    () =>
+      op === "pause"
+        ? `${name} paused in ${result?.pauseMs?.toFixed(2)} ms`
+        : `${name}: ${op === "stop" ? "stopped" : "resumed"}`,
+  );
+  return EXIT.OK;
+}
+
+/** Left-aligned text table. */
+export function table(head: string[], rows: string[][]): string {
+  const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (r: string[]) => r.map((c, i) => c.padEnd(w[i])).join("  ").trimEnd();
+  return [line(head), ...rows.map(line)].join("\n");
+}

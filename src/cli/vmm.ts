@@ -1,0 +1,28 @@
+/** `dcres vmm` (internal): the process a detached VM lives in, started by `run --detach`. */
+import { getLogger } from "@logtape/logtape";
+import type { MachineSpec } from "../vmm/machine.ts";
+import { runMachine } from "../vmm/runner.ts";
+import { toJson } from "../vmm/control/protocol.ts";
+import { EXIT, type GlobalOptions, stateDirOf } from "./context.ts";
+import { UsageError } from "./units.ts";
+
+/** Runs one VM until it stops; logs structured lines to stderr (the VM's log file). */
+export async function vmmCommand(
+  g: GlobalOptions,
+  f: { spec: string; forMs?: string },
+): Promise<number> {
+  let spec: MachineSpec;
+  try {
+    spec = JSON.parse(f.spec);
+  } catch {
+    throw new UsageError("--spec: not valid JSON (dcres vmm is internal; use dcres run --detach)");
+  }
+  const log = getLogger(["dcres", "vmm", spec.name]);
+  log.info("starting {name}: {guest}, {memSize} bytes, {vcpus} vCPUs", { ...spec });
+  const rep = await runMachine(spec, {
+    stateDir: stateDirOf(g),
+    forMs: f.forMs ? Number(f.forMs) : undefined,
+  });
+  log.info("stopped: {report}", { report: toJson(rep) });
+  return rep.exit.reason === "error" ? EXIT.FAILURE : EXIT.OK;
+}

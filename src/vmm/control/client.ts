@@ -1,0 +1,104 @@
+/** Client side of a VMM's control socket, and discovery of VMs in a state directory. */
+import { join } from "node:path";
+import {
+  CONTROL_VERSION,
+  type ControlReply,
+  type ControlRequest,
+  type VmInfo,
+  VmNotFoundError,
+} from "./protocol.ts";
+
+/** The default state directory: $XDG_RUNTIME_DIR/dcres, else /run/dcres. */
+export function defaultStateDir(): string {
+  const xdg = Deno.env.get("XDG_RUNTIME_DIR");
+  return xdg ? join(xdg, "dcres") : "/run/dcres";
+}
+
+/** Path of a VM's control socket. */
+export function socketPath(stateDir: string, name: string): string {
+  return join(stateDir, `${name}.sock`);
+}
+
+/** A VMM refused or failed a request; the message is the VMM's. */
+export class ControlError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ControlError";
+  }
+}
+
+type Req = ControlRequest extends infer R ? R extends { v: number } ? Omit<R, "v"> : never : never;
+
+/** Connects to a VM's control socket, or throws VmNotFoundError. */
+export async function connectVm(stateDir: string, name: string): Promise<Deno.UnixConn> {
+  try {
+    return await Deno.connect({ transport: "unix", path: socketPath(stateDir, name) });
+  } catch {
+    throw new VmNotFoundError(name, stateDir);
+  }
+}
+
+/** Sends one request on a fresh connection and returns the result. */
+export async function request<T>(stateDir: string, name: string, req: Req): Promise<T> {
+  const conn = await connectVm(stateDir, name);
+  try {
+    await conn.write(
+      new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, ...req }) + "\n"),
+    );
+    const reply = await readLine(conn);
+    if (reply === undefined) {
+      if (req.op === "stop") return null as T;
+      throw new ControlError(`VM ${name}: its VMM closed the connection without answering`);
+    }
+    const r = JSON.parse(reply) as ControlReply<T>;
+    if (!r.ok) throw new ControlError(`VM ${name}: ${r.error}`);
+    return r.result;
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Already closed by the VMM (stop).
+    }
+  }
+}
+
+/** Reads one newline-terminated line, leaving the connection positioned after it. */
+export async function readLine(conn: Deno.Conn): Promise<string | undefined> {
+  const bytes: number[] = [];
+  const one = new Uint8Array(1);
+  for (;;) {
+    const n = await conn.read(one);
+    if (n === null) {
+      return bytes.length ? new TextDecoder().decode(new Uint8Array(bytes)) : undefined;
+    }
+    if (one[0] === 10) return new TextDecoder().decode(new Uint8Array(bytes));
+    bytes.push(one[0]);
+  }
+}
+
+/** Every live VM in the state directory; sockets whose VMM is gone are removed. */
+export async function listVms(stateDir: string): Promise<VmInfo[]> {
+  const out: VmInfo[] = [];
+  let entries: Deno.DirEntry[];
+  try {
+    entries = [...Deno.readDirSync(stateDir)];
+  } catch {
+    return out;
+  }
+  for (const e of entries) {
+    if (!e.name.endsWith(".sock")) continue;
+    const name = e.name.slice(0, -5);
+    try {
+      out.push(await request<VmInfo>(stateDir, name, { op: "info" }));
+    } catch (err) {
+      if (err instanceof VmNotFoundError) {
+        try {
+          Deno.removeSync(join(stateDir, e.name));
+        } catch {
+          // Another client cleaned it.
+        }
+      }
+    }
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}

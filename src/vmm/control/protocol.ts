@@ -1,0 +1,56 @@
+/**
+ * The control socket of a VMM process: one unix socket per VM in the state directory, speaking
+ * newline-delimited JSON requests and replies. A `console` request turns the connection into a raw
+ * byte stream (guest serial out, keystrokes in).
+ */
+
+/** Control protocol version; a server refuses requests from a newer major. */
+export const CONTROL_VERSION = 1;
+
+/** A request to a VMM. */
+export type ControlRequest =
+  | { v: number; op: "info" }
+  | { v: number; op: "pause" }
+  | { v: number; op: "resume" }
+  | { v: number; op: "stop" }
+  | { v: number; op: "verify"; timeoutMs?: number }
+  | { v: number; op: "console" }
+  | { v: number; op: "exec"; cmd: string; timeoutMs: number };
+
+/** What `info` reports about a VM. */
+export interface VmInfo {
+  /** VM name. */
+  name: string;
+  /** Guest kind. */
+  guest: string;
+  /** RAM bytes. */
+  memSize: number;
+  /** vCPUs. */
+  vcpus: number;
+  /** VMM process id. */
+  pid: number;
+  /** Run state. */
+  state: "running" | "paused" | "stopped";
+  /** Milliseconds since the VM started. */
+  uptimeMs: number;
+  /** Exits handled per vCPU. */
+  exits: number[];
+  /** memstamp progress, for memstamp guests. */
+  memstamp?: { phase: number[]; written: number; ticks: number[] };
+}
+
+/** A reply: `ok` with a result, or an error message. */
+export type ControlReply<T = unknown> = { ok: true; result: T } | { ok: false; error: string };
+
+/** The VM named in a command does not exist or its VMM is gone. */
+export class VmNotFoundError extends Error {
+  constructor(name: string, stateDir: string) {
+    super(`no running VM named "${name}" in ${stateDir}; see 'dcres vm ls'`);
+    this.name = "VmNotFoundError";
+  }
+}
+
+/** JSON with bigints as decimal strings (the guest's counters are 64-bit). */
+export function toJson(value: unknown): string {
+  return JSON.stringify(value, (_, v) => (typeof v === "bigint" ? v.toString() : v));
+}

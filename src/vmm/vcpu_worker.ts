@@ -1,0 +1,130 @@
+/// <reference lib="deno.worker" />
+/**
+ * One vCPU's thread: a synchronous KVM_RUN loop (a thread-pool hop per call would cost 5x), port
+ * accesses to claimed ports forwarded to the VMM thread, and pause/stop through the control word.
+ */
+import * as libc from "../ffi/libc.ts";
+import {
+  EXIT,
+  EXIT_IO,
+  IOCTL,
+  KVM_RUN_EXIT_UNION,
+  kvmRunHeader,
+  kvmRunIo,
+} from "../ffi/kvm_abi.ts";
+import { RunState, SLOT, THREAD_SLOT, type VcpuInit, type VcpuMessage } from "./vcpu_control.ts";
+
+const EINTR = 4;
+const EAGAIN = 11;
+const IMMEDIATE_EXIT = kvmRunHeader.offsets.immediate_exit;
+const EXIT_REASON = kvmRunHeader.offsets.exit_reason;
+const IO = KVM_RUN_EXIT_UNION;
+
+function post(m: VcpuMessage) {
+  self.postMessage(m);
+}
+
+function runLoop(init: VcpuInit) {
+  const ctl = new Int32Array(init.control);
+  const run = libc.bytesAt(libc.ptrOf(init.runAddr), init.runSize);
+  const dv = new DataView(run.buffer);
+  const claimed = new Uint8Array(65536);
+  for (const p of init.claimedPorts) claimed[p] = 1;
+  const { fd, index } = init;
+
+  for (;;) {
+    // Clear the kick before reading the state: a kick that lands after this is seen by KVM_RUN.
+    Atomics.store(run, IMMEDIATE_EXIT, 0);
+    const st = Atomics.load(ctl, SLOT.STATE);
+    if (st !== RunState.RUNNING) {
+      if (st === RunState.STOP_REQUESTED) {
+        Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
+        Atomics.notify(ctl, SLOT.STATE);
+        post({ t: "stopped", index });
+        return;
+      }
+      if (st === RunState.PAUSE_REQUESTED) {
+        Atomics.store(ctl, SLOT.STATE, RunState.PAUSED);
+        Atomics.notify(ctl, SLOT.STATE);
+      }
+      Atomics.wait(ctl, SLOT.STATE, RunState.PAUSED);
+      continue;
+    }
+    const r = libc.ioctlRaw(fd, IOCTL.RUN, 0n);
+    if (r < 0) {
+      if (-r === EINTR || -r === EAGAIN) continue;
+      fail(ctl, index, `KVM_RUN failed: errno ${-r}`);
+      return;
+    }
+    Atomics.add(ctl, SLOT.EXITS, 1);
+    const reason = dv.getUint32(EXIT_REASON, true);
+    if (reason === EXIT.IO) {
+      const dir = dv.getUint8(IO + kvmRunIo.offsets.direction);
+      const size = dv.getUint8(IO + kvmRunIo.offsets.size);
+      const port = dv.getUint16(IO + kvmRunIo.offsets.port, true);
+      const count = dv.getUint32(IO + kvmRunIo.offsets.count, true);
+      const off = Number(dv.getBigUint64(IO + kvmRunIo.offsets.data_offset, true));
+      for (let k = 0; k < count; k++) {
+        const at = off + k * size;
+        if (dir === EXIT_IO.OUT) {
+          if (!claimed[port]) continue;
+          const value = size === 1
+            ? dv.getUint8(at)
+            : size === 2
+            ? dv.getUint16(at, true)
+            : dv.getUint32(at, true);
+          Atomics.add(ctl, SLOT.FORWARDED, 1);
+          post({ t: "out", index, port, size, value });
+        } else {
+          let value = 0xffffffff;
+          if (claimed[port]) {
+            Atomics.store(ctl, SLOT.IN_READY, 0);
+            Atomics.add(ctl, SLOT.FORWARDED, 1);
+            post({ t: "in", index, port, size });
+            while (Atomics.load(ctl, SLOT.IN_READY) === 0) {
+              Atomics.wait(ctl, SLOT.IN_READY, 0, 1000);
+            }
+            value = Atomics.load(ctl, SLOT.IN_VALUE) >>> 0;
+          }
+          if (size === 1) dv.setUint8(at, value & 0xff);
+          else if (size === 2) dv.setUint16(at, value & 0xffff, true);
+          else dv.setUint32(at, value >>> 0, true);
+        }
+      }
+      continue;
+    }
+    if (reason === EXIT.MMIO || reason === EXIT.INTR || reason === EXIT.IRQ_WINDOW_OPEN) {
+      // No MMIO devices outside the kernel's irqchip: reads see all ones (the run area keeps 0xff).
+      continue;
+    }
+    if (reason === EXIT.SHUTDOWN || reason === EXIT.SYSTEM_EVENT || reason === EXIT.HLT) {
+      Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
+      Atomics.notify(ctl, SLOT.STATE);
+      post({ t: "shutdown", index, reason: exitName(reason) });
+      return;
+    }
+    fail(ctl, index, `unexpected exit ${exitName(reason)}`);
+    return;
+  }
+}
+
+function fail(ctl: Int32Array, index: number, reason: string) {
+  Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
+  Atomics.notify(ctl, SLOT.STATE);
+  post({ t: "error", index, reason });
+}
+
+function exitName(reason: number): string {
+  const name = Object.entries(EXIT).find(([, v]) => v === reason)?.[0];
+  return name ? `KVM_EXIT_${name}` : `exit reason ${reason}`;
+}
+
+self.onmessage = (e: MessageEvent<VcpuInit>) => {
+  const init = e.data;
+  // The signal listener makes SIGUSR2 harmless here; it only needs to interrupt KVM_RUN.
+  Deno.addSignalListener("SIGUSR2", () => {});
+  new BigInt64Array(init.control)[THREAD_SLOT] = BigInt.asIntN(64, libc.pthreadSelf());
+  post({ t: "ready", index: init.index });
+  runLoop(init);
+  self.close();
+};

@@ -1,0 +1,118 @@
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
+import { dataRegion } from "../src/vmm/guests/memstamp/layout.ts";
+
+const GiB = 1024 ** 3;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const noIo = { serialOut: () => {} };
+
+function spec(memSize: number, vcpus: number, name = "t"): MachineSpec {
+  return { name, guest: "memstamp", memSize, vcpus, memstamp: { pattern: "random", timerHz: 250 } };
+}
+
+async function running(s: MachineSpec): Promise<Machine> {
+  const m = await Machine.create(s, noIo);
+  await m.vm.start();
+  await m.memstamp!.waitStamped(60_000);
+  return m;
+}
+
+const totalTicks = (m: Machine) => m.memstamp!.statuses().reduce((a, s) => a + s.ticks, 0n);
+const totalWritten = (m: Machine) => m.memstamp!.statuses().reduce((a, s) => a + s.written, 0n);
+
+Deno.test("memstamp 1 GiB with 2 vCPUs survives 100 pause/resume cycles: every page verifies and ticks keep rising", async () => {
+  const m = await running(spec(GiB, 2));
+  try {
+    const ticks0 = totalTicks(m);
+    const written0 = totalWritten(m);
+    const pauses: number[] = [];
+    for (let i = 0; i < 100; i++) {
+      pauses.push(await m.vm.pause());
+      const frozen = totalWritten(m);
+      await sleep(2);
+      assertEquals(totalWritten(m), frozen, "a paused guest writes nothing");
+      m.vm.resume();
+      await sleep(3);
+    }
+    await sleep(100);
+    const v = await m.memstamp!.verify();
+    assert(
+      v.ok,
+      `verify failed: ${JSON.stringify(v.bad, (_, x) => typeof x === "bigint" ? `${x}` : x)}`,
+    );
+    assertEquals(v.pages, dataRegion(GiB).pages);
+    assert(totalTicks(m) > ticks0, "the LAPIC timer kept ticking");
+    assert(totalWritten(m) > written0, "the writer kept writing");
+    for (const s of m.memstamp!.statuses()) {
+      assert(s.ticks > 0n, "every vCPU takes timer interrupts");
+    }
+    pauses.sort((a, b) => a - b);
+    assert(pauses[98] < 100, `pause p99 ${pauses[98].toFixed(2)} ms`);
+  } finally {
+    await m.vm.stop();
+  }
+});
+
+Deno.test("a VM captured and restored into a new KVM VM continues where it stopped", async () => {
+  const m = await running(spec(GiB, 2));
+  await sleep(300);
+  await m.vm.pause();
+  const nonce = m.memstamp!.nonce;
+  const before = m.memstamp!.statuses();
+  const state = m.save();
+  const memory = await m.vm.detachMemory();
+  const r = Machine.restore({ memory, io: noIo }, state);
+  try {
+    const restored = r.memstamp!.statuses();
+    assertEquals(restored.map((s) => s.written), before.map((s) => s.written));
+    await r.vm.start();
+    await sleep(500);
+    const v = await r.memstamp!.verify();
+    assert(
+      v.ok,
+      `verify after restore failed: ${
+        JSON.stringify(v.bad, (_, x) => typeof x === "bigint" ? `${x}` : x)
+      }`,
+    );
+    const after = r.memstamp!.statuses();
+    after.forEach((s, i) => {
+      assert(
+        s.ticks > before[i].ticks,
+        `vCPU ${i} ticks continue from ${before[i].ticks} (now ${s.ticks})`,
+      );
+      assert(s.written > before[i].written, `vCPU ${i} writer continues`);
+    });
+    assertEquals(r.memstamp!.nonce, nonce, "same boot: the RAM-only nonce survived");
+  } finally {
+    await r.vm.stop();
+    memory.close();
+  }
+});
+
+Deno.test("verification names a torn page and a stale page", async () => {
+  const m = await running({ ...spec(64 << 20, 1), memstamp: { pattern: "seq", workingSet: 4096 } });
+  try {
+    const { baseGfn, pages } = dataRegion(64 << 20);
+    const victim = baseGfn + pages - 7; // outside the one-page working set
+    await m.vm.pause();
+    const page = m.vm.memory.view(victim * 4096, 4096);
+    const saved = page.slice();
+    page[2000] ^= 0x5a;
+    m.vm.resume();
+    let v = await m.memstamp!.verify();
+    assertEquals(v.ok, false);
+    assertEquals(v.bad?.gfn, victim);
+    assertEquals(v.bad?.reason, "torn");
+
+    await m.vm.pause();
+    page.set(saved);
+    const table = m.vm.memory.view(0x100000 + (victim - baseGfn) * 4, 4);
+    table[0] += 1; // the guest believes a newer version was written
+    m.vm.resume();
+    v = await m.memstamp!.verify();
+    assertEquals(v.bad?.gfn, victim);
+    assertEquals(v.bad?.reason, "stale-version");
+  } finally {
+    await m.vm.stop();
+  }
+});
