@@ -4,6 +4,7 @@ import { request } from "../vmm/control/client.ts";
 import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { CommandFailed } from "./context.ts";
+import { VmExistsError } from "../vmm/runner.ts";
 
 /** Deno permission flags the VMM process needs. */
 export const VMM_PERMISSIONS = [
@@ -36,6 +37,12 @@ export async function spawnVmm(
   forMs?: number,
 ): Promise<VmInfo> {
   Deno.mkdirSync(stateDir, { recursive: true });
+  try {
+    await request<VmInfo>(stateDir, spec.name, { op: "info" });
+    throw new VmExistsError(spec.name);
+  } catch (e) {
+    if (e instanceof VmExistsError) throw e;
+  }
   const log = join(stateDir, `${spec.name}.log`);
   const self = selfCommand([
     "--state-dir",
@@ -59,13 +66,14 @@ export async function spawnVmm(
   const deadline = performance.now() + 60_000;
   while (performance.now() < deadline) {
     try {
-      return await request<VmInfo>(stateDir, spec.name, { op: "info" });
+      const info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
+      if (info.pid === child.pid) return info;
     } catch {
       if (exited) {
         throw new CommandFailed(`${spec.name}: the VMM process exited at start: ${lastLine(log)}`);
       }
-      await new Promise((r) => setTimeout(r, 50));
     }
+    await new Promise((r) => setTimeout(r, 50));
   }
   throw new CommandFailed(`${spec.name}: the VMM did not answer within 60 s; see ${log}`);
 }

@@ -44,8 +44,8 @@ function readEntries<T>(buf: Uint8Array, headerSize: number, entry: StructCodec<
 export class Kvm {
   private constructor(readonly fd: number) {}
 
-  /** Opens /dev/kvm and checks the API version; fails with an actionable message. */
-  static open(path = "/dev/kvm"): Kvm {
+  /** Opens /dev/kvm (or $DCRES_KVM_DEVICE) and checks the API version; fails with an actionable message. */
+  static open(path = Deno.env.get("DCRES_KVM_DEVICE") ?? "/dev/kvm"): Kvm {
     let fd: number;
     try {
       fd = libc.open(path, libc.O.RDWR);
@@ -62,10 +62,20 @@ export class Kvm {
       }
       throw e;
     }
-    const kvm = new Kvm(fd);
-    const v = libc.ioctlInt(fd, IOCTL.GET_API_VERSION, 0, "KVM_GET_API_VERSION");
-    if (v !== 12) throw new KvmUnavailableError(`${path}: KVM API version ${v}, need 12`);
-    return kvm;
+    let v: number;
+    try {
+      v = libc.ioctlInt(fd, IOCTL.GET_API_VERSION, 0, "KVM_GET_API_VERSION");
+    } catch {
+      libc.close(fd);
+      throw new KvmUnavailableError(
+        `${path} is not a KVM device; point DCRES_KVM_DEVICE at /dev/kvm or unset it`,
+      );
+    }
+    if (v !== 12) {
+      libc.close(fd);
+      throw new KvmUnavailableError(`${path}: KVM API version ${v}, need 12`);
+    }
+    return new Kvm(fd);
   }
 
   /** KVM_CHECK_EXTENSION on the system fd. */

@@ -3,7 +3,12 @@
  * Both `create` and `restore` go through here so a restored machine has exactly the same devices.
  */
 import { MP_STATE } from "../ffi/kvm_abi.ts";
-import type { GuestMemory } from "../memory/guest_memory.ts";
+import {
+  fmtMiB,
+  type GuestMemory,
+  GuestMemoryError,
+  hostAvailableMemory,
+} from "../memory/guest_memory.ts";
 import { linuxRegs, linuxSregs, loadLinux, MIN_LINUX_MEMORY } from "./boot/linux.ts";
 import { BootImageError } from "./boot/bzimage.ts";
 import type { PioDevice } from "./devices/bus.ts";
@@ -132,6 +137,14 @@ function validate(spec: MachineSpec) {
   }
   if (!Number.isSafeInteger(spec.memSize) || spec.memSize <= 0) {
     throw new MachineSpecError(`--mem must be a positive size such as 256M or 1G`);
+  }
+  const avail = hostAvailableMemory();
+  if (spec.memSize > avail) {
+    throw new GuestMemoryError(
+      `--mem ${fmtMiB(spec.memSize)} exceeds the host's available ${
+        fmtMiB(avail)
+      }; use a smaller --mem`,
+    );
   }
   if (!Number.isInteger(spec.vcpus) || spec.vcpus < 1 || spec.vcpus > 32) {
     throw new MachineSpecError(`--vcpus must be between 1 and 32, got ${spec.vcpus}`);

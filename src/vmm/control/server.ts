@@ -44,7 +44,9 @@ export class ControlServer {
 
   private async acceptLoop(l: Deno.UnixListener) {
     try {
-      for await (const conn of l) void this.serve(conn).catch(() => conn.close());
+      for await (const conn of l) {
+        void this.serve(conn).catch(() => {}).finally(() => safeClose(conn));
+      }
     } catch {
       // Listener closed.
     }
@@ -102,12 +104,11 @@ export class ControlServer {
       }
       await write(conn, await this.handle(req));
       if (req.op === "stop") {
-        conn.close();
+        safeClose(conn);
         await this.onStop();
         return;
       }
     }
-    conn.close();
   }
 
   private async handle(req: ControlRequest): Promise<ControlReply> {
@@ -197,8 +198,15 @@ export class ControlServer {
       }
     } finally {
       off();
-      conn.close();
     }
+  }
+}
+
+function safeClose(conn: Deno.UnixConn) {
+  try {
+    conn.close();
+  } catch {
+    // Already closed by the peer or by a stop.
   }
 }
 

@@ -1,0 +1,82 @@
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { dcres, tempStateDir } from "./helpers/cli.ts";
+
+/** The error is one line on stderr, starts with "dcres:", and mentions `what`. */
+function oneLineError(stderr: string, what: string) {
+  const lines = stderr.trim().split("\n").filter((l) => !l.startsWith("note:"));
+  assertEquals(lines.length, 1, `expected one error line, got:\n${stderr}`);
+  assert(lines[0].startsWith("dcres: "), lines[0]);
+  assert(lines[0].includes(what), `"${lines[0]}" should mention "${what}"`);
+}
+
+const run = (args: string[], env?: Record<string, string>) =>
+  dcres(["--state-dir", tempStateDir(), "run", ...args, "--for", "1s"], { env });
+
+Deno.test("an unknown guest is a usage error naming the choices", async () => {
+  const r = await run(["--guest", "windows"]);
+  assertEquals(r.code, 2);
+  oneLineError(r.stderr, "unknown guest; use one of: memstamp, linux");
+});
+
+Deno.test("--mem 0 is a usage error", async () => {
+  const r = await run(["--mem", "0"]);
+  assertEquals(r.code, 2);
+  oneLineError(r.stderr, "--mem 0");
+});
+
+Deno.test("--mem beyond the host's free memory fails before allocating anything", async () => {
+  const r = await run(["--guest", "linux", "--mem", "3000G"]);
+  assertEquals(r.code, 1);
+  oneLineError(r.stderr, "exceeds the host's available");
+});
+
+Deno.test("a missing kernel file is named", async () => {
+  const r = await run(["--guest", "linux", "--mem", "512M", "--kernel", "/nonexistent/vmlinuz"]);
+  assertEquals(r.code, 1);
+  oneLineError(r.stderr, "--kernel /nonexistent/vmlinuz: no such file");
+});
+
+Deno.test("a missing /dev/kvm says how to get one", async () => {
+  const r = await run([], { DCRES_KVM_DEVICE: "/nonexistent/kvm" });
+  assertEquals(r.code, 1);
+  oneLineError(r.stderr, "does not exist: load the kvm module");
+});
+
+Deno.test("a device that is not KVM is refused by name", async () => {
+  const r = await run([], { DCRES_KVM_DEVICE: "/dev/null" });
+  assertEquals(r.code, 1);
+  oneLineError(r.stderr, "/dev/null is not a KVM device");
+});
+
+Deno.test("no permission on /dev/kvm says to run as root or join the kvm group", async () => {
+  if (Deno.uid() !== 0) {
+    console.log("skipped: needs root to drop to an unprivileged user");
+    return;
+  }
+  // The check runs as nobody; the probe imports only the FFI layer, so it needs no npm cache.
+  const kvm = new URL("../src/ffi/kvm.ts", import.meta.url).href;
+  const denoDir = Deno.makeTempDirSync();
+  Deno.chmodSync(denoDir, 0o777);
+  const out = await new Deno.Command("setpriv", {
+    args: [
+      "--reuid=65534",
+      "--regid=65534",
+      "--clear-groups",
+      Deno.execPath(),
+      "eval",
+      `import { Kvm } from "${kvm}"; try { Kvm.open(); } catch (e) { console.log(e.message); }`,
+    ],
+    env: { DENO_DIR: denoDir, HOME: denoDir },
+  }).output();
+  const msg = new TextDecoder().decode(out.stdout).trim();
+  assertEquals(
+    msg,
+    "no permission to open /dev/kvm: run as root or add this user to the group that owns it (usually 'kvm')",
+  );
+});
+
+Deno.test("a command on a VM that does not exist points at vm ls", async () => {
+  const r = await dcres(["--state-dir", tempStateDir(), "guest", "verify", "ghost"]);
+  assertEquals(r.code, 1);
+  oneLineError(r.stderr, `no running VM named "ghost"`);
+});
