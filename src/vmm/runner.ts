@@ -30,6 +30,8 @@ export interface RunReport {
   startMs: number;
   /** ms the vCPUs ran. */
   ranMs: number;
+  /** Wall-clock time (epoch ms) the guest was seen executing, when the guest shows it (memstamp). */
+  firstInsnEpochMs?: number;
 }
 
 /** A VM of that name is already running. */
@@ -80,6 +82,7 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
   try {
     await machine.vm.start();
     const started = performance.now();
+    const firstInsnEpochMs = awaitFirstInstruction(machine);
     if (opts.forMs) {
       timer = setTimeout(
         () => void stop({ reason: "stopped", detail: `ran for the requested ${opts.forMs} ms` }),
@@ -89,7 +92,13 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
     const onStarted = opts.onStarted?.(machine, server);
     const exit = await machine.vm.exited;
     await onStarted;
-    return { name: spec.name, exit, startMs: started - t0, ranMs: performance.now() - started };
+    return {
+      name: spec.name,
+      exit,
+      startMs: started - t0,
+      ranMs: performance.now() - started,
+      firstInsnEpochMs,
+    };
   } finally {
     clearTimeout(timer);
     Deno.removeSignalListener("SIGINT", onSignal);
@@ -102,4 +111,15 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
     }
     await machine.vm.stop();
   }
+}
+
+/** Spins (at most 1 s) until memstamp's first instructions have written its phase word. */
+function awaitFirstInstruction(m: Machine): number | undefined {
+  const ms = m.memstamp;
+  if (!ms) return undefined;
+  const deadline = performance.now() + 1000;
+  while (performance.now() < deadline) {
+    if (ms.status(0).phase !== 0) return performance.timeOrigin + performance.now();
+  }
+  return undefined;
 }

@@ -80,6 +80,10 @@ export const SETUP_HEADER = {
   cmdline_size: field(0x238, 4),
   /** `__u32 hardware_subarch`: 0 for a PC. */
   hardware_subarch: field(0x23c, 4),
+  /** `__u32 payload_offset`: where the compressed kernel starts, from the protected-mode code. */
+  payload_offset: field(0x248, 4),
+  /** `__u32 payload_length`: bytes of the compressed kernel (with any trailing size word). */
+  payload_length: field(0x24c, 4),
   /** `__u64 setup_data`: physical address of a linked list of `struct setup_data`. */
   setup_data: field(0x250, 8),
   /** `__u64 pref_address`: preferred load address (CONFIG_PHYSICAL_START). */

@@ -67,6 +67,10 @@ export interface BzImageHeader {
   initrdAddrMax: number;
   /** End of the setup header (exclusive), as the image declares it, capped at 0x290. */
   headerEnd: number;
+  /** `payload_offset`: the compressed vmlinux, relative to the protected-mode kernel. */
+  payloadOffset: number;
+  /** `payload_length`: its length in bytes. */
+  payloadLength: number;
   /** The kernel's version string, if the image has one. */
   kernelVersion: string | undefined;
 }
@@ -144,6 +148,8 @@ export function parseBzImage(image: Uint8Array, path: string): BzImageHeader {
     cmdlineSize: readField(dv, SETUP_HEADER.cmdline_size),
     initrdAddrMax: readField(dv, SETUP_HEADER.initrd_addr_max),
     headerEnd,
+    payloadOffset: readField(dv, SETUP_HEADER.payload_offset),
+    payloadLength: readField(dv, SETUP_HEADER.payload_length),
     kernelVersion: kernelVersionString(image, dv, setupSize),
   };
 }

@@ -1,8 +1,10 @@
 /**
  * Loads a Linux bzImage for the 64-bit boot protocol (Documentation/arch/x86/boot.rst, "64-bit
- * Boot Protocol"): the VMM enters the kernel at load address + 0x200 in long mode, with the zero
- * page in %rsi, flat __BOOT_CS/__BOOT_DS segments and identity-mapped page tables, so no firmware
- * and no real-mode setup code ever run (which matters under PVM, where ring-0 code is emulated).
+ * Boot Protocol"): the VMM enters the kernel in long mode, with the zero page in %rsi, flat
+ * __BOOT_CS/__BOOT_DS segments and identity-mapped page tables, so no firmware and no real-mode
+ * setup code ever run (which matters under PVM, where ring-0 code is emulated). When it can decode
+ * the compressed payload it also skips the kernel's decompressor: it loads the vmlinux ELF's
+ * segments itself and enters startup_64 of the kernel proper, as Firecracker does.
  */
 import { type KvmRegs, kvmRegs, type KvmSegment, type KvmSregs } from "../../ffi/kvm_abi.ts";
 import {
@@ -24,6 +26,8 @@ import {
   protectedModeKernel,
   setupHeaderBytes,
 } from "./bzimage.ts";
+import { type Elf64, loadElfSegments, loadSpan, parseElf64, physicalEntry } from "./elf.ts";
+import { extractVmlinux, type PayloadFormat } from "./vmlinux.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -111,9 +115,23 @@ export interface E820Entry {
   type: number;
 }
 
+/**
+ * How the kernel is entered: "vmlinux-elf" runs the extracted kernel proper at its ELF entry,
+ * "bzimage" runs the image's decompressor at load address + 0x200.
+ */
+export type LinuxEntryKind = "vmlinux-elf" | "bzimage";
+
 /** What the vCPU needs to enter the loaded kernel, plus where things went. */
 export interface LinuxBootSetup {
-  /** The 64-bit entry: kernel load address + 0x200. */
+  /** Which path was taken (see LinuxEntryKind). */
+  entry: LinuxEntryKind;
+  /** The compressed payload's format, as recognised by its magic bytes. */
+  payloadFormat: PayloadFormat;
+  /** Why the bzImage path was taken, when it was. */
+  fallbackReason?: string;
+  /** The command line as written to guest memory (the ELF path adds `nokaslr`). */
+  cmdline: string;
+  /** The 64-bit entry: the ELF's physical entry, or the bzImage's load address + 0x200. */
   rip: bigint;
   /** Guest-physical address of boot_params. */
   rsi: bigint;
@@ -126,8 +144,10 @@ export interface LinuxBootSetup {
   cr3: bigint;
   /** The memory map given to the kernel. */
   e820: E820Entry[];
-  /** Where the protected-mode kernel was loaded. */
+  /** Where the kernel was loaded: the protected-mode kernel, or the lowest ELF segment. */
   kernelAddr: bigint;
+  /** First byte after the loaded kernel (for the ELF path, the end of its highest segment). */
+  kernelEnd: bigint;
   /** The parsed setup header. */
   header: BzImageHeader;
 }
@@ -146,6 +166,8 @@ export interface LoadLinuxOptions {
   cmdline: string;
   /** Guest RAM size in bytes; above 3 GiB the rest is mapped from 4 GiB up. */
   memSize: number;
+  /** "bzimage" forces the decompressor path; by default the ELF path is used when possible. */
+  prefer?: LinuxEntryKind;
 }
 
 /** The guest memory map for `memSize` bytes of RAM: low RAM, the EBDA/BIOS hole, high RAM. */
@@ -186,10 +208,20 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
     throw new RangeError(`guest memory view is ${ram.length} bytes, expected at least ${top}`);
   }
   const hdr = parseBzImage(kernel, kernelPath);
-  const cmdline = encodeCmdline(opts.cmdline, hdr, kernelPath);
-  const place = placeImages(hdr, initrd?.length ?? 0, memSize, opts);
+  const vmlinux = opts.prefer === "bzimage" ? undefined : extractVmlinux(kernel, hdr, kernelPath);
+  const elf = vmlinux?.ok
+    ? { image: vmlinux.elf, elf: parseElf64(vmlinux.elf, kernelPath) }
+    : undefined;
+  // The extracted kernel runs where it was linked: its relocations are applied only by the
+  // decompressor, so KASLR must stay off (nokaslr also keeps the direct map where it is linked).
+  const cmdlineText = elf ? withNokaslr(opts.cmdline) : opts.cmdline;
+  const cmdline = encodeCmdline(cmdlineText, hdr, kernelPath);
+  const place = elf
+    ? placeElf(elf.elf, initrd?.length ?? 0, memSize, hdr, opts)
+    : placeImages(hdr, initrd?.length ?? 0, memSize, opts);
 
-  ram.set(protectedModeKernel(kernel, hdr), place.kernelAddr);
+  if (elf) loadElfSegments(ram, elf.image, elf.elf, kernelPath, place.initrdAddr);
+  else ram.set(protectedModeKernel(kernel, hdr), place.kernelAddr);
   if (initrd) ram.set(initrd, place.initrdAddr);
   ram.fill(0, LINUX_LAYOUT.cmdline, LINUX_LAYOUT.cmdline + LINUX_LAYOUT.cmdlineMax);
   ram.set(cmdline, LINUX_LAYOUT.cmdline);
@@ -204,7 +236,12 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
   const gdtLimit = writeGdt(ram);
   writePageTables(ram);
   return {
-    rip: BigInt(place.kernelAddr + STARTUP_64_OFFSET),
+    entry: elf ? "vmlinux-elf" : "bzimage",
+    payloadFormat: vmlinux?.format ?? "unknown",
+    ...(vmlinux && !vmlinux.ok ? { fallbackReason: vmlinux.reason } : {}),
+    ...(opts.prefer === "bzimage" ? { fallbackReason: "bzimage requested" } : {}),
+    cmdline: cmdlineText,
+    rip: elf ? physicalEntry(elf.elf, kernelPath) : BigInt(place.kernelAddr + STARTUP_64_OFFSET),
     rsi: BigInt(LINUX_LAYOUT.zeroPage),
     rsp: BigInt(LINUX_LAYOUT.stackTop),
     gdtBase: BigInt(LINUX_LAYOUT.gdt),
@@ -212,6 +249,7 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
     cr3: BigInt(LINUX_LAYOUT.pml4),
     e820,
     kernelAddr: BigInt(place.kernelAddr),
+    kernelEnd: BigInt(place.kernelEnd),
     header: hdr,
   };
 }
@@ -341,7 +379,50 @@ function encodeCmdline(cmdline: string, hdr: BzImageHeader, kernelPath: string):
 
 interface Placement {
   kernelAddr: number;
+  kernelEnd: number;
   initrdAddr: number;
+}
+
+/** Appends `nokaslr` to `cmdline` unless it already has that word. */
+export function withNokaslr(cmdline: string): string {
+  if (cmdline.split(/\s+/).includes("nokaslr")) return cmdline;
+  return cmdline.trim() === "" ? "nokaslr" : `${cmdline} nokaslr`;
+}
+
+// The ELF path: the segments go where they are linked, the initrd as high as allowed above them.
+function placeElf(
+  elf: Elf64,
+  initrdSize: number,
+  memSize: number,
+  hdr: BzImageHeader,
+  opts: LoadLinuxOptions,
+): Placement {
+  const top = Math.min(memSize, LINUX_LAYOUT.mmioGapStart);
+  const { start, end } = loadSpan(elf, opts.kernelPath);
+  if (start < LINUX_LAYOUT.highMemory) {
+    throw new BootImageError(
+      opts.kernelPath,
+      `vmlinux segment at 0x${start.toString(16)} overlaps the first MiB, where the loader keeps ` +
+        `boot_params and page tables; this kernel cannot boot from its ELF here`,
+    );
+  }
+  const initrdTop = Math.min(top, hdr.initrdAddrMax + 1);
+  const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE) : top;
+  if (end <= initrdAddr) return { kernelAddr: start, kernelEnd: end, initrdAddr };
+  const want = mib(alignUp(end + alignUp(initrdSize, PAGE), MiB));
+  if (end > top) {
+    throw new BootImageError(
+      opts.kernelPath,
+      `kernel segments end at ${mib(end)} but the guest has ${mib(top)} below the 3 GiB line; ` +
+        `give the VM at least ${want}`,
+    );
+  }
+  throw new BootImageError(
+    opts.initrdPath ?? "initrd",
+    `initrd of ${mib(initrdSize)} does not fit between the kernel's end at ${mib(end)} and ` +
+      `${mib(initrdTop)} (guest memory or initrd_addr_max); give the VM at least ${want} ` +
+      `or use a smaller initrd`,
+  );
 }
 
 // Chooses the kernel's load address and the initrd's: the initrd as high as allowed, the kernel at
@@ -361,7 +442,8 @@ function placeImages(
   const initrdTop = Math.min(top, hdr.initrdAddrMax + 1);
   const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE) : top;
   for (const addr of candidates) {
-    if (kernelEnd(hdr, addr) <= initrdAddr) return { kernelAddr: addr, initrdAddr };
+    const end = kernelEnd(hdr, addr);
+    if (end <= initrdAddr) return { kernelAddr: addr, kernelEnd: end, initrdAddr };
   }
   const end = kernelEnd(hdr, high);
   const want = mib(alignUp(end + alignUp(initrdSize, PAGE), MiB));

@@ -11,13 +11,16 @@ export class Lz4Error extends Error {
   readonly path: string;
   /** Byte offset in the input where the problem was found. */
   readonly offset: number;
+  /** What is wrong, without the path and offset. */
+  readonly reason: string;
 
-  /** `message` says what is wrong; it is prefixed with `path` and `offset`. */
-  constructor(path: string, offset: number, message: string) {
-    super(`${path}: LZ4 data at offset 0x${offset.toString(16)}: ${message}`);
+  /** `reason` says what is wrong; the message prefixes it with `path` and `offset`. */
+  constructor(path: string, offset: number, reason: string) {
+    super(`${path}: LZ4 data at offset 0x${offset.toString(16)}: ${reason}`);
     this.name = "Lz4Error";
     this.path = path;
     this.offset = offset;
+    this.reason = reason;
   }
 }
 

@@ -1,0 +1,16 @@
+/** `deno task bench NAME`: runs one benchmark; each prints ratios against a reference of the same run and writes JSON. */
+const benches: Record<string, () => Promise<unknown>> = {
+  vmm: async () => (await import("./bench/vmm.ts")).benchVmm(),
+};
+
+const name = Deno.args[0];
+if (!name || !(name in benches)) {
+  console.error(`usage: deno task bench <${Object.keys(benches).join("|")}>`);
+  Deno.exit(2);
+}
+const result = await benches[name]();
+Deno.mkdirSync("bench-results", { recursive: true });
+const path = `bench-results/${name}.json`;
+Deno.writeTextFileSync(path, JSON.stringify(result, null, 2) + "\n");
+console.log(`wrote ${path}`);
+Deno.exit(0);
