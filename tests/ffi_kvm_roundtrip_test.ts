@@ -74,6 +74,15 @@ Deno.test("vCPU register codecs survive get, set, get against the kernel", () =>
     vcpu.setMpState(0);
     assertEquals(vcpu.getMpState(), 0);
 
+    const cpuid = kvm.supportedCpuid().map((e) =>
+      e.function === 1 ? { ...e, ebx: (e.ebx & 0xffffff) | (5 << 24) } : e
+    );
+    vcpu.setCpuid2(cpuid);
+    const got = vcpu.getCpuid2(); // KVM fills in runtime bits (OSXSAVE, APIC) on set
+    assertEquals(got.find((e) => e.function === 1)!.ebx >>> 24, 5);
+    vcpu.setCpuid2(got);
+    assertEquals(vcpu.getCpuid2(), got);
+
     const dr = vcpu.getDebugregs();
     dr.db[0] = 0x4000n;
     vcpu.setDebugregs(dr);
@@ -117,13 +126,16 @@ Deno.test("VM device codecs (irqchip, PIT, clock) survive get, set, get against 
   }
 });
 
-Deno.test("a memory slot with dirty logging reports the pages the host wrote through KVM's view", () => {
-  const { vm, close } = setup();
+Deno.test("with manual dirty-log protect, GET_DIRTY_LOG keeps bits until CLEAR_DIRTY_LOG clears them", () => {
+  const { kvm, vm, close } = setup();
+  const size = 1 << 20;
+  const fd = libc.memfdCreate("t");
+  libc.ftruncate(fd, size);
+  const p = libc.mmap(size, libc.MAP.PROT_READ | libc.MAP.PROT_WRITE, libc.MAP.SHARED, fd);
   try {
-    const size = 1 << 20;
-    const fd = libc.memfdCreate("t");
-    libc.ftruncate(fd, size);
-    const p = libc.mmap(size, libc.MAP.PROT_READ | libc.MAP.PROT_WRITE, libc.MAP.SHARED, fd);
+    const supported = BigInt(kvm.checkExtension(CAP.MANUAL_DIRTY_LOG_PROTECT2));
+    assert(supported & 2n, "INITIALLY_SET is supported");
+    vm.enableCap(CAP.MANUAL_DIRTY_LOG_PROTECT2, [3n]); // ENABLE | INITIALLY_SET
     vm.setUserMemoryRegion({
       slot: 0,
       flags: 1,
@@ -131,12 +143,56 @@ Deno.test("a memory slot with dirty logging reports the pages the host wrote thr
       memory_size: BigInt(size),
       userspace_addr: libc.ptrValue(p),
     });
-    const bitmap = new Uint8Array(size / 4096 / 8);
+    const pages = size / 4096;
+    const bitmap = new Uint8Array(pages / 8);
     vm.getDirtyLog(0, bitmap);
-    assertEquals(bitmap.every((b) => b === 0), true);
+    assertEquals(bitmap.every((b) => b === 0xff), true, "every page starts dirty");
+    vm.getDirtyLog(0, bitmap);
+    assertEquals(bitmap.every((b) => b === 0xff), true, "GET does not clear in manual mode");
+    vm.clearDirtyLog(0, 0, pages, bitmap);
+    vm.getDirtyLog(0, bitmap);
+    assertEquals(bitmap.every((b) => b === 0), true, "CLEAR emptied it");
+  } finally {
     libc.munmap(p, size);
     libc.close(fd);
-  } finally {
     close();
   }
 });
+
+Deno.test("the dirty log of a running guest marks exactly the pages it wrote, and reading it resets it", async () => {
+  const { Vm } = await import("../src/vmm/vm.ts");
+  const { bootMemstamp } = await import("../src/vmm/guests/memstamp/boot.ts");
+  const { MemstampControl } = await import("../src/vmm/guests/memstamp/memstamp.ts");
+  const memSize = 16 << 20;
+  const vm = Vm.create({ name: "dirty", memSize, vcpus: 1 }, { devices: () => [] });
+  bootMemstamp(vm, { memSize, vcpus: 1, pattern: "seq", workingSet: 64 * 4096, timerHz: 0 });
+  const ctl = new MemstampControl(vm.memory);
+  try {
+    await vm.start();
+    await ctl.waitStamped(30_000);
+    vm.dirtyBitmap();
+    await new Promise((r) => setTimeout(r, 50));
+    await vm.pause();
+    const bits = vm.dirtyBitmap();
+    const dirty = [...bits].reduce((a, b) => a + popcount(b), 0);
+    const start = Number(ctl.status(0).start);
+    assert(
+      dirty >= 64 && dirty < 64 + 300,
+      `dirty pages ${dirty}: the 64-page working set plus table and stack`,
+    );
+    assert(bits[start >> 3] & (1 << (start & 7)), "the first working-set page is dirty");
+    assertEquals(
+      vm.dirtyBitmap().every((b) => b === 0),
+      true,
+      "the log was reset and the paused guest wrote nothing",
+    );
+  } finally {
+    await vm.stop();
+  }
+});
+
+function popcount(b: number): number {
+  let n = 0;
+  for (; b; b &= b - 1) n++;
+  return n;
+}

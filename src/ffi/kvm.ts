@@ -380,6 +380,15 @@ export class VcpuFd {
       "KVM_SET_CPUID2",
     );
   }
+  /** KVM_GET_CPUID2: the CPUID table installed on this vCPU. */
+  getCpuid2(): abi.KvmCpuidEntry2[] {
+    const max = 256;
+    const buf = new Uint8Array(abi.kvmCpuid2Header.size + max * abi.kvmCpuidEntry2.size);
+    buf.set(abi.kvmCpuid2Header.encode({ nent: max }));
+    libc.ioctlBuf(this.fd, IOCTL.GET_CPUID2, buf, "KVM_GET_CPUID2");
+    const n = abi.kvmCpuid2Header.decode(buf).nent;
+    return readEntries(buf, abi.kvmCpuid2Header.size, abi.kvmCpuidEntry2, n);
+  }
   /** KVM_KVMCLOCK_CTRL: tells the guest it was paused (EINVAL when kvmclock is not in use). */
   kvmclockCtrl(): void {
     libc.ioctlInt(this.fd, IOCTL.KVMCLOCK_CTRL, 0, "KVM_KVMCLOCK_CTRL");

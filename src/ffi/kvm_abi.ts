@@ -413,6 +413,7 @@ export const IOCTL = {
   GET_LAPIC: ior(KVMIO, 0x8e, kvmLapicState.size),
   SET_LAPIC: iow(KVMIO, 0x8f, kvmLapicState.size),
   SET_CPUID2: iow(KVMIO, 0x90, kvmCpuid2Header.size),
+  GET_CPUID2: iowr(KVMIO, 0x91, kvmCpuid2Header.size),
   GET_MP_STATE: ior(KVMIO, 0x98, kvmMpState.size),
   SET_MP_STATE: iow(KVMIO, 0x99, kvmMpState.size),
   GET_VCPU_EVENTS: ior(KVMIO, 0x9f, kvmVcpuEvents.size),

@@ -60,8 +60,10 @@ export const UFFDIO_IOCTL = {
 
 /** Registration modes. */
 export const REGISTER_MODE = { MISSING: 1n, WP: 2n, MINOR: 4n } as const;
-/** Copy/zeropage/writeprotect mode bits. */
+/** UFFDIO_COPY / UFFDIO_ZEROPAGE mode bits. */
 export const MODE = { DONTWAKE: 1n, WP: 2n } as const;
+/** UFFDIO_WRITEPROTECT mode bits (not the same order as the copy modes). */
+export const WP_MODE = { WP: 1n, DONTWAKE: 2n } as const;
 /** Features requested at the handshake. */
 export const FEATURE = {
   PAGEFAULT_FLAG_WP: 1n << 0n,
@@ -159,7 +161,7 @@ export class Userfaultfd {
 
   /** UFFDIO_WRITEPROTECT: sets (`protect`) or clears write protection on a range. */
   writeProtect(start: bigint, len: number, protect: boolean, wake = true): void {
-    const mode = (protect ? MODE.WP : 0n) | (!protect && !wake ? MODE.DONTWAKE : 0n);
+    const mode = (protect ? WP_MODE.WP : 0n) | (!protect && !wake ? WP_MODE.DONTWAKE : 0n);
     libc.ioctlBuf(
       this.fd,
       UFFDIO_IOCTL.WRITEPROTECT,
