@@ -19,6 +19,15 @@ const lib = Deno.dlopen("libc.so.6", {
   pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   pwrite: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   pwritev: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  pwritev_nb: {
+    name: "pwritev",
+    parameters: ["i32", "buffer", "i32", "i64"],
+    result: "isize",
+    nonblocking: true,
+  },
+  preadv: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
+  fsync: { parameters: ["i32"], result: "i32" },
+  fdatasync: { parameters: ["i32"], result: "i32" },
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
@@ -53,6 +62,8 @@ export const O = {
   WRONLY: 1,
   RDWR: 2,
   CREAT: 0o100,
+  EXCL: 0o200,
+  DIRECTORY: 0o200000,
   TRUNC: 0o1000,
   NONBLOCK: 0o4000,
   CLOEXEC: 0o2000000,
@@ -178,12 +189,43 @@ export function pwritev(
   iov: Array<[Deno.PointerValue, number]>,
   offset: number,
 ): number {
+  return check("pwritev", s.pwritev(fd, iovecs(iov), iov.length, BigInt(offset)));
+}
+
+/** pwritev(2) on a helper thread, so the JS event loop keeps running during the write. */
+export async function pwritevAsync(
+  fd: number,
+  iov: Array<[Deno.PointerValue, number]>,
+  offset: number,
+): Promise<number> {
+  const buf = iovecs(iov);
+  const r = Number(await s.pwritev_nb(fd, buf, iov.length, BigInt(offset)));
+  if (r < 0) throw new SyscallError("pwritev", errno());
+  return r;
+}
+
+/** preadv(2) into (address, length) pairs; returns bytes read. */
+export function preadv(fd: number, iov: Array<[Deno.PointerValue, number]>, offset: number): number {
+  return check("preadv", s.preadv(fd, iovecs(iov), iov.length, BigInt(offset)));
+}
+
+function iovecs(iov: Array<[Deno.PointerValue, number]>): Uint8Array<ArrayBuffer> {
   const buf = new BigUint64Array(iov.length * 2);
   iov.forEach(([p, len], i) => {
     buf[2 * i] = p === null ? 0n : BigInt(Deno.UnsafePointer.value(p));
     buf[2 * i + 1] = BigInt(len);
   });
-  return check("pwritev", s.pwritev(fd, new Uint8Array(buf.buffer), iov.length, BigInt(offset)));
+  return new Uint8Array(buf.buffer);
+}
+
+/** fsync(2). */
+export function fsync(fd: number): void {
+  check("fsync", s.fsync(fd));
+}
+
+/** fdatasync(2). */
+export function fdatasync(fd: number): void {
+  check("fdatasync", s.fdatasync(fd));
 }
 
 /** read(2) into a buffer; returns bytes read or -errno for EAGAIN. */

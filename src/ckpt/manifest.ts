@@ -1,0 +1,218 @@
+/**
+ * The manifest: everything a checkpoint is besides page bytes (machine state, generation chain, which
+ * fragment holds each page), CBOR-encoded between a versioned header and a CRC-32 trailer. It is the
+ * commit point: written to MANIFEST.tmp, fsynced, renamed to MANIFEST, directory fsynced.
+ */
+import { decodeCbor, encodeCbor } from "./cbor.ts";
+import * as libc from "../ffi/libc.ts";
+import type { MachineState } from "../vmm/machine.ts";
+import {
+  CheckpointFormatError,
+  checkVersion,
+  crc32,
+  hasMagic,
+  magic,
+  MANIFEST_VERSION,
+} from "./format.ts";
+
+/** "DCRMANIF" */
+export const MANIFEST_MAGIC: Uint8Array = magic("DCRMANIF");
+/** "DCRMEND" */
+export const MANIFEST_END: Uint8Array = magic("DCRMEND");
+/** File name of a committed manifest. */
+export const MANIFEST_FILE = "MANIFEST";
+const HEADER = 24;
+
+/** How a checkpoint was taken. */
+export type CheckpointMode = "stop" | "precopy" | "cow";
+
+/** One fragment a checkpoint uses. */
+export interface FragmentRef {
+  /** Path relative to the checkpoint store root. */
+  path: string;
+  /** Host that wrote it. */
+  host: string;
+  /** Generation that wrote it. */
+  generation: number;
+  /** CRC-32 of its footer: binds this manifest to exactly that file. */
+  footerCrc: number;
+  /** Pages it indexes. */
+  pages: number;
+  /** File size. */
+  bytes: number;
+}
+
+/** Timings and counts of the checkpoint, for `ckpt inspect` and reports. */
+export interface CheckpointStats {
+  /** Pages written in this generation (stored, not zero). */
+  pagesSaved: number;
+  /** Zero pages recorded. */
+  zeroPages: number;
+  /** Pages referenced from earlier generations. */
+  pagesReused: number;
+  /** Page copies written more than once (precopy rounds). */
+  pagesSavedTwice: number;
+  /** Page bytes written. */
+  bytesWritten: number;
+  /** Precopy rounds (1 for stop and cow). */
+  rounds: number;
+  /** Time the vCPUs were paused. */
+  downtimeMs: number;
+  /** Whole checkpoint time. */
+  totalMs: number;
+}
+
+/** A checkpoint's manifest. */
+export interface Manifest {
+  /** dcres version that wrote it. */
+  dcresVersion: string;
+  /** Checkpoint id (hex). */
+  id: string;
+  /** VM name. */
+  vm: string;
+  /** Generation number in its store (1, 2, ...). */
+  generation: number;
+  /** Generation this one is incremental on, or null for a full checkpoint. */
+  parent: number | null;
+  /** ISO time of the consistency point. */
+  createdAt: string;
+  /** How it was taken. */
+  mode: CheckpointMode;
+  /** zstd chunks. */
+  compressed: boolean;
+  /** Machine state at the consistency point. */
+  machine: MachineState;
+  /** Fragments holding the pages (this generation's and earlier ones'). */
+  fragments: FragmentRef[];
+  /** Which fragment holds each page: runs of [first gfn, count, fragment index], covering all RAM. */
+  pageMap: Uint32Array;
+  /** Gfns most recently used first, for lazy restore's prefetch. */
+  prefetchOrder: Uint32Array;
+  /** Counts and timings. */
+  stats: CheckpointStats;
+}
+
+/** Encodes a manifest into its file bytes. */
+export function encodeManifest(m: Manifest): Uint8Array<ArrayBuffer> {
+  const body = encodeCbor(m);
+  const out = new Uint8Array(HEADER + body.length + 4 + MANIFEST_END.length);
+  const dv = new DataView(out.buffer);
+  out.set(MANIFEST_MAGIC, 0);
+  dv.setUint16(8, MANIFEST_VERSION.major, true);
+  dv.setUint16(10, MANIFEST_VERSION.minor, true);
+  dv.setUint16(12, MANIFEST_VERSION.patch, true);
+  dv.setBigUint64(16, BigInt(body.length), true);
+  out.set(body, HEADER);
+  dv.setUint32(HEADER + body.length, crc32(out.subarray(0, HEADER + body.length)), true);
+  out.set(MANIFEST_END, HEADER + body.length + 4);
+  return out;
+}
+
+/** Decodes and checks manifest file bytes; `file` names the file in errors. */
+export function decodeManifest(file: string, buf: Uint8Array): Manifest {
+  const bad = (off: number, what: string): never => {
+    throw new CheckpointFormatError(file, off, what);
+  };
+  if (buf.length < HEADER + 4 + MANIFEST_END.length) {
+    bad(buf.length, `file is ${buf.length} bytes, too short for a manifest (truncated?)`);
+  }
+  if (!hasMagic(buf, 0, MANIFEST_MAGIC)) bad(0, "not a dcres manifest (wrong magic)");
+  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  checkVersion(
+    file,
+    8,
+    { major: dv.getUint16(8, true), minor: dv.getUint16(10, true), patch: dv.getUint16(12, true) },
+    MANIFEST_VERSION,
+    "manifest",
+  );
+  const len = Number(dv.getBigUint64(16, true));
+  if (HEADER + len + 4 + MANIFEST_END.length !== buf.length) {
+    bad(
+      16,
+      `body length ${len} does not match the file size ${buf.length} (truncated or extended)`,
+    );
+  }
+  if (!hasMagic(buf, HEADER + len + 4, MANIFEST_END)) bad(HEADER + len + 4, "end marker missing");
+  const crc = dv.getUint32(HEADER + len, true);
+  if (crc32(buf.subarray(0, HEADER + len)) !== crc) bad(HEADER + len, "manifest checksum mismatch");
+  let m: Manifest;
+  try {
+    m = decodeCbor(buf.subarray(HEADER, HEADER + len)) as Manifest;
+  } catch (e) {
+    return bad(HEADER, `body does not decode: ${(e as Error).message}`);
+  }
+  const need: Array<keyof Manifest> = [
+    "id",
+    "vm",
+    "generation",
+    "mode",
+    "machine",
+    "fragments",
+    "pageMap",
+    "stats",
+  ];
+  for (const k of need) if (m?.[k] === undefined) bad(HEADER, `field "${k}" is missing`);
+  if (!(m.pageMap instanceof Uint32Array) || m.pageMap.length % 3 !== 0) {
+    bad(HEADER, "pageMap is malformed");
+  }
+  for (let i = 0; i < m.pageMap.length; i += 3) {
+    if (m.pageMap[i + 2] >= m.fragments.length) {
+      bad(
+        HEADER,
+        `pageMap run ${i / 3} names fragment ${m.pageMap[i + 2]} of ${m.fragments.length}`,
+      );
+    }
+  }
+  return m;
+}
+
+/** Reads and checks `dir/MANIFEST`. */
+export function readManifest(dir: string): Manifest {
+  const file = `${dir}/${MANIFEST_FILE}`;
+  let buf: Uint8Array;
+  try {
+    buf = Deno.readFileSync(file);
+  } catch (e) {
+    throw new CheckpointFormatError(
+      file,
+      0,
+      e instanceof Deno.errors.NotFound
+        ? "missing: the checkpoint was never committed"
+        : (e as Error).message,
+    );
+  }
+  return decodeManifest(file, buf);
+}
+
+/** Commits `m` into `dir`: MANIFEST.tmp written and fsynced, renamed to MANIFEST, `dir` fsynced. */
+export function commitManifest(dir: string, m: Manifest): void {
+  const tmp = `${dir}/${MANIFEST_FILE}.tmp`;
+  const bytes = encodeManifest(m);
+  const fd = libc.open(tmp, libc.O.WRONLY | libc.O.CREAT | libc.O.TRUNC, 0o600);
+  try {
+    let off = 0;
+    while (off < bytes.length) {
+      off += libc.pwrite(
+        fd,
+        libc.ptrAdd(Deno.UnsafePointer.of(bytes)!, off),
+        bytes.length - off,
+        off,
+      );
+    }
+    libc.fsync(fd);
+  } finally {
+    libc.close(fd);
+  }
+  Deno.renameSync(tmp, `${dir}/${MANIFEST_FILE}`);
+  fsyncDir(dir);
+}
+
+/** fsync(2) of a directory, making renames and new entries in it durable. */
+export function fsyncDir(dir: string): void {
+  const fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  try {
+    libc.fsync(fd);
+  } finally {
+    libc.close(fd);
+  }
+}

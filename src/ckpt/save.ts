@@ -1,0 +1,343 @@
+/**
+ * Takes a checkpoint of a running machine on this host, in one of three modes (docs/FORMAT.md,
+ * "Modes"): stop (pause, save, resume), precopy (save while running, coldest pages first, re-save
+ * dirtied pages in rounds, short final pause) and cow (consistency point at the start; pages are
+ * write-protected and copied aside before the guest's first write to them).
+ */
+import { join } from "node:path";
+import * as libc from "../ffi/libc.ts";
+import { SyscallError } from "../ffi/errors.ts";
+import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import { DirtyTracker } from "../memory/dirty_tracker.ts";
+import type { Machine } from "../vmm/machine.ts";
+import { PAGE } from "./format.ts";
+import { FragmentWriter, type PageSource } from "./fragment_writer.ts";
+import {
+  type CheckpointMode,
+  commitManifest,
+  type FragmentRef,
+  type Manifest,
+} from "./manifest.ts";
+import { CheckpointStore } from "./store.ts";
+import { buildPageMap, overlayPageMap } from "./page_map.ts";
+
+/** dcres version recorded in every manifest. */
+export const DCRES_VERSION = "0.1.0";
+
+/** What to checkpoint and how. */
+export interface CheckpointOptions {
+  /** Store directory. */
+  dir: string;
+  /** Mode (default precopy). */
+  mode: CheckpointMode;
+  /** Save only pages written since the previous checkpoint in this store. */
+  incremental: boolean;
+  /** zstd chunks. */
+  compress: boolean;
+  /** Precopy: stop iterating once the rest fits this pause. */
+  maxDowntimeMs: number;
+  /** Called as bytes are written. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** The result of a checkpoint. */
+export interface CheckpointReport {
+  /** Store directory. */
+  dir: string;
+  /** Generation written. */
+  generation: number;
+  /** Checkpoint id. */
+  id: string;
+  /** Mode. */
+  mode: CheckpointMode;
+  /** Parent generation, or null. */
+  parent: number | null;
+  /** Counts and timings. */
+  stats: Manifest["stats"];
+}
+
+/** A checkpoint could not be taken; the previous one is intact. */
+export class CheckpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "CheckpointError";
+  }
+}
+
+const HOST = "main";
+const BATCH = 4096;
+const MAX_ROUNDS = 30;
+
+/** Pages in `gfns` ordered coldest first (never or longest-ago dirty first). */
+export function coldestFirst(gfns: number[], lastDirty: Uint32Array): number[] {
+  return gfns.sort((a, b) => lastDirty[a] - lastDirty[b] || a - b);
+}
+
+/** Takes one checkpoint of `m`; on any failure removes the partial generation and rethrows. */
+export async function takeCheckpoint(
+  m: Machine,
+  tracker: DirtyTracker,
+  opts: CheckpointOptions,
+): Promise<CheckpointReport> {
+  const t0 = performance.now();
+  const store = new CheckpointStore(opts.dir);
+  const parent = opts.incremental ? store.latest() : undefined;
+  if (opts.incremental && !parent) {
+    throw new CheckpointError(
+      `--incremental: ${opts.dir} has no committed checkpoint to build on; take a full one first`,
+    );
+  }
+  if (parent && parent.manifest.vm !== m.spec.name) {
+    throw new CheckpointError(
+      `--incremental: the latest checkpoint in ${opts.dir} is of VM ${parent.manifest.vm}, not ${m.spec.name}`,
+    );
+  }
+  if (parent && parent.manifest.machine.spec.memSize !== m.spec.memSize) {
+    throw new CheckpointError(
+      `--incremental: memory size changed since generation ${parent.manifest.generation}`,
+    );
+  }
+  const { generation, dir } = store.begin();
+  const idBytes = crypto.getRandomValues(new Uint8Array(16));
+  const id = Array.from(idBytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const fragPath = join(dir, `${HOST}.frag`);
+  const writer = FragmentWriter.create(fragPath, {
+    checkpointId: idBytes,
+    generation,
+    compress: opts.compress,
+  });
+  const mem = m.vm.memory;
+  const src: PageSource = { bytes: mem.view(), base: mem.hostAddr };
+  const pages = mem.pages;
+  let txn: ReturnType<DirtyTracker["begin"]> | undefined;
+  let paused = false;
+  const stats = {
+    pagesSaved: 0,
+    zeroPages: 0,
+    pagesReused: 0,
+    pagesSavedTwice: 0,
+    bytesWritten: 0,
+    rounds: 1,
+    downtimeMs: 0,
+    totalMs: 0,
+  };
+  try {
+    let state: Manifest["machine"];
+    if (opts.mode === "stop" || opts.mode === "cow") {
+      const tp = performance.now();
+      await m.vm.pause();
+      paused = true;
+      txn = tracker.begin();
+      tracker.seal();
+      state = m.save();
+      const todo = coldestFirst(
+        parent ? DirtyTracker.gfns(txn.bits, pages) : allGfns(pages),
+        tracker.lastDirty,
+      );
+      if (opts.mode === "stop") {
+        await writeAll(writer, todo, src, opts);
+        m.vm.resume();
+        paused = false;
+        stats.downtimeMs = performance.now() - tp;
+      } else {
+        await copyOnWrite(m, writer, todo, src, opts, () => {
+          stats.downtimeMs = performance.now() - tp;
+          paused = false;
+        });
+      }
+    } else {
+      txn = tracker.begin();
+      let todo = coldestFirst(
+        parent ? DirtyTracker.gfns(txn.bits.slice(), pages) : allGfns(pages),
+        tracker.lastDirty,
+      );
+      let rate = 1e9; // bytes/s, refined after the first round
+      for (;;) {
+        const tr = performance.now();
+        const before = writer.bytesWritten;
+        await writeAll(writer, todo, src, opts);
+        const secs = (performance.now() - tr) / 1000;
+        if (writer.bytesWritten > before && secs > 0) rate = (writer.bytesWritten - before) / secs;
+        const dirty = DirtyTracker.gfns(tracker.sample(), pages);
+        const fits = (dirty.length * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
+        if (fits || stats.rounds >= MAX_ROUNDS || dirty.length >= todo.length) {
+          const tp = performance.now();
+          await m.vm.pause();
+          paused = true;
+          const last = new Set(dirty);
+          for (const g of DirtyTracker.gfns(tracker.sample(), pages)) last.add(g);
+          tracker.seal();
+          state = m.save();
+          await writeAll(writer, coldestFirst([...last], tracker.lastDirty), src, opts);
+          m.vm.resume();
+          paused = false;
+          stats.downtimeMs = performance.now() - tp;
+          break;
+        }
+        todo = coldestFirst(dirty, tracker.lastDirty);
+        stats.rounds++;
+      }
+    }
+    const sum = writer.finish();
+    const frag: FragmentRef = {
+      path: `${dir.slice(opts.dir.length).replace(/^\/+/, "")}/${HOST}.frag`,
+      host: HOST,
+      generation,
+      footerCrc: sum.footerCrc,
+      pages: sum.pages,
+      bytes: sum.fileBytes,
+    };
+    const fragments = parent ? [...parent.manifest.fragments, frag] : [frag];
+    const pageMap = parent
+      ? overlayPageMap(parent.manifest.pageMap, sum.gfns, fragments.length - 1)
+      : buildPageMap(pages, 0);
+    stats.pagesSaved = sum.pages - sum.zeroPages;
+    stats.zeroPages = sum.zeroPages;
+    stats.pagesReused = pages - sum.pages;
+    stats.pagesSavedTwice = sum.rewrites;
+    stats.bytesWritten = sum.dataBytes;
+    stats.totalMs = performance.now() - t0;
+    const manifest: Manifest = {
+      dcresVersion: DCRES_VERSION,
+      id,
+      vm: m.spec.name,
+      generation,
+      parent: parent ? parent.manifest.generation : null,
+      createdAt: new Date().toISOString(),
+      mode: opts.mode,
+      compressed: opts.compress,
+      machine: state!,
+      fragments,
+      pageMap,
+      prefetchOrder: prefetchOrder(tracker.lastDirty),
+      stats,
+    };
+    commitManifest(dir, manifest);
+    tracker.commit(txn);
+    return { dir: opts.dir, generation, id, mode: opts.mode, parent: manifest.parent, stats };
+  } catch (e) {
+    writer.abort();
+    if (txn) tracker.abort(txn);
+    if (paused && !m.vm.isStopped) m.vm.resume();
+    try {
+      Deno.removeSync(dir, { recursive: true });
+    } catch {
+      // Nothing to clean.
+    }
+    if (e instanceof SyscallError && e.errno === 28) {
+      throw new CheckpointError(
+        `${opts.dir}: disk full while writing generation ${generation}; free space and retry (the previous checkpoint is intact)`,
+      );
+    }
+    throw e;
+  }
+}
+
+function allGfns(pages: number): number[] {
+  return Array.from({ length: pages }, (_, i) => i);
+}
+
+/** Gfns most recently dirty first: the order lazy restore prefetches in. */
+function prefetchOrder(lastDirty: Uint32Array): Uint32Array {
+  const idx = Array.from({ length: lastDirty.length }, (_, i) => i);
+  idx.sort((a, b) => lastDirty[b] - lastDirty[a] || a - b);
+  return Uint32Array.from(idx);
+}
+
+async function writeAll(
+  w: FragmentWriter,
+  gfns: number[],
+  src: PageSource,
+  opts: CheckpointOptions,
+): Promise<void> {
+  const total = gfns.length * PAGE;
+  for (let i = 0; i < gfns.length; i += BATCH) {
+    w.append(gfns.slice(i, i + BATCH), src);
+    opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE, total);
+    await new Promise((r) => setTimeout(r, 0));
+  }
+  w.flush();
+}
+
+/**
+ * Copy-on-write: with the vCPUs paused, write-protect every page to save, resume, then save them;
+ * a guest write to a page not yet saved faults, the page is copied aside, and only then unprotected.
+ */
+async function copyOnWrite(
+  m: Machine,
+  w: FragmentWriter,
+  todo: number[],
+  src: PageSource,
+  opts: CheckpointOptions,
+  resumed: () => void,
+): Promise<void> {
+  const mem = m.vm.memory;
+  const uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM | FEATURE.WP_UNPOPULATED);
+  const saved = new Uint8Array(mem.pages);
+  const copies: Array<{ gfn: number; page: Uint8Array<ArrayBuffer> }> = [];
+  try {
+    uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.WP);
+    const wanted = new Uint8Array(mem.pages);
+    for (const g of todo) wanted[g] = 1;
+    for (const [start, count] of runs(todo)) {
+      uffd.writeProtect(mem.hostAddr + BigInt(start * PAGE), count * PAGE, true, false);
+    }
+    m.vm.resume();
+    resumed();
+    const serve = () => {
+      for (let evs = uffd.readEvents(); evs.length; evs = uffd.readEvents()) {
+        for (const ev of evs) {
+          const gfn = Number((ev.address - mem.hostAddr) / BigInt(PAGE));
+          if (wanted[gfn] && !saved[gfn]) {
+            copies.push({ gfn, page: src.bytes.slice(gfn * PAGE, (gfn + 1) * PAGE) });
+            saved[gfn] = 1;
+          }
+          uffd.writeProtect(mem.hostAddr + BigInt(gfn * PAGE), PAGE, false);
+        }
+      }
+    };
+    const total = todo.length * PAGE;
+    for (let i = 0; i < todo.length; i += BATCH) {
+      serve();
+      const batch = todo.slice(i, i + BATCH).filter((g) => !saved[g]);
+      w.append(batch, src);
+      w.flush();
+      for (const g of batch) saved[g] = 1;
+      for (const [start, count] of runs(batch)) {
+        uffd.writeProtect(mem.hostAddr + BigInt(start * PAGE), count * PAGE, false);
+      }
+      if (copies.length) {
+        const buf = new Uint8Array(copies.length * PAGE);
+        copies.forEach((c, k) => buf.set(c.page, k * PAGE));
+        w.append(copies.map((c) => c.gfn), {
+          bytes: buf,
+          base: libc.ptrValue(Deno.UnsafePointer.of(buf)),
+        }, copies.map((_, k) => k * PAGE));
+        w.flush();
+        copies.length = 0;
+      }
+      opts.onProgress?.(Math.min(i + BATCH, todo.length) * PAGE, total);
+      await new Promise((r) => setTimeout(r, 0));
+    }
+    serve();
+  } finally {
+    try {
+      uffd.writeProtect(mem.hostAddr, mem.size, false);
+      uffd.unregister(mem.hostAddr, mem.size);
+    } finally {
+      uffd.close();
+    }
+  }
+}
+
+/** Sorted runs [first, count] of the given gfns. */
+export function runs(gfns: number[]): Array<[number, number]> {
+  const s = [...gfns].sort((a, b) => a - b);
+  const out: Array<[number, number]> = [];
+  for (const g of s) {
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === g) last[1]++;
+    else out.push([g, 1]);
+  }
+  return out;
+}

@@ -1,0 +1,122 @@
+/**
+ * A checkpoint store: one directory holding generations `g000001/`, `g000002/`, ... of one VM. A
+ * generation exists once its MANIFEST is committed; a directory without one is a checkpoint that was
+ * interrupted, ignored by readers and removed by the next writer.
+ */
+import { join } from "node:path";
+import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
+import { fsyncDir } from "./manifest.ts";
+
+/** A generation directory as found on disk. */
+export interface GenerationEntry {
+  /** Generation number. */
+  generation: number;
+  /** Its directory. */
+  dir: string;
+  /** True once its manifest was committed. */
+  committed: boolean;
+}
+
+/** No usable checkpoint in a directory; the message says what is there. */
+export class NoCheckpointError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "NoCheckpointError";
+  }
+}
+
+const GEN = /^g(\d{6})$/;
+
+/** Name of generation `n`'s directory. */
+export function generationName(n: number): string {
+  return `g${String(n).padStart(6, "0")}`;
+}
+
+/** A store directory. */
+export class CheckpointStore {
+  constructor(
+    /** Its directory. */
+    readonly root: string,
+  ) {}
+
+  /** Every generation directory, ascending. */
+  generations(): GenerationEntry[] {
+    let entries: Deno.DirEntry[];
+    try {
+      entries = [...Deno.readDirSync(this.root)];
+    } catch {
+      return [];
+    }
+    return entries
+      .filter((e) => e.isDirectory && GEN.test(e.name))
+      .map((e) => {
+        const dir = join(this.root, e.name);
+        let committed = false;
+        try {
+          committed = Deno.statSync(join(dir, MANIFEST_FILE)).isFile;
+        } catch {
+          committed = false;
+        }
+        return { generation: Number(GEN.exec(e.name)![1]), dir, committed };
+      })
+      .sort((a, b) => a.generation - b.generation);
+  }
+
+  /** The newest committed generation's manifest, or undefined when there is none. */
+  latest(): { dir: string; manifest: Manifest } | undefined {
+    const committed = this.generations().filter((g) => g.committed);
+    const last = committed[committed.length - 1];
+    return last && { dir: last.dir, manifest: readManifest(last.dir) };
+  }
+
+  /** Removes interrupted generations; returns their directories. */
+  cleanIncomplete(): string[] {
+    const removed: string[] = [];
+    for (const g of this.generations()) {
+      if (g.committed) continue;
+      Deno.removeSync(g.dir, { recursive: true });
+      removed.push(g.dir);
+    }
+    return removed;
+  }
+
+  /** Creates the directory of the next generation (after cleaning interrupted ones). */
+  begin(): { generation: number; dir: string } {
+    Deno.mkdirSync(this.root, { recursive: true });
+    this.cleanIncomplete();
+    const gens = this.generations();
+    const generation = (gens[gens.length - 1]?.generation ?? 0) + 1;
+    const dir = join(this.root, generationName(generation));
+    Deno.mkdirSync(dir, { mode: 0o700 });
+    fsyncDir(this.root);
+    return { generation, dir };
+  }
+}
+
+/** Resolves a restore target: a store (its latest generation) or one generation directory. */
+export function resolveCheckpoint(path: string): { root: string; dir: string; manifest: Manifest } {
+  let isGen = false;
+  try {
+    Deno.statSync(join(path, MANIFEST_FILE));
+    isGen = true;
+  } catch {
+    isGen = false;
+  }
+  if (isGen) return { root: join(path, ".."), dir: path, manifest: readManifest(path) };
+  const store = new CheckpointStore(path);
+  const gens = store.generations();
+  if (gens.length === 0) {
+    throw new NoCheckpointError(
+      `${path}: no checkpoints here; take one with 'dcres checkpoint NAME --out ${path}'`,
+    );
+  }
+  const latest = store.latest();
+  if (!latest) {
+    throw new NoCheckpointError(
+      `${path}: no committed checkpoint (only interrupted ones: ${
+        gens.map((g) => g.dir).join(", ")
+      })`,
+    );
+  }
+  return { root: path, ...latest };
+}
