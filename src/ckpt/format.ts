@@ -49,7 +49,6 @@ export function checkVersion(
   what: string,
 ) {
   const f = `${found.major}.${found.minor}.${found.patch}`;
-  const r = `${reader.major}.${reader.minor}.${reader.patch}`;
   if (found.major !== reader.major || found.minor > reader.minor) {
     throw new CheckpointFormatError(
       file,
