@@ -432,7 +432,16 @@ Deno.test("the installed kernel loads with an initramfs into 256 MiB and 64 MiB 
   for (const [memSize, where] of [[256 * MiB, "pref_address"], [64 * MiB, "1 MiB"]] as const) {
     const ram = new Uint8Array(memSize);
     const cmdline = "console=ttyS0 earlyprintk=serial panic=-1";
-    const setup = loadLinux(ram, { kernel, kernelPath: realKernel, initrd, cmdline, memSize });
+    // The bzImage placement rules; the extracted-vmlinux path is covered by boot_vmlinux_test.ts.
+    const setup = loadLinux(ram, {
+      kernel,
+      kernelPath: realKernel,
+      initrd,
+      cmdline,
+      memSize,
+      prefer: "bzimage",
+    });
+    assertEquals(setup.entry, "bzimage");
     const expected = where === "1 MiB" ? BigInt(HIGH) : setup.header.prefAddress;
     assertEquals(setup.kernelAddr, expected, `${memSize / MiB} MiB guest loads at ${where}`);
     const pm = protectedModeKernel(kernel, setup.header);

@@ -3,19 +3,24 @@
  * into guest memory at their physical addresses: what a VMM needs to boot an uncompressed vmlinux.
  */
 
-/** Bad ELF input; names the file and the byte offset in it where the problem is. */
-export class ElfError extends Error {
-  /** The file (or input) at fault. */
-  readonly path: string;
+import { BootImageError } from "./bzimage.ts";
+
+/**
+ * Bad ELF input; names the file and the byte offset in it where the problem is. A BootImageError,
+ * so whoever reports bad boot inputs reports this one too.
+ */
+export class ElfError extends BootImageError {
   /** Byte offset in the ELF image where the problem was found. */
   readonly offset: number;
+  /** What is wrong, without the path and offset. */
+  readonly reason: string;
 
-  /** `message` says what is wrong; it is prefixed with `path` and `offset`. */
-  constructor(path: string, offset: number, message: string) {
-    super(`${path}: ELF at offset 0x${offset.toString(16)}: ${message}`);
+  /** `reason` says what is wrong; the message prefixes it with `path` and `offset`. */
+  constructor(path: string, offset: number, reason: string) {
+    super(path, `ELF at offset 0x${offset.toString(16)}: ${reason}`);
     this.name = "ElfError";
-    this.path = path;
     this.offset = offset;
+    this.reason = reason;
   }
 }
 

@@ -27,7 +27,7 @@ import {
   setupHeaderBytes,
 } from "./bzimage.ts";
 import { type Elf64, loadElfSegments, loadSpan, parseElf64, physicalEntry } from "./elf.ts";
-import { extractVmlinux, type PayloadFormat } from "./vmlinux.ts";
+import { extractVmlinux, type PayloadFormat, payloadFormatOf } from "./vmlinux.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -166,7 +166,10 @@ export interface LoadLinuxOptions {
   cmdline: string;
   /** Guest RAM size in bytes; above 3 GiB the rest is mapped from 4 GiB up. */
   memSize: number;
-  /** "bzimage" forces the decompressor path; by default the ELF path is used when possible. */
+  /**
+   * "bzimage" forces the kernel's own decompressor; the default, "vmlinux-elf", loads the
+   * extracted ELF whenever the payload's compression is one this VMM decodes.
+   */
   prefer?: LinuxEntryKind;
 }
 
@@ -209,18 +212,24 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
   }
   const hdr = parseBzImage(kernel, kernelPath);
   const vmlinux = opts.prefer === "bzimage" ? undefined : extractVmlinux(kernel, hdr, kernelPath);
+  // ELF offsets are in the decompressed image, not in the file: say so in messages.
+  const elfPath = `${kernelPath} (extracted vmlinux)`;
   const elf = vmlinux?.ok
-    ? { image: vmlinux.elf, elf: parseElf64(vmlinux.elf, kernelPath) }
+    ? { image: vmlinux.elf, elf: parseElf64(vmlinux.elf, elfPath) }
     : undefined;
-  // The extracted kernel runs where it was linked: its relocations are applied only by the
-  // decompressor, so KASLR must stay off (nokaslr also keeps the direct map where it is linked).
+  // The extracted kernel must run where it was linked: only the decompressor applies its
+  // relocations. The kernel proper checks KASLR_FLAG (cleared below, in the zero page); nokaslr
+  // records the same on the command line for anything else that reads it, and for the reader of
+  // the console log.
   const cmdlineText = elf ? withNokaslr(opts.cmdline) : opts.cmdline;
   const cmdline = encodeCmdline(cmdlineText, hdr, kernelPath);
   const place = elf
-    ? placeElf(elf.elf, initrd?.length ?? 0, memSize, hdr, opts)
+    ? placeElf(elf.elf, elfPath, initrd?.length ?? 0, memSize, hdr, opts)
     : placeImages(hdr, initrd?.length ?? 0, memSize, opts);
+  // Found before anything is written, so a refusal leaves guest memory untouched.
+  const rip = elf ? physicalEntry(elf.elf, elfPath) : BigInt(place.kernelAddr + STARTUP_64_OFFSET);
 
-  if (elf) loadElfSegments(ram, elf.image, elf.elf, kernelPath, place.initrdAddr);
+  if (elf) loadElfSegments(ram, elf.image, elf.elf, elfPath, place.initrdAddr);
   else ram.set(protectedModeKernel(kernel, hdr), place.kernelAddr);
   if (initrd) ram.set(initrd, place.initrdAddr);
   ram.fill(0, LINUX_LAYOUT.cmdline, LINUX_LAYOUT.cmdline + LINUX_LAYOUT.cmdlineMax);
@@ -237,11 +246,11 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
   writePageTables(ram);
   return {
     entry: elf ? "vmlinux-elf" : "bzimage",
-    payloadFormat: vmlinux?.format ?? "unknown",
+    payloadFormat: vmlinux?.format ?? payloadFormatOf(kernel, hdr),
     ...(vmlinux && !vmlinux.ok ? { fallbackReason: vmlinux.reason } : {}),
     ...(opts.prefer === "bzimage" ? { fallbackReason: "bzimage requested" } : {}),
     cmdline: cmdlineText,
-    rip: elf ? physicalEntry(elf.elf, kernelPath) : BigInt(place.kernelAddr + STARTUP_64_OFFSET),
+    rip,
     rsi: BigInt(LINUX_LAYOUT.zeroPage),
     rsp: BigInt(LINUX_LAYOUT.stackTop),
     gdtBase: BigInt(LINUX_LAYOUT.gdt),
@@ -392,13 +401,14 @@ export function withNokaslr(cmdline: string): string {
 // The ELF path: the segments go where they are linked, the initrd as high as allowed above them.
 function placeElf(
   elf: Elf64,
+  elfPath: string,
   initrdSize: number,
   memSize: number,
   hdr: BzImageHeader,
   opts: LoadLinuxOptions,
 ): Placement {
   const top = Math.min(memSize, LINUX_LAYOUT.mmioGapStart);
-  const { start, end } = loadSpan(elf, opts.kernelPath);
+  const { start, end } = loadSpan(elf, elfPath);
   if (start < LINUX_LAYOUT.highMemory) {
     throw new BootImageError(
       opts.kernelPath,

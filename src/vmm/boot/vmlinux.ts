@@ -41,6 +41,13 @@ export function payloadFormat(payload: Uint8Array): PayloadFormat {
   return "unknown";
 }
 
+/** The payload's format as its magic says, or "unknown" if the header declares none in bounds. */
+export function payloadFormatOf(kernel: Uint8Array, hdr: BzImageHeader): PayloadFormat {
+  const start = hdr.setupSize + hdr.payloadOffset;
+  if (hdr.payloadLength === 0 || start + hdr.payloadLength > kernel.length) return "unknown";
+  return payloadFormat(kernel.subarray(start, start + hdr.payloadLength));
+}
+
 /** The compressed payload bytes inside `kernel`; throws BootImageError when out of bounds. */
 export function payloadBytes(kernel: Uint8Array, hdr: BzImageHeader, path: string): Uint8Array {
   const start = hdr.setupSize + hdr.payloadOffset;
@@ -66,6 +73,9 @@ export function extractVmlinux(
   hdr: BzImageHeader,
   path: string,
 ): VmlinuxExtraction {
+  if (hdr.payloadLength === 0) {
+    return { ok: false, format: "unknown", reason: "the setup header declares no payload" };
+  }
   const payload = payloadBytes(kernel, hdr, path);
   const format = payloadFormat(payload);
   if (!DECODABLE_PAYLOADS.includes(format)) {
