@@ -9,6 +9,9 @@ import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
+import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
+import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
+import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 
 /** dcres version, recorded in everything it writes. */
 export const VERSION = "0.1.0";
@@ -56,7 +59,13 @@ function program(exit: (code: number) => void): Command {
   p.command("vmm", { hidden: true })
     .requiredOption("--spec <json>")
     .option("--for-ms <ms>")
-    .action(act((f: { spec: string; forMs?: string }) => vmmCommand(g(), f)));
+    .option("--restore <dir>")
+    .option("--lazy")
+    .action(
+      act((f: { spec: string; forMs?: string; restore?: string; lazy?: boolean }) =>
+        vmmCommand(g(), f)
+      ),
+    );
 
   const vm = p.command("vm").description("manage running VMs");
   vm.command("ls").description("list running VMs").action(act(() => vmLs(g())));
@@ -87,6 +96,38 @@ function program(exit: (code: number) => void): Command {
         guestVerify(g(), name, parseDuration("--timeout", f.timeout))
       ),
     );
+
+  p.command("checkpoint <name>")
+    .description("checkpoint a running VM into a store directory")
+    .requiredOption("--out <dir>", "checkpoint store directory (generations g000001, g000002, ...)")
+    .option("--mode <mode>", "stop, precopy or cow", "precopy")
+    .option("--incremental", "save only pages written since the previous checkpoint in --out")
+    .option("--compress <alg>", "compress chunks (zstd)")
+    .option("--max-downtime <duration>", "precopy: pause target for the final round", "50ms")
+    .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
+
+  p.command("restore <dir>")
+    .description(
+      "restore a checkpoint (a store: its latest generation; or one generation directory)",
+    )
+    .option("--name <name>", "name of the restored VM (default: the checkpoint's)")
+    .option("--lazy", "resume at once and load memory on demand")
+    .option("--detach", "run the restored VM as its own dcres vmm process")
+    .option("--for <duration>", "stop after this long")
+    .action(act((dir: string, f: RestoreFlags) => restoreCommand(g(), dir, f)));
+
+  const ckpt = p.command("ckpt").description("inspect and maintain checkpoint stores");
+  ckpt.command("ls <dir>").description("list generations").action(
+    act((d: string) => Promise.resolve(ckptLs(g(), d))),
+  );
+  ckpt.command("inspect <dir>").description("show a checkpoint").action(
+    act((d: string) => Promise.resolve(ckptInspect(g(), d))),
+  );
+  ckpt.command("verify <dir>").description("check every checksum").action(
+    act((d: string) => Promise.resolve(ckptVerify(g(), d))),
+  );
+  ckpt.command("merge <dir>").description("squash the latest chain into one full generation")
+    .action(act((d: string) => ckptMerge(g(), d)));
 
   p.command("demo")
     .description(

@@ -15,7 +15,7 @@ function memoryImage(pages: number): { bytes: Uint8Array<ArrayBuffer>; base: big
   return { bytes, base: libc.ptrValue(Deno.UnsafePointer.of(bytes)) };
 }
 
-function roundTrip(compress: boolean) {
+async function roundTrip(compress: boolean) {
   const dir = Deno.makeTempDirSync();
   const path = `${dir}/f.frag`;
   const src = memoryImage(300);
@@ -25,10 +25,10 @@ function roundTrip(compress: boolean) {
     compress,
   });
   const gfns = Array.from({ length: 300 }, (_, i) => (i * 37) % 300); // not in gfn order
-  w.append(gfns.slice(0, 150), src);
-  w.append(gfns.slice(150), src);
-  w.append([42], src); // saved twice: the later copy wins
-  const sum = w.finish();
+  await w.append(gfns.slice(0, 150), src);
+  await w.append(gfns.slice(150), src);
+  await w.append([42], src); // saved twice: the later copy wins
+  const sum = await w.finish();
   assertEquals(sum.pages, 300);
   assertEquals(sum.zeroPages, 60);
   assertEquals(sum.rewrites, 1);
@@ -53,12 +53,12 @@ Deno.test("a fragment round-trips pages in any order, zero pages unstored, a rew
   roundTrip(false));
 Deno.test("a zstd fragment round-trips the same pages", () => roundTrip(true));
 
-Deno.test("a fragment without a footer (writer killed) is refused by name", () => {
+Deno.test("a fragment without a footer (writer killed) is refused by name", async () => {
   const dir = Deno.makeTempDirSync();
   const path = `${dir}/f.frag`;
   const w = FragmentWriter.create(path, { checkpointId: new Uint8Array(16), generation: 1 });
-  w.append([1, 2, 3], memoryImage(4));
-  w.flush();
+  await w.append([1, 2, 3], memoryImage(4));
+  await w.flush();
   const e = assertThrows(() => FragmentReader.open(path), CheckpointFormatError);
   assert(e.message.startsWith(`${path}: at byte `), e.message);
   assert(/footer|truncated/.test(e.message), e.message);

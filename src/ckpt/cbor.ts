@@ -77,7 +77,8 @@ class Writer {
     this.len += b.length;
   }
 
-  private typed(tag: number, view: ArrayBufferView) {
+  private typed(tag: number, view: ArrayBufferView, depth: number) {
+    if (depth + 1 > MAX_DEPTH) throw new CborError("nesting too deep to encode", this.len);
     this.head(6, tag);
     const b = new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
     this.head(2, b.length);
@@ -90,7 +91,9 @@ class Writer {
     if (v === undefined) return this.raw(Uint8Array.of(0xf7));
     if (v === true || v === false) return this.raw(Uint8Array.of(v ? 0xf5 : 0xf4));
     if (typeof v === "number") {
-      if (Number.isSafeInteger(v)) return v >= 0 ? this.head(0, v) : this.head(1, -1 - v);
+      if (Number.isSafeInteger(v) && !Object.is(v, -0)) {
+        return v >= 0 ? this.head(0, v) : this.head(1, -1 - v);
+      }
       this.room(9);
       this.buf[this.len++] = 0xfb;
       this.dv.setFloat64(this.len, v);
@@ -98,6 +101,7 @@ class Writer {
       return;
     }
     if (typeof v === "bigint") {
+      if (depth + 1 > MAX_DEPTH) throw new CborError("nesting too deep to encode", this.len);
       const neg = v < 0n;
       let mag = neg ? -1n - v : v;
       const bytes: number[] = [];
@@ -118,10 +122,10 @@ class Writer {
       this.head(2, v.length);
       return this.raw(v);
     }
-    if (v instanceof Uint16Array) return this.typed(TYPED_TAGS.u16, v);
-    if (v instanceof Uint32Array) return this.typed(TYPED_TAGS.u32, v);
-    if (v instanceof BigUint64Array) return this.typed(TYPED_TAGS.u64, v);
-    if (v instanceof Float64Array) return this.typed(TYPED_TAGS.f64, v);
+    if (v instanceof Uint16Array) return this.typed(TYPED_TAGS.u16, v, depth);
+    if (v instanceof Uint32Array) return this.typed(TYPED_TAGS.u32, v, depth);
+    if (v instanceof BigUint64Array) return this.typed(TYPED_TAGS.u64, v, depth);
+    if (v instanceof Float64Array) return this.typed(TYPED_TAGS.f64, v, depth);
     if (Array.isArray(v)) {
       this.head(4, v.length);
       for (const x of v) this.value(x, depth + 1);
@@ -203,8 +207,14 @@ class Reader {
       }
       case 2:
         return this.bytes(this.length(info));
-      case 3:
-        return new TextDecoder("utf-8", { fatal: true }).decode(this.bytes(this.length(info)));
+      case 3: {
+        const b = this.bytes(this.length(info));
+        try {
+          return new TextDecoder("utf-8", { fatal: true }).decode(b);
+        } catch {
+          throw new CborError("text string is not valid UTF-8", start);
+        }
+      }
       case 4: {
         const n = this.length(info);
         const out = new Array(n);

@@ -32,7 +32,7 @@ export const HEADER_CRC_OFFSET = HEADER_SIZE - 4;
 /** Header flags. */
 export const FRAGMENT_FLAG = { ZSTD: 1 } as const;
 
-/** One chunk: a run of stored pages written by one write call. */
+/** One chunk: a run of stored pages written by one write call; crc32 covers zstd chunks only (0 otherwise). */
 export const chunkEntry = struct("chunk_entry", {
   offset: u64,
   stored_len: u32,

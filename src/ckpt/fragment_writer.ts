@@ -1,7 +1,9 @@
 /**
  * Writes one fragment: pages go to disk in large sequential pwritev calls straight from the memory
- * they live in (guest RAM or a copy-on-write staging buffer), zero pages are recorded but not stored,
- * and each page's CRC-32 lands in the index written at the end.
+ * they live in (guest RAM or a copy-on-write staging buffer; O_DIRECT where the filesystem allows, so
+ * no copy through the page cache either), zero pages are recorded but not stored, and each page's
+ * CRC-32 lands in the index written at the end. One chunk is written on a helper thread while the
+ * next is checksummed.
  */
 import zlib from "node:zlib";
 import * as libc from "../ffi/libc.ts";
@@ -46,7 +48,7 @@ export interface FragmentSummary {
   /** CRC-32 of the footer, which the manifest records to bind the fragment. */
   footerCrc: number;
   /** The gfns indexed, ascending. */
-  gfns: number[];
+  gfns: Float64Array;
 }
 
 /** Options of a new fragment. */
@@ -61,35 +63,59 @@ export interface FragmentOptions {
 
 const MAX_IOV = 1024;
 const MAX_CHUNK_BYTES = 16 << 20;
+const O_DIRECT = 0o40000;
+
+/** A growable column of numbers. */
+class Column {
+  data: Float64Array = new Float64Array(1024);
+  length = 0;
+  push(v: number) {
+    if (this.length === this.data.length) {
+      const next = new Float64Array(this.data.length * 2);
+      next.set(this.data);
+      this.data = next;
+    }
+    this.data[this.length++] = v;
+  }
+}
 
 /** Builds a fragment file; `finish` makes it durable, `abort` removes it. */
 export class FragmentWriter {
   private offset = HEADER_SIZE;
-  private iov: Array<[Deno.PointerValue, number]> = [];
-  private iovBytes = 0;
+  private iovAddr: number[] = [];
+  private iovLen: number[] = [];
+  private chunkBytes = 0;
   private chunkPages = 0;
-  private chunkCrc = 0;
   private staged: Uint8Array[] = [];
+  private inflight?: Promise<unknown>;
   private readonly chunks: Array<
     { offset: number; len: number; pages: number; flags: number; crc: number }
   > = [];
-  private readonly pageGfn: number[] = [];
-  private readonly pageChunk: number[] = [];
-  private readonly pageSlot: number[] = [];
-  private readonly pageCrc: number[] = [];
-  private readonly pageFlags: number[] = [];
+  private readonly gfn = new Column();
+  private readonly chunk = new Column();
+  private readonly slot = new Column();
+  private readonly crc = new Column();
   private closed = false;
 
   private constructor(
     readonly path: string,
     private readonly fd: number,
+    private readonly directFd: number,
     private readonly compress: boolean,
   ) {}
 
   /** Creates the file (it must not exist) and writes its header. */
   static create(path: string, opts: FragmentOptions): FragmentWriter {
     const fd = libc.open(path, libc.O.WRONLY | libc.O.CREAT | libc.O.EXCL, 0o600);
-    const w = new FragmentWriter(path, fd, !!opts.compress);
+    let direct = -1;
+    if (!opts.compress) {
+      try {
+        direct = libc.open(path, libc.O.WRONLY | O_DIRECT);
+      } catch {
+        direct = -1; // The filesystem has no O_DIRECT (tmpfs): buffered writes.
+      }
+    }
+    const w = new FragmentWriter(path, fd, direct, !!opts.compress);
     const header = new Uint8Array(HEADER_SIZE);
     header.set(fragmentHeader.encode({
       magic: [...FRAGMENT_MAGIC],
@@ -105,69 +131,73 @@ export class FragmentWriter {
       crc32(header.subarray(0, HEADER_CRC_OFFSET)),
       true,
     );
-    libc.pwrite(fd, Deno.UnsafePointer.of(header), HEADER_SIZE, 0);
+    writeAll(fd, [[Deno.UnsafePointer.of(header), HEADER_SIZE]], 0);
     return w;
   }
 
-  /** Bytes of page data written so far. */
+  /** Bytes of page data handed to the writer so far. */
   get bytesWritten(): number {
-    return this.offset - HEADER_SIZE + this.iovBytes;
+    return this.offset - HEADER_SIZE + this.chunkBytes;
   }
 
   /**
-   * Appends pages `gfns[i]` whose bytes are at `src.bytes[offsets[i]]` (default: gfn * 4096, i.e.
-   * guest RAM). The bytes must not change until the next flush (`flush`, or `finish`).
+   * Appends pages `gfns[i]` whose bytes are at `src.bytes[offsets[i]]` (default gfn * 4096, i.e.
+   * guest RAM). The bytes are checksummed now and written later; a copy that changes in between is
+   * either superseded by a later copy of the same page (live modes re-save dirtied pages) or caught by
+   * its CRC on restore, never silently restored.
    */
-  append(gfns: ArrayLike<number>, src: PageSource, offsets?: ArrayLike<number>): void {
+  async append(
+    gfns: ArrayLike<number>,
+    src: PageSource,
+    offsets?: ArrayLike<number>,
+  ): Promise<void> {
     const words = new Uint32Array(
       src.bytes.buffer,
       src.bytes.byteOffset,
       src.bytes.byteLength >>> 2,
     );
+    const base = Number(src.base);
     for (let i = 0; i < gfns.length; i++) {
-      const gfn = gfns[i];
-      const off = offsets ? offsets[i] : gfn * PAGE;
+      const g = gfns[i];
+      const off = offsets ? offsets[i] : g * PAGE;
       if (isZero(words, off >>> 2)) {
-        this.record(gfn, NO_CHUNK, 0, 0, PAGE_FLAG.ZERO);
+        this.record(g, NO_CHUNK, 0, 0);
         continue;
       }
       const page = src.bytes.subarray(off, off + PAGE);
-      const c = crc32(page);
-      this.record(gfn, this.chunks.length, this.chunkPages, c, 0);
+      this.record(g, this.chunks.length, this.chunkPages, crc32(page));
       this.chunkPages++;
+      this.chunkBytes += PAGE;
       if (this.compress) {
         this.staged.push(page.slice());
       } else {
-        this.chunkCrc = crc32(page, this.chunkCrc);
-        const addr = src.base + BigInt(off);
-        const last = this.iov[this.iov.length - 1];
-        if (last && libc.ptrValue(last[0]) + BigInt(last[1]) === addr) last[1] += PAGE;
-        else this.iov.push([libc.ptrOf(addr), PAGE]);
-        this.iovBytes += PAGE;
+        const addr = base + off;
+        const n = this.iovAddr.length;
+        if (n && this.iovAddr[n - 1] + this.iovLen[n - 1] === addr) this.iovLen[n - 1] += PAGE;
+        else {
+          this.iovAddr.push(addr);
+          this.iovLen.push(PAGE);
+        }
       }
-      if (
-        this.iov.length >= MAX_IOV || this.iovBytes >= MAX_CHUNK_BYTES ||
-        this.staged.length * PAGE >= MAX_CHUNK_BYTES
-      ) {
-        this.flush();
-      }
+      if (this.iovAddr.length >= MAX_IOV || this.chunkBytes >= MAX_CHUNK_BYTES) await this.submit();
     }
   }
 
-  private record(gfn: number, chunk: number, slot: number, crc: number, flags: number) {
-    this.pageGfn.push(gfn);
-    this.pageChunk.push(chunk);
-    this.pageSlot.push(slot);
-    this.pageCrc.push(crc);
-    this.pageFlags.push(flags);
+  private record(g: number, chunk: number, slot: number, crc: number) {
+    this.gfn.push(g);
+    this.chunk.push(chunk);
+    this.slot.push(slot);
+    this.crc.push(crc);
   }
 
-  /** Writes the pending chunk; after this the appended source bytes may change. */
-  flush(): void {
+  /** Starts writing the pending chunk (waiting for the previous one first). */
+  private async submit(): Promise<void> {
     if (this.chunkPages === 0) return;
-    let len: number;
-    let flags = 0;
-    let crc: number;
+    await this.inflight;
+    this.inflight = undefined;
+    const offset = this.offset;
+    let len: number, flags = 0, crc = 0;
+    let write: Promise<unknown>;
     if (this.compress) {
       const raw = new Uint8Array(this.staged.length * PAGE);
       this.staged.forEach((p, i) => raw.set(p, i * PAGE));
@@ -175,29 +205,45 @@ export class FragmentWriter {
       len = z.length;
       crc = crc32(z);
       flags = CHUNK_FLAG.ZSTD;
-      writeAll(this.fd, [[Deno.UnsafePointer.of(z), len]], this.offset);
       this.staged = [];
+      write = writeAllAsync(this.fd, [[Deno.UnsafePointer.of(z), len]], offset, this.fd, z);
     } else {
-      len = this.iovBytes;
-      crc = this.chunkCrc;
-      writeAll(this.fd, this.iov, this.offset);
-      this.iov = [];
-      this.iovBytes = 0;
+      len = this.chunkBytes;
+      const aligned = this.directFd >= 0 && this.iovAddr.every((a) => a % PAGE === 0);
+      const iov = this.iovAddr.map((a, i) =>
+        [libc.ptrOf(a), this.iovLen[i]] as [Deno.PointerValue, number]
+      );
+      this.iovAddr = [];
+      this.iovLen = [];
+      write = writeAllAsync(aligned ? this.directFd : this.fd, iov, offset, this.fd);
     }
-    this.chunks.push({ offset: this.offset, len, pages: this.chunkPages, flags, crc });
+    this.chunks.push({ offset, len, pages: this.chunkPages, flags, crc });
     this.offset += len;
     this.chunkPages = 0;
-    this.chunkCrc = 0;
+    this.chunkBytes = 0;
+    this.inflight = write;
+  }
+
+  /** Writes everything appended so far; after this the appended source bytes may change. */
+  async flush(): Promise<void> {
+    await this.submit();
+    await this.inflight;
+    this.inflight = undefined;
   }
 
   /** Writes index and footer, syncs, closes; returns what the fragment holds. */
-  finish(): FragmentSummary {
-    this.flush();
-    const last = new Map<number, number>();
-    for (let i = 0; i < this.pageGfn.length; i++) last.set(this.pageGfn[i], i);
-    const order = [...last.values()].sort((a, b) => this.pageGfn[a] - this.pageGfn[b]);
+  async finish(): Promise<FragmentSummary> {
+    await this.flush();
+    const n = this.gfn.length;
+    const g = this.gfn.data;
+    // Last copy of each page wins: stable sort of positions by gfn, keep the last of each run.
+    const pos = new Uint32Array(n);
+    for (let i = 0; i < n; i++) pos[i] = i;
+    pos.sort((a, b) => g[a] - g[b] || a - b);
+    const keep: number[] = [];
+    for (let k = 0; k < n; k++) if (k === n - 1 || g[pos[k + 1]] !== g[pos[k]]) keep.push(pos[k]);
     const index = new Uint8Array(
-      this.chunks.length * chunkEntry.size + order.length * pageEntry.size,
+      this.chunks.length * chunkEntry.size + keep.length * pageEntry.size,
     );
     const dv = new DataView(index.buffer);
     this.chunks.forEach((c, i) =>
@@ -211,15 +257,17 @@ export class FragmentWriter {
     );
     let zero = 0;
     const base = this.chunks.length * chunkEntry.size;
-    order.forEach((p, i) => {
-      if (this.pageFlags[p] & PAGE_FLAG.ZERO) zero++;
-      pageEntry.write(dv, base + i * pageEntry.size, {
-        gfn: BigInt(this.pageGfn[p]),
-        chunk: this.pageChunk[p],
-        slot: this.pageSlot[p],
-        crc32: this.pageCrc[p],
-        flags: this.pageFlags[p],
-      });
+    const gfns = new Float64Array(keep.length);
+    keep.forEach((p, i) => {
+      const isZero = this.chunk.data[p] === NO_CHUNK;
+      if (isZero) zero++;
+      gfns[i] = g[p];
+      const at = base + i * pageEntry.size;
+      dv.setBigUint64(at, BigInt(g[p]), true);
+      dv.setUint32(at + 8, this.chunk.data[p], true);
+      dv.setUint32(at + 12, this.slot.data[p], true);
+      dv.setUint32(at + 16, this.crc.data[p], true);
+      dv.setUint32(at + 20, isZero ? PAGE_FLAG.ZERO : 0, true);
     });
     const indexOffset = this.offset;
     writeAll(this.fd, [[Deno.UnsafePointer.of(index), index.length]], indexOffset);
@@ -228,7 +276,7 @@ export class FragmentWriter {
       index_offset: BigInt(indexOffset),
       index_len: BigInt(index.length),
       chunks: this.chunks.length,
-      pages: order.length,
+      pages: keep.length,
       zero_pages: zero,
       index_crc32: crc32(index),
       data_bytes: BigInt(indexOffset - HEADER_SIZE),
@@ -238,24 +286,34 @@ export class FragmentWriter {
     new DataView(footer.buffer).setUint32(footer.length - 4, footerCrc, true);
     writeAll(this.fd, [[Deno.UnsafePointer.of(footer), footer.length]], indexOffset + index.length);
     libc.fdatasync(this.fd);
-    libc.close(this.fd);
-    this.closed = true;
+    this.close();
     return {
       path: this.path,
-      pages: order.length,
+      pages: keep.length,
       zeroPages: zero,
-      rewrites: this.pageGfn.length - order.length,
+      rewrites: n - keep.length,
       dataBytes: indexOffset - HEADER_SIZE,
       fileBytes: indexOffset + index.length + footer.length,
       footerCrc,
-      gfns: order.map((p) => this.pageGfn[p]),
+      gfns,
     };
   }
 
-  /** Closes and removes the unfinished file. */
-  abort(): void {
-    if (!this.closed) libc.close(this.fd);
+  private close() {
+    if (this.closed) return;
     this.closed = true;
+    libc.close(this.fd);
+    if (this.directFd >= 0) libc.close(this.directFd);
+  }
+
+  /** Closes and removes the unfinished file. */
+  async abort(): Promise<void> {
+    try {
+      await this.inflight;
+    } catch {
+      // The failed write is why we abort.
+    }
+    this.close();
     try {
       Deno.removeSync(this.path);
     } catch {
@@ -271,15 +329,49 @@ function isZero(words: Uint32Array, start: number): boolean {
 
 /** pwritev until everything is written (short writes happen near ENOSPC and on signals). */
 function writeAll(fd: number, iov: Array<[Deno.PointerValue, number]>, offset: number): void {
-  let rest = iov.map(([p, n]) => [p, n] as [Deno.PointerValue, number]);
+  let rest = iov.filter(([, n]) => n > 0);
   while (rest.length) {
-    let n = libc.pwritev(fd, rest, offset);
+    const n = libc.pwritev(fd, rest, offset);
     if (n === 0) throw new Error("pwritev wrote nothing (disk full?)");
     offset += n;
-    while (rest.length && n >= rest[0][1]) {
-      n -= rest[0][1];
-      rest = rest.slice(1);
-    }
-    if (n > 0) rest[0] = [libc.ptrAdd(rest[0][0] as Deno.PointerObject, n), rest[0][1] - n];
+    rest = advance(rest, n);
   }
+}
+
+/**
+ * Like writeAll on a helper thread. errno is per thread and lost there, so a failed write is redone
+ * synchronously on `fallbackFd` (buffered), which either succeeds (O_DIRECT refused this buffer) or
+ * fails with the real errno. `keep` holds the source buffer alive until the write completes.
+ */
+async function writeAllAsync(
+  fd: number,
+  iov: Array<[Deno.PointerValue, number]>,
+  offset: number,
+  fallbackFd: number,
+  keep?: Uint8Array,
+): Promise<void> {
+  let rest = iov.filter(([, n]) => n > 0);
+  try {
+    while (rest.length) {
+      const n = await libc.pwritevAsync(fd, rest, offset);
+      if (n === 0) break;
+      offset += n;
+      rest = advance(rest, n);
+    }
+  } catch {
+    // Retried below where errno is visible.
+  }
+  if (rest.length) writeAll(fallbackFd, rest, offset);
+  void keep;
+}
+
+function advance(
+  iov: Array<[Deno.PointerValue, number]>,
+  n: number,
+): Array<[Deno.PointerValue, number]> {
+  let i = 0;
+  while (i < iov.length && n >= iov[i][1]) n -= iov[i++][1];
+  const rest = iov.slice(i);
+  if (n > 0) rest[0] = [libc.ptrAdd(rest[0][0] as Deno.PointerObject, n), rest[0][1] - n];
+  return rest;
 }

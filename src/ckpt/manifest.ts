@@ -90,6 +90,8 @@ export interface Manifest {
   prefetchOrder: Uint32Array;
   /** Counts and timings. */
   stats: CheckpointStats;
+  /** For a merged checkpoint: the generation whose chain it squashed. */
+  mergedFrom?: number;
 }
 
 /** Encodes a manifest into its file bytes. */
@@ -141,19 +143,30 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   } catch (e) {
     return bad(HEADER, `body does not decode: ${(e as Error).message}`);
   }
-  const need: Array<keyof Manifest> = [
-    "id",
-    "vm",
-    "generation",
-    "mode",
-    "machine",
-    "fragments",
-    "pageMap",
-    "stats",
+  const isObj = (x: unknown) => typeof x === "object" && x !== null && !Array.isArray(x);
+  const checks: Array<[keyof Manifest, (x: unknown) => boolean, string]> = [
+    ["id", (x) => typeof x === "string", "a string"],
+    ["vm", (x) => typeof x === "string", "a string"],
+    ["generation", (x) => Number.isSafeInteger(x), "an integer"],
+    ["mode", (x) => x === "stop" || x === "precopy" || x === "cow", "stop, precopy or cow"],
+    [
+      "machine",
+      (x) =>
+        isObj(x) && isObj((x as Manifest["machine"]).spec) && isObj((x as Manifest["machine"]).vm),
+      "a machine state",
+    ],
+    [
+      "fragments",
+      (x) => Array.isArray(x) && x.every((f) => isObj(f) && typeof f.path === "string"),
+      "a list of fragments",
+    ],
+    ["pageMap", (x) => x instanceof Uint32Array && x.length % 3 === 0, "runs of three u32"],
+    ["prefetchOrder", (x) => x instanceof Uint32Array, "a u32 array"],
+    ["stats", isObj, "an object"],
   ];
-  for (const k of need) if (m?.[k] === undefined) bad(HEADER, `field "${k}" is missing`);
-  if (!(m.pageMap instanceof Uint32Array) || m.pageMap.length % 3 !== 0) {
-    bad(HEADER, "pageMap is malformed");
+  if (!isObj(m)) bad(HEADER, "body is not a map");
+  for (const [k, ok, what] of checks) {
+    if (!ok(m[k])) bad(HEADER, `field "${k}" is missing or not ${what}`);
   }
   for (let i = 0; i < m.pageMap.length; i += 3) {
     if (m.pageMap[i + 2] >= m.fragments.length) {

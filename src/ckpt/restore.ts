@@ -153,6 +153,8 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
     let pager: LazyPager | undefined;
     if (opts.lazy) {
       pager = new LazyPager(ck, memory, opts.onProgress);
+      // The VMM itself reads the low pages (guest status, boot structures); fault-free, they must be in.
+      pager.preload(Math.min(memory.pages, HOST_READ_PAGES));
     } else {
       const pages = memory.pages;
       const step = 16384;
@@ -169,6 +171,9 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
     throw e;
   }
 }
+
+/** Low pages the VMM reads from its own thread (which must never fault on them): loaded before resume. */
+const HOST_READ_PAGES = 256;
 
 /** Serves a lazily restored VM's page faults from the checkpoint and prefetches the rest. */
 export class LazyPager {
@@ -225,6 +230,13 @@ export class LazyPager {
       }
       this.uffd.close();
       this.resolveDone(performance.now() - t0);
+    }
+  }
+
+  /** Installs pages 0..count-1 now (before the vCPUs run). */
+  preload(count: number): void {
+    for (let g = 0; g < count; g += 256) {
+      this.install(Array.from({ length: Math.min(256, count - g) }, (_, i) => g + i));
     }
   }
 

@@ -4,7 +4,7 @@
  * dirtied pages in rounds, short final pause) and cow (consistency point at the start; pages are
  * write-protected and copied aside before the guest's first write to them).
  */
-import { join } from "node:path";
+import { join, relative } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { SyscallError } from "../ffi/errors.ts";
 import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
@@ -65,7 +65,7 @@ export class CheckpointError extends Error {
 }
 
 const HOST = "main";
-const BATCH = 4096;
+const BATCH = 16384;
 const MAX_ROUNDS = 30;
 
 /** Pages in `gfns` ordered coldest first (never or longest-ago dirty first). */
@@ -87,9 +87,9 @@ export async function takeCheckpoint(
       `--incremental: ${opts.dir} has no committed checkpoint to build on; take a full one first`,
     );
   }
-  if (parent && parent.manifest.vm !== m.spec.name) {
+  if (parent && parent.manifest.id !== tracker.baselineId) {
     throw new CheckpointError(
-      `--incremental: the latest checkpoint in ${opts.dir} is of VM ${parent.manifest.vm}, not ${m.spec.name}`,
+      `--incremental: generation ${parent.manifest.generation} in ${opts.dir} is not the checkpoint this VM's dirty log counts from; take a full checkpoint first`,
     );
   }
   if (parent && parent.manifest.machine.spec.memSize !== m.spec.memSize) {
@@ -178,9 +178,9 @@ export async function takeCheckpoint(
         stats.rounds++;
       }
     }
-    const sum = writer.finish();
+    const sum = await writer.finish();
     const frag: FragmentRef = {
-      path: `${dir.slice(opts.dir.length).replace(/^\/+/, "")}/${HOST}.frag`,
+      path: relative(opts.dir, join(dir, `${HOST}.frag`)),
       host: HOST,
       generation,
       footerCrc: sum.footerCrc,
@@ -214,9 +214,10 @@ export async function takeCheckpoint(
     };
     commitManifest(dir, manifest);
     tracker.commit(txn);
+    tracker.baselineId = id;
     return { dir: opts.dir, generation, id, mode: opts.mode, parent: manifest.parent, stats };
   } catch (e) {
-    writer.abort();
+    await writer.abort();
     if (txn) tracker.abort(txn);
     if (paused && !m.vm.isStopped) m.vm.resume();
     try {
@@ -252,11 +253,10 @@ async function writeAll(
 ): Promise<void> {
   const total = gfns.length * PAGE;
   for (let i = 0; i < gfns.length; i += BATCH) {
-    w.append(gfns.slice(i, i + BATCH), src);
+    await w.append(gfns.slice(i, i + BATCH), src);
     opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE, total);
-    await new Promise((r) => setTimeout(r, 0));
   }
-  w.flush();
+  await w.flush();
 }
 
 /**
@@ -300,8 +300,8 @@ async function copyOnWrite(
     for (let i = 0; i < todo.length; i += BATCH) {
       serve();
       const batch = todo.slice(i, i + BATCH).filter((g) => !saved[g]);
-      w.append(batch, src);
-      w.flush();
+      await w.append(batch, src);
+      await w.flush();
       for (const g of batch) saved[g] = 1;
       for (const [start, count] of runs(batch)) {
         uffd.writeProtect(mem.hostAddr + BigInt(start * PAGE), count * PAGE, false);
@@ -309,15 +309,14 @@ async function copyOnWrite(
       if (copies.length) {
         const buf = new Uint8Array(copies.length * PAGE);
         copies.forEach((c, k) => buf.set(c.page, k * PAGE));
-        w.append(copies.map((c) => c.gfn), {
+        await w.append(copies.map((c) => c.gfn), {
           bytes: buf,
           base: libc.ptrValue(Deno.UnsafePointer.of(buf)),
         }, copies.map((_, k) => k * PAGE));
-        w.flush();
+        await w.flush();
         copies.length = 0;
       }
       opts.onProgress?.(Math.min(i + BATCH, todo.length) * PAGE, total);
-      await new Promise((r) => setTimeout(r, 0));
     }
     serve();
   } finally {

@@ -25,7 +25,7 @@ export class NoCheckpointError extends Error {
   }
 }
 
-const GEN = /^g(\d{6})$/;
+const GEN = /^g(\d{6,})$/;
 
 /** Name of generation `n`'s directory. */
 export function generationName(n: number): string {

@@ -1,6 +1,7 @@
 /** `dcres run`: run a VM in the foreground (console on the terminal) or detached as a `dcres vmm`. */
 import { type GuestKind, GUESTS, type MachineSpec } from "../vmm/machine.ts";
-import { isPvmHost, runMachine } from "../vmm/runner.ts";
+import { isPvmHost } from "../vmm/runner.ts";
+import { hostVm } from "./host.ts";
 import type { AccessPattern } from "../vmm/guests/memstamp/memstamp.ts";
 import { findGuestKernel } from "../vmm/boot/initramfs.ts";
 import {
@@ -114,7 +115,7 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
   const relay = spec.guest === "linux" && !f.exec && !g.json ? new ConsoleRelay() : undefined;
   let execResult: { output: string; status: number } | undefined;
   let progress: ReturnType<typeof setInterval> | undefined;
-  const rep = await runMachine(spec, {
+  const rep = await hostVm({ kind: "boot", spec }, {
     stateDir,
     forMs,
     serialOut: relay ? (b) => relay.write(b) : undefined,

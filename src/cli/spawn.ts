@@ -35,6 +35,7 @@ export async function spawnVmm(
   spec: MachineSpec,
   stateDir: string,
   forMs?: number,
+  extraArgs: string[] = [],
 ): Promise<VmInfo> {
   Deno.mkdirSync(stateDir, { recursive: true });
   try {
@@ -51,6 +52,7 @@ export async function spawnVmm(
     "--spec",
     JSON.stringify(spec),
     ...(forMs ? ["--for-ms", String(forMs)] : []),
+    ...extraArgs,
   ]);
   const child = new Deno.Command("sh", {
     args: ["-c", 'exec "$0" "$@" >>"$DCRES_VMM_LOG" 2>&1', self.cmd, ...self.args],

@@ -1,7 +1,7 @@
 /** `dcres vmm` (internal): the process a detached VM lives in, started by `run --detach`. */
 import { getLogger } from "@logtape/logtape";
 import type { MachineSpec } from "../vmm/machine.ts";
-import { runMachine } from "../vmm/runner.ts";
+import { hostVm } from "./host.ts";
 import { toJson } from "../vmm/control/protocol.ts";
 import { EXIT, type GlobalOptions, stateDirOf } from "./context.ts";
 import { UsageError } from "./units.ts";
@@ -9,7 +9,7 @@ import { UsageError } from "./units.ts";
 /** Runs one VM until it stops; logs structured lines to stderr (the VM's log file). */
 export async function vmmCommand(
   g: GlobalOptions,
-  f: { spec: string; forMs?: string },
+  f: { spec: string; forMs?: string; restore?: string; lazy?: boolean },
 ): Promise<number> {
   let spec: MachineSpec;
   try {
@@ -19,9 +19,13 @@ export async function vmmCommand(
   }
   const log = getLogger(["dcres", "vmm", spec.name]);
   log.info("starting {name}: {guest}, {memSize} bytes, {vcpus} vCPUs", { ...spec });
-  const rep = await runMachine(spec, {
+  const target = f.restore
+    ? { kind: "restore" as const, path: f.restore, name: spec.name, lazy: !!f.lazy }
+    : { kind: "boot" as const, spec };
+  const rep = await hostVm(target, {
     stateDir: stateDirOf(g),
     forMs: f.forMs ? Number(f.forMs) : undefined,
+    onRestore: (t) => log.info("restored: {times}", { times: toJson(t) }),
   });
   log.info("stopped: {report}", { report: toJson(rep) });
   return rep.exit.reason === "error" ? EXIT.FAILURE : EXIT.OK;

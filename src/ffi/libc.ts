@@ -192,7 +192,7 @@ export function pwritev(
   return check("pwritev", s.pwritev(fd, iovecs(iov), iov.length, BigInt(offset)));
 }
 
-/** pwritev(2) on a helper thread, so the JS event loop keeps running during the write. */
+/** pwritev(2) on a helper thread, so the JS event loop keeps running; errno is lost there, so a failure says only that it failed. */
 export async function pwritevAsync(
   fd: number,
   iov: Array<[Deno.PointerValue, number]>,
@@ -200,12 +200,16 @@ export async function pwritevAsync(
 ): Promise<number> {
   const buf = iovecs(iov);
   const r = Number(await s.pwritev_nb(fd, buf, iov.length, BigInt(offset)));
-  if (r < 0) throw new SyscallError("pwritev", errno());
+  if (r < 0) throw new Error("pwritev failed on an I/O thread (errno not available there)");
   return r;
 }
 
 /** preadv(2) into (address, length) pairs; returns bytes read. */
-export function preadv(fd: number, iov: Array<[Deno.PointerValue, number]>, offset: number): number {
+export function preadv(
+  fd: number,
+  iov: Array<[Deno.PointerValue, number]>,
+  offset: number,
+): number {
   return check("preadv", s.preadv(fd, iovecs(iov), iov.length, BigInt(offset)));
 }
 

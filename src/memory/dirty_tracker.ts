@@ -18,6 +18,8 @@ export class DirtyTracker {
   readonly lastDirty: Uint32Array;
   private epoch = 0;
   private txn?: { bits: Uint8Array };
+  /** Id of the checkpoint the accumulated bits are relative to (undefined: none, since boot). */
+  baselineId?: string;
 
   constructor(private readonly pages: number, private readonly readLog: () => Uint8Array) {
     this.sinceBaseline = new Uint8Array(Math.ceil(pages / 64) * 8);

@@ -4,8 +4,8 @@
  */
 import { ConsoleHub } from "./control/console_hub.ts";
 import { connectVm, socketPath } from "./control/client.ts";
-import { ControlServer } from "./control/server.ts";
-import { Machine, type MachineSpec } from "./machine.ts";
+import { ControlServer, type ExtraHandler } from "./control/server.ts";
+import { Machine, type MachineIo, type MachineSpec } from "./machine.ts";
 import type { VmExit } from "./vm.ts";
 
 /** How to run. */
@@ -18,6 +18,12 @@ export interface RunOptions {
   serialOut?: (b: Uint8Array) => void;
   /** Called once the vCPUs run, with the machine and its control server. */
   onStarted?: (m: Machine, server: ControlServer) => void | Promise<void>;
+  /** Builds the machine (e.g. from a checkpoint) instead of booting `spec`. */
+  build?: (io: MachineIo) => Machine | Promise<Machine>;
+  /** Control operations a higher layer adds (checkpoint). */
+  handlers?: (m: Machine) => Record<string, ExtraHandler>;
+  /** Extra `info` fields. */
+  info?: () => Record<string, unknown>;
 }
 
 /** What happened, for the final report. */
@@ -66,14 +72,15 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
     if (e instanceof VmExistsError) throw e;
   }
   const hub = new ConsoleHub();
-  const machine = await Machine.create(spec, {
+  const io: MachineIo = {
     serialOut: (b) => {
       hub.push(b);
       opts.serialOut?.(b);
     },
-  });
+  };
+  const machine = opts.build ? await opts.build(io) : await Machine.create(spec, io);
   const stop = (exit?: VmExit) => machine.vm.stop(exit);
-  const server = new ControlServer(machine, hub, () => stop());
+  const server = new ControlServer(machine, hub, () => stop(), opts.handlers?.(machine), opts.info);
   server.listen(sock);
   const onSignal = () => void stop({ reason: "stopped", detail: "interrupted by signal" });
   Deno.addSignalListener("SIGINT", onSignal);

@@ -38,21 +38,34 @@ export async function connectVm(stateDir: string, name: string): Promise<Deno.Un
   }
 }
 
-/** Sends one request on a fresh connection and returns the result. */
-export async function request<T>(stateDir: string, name: string, req: Req): Promise<T> {
+/** Sends one request on a fresh connection and returns the result; progress lines go to `onProgress`. */
+export async function request<T>(
+  stateDir: string,
+  name: string,
+  req: Req,
+  onProgress?: (p: Record<string, number>) => void,
+): Promise<T> {
   const conn = await connectVm(stateDir, name);
   try {
     await conn.write(
       new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, ...req }) + "\n"),
     );
-    const reply = await readLine(conn);
-    if (reply === undefined) {
-      if (req.op === "stop") return null as T;
-      throw new ControlError(`VM ${name}: its VMM closed the connection without answering`);
+    for (;;) {
+      const reply = await readLine(conn);
+      if (reply === undefined) {
+        if (req.op === "stop") return null as T;
+        throw new ControlError(
+          `VM ${name}: its VMM closed the connection without answering (did it crash? see its log)`,
+        );
+      }
+      const r = JSON.parse(reply) as ControlReply<T> | { progress: Record<string, number> };
+      if ("progress" in r) {
+        onProgress?.(r.progress);
+        continue;
+      }
+      if (!r.ok) throw new ControlError(`VM ${name}: ${r.error}`);
+      return r.result;
     }
-    const r = JSON.parse(reply) as ControlReply<T>;
-    if (!r.ok) throw new ControlError(`VM ${name}: ${r.error}`);
-    return r.result;
   } finally {
     try {
       conn.close();

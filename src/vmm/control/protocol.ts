@@ -15,7 +15,8 @@ export type ControlRequest =
   | { v: number; op: "stop" }
   | { v: number; op: "verify"; timeoutMs?: number }
   | { v: number; op: "console" }
-  | { v: number; op: "exec"; cmd: string; timeoutMs: number };
+  | { v: number; op: "exec"; cmd: string; timeoutMs: number }
+  | { v: number; op: string; [field: string]: unknown };
 
 /** What `info` reports about a VM. */
 export interface VmInfo {
@@ -35,6 +36,8 @@ export interface VmInfo {
   uptimeMs: number;
   /** Exits handled per vCPU. */
   exits: number[];
+  /** Restore timings, for VMs restored from a checkpoint. */
+  restore?: { from: string; lazy: boolean; resumeMs: number; residentMs?: number };
   /** memstamp progress, for memstamp guests. */
   memstamp?: { phase: number[]; written: number; ticks: number[] };
 }

@@ -10,6 +10,15 @@ import {
   type VmInfo,
 } from "./protocol.ts";
 
+/** Sends an interim progress line to the requester before the final reply. */
+export type ProgressSink = (progress: Record<string, unknown>) => void;
+
+/** A control operation a higher layer adds (e.g. checkpoint), given the raw request. */
+export type ExtraHandler = (
+  req: Record<string, unknown>,
+  progress: ProgressSink,
+) => Promise<unknown>;
+
 /** Control socket server for one machine. */
 export class ControlServer {
   private listener?: Deno.UnixListener;
@@ -20,6 +29,9 @@ export class ControlServer {
     private readonly machine: Machine,
     private readonly hub: ConsoleHub,
     private readonly onStop: () => Promise<void>,
+    private readonly extra: Record<string, ExtraHandler> = {},
+    /** Extra fields for `info` (e.g. restore timings). */
+    private readonly infoExtra: () => Record<string, unknown> = () => ({}),
   ) {}
 
   /** Starts listening at `path` (replacing a stale socket file). */
@@ -66,6 +78,7 @@ export class ControlServer {
       state: m.vm.isStopped ? "stopped" : this.paused ? "paused" : "running",
       uptimeMs: Math.round(performance.now() - this.started),
       exits: m.vm.vcpus.map((v) => v.exits),
+      ...this.infoExtra(),
       memstamp: statuses && {
         phase: statuses.map((s) => s.phase),
         written: Number(statuses.reduce((a, s) => a + s.written, 0n)),
@@ -102,7 +115,8 @@ export class ControlServer {
         await this.console(conn, reader, enc.encode(buf));
         return;
       }
-      await write(conn, await this.handle(req));
+      const progress: ProgressSink = (p) => void write(conn, { progress: p }).catch(() => {});
+      await write(conn, await this.handle(req, progress));
       if (req.op === "stop") {
         safeClose(conn);
         await this.onStop();
@@ -111,7 +125,7 @@ export class ControlServer {
     }
   }
 
-  private async handle(req: ControlRequest): Promise<ControlReply> {
+  private async handle(req: ControlRequest, progress: ProgressSink): Promise<ControlReply> {
     if (typeof req?.v !== "number" || Math.floor(req.v) > CONTROL_VERSION) {
       return {
         ok: false,
@@ -150,12 +164,16 @@ export class ControlServer {
                 `${this.machine.spec.name} is paused; resume it first (the guest verifies itself)`,
             };
           }
-          return { ok: true, result: await ms.verify(req.timeoutMs) };
+          return { ok: true, result: await ms.verify(req.timeoutMs as number | undefined) };
         }
         case "exec":
-          return { ok: true, result: await this.exec(req.cmd, req.timeoutMs) };
-        default:
-          return { ok: false, error: `unknown control operation "${(req as { op: string }).op}"` };
+          return { ok: true, result: await this.exec(String(req.cmd), Number(req.timeoutMs)) };
+        default: {
+          const op = (req as { op: string }).op;
+          const h = this.extra[op];
+          if (!h) return { ok: false, error: `unknown control operation "${op}"` };
+          return { ok: true, result: await h(req as unknown as Record<string, unknown>, progress) };
+        }
       }
     } catch (e) {
       return { ok: false, error: (e as Error).message };
@@ -210,7 +228,7 @@ function safeClose(conn: Deno.UnixConn) {
   }
 }
 
-async function write(conn: Deno.UnixConn, reply: ControlReply) {
+async function write(conn: Deno.UnixConn, reply: ControlReply | { progress: unknown }) {
   const w = conn.writable.getWriter();
   await w.write(new TextEncoder().encode(toJson(reply) + "\n"));
   w.releaseLock();

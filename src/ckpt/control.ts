@@ -1,0 +1,70 @@
+/** The checkpoint operation of a running machine's control socket. */
+import { DirtyTracker } from "../memory/dirty_tracker.ts";
+import type { ExtraHandler } from "../vmm/control/server.ts";
+import type { Machine } from "../vmm/machine.ts";
+import type { CheckpointMode } from "./manifest.ts";
+import { CheckpointError, takeCheckpoint } from "./save.ts";
+
+const MODES: CheckpointMode[] = ["stop", "precopy", "cow"];
+
+/** Request fields of `checkpoint`. */
+export interface CheckpointRequest {
+  /** Store directory (absolute). */
+  dir: string;
+  /** Mode. */
+  mode: CheckpointMode;
+  /** Only pages written since the previous checkpoint. */
+  incremental: boolean;
+  /** zstd. */
+  compress: boolean;
+  /** Precopy downtime target. */
+  maxDowntimeMs: number;
+}
+
+/**
+ * Control handlers for `m`; `baselineId` is the checkpoint its memory was restored from, if any, and
+ * `resident` resolves once all of its memory is loaded (a lazy restore must finish before a
+ * checkpoint reads guest memory from this thread).
+ */
+export function checkpointHandlers(
+  m: Machine,
+  baselineId?: string,
+  resident: Promise<unknown> = Promise.resolve(),
+): Record<string, ExtraHandler> {
+  const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
+  tracker.baselineId = baselineId;
+  let busy = false;
+  return {
+    checkpoint: async (req, progress) => {
+      const r = req as unknown as CheckpointRequest;
+      if (typeof r.dir !== "string" || !r.dir.startsWith("/")) {
+        throw new CheckpointError("checkpoint: dir must be an absolute path");
+      }
+      if (!MODES.includes(r.mode)) {
+        throw new CheckpointError(`checkpoint: mode must be one of ${MODES.join(", ")}`);
+      }
+      if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
+      if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
+      busy = true;
+      let last = 0;
+      try {
+        await resident;
+        return await takeCheckpoint(m, tracker, {
+          dir: r.dir,
+          mode: r.mode,
+          incremental: !!r.incremental,
+          compress: !!r.compress,
+          maxDowntimeMs: Number(r.maxDowntimeMs) || 50,
+          onProgress: (done, total) => {
+            const now = performance.now();
+            if (now - last < 100 && done < total) return;
+            last = now;
+            progress({ done, total });
+          },
+        });
+      } finally {
+        busy = false;
+      }
+    },
+  };
+}

@@ -1,0 +1,69 @@
+/** `dcres restore DIR`: restore a checkpoint into a running VM, in the foreground or detached. */
+import { resolve } from "node:path";
+import { request } from "../vmm/control/client.ts";
+import type { VmInfo } from "../vmm/control/protocol.ts";
+import { isPvmHost } from "../vmm/runner.ts";
+import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
+import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
+import { spawnVmm } from "./spawn.ts";
+import { progressBar } from "./progress.ts";
+import { parseDuration } from "./units.ts";
+
+/** Flags of `dcres restore`. */
+export interface RestoreFlags {
+  name?: string;
+  lazy?: boolean;
+  detach?: boolean;
+  for?: string;
+}
+
+const fmtTimes = (name: string, t: RestoreTimes) =>
+  `restored ${name} from ${t.from}${t.lazy ? " (lazy)" : ""}: running after ${
+    t.resumeMs.toFixed(0)
+  } ms` +
+  (t.residentMs !== undefined ? `, fully resident after ${t.residentMs.toFixed(0)} ms` : "");
+
+/** Runs `dcres restore`. */
+export async function restoreCommand(
+  g: GlobalOptions,
+  path: string,
+  f: RestoreFlags,
+): Promise<number> {
+  const target = { kind: "restore" as const, path: resolve(path), name: f.name, lazy: !!f.lazy };
+  const spec = targetSpec(target);
+  const stateDir = stateDirOf(g);
+  const forMs = f.for ? parseDuration("--for", f.for) : undefined;
+  if (f.detach) {
+    let info = await spawnVmm(spec, stateDir, forMs, [
+      "--restore",
+      target.path,
+      ...(f.lazy ? ["--lazy"] : []),
+    ]);
+    const deadline = performance.now() + 120_000;
+    while (info.restore?.residentMs === undefined && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 50));
+      info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
+    }
+    report(
+      g,
+      { name: spec.name, pid: info.pid, ...info.restore },
+      () => fmtTimes(spec.name, info.restore!),
+    );
+    return EXIT.OK;
+  }
+  if (isPvmHost() && spec.guest === "linux") {
+    console.error("note: /dev/kvm here is PVM: guest kernel code runs emulated");
+  }
+  const bar = progressBar(g, `restore ${spec.name}`);
+  const rep = await hostVm(target, {
+    stateDir,
+    forMs,
+    onProgress: (d, t) => bar.update(d, t),
+    onRestore: (t) => {
+      bar.stop();
+      if (!g.json) console.error(fmtTimes(spec.name, t));
+    },
+  });
+  report(g, rep, () => `${rep.name}: ${rep.exit.reason} (${rep.exit.detail})`);
+  return rep.exit.reason === "error" ? EXIT.FAILURE : EXIT.OK;
+}
