@@ -38,6 +38,8 @@ export interface CheckpointOptions {
   maxDowntimeMs: number;
   /** Called as bytes are written. */
   onProgress?: (done: number, total: number) => void;
+  /** Called with the vCPUs paused at the consistency point (tests compare restored memory with it). */
+  onConsistencyPoint?: () => void;
 }
 
 /** The result of a checkpoint. */
@@ -130,6 +132,7 @@ export async function takeCheckpoint(
       txn = tracker.begin();
       tracker.seal();
       state = m.save();
+      opts.onConsistencyPoint?.();
       const todo = coldestFirst(
         parent ? DirtyTracker.gfns(txn.bits, pages) : allGfns(pages),
         tracker.lastDirty,
@@ -168,6 +171,7 @@ export async function takeCheckpoint(
           for (const g of DirtyTracker.gfns(tracker.sample(), pages)) last.add(g);
           tracker.seal();
           state = m.save();
+          opts.onConsistencyPoint?.();
           await writeAll(writer, coldestFirst([...last], tracker.lastDirty), src, opts);
           m.vm.resume();
           paused = false;

@@ -1,0 +1,190 @@
+/**
+ * Checkpoint and restore on one host, on real KVM: every mode, eager and lazy, against a busy
+ * 2-vCPU memstamp guest with its timer running. The restored memory is compared page by page with
+ * the memory at the consistency point, and the guest then verifies itself and keeps running.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
+import { DirtyTracker } from "../src/memory/dirty_tracker.ts";
+import { takeCheckpoint } from "../src/ckpt/save.ts";
+import { restoreCheckpoint } from "../src/ckpt/restore.ts";
+import type { CheckpointMode } from "../src/ckpt/manifest.ts";
+import { crc32 } from "../src/ckpt/format.ts";
+import type { GuestMemory } from "../src/memory/guest_memory.ts";
+
+const MiB = 1 << 20;
+const HZ = 200;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const noIo = { serialOut: () => {} };
+
+/** CRC-32 of every page. */
+function pageCrcs(mem: GuestMemory): Uint32Array {
+  const v = mem.view();
+  const out = new Uint32Array(mem.pages);
+  for (let g = 0; g < mem.pages; g++) out[g] = crc32(v.subarray(g * 4096, (g + 1) * 4096));
+  return out;
+}
+
+function firstDifference(a: Uint32Array, b: Uint32Array): number {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return i;
+  return -1;
+}
+
+async function busyGuest(
+  memSize: number,
+  ws?: number,
+): Promise<{ m: Machine; tracker: DirtyTracker }> {
+  const spec: MachineSpec = {
+    name: "ck",
+    guest: "memstamp",
+    memSize,
+    vcpus: 2,
+    memstamp: { pattern: "random", timerHz: HZ, workingSet: ws },
+  };
+  const m = await Machine.create(spec, noIo);
+  const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
+  await m.vm.start();
+  await m.memstamp!.waitStamped(60_000);
+  await sleep(200);
+  return { m, tracker };
+}
+
+for (const mode of ["stop", "precopy", "cow"] as CheckpointMode[]) {
+  Deno.test(`${mode}: 1 GiB busy guest restores eagerly and lazily to exactly the consistency point, verifies and keeps running`, async () => {
+    const { m, tracker } = await busyGuest(1024 * MiB, 64 * MiB);
+    const dir = Deno.makeTempDirSync({ prefix: "dcres-ck-" });
+    let atPoint!: Uint32Array;
+    let ticksAtPoint!: bigint[];
+    try {
+      const rep = await takeCheckpoint(m, tracker, {
+        dir,
+        mode,
+        incremental: false,
+        compress: false,
+        maxDowntimeMs: 50,
+        onConsistencyPoint: () => {
+          atPoint = pageCrcs(m.vm.memory);
+          ticksAtPoint = m.memstamp!.statuses().map((s) => s.ticks);
+        },
+      });
+      assertEquals(rep.generation, 1);
+      if (mode === "precopy") assert(rep.stats.rounds >= 1);
+      await sleep(300);
+      const stillRunning = m.memstamp!.statuses();
+      assert(
+        stillRunning.every((s, i) => s.ticks > ticksAtPoint[i]),
+        "the source kept running after the checkpoint",
+      );
+    } finally {
+      await m.vm.stop();
+    }
+    try {
+      // Lazy twice: once with every page installed up front through the pager (to compare them with
+      // the consistency point), once live, with the guest's faults served while it runs.
+      for (const [lazy, compare] of [[false, true], [true, true], [true, false]]) {
+        const r = restoreCheckpoint({ path: dir, lazy, io: noIo });
+        if (compare) {
+          if (lazy) r.pager!.preload(r.machine.vm.memory.pages);
+          const diff = firstDifference(pageCrcs(r.machine.vm.memory), atPoint);
+          assertEquals(
+            diff,
+            -1,
+            `page ${diff} differs from the consistency point (${lazy ? "lazy" : "eager"})`,
+          );
+        }
+        const t0 = performance.now();
+        await r.machine.vm.start();
+        const run = r.pager?.run();
+        await sleep(500);
+        const v = await r.machine.memstamp!.verify();
+        assert(
+          v.ok,
+          `verify after ${lazy ? "lazy" : "eager"} restore: ${
+            JSON.stringify(v.bad, (_, x) => typeof x === "bigint" ? `${x}` : x)
+          }`,
+        );
+        const awayMs = performance.now() - t0;
+        const ticks = r.machine.memstamp!.statuses().map((s) => s.ticks);
+        ticks.forEach((t, i) => {
+          assert(
+            t > ticksAtPoint[i],
+            `vCPU ${i} ticks continue from ${ticksAtPoint[i]} (now ${t})`,
+          );
+          const max = BigInt(Math.ceil(((awayMs + 2000) / 1000) * HZ));
+          assert(
+            t - ticksAtPoint[i] <= max,
+            `vCPU ${i} ticks jumped by ${t - ticksAtPoint[i]} (> ${max})`,
+          );
+        });
+        if (lazy && !compare) {
+          assert(r.pager!.faults > 0, "the live lazy restore served guest faults");
+        }
+        r.pager?.stop();
+        await run;
+        await r.machine.vm.stop();
+        r.checkpoint.close();
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("an incremental chain of five stores about five working sets beyond the base, and restores exactly as its merge", async () => {
+  const ws = 8 * MiB; // per vCPU: 16 MiB written between checkpoints
+  const { m, tracker } = await busyGuest(256 * MiB, ws);
+  const dir = Deno.makeTempDirSync({ prefix: "dcres-chain-" });
+  try {
+    const base = await takeCheckpoint(m, tracker, {
+      dir,
+      mode: "stop",
+      incremental: false,
+      compress: false,
+      maxDowntimeMs: 50,
+    });
+    let incBytes = 0;
+    for (let i = 0; i < 5; i++) {
+      await sleep(150);
+      const r = await takeCheckpoint(m, tracker, {
+        dir,
+        mode: i % 2 ? "cow" : "precopy",
+        incremental: true,
+        compress: false,
+        maxDowntimeMs: 50,
+      });
+      assertEquals(r.parent, base.generation + i);
+      incBytes += r.stats.bytesWritten;
+    }
+    await m.vm.stop();
+    const wsAll = 2 * ws;
+    assert(
+      incBytes >= 5 * wsAll * 0.9,
+      `chain wrote ${incBytes} bytes, at least five working sets (${5 * wsAll})`,
+    );
+    assert(
+      incBytes < 5 * wsAll * 2.5,
+      `chain wrote ${incBytes} bytes: about five working sets, not five guests (${5 * 256 * MiB})`,
+    );
+    const chain = restoreCheckpoint({ path: dir, lazy: false, io: noIo });
+    const chainCrcs = pageCrcs(chain.machine.vm.memory);
+    await chain.machine.vm.stop();
+    chain.checkpoint.close();
+    const { mergeChain } = await import("../src/ckpt/merge.ts");
+    const merged = await mergeChain(dir, dir);
+    assertEquals(merged.manifest.parent, null);
+    const full = restoreCheckpoint({ path: merged.dir, lazy: false, io: noIo });
+    assertEquals(
+      firstDifference(pageCrcs(full.machine.vm.memory), chainCrcs),
+      -1,
+      "merge equals chain",
+    );
+    await full.machine.vm.start();
+    await sleep(200);
+    assert((await full.machine.memstamp!.verify()).ok);
+    await full.machine.vm.stop();
+    full.checkpoint.close();
+  } finally {
+    if (!m.vm.isStopped) await m.vm.stop();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
