@@ -135,7 +135,8 @@ function program(exit: (code: number) => void): Command {
     )
     .option("--mem <size>", "guest RAM", "512M")
     .option("--vcpus <n>", "vCPUs", "2")
-    .action(act((f: { mem: string; vcpus: string }) => demoCommand(g(), f)));
+    .option("--out <dir>", "keep the checkpoint store here (default: a temporary directory)")
+    .action(act((f: { mem: string; vcpus: string; out?: string }) => demoCommand(g(), f)));
   return p;
 }
 

@@ -174,13 +174,26 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
 
 /** Low pages the VMM reads from its own thread (which must never fault on them): loaded before resume. */
 const HOST_READ_PAGES = 256;
+/** Pages installed per prefetch step (2 MiB): bounds how long a guest fault waits behind one. */
+const BATCH_PAGES = 512;
+
+/** [start index, length] of each run of consecutive values in ascending `xs`. */
+function runsOf(xs: number[]): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let i = 0; i < xs.length; i++) {
+    const last = out[out.length - 1];
+    if (last && xs[last[0] + last[1] - 1] + 1 === xs[i]) last[1]++;
+    else out.push([i, 1]);
+  }
+  return out;
+}
 
 /** Serves a lazily restored VM's page faults from the checkpoint and prefetches the rest. */
 export class LazyPager {
   private readonly uffd: Userfaultfd;
   private readonly resident: Uint8Array;
   private residentCount = 0;
-  private readonly staging = new Uint8Array(256 * PAGE);
+  private readonly staging = new Uint8Array(BATCH_PAGES * PAGE);
   private readonly stagingAddr = libc.ptrValue(Deno.UnsafePointer.of(this.staging));
   /** Faults served. */
   faults = 0;
@@ -205,21 +218,29 @@ export class LazyPager {
     const t0 = performance.now();
     const order = this.ck.manifest.prefetchOrder;
     let next = 0;
+    let lastYield = performance.now();
     try {
       while (!this.stopped && this.residentCount < this.mem.pages) {
         this.serveFaults();
         const batch: number[] = [];
-        while (next < order.length && batch.length < 256) {
+        while (next < order.length && batch.length < BATCH_PAGES) {
           const g = order[next++];
           if (!this.resident[g]) batch.push(g);
         }
         if (batch.length) this.install(batch);
         else if (this.residentCount < this.mem.pages) {
           for (let g = 0; g < this.mem.pages; g++) if (!this.resident[g]) batch.push(g);
-          for (let i = 0; i < batch.length; i += 256) this.install(batch.slice(i, i + 256));
+          for (let i = 0; i < batch.length; i += BATCH_PAGES) {
+            this.install(batch.slice(i, i + BATCH_PAGES));
+          }
         }
-        this.onProgress?.(this.residentCount * PAGE, this.mem.size);
-        await new Promise((r) => setTimeout(r, 0));
+        if (performance.now() - lastYield > 20) {
+          // Faults are served between batches without yielding; the event loop (control socket,
+          // vCPU messages) gets a turn every 20 ms.
+          this.onProgress?.(this.residentCount * PAGE, this.mem.size);
+          await new Promise((r) => setTimeout(r, 0));
+          lastYield = performance.now();
+        }
       }
     } finally {
       this.serveFaults();
@@ -235,8 +256,8 @@ export class LazyPager {
 
   /** Installs pages 0..count-1 now (before the vCPUs run). */
   preload(count: number): void {
-    for (let g = 0; g < count; g += 256) {
-      this.install(Array.from({ length: Math.min(256, count - g) }, (_, i) => g + i));
+    for (let g = 0; g < count; g += BATCH_PAGES) {
+      this.install(Array.from({ length: Math.min(BATCH_PAGES, count - g) }, (_, i) => g + i));
     }
   }
 
@@ -261,26 +282,45 @@ export class LazyPager {
     }
   }
 
+  /** Installs `gfns` (not yet resident) with one UFFDIO_COPY / ZEROPAGE per contiguous run. */
   private install(gfns: number[]) {
-    const stored = gfns.filter((g) => !this.ck.isZero(g));
+    const todo = gfns.filter((g) => !this.resident[g]).sort((a, b) => a - b);
+    const stored = todo.filter((g) => !this.ck.isZero(g));
     this.ck.loadTo(stored, this.staging, this.stagingAddr, stored.map((_, k) => k * PAGE));
-    stored.forEach((g, k) => this.copy(g, this.stagingAddr + BigInt(k * PAGE)));
-    for (const g of gfns) {
-      if (this.ck.isZero(g) && !this.resident[g]) {
-        try {
-          this.uffd.zeropage(this.mem.hostAddr + BigInt(g * PAGE), PAGE);
-        } catch {
-          // Already populated by the guest's own fault path.
-        }
-        this.mark(g);
-      }
+    for (const [k, n] of runsOf(stored)) {
+      this.place(
+        stored.slice(k, k + n),
+        (dst, len, at) => this.uffd.copy(dst, this.stagingAddr + BigInt((k + at) * PAGE), len),
+      );
+    }
+    const zero = todo.filter((g) => this.ck.isZero(g));
+    for (const [k, n] of runsOf(zero)) {
+      this.place(zero.slice(k, k + n), (dst, len) => this.uffd.zeropage(dst, len));
     }
   }
 
-  private copy(g: number, src: bigint) {
-    if (this.resident[g]) return;
-    this.uffd.copy(this.mem.hostAddr + BigInt(g * PAGE), src, PAGE);
-    this.mark(g);
+  /**
+   * Installs one run of consecutive gfns with `op(dst, len, indexInRun)`; when the guest's own
+   * access populated part of it first (EEXIST), falls back to page by page and skips those pages.
+   */
+  private place(run: number[], op: (dst: bigint, len: number, at: number) => number) {
+    const dst = this.mem.hostAddr + BigInt(run[0] * PAGE);
+    let done = 0;
+    try {
+      done = op(dst, run.length * PAGE, 0);
+    } catch {
+      done = 0;
+    }
+    if (done !== run.length * PAGE) {
+      run.forEach((g, i) => {
+        try {
+          op(this.mem.hostAddr + BigInt(g * PAGE), PAGE, i);
+        } catch {
+          // Already there.
+        }
+      });
+    }
+    for (const g of run) this.mark(g);
   }
 
   private mark(g: number) {
