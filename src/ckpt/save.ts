@@ -5,9 +5,7 @@
  * write-protected and copied aside before the guest's first write to them).
  */
 import { join, relative } from "node:path";
-import * as libc from "../ffi/libc.ts";
 import { SyscallError } from "../ffi/errors.ts";
-import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { PAGE } from "./format.ts";
@@ -20,6 +18,7 @@ import {
 } from "./manifest.ts";
 import { CheckpointStore } from "./store.ts";
 import { buildPageMap, overlayPageMap } from "./page_map.ts";
+import { CowSession } from "./cow.ts";
 
 /** dcres version recorded in every manifest. */
 export const DCRES_VERSION = "0.1.0";
@@ -71,8 +70,29 @@ const BATCH = 16384;
 const MAX_ROUNDS = 30;
 
 /** Pages in `gfns` ordered coldest first (never or longest-ago dirty first). */
-export function coldestFirst(gfns: number[], lastDirty: Uint32Array): number[] {
-  return gfns.sort((a, b) => lastDirty[a] - lastDirty[b] || a - b);
+export function coldestFirst(gfns: ArrayLike<number>, lastDirty: Uint32Array): number[] {
+  return byEpoch(gfns, lastDirty, false);
+}
+
+/**
+ * Counting sort of gfns by the epoch each was last dirty (epochs are small: one per dirty-log read),
+ * gfn order within an epoch kept; linear, so it can run inside a pause.
+ */
+function byEpoch(gfns: ArrayLike<number>, lastDirty: Uint32Array, newestFirst: boolean): number[] {
+  let max = 0;
+  for (let i = 0; i < gfns.length; i++) max = Math.max(max, lastDirty[gfns[i]]);
+  const start = new Uint32Array(max + 2);
+  for (let i = 0; i < gfns.length; i++) {
+    const e = lastDirty[gfns[i]];
+    start[(newestFirst ? max - e : e) + 1]++;
+  }
+  for (let e = 1; e < start.length; e++) start[e] += start[e - 1];
+  const out = new Array<number>(gfns.length);
+  for (let i = 0; i < gfns.length; i++) {
+    const e = lastDirty[gfns[i]];
+    out[start[newestFirst ? max - e : e]++] = gfns[i];
+  }
+  return out;
 }
 
 /** Takes one checkpoint of `m`; on any failure removes the partial generation and rethrows. */
@@ -113,6 +133,7 @@ export async function takeCheckpoint(
   const pages = mem.pages;
   let txn: ReturnType<DirtyTracker["begin"]> | undefined;
   let paused = false;
+  let cow: CowSession | undefined;
   const stats = {
     pagesSaved: 0,
     zeroPages: 0,
@@ -126,6 +147,7 @@ export async function takeCheckpoint(
   try {
     let state: Manifest["machine"];
     if (opts.mode === "stop" || opts.mode === "cow") {
+      cow = opts.mode === "cow" ? await CowSession.prepare(mem) : undefined;
       const tp = performance.now();
       await m.vm.pause();
       paused = true;
@@ -143,10 +165,13 @@ export async function takeCheckpoint(
         paused = false;
         stats.downtimeMs = performance.now() - tp;
       } else {
-        await copyOnWrite(m, writer, todo, src, opts, () => {
-          stats.downtimeMs = performance.now() - tp;
-          paused = false;
-        });
+        cow!.arm(todo);
+        m.vm.resume();
+        paused = false;
+        stats.downtimeMs = performance.now() - tp;
+        await cow!.save(writer, todo, BATCH, opts.onProgress);
+        cow!.close();
+        cow = undefined;
       }
     } else {
       txn = tracker.begin();
@@ -221,6 +246,8 @@ export async function takeCheckpoint(
     tracker.baselineId = id;
     return { dir: opts.dir, generation, id, mode: opts.mode, parent: manifest.parent, stats };
   } catch (e) {
+    cow?.close();
+    cow = undefined;
     await writer.abort();
     if (txn) tracker.abort(txn);
     if (paused && !m.vm.isStopped) m.vm.resume();
@@ -244,9 +271,7 @@ function allGfns(pages: number): number[] {
 
 /** Gfns most recently dirty first: the order lazy restore prefetches in. */
 function prefetchOrder(lastDirty: Uint32Array): Uint32Array {
-  const idx = Array.from({ length: lastDirty.length }, (_, i) => i);
-  idx.sort((a, b) => lastDirty[b] - lastDirty[a] || a - b);
-  return Uint32Array.from(idx);
+  return Uint32Array.from(byEpoch(allGfns(lastDirty.length), lastDirty, true));
 }
 
 async function writeAll(
@@ -261,86 +286,4 @@ async function writeAll(
     opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE, total);
   }
   await w.flush();
-}
-
-/**
- * Copy-on-write: with the vCPUs paused, write-protect every page to save, resume, then save them;
- * a guest write to a page not yet saved faults, the page is copied aside, and only then unprotected.
- */
-async function copyOnWrite(
-  m: Machine,
-  w: FragmentWriter,
-  todo: number[],
-  src: PageSource,
-  opts: CheckpointOptions,
-  resumed: () => void,
-): Promise<void> {
-  const mem = m.vm.memory;
-  const uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM | FEATURE.WP_UNPOPULATED);
-  const saved = new Uint8Array(mem.pages);
-  const copies: Array<{ gfn: number; page: Uint8Array<ArrayBuffer> }> = [];
-  try {
-    uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.WP);
-    const wanted = new Uint8Array(mem.pages);
-    for (const g of todo) wanted[g] = 1;
-    for (const [start, count] of runs(todo)) {
-      uffd.writeProtect(mem.hostAddr + BigInt(start * PAGE), count * PAGE, true, false);
-    }
-    m.vm.resume();
-    resumed();
-    const serve = () => {
-      for (let evs = uffd.readEvents(); evs.length; evs = uffd.readEvents()) {
-        for (const ev of evs) {
-          const gfn = Number((ev.address - mem.hostAddr) / BigInt(PAGE));
-          if (wanted[gfn] && !saved[gfn]) {
-            copies.push({ gfn, page: src.bytes.slice(gfn * PAGE, (gfn + 1) * PAGE) });
-            saved[gfn] = 1;
-          }
-          uffd.writeProtect(mem.hostAddr + BigInt(gfn * PAGE), PAGE, false);
-        }
-      }
-    };
-    const total = todo.length * PAGE;
-    for (let i = 0; i < todo.length; i += BATCH) {
-      serve();
-      const batch = todo.slice(i, i + BATCH).filter((g) => !saved[g]);
-      await w.append(batch, src);
-      await w.flush();
-      for (const g of batch) saved[g] = 1;
-      for (const [start, count] of runs(batch)) {
-        uffd.writeProtect(mem.hostAddr + BigInt(start * PAGE), count * PAGE, false);
-      }
-      if (copies.length) {
-        const buf = new Uint8Array(copies.length * PAGE);
-        copies.forEach((c, k) => buf.set(c.page, k * PAGE));
-        await w.append(copies.map((c) => c.gfn), {
-          bytes: buf,
-          base: libc.ptrValue(Deno.UnsafePointer.of(buf)),
-        }, copies.map((_, k) => k * PAGE));
-        await w.flush();
-        copies.length = 0;
-      }
-      opts.onProgress?.(Math.min(i + BATCH, todo.length) * PAGE, total);
-    }
-    serve();
-  } finally {
-    try {
-      uffd.writeProtect(mem.hostAddr, mem.size, false);
-      uffd.unregister(mem.hostAddr, mem.size);
-    } finally {
-      uffd.close();
-    }
-  }
-}
-
-/** Sorted runs [first, count] of the given gfns. */
-export function runs(gfns: number[]): Array<[number, number]> {
-  const s = [...gfns].sort((a, b) => a - b);
-  const out: Array<[number, number]> = [];
-  for (const g of s) {
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] === g) last[1]++;
-    else out.push([g, 1]);
-  }
-  return out;
 }

@@ -1,0 +1,147 @@
+/**
+ * Copy-on-write saving. The consistency point is a short pause; the expensive part, write-protecting
+ * all of guest RAM, happens before it while the guest runs: pages the guest writes in that window are
+ * unprotected and remembered, and only those few are protected again inside the pause. After the
+ * pause, a guest write to a page not yet saved faults; the page is copied aside first, then unprotected.
+ */
+import * as libc from "../ffi/libc.ts";
+import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
+import { PAGE } from "./format.ts";
+import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
+
+const PROTECT_STEP = 64 << 20;
+
+/** One copy-on-write save of a VM's memory. */
+export class CowSession {
+  private readonly saved: Uint8Array;
+  private readonly wanted: Uint8Array;
+  private readonly touched = new Set<number>();
+  private armed = false;
+  private copies: Array<{ gfn: number; page: Uint8Array<ArrayBuffer> }> = [];
+  /** Pages copied aside because the guest wrote them before they were saved. */
+  copiedAside = 0;
+
+  private constructor(private readonly mem: GuestMemory, private readonly uffd: Userfaultfd) {
+    this.saved = new Uint8Array(mem.pages);
+    this.wanted = new Uint8Array(mem.pages);
+  }
+
+  /** Registers guest RAM and write-protects it in steps while the guest runs. */
+  static async prepare(mem: GuestMemory): Promise<CowSession> {
+    const uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM | FEATURE.WP_UNPOPULATED);
+    const s = new CowSession(mem, uffd);
+    try {
+      uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.WP);
+      for (let off = 0; off < mem.size; off += PROTECT_STEP) {
+        uffd.writeProtect(
+          mem.hostAddr + BigInt(off),
+          Math.min(PROTECT_STEP, mem.size - off),
+          true,
+          false,
+        );
+        s.serve();
+        await new Promise((r) => setTimeout(r, 0));
+      }
+    } catch (e) {
+      s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  /**
+   * With the vCPUs paused at the consistency point: `todo` are the pages to save. Pages the guest
+   * wrote while protection was being set up are protected again; the rest already are.
+   */
+  arm(todo: number[]): void {
+    this.serve();
+    for (const g of todo) this.wanted[g] = 1;
+    for (const g of this.touched) {
+      if (this.wanted[g]) this.uffd.writeProtect(this.addr(g), PAGE, true, false);
+    }
+    this.touched.clear();
+    this.armed = true;
+  }
+
+  /** Handles pending write faults. */
+  serve(): void {
+    for (let evs = this.uffd.readEvents(); evs.length; evs = this.uffd.readEvents()) {
+      for (const ev of evs) {
+        const g = Number((ev.address - this.mem.hostAddr) / BigInt(PAGE));
+        if (!this.armed) this.touched.add(g);
+        else if (this.wanted[g] && !this.saved[g]) {
+          this.copies.push({ gfn: g, page: this.mem.view(g * PAGE, PAGE).slice() });
+          this.saved[g] = 1;
+          this.copiedAside++;
+        }
+        this.uffd.writeProtect(this.addr(g), PAGE, false);
+      }
+    }
+  }
+
+  /** Saves every wanted page (the guest running), in `todo` order, with copied-aside pages as they come. */
+  async save(
+    w: FragmentWriter,
+    todo: number[],
+    batch: number,
+    onProgress?: (d: number, t: number) => void,
+  ): Promise<void> {
+    const src: PageSource = { bytes: this.mem.view(), base: this.mem.hostAddr };
+    for (let i = 0; i < todo.length; i += batch) {
+      this.serve();
+      const pages = todo.slice(i, i + batch).filter((g) => !this.saved[g]);
+      await w.append(pages, src);
+      await w.flush();
+      for (const g of pages) this.saved[g] = 1;
+      for (const [start, count] of runs(pages)) {
+        this.uffd.writeProtect(this.addr(start), count * PAGE, false);
+      }
+      await this.writeCopies(w);
+      onProgress?.(Math.min(i + batch, todo.length) * PAGE, todo.length * PAGE);
+    }
+    this.serve();
+    await this.writeCopies(w);
+  }
+
+  private async writeCopies(w: FragmentWriter) {
+    if (!this.copies.length) return;
+    const buf = new Uint8Array(this.copies.length * PAGE);
+    this.copies.forEach((c, k) => buf.set(c.page, k * PAGE));
+    const offsets = this.copies.map((_, k) => k * PAGE);
+    await w.append(this.copies.map((c) => c.gfn), {
+      bytes: buf,
+      base: libc.ptrValue(Deno.UnsafePointer.of(buf)),
+    }, offsets);
+    await w.flush();
+    this.copies = [];
+  }
+
+  private addr(g: number): bigint {
+    return this.mem.hostAddr + BigInt(g * PAGE);
+  }
+
+  /** Removes all protection and closes the userfaultfd. */
+  close(): void {
+    try {
+      this.uffd.writeProtect(this.mem.hostAddr, this.mem.size, false);
+      this.uffd.unregister(this.mem.hostAddr, this.mem.size);
+    } catch {
+      // The VM's memory is already gone.
+    } finally {
+      this.uffd.close();
+    }
+  }
+}
+
+/** Sorted runs [first, count] of the given gfns. */
+export function runs(gfns: number[]): Array<[number, number]> {
+  const s = [...gfns].sort((a, b) => a - b);
+  const out: Array<[number, number]> = [];
+  for (const g of s) {
+    const last = out[out.length - 1];
+    if (last && last[0] + last[1] === g) last[1]++;
+    else out.push([g, 1]);
+  }
+  return out;
+}
