@@ -55,6 +55,7 @@ for (const mode of ["stop", "precopy", "cow"] as CheckpointMode[]) {
     const dir = Deno.makeTempDirSync({ prefix: "dcres-ck-" });
     let atPoint!: Uint32Array;
     let ticksAtPoint!: bigint[];
+    let writtenAtPoint!: bigint[];
     try {
       const rep = await takeCheckpoint(m, tracker, {
         dir,
@@ -65,6 +66,7 @@ for (const mode of ["stop", "precopy", "cow"] as CheckpointMode[]) {
         onConsistencyPoint: () => {
           atPoint = pageCrcs(m.vm.memory);
           ticksAtPoint = m.memstamp!.statuses().map((s) => s.ticks);
+          writtenAtPoint = m.memstamp!.statuses().map((s) => s.written);
         },
       });
       assertEquals(rep.generation, 1);
@@ -104,7 +106,14 @@ for (const mode of ["stop", "precopy", "cow"] as CheckpointMode[]) {
           }`,
         );
         const awayMs = performance.now() - t0;
-        const ticks = r.machine.memstamp!.statuses().map((s) => s.ticks);
+        const after = r.machine.memstamp!.statuses();
+        after.forEach((s, i) =>
+          assert(
+            s.written > writtenAtPoint[i],
+            `vCPU ${i} progress continues from ${writtenAtPoint[i]} (now ${s.written})`,
+          )
+        );
+        const ticks = after.map((s) => s.ticks);
         ticks.forEach((t, i) => {
           assert(
             t > ticksAtPoint[i],

@@ -51,12 +51,23 @@ export class CowSession {
   }
 
   /**
-   * With the vCPUs paused at the consistency point: `todo` are the pages to save. Pages the guest
-   * wrote while protection was being set up are protected again; the rest already are.
+   * With the vCPUs paused at the consistency point: the pages to save are those set in `bits` (all
+   * pages when undefined). Pages the guest wrote while protection was being set up are protected
+   * again; the rest already are.
    */
-  arm(todo: number[]): void {
+  arm(bits?: Uint8Array): void {
     this.serve();
-    for (const g of todo) this.wanted[g] = 1;
+    if (!bits) this.wanted.fill(1);
+    else {
+      for (let i = 0; i < bits.length; i++) {
+        const b = bits[i];
+        if (b) {
+          for (let k = 0; k < 8; k++) {
+            if (b & (1 << k) && i * 8 + k < this.wanted.length) this.wanted[i * 8 + k] = 1;
+          }
+        }
+      }
+    }
     for (const g of this.touched) {
       if (this.wanted[g]) this.uffd.writeProtect(this.addr(g), PAGE, true, false);
     }

@@ -68,6 +68,8 @@ export class CheckpointError extends Error {
 const HOST = "main";
 const BATCH = 16384;
 const MAX_ROUNDS = 30;
+/** Pause cost besides page writes (stop vCPUs, read the dirty log, capture state), in the estimate. */
+const PAUSE_OVERHEAD_MS = 10;
 
 /** Pages in `gfns` ordered coldest first (never or longest-ago dirty first). */
 export function coldestFirst(gfns: ArrayLike<number>, lastDirty: Uint32Array): number[] {
@@ -148,6 +150,8 @@ export async function takeCheckpoint(
     let state: Manifest["machine"];
     if (opts.mode === "stop" || opts.mode === "cow") {
       cow = opts.mode === "cow" ? await CowSession.prepare(mem) : undefined;
+      // Read the dirty log once while running, so the read inside the pause finds few pages.
+      if (cow) tracker.sample();
       const tp = performance.now();
       await m.vm.pause();
       paused = true;
@@ -155,20 +159,25 @@ export async function takeCheckpoint(
       tracker.seal();
       state = m.save();
       opts.onConsistencyPoint?.();
-      const todo = coldestFirst(
-        parent ? DirtyTracker.gfns(txn.bits, pages) : allGfns(pages),
-        tracker.lastDirty,
-      );
+      const pick = parent ? txn.bits : undefined;
       if (opts.mode === "stop") {
+        const todo = coldestFirst(
+          pick ? DirtyTracker.gfns(pick, pages) : allGfns(pages),
+          tracker.lastDirty,
+        );
         await writeAll(writer, todo, src, opts);
         m.vm.resume();
         paused = false;
         stats.downtimeMs = performance.now() - tp;
       } else {
-        cow!.arm(todo);
+        cow!.arm(pick);
         m.vm.resume();
         paused = false;
         stats.downtimeMs = performance.now() - tp;
+        const todo = coldestFirst(
+          pick ? DirtyTracker.gfns(pick, pages) : allGfns(pages),
+          tracker.lastDirty,
+        );
         await cow!.save(writer, todo, BATCH, opts.onProgress);
         cow!.close();
         cow = undefined;
@@ -187,7 +196,7 @@ export async function takeCheckpoint(
         const secs = (performance.now() - tr) / 1000;
         if (writer.bytesWritten > before && secs > 0) rate = (writer.bytesWritten - before) / secs;
         const dirty = DirtyTracker.gfns(tracker.sample(), pages);
-        const fits = (dirty.length * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
+        const fits = PAUSE_OVERHEAD_MS + (dirty.length * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
         if (fits || stats.rounds >= MAX_ROUNDS || dirty.length >= todo.length) {
           const tp = performance.now();
           await m.vm.pause();
