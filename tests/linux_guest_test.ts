@@ -86,3 +86,69 @@ Deno.test("linux: a guest captured and restored into a new VM keeps answering an
     memory.close();
   }
 });
+
+Deno.test("linux: in each mode a checkpoint restores (eager and lazy) a guest whose tmpfs file and counter carry on", async () => {
+  const why = skipReason();
+  if (why) return console.log(`skipped: ${why}`);
+  const { DirtyTracker } = await import("../src/memory/dirty_tracker.ts");
+  const { takeCheckpoint } = await import("../src/ckpt/save.ts");
+  const { restoreCheckpoint } = await import("../src/ckpt/restore.ts");
+  const initrd = await initrdFile();
+  const spec = {
+    name: "lxck",
+    guest: "linux" as const,
+    memSize: 512 << 20,
+    vcpus: 1,
+    linux: { kernel: findGuestKernel()!, initrd, cmdline: "console=ttyS0 panic=-1" },
+  };
+  let hub = new ConsoleHub();
+  let m = await Machine.create(spec, { serialOut: (b) => hub.push(b) });
+  await m.vm.start();
+  let server = new ControlServer(m, hub, () => m.vm.stop());
+  const sum =
+    (await server.exec("head -c 16M /dev/urandom > /tmp/f; sha256sum /tmp/f | cut -c1-64", 240_000))
+      .output.trim();
+  await server.exec(
+    "(i=0; while true; do i=$((i+1)); echo $i > /tmp/c; sleep 0.01; done) &",
+    30_000,
+  );
+  for (const mode of ["stop", "precopy", "cow"] as const) {
+    for (const lazy of [false, true]) {
+      const dir = Deno.makeTempDirSync();
+      const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
+      let counter = 0;
+      await takeCheckpoint(m, tracker, {
+        dir,
+        mode,
+        incremental: false,
+        compress: false,
+        maxDowntimeMs: 50,
+      });
+      counter = Number((await server.exec("cat /tmp/c", 30_000)).output.trim());
+      await m.vm.stop();
+      hub = new ConsoleHub();
+      const r = restoreCheckpoint({ path: dir, lazy, io: { serialOut: (b) => hub.push(b) } });
+      hub.push(new TextEncoder().encode("DCRES-GUEST-READY\n"));
+      await r.machine.vm.start();
+      const paging = r.pager?.run();
+      m = r.machine;
+      server = new ControlServer(m, hub, () => m.vm.stop());
+      assertEquals(
+        (await server.exec("sha256sum /tmp/f | cut -c1-64", 60_000)).output.trim(),
+        sum,
+        `${mode} ${lazy ? "lazy" : "eager"}: tmpfs file intact`,
+      );
+      const c1 = Number((await server.exec("cat /tmp/c", 30_000)).output.trim());
+      await new Promise((res) => setTimeout(res, 500));
+      const c2 = Number((await server.exec("cat /tmp/c", 30_000)).output.trim());
+      assert(
+        c1 > 0 && c2 > c1,
+        `${mode}: the counter runs on (${counter} at checkpoint, then ${c1}, ${c2})`,
+      );
+      await paging;
+      r.checkpoint.close();
+      Deno.removeSync(dir, { recursive: true });
+    }
+  }
+  await m.vm.stop();
+});
