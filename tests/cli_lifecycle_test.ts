@@ -63,3 +63,22 @@ Deno.test("run --for stops the VM on time and reports why", async () => {
   assertEquals(rep.exit.reason, "stopped");
   assert(rep.ranMs >= 1000 && rep.ranMs < 10_000, `ran ${rep.ranMs} ms`);
 });
+
+Deno.test("Ctrl-C (SIGINT) stops a foreground VM in order and reports why", async () => {
+  const { selfCommand } = await import("../src/cli/spawn.ts");
+  const dir = tempStateDir();
+  const self = selfCommand(["--state-dir", dir, "--json", "run", "--mem", "64M", "--name", "intr"]);
+  const child = new Deno.Command(self.cmd, { args: self.args, stdout: "piped", stderr: "piped" })
+    .spawn();
+  for (let i = 0; i < 100; i++) {
+    const ls = await dcres(["--state-dir", dir, "--json", "vm", "ls"]);
+    if (JSON.parse(ls.stdout).length === 1) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  child.kill("SIGINT");
+  const out = await child.output();
+  assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+  const rep = JSON.parse(new TextDecoder().decode(out.stdout));
+  assertEquals(rep.exit.detail, "interrupted by signal");
+  assertEquals(JSON.parse((await dcres(["--state-dir", dir, "--json", "vm", "ls"])).stdout), []);
+});
