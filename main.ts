@@ -12,6 +12,7 @@ import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
 import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
+import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 
 /** dcres version, recorded in everything it writes. */
 export const VERSION = "0.1.0";
@@ -128,6 +129,22 @@ function program(exit: (code: number) => void): Command {
   );
   ckpt.command("merge <dir>").description("squash the latest chain into one full generation")
     .action(act((d: string) => ckptMerge(g(), d)));
+
+  const ca = p.command("ca").description("cluster CA and host certificates for mutual TLS");
+  ca.command("init")
+    .description("make a cluster CA: ECDSA P-256 key and self-signed certificate, valid 10 years")
+    .requiredOption("--dir <dir>", "directory for ca.crt and ca.key (made 0700)")
+    .option("--force", "replace an existing CA in --dir")
+    .action(act((f: CaInitFlags) => caInit(g(), f)));
+  ca.command("issue")
+    .description("issue a host certificate (TLS server and client) signed by the cluster CA")
+    .requiredOption("--ca <dir>", "CA directory made by ca init")
+    .requiredOption("--host <name>", "host name: the certificate's CN and DNS subjectAltName")
+    .option("--ip <addr>", "IP subjectAltName; repeat for several", collect)
+    .option("--days <n>", "validity in days", "825")
+    .requiredOption("--out <dir>", "directory for host.crt, host.key and ca.crt (made 0700)")
+    .option("--force", "replace an existing host identity in --out")
+    .action(act((f: CaIssueFlags) => caIssue(g(), f)));
 
   p.command("demo")
     .description(
