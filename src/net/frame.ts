@@ -1,0 +1,115 @@
+/**
+ * Framing of the agents' byte streams (QUIC streams, the local unix socket): every message is a frame
+ * with an 8-byte header (magic, version, kind, payload length) and a bounded payload. Control messages
+ * are CBOR; page data travels as binary frames. The decoder is incremental and never trusts a length
+ * before checking it against the limit, so malformed, oversized or truncated input is an error, not
+ * an allocation or a hang.
+ */
+import { encodeCbor } from "../ckpt/cbor.ts";
+
+/** "DR" */
+export const FRAME_MAGIC = 0x4452;
+/** Frame format version this build speaks. */
+export const FRAME_VERSION = 1;
+/** Bytes of a frame header. */
+export const FRAME_HEADER = 8;
+/** Default payload limit of control frames. */
+export const MAX_CONTROL_PAYLOAD = 1 << 20;
+
+/** What a frame carries. */
+export const FrameKind = { CONTROL: 1, DATA: 2 } as const;
+/** A frame kind. */
+export type FrameKind = typeof FrameKind[keyof typeof FrameKind];
+
+/** One decoded frame. */
+export interface Frame {
+  /** Control (CBOR) or data (bytes). */
+  kind: FrameKind;
+  /** Payload bytes. */
+  payload: Uint8Array;
+}
+
+/** Why a stream of frames is unusable; the stream must be closed after one of these. */
+export class FrameError extends Error {
+  constructor(
+    /** Machine-readable reason. */
+    readonly code: "bad-magic" | "unsupported-version" | "bad-kind" | "too-large" | "truncated",
+    message: string,
+  ) {
+    super(message);
+    this.name = "FrameError";
+  }
+}
+
+/** Encodes one frame. */
+export function encodeFrame(kind: FrameKind, payload: Uint8Array): Uint8Array<ArrayBuffer> {
+  const out = new Uint8Array(FRAME_HEADER + payload.length);
+  const dv = new DataView(out.buffer);
+  dv.setUint16(0, FRAME_MAGIC);
+  dv.setUint8(2, FRAME_VERSION);
+  dv.setUint8(3, kind);
+  dv.setUint32(4, payload.length);
+  out.set(payload, FRAME_HEADER);
+  return out;
+}
+
+/** Encodes a control message as a CBOR frame. */
+export function encodeControl(message: unknown): Uint8Array<ArrayBuffer> {
+  return encodeFrame(FrameKind.CONTROL, encodeCbor(message));
+}
+
+/** Incremental frame decoder for one stream. */
+export class FrameDecoder {
+  private buf = new Uint8Array(0);
+
+  constructor(
+    /** Largest payload accepted, per kind. */
+    private readonly limits: Record<FrameKind, number> = {
+      [FrameKind.CONTROL]: MAX_CONTROL_PAYLOAD,
+      [FrameKind.DATA]: 64 << 20,
+    },
+  ) {}
+
+  /** Adds received bytes; returns every frame completed by them. Throws FrameError on bad input. */
+  push(bytes: Uint8Array): Frame[] {
+    const joined = new Uint8Array(this.buf.length + bytes.length);
+    joined.set(this.buf);
+    joined.set(bytes, this.buf.length);
+    this.buf = joined;
+    const frames: Frame[] = [];
+    while (this.buf.length >= FRAME_HEADER) {
+      const dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
+      if (dv.getUint16(0) !== FRAME_MAGIC) {
+        throw new FrameError("bad-magic", "not a dcres frame (wrong magic)");
+      }
+      const version = dv.getUint8(2);
+      if (version !== FRAME_VERSION) {
+        throw new FrameError(
+          "unsupported-version",
+          `frame version ${version} is not supported (this agent speaks ${FRAME_VERSION})`,
+        );
+      }
+      const kind = dv.getUint8(3) as FrameKind;
+      const limit = this.limits[kind];
+      if (limit === undefined) throw new FrameError("bad-kind", `unknown frame kind ${kind}`);
+      const len = dv.getUint32(4);
+      if (len > limit) {
+        throw new FrameError("too-large", `frame of ${len} bytes exceeds the ${limit}-byte limit`);
+      }
+      if (this.buf.length < FRAME_HEADER + len) break;
+      frames.push({ kind, payload: this.buf.slice(FRAME_HEADER, FRAME_HEADER + len) });
+      this.buf = this.buf.slice(FRAME_HEADER + len);
+    }
+    return frames;
+  }
+
+  /** Call at end of stream: throws if a frame was cut off. */
+  end(): void {
+    if (this.buf.length) {
+      throw new FrameError(
+        "truncated",
+        `stream ended inside a frame (${this.buf.length} bytes pending)`,
+      );
+    }
+  }
+}

@@ -1,0 +1,105 @@
+/**
+ * The RPC envelope carried in control frames: versioned requests with a deadline, replies with a
+ * result or a typed error, and cancellation. `parseRequest` validates untrusted input field by field.
+ */
+import { decodeCbor } from "../ckpt/cbor.ts";
+
+/** RPC protocol version (major); a peer with another major is answered with `unsupported-version`. */
+export const RPC_VERSION = 1;
+
+/** A request. */
+export interface RpcRequest {
+  /** Protocol version. */
+  v: number;
+  /** Request id, unique per connection. */
+  id: number;
+  /** Method name, e.g. "health". */
+  method: string;
+  /** Milliseconds the caller will wait; the callee gives up after it. */
+  deadlineMs: number;
+  /** Arguments. */
+  args: Record<string, unknown>;
+}
+
+/** Error codes every side understands. */
+export type RpcErrorCode =
+  | "bad-request"
+  | "unsupported-version"
+  | "unknown-method"
+  | "deadline-exceeded"
+  | "cancelled"
+  | "unauthenticated"
+  | "failed";
+
+/** A reply. */
+export type RpcReply =
+  | { v: number; id: number; ok: true; result: unknown }
+  | { v: number; id: number; ok: false; error: { code: RpcErrorCode; message: string } };
+
+/** A cancellation of request `id`. */
+export interface RpcCancel {
+  /** Protocol version. */
+  v: number;
+  /** Request to cancel. */
+  cancel: number;
+}
+
+/** An RPC failed; carries the typed code from the other side. */
+export class RpcError extends Error {
+  constructor(readonly code: RpcErrorCode, message: string) {
+    super(message);
+    this.name = "RpcError";
+  }
+}
+
+const MAX_DEADLINE_MS = 24 * 3600 * 1000;
+
+/** Decodes and validates a control payload as a request or cancellation; throws RpcError. */
+export function parseRequest(payload: Uint8Array): RpcRequest | RpcCancel {
+  let m: unknown;
+  try {
+    m = decodeCbor(payload);
+  } catch (e) {
+    throw new RpcError("bad-request", `malformed request: ${(e as Error).message}`);
+  }
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    throw new RpcError("bad-request", "request is not a map");
+  }
+  const r = m as Record<string, unknown>;
+  if (typeof r.v !== "number" || !Number.isInteger(r.v)) {
+    throw new RpcError("bad-request", "request has no version");
+  }
+  if (r.v !== RPC_VERSION) {
+    throw new RpcError(
+      "unsupported-version",
+      `RPC version ${r.v} is not supported (this agent speaks ${RPC_VERSION})`,
+    );
+  }
+  if ("cancel" in r) {
+    if (!Number.isSafeInteger(r.cancel)) {
+      throw new RpcError("bad-request", "cancel needs a request id");
+    }
+    return { v: r.v, cancel: r.cancel as number };
+  }
+  if (!Number.isSafeInteger(r.id) || (r.id as number) < 0) {
+    throw new RpcError("bad-request", "request id must be a non-negative integer");
+  }
+  if (typeof r.method !== "string" || !/^[a-z][a-z0-9.]{0,63}$/.test(r.method)) {
+    throw new RpcError("bad-request", "method must be a short lower-case name");
+  }
+  const deadlineMs = r.deadlineMs ?? 30_000;
+  if (typeof deadlineMs !== "number" || !(deadlineMs > 0) || deadlineMs > MAX_DEADLINE_MS) {
+    throw new RpcError("bad-request", "deadlineMs must be between 0 and 24 h");
+  }
+  const args = r.args ?? {};
+  if (typeof args !== "object" || args === null || Array.isArray(args)) {
+    throw new RpcError("bad-request", "args must be a map");
+  }
+  return {
+    v: r.v,
+    id: r.id as number,
+    method: r.method,
+    deadlineMs,
+    args: args as Record<string, unknown>,
+  };
+}
