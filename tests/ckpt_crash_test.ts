@@ -5,7 +5,7 @@
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres, tempStateDir } from "./helpers/cli.ts";
-import { selfCommand } from "../src/cli/spawn.ts";
+import { selfCommand } from "../src/agent/spawn.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 

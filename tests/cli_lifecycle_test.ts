@@ -65,7 +65,7 @@ Deno.test("run --for stops the VM on time and reports why", async () => {
 });
 
 Deno.test("Ctrl-C (SIGINT) stops a foreground VM in order and reports why", async () => {
-  const { selfCommand } = await import("../src/cli/spawn.ts");
+  const { selfCommand } = await import("../src/agent/spawn.ts");
   const dir = tempStateDir();
   const self = selfCommand(["--state-dir", dir, "--json", "run", "--mem", "64M", "--name", "intr"]);
   const child = new Deno.Command(self.cmd, { args: self.args, stdout: "piped", stderr: "piped" })

@@ -5,7 +5,7 @@ import type { VmInfo } from "../vmm/control/protocol.ts";
 import { isPvmHost } from "../vmm/runner.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
-import { spawnVmm } from "./spawn.ts";
+import { spawnVmm } from "../agent/spawn.ts";
 import { progressBar } from "./progress.ts";
 import { parseDuration } from "./units.ts";
 

@@ -13,7 +13,7 @@ import {
   stateDirOf,
 } from "./context.ts";
 import { fmtBytes, parseCount, parseDuration, parseSize, UsageError } from "./units.ts";
-import { spawnVmm } from "./spawn.ts";
+import { spawnVmm } from "../agent/spawn.ts";
 import { ConsoleRelay } from "./terminal.ts";
 
 /** Flags of `dcres run`. */

@@ -799,3 +799,30 @@ export async function verifyPeerCertificate(
   if (!host) return { ok: false, reason: `${who} names no host (no DNS subjectAltName or CN)` };
   return { ok: true, host };
 }
+
+/** Signs `data` with the host key (PEM, PKCS#8 ECDSA P-256), for the transport's proof of identity. */
+export async function signWithKey(
+  keyPem: string,
+  data: Uint8Array<ArrayBuffer>,
+): Promise<Uint8Array<ArrayBuffer>> {
+  const key = await importPrivateKey(keyPem);
+  if (!key) throw new IdentityError("the host key is not a PKCS#8 ECDSA P-256 PEM key");
+  return new Uint8Array(await crypto.subtle.sign(SIGNING, key, data));
+}
+
+/** True when `sig` over `data` was made with the private key of the certificate `certPem`. */
+export async function verifyWithCertificate(
+  certPem: string,
+  data: Uint8Array<ArrayBuffer>,
+  sig: Uint8Array<ArrayBuffer>,
+): Promise<boolean> {
+  const x = await lib();
+  const cert = parseCert(x, certPem);
+  if (!cert) return false;
+  try {
+    const key = await cert.publicKey.export(EC, ["verify"], crypto);
+    return await crypto.subtle.verify(SIGNING, key, sig, data);
+  } catch {
+    return false;
+  }
+}

@@ -1,5 +1,5 @@
 /** Runs the dcres CLI as a separate process, the way an operator or a script does. */
-import { selfCommand } from "../../src/cli/spawn.ts";
+import { selfCommand } from "../../src/agent/spawn.ts";
 
 /** Exit code and output of one CLI run. */
 export interface CliResult {

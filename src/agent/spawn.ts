@@ -3,7 +3,7 @@ import { join } from "node:path";
 import { request } from "../vmm/control/client.ts";
 import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
-import { CommandFailed } from "./context.ts";
+import { VmmStartError } from "./errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
 
 /** Deno permission flags the VMM process needs. */
@@ -72,12 +72,12 @@ export async function spawnVmm(
       if (info.pid === child.pid) return info;
     } catch {
       if (exited) {
-        throw new CommandFailed(`${spec.name}: the VMM process exited at start: ${lastLine(log)}`);
+        throw new VmmStartError(`${spec.name}: the VMM process exited at start: ${lastLine(log)}`);
       }
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  throw new CommandFailed(`${spec.name}: the VMM did not answer within 60 s; see ${log}`);
+  throw new VmmStartError(`${spec.name}: the VMM did not answer within 60 s; see ${log}`);
 }
 
 function lastLine(path: string): string {

@@ -1,0 +1,99 @@
+import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
+import { initCa, issueHost, loadIdentity } from "../src/net/identity.ts";
+import { RpcClient, RpcServer } from "../src/net/quic.ts";
+import { RpcError } from "../src/net/rpc_messages.ts";
+
+async function identities() {
+  const d = Deno.makeTempDirSync({ prefix: "dcres-quic-" });
+  await initCa(`${d}/ca`);
+  await issueHost({ caDir: `${d}/ca`, host: "agent1", ips: ["127.0.0.1"], outDir: `${d}/agent` });
+  await issueHost({ caDir: `${d}/ca`, host: "cli", outDir: `${d}/cli` });
+  await initCa(`${d}/ca2`);
+  await issueHost({
+    caDir: `${d}/ca2`,
+    host: "stranger",
+    ips: ["127.0.0.1"],
+    outDir: `${d}/stranger`,
+  });
+  return {
+    d,
+    agent: loadIdentity(`${d}/agent`),
+    cli: loadIdentity(`${d}/cli`),
+    stranger: loadIdentity(`${d}/stranger`),
+  };
+}
+
+Deno.test("over QUIC a cluster client is authenticated, calls methods, gets progress, typed errors and deadlines", async () => {
+  const ids = await identities();
+  const server = new RpcServer(ids.agent, {
+    health: (_a, ctx) => Promise.resolve({ ok: true, peer: ctx.peer }),
+    slow: async (_a, ctx) => {
+      ctx.progress({ done: 1 });
+      await new Promise((r) => setTimeout(r, 300));
+      return "late";
+    },
+    boom: () => Promise.reject(new Error("it broke")),
+  }, { hostname: "127.0.0.1", port: 0 });
+  server.start();
+  const c = await RpcClient.connect(`127.0.0.1:${server.addr.port}`, ids.cli);
+  try {
+    assertEquals(c.host, "agent1");
+    assertEquals(await c.call("health"), { ok: true, peer: "cli" });
+    const progress: unknown[] = [];
+    assertEquals(await c.call("slow", {}, { onProgress: (p) => progress.push(p) }), "late");
+    assertEquals(progress, [{ done: 1 }]);
+    const e1 = await assertRejects(() => c.call("nope"), RpcError, `unknown method "nope"`);
+    assertEquals((e1 as RpcError).code, "unknown-method");
+    assertEquals(
+      ((await assertRejects(() => c.call("boom"), RpcError, "it broke")) as RpcError).code,
+      "failed",
+    );
+    assertEquals(
+      ((await assertRejects(() => c.call("slow", {}, { deadlineMs: 50 }), RpcError)) as RpcError)
+        .code,
+      "deadline-exceeded",
+    );
+    const many = await Promise.all(Array.from({ length: 20 }, () => c.call("health")));
+    assertEquals(many.length, 20);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+Deno.test("over QUIC a client whose certificate another CA signed, or that has none, is refused before any request", async () => {
+  const ids = await identities();
+  let calls = 0;
+  const server = new RpcServer(ids.agent, { health: () => Promise.resolve(calls++) }, {
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  server.start();
+  try {
+    const other = { ...ids.stranger, caPem: ids.agent.caPem };
+    const e = await assertRejects(
+      () => RpcClient.connect(`127.0.0.1:${server.addr.port}`, other),
+      RpcError,
+    );
+    assert(
+      e.message.includes("refused us") && e.message.includes("not by the cluster CA"),
+      e.message,
+    );
+    const selfish = { ...ids.cli, certPem: ids.stranger.certPem };
+    await assertRejects(
+      () => RpcClient.connect(`127.0.0.1:${server.addr.port}`, selfish),
+      RpcError,
+      "refused us",
+    );
+    const wrongServer = { ...ids.cli, caPem: ids.stranger.caPem };
+    await assertRejects(
+      () => RpcClient.connect(`127.0.0.1:${server.addr.port}`, wrongServer),
+      RpcError,
+      "cannot reach the agent",
+    );
+    assertEquals(calls, 0);
+    assert(server.refused >= 2);
+  } finally {
+    server.close();
+  }
+});
