@@ -8,6 +8,7 @@ import { vmControl, vmLs } from "./src/cli/vm.ts";
 import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
 import { demoCommand } from "./src/cli/demo.ts";
+import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
@@ -29,6 +30,13 @@ function program(exit: (code: number) => void): Command {
       "directory of VM control sockets (default $XDG_RUNTIME_DIR/dcres or /run/dcres)",
     )
     .option("--log-level <level>", "debug, info, warning or error", "warning")
+    .option(
+      "--agent <addr>",
+      "talk to the agent at HOST:PORT (or $DCRES_AGENT) instead of local VMs",
+    )
+    .option("--cert <file>", "client certificate for --agent (or $DCRES_CERT)")
+    .option("--key <file>", "client key for --agent (or $DCRES_KEY)")
+    .option("--ca <file>", "cluster CA certificate for --agent (or $DCRES_CA)")
     .exitOverride()
     .configureOutput({ writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
   const g = (): GlobalOptions => p.opts();
@@ -68,7 +76,25 @@ function program(exit: (code: number) => void): Command {
       ),
     );
 
+  p.command("agent")
+    .description("run the per-host agent (QUIC RPC with mutual authentication, VM supervision)")
+    .option("--config <file>", "JSON settings: listen, dataDir, identityDir")
+    .option("--listen <addr>", "QUIC address HOST:PORT (default 127.0.0.1:7400)")
+    .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
+    .option("--identity <dir>", "host.crt, host.key, ca.crt (default /etc/dcres/identity)")
+    .action(act((f: AgentFlags) => agentCommand(g(), f)));
+
   const vm = p.command("vm").description("manage running VMs");
+  vm.command("start")
+    .description("start a VM in the background (on --agent, or locally as its own process)")
+    .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
+    .option("--mem <size>", "guest RAM", "256M")
+    .option("--vcpus <n>", "vCPUs", "1")
+    .option("--name <name>", "VM name")
+    .option("--ws <size>", "memstamp: working set per vCPU")
+    .option("--pattern <p>", "memstamp: seq, random or hotcold")
+    .option("--for <duration>", "stop after this long")
+    .action(act((f: RunFlags) => runCommand(g(), { ...f, detach: true })));
   vm.command("ls").description("list running VMs").action(act(() => vmLs(g())));
   for (const op of ["stop", "pause", "resume"] as const) {
     vm.command(`${op} <name>`).description(`${op} a VM`).action(
@@ -100,7 +126,10 @@ function program(exit: (code: number) => void): Command {
 
   p.command("checkpoint <name>")
     .description("checkpoint a running VM into a store directory")
-    .requiredOption("--out <dir>", "checkpoint store directory (generations g000001, g000002, ...)")
+    .option(
+      "--out <dir>",
+      "checkpoint store directory (generations g000001, ...); with --agent, on that host",
+    )
     .option("--mode <mode>", "stop, precopy or cow", "precopy")
     .option("--incremental", "save only pages written since the previous checkpoint in --out")
     .option("--compress <alg>", "compress chunks (zstd)")
@@ -119,13 +148,13 @@ function program(exit: (code: number) => void): Command {
 
   const ckpt = p.command("ckpt").description("inspect and maintain checkpoint stores");
   ckpt.command("ls <dir>").description("list generations").action(
-    act((d: string) => Promise.resolve(ckptLs(g(), d))),
+    act((d: string) => ckptLs(g(), d)),
   );
   ckpt.command("inspect <dir>").description("show a checkpoint").action(
-    act((d: string) => Promise.resolve(ckptInspect(g(), d))),
+    act((d: string) => ckptInspect(g(), d)),
   );
   ckpt.command("verify <dir>").description("check every checksum").action(
-    act((d: string) => Promise.resolve(ckptVerify(g(), d))),
+    act((d: string) => ckptVerify(g(), d)),
   );
   ckpt.command("merge <dir>").description("squash the latest chain into one full generation")
     .action(act((d: string) => ckptMerge(g(), d)));
@@ -169,7 +198,7 @@ async function main(argv: string[]): Promise<number> {
     loggers: [
       {
         category: ["dcres"],
-        lowestLevel: argv.includes("vmm") ? "info" : level,
+        lowestLevel: argv.includes("vmm") || argv.includes("agent") ? "info" : level,
         sinks: ["stderr"],
       },
       { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },

@@ -3,7 +3,7 @@
  * Deno's `denort` runtime: taken from $DENORT_BIN when set, else downloaded by Deno; when neither
  * works the failure is said in one line.
  */
-import { VMM_PERMISSIONS } from "../src/cli/spawn.ts";
+import { VMM_PERMISSIONS } from "../src/agent/spawn.ts";
 
 const root = new URL("..", import.meta.url).pathname;
 const out = `${root}target/dcres`;

@@ -10,7 +10,7 @@ import { Vm } from "../../src/vmm/vm.ts";
 import { bootMemstamp } from "../../src/vmm/guests/memstamp/boot.ts";
 import { SYMBOLS } from "../../src/vmm/guests/memstamp/code.ts";
 import { PORT } from "../../src/vmm/guests/memstamp/layout.ts";
-import { selfCommand } from "../../src/cli/spawn.ts";
+import { selfCommand } from "../../src/agent/spawn.ts";
 import { line, ms, percentile } from "./stats.ts";
 
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));

@@ -18,6 +18,7 @@ export class CowSession {
   private readonly wanted: Uint8Array;
   private readonly touched = new Set<number>();
   private armed = false;
+  private pump?: ReturnType<typeof setInterval>;
   private copies: Array<{ gfn: number; page: Uint8Array<ArrayBuffer> }> = [];
   /** Pages copied aside because the guest wrote them before they were saved. */
   copiedAside = 0;
@@ -47,6 +48,9 @@ export class CowSession {
       s.close();
       throw e;
     }
+    // Until the pause, a vCPU blocked on a protected page must still be served, or it could not
+    // be paused at all.
+    s.pump = setInterval(() => s.serve(), 1);
     return s;
   }
 
@@ -56,6 +60,7 @@ export class CowSession {
    * again; the rest already are.
    */
   arm(bits?: Uint8Array): void {
+    clearInterval(this.pump);
     this.serve();
     if (!bits) this.wanted.fill(1);
     else {
@@ -134,6 +139,7 @@ export class CowSession {
 
   /** Removes all protection and closes the userfaultfd. */
   close(): void {
+    clearInterval(this.pump);
     try {
       this.uffd.writeProtect(this.mem.hostAddr, this.mem.size, false);
       this.uffd.unregister(this.mem.hostAddr, this.mem.size);

@@ -1,6 +1,7 @@
 /** `dcres checkpoint NAME --out DIR`: checkpoint a running VM into a store directory. */
 import { resolve } from "node:path";
 import { request } from "../vmm/control/client.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
 import type { CheckpointReport } from "../ckpt/save.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
@@ -9,7 +10,7 @@ import { progressBar } from "./progress.ts";
 
 /** Flags of `dcres checkpoint`. */
 export interface CheckpointFlags {
-  out: string;
+  out?: string;
   mode: string;
   incremental?: boolean;
   compress?: string;
@@ -31,18 +32,37 @@ export async function checkpointCommand(
     throw new UsageError(`--compress ${f.compress}: only zstd is supported`);
   }
   const maxDowntimeMs = parseDuration("--max-downtime", f.maxDowntime);
-  const dir = resolve(f.out);
+  const remote = agentAddr(g);
+  if (!remote && !f.out) {
+    throw new UsageError(
+      "--out DIR is required (through --agent it defaults to the agent's store)",
+    );
+  }
   const bar = progressBar(g, `checkpoint ${name}`);
+  const args = {
+    mode: f.mode as CheckpointMode,
+    incremental: !!f.incremental,
+    compress: f.compress === "zstd",
+    maxDowntimeMs,
+  };
+  const onProgress = (p: unknown) => {
+    const q = p as { done: number; total: number };
+    bar.update(q.done, q.total);
+  };
   let r: CheckpointReport;
   try {
-    r = await request<CheckpointReport>(stateDirOf(g), name, {
-      op: "checkpoint",
-      dir,
-      mode: f.mode as CheckpointMode,
-      incremental: !!f.incremental,
-      compress: f.compress === "zstd",
-      maxDowntimeMs,
-    }, (p) => bar.update(p.done, p.total));
+    r = remote
+      ? await remoteCall<CheckpointReport>(
+        g,
+        "checkpoint",
+        { name, dir: f.out, ...args },
+        onProgress,
+      )
+      : await request<CheckpointReport>(stateDirOf(g), name, {
+        op: "checkpoint",
+        dir: resolve(f.out!),
+        ...args,
+      }, onProgress);
   } finally {
     bar.stop();
   }

@@ -1,40 +1,23 @@
 /** `dcres ckpt ls|inspect|verify|merge DIR`: look into and maintain checkpoint stores, without a VM. */
 import { resolve } from "node:path";
-import * as libc from "../ffi/libc.ts";
-import { PAGE } from "../ckpt/format.ts";
-import { readManifest } from "../ckpt/manifest.ts";
+import {
+  type GenerationRow,
+  inspectCheckpoint,
+  listGenerations,
+  verifyCheckpoint,
+} from "../ckpt/inspect.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
 import { mergeChain } from "../ckpt/merge.ts";
-import { OpenCheckpoint } from "../ckpt/restore.ts";
-import { CheckpointStore, resolveCheckpoint } from "../ckpt/store.ts";
+import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes } from "./units.ts";
 import { table } from "./vm.ts";
 
 /** `ckpt ls DIR`: every generation, committed or interrupted. */
-export function ckptLs(g: GlobalOptions, dir: string): number {
-  const store = new CheckpointStore(resolve(dir));
-  const rows = store.generations().map((e) => {
-    if (!e.committed) return { generation: e.generation, dir: e.dir, status: "incomplete" };
-    try {
-      const m = readManifest(e.dir);
-      const bytes = m.fragments.filter((f) => f.generation === m.generation).reduce(
-        (a, f) => a + f.bytes,
-        0,
-      );
-      return {
-        generation: e.generation,
-        dir: e.dir,
-        status: "ok",
-        vm: m.vm,
-        mode: m.mode,
-        parent: m.parent,
-        createdAt: m.createdAt,
-        bytes,
-      };
-    } catch (err) {
-      return { generation: e.generation, dir: e.dir, status: `damaged: ${(err as Error).message}` };
-    }
-  });
+export async function ckptLs(g: GlobalOptions, dir: string): Promise<number> {
+  const rows = agentAddr(g)
+    ? await remoteCall<GenerationRow[]>(g, "ckpt.ls", { path: dir })
+    : listGenerations(resolve(dir));
   report(g, rows, () =>
     rows.length === 0 ? `no checkpoints in ${dir}` : table(
       ["GEN", "STATUS", "VM", "MODE", "PARENT", "SIZE", "CREATED"],
@@ -57,8 +40,13 @@ export function ckptLs(g: GlobalOptions, dir: string): number {
 }
 
 /** `ckpt inspect DIR`: generation, chain, mode, pages, sizes, timings of the latest (or given) generation. */
-export function ckptInspect(g: GlobalOptions, path: string): number {
-  const { dir, manifest: m } = resolveCheckpoint(resolve(path));
+export async function ckptInspect(g: GlobalOptions, path: string): Promise<number> {
+  if (agentAddr(g)) {
+    const info = await remoteCall<Record<string, unknown>>(g, "ckpt.inspect", { path });
+    report(g, info, () => JSON.stringify(info, null, 2));
+    return EXIT.OK;
+  }
+  const { dir, manifest: m, chain } = inspectCheckpoint(resolve(path));
   const info = {
     dir,
     id: m.id,
@@ -66,7 +54,7 @@ export function ckptInspect(g: GlobalOptions, path: string): number {
     dcresVersion: m.dcresVersion,
     generation: m.generation,
     parent: m.parent,
-    chain: [...new Set(m.fragments.map((f) => f.generation))],
+    chain,
     mode: m.mode,
     compressed: m.compressed,
     createdAt: m.createdAt,
@@ -102,26 +90,17 @@ export function ckptInspect(g: GlobalOptions, path: string): number {
 }
 
 /** `ckpt verify DIR`: every checksum of every file the checkpoint uses; fails on the first problem. */
-export function ckptVerify(g: GlobalOptions, path: string): number {
-  const ck = OpenCheckpoint.open(resolve(path));
-  try {
-    for (const r of ck.readers) r.verifyChunks();
-    const pages = ck.manifest.machine.spec.memSize / PAGE;
-    const batch = 4096;
-    const buf = new Uint8Array(batch * PAGE);
-    const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
-    for (let s = 0; s < pages; s += batch) {
-      const gfns = Array.from({ length: Math.min(batch, pages - s) }, (_, i) => s + i);
-      ck.loadTo(gfns, buf, base, gfns.map((_, i) => i * PAGE));
-    }
-    report(
-      g,
-      { ok: true, dir: ck.dir, pages, fragments: ck.readers.length },
-      () => `OK: ${ck.dir}: ${pages} pages in ${ck.readers.length} fragment(s) verified`,
-    );
-  } finally {
-    ck.close();
-  }
+export async function ckptVerify(g: GlobalOptions, path: string): Promise<number> {
+  const r = agentAddr(g)
+    ? await remoteCall<{ dir: string; pages: number; fragments: number }>(g, "ckpt.verify", {
+      path,
+    })
+    : verifyCheckpoint(resolve(path));
+  report(
+    g,
+    { ok: true, ...r },
+    () => `OK: ${r.dir}: ${r.pages} pages in ${r.fragments} fragment(s) verified`,
+  );
   return EXIT.OK;
 }
 

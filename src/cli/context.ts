@@ -8,6 +8,14 @@ export interface GlobalOptions {
   json?: boolean;
   /** Directory of VM control sockets. */
   stateDir?: string;
+  /** Agent to talk to, HOST:PORT. */
+  agent?: string;
+  /** Client certificate file. */
+  cert?: string;
+  /** Client key file. */
+  key?: string;
+  /** Cluster CA certificate file. */
+  ca?: string;
 }
 
 /** Exit codes. */

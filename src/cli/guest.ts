@@ -1,5 +1,6 @@
 /** `dcres guest verify NAME`: the memstamp guest checks every page and names the first bad one. */
 import { request } from "../vmm/control/client.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
 import type { VerifyResult } from "../vmm/guests/memstamp/memstamp.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 
@@ -9,7 +10,9 @@ export async function guestVerify(
   name: string,
   timeoutMs?: number,
 ): Promise<number> {
-  const r = await request<VerifyResult>(stateDirOf(g), name, { op: "verify", timeoutMs });
+  const r = agentAddr(g)
+    ? await remoteCall<VerifyResult>(g, "guest.verify", { name, timeoutMs })
+    : await request<VerifyResult>(stateDirOf(g), name, { op: "verify", timeoutMs });
   report(
     g,
     { name, ...r },

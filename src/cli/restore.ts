@@ -6,6 +6,7 @@ import { isPvmHost } from "../vmm/runner.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
 import { spawnVmm } from "../agent/spawn.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";
 import { parseDuration } from "./units.ts";
 
@@ -29,6 +30,15 @@ export async function restoreCommand(
   path: string,
   f: RestoreFlags,
 ): Promise<number> {
+  if (agentAddr(g)) {
+    const t = await remoteCall<RestoreTimes & { name: string; pid: number }>(g, "restore", {
+      path,
+      name: f.name,
+      lazy: !!f.lazy,
+    });
+    report(g, t, () => fmtTimes(t.name, t));
+    return EXIT.OK;
+  }
   const target = { kind: "restore" as const, path: resolve(path), name: f.name, lazy: !!f.lazy };
   const spec = targetSpec(target);
   const stateDir = stateDirOf(g);

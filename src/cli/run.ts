@@ -14,6 +14,8 @@ import {
 } from "./context.ts";
 import { fmtBytes, parseCount, parseDuration, parseSize, UsageError } from "./units.ts";
 import { spawnVmm } from "../agent/spawn.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
+import type { VmInfo } from "../vmm/control/protocol.ts";
 import { ConsoleRelay } from "./terminal.ts";
 
 /** Flags of `dcres run`. */
@@ -100,8 +102,10 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
     );
   }
   const stateDir = stateDirOf(g);
-  if (f.detach) {
-    const info = await spawnVmm(spec, stateDir, forMs);
+  if (f.detach || agentAddr(g)) {
+    const info = agentAddr(g)
+      ? await remoteCall<VmInfo>(g, "vm.start", { spec, forMs })
+      : await spawnVmm(spec, stateDir, forMs);
     report(
       g,
       info,

@@ -1,11 +1,13 @@
 /** `dcres vm ls|stop|pause|resume`. */
 import { listVms, request } from "../vmm/control/client.ts";
+import type { VmInfo } from "../vmm/control/protocol.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { fmtBytes } from "./units.ts";
 
 /** `dcres vm ls`. */
 export async function vmLs(g: GlobalOptions): Promise<number> {
-  const vms = await listVms(stateDirOf(g));
+  const vms = agentAddr(g) ? await remoteCall<VmInfo[]>(g, "vm.ls") : await listVms(stateDirOf(g));
   report(g, vms, () => {
     if (vms.length === 0) return "no VMs running";
     const rows = vms.map((v) => [
@@ -29,7 +31,9 @@ export async function vmControl(
   op: "stop" | "pause" | "resume",
   name: string,
 ): Promise<number> {
-  const result = await request<{ pauseMs?: number } | null>(stateDirOf(g), name, { op });
+  const result = agentAddr(g)
+    ? await remoteCall<{ pauseMs?: number }>(g, `vm.${op}`, { name })
+    : await request<{ pauseMs?: number } | null>(stateDirOf(g), name, { op });
   report(
     g,
     { name, op, ...(result ?? {}) },

@@ -1,0 +1,119 @@
+/**
+ * A local many-host harness: `up N` starts N agents on this machine (127.0.0.2.., each with its own
+ * certificate, port and data directory), leaves a client identity where the CLI finds it by default,
+ * and prints `[{"name", "addr"}]` on stdout; `down` stops the agents and their VMs.
+ */
+import { join, resolve } from "node:path";
+import { initCa, issueHost } from "../src/net/identity.ts";
+import { selfCommand } from "../src/agent/spawn.ts";
+import { defaultClientIdentityDir } from "../src/cli/remote.ts";
+import { listVms, request } from "../src/vmm/control/client.ts";
+
+const root = resolve(
+  Deno.env.get("DCRES_CLUSTER_DIR") ?? new URL("../.cluster", import.meta.url).pathname,
+);
+const PORT = Number(Deno.env.get("DCRES_CLUSTER_PORT") ?? 7400);
+const say = (s: string) => console.error(`cluster: ${s}`);
+
+function nodes(): string[] {
+  try {
+    return [...Deno.readDirSync(root)].filter((e) => e.isDirectory && /^node\d+$/.test(e.name)).map(
+      (e) => e.name,
+    ).sort();
+  } catch {
+    return [];
+  }
+}
+
+async function up(n: number) {
+  if (!Number.isInteger(n) || n < 1 || n > 200) throw new Error(`up N: N must be 1..200, got ${n}`);
+  if (nodes().length) await down();
+  Deno.mkdirSync(root, { recursive: true, mode: 0o700 });
+  await initCa(join(root, "ca"), { force: true });
+  await issueHost({
+    caDir: join(root, "ca"),
+    host: "client",
+    outDir: defaultClientIdentityDir(),
+    force: true,
+  });
+  const out: Array<{ name: string; addr: string }> = [];
+  for (let i = 1; i <= n; i++) {
+    const name = `node${i}`;
+    const ip = `127.0.0.${i + 1}`;
+    const dir = join(root, name);
+    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    await issueHost({
+      caDir: join(root, "ca"),
+      host: name,
+      ips: [ip],
+      outDir: join(dir, "identity"),
+      force: true,
+    });
+    const self = selfCommand([
+      "agent",
+      "--listen",
+      `${ip}:${PORT}`,
+      "--data-dir",
+      join(dir, "data"),
+      "--identity",
+      join(dir, "identity"),
+    ]);
+    const child = new Deno.Command("sh", {
+      args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', self.cmd, ...self.args],
+      env: { LOG: join(dir, "agent.log") },
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+      detached: true,
+    }).spawn();
+    child.unref();
+    Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));
+    out.push({ name, addr: `${ip}:${PORT}` });
+  }
+  for (const { name } of out) {
+    const deadline = performance.now() + 30_000;
+    const ready = () => {
+      try {
+        return Deno.readTextFileSync(join(root, name, "agent.log")).includes('"ready":true');
+      } catch {
+        return false; // the shell has not created the log yet
+      }
+    };
+    while (!ready()) {
+      if (performance.now() > deadline) {
+        throw new Error(`${name} did not start; see ${join(root, name, "agent.log")}`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  say(`${n} agent(s) up; client identity in ${defaultClientIdentityDir()}`);
+  console.log(JSON.stringify(out));
+}
+
+async function down() {
+  for (const name of nodes()) {
+    const dir = join(root, name);
+    for (const v of await listVms(join(dir, "data", "run"))) {
+      await request(join(dir, "data", "run"), v.name, { op: "stop" }).catch(() => {});
+    }
+    try {
+      const pid = Number(Deno.readTextFileSync(join(dir, "agent.pid")));
+      Deno.kill(pid, "SIGTERM");
+    } catch {
+      // Not running.
+    }
+    say(`${name} stopped`);
+  }
+  Deno.removeSync(root, { recursive: true });
+}
+
+const [cmd, arg] = Deno.args;
+try {
+  if (cmd === "up") await up(Number(arg ?? 3));
+  else if (cmd === "down") await down();
+  else throw new Error("usage: scripts/cluster up N | down");
+} catch (e) {
+  console.error(`cluster: ${(e as Error).message}`);
+  Deno.exit(1);
+}
+Deno.exit(0);

@@ -1,0 +1,40 @@
+/** `dcres agent`: the per-host daemon, until SIGTERM or SIGINT; VMs keep running when it stops. */
+import { getLogger } from "@logtape/logtape";
+import { Agent, type AgentConfig } from "../agent/agent.ts";
+import { EXIT, type GlobalOptions } from "./context.ts";
+import { UsageError } from "./units.ts";
+
+/** Flags of `dcres agent` (each overrides the config file). */
+export interface AgentFlags {
+  config?: string;
+  listen?: string;
+  dataDir?: string;
+  identity?: string;
+}
+
+/** Runs the agent. */
+export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<number> {
+  let file: Partial<AgentConfig> = {};
+  if (f.config) {
+    try {
+      file = JSON.parse(Deno.readTextFileSync(f.config));
+    } catch (e) {
+      throw new UsageError(`--config ${f.config}: ${(e as Error).message}`);
+    }
+  }
+  const cfg: AgentConfig = {
+    listen: f.listen ?? file.listen ?? "127.0.0.1:7400",
+    dataDir: f.dataDir ?? file.dataDir ?? "/var/lib/dcres",
+    identityDir: f.identity ?? file.identityDir ?? "/etc/dcres/identity",
+  };
+  const agent = await Agent.start(cfg);
+  console.log(JSON.stringify({ ready: true, host: agent.host, addr: agent.addr }));
+  const done = Promise.withResolvers<void>();
+  const stop = () => done.resolve();
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  await done.promise;
+  agent.stop();
+  getLogger(["dcres", "agent"]).info("agent stopped; its VMs keep running");
+  return EXIT.OK;
+}

@@ -1,0 +1,171 @@
+/**
+ * Agents on this machine (scripts/cluster): VMs started, checkpointed and restored through agents
+ * over QUIC with mutual authentication; an agent killed with -9 leaves its VMs running and finds them
+ * again; strangers and garbage are refused without harming the agent.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { dcres } from "./helpers/cli.ts";
+import { encodeFrame, FrameKind } from "../src/net/frame.ts";
+
+const env: Record<string, string> = {
+  DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-cluster-" }),
+  DCRES_CLUSTER_PORT: "7471",
+  XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-client-" }),
+};
+const cluster = (...args: string[]) =>
+  new Deno.Command(new URL("../scripts/cluster", import.meta.url).pathname, {
+    args,
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+
+async function ok(args: string[]) {
+  const r = await dcres(args, { env, timeoutMs: 120_000 });
+  assertEquals(r.code, 0, `dcres ${args.join(" ")}: ${r.stderr}`);
+  return r;
+}
+
+Deno.test("three agents: a VM started through agent 1 and checkpointed is restored through agent 2 from a copy, and verifies", async () => {
+  const up = await cluster("up", "3");
+  assert(up.success, new TextDecoder().decode(up.stderr));
+  const agents = JSON.parse(new TextDecoder().decode(up.stdout)) as Array<
+    { name: string; addr: string }
+  >;
+  assertEquals(agents.map((a) => a.name), ["node1", "node2", "node3"]);
+  const [a1, a2] = agents.map((a) => ["--agent", a.addr]);
+  try {
+    await ok([...a1, "vm", "start", "--name", "v1", "--mem", "128M", "--vcpus", "2", "--ws", "8M"]);
+    await ok([...a1, "guest", "verify", "v1"]);
+    const ck = JSON.parse(
+      (await ok([...a1, "--json", "checkpoint", "v1", "--mode", "cow"])).stdout,
+    );
+    assertEquals(ck.generation, 1);
+    const copy = Deno.makeTempDirSync({ prefix: "dcres-copy-" });
+    await new Deno.Command("cp", { args: ["-r", ck.dir, `${copy}/v1`] }).output();
+    for (const lazy of [false, true]) {
+      const name = lazy ? "v2lazy" : "v2";
+      const r = JSON.parse(
+        (await ok([
+          ...a2,
+          "--json",
+          "restore",
+          `${copy}/v1`,
+          "--name",
+          name,
+          ...(lazy ? ["--lazy"] : []),
+        ])).stdout,
+      );
+      assertEquals(r.lazy, lazy);
+      assert(r.residentMs >= r.resumeMs);
+      assert((await ok([...a2, "guest", "verify", name])).stdout.startsWith("OK"));
+    }
+    const ls = JSON.parse((await ok([...a2, "--json", "vm", "ls"])).stdout).map((
+      v: { name: string },
+    ) => v.name);
+    assertEquals(ls, ["v2", "v2lazy"]);
+    assertEquals(JSON.parse((await ok([...a1, "--json", "vm", "ls"])).stdout).length, 1);
+    await ok([...a2, "ckpt", "verify", `${copy}/v1`]);
+  } finally {
+    await cluster("down");
+  }
+});
+
+Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it and can checkpoint it", async () => {
+  const up = await cluster("up", "1");
+  assert(up.success, new TextDecoder().decode(up.stderr));
+  const [{ addr }] = JSON.parse(new TextDecoder().decode(up.stdout));
+  const a = ["--agent", addr];
+  const dir = `${env.DCRES_CLUSTER_DIR}/node1`;
+  try {
+    await ok([...a, "vm", "start", "--name", "survivor", "--mem", "64M"]);
+    Deno.kill(Number(Deno.readTextFileSync(`${dir}/agent.pid`)), "SIGKILL");
+    await new Promise((r) => setTimeout(r, 300));
+    const down = await dcres([...a, "vm", "ls"], { env });
+    assertEquals(down.code, 1, "the agent is gone");
+    assert(down.stderr.includes("cannot reach the agent"), down.stderr);
+    const { selfCommand } = await import("../src/agent/spawn.ts");
+    const self = selfCommand([
+      "agent",
+      "--listen",
+      addr,
+      "--data-dir",
+      `${dir}/data`,
+      "--identity",
+      `${dir}/identity`,
+    ]);
+    const agent = new Deno.Command(self.cmd, { args: self.args, stdout: "piped", stderr: "null" })
+      .spawn();
+    Deno.writeTextFileSync(`${dir}/agent.pid`, String(agent.pid));
+    const reader = agent.stdout.getReader();
+    const first = new TextDecoder().decode((await reader.read()).value);
+    assert(first.includes('"ready":true'), first);
+    reader.releaseLock();
+    void agent.stdout.cancel();
+    const ls = JSON.parse((await ok([...a, "--json", "vm", "ls"])).stdout);
+    assertEquals(ls.map((v: { name: string }) => v.name), ["survivor"]);
+    assert((await ok([...a, "guest", "verify", "survivor"])).stdout.startsWith("OK"));
+    const ck = JSON.parse(
+      (await ok([...a, "--json", "checkpoint", "survivor", "--mode", "stop"])).stdout,
+    );
+    assertEquals(ck.generation, 1);
+  } finally {
+    await cluster("down");
+  }
+});
+
+Deno.test("a stranger's certificate is refused with one line at the client; garbage frames never crash the agent", async () => {
+  const up = await cluster("up", "1");
+  assert(up.success, new TextDecoder().decode(up.stderr));
+  const [{ addr }] = JSON.parse(new TextDecoder().decode(up.stdout));
+  try {
+    const { initCa, issueHost } = await import("../src/net/identity.ts");
+    const d = Deno.makeTempDirSync();
+    await initCa(`${d}/ca`);
+    await issueHost({ caDir: `${d}/ca`, host: "stranger", outDir: `${d}/s` });
+    const clientCa = `${env.XDG_CONFIG_HOME}/dcres/client/ca.crt`;
+    const r = await dcres([
+      "--agent",
+      addr,
+      "--cert",
+      `${d}/s/host.crt`,
+      "--key",
+      `${d}/s/host.key`,
+      "--ca",
+      clientCa,
+      "vm",
+      "ls",
+    ], { env });
+    assertEquals(r.code, 1);
+    const lines = r.stderr.trim().split("\n");
+    assertEquals(lines.length, 1, r.stderr);
+    assert(lines[0].includes("refused us") && lines[0].includes("not by the cluster CA"), lines[0]);
+    const log = Deno.readTextFileSync(`${env.DCRES_CLUSTER_DIR}/node1/agent.log`);
+    assert(log.includes("refused"), "the agent logged the refusal");
+
+    // Thousands of random and malformed frames on the agent's local socket, bounded in time.
+    const sock = `${env.DCRES_CLUSTER_DIR}/node1/data/agent.sock`;
+    const t0 = performance.now();
+    for (let i = 0; i < 2000 && performance.now() - t0 < 20_000; i++) {
+      let conn: Deno.UnixConn;
+      try {
+        conn = await Deno.connect({ transport: "unix", path: sock });
+      } catch {
+        await new Promise((r) => setTimeout(r, 5)); // backlog full: the agent is still accepting
+        continue;
+      }
+      const kind = i % 3 === 0 ? 9 : FrameKind.CONTROL;
+      const payload = crypto.getRandomValues(new Uint8Array(i % 64));
+      const frame = i % 5 === 0
+        ? crypto.getRandomValues(new Uint8Array(16))
+        : encodeFrame(kind as FrameKind, payload);
+      if (i % 7 === 0) frame[2] = 77; // unknown version
+      await conn.write(frame).catch(() => {});
+      conn.close();
+    }
+    const health = JSON.parse((await ok(["--agent", addr, "--json", "vm", "ls"])).stdout);
+    assertEquals(health, []);
+  } finally {
+    await cluster("down");
+  }
+});
