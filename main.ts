@@ -9,6 +9,7 @@ import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
+import { statusCommand } from "./src/cli/status.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
@@ -37,6 +38,7 @@ function program(exit: (code: number) => void): Command {
     .option("--cert <file>", "client certificate for --agent (or $DCRES_CERT)")
     .option("--key <file>", "client key for --agent (or $DCRES_KEY)")
     .option("--ca <file>", "cluster CA certificate for --agent (or $DCRES_CA)")
+    .enablePositionalOptions()
     .exitOverride()
     .configureOutput({ writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
   const g = (): GlobalOptions => p.opts();
@@ -82,7 +84,13 @@ function program(exit: (code: number) => void): Command {
     .option("--listen <addr>", "QUIC address HOST:PORT (default 127.0.0.1:7400)")
     .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
     .option("--identity <dir>", "host.crt, host.key, ca.crt (default /etc/dcres/identity)")
+    .option("--metrics-port <port>", "serve Prometheus /metrics on 127.0.0.1:PORT (off by default)")
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
+
+  p.command("status")
+    .description("this agent's VMs, checkpoints, disk use and peers (local agent, or --agent)")
+    .option("--data-dir <dir>", "the local agent's data directory", "/var/lib/dcres")
+    .action(act((f: { dataDir: string }) => statusCommand(g(), f)));
 
   const vm = p.command("vm").description("manage running VMs");
   vm.command("start")

@@ -93,6 +93,8 @@ Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it
       `${dir}/data`,
       "--identity",
       `${dir}/identity`,
+      "--metrics-port",
+      "9466",
     ]);
     const agent = new Deno.Command(self.cmd, { args: self.args, stdout: "piped", stderr: "null" })
       .spawn();
@@ -109,6 +111,12 @@ Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it
       (await ok([...a, "--json", "checkpoint", "survivor", "--mode", "stop"])).stdout,
     );
     assertEquals(ck.generation, 1);
+    const st = JSON.parse((await ok(["--json", "status", "--data-dir", `${dir}/data`])).stdout);
+    assertEquals(st.vms.map((v: { name: string }) => v.name), ["survivor"]);
+    assertEquals(st.checkpoints[0].generations, 1);
+    const metrics = await (await fetch("http://127.0.0.1:9466/metrics")).text();
+    assert(metrics.includes("dcres_vms 1"), metrics);
+    assert(/dcres_checkpoint_store_bytes\{store="survivor"\} \d+/.test(metrics), metrics);
   } finally {
     await cluster("down");
   }

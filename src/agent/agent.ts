@@ -26,6 +26,8 @@ export interface AgentConfig {
   dataDir: string;
   /** Directory with host.crt, host.key and ca.crt. */
   identityDir: string;
+  /** Serve Prometheus metrics on 127.0.0.1:PORT (off when absent). */
+  metricsPort?: number;
 }
 
 const log = getLogger(["dcres", "agent"]);
@@ -75,7 +77,8 @@ export class Agent {
         `--listen ${cfg.listen}: use HOST:PORT, e.g. 127.0.0.2:7400`,
       );
     }
-    const handlers = agentHandlers(cfg, me.host, performance.now());
+    const t0 = performance.now();
+    const handlers = agentHandlers(cfg, me.host, t0);
     const quic = new RpcServer(
       identity,
       handlers,
@@ -83,8 +86,29 @@ export class Agent {
       (msg, p) => log.warn(msg, p),
     );
     quic.start();
+    handlers.status = async () => ({
+      host: me.host,
+      version: AGENT_VERSION,
+      addr: `${quic.addr.hostname}:${quic.addr.port}`,
+      uptimeMs: Math.round(performance.now() - t0),
+      vms: await listVms(Agent.stateDir(cfg)),
+      checkpoints: storeUsage(cfg),
+      refusedConnections: quic.refused,
+      peers: quic.peers(),
+    });
     const local = new LocalRpcServer(Agent.socketPath(cfg), handlers);
     const agent = new Agent(cfg, quic, local, me.host);
+    if (cfg.metricsPort) {
+      agent.metrics = Deno.serve(
+        { hostname: "127.0.0.1", port: cfg.metricsPort, onListen: () => {} },
+        async (req) =>
+          new URL(req.url).pathname === "/metrics"
+            ? new Response(await metricsText(cfg, quic, t0), {
+              headers: { "content-type": "text/plain; version=0.0.4" },
+            })
+            : new Response("not found\n", { status: 404 }),
+      );
+    }
     log.info("agent {host} listening on {addr}, data in {dir}", {
       host: me.host,
       addr: `${quic.addr.hostname}:${quic.addr.port}`,
@@ -103,10 +127,14 @@ export class Agent {
     return performance.now() - this.started;
   }
 
+  /** The metrics HTTP server, when enabled. */
+  metrics?: Deno.HttpServer;
+
   /** Stops serving; the VMs keep running. */
   stop(): void {
     this.quic.close();
     this.local.close();
+    void this.metrics?.shutdown();
   }
 }
 
@@ -195,4 +223,52 @@ export function agentHandlers(
     "ckpt.verify": (args) =>
       Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path"))) }),
   };
+}
+
+/** Bytes each checkpoint store of this agent holds. */
+export function storeUsage(
+  cfg: AgentConfig,
+): Array<{ store: string; generations: number; bytes: number }> {
+  const root = join(cfg.dataDir, "ckpt");
+  const out: Array<{ store: string; generations: number; bytes: number }> = [];
+  for (const e of safeReadDir(root)) {
+    if (!e.isDirectory) continue;
+    const gens = listGenerations(join(root, e.name));
+    out.push({
+      store: e.name,
+      generations: gens.length,
+      bytes: gens.reduce((a, g) => a + (g.bytes ?? 0), 0),
+    });
+  }
+  return out;
+}
+
+function safeReadDir(dir: string): Deno.DirEntry[] {
+  try {
+    return [...Deno.readDirSync(dir)];
+  } catch {
+    return [];
+  }
+}
+
+async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promise<string> {
+  const vms = await listVms(Agent.stateDir(cfg));
+  const lines = [
+    "# HELP dcres_agent_uptime_seconds Seconds since the agent started.",
+    "# TYPE dcres_agent_uptime_seconds gauge",
+    `dcres_agent_uptime_seconds ${((performance.now() - t0) / 1000).toFixed(1)}`,
+    "# HELP dcres_vms VMs this agent supervises.",
+    "# TYPE dcres_vms gauge",
+    `dcres_vms ${vms.length}`,
+    "# HELP dcres_vm_memory_bytes Guest RAM per VM.",
+    "# TYPE dcres_vm_memory_bytes gauge",
+    ...vms.map((v) => `dcres_vm_memory_bytes{vm="${v.name}"} ${v.memSize}`),
+    "# HELP dcres_refused_connections_total Connections refused at authentication.",
+    "# TYPE dcres_refused_connections_total counter",
+    `dcres_refused_connections_total ${quic.refused}`,
+    "# HELP dcres_checkpoint_store_bytes Bytes held per checkpoint store.",
+    "# TYPE dcres_checkpoint_store_bytes gauge",
+    ...storeUsage(cfg).map((s) => `dcres_checkpoint_store_bytes{store="${s.store}"} ${s.bytes}`),
+  ];
+  return lines.join("\n") + "\n";
 }

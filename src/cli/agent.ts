@@ -10,6 +10,7 @@ export interface AgentFlags {
   listen?: string;
   dataDir?: string;
   identity?: string;
+  metricsPort?: string;
 }
 
 /** Runs the agent. */
@@ -26,6 +27,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     listen: f.listen ?? file.listen ?? "127.0.0.1:7400",
     dataDir: f.dataDir ?? file.dataDir ?? "/var/lib/dcres",
     identityDir: f.identity ?? file.identityDir ?? "/etc/dcres/identity",
+    metricsPort: f.metricsPort ? Number(f.metricsPort) : file.metricsPort,
   };
   const agent = await Agent.start(cfg);
   console.log(JSON.stringify({ ready: true, host: agent.host, addr: agent.addr }));

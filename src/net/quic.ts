@@ -85,6 +85,12 @@ export class RpcServer {
   private readonly conns = new Set<Deno.QuicConn>();
   /** Connections refused at authentication (for metrics and tests). */
   refused = 0;
+  private readonly peerNames = new Map<Deno.QuicConn, string>();
+
+  /** Authenticated peers connected now. */
+  peers(): string[] {
+    return [...new Set(this.peerNames.values())].sort();
+  }
 
   constructor(
     private readonly identity: Identity,
@@ -138,6 +144,8 @@ export class RpcServer {
       setTimeout(() => conn.close({ closeCode: 1, reason: "unauthenticated" }), 200);
       return;
     }
+    this.peerNames.set(conn, peer);
+    conn.closed.finally(() => this.peerNames.delete(conn)).catch(() => {});
     for (;;) {
       const { value: stream, done } = await streams.read();
       if (done) break;
