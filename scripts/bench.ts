@@ -1,6 +1,7 @@
 /** `deno task bench NAME`: runs one benchmark; each prints ratios against a reference of the same run and writes JSON. */
 const benches: Record<string, () => Promise<unknown>> = {
   vmm: async () => (await import("./bench/vmm.ts")).benchVmm(),
+  transport: async () => (await import("./bench/transport.ts")).benchTransport(),
   checkpoint: async () => (await import("./bench/checkpoint.ts")).benchCheckpoint(),
 };
 
