@@ -19,6 +19,20 @@ import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from ".
 /** dcres version, recorded in everything it writes. */
 export const VERSION = "0.1.0";
 
+/** Options every command that starts a VM takes. */
+function machineOptions(c: Command): Command {
+  return c
+    .option("--mem <size>", "guest RAM, e.g. 256M or 1G", "256M")
+    .option("--vcpus <n>", "number of vCPUs", "1")
+    .option("--name <name>", "VM name (default: guest kind and a random suffix)")
+    .option("--for <duration>", "stop after this long, e.g. 30s")
+    .option("--ws <size>", "memstamp: working set per vCPU (default: its whole share)")
+    .option("--pattern <p>", "memstamp: seq, random or hotcold (default random)")
+    .option("--stride <pages>", "memstamp: page stride of the working set (spread)")
+    .option("--delay <n>", "memstamp: busy-loop iterations between page writes")
+    .option("--timer-hz <hz>", "memstamp: LAPIC timer frequency (0: off)");
+}
+
 function program(exit: (code: number) => void): Command {
   const p = new Command("dcres")
     .description(
@@ -45,26 +59,19 @@ function program(exit: (code: number) => void): Command {
   const act = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A) =>
     exit(await fn(...a));
 
-  p.command("run")
-    .description("run a VM: in the foreground with its console on this terminal, or --detach")
-    .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
-    .option("--mem <size>", "guest RAM, e.g. 256M or 1G", "256M")
-    .option("--vcpus <n>", "number of vCPUs", "1")
-    .option("--name <name>", "VM name (default: guest kind and a random suffix)")
-    .option("--kernel <file>", "linux: bzImage (default: newest /boot/vmlinuz-*)")
-    .option("--initrd <file>", "linux: initramfs (default: target/guest/initramfs.cpio.gz)")
-    .option("--cmdline <text>", "linux: kernel command line")
-    .option("--for <duration>", "stop after this long, e.g. 30s")
-    .option("--detach", "run as its own dcres vmm process and return")
-    .option(
-      "--exec <cmd>",
-      "linux: run CMD in the guest shell, print its output, exit with its status",
-    )
-    .option("--ws <size>", "memstamp: working set per vCPU (default: its whole share)")
-    .option("--pattern <p>", "memstamp: seq, random or hotcold (default random)")
-    .option("--stride <pages>", "memstamp: page stride of the working set (spread)")
-    .option("--delay <n>", "memstamp: busy-loop iterations between page writes")
-    .option("--timer-hz <hz>", "memstamp: LAPIC timer frequency (0: off)")
+  machineOptions(
+    p.command("run")
+      .description("run a VM: in the foreground with its console on this terminal, or --detach")
+      .option("--detach", "run as its own dcres vmm process and return")
+      .option(
+        "--exec <cmd>",
+        "linux: run CMD in the guest shell, print its output, exit with its status",
+      )
+      .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
+      .option("--kernel <file>", "linux: bzImage (default: newest /boot/vmlinuz-*)")
+      .option("--initrd <file>", "linux: initramfs (default: target/guest/initramfs.cpio.gz)")
+      .option("--cmdline <text>", "linux: kernel command line"),
+  )
     .action(act((f: RunFlags) => runCommand(g(), f)));
 
   p.command("vmm", { hidden: true })
@@ -93,15 +100,11 @@ function program(exit: (code: number) => void): Command {
     .action(act((f: { dataDir: string }) => statusCommand(g(), f)));
 
   const vm = p.command("vm").description("manage running VMs");
-  vm.command("start")
-    .description("start a VM in the background (on --agent, or locally as its own process)")
-    .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
-    .option("--mem <size>", "guest RAM", "256M")
-    .option("--vcpus <n>", "vCPUs", "1")
-    .option("--name <name>", "VM name")
-    .option("--ws <size>", "memstamp: working set per vCPU")
-    .option("--pattern <p>", "memstamp: seq, random or hotcold")
-    .option("--for <duration>", "stop after this long")
+  machineOptions(
+    vm.command("start")
+      .description("start a VM in the background (on --agent, or locally as its own process)")
+      .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp")),
+  )
     .action(act((f: RunFlags) => runCommand(g(), { ...f, detach: true })));
   vm.command("ls").description("list running VMs").action(act(() => vmLs(g())));
   for (const op of ["stop", "pause", "resume"] as const) {
