@@ -97,3 +97,82 @@ Deno.test("over QUIC a client whose certificate another CA signed, or that has n
     server.close();
   }
 });
+
+Deno.test("over QUIC an expired cluster certificate, and a client that presents none, are refused", async () => {
+  const ids = await identities();
+  const server = new RpcServer(ids.agent, { health: () => Promise.resolve(1) }, {
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  server.start();
+  try {
+    await issueHost({
+      caDir: `${ids.d}/ca`,
+      host: "old",
+      outDir: `${ids.d}/old`,
+      days: 1,
+      validFrom: new Date(Date.now() - 10 * 86_400_000),
+    });
+    const e = await assertRejects(
+      () => RpcClient.connect(`127.0.0.1:${server.addr.port}`, loadIdentity(`${ids.d}/old`)),
+      RpcError,
+    );
+    assert(e.message.includes("expired"), e.message);
+
+    // A raw client that says hello and then sends no certificate at all.
+    const { encodeControl } = await import("../src/net/frame.ts");
+    const conn = await Deno.connectQuic({
+      hostname: "127.0.0.1",
+      port: server.addr.port,
+      alpnProtocols: ["dcres/1"],
+      caCerts: [ids.cli.caPem],
+      serverName: "agent1",
+    });
+    const s = await conn.createBidirectionalStream();
+    const w = s.writable.getWriter();
+    await w.write(encodeControl({ v: 1, hello: 1 }));
+    await w.write(encodeControl({ v: 1, nothing: true }));
+    let reply = "";
+    try {
+      for await (const c of s.readable) reply += new TextDecoder().decode(c);
+    } catch {
+      // The agent closes the connection after refusing.
+    }
+    assert(reply.includes("no client certificate presented"), JSON.stringify(reply));
+    conn.close();
+  } finally {
+    server.close();
+  }
+});
+
+Deno.test("over QUIC a thousand random frames on an authenticated connection get errors, and the agent keeps answering", async () => {
+  const ids = await identities();
+  const server = new RpcServer(ids.agent, { health: () => Promise.resolve("alive") }, {
+    hostname: "127.0.0.1",
+    port: 0,
+  });
+  server.start();
+  const c = await RpcClient.connect(`127.0.0.1:${server.addr.port}`, ids.cli);
+  const raw = (c as unknown as { conn: Deno.QuicConn }).conn;
+  const { encodeFrame, FrameKind } = await import("../src/net/frame.ts");
+  try {
+    const t0 = performance.now();
+    let n = 0;
+    for (; n < 1000 && performance.now() - t0 < 20_000; n++) {
+      const s = await raw.createBidirectionalStream();
+      const w = s.writable.getWriter();
+      const payload = crypto.getRandomValues(new Uint8Array(n % 200));
+      const frame = n % 4 === 0
+        ? payload
+        : encodeFrame(n % 3 ? FrameKind.CONTROL : FrameKind.DATA, payload);
+      await w.write(frame.length ? frame : new Uint8Array(1)).catch(() => {});
+      await w.close().catch(() => {});
+      for await (const _ of s.readable) { /* drain the error reply */ }
+    }
+    assert(n >= 100, `sent ${n} frames`);
+    assertEquals(await c.call("health"), "alive");
+  } finally {
+    c.close();
+    server.close();
+  }
+});
