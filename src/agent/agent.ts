@@ -10,9 +10,8 @@ import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/ident
 import { type RpcHandler, RpcServer } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { listVms, request } from "../vmm/control/client.ts";
-import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
-import { spawnVmm } from "./spawn.ts";
+import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 
 /** dcres version the agent reports. */
@@ -192,22 +191,11 @@ export function agentHandlers(
         maxDowntimeMs: args.maxDowntimeMs ?? 50,
       }, ctx.progress);
     },
-    restore: async (args) => {
-      const path = inData(str(args, "path"));
-      const { targetSpecOf } = await import("./restore_spec.ts");
-      const spec = targetSpecOf(path, typeof args.name === "string" ? args.name : undefined);
-      let info = await spawnVmm(spec, stateDir, undefined, [
-        "--restore",
-        path,
-        ...(args.lazy ? ["--lazy"] : []),
-      ]);
-      const deadline = performance.now() + 120_000;
-      while (info.restore?.residentMs === undefined && performance.now() < deadline) {
-        await new Promise((r) => setTimeout(r, 50));
-        info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
-      }
-      return { name: spec.name, pid: info.pid, ...info.restore };
-    },
+    restore: (args) =>
+      spawnRestore(inData(str(args, "path")), stateDir, {
+        name: typeof args.name === "string" ? args.name : undefined,
+        lazy: !!args.lazy,
+      }),
     "ckpt.ls": (args) => Promise.resolve(listGenerations(inData(str(args, "path")))),
     "ckpt.inspect": (args) => {
       const i = inspectCheckpoint(inData(str(args, "path")));

@@ -5,6 +5,7 @@ import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { VmmStartError } from "./errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
+import { targetSpecOf } from "./restore_spec.ts";
 
 /** Deno permission flags the VMM process needs. */
 export const VMM_PERMISSIONS = [
@@ -87,4 +88,27 @@ function lastLine(path: string): string {
   } catch {
     return "(no log)";
   }
+}
+
+/**
+ * Restores the checkpoint at `path` as its own `dcres vmm` process and waits (up to 2 min) until its
+ * memory is fully resident; returns the VM's name, pid and restore timings.
+ */
+export async function spawnRestore(
+  path: string,
+  stateDir: string,
+  opts: { name?: string; lazy?: boolean; forMs?: number },
+): Promise<{ name: string; pid: number } & Partial<NonNullable<VmInfo["restore"]>>> {
+  const spec = targetSpecOf(path, opts.name);
+  let info = await spawnVmm(spec, stateDir, opts.forMs, [
+    "--restore",
+    path,
+    ...(opts.lazy ? ["--lazy"] : []),
+  ]);
+  const deadline = performance.now() + 120_000;
+  while (info.restore?.residentMs === undefined && performance.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+    info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
+  }
+  return { name: spec.name, pid: info.pid, ...info.restore };
 }

@@ -4,7 +4,7 @@
  */
 import { checkpointHandlers } from "../ckpt/control.ts";
 import { restoreCheckpoint, type Restored } from "../ckpt/restore.ts";
-import { resolveCheckpoint } from "../ckpt/store.ts";
+import { targetSpecOf } from "../agent/restore_spec.ts";
 import type { ControlServer } from "../vmm/control/server.ts";
 import type { Machine, MachineSpec } from "../vmm/machine.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
@@ -44,10 +44,7 @@ export interface HostOptions {
 
 /** The name and spec a target will run under (restores read the checkpoint's manifest). */
 export function targetSpec(t: HostTarget): MachineSpec {
-  if (t.kind === "boot") return t.spec;
-  const spec = structuredClone(resolveCheckpoint(t.path).manifest.machine.spec);
-  if (t.name) spec.name = t.name;
-  return spec;
+  return t.kind === "boot" ? t.spec : targetSpecOf(t.path, t.name);
 }
 
 /** Runs the target until it stops. */

@@ -1,11 +1,9 @@
 /** `dcres restore DIR`: restore a checkpoint into a running VM, in the foreground or detached. */
 import { resolve } from "node:path";
-import { request } from "../vmm/control/client.ts";
-import type { VmInfo } from "../vmm/control/protocol.ts";
 import { isPvmHost } from "../vmm/runner.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
-import { spawnVmm } from "../agent/spawn.ts";
+import { spawnRestore } from "../agent/spawn.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";
 import { parseDuration } from "./units.ts";
@@ -44,21 +42,8 @@ export async function restoreCommand(
   const stateDir = stateDirOf(g);
   const forMs = f.for ? parseDuration("--for", f.for) : undefined;
   if (f.detach) {
-    let info = await spawnVmm(spec, stateDir, forMs, [
-      "--restore",
-      target.path,
-      ...(f.lazy ? ["--lazy"] : []),
-    ]);
-    const deadline = performance.now() + 120_000;
-    while (info.restore?.residentMs === undefined && performance.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 50));
-      info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
-    }
-    report(
-      g,
-      { name: spec.name, pid: info.pid, ...info.restore },
-      () => fmtTimes(spec.name, info.restore!),
-    );
+    const t = await spawnRestore(target.path, stateDir, { name: f.name, lazy: f.lazy, forMs });
+    report(g, t, () => fmtTimes(t.name, t as RestoreTimes));
     return EXIT.OK;
   }
   if (isPvmHost() && spec.guest === "linux") {

@@ -1,7 +1,6 @@
 /** Puts a fresh VM into memstamp's initial state: memory laid out, every vCPU at the ring-3 entry. */
 import { MP_STATE } from "../../../ffi/kvm_abi.ts";
 import type { Vm } from "../../vm.ts";
-import { writeGdt } from "./layout.ts";
 import {
   initialLapic,
   initialRegs,
@@ -14,8 +13,7 @@ import {
 /** Loads memstamp into `vm` (created with the same memory size and vCPU count). */
 export function bootMemstamp(vm: Vm, options: MemstampOptions): void {
   const opts = resolveOptions(options);
-  setupMemory(vm.memory, opts);
-  const gdtLimit = writeGdt(vm.memory.view(0, 0x2000), opts.vcpus);
+  const gdtLimit = setupMemory(vm.memory, opts);
   for (const v of vm.vcpus) {
     const f = v.fd;
     f.setSregs(initialSregs(v.index, f.getSregs(), gdtLimit));

@@ -131,11 +131,11 @@ export function resolveOptions(o: MemstampOptions): Required<MemstampOptions> {
   };
 }
 
-/** Writes code, system structures and config into fresh guest memory. */
-export function setupMemory(mem: GuestMemory, opts: Required<MemstampOptions>): void {
+/** Writes code, system structures and config into fresh guest memory; returns the GDT limit. */
+export function setupMemory(mem: GuestMemory, opts: Required<MemstampOptions>): number {
   const ram = mem.view(0, LAYOUT.TABLE);
   ram.set(code(), CODE_BASE);
-  writeGdt(ram, opts.vcpus);
+  const gdtLimit = writeGdt(ram, opts.vcpus);
   writeIdt(ram, {
     faultStubs: SYMBOLS.fault_stubs,
     timer: SYMBOLS.timer_handler,
@@ -156,6 +156,7 @@ export function setupMemory(mem: GuestMemory, opts: Required<MemstampOptions>): 
   cfg[CFG.INTERVAL / 8] = BigInt(opts.reportInterval);
   cfg[CFG.DELAY / 8] = BigInt(opts.delay);
   cfg[CFG.NONCE / 8] = crypto.getRandomValues(new BigUint64Array(1))[0];
+  return gdtLimit;
 }
 
 /** Initial general-purpose registers of vCPU `i`: ring-3 entry with IOPL 3 and interrupts on. */
