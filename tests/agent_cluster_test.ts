@@ -6,6 +6,7 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres } from "./helpers/cli.ts";
 import { encodeFrame, FrameKind } from "../src/net/frame.ts";
+import { selfCommand } from "../src/agent/spawn.ts";
 
 const env: Record<string, string> = {
   DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-cluster-" }),
@@ -71,6 +72,50 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
   }
 });
 
+Deno.test("through an agent, console relays a Linux guest's serial output until Ctrl-], and exec on a guest without a shell fails in one line", async () => {
+  const kernels = [...Deno.readDirSync("/boot")].filter((e) => e.name.startsWith("vmlinuz-"));
+  if (!kernels.length) return console.log("skipped: no /boot/vmlinuz-* (linux-image-cloud-amd64)");
+  const up = await cluster("up", "1");
+  assert(up.success, new TextDecoder().decode(up.stderr));
+  const [{ addr }] = JSON.parse(new TextDecoder().decode(up.stdout));
+  const a = ["--agent", addr];
+  try {
+    await ok([...a, "vm", "start", "--guest", "linux", "--name", "lx", "--mem", "256M"]);
+    const self = selfCommand([...a, "console", "lx"]);
+    const child = new Deno.Command(self.cmd, {
+      args: self.args,
+      env,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const killer = setTimeout(() => child.kill("SIGKILL"), 90_000);
+    let seen = "";
+    const reader = child.stdout.getReader();
+    while (!seen.includes("Linux version")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      seen += new TextDecoder().decode(value);
+    }
+    reader.releaseLock();
+    const w = child.stdin.getWriter();
+    await w.write(new Uint8Array([0x1d]));
+    await w.close();
+    const out = await child.output();
+    clearTimeout(killer);
+    assert(seen.includes("Linux version"), `console showed: ${seen.slice(0, 400)}`);
+    assertEquals(out.code, 0, new TextDecoder().decode(out.stderr));
+    await ok([...a, "vm", "stop", "lx"]);
+    await ok([...a, "vm", "start", "--name", "ms", "--mem", "64M"]);
+    const r = await dcres([...a, "console", "ms", "--exec", "true"], { env });
+    assertEquals(r.code, 1);
+    assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+    assert(r.stderr.includes("exec needs a guest with a shell"), r.stderr);
+  } finally {
+    await cluster("down");
+  }
+});
+
 Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it and can checkpoint it", async () => {
   const up = await cluster("up", "1");
   assert(up.success, new TextDecoder().decode(up.stderr));
@@ -84,7 +129,6 @@ Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it
     const down = await dcres([...a, "vm", "ls"], { env });
     assertEquals(down.code, 1, "the agent is gone");
     assert(down.stderr.includes("cannot reach the agent"), down.stderr);
-    const { selfCommand } = await import("../src/agent/spawn.ts");
     const self = selfCommand([
       "agent",
       "--listen",

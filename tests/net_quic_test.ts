@@ -61,6 +61,88 @@ Deno.test("over QUIC a cluster client is authenticated, calls methods, gets prog
   }
 });
 
+Deno.test("over QUIC a cancelled call aborts its handler, and a deadline aborts it too", async () => {
+  const ids = await identities();
+  const aborted: string[] = [];
+  const started = Promise.withResolvers<void>();
+  const server = new RpcServer(ids.agent, {
+    wait: (a, ctx) =>
+      new Promise((_, rej) => {
+        started.resolve();
+        ctx.signal.addEventListener("abort", () => {
+          aborted.push(String(a.tag));
+          rej(ctx.signal.reason);
+        });
+      }),
+  }, { hostname: "127.0.0.1", port: 0 });
+  server.start();
+  const c = await RpcClient.connect(`127.0.0.1:${server.addr.port}`, ids.cli);
+  try {
+    const stop = new AbortController();
+    const call = c.call("wait", { tag: "cancel" }, { signal: stop.signal });
+    await started.promise;
+    stop.abort();
+    assertEquals(((await assertRejects(() => call, RpcError)) as RpcError).code, "cancelled");
+    const late = await assertRejects(
+      () => c.call("wait", { tag: "deadline" }, { deadlineMs: 100 }),
+      RpcError,
+    );
+    assertEquals((late as RpcError).code, "deadline-exceeded");
+    for (let i = 0; i < 50 && aborted.length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    assertEquals(aborted.sort(), ["cancel", "deadline"]);
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
+/** A 256 KiB chunk whose bytes say which chunk it is. */
+function part(i: number): Uint8Array {
+  const b = new Uint8Array(256 << 10);
+  for (let j = 0; j < b.length; j += 4096) b[j] = (i * 31 + j / 4096) & 0xff;
+  b[b.length - 1] = i;
+  return b;
+}
+
+async function* parts(from: number, n: number) {
+  for (let i = from; i < from + n; i++) yield part(i);
+}
+
+Deno.test("over QUIC binary DATA frames flow both ways, and large transfers split over parallel streams arrive intact", async () => {
+  const ids = await identities();
+  const server = new RpcServer(ids.agent, {
+    // Echoes every uploaded chunk reversed, then reports how much it saw.
+    echo: async (_a, ctx) => {
+      let bytes = 0;
+      for await (const b of ctx.data) {
+        bytes += b.length;
+        await ctx.send(b.slice().reverse());
+      }
+      return { bytes };
+    },
+  }, { hostname: "127.0.0.1", port: 0 });
+  server.start();
+  const c = await RpcClient.connect(`127.0.0.1:${server.addr.port}`, ids.cli);
+  try {
+    const got = await Promise.all([0, 1, 2, 3].map(async (s) => {
+      const back: Uint8Array[] = [];
+      const r = await c.call<{ bytes: number }>("echo", {}, {
+        upload: parts(s * 8, 8),
+        onData: (b) => back.push(b),
+      });
+      return { r, back, s };
+    }));
+    for (const { r, back, s } of got) {
+      assertEquals(r.bytes, 8 * (256 << 10));
+      assertEquals(back.length, 8);
+      back.forEach((b, k) => assertEquals(b.reverse(), part(s * 8 + k)));
+    }
+  } finally {
+    c.close();
+    server.close();
+  }
+});
+
 Deno.test("over QUIC a client whose certificate another CA signed, or that has none, is refused before any request", async () => {
   const ids = await identities();
   let calls = 0;

@@ -11,6 +11,7 @@ import { type RpcHandler, RpcServer } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
+import { relayConsole } from "./console.ts";
 import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 
@@ -174,11 +175,30 @@ export function agentHandlers(
     "vm.stop": vm("stop"),
     "vm.pause": vm("pause"),
     "vm.resume": vm("resume"),
-    "guest.verify": (args) =>
-      request(stateDir, str(args, "name"), {
-        op: "verify",
-        timeoutMs: args.timeoutMs as number | undefined,
-      }),
+    "guest.verify": (args, ctx) =>
+      request(
+        stateDir,
+        str(args, "name"),
+        {
+          op: "verify",
+          timeoutMs: args.timeoutMs as number | undefined,
+        },
+        undefined,
+        ctx.signal,
+      ),
+    "vm.exec": (args, ctx) =>
+      request(
+        stateDir,
+        str(args, "name"),
+        {
+          op: "exec",
+          cmd: str(args, "cmd"),
+          timeoutMs: typeof args.timeoutMs === "number" ? args.timeoutMs : 30_000,
+        },
+        undefined,
+        ctx.signal,
+      ),
+    "vm.console": (args, ctx) => relayConsole(stateDir, str(args, "name"), ctx),
     checkpoint: (args, ctx) => {
       const name = str(args, "name");
       const dir = typeof args.dir === "string" ? inData(args.dir) : storeOf(name);

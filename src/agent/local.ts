@@ -35,7 +35,7 @@ export class LocalRpcServer {
         let id = -1;
         try {
           const req = parseRequest(f.payload);
-          if ("cancel" in req) continue;
+          if (!("method" in req)) continue;
           id = req.id;
           const h = this.handlers[req.method];
           if (!h) throw new RpcError("unknown-method", `unknown method "${req.method}"`);
@@ -44,6 +44,11 @@ export class LocalRpcServer {
             signal: new AbortController().signal,
             progress: (p) =>
               void w.write(encodeControl({ v: RPC_VERSION, id, progress: p })).catch(() => {}),
+            data: noData(),
+            send: () =>
+              Promise.reject(
+                new RpcError("bad-request", "the local socket carries no data frames"),
+              ),
           });
           await w.write(encodeControl({ v: RPC_VERSION, id, ok: true, result }));
         } catch (e) {
@@ -71,6 +76,8 @@ export class LocalRpcServer {
     }
   }
 }
+
+async function* noData(): AsyncGenerator<Uint8Array> {}
 
 function safeClose(c: Deno.Conn) {
   try {

@@ -1,7 +1,11 @@
 /** `dcres console NAME [--exec CMD]`: attach to a VM's serial console, or run one command in its shell. */
+import { Inbox } from "../net/inbox.ts";
+import { RpcClient } from "../net/quic.ts";
+import { RpcError } from "../net/rpc_messages.ts";
 import { connectVm, readLine, request } from "../vmm/control/client.ts";
 import { CONTROL_VERSION } from "../vmm/control/protocol.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
+import { agentAddr, clientIdentity, remoteCall } from "./remote.ts";
 import { ConsoleRelay } from "./terminal.ts";
 
 /** Runs `dcres console`. */
@@ -10,33 +14,71 @@ export async function consoleCommand(
   name: string,
   f: { exec?: string; timeoutMs: number },
 ): Promise<number> {
-  const dir = stateDirOf(g);
   if (f.exec) {
-    const r = await request<{ output: string; status: number }>(dir, name, {
-      op: "exec",
-      cmd: f.exec,
-      timeoutMs: f.timeoutMs,
-    });
+    const args = { name, cmd: f.exec, timeoutMs: f.timeoutMs };
+    const r = agentAddr(g)
+      ? await remoteCall<{ output: string; status: number }>(g, "vm.exec", args)
+      : await request<{ output: string; status: number }>(stateDirOf(g), name, {
+        op: "exec",
+        ...args,
+      });
     report(g, r, () => r.output);
     return r.status;
   }
-  const conn = await connectVm(dir, name);
+  const relay = new ConsoleRelay();
+  try {
+    if (agentAddr(g)) await remoteConsole(g, name, relay);
+    else await localConsole(g, name, relay);
+  } finally {
+    relay.close();
+  }
+  return EXIT.OK;
+}
+
+async function localConsole(g: GlobalOptions, name: string, relay: ConsoleRelay) {
+  const conn = await connectVm(stateDirOf(g), name);
   await conn.write(
     new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, op: "console" }) + "\n"),
   );
   await readLine(conn);
-  if (Deno.stderr.isTerminal()) console.error(`connected to ${name}; Ctrl-] leaves`);
-  const relay = new ConsoleRelay();
+  announce(name);
   relay.attach((b) => void conn.write(b).catch(() => {}));
   const pump = (async () => {
     for await (const chunk of conn.readable) relay.write(chunk);
   })().catch(() => {});
   await Promise.race([relay.escaped, pump]);
-  relay.close();
   try {
     conn.close();
   } catch {
     // The VMM closed it.
   }
-  return EXIT.OK;
+}
+
+/** The console through an agent: one RPC stream, keystrokes up and guest output down. */
+async function remoteConsole(g: GlobalOptions, name: string, relay: ConsoleRelay) {
+  const client = await RpcClient.connect(agentAddr(g)!, clientIdentity(g));
+  const keys = new Inbox();
+  const leave = new AbortController();
+  announce(name);
+  relay.attach((b) => keys.push(b));
+  void relay.escaped.then(() => {
+    keys.end();
+    leave.abort();
+  });
+  try {
+    await client.call("vm.console", { name }, {
+      deadlineMs: 24 * 3600_000,
+      onData: (b) => relay.write(b),
+      upload: keys,
+      signal: leave.signal,
+    });
+  } catch (e) {
+    if (!(e instanceof RpcError && e.code === "cancelled")) throw e;
+  } finally {
+    client.close();
+  }
+}
+
+function announce(name: string) {
+  if (Deno.stderr.isTerminal()) console.error(`connected to ${name}; Ctrl-] leaves`);
 }

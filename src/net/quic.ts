@@ -7,7 +7,8 @@
  * bidirectional stream: a request frame, optional progress frames, one reply frame.
  */
 import { decodeCbor } from "../ckpt/cbor.ts";
-import { encodeControl, FrameDecoder, FrameError, FrameKind } from "./frame.ts";
+import { encodeControl, encodeFrame, FrameDecoder, FrameError, FrameKind } from "./frame.ts";
+import { Inbox } from "./inbox.ts";
 import {
   type Identity,
   signWithKey,
@@ -27,11 +28,50 @@ export const ALPN = "dcres/1";
 const AUTH_CONTEXT = new TextEncoder().encode("dcres-auth-v1:");
 const AUTH_TIMEOUT_MS = 10_000;
 
-/** A method handler; `progress` sends interim frames to the caller. */
-export type RpcHandler = (
-  args: Record<string, unknown>,
-  ctx: { peer: string; signal: AbortSignal; progress: (p: unknown) => void },
-) => Promise<unknown>;
+/** What a handler gets besides its arguments. */
+export interface RpcContext {
+  /** The authenticated peer's host name ("local" on the unix socket). */
+  peer: string;
+  /** Aborted when the caller cancels, goes away or the deadline passes. */
+  signal: AbortSignal;
+  /** Sends an interim progress message. */
+  progress: (p: unknown) => void;
+  /** DATA frames the caller sends on this request's stream, until it ends its upload. */
+  data: AsyncIterable<Uint8Array>;
+  /** Sends one DATA frame to the caller; resolves when the transport took it (backpressure). */
+  send: (bytes: Uint8Array) => Promise<void>;
+}
+
+/** A method handler. */
+export type RpcHandler = (args: Record<string, unknown>, ctx: RpcContext) => Promise<unknown>;
+
+/** Options of one call. */
+export interface CallOptions {
+  /** Milliseconds the agent may take (default 10 min). */
+  deadlineMs?: number;
+  /** Receives progress messages. */
+  onProgress?: (p: unknown) => void;
+  /** Receives the handler's DATA frames. */
+  onData?: (bytes: Uint8Array) => void;
+  /** Sent to the handler as DATA frames, then the end of the upload. */
+  upload?: AsyncIterable<Uint8Array>;
+  /** Cancels the call: the agent is told, and the call rejects with code "cancelled". */
+  signal?: AbortSignal;
+}
+
+/** A promise that rejects with RpcError("cancelled") when `signal` aborts. */
+function rejectOnAbort(signal: AbortSignal | undefined): Promise<never> {
+  return new Promise((_, rej) => {
+    const fail = () =>
+      rej(
+        signal!.reason instanceof RpcError
+          ? signal!.reason
+          : new RpcError("cancelled", "the call was cancelled"),
+      );
+    if (signal?.aborted) fail();
+    else signal?.addEventListener("abort", fail, { once: true });
+  });
+}
 
 async function readFrame(
   reader: ReadableStreamDefaultReader<Uint8Array>,
@@ -64,18 +104,58 @@ async function readMessage(
   return m as Record<string, unknown>;
 }
 
-function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+function withTimeout<T>(
+  p: Promise<T>,
+  ms: number,
+  what: string,
+  onTimeout?: (e: RpcError) => void,
+): Promise<T> {
   let t: ReturnType<typeof setTimeout>;
   return Promise.race([
     p,
-    new Promise<T>((
-      _,
-      rej,
-    ) => (t = setTimeout(
-      () => rej(new RpcError("deadline-exceeded", `${what} timed out after ${ms} ms`)),
-      ms,
-    ))),
+    new Promise<T>((_, rej) =>
+      t = setTimeout(() => {
+        const e = new RpcError("deadline-exceeded", `${what} timed out after ${ms} ms`);
+        onTimeout?.(e);
+        rej(e);
+      }, ms)
+    ),
   ]).finally(() => clearTimeout(t));
+}
+
+/**
+ * Reads what the caller sends after its request: DATA frames into `inbox`, then the end of its
+ * upload; a cancel frame, a broken stream or bad frames abort the handler.
+ */
+async function pumpInbound(
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+  dec: FrameDecoder,
+  queue: Array<{ kind: number; payload: Uint8Array }>,
+  id: number,
+  inbox: Inbox,
+  abort: AbortController,
+) {
+  try {
+    for (;;) {
+      const f = await readFrame(reader, dec, queue);
+      if (!f) return inbox.end();
+      if (f.kind === FrameKind.DATA) {
+        inbox.push(f.payload);
+        continue;
+      }
+      const m = parseRequest(f.payload);
+      if ("eod" in m && m.eod === id) inbox.end();
+      if ("cancel" in m && m.cancel === id) {
+        const e = new RpcError("cancelled", "the caller cancelled the call");
+        inbox.end(e);
+        return abort.abort(e);
+      }
+    }
+  } catch (e) {
+    const err = e instanceof RpcError ? e : new RpcError("cancelled", (e as Error).message);
+    inbox.end(err);
+    abort.abort(err);
+  }
 }
 
 /** A QUIC RPC server with mutual authentication. */
@@ -202,25 +282,32 @@ export class RpcServer {
     const queue: Array<{ kind: number; payload: Uint8Array }> = [];
     const reply = (r: RpcReply) => writer.write(encodeControl(r));
     let id = -1;
+    const abort = new AbortController();
     try {
       const f = await readFrame(reader, dec, queue);
       if (!f) return;
       const req = parseRequest(f.payload);
-      if ("cancel" in req) return;
+      if (!("method" in req)) return;
       id = req.id;
       const h = this.handlers[req.method];
       if (!h) throw new RpcError("unknown-method", `unknown method "${req.method}"`);
-      const abort = new AbortController();
-      void reader.read().then(() => abort.abort()).catch(() => abort.abort());
+      const inbox = new Inbox();
+      void pumpInbound(reader, dec, queue, id, inbox, abort);
       const result = await withTimeout(
-        h(req.args, {
-          peer,
-          signal: abort.signal,
-          progress: (p) =>
-            void writer.write(encodeControl({ v: RPC_VERSION, id, progress: p })).catch(() => {}),
-        }),
+        Promise.race([
+          h(req.args, {
+            peer,
+            signal: abort.signal,
+            progress: (p) =>
+              void writer.write(encodeControl({ v: RPC_VERSION, id, progress: p })).catch(() => {}),
+            data: inbox,
+            send: (b) => writer.write(encodeFrame(FrameKind.DATA, b)),
+          }),
+          rejectOnAbort(abort.signal),
+        ]),
         req.deadlineMs,
         req.method,
+        (e) => abort.abort(e),
       );
       await reply({ v: RPC_VERSION, id, ok: true, result });
     } catch (e) {
@@ -232,6 +319,7 @@ export class RpcServer {
       await reply({ v: RPC_VERSION, id, ok: false, error: { code, message: (e as Error).message } })
         .catch(() => {});
     } finally {
+      abort.abort();
       await writer.close().catch(() => {});
     }
   }
@@ -325,11 +413,11 @@ export class RpcClient {
     }
   }
 
-  /** Calls `method`; progress frames go to `onProgress`; rejects with RpcError on a typed error. */
+  /** Calls `method`; rejects with RpcError on a typed error, a deadline or cancellation. */
   async call<T>(
     method: string,
     args: Record<string, unknown> = {},
-    opts: { deadlineMs?: number; onProgress?: (p: unknown) => void } = {},
+    opts: CallOptions = {},
   ): Promise<T> {
     const id = this.nextId++;
     const deadlineMs = opts.deadlineMs ?? 600_000;
@@ -337,14 +425,29 @@ export class RpcClient {
     const writer = stream.writable.getWriter();
     const reader = stream.readable.getReader();
     await writer.write(encodeControl({ v: RPC_VERSION, id, method, deadlineMs, args }));
+    const cancel = () =>
+      void writer.write(encodeControl({ v: RPC_VERSION, cancel: id })).catch(() => {});
+    opts.signal?.addEventListener("abort", cancel, { once: true });
+    if (opts.upload) {
+      const upload = opts.upload;
+      void (async () => {
+        for await (const b of upload) await writer.write(encodeFrame(FrameKind.DATA, b));
+        await writer.write(encodeControl({ v: RPC_VERSION, eod: id }));
+      })().catch(cancel);
+    }
     const dec = new FrameDecoder();
     const queue: Array<{ kind: number; payload: Uint8Array }> = [];
-    try {
+    const answer = async (): Promise<T> => {
       for (;;) {
-        const m = await withTimeout(readMessage(reader, dec, queue), deadlineMs + 5000, method);
-        if (!m) {
+        const f = await readFrame(reader, dec, queue);
+        if (!f) {
           throw new RpcError("failed", `the agent closed the stream without answering ${method}`);
         }
+        if (f.kind === FrameKind.DATA) {
+          opts.onData?.(f.payload);
+          continue;
+        }
+        const m = decodeCbor(f.payload) as Record<string, unknown>;
         if ("progress" in m) {
           opts.onProgress?.(m.progress);
           continue;
@@ -353,7 +456,16 @@ export class RpcClient {
         const err = m.error as { code: RpcErrorCode; message: string };
         throw new RpcError(err.code, err.message);
       }
+    };
+    try {
+      return await withTimeout(
+        Promise.race([answer(), rejectOnAbort(opts.signal)]),
+        deadlineMs + 5000,
+        method,
+        cancel,
+      );
     } finally {
+      opts.signal?.removeEventListener("abort", cancel);
       await writer.close().catch(() => {});
     }
   }

@@ -44,6 +44,14 @@ export interface RpcCancel {
   cancel: number;
 }
 
+/** The caller has sent every DATA frame of request `eod`. */
+export interface RpcEndOfData {
+  /** Protocol version. */
+  v: number;
+  /** Request whose upload ended. */
+  eod: number;
+}
+
 /** An RPC failed; carries the typed code from the other side. */
 export class RpcError extends Error {
   constructor(readonly code: RpcErrorCode, message: string) {
@@ -54,8 +62,8 @@ export class RpcError extends Error {
 
 const MAX_DEADLINE_MS = 24 * 3600 * 1000;
 
-/** Decodes and validates a control payload as a request or cancellation; throws RpcError. */
-export function parseRequest(payload: Uint8Array): RpcRequest | RpcCancel {
+/** Decodes and validates a control payload as a request, cancellation or end of upload; throws RpcError. */
+export function parseRequest(payload: Uint8Array): RpcRequest | RpcCancel | RpcEndOfData {
   let m: unknown;
   try {
     m = decodeCbor(payload);
@@ -80,6 +88,10 @@ export function parseRequest(payload: Uint8Array): RpcRequest | RpcCancel {
       throw new RpcError("bad-request", "cancel needs a request id");
     }
     return { v: r.v, cancel: r.cancel as number };
+  }
+  if ("eod" in r) {
+    if (!Number.isSafeInteger(r.eod)) throw new RpcError("bad-request", "eod needs a request id");
+    return { v: r.v, eod: r.eod as number };
   }
   if (!Number.isSafeInteger(r.id) || (r.id as number) < 0) {
     throw new RpcError("bad-request", "request id must be a non-negative integer");

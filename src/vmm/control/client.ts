@@ -44,8 +44,12 @@ export async function request<T>(
   name: string,
   req: Req,
   onProgress?: (p: Record<string, number>) => void,
+  signal?: AbortSignal,
 ): Promise<T> {
   const conn = await connectVm(stateDir, name);
+  // Closing the connection is how a caller gives up; the pending read then ends.
+  const giveUp = () => safeClose(conn);
+  signal?.addEventListener("abort", giveUp, { once: true });
   try {
     await conn.write(
       new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, ...req }) + "\n"),
@@ -53,6 +57,7 @@ export async function request<T>(
     for (;;) {
       const reply = await readLine(conn);
       if (reply === undefined) {
+        if (signal?.aborted) throw new ControlError(`VM ${name}: the request was cancelled`);
         if (req.op === "stop") return null as T;
         throw new ControlError(
           `VM ${name}: its VMM closed the connection without answering (did it crash? see its log)`,
@@ -66,12 +71,20 @@ export async function request<T>(
       if (!r.ok) throw new ControlError(`VM ${name}: ${r.error}`);
       return r.result;
     }
+  } catch (e) {
+    if (signal?.aborted) throw new ControlError(`VM ${name}: the request was cancelled`);
+    throw e;
   } finally {
-    try {
-      conn.close();
-    } catch {
-      // Already closed by the VMM (stop).
-    }
+    signal?.removeEventListener("abort", giveUp);
+    safeClose(conn);
+  }
+}
+
+function safeClose(conn: Deno.Conn) {
+  try {
+    conn.close();
+  } catch {
+    // Already closed by the VMM (stop) or by a cancellation.
   }
 }
 
