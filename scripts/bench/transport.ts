@@ -47,6 +47,79 @@ async function tcp(
   return n / MiB / secs;
 }
 
+/** First byte of a long-lived page stream: every 16-byte request on it gets one 4 KiB page. */
+const PERSISTENT = 0x50;
+
+async function servePages(
+  first: Uint8Array,
+  r: ReadableStreamDefaultReader<Uint8Array>,
+  out: WritableStream<Uint8Array>,
+) {
+  const w = out.getWriter();
+  let pending = first.length;
+  for (;;) {
+    for (; pending >= 16; pending -= 16) await w.write(CHUNK.subarray(0, 4096));
+    const { value, done } = await r.read();
+    if (done) break;
+    pending += value.length;
+  }
+  await w.close();
+}
+
+/** Round trips of 16 bytes out and 4 KiB back on one long-lived byte stream. */
+async function pingPong(
+  w: WritableStreamDefaultWriter<Uint8Array>,
+  r: ReadableStreamDefaultReader<Uint8Array>,
+  n: number,
+): Promise<number[]> {
+  const req = new Uint8Array(16).fill(PERSISTENT);
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = performance.now();
+    await w.write(req);
+    for (let got = 0; got < 4096;) {
+      const { value, done } = await r.read();
+      if (done) throw new Error("page stream ended");
+      got += value.length;
+    }
+    out.push((performance.now() - t0) * 1000);
+  }
+  return out;
+}
+
+async function quicStreamRtt(conn: Deno.QuicConn, n: number): Promise<number[]> {
+  const s = await conn.createBidirectionalStream();
+  const w = s.writable.getWriter();
+  const r = s.readable.getReader();
+  await pingPong(w, r, 100);
+  const out = await pingPong(w, r, n);
+  await w.close();
+  return out;
+}
+
+/** The same ping-pong over plain TCP: what the event loop alone costs per round trip. */
+async function tcpRtt(n: number): Promise<number[]> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  void (async () => {
+    const c = await listener.accept();
+    const r = c.readable.getReader();
+    const first = await r.read();
+    await servePages(first.value ?? new Uint8Array(), r, c.writable);
+  })().catch(() => {});
+  const conn = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: (listener.addr as Deno.NetAddr).port,
+  });
+  conn.setNoDelay(true);
+  const w = conn.writable.getWriter();
+  const r = conn.readable.getReader();
+  await pingPong(w, r, 100);
+  const out = await pingPong(w, r, n);
+  await w.close().catch(() => {});
+  listener.close();
+  return out;
+}
+
 async function quicSetup(id: { cert: string; key: string; ca: string }) {
   const ep = new Deno.QuicEndpoint({ hostname: "127.0.0.1", port: 0 });
   const listener = ep.listen({ cert: id.cert, key: id.key, alpnProtocols: [ALPN] });
@@ -56,7 +129,11 @@ async function quicSetup(id: { cert: string; key: string; ca: string }) {
       void (async () => {
         for await (const s of conn.incomingBidirectionalStreams) {
           void (async () => {
-            const n = await drain(s.readable);
+            const r = s.readable.getReader();
+            const first = await r.read();
+            if (first.value?.[0] === PERSISTENT) return servePages(first.value, r, s.writable);
+            r.releaseLock();
+            const n = (first.value?.length ?? 0) + await drain(s.readable);
             const w = s.writable.getWriter();
             // A page request (<= 64 bytes asked) gets a 4 KiB page back; bulk gets its byte count.
             await w.write(n <= 64 ? CHUNK.subarray(0, 4096) : new TextEncoder().encode(String(n)));
@@ -117,6 +194,8 @@ export async function benchTransport(): Promise<unknown> {
   const quic8 = await quicBulk(q.conn, 512 * MiB, 8);
   await quicRtt(q.conn, 200);
   const rtt = await quicRtt(q.conn, 2000);
+  const onStream = await quicStreamRtt(q.conn, 2000);
+  const tcpLoop = await tcpRtt(2000);
   q.conn.close();
   q.listener.stop();
   q.ep.close();
@@ -136,9 +215,20 @@ export async function benchTransport(): Promise<unknown> {
     of: "the 100 us aim",
   });
   line("4 KiB page request p99", `${p99.toFixed(0)} us`, { x: p99 / p50, of: "p50" });
-  if (quic8 / tls < 0.5 || p50 > 100) {
+  const s50 = percentile(onStream, 50), t50 = percentile(tcpLoop, 50);
+  line("page request, one long-lived QUIC stream p50", `${s50.toFixed(0)} us`, {
+    x: s50 / 100,
+    of: "the 100 us aim",
+  });
+  line("page request, plain TCP p50 (loop floor)", `${t50.toFixed(0)} us`);
+  if (quic1 / tls < 0.5 || quic8 / tls < 0.5 || Math.min(p50, s50) > 100) {
     console.log(
-      "why: Deno's QUIC (quinn behind an async op per stream read/write) moves every chunk through the JS event loop and a thread hop; TLS/TCP here writes from one buffer per call. The gap is in the runtime binding, not the wire.",
+      `why: opening a stream costs ${(p50 - s50).toFixed(0)} us of the per-stream round trip ` +
+        `(so the pager keeps long-lived streams); on one stream QUIC still costs ${
+          (s50 - t50).toFixed(0)
+        } us more than plain TCP through the same event loop: Deno's QUIC binding (quinn) ` +
+        `hops to its own task per read and write and encrypts per packet, and more streams share ` +
+        `the same single connection task, so they add no throughput.`,
     );
   }
   Deno.removeSync(d, { recursive: true });
@@ -147,5 +237,7 @@ export async function benchTransport(): Promise<unknown> {
     date: new Date().toISOString(),
     mibPerSec: { plainTcp: plain, tlsTcp: tls, quicOneStream: quic1, quicEightStreams: quic8 },
     pageRttUs: { p50, p99 },
+    pageRttOneStreamUs: { p50: s50, p99: percentile(onStream, 99) },
+    pageRttPlainTcpUs: { p50: t50, p99: percentile(tcpLoop, 99) },
   };
 }
