@@ -4,7 +4,7 @@ import { configure, getStreamSink, jsonLinesFormatter } from "@logtape/logtape";
 import { CommandFailed, EXIT, type GlobalOptions } from "./src/cli/context.ts";
 import { runCommand, type RunFlags } from "./src/cli/run.ts";
 import { vmmCommand } from "./src/cli/vmm.ts";
-import { vmControl, vmLs } from "./src/cli/vm.ts";
+import { vmCheck, vmControl, vmLs } from "./src/cli/vm.ts";
 import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
 import { demoCommand } from "./src/cli/demo.ts";
@@ -79,8 +79,9 @@ function program(exit: (code: number) => void): Command {
     .option("--for-ms <ms>")
     .option("--restore <dir>")
     .option("--lazy")
+    .option("--split <json>")
     .action(
-      act((f: { spec: string; forMs?: string; restore?: string; lazy?: boolean }) =>
+      act((f: { spec: string; forMs?: string; restore?: string; lazy?: boolean; split?: string }) =>
         vmmCommand(g(), f)
       ),
     );
@@ -92,6 +93,10 @@ function program(exit: (code: number) => void): Command {
     .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
     .option("--identity <dir>", "host.crt, host.key, ca.crt (default /etc/dcres/identity)")
     .option("--metrics-port <port>", "serve Prometheus /metrics on 127.0.0.1:PORT (off by default)")
+    .option(
+      "--page-store <size>",
+      "split VMs' pages this host may hold (default: half its free RAM)",
+    )
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   p.command("status")
@@ -103,10 +108,16 @@ function program(exit: (code: number) => void): Command {
   machineOptions(
     vm.command("start")
       .description("start a VM in the background (on --agent, or locally as its own process)")
-      .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp")),
+      .addOption(new Option("--guest <kind>", "memstamp or linux").default("memstamp"))
+      .option("--main <addr>", "split VM: the agent (HOST:PORT) that runs its vCPUs")
+      .option("--sub <addrs>", "split VM: agents holding the rest of its memory, comma-separated")
+      .option("--main-mem <size>", "split VM: most guest memory the main host keeps resident"),
   )
     .action(act((f: RunFlags) => runCommand(g(), { ...f, detach: true })));
   vm.command("ls").description("list running VMs").action(act(() => vmLs(g())));
+  vm.command("check <name>")
+    .description("split VM: check that every page has exactly one holder across its hosts")
+    .action(act((name: string) => vmCheck(g(), name)));
   for (const op of ["stop", "pause", "resume"] as const) {
     vm.command(`${op} <name>`).description(`${op} a VM`).action(
       act((name: string) => vmControl(g(), op, name)),

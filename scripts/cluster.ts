@@ -1,7 +1,8 @@
 /**
  * A local many-host harness: `up N` starts N agents on this machine (127.0.0.2.., each with its own
  * certificate, port and data directory), leaves a client identity where the CLI finds it by default,
- * and prints `[{"name", "addr"}]` on stdout; `down` stops the agents and their VMs.
+ * and prints `[{"name", "addr"}]` on stdout; `down` stops the agents and their VMs; `kill NAME`
+ * kills one agent with SIGKILL (a failed host) and `start NAME` starts it again on its data.
  */
 import { join, resolve } from "node:path";
 import { initCa, issueHost } from "../src/net/identity.ts";
@@ -39,55 +40,74 @@ async function up(n: number) {
   const out: Array<{ name: string; addr: string }> = [];
   for (let i = 1; i <= n; i++) {
     const name = `node${i}`;
-    const ip = `127.0.0.${i + 1}`;
-    const dir = join(root, name);
-    Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    Deno.mkdirSync(join(root, name), { recursive: true, mode: 0o700 });
     await issueHost({
       caDir: join(root, "ca"),
       host: name,
-      ips: [ip],
-      outDir: join(dir, "identity"),
+      ips: [ipOf(name)],
+      outDir: join(root, name, "identity"),
       force: true,
     });
-    const self = selfCommand([
-      "agent",
-      "--listen",
-      `${ip}:${PORT}`,
-      "--data-dir",
-      join(dir, "data"),
-      "--identity",
-      join(dir, "identity"),
-    ]);
-    const child = new Deno.Command("sh", {
-      args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', self.cmd, ...self.args],
-      env: { LOG: join(dir, "agent.log") },
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-      detached: true,
-    }).spawn();
-    child.unref();
-    Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));
-    out.push({ name, addr: `${ip}:${PORT}` });
+    out.push({ name, addr: `${ipOf(name)}:${PORT}` });
   }
-  for (const { name } of out) {
-    const deadline = performance.now() + 30_000;
-    const ready = () => {
-      try {
-        return Deno.readTextFileSync(join(root, name, "agent.log")).includes('"ready":true');
-      } catch {
-        return false; // the shell has not created the log yet
-      }
-    };
-    while (!ready()) {
-      if (performance.now() > deadline) {
-        throw new Error(`${name} did not start; see ${join(root, name, "agent.log")}`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
+  await Promise.all(out.map(({ name }) => start(name)));
   say(`${n} agent(s) up; client identity in ${defaultClientIdentityDir()}`);
   console.log(JSON.stringify(out));
+}
+
+function ipOf(name: string): string {
+  return `127.0.0.${Number(name.slice(4)) + 1}`;
+}
+
+/** Starts the agent of `name` on its address, data and identity; resolves once it is ready. */
+async function start(name: string) {
+  const dir = join(root, name);
+  const log = join(dir, "agent.log");
+  const readyLines = () => {
+    try {
+      return Deno.readTextFileSync(log).split('"ready":true').length - 1;
+    } catch {
+      return 0; // the shell has not created the log yet
+    }
+  };
+  const before = readyLines();
+  const self = selfCommand([
+    "agent",
+    "--listen",
+    `${ipOf(name)}:${PORT}`,
+    "--data-dir",
+    join(dir, "data"),
+    "--identity",
+    join(dir, "identity"),
+  ]);
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', self.cmd, ...self.args],
+    env: { LOG: log },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+    detached: true,
+  }).spawn();
+  child.unref();
+  Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));
+  const deadline = performance.now() + 30_000;
+  while (readyLines() === before) {
+    if (performance.now() > deadline) throw new Error(`${name} did not start; see ${log}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+/** Kills the agent of `name` with SIGKILL (a host failure); its VMs and data stay. */
+function kill(name: string) {
+  Deno.kill(Number(Deno.readTextFileSync(join(root, name, "agent.pid"))), "SIGKILL");
+  say(`${name} killed`);
+}
+
+function known(name: string | undefined): string {
+  if (!name || !nodes().includes(name)) {
+    throw new Error(`no agent "${name ?? ""}" in ${root}; the agents are: ${nodes().join(", ")}`);
+  }
+  return name;
 }
 
 async function down() {
@@ -111,7 +131,9 @@ const [cmd, arg] = Deno.args;
 try {
   if (cmd === "up") await up(Number(arg ?? 3));
   else if (cmd === "down") await down();
-  else throw new Error("usage: scripts/cluster up N | down");
+  else if (cmd === "kill") kill(known(arg));
+  else if (cmd === "start") await start(known(arg));
+  else throw new Error("usage: scripts/cluster up N | down | kill NAME | start NAME");
 } catch (e) {
   console.error(`cluster: ${(e as Error).message}`);
   Deno.exit(1);

@@ -12,6 +12,10 @@ import { RpcError } from "../net/rpc_messages.ts";
 import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
+import { pageHandlers } from "./pages.ts";
+import { PageStores } from "../paging/page_store.ts";
+import type { SplitSpec } from "../paging/remote_pager.ts";
+import { hostAvailableMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 
@@ -28,6 +32,8 @@ export interface AgentConfig {
   identityDir: string;
   /** Serve Prometheus metrics on 127.0.0.1:PORT (off when absent). */
   metricsPort?: number;
+  /** Bytes of split VMs' pages this host may hold as a sub-host (default: half its free memory). */
+  pageStoreBytes?: number;
 }
 
 const log = getLogger(["dcres", "agent"]);
@@ -78,7 +84,12 @@ export class Agent {
       );
     }
     const t0 = performance.now();
-    const handlers = agentHandlers(cfg, me.host, t0);
+    const stores = new PageStores(
+      join(cfg.dataDir, "pages"),
+      Math.floor((cfg.pageStoreBytes ?? hostAvailableMemory() / 2) / PAGE_SIZE),
+      me.host,
+    );
+    const handlers = { ...agentHandlers(cfg, me.host, t0), ...pageHandlers(stores) };
     const quic = new RpcServer(
       identity,
       handlers,
@@ -93,6 +104,7 @@ export class Agent {
       uptimeMs: Math.round(performance.now() - t0),
       vms: await listVms(Agent.stateDir(cfg)),
       checkpoints: storeUsage(cfg),
+      pageStores: { capacityPages: stores.capacityPages, vms: stores.list() },
       refusedConnections: quic.refused,
       peers: quic.peers(),
     });
@@ -170,6 +182,10 @@ export function agentHandlers(
         spec,
         stateDir,
         typeof args.forMs === "number" ? args.forMs : undefined,
+        args.split === undefined ? [] : [
+          "--split",
+          JSON.stringify({ ...splitArg(args.split), identityDir: resolve(cfg.identityDir) }),
+        ],
       );
     },
     "vm.stop": vm("stop"),
@@ -186,6 +202,7 @@ export function agentHandlers(
         undefined,
         ctx.signal,
       ),
+    "vm.check": (args) => request(stateDir, str(args, "name"), { op: "paging.check" }),
     "vm.exec": (args, ctx) =>
       request(
         stateDir,
@@ -231,6 +248,19 @@ export function agentHandlers(
     "ckpt.verify": (args) =>
       Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path"))) }),
   };
+}
+
+/** Validates the `split` argument of vm.start. */
+function splitArg(v: unknown): SplitSpec {
+  const s = v as Partial<SplitSpec> | null;
+  if (
+    typeof s !== "object" || s === null || !Number.isSafeInteger(s.mainMemBytes) ||
+    !Array.isArray(s.subs) || s.subs.length === 0 ||
+    !s.subs.every((a) => typeof a === "string" && /^.+:\d+$/.test(a))
+  ) {
+    throw new RpcError("bad-request", "split needs mainMemBytes and subs (HOST:PORT addresses)");
+  }
+  return { mainMemBytes: s.mainMemBytes!, subs: s.subs };
 }
 
 /** Bytes each checkpoint store of this agent holds. */

@@ -1,5 +1,5 @@
 /** The checkpoint operation of a running machine's control socket. */
-import { DirtyTracker } from "../memory/dirty_tracker.ts";
+import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import type { CheckpointMode } from "./manifest.ts";
@@ -22,17 +22,17 @@ export interface CheckpointRequest {
 }
 
 /**
- * Control handlers for `m`; `baselineId` is the checkpoint its memory was restored from, if any, and
- * `resident` resolves once all of its memory is loaded (a lazy restore must finish before a
- * checkpoint reads guest memory from this thread).
+ * Control handlers for `m`, whose dirty log `tracker` reads (its baselineId is the checkpoint the
+ * memory was restored from, if any); `resident` resolves once all of its memory is loaded (a lazy
+ * restore must finish before a checkpoint reads guest memory from this thread); `refuse` names why a
+ * checkpoint cannot be taken now, if it cannot.
  */
 export function checkpointHandlers(
   m: Machine,
-  baselineId?: string,
+  tracker: DirtyTracker,
   resident: Promise<unknown> = Promise.resolve(),
+  refuse: () => string | undefined = () => undefined,
 ): Record<string, ExtraHandler> {
-  const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
-  tracker.baselineId = baselineId;
   let busy = false;
   return {
     checkpoint: async (req, progress) => {
@@ -43,6 +43,8 @@ export function checkpointHandlers(
       if (!MODES.includes(r.mode)) {
         throw new CheckpointError(`checkpoint: mode must be one of ${MODES.join(", ")}`);
       }
+      const why = refuse();
+      if (why) throw new CheckpointError(why);
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;

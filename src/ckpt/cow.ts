@@ -4,6 +4,7 @@
  * unprotected and remembered, and only those few are protected again inside the pause. After the
  * pause, a guest write to a page not yet saved faults; the page is copied aside first, then unprotected.
  */
+import { gfnRuns } from "../memory/runs.ts";
 import * as libc from "../ffi/libc.ts";
 import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
@@ -110,7 +111,7 @@ export class CowSession {
       await w.append(pages, src);
       await w.flush();
       for (const g of pages) this.saved[g] = 1;
-      for (const [start, count] of runs(pages)) {
+      for (const [start, count] of gfnRuns(pages)) {
         this.uffd.writeProtect(this.addr(start), count * PAGE, false);
       }
       await this.writeCopies(w);
@@ -149,16 +150,4 @@ export class CowSession {
       this.uffd.close();
     }
   }
-}
-
-/** Sorted runs [first, count] of the given gfns. */
-export function runs(gfns: number[]): Array<[number, number]> {
-  const s = [...gfns].sort((a, b) => a - b);
-  const out: Array<[number, number]> = [];
-  for (const g of s) {
-    const last = out[out.length - 1];
-    if (last && last[0] + last[1] === g) last[1]++;
-    else out.push([g, 1]);
-  }
-  return out;
 }

@@ -3,6 +3,7 @@
  * resumes at once; userfaultfd MISSING faults are served from the fragments while a background pass
  * prefetches the rest, most recently used pages first).
  */
+import { indexRuns } from "../memory/runs.ts";
 import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
@@ -177,17 +178,6 @@ const HOST_READ_PAGES = 256;
 /** Pages installed per prefetch step (2 MiB): bounds how long a guest fault waits behind one. */
 const BATCH_PAGES = 512;
 
-/** [start index, length] of each run of consecutive values in ascending `xs`. */
-function runsOf(xs: number[]): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (let i = 0; i < xs.length; i++) {
-    const last = out[out.length - 1];
-    if (last && xs[last[0] + last[1] - 1] + 1 === xs[i]) last[1]++;
-    else out.push([i, 1]);
-  }
-  return out;
-}
-
 /** Serves a lazily restored VM's page faults from the checkpoint and prefetches the rest. */
 export class LazyPager {
   private readonly uffd: Userfaultfd;
@@ -287,14 +277,14 @@ export class LazyPager {
     const todo = gfns.filter((g) => !this.resident[g]).sort((a, b) => a - b);
     const stored = todo.filter((g) => !this.ck.isZero(g));
     this.ck.loadTo(stored, this.staging, this.stagingAddr, stored.map((_, k) => k * PAGE));
-    for (const [k, n] of runsOf(stored)) {
+    for (const [k, n] of indexRuns(stored)) {
       this.place(
         stored.slice(k, k + n),
         (dst, len, at) => this.uffd.copy(dst, this.stagingAddr + BigInt((k + at) * PAGE), len),
       );
     }
     const zero = todo.filter((g) => this.ck.isZero(g));
-    for (const [k, n] of runsOf(zero)) {
+    for (const [k, n] of indexRuns(zero)) {
       this.place(zero.slice(k, k + n), (dst, len) => this.uffd.zeropage(dst, len));
     }
   }

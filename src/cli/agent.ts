@@ -2,7 +2,7 @@
 import { getLogger } from "@logtape/logtape";
 import { Agent, type AgentConfig } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
-import { UsageError } from "./units.ts";
+import { parseSize, UsageError } from "./units.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
 export interface AgentFlags {
@@ -11,6 +11,7 @@ export interface AgentFlags {
   dataDir?: string;
   identity?: string;
   metricsPort?: string;
+  pageStore?: string;
 }
 
 /** Runs the agent. */
@@ -28,6 +29,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     dataDir: f.dataDir ?? file.dataDir ?? "/var/lib/dcres",
     identityDir: f.identity ?? file.identityDir ?? "/etc/dcres/identity",
     metricsPort: f.metricsPort ? Number(f.metricsPort) : file.metricsPort,
+    pageStoreBytes: f.pageStore ? parseSize("--page-store", f.pageStore) : file.pageStoreBytes,
   };
   const agent = await Agent.start(cfg);
   console.log(JSON.stringify({ ready: true, host: agent.host, addr: agent.addr }));

@@ -6,7 +6,11 @@ import { checkpointHandlers } from "../ckpt/control.ts";
 import { restoreCheckpoint, type Restored } from "../ckpt/restore.ts";
 import { targetSpecOf } from "../agent/restore_spec.ts";
 import type { ControlServer } from "../vmm/control/server.ts";
-import type { Machine, MachineSpec } from "../vmm/machine.ts";
+import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
+import { DirtyTracker } from "../memory/dirty_tracker.ts";
+import { loadIdentity } from "../net/identity.ts";
+import { RemotePager, type SplitSpec } from "../paging/remote_pager.ts";
+import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
 
 /** What to host. */
@@ -40,6 +44,8 @@ export interface HostOptions {
   onRestore?: (t: RestoreTimes) => void;
   /** Restore progress (bytes loaded). */
   onProgress?: (done: number, total: number) => void;
+  /** Run split: most of the memory on sub-hosts, reached with the identity in `identityDir`. */
+  split?: SplitSpec & { identityDir: string };
 }
 
 /** The name and spec a target will run under (restores read the checkpoint's manifest). */
@@ -56,12 +62,19 @@ export async function hostVm(
   const t0 = performance.now();
   let restored: Restored | undefined;
   let times: RestoreTimes | undefined;
+  let tracker!: DirtyTracker;
+  let pager: RemotePager | undefined;
+  const split = opts.split;
+  if (split && (t.kind !== "boot" || spec.guest !== "memstamp")) {
+    throw new MachineSpecError("split VMs boot memstamp guests only (no restore or Linux yet)");
+  }
   const rep = await runMachine(spec, {
     stateDir: opts.stateDir,
     forMs: opts.forMs,
     serialOut: opts.serialOut,
-    build: t.kind === "restore"
-      ? (io) => {
+    build: async (io) => {
+      let m: Machine;
+      if (t.kind === "restore") {
         restored = restoreCheckpoint({
           path: t.path,
           name: t.name,
@@ -69,11 +82,46 @@ export async function hostVm(
           io,
           onProgress: opts.onProgress,
         });
-        return restored.machine;
+        m = restored.machine;
+      } else m = await Machine.create(spec, io);
+      tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
+      tracker.baselineId = restored?.checkpoint.manifest.id;
+      if (split) {
+        try {
+          pager = await RemotePager.start({
+            name: spec.name,
+            mem: m.vm.memory,
+            vm: m.vm,
+            tracker,
+            split,
+            identity: loadIdentity(split.identityDir),
+            pinnedPages: dataRegion(spec.memSize).baseGfn,
+          });
+        } catch (e) {
+          await m.vm.stop();
+          throw e;
+        }
+        const p = pager;
+        m.vm.onClose(() => p.stop(true));
       }
-      : undefined,
-    handlers: (m) => checkpointHandlers(m, restored?.checkpoint.manifest.id, restored?.pager?.done),
-    info: () => (times ? { restore: times } : {}),
+      return m;
+    },
+    handlers: (m) => ({
+      ...checkpointHandlers(
+        m,
+        tracker,
+        restored?.pager?.done,
+        () =>
+          pager
+            ? `${spec.name} is split across hosts; checkpointing split VMs is not implemented yet`
+            : undefined,
+      ),
+      ...(pager ? { "paging.check": () => pager!.check() } : {}),
+    }),
+    info: () => ({
+      ...(times ? { restore: times } : {}),
+      ...(pager ? { paging: pager.stats(), ...(pager.blocked ? { state: "paused" } : {}) } : {}),
+    }),
     onStarted: async (m, server) => {
       if (restored) {
         const resumeMs = performance.now() - t0;
@@ -87,7 +135,10 @@ export async function hostVm(
         const ck = restored.checkpoint;
         if (restored.pager) {
           const pager = restored.pager;
-          m.vm.exited.then(() => pager.stop());
+          m.vm.onClose(async () => {
+            pager.stop();
+            await pager.done;
+          });
           void pager.run().then(() => {
             if (!m.vm.isStopped && times) {
               times.residentMs = performance.now() - t0;

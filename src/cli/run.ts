@@ -35,6 +35,9 @@ export interface RunFlags {
   stride?: string;
   delay?: string;
   timerHz?: string;
+  main?: string;
+  sub?: string;
+  mainMem?: string;
 }
 
 const PATTERNS: AccessPattern[] = ["seq", "random", "hotcold"];
@@ -88,6 +91,43 @@ function defaultInitrd(): string | undefined {
   }
 }
 
+/** The split of `vm start --main A --sub B,C --main-mem SIZE`, or undefined for a one-host VM. */
+function splitFromFlags(
+  g: GlobalOptions,
+  f: RunFlags,
+  spec: MachineSpec,
+): { main: string; subs: string[]; mainMemBytes: number } | undefined {
+  if (!f.sub && !f.mainMem && !f.main) return undefined;
+  if (!f.sub) throw new UsageError("--main and --main-mem need --sub HOST:PORT[,HOST:PORT...]");
+  if (!f.mainMem) throw new UsageError("--sub needs --main-mem SIZE (memory the main host keeps)");
+  const main = f.main ?? agentAddr(g);
+  if (!main) {
+    throw new UsageError("--sub needs --main HOST:PORT (or --agent): the host running the vCPUs");
+  }
+  const subs = f.sub.split(",").map((a) => a.trim()).filter(Boolean);
+  for (const a of [main, ...subs]) {
+    if (!/^.+:\d+$/.test(a)) throw new UsageError(`${a}: an agent address is HOST:PORT`);
+  }
+  if (subs.includes(main)) {
+    throw new UsageError(`--sub ${main}: the main host cannot also be a sub-host`);
+  }
+  if (new Set(subs).size !== subs.length) {
+    throw new UsageError(`--sub ${f.sub}: a host is named twice`);
+  }
+  const mainMemBytes = parseSize("--main-mem", f.mainMem);
+  if (mainMemBytes >= spec.memSize) {
+    throw new UsageError(
+      `--main-mem ${f.mainMem} is not less than --mem ${
+        fmtBytes(spec.memSize)
+      }; a VM that fits needs no --sub`,
+    );
+  }
+  if (spec.guest !== "memstamp") {
+    throw new UsageError("--sub: split VMs run memstamp guests for now");
+  }
+  return { main, subs, mainMemBytes };
+}
+
 /** Runs `dcres run`. */
 export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number> {
   const spec = specFromFlags(f);
@@ -102,6 +142,25 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
     );
   }
   const stateDir = stateDirOf(g);
+  const split = splitFromFlags(g, f, spec);
+  if (split) {
+    const info = await remoteCall<VmInfo>({ ...g, agent: split.main }, "vm.start", {
+      spec,
+      forMs,
+      split: { mainMemBytes: split.mainMemBytes, subs: split.subs },
+    });
+    report(
+      g,
+      info,
+      () =>
+        `started ${info.name} (${spec.guest}, ${
+          fmtBytes(spec.memSize)
+        }, ${spec.vcpus} vCPU) on ${split.main}, ${
+          fmtBytes(split.mainMemBytes)
+        } resident there, the rest on ${split.subs.join(", ")}`,
+    );
+    return EXIT.OK;
+  }
   if (f.detach || agentAddr(g)) {
     const info = agentAddr(g)
       ? await remoteCall<VmInfo>(g, "vm.start", { spec, forMs })

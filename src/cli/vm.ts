@@ -20,9 +20,48 @@ export async function vmLs(g: GlobalOptions): Promise<number> {
       `${Math.round(v.uptimeMs / 1000)}s`,
       v.memstamp ? `written ${v.memstamp.written}, ticks ${v.memstamp.ticks.join("/")}` : "",
     ]);
-    return table(["NAME", "GUEST", "MEM", "VCPUS", "STATE", "PID", "UP", "GUEST STATUS"], rows);
+    const notes = vms.flatMap((v) => {
+      const p = v.paging;
+      if (!p) return [];
+      const where = Object.entries(p.residentPages).map(([h, n]) => `${h} ${fmtBytes(n * 4096)}`);
+      return [
+        `${v.name}: split: ${where.join(", ")}; ${p.pageIns} page-ins, ${p.pageOuts} page-outs, ` +
+        `fault p50 ${p.faultLatencyUs.p50} us, p99 ${p.faultLatencyUs.p99} us`,
+        ...(p.blocked ? [`${v.name}: ${p.blocked}`] : []),
+      ];
+    });
+    return [
+      table(["NAME", "GUEST", "MEM", "VCPUS", "STATE", "PID", "UP", "GUEST STATUS"], rows),
+      ...notes,
+    ].join("\n");
   });
   return EXIT.OK;
+}
+
+/** `dcres vm check NAME`: a split VM's pages each have exactly one holder. */
+export async function vmCheck(g: GlobalOptions, name: string): Promise<number> {
+  const r = agentAddr(g)
+    ? await remoteCall<OwnershipCheck>(g, "vm.check", { name })
+    : await request<OwnershipCheck>(stateDirOf(g), name, { op: "paging.check" });
+  report(
+    g,
+    { name, ...r },
+    () =>
+      r.ok
+        ? `OK: ${name}: each of ${r.pages} pages has one holder (${
+          Object.entries(r.holders).map(([h, n]) => `${h} ${n}`).join(", ")
+        })`
+        : `BAD: ${name}: ${r.problems.join("; ")}`,
+  );
+  return r.ok ? EXIT.OK : EXIT.FAILURE;
+}
+
+/** What `vm check` reports. */
+interface OwnershipCheck {
+  ok: boolean;
+  pages: number;
+  holders: Record<string, number>;
+  problems: string[];
 }
 
 /** `dcres vm stop|pause|resume NAME`. */

@@ -1,7 +1,7 @@
 /** `dcres vmm` (internal): the process a detached VM lives in, started by `run --detach`. */
 import { getLogger } from "@logtape/logtape";
 import type { MachineSpec } from "../vmm/machine.ts";
-import { hostVm } from "./host.ts";
+import { type HostOptions, hostVm } from "./host.ts";
 import { toJson } from "../vmm/control/protocol.ts";
 import { EXIT, type GlobalOptions, stateDirOf } from "./context.ts";
 import { UsageError } from "./units.ts";
@@ -9,7 +9,7 @@ import { UsageError } from "./units.ts";
 /** Runs one VM until it stops; logs structured lines to stderr (the VM's log file). */
 export async function vmmCommand(
   g: GlobalOptions,
-  f: { spec: string; forMs?: string; restore?: string; lazy?: boolean },
+  f: { spec: string; forMs?: string; restore?: string; lazy?: boolean; split?: string },
 ): Promise<number> {
   let spec: MachineSpec;
   try {
@@ -22,7 +22,16 @@ export async function vmmCommand(
   const target = f.restore
     ? { kind: "restore" as const, path: f.restore, name: spec.name, lazy: !!f.lazy }
     : { kind: "boot" as const, spec };
+  let split: HostOptions["split"];
+  try {
+    split = f.split ? JSON.parse(f.split) : undefined;
+  } catch {
+    throw new UsageError(
+      "--split: not valid JSON (dcres vmm is internal; use dcres vm start --sub)",
+    );
+  }
   const rep = await hostVm(target, {
+    split,
     stateDir: stateDirOf(g),
     forMs: f.forMs ? Number(f.forMs) : undefined,
     onRestore: (t) => log.info("restored: {times}", { times: toJson(t) }),

@@ -16,6 +16,7 @@ const lib = Deno.dlopen("libc.so.6", {
   memfd_create: { parameters: ["buffer", "u32"], result: "i32" },
   fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
   ftruncate: { parameters: ["i32", "i64"], result: "i32" },
+  lseek: { parameters: ["i32", "i64", "i32"], result: "i64" },
   pread: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   pwrite: { parameters: ["i32", "pointer", "usize", "i64"], result: "isize" },
   pwritev: { parameters: ["i32", "buffer", "i32", "i64"], result: "isize" },
@@ -166,6 +167,26 @@ export function memfdCreate(name: string): number {
 /** ftruncate(2). */
 export function ftruncate(fd: number, length: number): void {
   check("ftruncate", s.ftruncate(fd, BigInt(length)));
+}
+
+/**
+ * The runs of `fd` in [0, size) that hold data (lseek SEEK_DATA/SEEK_HOLE), as [offset, length]:
+ * for a memfd, the pages that are present.
+ */
+export function dataRuns(fd: number, size: number): Array<[number, number]> {
+  const SEEK_DATA = 3, SEEK_HOLE = 4, ENXIO = 6;
+  const out: Array<[number, number]> = [];
+  for (let at = 0; at < size;) {
+    const data = Number(s.lseek(fd, BigInt(at), SEEK_DATA));
+    if (data < 0) {
+      if (errno() === ENXIO) break;
+      throw new SyscallError("lseek(SEEK_DATA)", errno());
+    }
+    const hole = Math.min(size, check("lseek(SEEK_HOLE)", s.lseek(fd, BigInt(data), SEEK_HOLE)));
+    out.push([data, hole - data]);
+    at = hole;
+  }
+  return out;
 }
 
 /** fallocate(2). */

@@ -60,7 +60,11 @@ export function encodeControl(message: unknown): Uint8Array<ArrayBuffer> {
 
 /** Incremental frame decoder for one stream. */
 export class FrameDecoder {
-  private buf = new Uint8Array(0);
+  /** Received bytes not yet decoded, as chunks (joined only when a frame is complete). */
+  private chunks: Uint8Array[] = [];
+  private buffered = 0;
+  /** Header of the frame being received, once its 8 bytes are in. */
+  private want?: { kind: FrameKind; len: number };
 
   constructor(
     /** Largest payload accepted, per kind. */
@@ -70,45 +74,77 @@ export class FrameDecoder {
     },
   ) {}
 
+  /** Takes `n` buffered bytes off the front, as one array. */
+  private take(n: number): Uint8Array {
+    const first = this.chunks[0];
+    let out: Uint8Array;
+    if (first.length >= n) {
+      out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+    } else {
+      out = new Uint8Array(n);
+      for (let o = 0; o < n;) {
+        const c = this.chunks[0];
+        const k = Math.min(c.length, n - o);
+        out.set(c.subarray(0, k), o);
+        o += k;
+        if (k === c.length) this.chunks.shift();
+        else this.chunks[0] = c.subarray(k);
+      }
+    }
+    this.buffered -= n;
+    return out;
+  }
+
   /** Adds received bytes; returns every frame completed by them. Throws FrameError on bad input. */
   push(bytes: Uint8Array): Frame[] {
-    const joined = new Uint8Array(this.buf.length + bytes.length);
-    joined.set(this.buf);
-    joined.set(bytes, this.buf.length);
-    this.buf = joined;
+    if (bytes.length) {
+      this.chunks.push(bytes);
+      this.buffered += bytes.length;
+    }
     const frames: Frame[] = [];
-    while (this.buf.length >= FRAME_HEADER) {
-      const dv = new DataView(this.buf.buffer, this.buf.byteOffset, this.buf.byteLength);
-      if (dv.getUint16(0) !== FRAME_MAGIC) {
-        throw new FrameError("bad-magic", "not a dcres frame (wrong magic)");
+    for (;;) {
+      if (!this.want) {
+        if (this.buffered < FRAME_HEADER) break;
+        const h = this.take(FRAME_HEADER);
+        const dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
+        if (dv.getUint16(0) !== FRAME_MAGIC) {
+          throw new FrameError("bad-magic", "not a dcres frame (wrong magic)");
+        }
+        const version = dv.getUint8(2);
+        if (version !== FRAME_VERSION) {
+          throw new FrameError(
+            "unsupported-version",
+            `frame version ${version} is not supported (this agent speaks ${FRAME_VERSION})`,
+          );
+        }
+        const kind = dv.getUint8(3) as FrameKind;
+        const limit = this.limits[kind];
+        if (limit === undefined) throw new FrameError("bad-kind", `unknown frame kind ${kind}`);
+        const len = dv.getUint32(4);
+        if (len > limit) {
+          throw new FrameError(
+            "too-large",
+            `frame of ${len} bytes exceeds the ${limit}-byte limit`,
+          );
+        }
+        this.want = { kind, len };
       }
-      const version = dv.getUint8(2);
-      if (version !== FRAME_VERSION) {
-        throw new FrameError(
-          "unsupported-version",
-          `frame version ${version} is not supported (this agent speaks ${FRAME_VERSION})`,
-        );
-      }
-      const kind = dv.getUint8(3) as FrameKind;
-      const limit = this.limits[kind];
-      if (limit === undefined) throw new FrameError("bad-kind", `unknown frame kind ${kind}`);
-      const len = dv.getUint32(4);
-      if (len > limit) {
-        throw new FrameError("too-large", `frame of ${len} bytes exceeds the ${limit}-byte limit`);
-      }
-      if (this.buf.length < FRAME_HEADER + len) break;
-      frames.push({ kind, payload: this.buf.slice(FRAME_HEADER, FRAME_HEADER + len) });
-      this.buf = this.buf.slice(FRAME_HEADER + len);
+      if (this.buffered < this.want.len) break;
+      const payload = this.want.len ? this.take(this.want.len) : new Uint8Array(0);
+      frames.push({ kind: this.want.kind, payload });
+      this.want = undefined;
     }
     return frames;
   }
 
   /** Call at end of stream: throws if a frame was cut off. */
   end(): void {
-    if (this.buf.length) {
+    if (this.buffered || this.want) {
       throw new FrameError(
         "truncated",
-        `stream ended inside a frame (${this.buf.length} bytes pending)`,
+        `stream ended inside a frame (${this.buffered} bytes pending)`,
       );
     }
   }

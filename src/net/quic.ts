@@ -346,7 +346,12 @@ export class RpcClient {
   ) {}
 
   /** Connects to `addr` ("host:port"), checks the agent's certificate and proves ours. */
-  static async connect(addr: string, identity: Identity, serverName?: string): Promise<RpcClient> {
+  static async connect(
+    addr: string,
+    identity: Identity,
+    serverName?: string,
+    transport: Deno.QuicTransportOptions = { keepAliveInterval: 5000 },
+  ): Promise<RpcClient> {
     const m = /^(.+):(\d+)$/.exec(addr);
     if (!m) throw new RpcError("bad-request", `agent address "${addr}" is not HOST:PORT`);
     const hostname = m[1].replace(/^\[|\]$/g, "");
@@ -359,6 +364,7 @@ export class RpcClient {
           alpnProtocols: [ALPN],
           caCerts: [identity.caPem],
           serverName: serverName ?? hostname,
+          ...transport,
         })),
         AUTH_TIMEOUT_MS,
         `connecting to the agent at ${addr}`,

@@ -202,18 +202,26 @@ export class Vm implements Persist<VmState> {
     }
   }
 
-  /** Pauses every vCPU; resolves with the time it took in ms. */
+  /**
+   * Pauses every vCPU; resolves with the time it took in ms. Pauses nest (an operator's pause, a
+   * checkpoint, a page-out batch): the vCPUs run again only when every pause has been resumed.
+   */
   async pause(): Promise<number> {
     const t0 = performance.now();
+    this.pauses++;
     for (const v of this.vcpus) v.requestPause();
     await Promise.all(this.vcpus.map((v) => v.waitParked()));
     return performance.now() - t0;
   }
 
-  /** Resumes every vCPU. */
+  /** Ends one pause; the vCPUs run when no other pause holds them. */
   resume(): void {
+    if (this.pauses > 0) this.pauses--;
+    if (this.pauses > 0) return;
     for (const v of this.vcpus) v.resume();
   }
+
+  private pauses = 0;
 
   /** True once the VM has stopped for good. */
   get isStopped(): boolean {
@@ -254,10 +262,21 @@ export class Vm implements Persist<VmState> {
     if (this.exit) return;
     this.exit = exit;
     await Promise.all(this.vcpus.map((v) => v.close()));
+    for (const hook of this.closeHooks) await hook();
     this.vmFd.close();
     this.kvm.close();
     if (this.ownsMemory) this.memory.close();
     this.resolveExit(exit);
+  }
+
+  private readonly closeHooks: Array<() => void | Promise<void>> = [];
+
+  /**
+   * Runs `hook` after the vCPUs stopped and before KVM is released: a userfaultfd pager must let go
+   * of guest memory there, or KVM's teardown waits forever on a fault nobody serves.
+   */
+  onClose(hook: () => void | Promise<void>): void {
+    this.closeHooks.push(hook);
   }
 
   /** Stops the vCPUs and releases KVM, but keeps the memory for a restore into a new VM. */

@@ -38,6 +38,17 @@ export interface VmInfo {
   exits: number[];
   /** Restore timings, for VMs restored from a checkpoint. */
   restore?: { from: string; lazy: boolean; resumeMs: number; residentMs?: number };
+  /** Remote paging, for split VMs. */
+  paging?: {
+    pageIns: number;
+    pageOuts: number;
+    faults: number;
+    residentPages: Record<string, number>;
+    faultLatencyUs: { p50: number; p99: number };
+    mainBudgetPages: number;
+    pageOutPauseMs: number;
+    blocked?: string;
+  };
   /** memstamp progress, for memstamp guests. */
   memstamp?: { phase: number[]; written: number; ticks: number[] };
 }

@@ -138,12 +138,13 @@ export class ControlServer {
         case "info":
           return { ok: true, result: this.info() };
         case "pause": {
-          const ms = await this.machine.vm.pause();
+          if (this.paused) return { ok: true, result: { pauseMs: 0 } };
           this.paused = true;
+          const ms = await this.machine.vm.pause();
           return { ok: true, result: { pauseMs: ms } };
         }
         case "resume":
-          this.machine.vm.resume();
+          if (this.paused) this.machine.vm.resume();
           this.paused = false;
           return { ok: true, result: null };
         case "stop":

@@ -1,0 +1,92 @@
+/** The agent's page-store methods: what a split VM's main host calls on its sub-hosts. */
+import type { RpcHandler } from "../net/quic.ts";
+import { RpcError } from "../net/rpc_messages.ts";
+import { PageStoreError, type PageStores } from "../paging/page_store.ts";
+import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
+
+function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
+  const vm = args.vm, pages = args.pages;
+  if (typeof vm !== "string" || !/^[A-Za-z0-9._-]{1,64}$/.test(vm)) {
+    throw new RpcError("bad-request", "vm must be a VM name");
+  }
+  if (!Number.isSafeInteger(pages) || (pages as number) <= 0 || (pages as number) > 1 << 28) {
+    throw new RpcError("bad-request", "pages must be the VM's page count");
+  }
+  return { vm, pages: pages as number };
+}
+
+function serve(stores: PageStores, vm: string, pages: number, r: PageRequest): Uint8Array {
+  const store = stores.store(vm, pages);
+  switch (r.op) {
+    case PageOp.GET:
+      return store.get(r.gfns);
+    case PageOp.PUT: {
+      let fresh = 0;
+      for (const g of r.gfns) if (!store.holds(g)) fresh++;
+      stores.reserve(fresh);
+      store.put(r.gfns, r.data!);
+      return new Uint8Array(0);
+    }
+    case PageOp.RELEASE:
+      store.release(r.gfns);
+      return new Uint8Array(0);
+  }
+}
+
+/** RPC handlers over `stores`. */
+export function pageHandlers(stores: PageStores): Record<string, RpcHandler> {
+  return {
+    "pages.open": (args) => {
+      const { vm, pages } = vmArgs(args);
+      const hold = args.hold;
+      const store = stores.store(vm, pages, hold !== undefined);
+      if (hold !== undefined) {
+        if (!Array.isArray(hold)) {
+          throw new RpcError("bad-request", "hold must be [start, count] runs");
+        }
+        const gfns: number[] = [];
+        for (const run of hold) {
+          const [start, count] = Array.isArray(run) ? run : [];
+          if (
+            !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 ||
+            count < 0 || start + count > pages
+          ) {
+            throw new RpcError("bad-request", `hold run ${JSON.stringify(run)} is outside the VM`);
+          }
+          for (let g = start; g < start + count; g++) gfns.push(g);
+        }
+        stores.reserve(gfns.length);
+        store.holdZero(gfns);
+      }
+      return Promise.resolve({ host: stores.host, heldPages: store.heldPages });
+    },
+    "pages.channel": async (args, ctx) => {
+      const { vm, pages } = vmArgs(args);
+      stores.store(vm, pages);
+      let served = 0;
+      for await (const b of ctx.data) {
+        const r = decodePageRequest(b, pages);
+        let reply: Uint8Array;
+        try {
+          reply = encodePageReply({ op: r.op, seq: r.seq, data: serve(stores, vm, pages, r) });
+        } catch (e) {
+          if (!(e instanceof PageStoreError)) throw e;
+          reply = encodePageReply({ op: r.op, seq: r.seq, error: e.message });
+        }
+        await ctx.send(reply);
+        served++;
+      }
+      return { served };
+    },
+    "pages.held": (args) => {
+      const { vm, pages } = vmArgs(args);
+      const store = stores.store(vm, pages);
+      return Promise.resolve({ heldPages: store.heldPages, bitmap: store.bitmap() });
+    },
+    "pages.drop": (args) => {
+      const { vm } = vmArgs({ ...args, pages: 1 });
+      stores.drop(vm);
+      return Promise.resolve({ dropped: vm });
+    },
+  };
+}

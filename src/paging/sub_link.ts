@@ -1,0 +1,185 @@
+/**
+ * Main's link to one sub-host's page store: an authenticated QUIC connection to its agent and one
+ * long-lived `pages.channel` stream on which page requests are pipelined (a new stream per request
+ * would cost a stream setup per fault). A link that fails rejects everything in flight with
+ * SubHostDownError; `connect` may be called again to bring it back.
+ */
+import { Inbox } from "../net/inbox.ts";
+import type { Identity } from "../net/identity.ts";
+import { RpcClient } from "../net/quic.ts";
+import { PageStoreError } from "./page_store.ts";
+import { decodePageReply, encodePageRequest, type PageOp } from "./wire.ts";
+
+/** A sub-host cannot be reached; its pages cannot be served until it is back. */
+export class SubHostDownError extends Error {
+  constructor(readonly addr: string, readonly reason: string) {
+    super(`sub-host ${addr} is unreachable: ${reason}`);
+    this.name = "SubHostDownError";
+  }
+}
+
+/** A request that gets no reply in this long marks the sub-host down. */
+const REQUEST_TIMEOUT_MS = 5000;
+
+interface Pending {
+  seq: number;
+  resolve: (data: Uint8Array | undefined) => void;
+  reject: (e: Error) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** One connection with one page channel on it; requests are pipelined and answered in order. */
+class Channel {
+  private readonly inbox = new Inbox();
+  private pending: Pending[] = [];
+  private seq = 0;
+
+  constructor(
+    private readonly client: RpcClient,
+    vm: string,
+    pages: number,
+    private readonly onFail: (reason: string) => void,
+  ) {
+    void client.call("pages.channel", { vm, pages }, {
+      deadlineMs: 24 * 3600_000,
+      upload: this.inbox,
+      onData: (b) => this.onReply(b),
+    }).then(
+      () => onFail("the page channel ended"),
+      (e) => onFail((e as Error).message),
+    );
+  }
+
+  private onReply(b: Uint8Array) {
+    const r = decodePageReply(b);
+    const p = this.pending.shift();
+    if (!p || p.seq !== r.seq) return this.onFail(`page reply ${r.seq} out of order`);
+    clearTimeout(p.timer);
+    if (r.error !== undefined) p.reject(new PageStoreError(r.error));
+    else p.resolve(r.data);
+  }
+
+  request(op: PageOp, gfns: Uint32Array, data?: Uint8Array): Promise<Uint8Array | undefined> {
+    const seq = ++this.seq >>> 0;
+    const msg = encodePageRequest({ op, seq, gfns, data });
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => this.onFail(`no reply within ${REQUEST_TIMEOUT_MS} ms`),
+        REQUEST_TIMEOUT_MS,
+      );
+      this.pending.push({ seq, resolve, reject, timer });
+      this.inbox.push(msg);
+    });
+  }
+
+  /** Fails everything in flight with `e` and closes the connection. */
+  close(e: Error) {
+    const pending = this.pending;
+    this.pending = [];
+    this.inbox.end();
+    this.client.close();
+    for (const p of pending) {
+      clearTimeout(p.timer);
+      p.reject(e);
+    }
+  }
+}
+
+/**
+ * One sub-host as main sees it: an urgent channel for the pages a vCPU waits on and a bulk channel
+ * for read-ahead and page-outs, on separate connections, so a fault never queues behind megabytes.
+ */
+export class SubLink {
+  private client?: RpcClient;
+  private urgent?: Channel;
+  private bulk?: Channel;
+  /** The sub-host's name in its certificate, once connected. */
+  host: string;
+  /** Why the link is down (undefined while up). */
+  down?: string = "not connected yet";
+
+  constructor(
+    /** Host index in the ownership table. */ readonly index: number,
+    /** Agent address HOST:PORT. */ readonly addr: string,
+    private readonly identity: Identity,
+    private readonly vm: string,
+    private readonly pages: number,
+  ) {
+    this.host = addr;
+  }
+
+  private dial(): Promise<RpcClient> {
+    return RpcClient.connect(this.addr, this.identity, undefined, {
+      keepAliveInterval: 500,
+      maxIdleTimeout: 3000,
+    });
+  }
+
+  /** Connects, opens the VM's store (`hold` starts it afresh with those runs) and the channels. */
+  async connect(hold?: Array<[number, number]>): Promise<void> {
+    const [client, other] = await Promise.all([this.dial(), this.dial()]);
+    try {
+      const opened = await client.call<{ host: string }>("pages.open", {
+        vm: this.vm,
+        pages: this.pages,
+        ...(hold ? { hold } : {}),
+      }, { deadlineMs: 120_000 });
+      this.host = opened.host;
+    } catch (e) {
+      client.close();
+      other.close();
+      throw e;
+    }
+    this.client = client;
+    this.down = undefined;
+    const onFail = (reason: string) => this.fail(reason);
+    this.urgent = new Channel(client, this.vm, this.pages, onFail);
+    this.bulk = new Channel(other, this.vm, this.pages, onFail);
+  }
+
+  /** Marks the link down and fails everything in flight. */
+  fail(reason: string): void {
+    if (this.down) return;
+    this.down = reason;
+    const e = new SubHostDownError(this.addr, reason);
+    this.urgent?.close(e);
+    this.bulk?.close(e);
+    this.client = this.urgent = this.bulk = undefined;
+  }
+
+  /** Sends one request, on the urgent channel when a vCPU waits for it. */
+  async request(
+    op: PageOp,
+    gfns: Uint32Array,
+    opts: { data?: Uint8Array; urgent?: boolean } = {},
+  ): Promise<Uint8Array | undefined> {
+    const ch = opts.urgent ? this.urgent : this.bulk;
+    if (this.down || !ch) throw new SubHostDownError(this.addr, this.down ?? "not connected");
+    try {
+      return await ch.request(op, gfns, opts.data);
+    } catch (e) {
+      if (e instanceof PageStoreError) throw new PageStoreError(`${this.host}: ${e.message}`);
+      throw e;
+    }
+  }
+
+  /** The sub-host's bitmap of the pages it holds. */
+  async held(): Promise<Uint8Array> {
+    if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");
+    const r = await this.client.call<{ bitmap: Uint8Array }>("pages.held", {
+      vm: this.vm,
+      pages: this.pages,
+    });
+    return r.bitmap;
+  }
+
+  /** Deletes the VM's pages on the sub-host (the VM is gone). */
+  async drop(): Promise<void> {
+    await this.client?.call("pages.drop", { vm: this.vm }).catch(() => {});
+  }
+
+  /** Closes the link. */
+  close(): void {
+    this.fail("closed");
+  }
+}
