@@ -120,7 +120,12 @@ export async function hostVm(
     }),
     info: () => ({
       ...(times ? { restore: times } : {}),
-      ...(pager ? { paging: pager.stats(), ...(pager.blocked ? { state: "paused" } : {}) } : {}),
+      ...(pager
+        ? {
+          paging: pager.stats(),
+          ...(pager.blocked ? { state: "paused", pausedReason: pager.blocked } : {}),
+        }
+        : {}),
     }),
     onStarted: async (m, server) => {
       if (restored) {

@@ -32,6 +32,8 @@ export interface VmInfo {
   pid: number;
   /** Run state. */
   state: "running" | "paused" | "stopped";
+  /** Why the VM is paused when nobody asked for it (e.g. a sub-host is unreachable). */
+  pausedReason?: string;
   /** Milliseconds since the VM started. */
   uptimeMs: number;
   /** Exits handled per vCPU. */

@@ -165,6 +165,8 @@ export class ControlServer {
                 `${this.machine.spec.name} is paused; resume it first (the guest verifies itself)`,
             };
           }
+          const held = this.infoExtra().pausedReason;
+          if (held) return { ok: false, error: `${this.machine.spec.name} is ${held}` };
           return { ok: true, result: await ms.verify(req.timeoutMs as number | undefined) };
         }
         case "exec":

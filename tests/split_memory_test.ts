@@ -1,0 +1,134 @@
+/**
+ * Split-memory VMs on agents of this machine (scripts/cluster): memstamp runs with most of its
+ * memory on sub-hosts, pages moving on demand; every page verifies, every page has one holder, and a
+ * sub-host that dies pauses the VM until it is back.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { dcres } from "./helpers/cli.ts";
+import type { VmInfo } from "../src/vmm/control/protocol.ts";
+
+const env: Record<string, string> = {
+  DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-split-" }),
+  DCRES_CLUSTER_PORT: "7475",
+  XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-split-client-" }),
+};
+const cluster = async (...args: string[]) => {
+  const r = await new Deno.Command(new URL("../scripts/cluster", import.meta.url).pathname, {
+    args,
+    env,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(r.success, `cluster ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
+  return new TextDecoder().decode(r.stdout);
+};
+
+async function ok(args: string[]) {
+  const r = await dcres(args, { env, timeoutMs: 180_000 });
+  assertEquals(r.code, 0, `dcres ${args.join(" ")}: ${r.stderr}`);
+  return r.stdout;
+}
+
+/** Polls `vm ls` on `agent` until `pred` holds for VM `name`; fails after `ms`. */
+async function until(agent: string, name: string, pred: (v: VmInfo) => boolean, ms: number) {
+  const deadline = performance.now() + ms;
+  let last: VmInfo | undefined;
+  while (performance.now() < deadline) {
+    const vms = JSON.parse(await ok(["--agent", agent, "--json", "vm", "ls"])) as VmInfo[];
+    last = vms.find((v) => v.name === name);
+    if (last && pred(last)) return last;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  throw new Error(`${name} never reached the expected state: ${JSON.stringify(last)}`);
+}
+
+Deno.test("a split memstamp VM pages heavily over three sub-hosts, verifies, keeps one holder per page, and survives a sub-host's death", async () => {
+  const agents = JSON.parse(await cluster("up", "4")) as Array<{ name: string; addr: string }>;
+  const [main, ...subs] = agents.map((a) => a.addr);
+  const a = ["--agent", main];
+  try {
+    // Working set 2 x 192 MiB = three times what main may keep.
+    await ok([
+      "vm",
+      "start",
+      "--main",
+      main,
+      "--sub",
+      subs.join(","),
+      "--name",
+      "sv",
+      "--mem",
+      "512M",
+      "--main-mem",
+      "128M",
+      "--vcpus",
+      "2",
+      "--ws",
+      "192M",
+      "--pattern",
+      "random",
+    ]);
+    const busy = await until(main, "sv", (v) => (v.paging?.pageOuts ?? 0) > 50_000, 120_000);
+    const p = busy.paging!;
+    assertEquals(Object.keys(p.residentPages).sort(), ["main", "node2", "node3", "node4"]);
+    assert(
+      p.residentPages.main <= p.mainBudgetPages + 16 * 1024,
+      `main over budget: ${JSON.stringify(p)}`,
+    );
+    assertEquals(Object.values(p.residentPages).reduce((x, y) => x + y), 512 * 256);
+    assert(p.pageIns > p.pageOuts && p.faults > 0, JSON.stringify(p));
+    assert(p.faultLatencyUs.p50 > 0 && p.faultLatencyUs.p99 >= p.faultLatencyUs.p50);
+    assert((await ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
+    assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK: sv: each of 131072 pages"));
+
+    await cluster("kill", "node3");
+    const paused = await until(main, "sv", (v) => v.state === "paused", 60_000);
+    assert(paused.paging!.blocked!.includes("node3"), paused.paging!.blocked);
+    const human = await ok([...a, "vm", "ls"]);
+    assert(
+      /sv: paused: sub-host node3 \(127\.0\.0\.4:7475\) cannot serve its pages/.test(human),
+      human,
+    );
+    const refused = await dcres([...a, "guest", "verify", "sv"], { env });
+    assertEquals(refused.code, 1, "a paused VM is not verified");
+
+    await cluster("start", "node3");
+    await until(main, "sv", (v) => v.state === "running" && !v.paging?.blocked, 60_000);
+    assert((await ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
+    assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK"));
+    await ok([...a, "vm", "stop", "sv"]);
+    const pagesDir = `${env.DCRES_CLUSTER_DIR}/node2/data/pages`;
+    for (let i = 0; i < 100 && [...Deno.readDirSync(pagesDir)].length; i++) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assertEquals([...Deno.readDirSync(pagesDir)].length, 0, "a stopped VM's pages are dropped");
+  } finally {
+    await cluster("down");
+  }
+});
+
+Deno.test("starting a split VM with bad flags or an unreachable sub-host fails in one line and leaves nothing running", async () => {
+  const agents = JSON.parse(await cluster("up", "2")) as Array<{ name: string; addr: string }>;
+  const [main, sub] = agents.map((a) => a.addr);
+  const start = (...extra: string[]) =>
+    dcres(["vm", "start", "--name", "bad", "--mem", "256M", ...extra], { env, timeoutMs: 60_000 });
+  try {
+    for (
+      const [flags, code, msg] of [
+        [["--main", main, "--sub", sub], 2, "--sub needs --main-mem"],
+        [["--main", main, "--main-mem", "64M"], 2, "need --sub"],
+        [["--main", main, "--sub", sub, "--main-mem", "256M"], 2, "is not less than --mem"],
+        [["--main", main, "--sub", main, "--main-mem", "64M"], 2, "cannot also be a sub-host"],
+        [["--main", main, "--sub", "127.0.0.9:7475", "--main-mem", "64M"], 1, "127.0.0.9:7475"],
+      ] as Array<[string[], number, string]>
+    ) {
+      const r = await start(...flags);
+      assertEquals(r.code, code, `${flags.join(" ")}: ${r.stderr}`);
+      assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
+      assert(r.stderr.includes(msg), `${flags.join(" ")}: ${r.stderr}`);
+    }
+    assertEquals(JSON.parse(await ok(["--agent", main, "--json", "vm", "ls"])), []);
+  } finally {
+    await cluster("down");
+  }
+});
