@@ -7,6 +7,7 @@ import { vmmCommand } from "./src/cli/vmm.ts";
 import { vmCheck, vmControl, vmLs } from "./src/cli/vm.ts";
 import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
+import { migrateCommand, type MigrateFlags } from "./src/cli/migrate.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
 import { statusCommand } from "./src/cli/status.ts";
@@ -123,6 +124,16 @@ function program(exit: (code: number) => void): Command {
       act((name: string) => vmControl(g(), op, name)),
     );
   }
+
+  p.command("migrate <name>")
+    .description(
+      "split a running VM over sub-hosts (--main A --sub B,C --main-mem SIZE; A runs it), or gather it (--to A)",
+    )
+    .option("--main <addr>", "the agent running the VM; it keeps the hottest memory")
+    .option("--sub <addrs>", "agents to hold the rest of its memory, comma-separated")
+    .option("--main-mem <size>", "most guest memory the main host keeps resident")
+    .option("--to <addr>", "gather a split VM onto its main host")
+    .action(act((name: string, f: MigrateFlags) => migrateCommand(g(), name, f)));
 
   p.command("console <name>")
     .description("attach to a VM's serial console (Ctrl-] leaves), or --exec one command")

@@ -132,3 +132,71 @@ Deno.test("starting a split VM with bad flags or an unreachable sub-host fails i
     await cluster("down");
   }
 });
+
+Deno.test("a running VM split in place and gathered back verifies after each, with no fault served remotely during the split", async () => {
+  const agents = JSON.parse(await cluster("up", "3")) as Array<{ name: string; addr: string }>;
+  const [main, ...subs] = agents.map((a) => a.addr);
+  const a = ["--agent", main];
+  try {
+    await ok([
+      ...a,
+      "vm",
+      "start",
+      "--name",
+      "mv",
+      "--mem",
+      "256M",
+      "--vcpus",
+      "2",
+      "--ws",
+      "64M",
+      "--pattern",
+      "random",
+    ]);
+    await new Promise((r) => setTimeout(r, 2000));
+    const split = JSON.parse(
+      await ok([
+        "--json",
+        "migrate",
+        "mv",
+        "--main",
+        main,
+        "--sub",
+        subs.join(","),
+        "--main-mem",
+        "64M",
+      ]),
+    );
+    assertEquals(split.remoteFaults, 0, "no page is served remotely during a split migration");
+    assert(
+      split.handedOver > 0 && split.pagesSent > 0 && split.downtimeMs < split.ms,
+      JSON.stringify(split),
+    );
+    const again = await dcres([
+      "migrate",
+      "mv",
+      "--main",
+      main,
+      "--sub",
+      subs.join(","),
+      "--main-mem",
+      "64M",
+    ], { env });
+    assertEquals(again.code, 1);
+    assert(again.stderr.includes("already split"), again.stderr);
+    assert((await ok([...a, "guest", "verify", "mv"])).startsWith("OK"));
+    assert((await ok([...a, "vm", "check", "mv"])).startsWith("OK"));
+    const gathered = JSON.parse(await ok(["--json", "migrate", "mv", "--to", main]));
+    assert(gathered.pagesIn > 0, JSON.stringify(gathered));
+    const [info] = JSON.parse(await ok([...a, "--json", "vm", "ls"])) as VmInfo[];
+    assertEquals(info.paging, undefined, "a gathered VM is a one-host VM");
+    assert((await ok([...a, "guest", "verify", "mv"])).startsWith("OK"));
+    const bad = await dcres(["migrate", "mv", "--to", main, "--sub", subs[0]], { env });
+    assertEquals(bad.code, 2, bad.stderr);
+    const missing = await dcres(["migrate", "nosuch", "--to", main], { env });
+    assertEquals(missing.code, 1);
+    assert(missing.stderr.includes('no running VM named "nosuch"'), missing.stderr);
+  } finally {
+    await cluster("down");
+  }
+});

@@ -203,6 +203,13 @@ export function agentHandlers(
         ctx.signal,
       ),
     "vm.check": (args) => request(stateDir, str(args, "name"), { op: "paging.check" }),
+    "vm.split": (args) =>
+      request(stateDir, str(args, "name"), {
+        op: "split",
+        ...splitArg(args.split),
+        identityDir: resolve(cfg.identityDir),
+      }),
+    "vm.gather": (args) => request(stateDir, str(args, "name"), { op: "gather" }),
     "vm.exec": (args, ctx) =>
       request(
         stateDir,

@@ -8,9 +8,7 @@ import { targetSpecOf } from "../agent/restore_spec.ts";
 import type { ControlServer } from "../vmm/control/server.ts";
 import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
-import { loadIdentity } from "../net/identity.ts";
-import { RemotePager, type SplitSpec } from "../paging/remote_pager.ts";
-import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
+import { SplitControl, type SplitRequest } from "../paging/control.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
 
 /** What to host. */
@@ -45,7 +43,7 @@ export interface HostOptions {
   /** Restore progress (bytes loaded). */
   onProgress?: (done: number, total: number) => void;
   /** Run split: most of the memory on sub-hosts, reached with the identity in `identityDir`. */
-  split?: SplitSpec & { identityDir: string };
+  split?: SplitRequest;
 }
 
 /** The name and spec a target will run under (restores read the checkpoint's manifest). */
@@ -63,10 +61,10 @@ export async function hostVm(
   let restored: Restored | undefined;
   let times: RestoreTimes | undefined;
   let tracker!: DirtyTracker;
-  let pager: RemotePager | undefined;
+  let paging!: SplitControl;
   const split = opts.split;
-  if (split && (t.kind !== "boot" || spec.guest !== "memstamp")) {
-    throw new MachineSpecError("split VMs boot memstamp guests only (no restore or Linux yet)");
+  if (split && t.kind !== "boot") {
+    throw new MachineSpecError("a split VM cannot be restored yet; restore it on one host");
   }
   const rep = await runMachine(spec, {
     stateDir: opts.stateDir,
@@ -86,47 +84,22 @@ export async function hostVm(
       } else m = await Machine.create(spec, io);
       tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
       tracker.baselineId = restored?.checkpoint.manifest.id;
+      paging = new SplitControl(m, tracker);
       if (split) {
         try {
-          pager = await RemotePager.start({
-            name: spec.name,
-            mem: m.vm.memory,
-            vm: m.vm,
-            tracker,
-            split,
-            identity: loadIdentity(split.identityDir),
-            pinnedPages: dataRegion(spec.memSize).baseGfn,
-          });
+          await paging.boot(split);
         } catch (e) {
           await m.vm.stop();
           throw e;
         }
-        const p = pager;
-        m.vm.onClose(() => p.stop(true));
       }
       return m;
     },
     handlers: (m) => ({
-      ...checkpointHandlers(
-        m,
-        tracker,
-        restored?.pager?.done,
-        () =>
-          pager
-            ? `${spec.name} is split across hosts; checkpointing split VMs is not implemented yet`
-            : undefined,
-      ),
-      ...(pager ? { "paging.check": () => pager!.check() } : {}),
+      ...checkpointHandlers(m, tracker, restored?.pager?.done, () => paging.refuseCheckpoint()),
+      ...paging.handlers(),
     }),
-    info: () => ({
-      ...(times ? { restore: times } : {}),
-      ...(pager
-        ? {
-          paging: pager.stats(),
-          ...(pager.blocked ? { state: "paused", pausedReason: pager.blocked } : {}),
-        }
-        : {}),
-    }),
+    info: () => ({ ...(times ? { restore: times } : {}), ...paging.info() }),
     onStarted: async (m, server) => {
       if (restored) {
         const resumeMs = performance.now() - t0;

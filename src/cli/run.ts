@@ -15,6 +15,7 @@ import {
 import { fmtBytes, parseCount, parseDuration, parseSize, UsageError } from "./units.ts";
 import { spawnVmm } from "../agent/spawn.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
+import { type SplitTarget, splitTarget } from "./split_flags.ts";
 import type { VmInfo } from "../vmm/control/protocol.ts";
 import { ConsoleRelay } from "./terminal.ts";
 
@@ -92,30 +93,10 @@ function defaultInitrd(): string | undefined {
 }
 
 /** The split of `vm start --main A --sub B,C --main-mem SIZE`, or undefined for a one-host VM. */
-function splitFromFlags(
-  g: GlobalOptions,
-  f: RunFlags,
-  spec: MachineSpec,
-): { main: string; subs: string[]; mainMemBytes: number } | undefined {
+function splitFromFlags(g: GlobalOptions, f: RunFlags, spec: MachineSpec): SplitTarget | undefined {
   if (!f.sub && !f.mainMem && !f.main) return undefined;
-  if (!f.sub) throw new UsageError("--main and --main-mem need --sub HOST:PORT[,HOST:PORT...]");
-  if (!f.mainMem) throw new UsageError("--sub needs --main-mem SIZE (memory the main host keeps)");
-  const main = f.main ?? agentAddr(g);
-  if (!main) {
-    throw new UsageError("--sub needs --main HOST:PORT (or --agent): the host running the vCPUs");
-  }
-  const subs = f.sub.split(",").map((a) => a.trim()).filter(Boolean);
-  for (const a of [main, ...subs]) {
-    if (!/^.+:\d+$/.test(a)) throw new UsageError(`${a}: an agent address is HOST:PORT`);
-  }
-  if (subs.includes(main)) {
-    throw new UsageError(`--sub ${main}: the main host cannot also be a sub-host`);
-  }
-  if (new Set(subs).size !== subs.length) {
-    throw new UsageError(`--sub ${f.sub}: a host is named twice`);
-  }
-  const mainMemBytes = parseSize("--main-mem", f.mainMem);
-  if (mainMemBytes >= spec.memSize) {
+  const split = splitTarget(f.main ?? agentAddr(g), f.sub, f.mainMem)!;
+  if (split.mainMemBytes >= spec.memSize) {
     throw new UsageError(
       `--main-mem ${f.mainMem} is not less than --mem ${
         fmtBytes(spec.memSize)
@@ -125,7 +106,7 @@ function splitFromFlags(
   if (spec.guest !== "memstamp") {
     throw new UsageError("--sub: split VMs run memstamp guests for now");
   }
-  return { main, subs, mainMemBytes };
+  return split;
 }
 
 /** Runs `dcres run`. */

@@ -64,6 +64,112 @@ const RECONNECT_MS = 500;
 const LATENCY_SAMPLES = 8192;
 
 const log = getLogger(["dcres", "paging"]);
+/** A split migration switches over once this few pages are left to resend. */
+const FINAL_PAGES = 2048;
+const MAX_ROUNDS = 5;
+/** PUT/GET requests in flight during bulk copies. */
+const COPY_STREAMS = 8;
+
+/** What starting or migrating into a split needs. */
+export interface PagerOptions {
+  /** VM name (names its page stores). */
+  name: string;
+  /** Guest memory. */
+  mem: GuestMemory;
+  /** The VM, for pauses. */
+  vm: PausableVm;
+  /** Its dirty log. */
+  tracker: DirtyTracker;
+  /** The split. */
+  split: SplitSpec;
+  /** Identity to reach the sub-hosts' agents with. */
+  identity: Identity;
+  /** Low pages the VMM reads itself; they never leave main. */
+  pinnedPages: number;
+}
+
+/** How a split migration went. */
+export interface SplitReport {
+  /** ms from start to the last page handed over. */
+  ms: number;
+  /** ms the vCPUs were paused for the switchover. */
+  downtimeMs: number;
+  /** Copy rounds while the guest ran. */
+  rounds: number;
+  /** Pages copied to sub-hosts (with resends). */
+  pagesSent: number;
+  /** Pages the sub-hosts hold after the switchover (copied ones and never-written zero pages). */
+  handedOver: number;
+  /** Pages main holds after the switchover (pinned, hottest, and those written during the copy). */
+  keptOnMain: number;
+  /** Faults served remotely before the switchover completed (always 0: no paging meanwhile). */
+  remoteFaults: number;
+}
+
+/** The sub-host (1..subs) a page lives on by default: stripes of STRIPE pages, round robin. */
+function homeOf(g: number, pinned: number, subs: number): number {
+  return 1 + (Math.floor((g - pinned) / STRIPE) % subs);
+}
+
+function budgetOf(opts: PagerOptions): number {
+  const budget = Math.floor(opts.split.mainMemBytes / PAGE_SIZE);
+  if (opts.split.subs.length < 1) throw new Error("a split VM needs at least one sub-host (--sub)");
+  if (budget < opts.pinnedPages + MAX_BATCH) {
+    throw new Error(
+      `--main-mem ${opts.split.mainMemBytes} bytes is too small: main needs at least ${
+        (opts.pinnedPages + MAX_BATCH) * 4
+      } KiB for the VMM's own pages and one paging batch`,
+    );
+  }
+  return budget;
+}
+
+/** The VMM reads the pinned pages from its own thread, which must never fault: make them present. */
+function populate(mem: GuestMemory, pinned: number) {
+  libc.madvise(
+    Deno.UnsafePointer.create(mem.hostAddr)!,
+    pinned * PAGE_SIZE,
+    libc.MADV.POPULATE_WRITE,
+  );
+}
+
+/** 1 for each page present in main's memory. */
+function presentPages(mem: GuestMemory): Uint8Array {
+  const present = new Uint8Array(mem.pages);
+  for (const [off, len] of libc.dataRuns(mem.fd, mem.size)) {
+    present.fill(1, off / PAGE_SIZE, (off + len) / PAGE_SIZE);
+  }
+  return present;
+}
+
+/** Connects every sub-host, starting its store afresh with the zero pages `holder` gives it. */
+async function connectAll(
+  opts: PagerOptions,
+  holder: (g: number) => number,
+): Promise<SubLink[]> {
+  const { mem } = opts;
+  const links = opts.split.subs.map((addr, i) =>
+    new SubLink(i + 1, addr, opts.identity, opts.name, mem.pages)
+  );
+  const held: number[][] = links.map(() => []);
+  for (let g = opts.pinnedPages; g < mem.pages; g++) {
+    const h = holder(g);
+    if (h !== MAIN) held[h - 1].push(g);
+  }
+  await Promise.all(links.map(async (l, k) => {
+    const hold = indexRuns(held[k]).map(([i, n]) => [held[k][i], n] as [number, number]);
+    try {
+      await l.connect(hold);
+    } catch (e) {
+      throw new Error(`sub-host ${l.addr}: ${(e as Error).message}`);
+    }
+  })).catch(async (e) => {
+    await Promise.all(links.map((l) => l.drop()));
+    links.forEach((l) => l.close());
+    throw e;
+  });
+  return links;
+}
 
 /** The main host's pager of one split VM. */
 export class RemotePager {
@@ -90,7 +196,7 @@ export class RemotePager {
     private readonly tracker: DirtyTracker,
     /** The holder table. */ readonly ownership: PageOwnership,
     private readonly links: SubLink[],
-    private readonly budget: number,
+    private budget: number,
     private readonly pinned: number,
   ) {
     this.uffd = Userfaultfd.open(0n);
@@ -100,74 +206,242 @@ export class RemotePager {
   }
 
   /**
-   * Splits `mem`: pages below `pinnedPages` (what the VMM itself reads) stay on main, the rest are
-   * striped over the sub-hosts as zero pages; then faults are served and the budget kept.
+   * Splits a VM that has not run yet: pages below `pinnedPages` (what the VMM itself reads) stay on
+   * main, the rest are striped over the sub-hosts as zero pages; then faults are served and the
+   * budget kept.
    */
-  static async start(opts: {
-    name: string;
-    mem: GuestMemory;
-    vm: PausableVm;
-    tracker: DirtyTracker;
-    split: SplitSpec;
-    identity: Identity;
-    pinnedPages: number;
-  }): Promise<RemotePager> {
-    const { mem, split } = opts;
+  static async start(opts: PagerOptions): Promise<RemotePager> {
+    const { mem } = opts;
     const pinned = opts.pinnedPages;
-    const budget = Math.floor(split.mainMemBytes / PAGE_SIZE);
-    if (split.subs.length < 1) throw new Error("a split VM needs at least one sub-host (--sub)");
-    if (budget < pinned + MAX_BATCH) {
-      throw new Error(
-        `--main-mem ${split.mainMemBytes} bytes is too small: main needs at least ${
-          (pinned + MAX_BATCH) * 4
-        } KiB for the VMM's own pages and one paging batch`,
-      );
-    }
-    const home = (g: number) => 1 + (Math.floor((g - pinned) / STRIPE) % split.subs.length);
+    const budget = budgetOf(opts);
     const own = new PageOwnership(
       mem.pages,
-      split.subs.length + 1,
-      (g) => g < pinned ? MAIN : home(g),
+      opts.split.subs.length + 1,
+      (g) => g < pinned ? MAIN : homeOf(g, pinned, opts.split.subs.length),
     );
-    // The VMM reads the pinned pages from this thread, which must never fault: make them present.
-    libc.madvise(
-      Deno.UnsafePointer.create(mem.hostAddr)!,
-      pinned * PAGE_SIZE,
-      libc.MADV.POPULATE_WRITE,
-    );
+    populate(mem, pinned);
     libc.fallocate(
       mem.fd,
       libc.FALLOC.PUNCH_HOLE | libc.FALLOC.KEEP_SIZE,
       pinned * PAGE_SIZE,
       mem.size - pinned * PAGE_SIZE,
     );
-    const links = split.subs.map((addr, i) =>
-      new SubLink(i + 1, addr, opts.identity, opts.name, mem.pages)
-    );
-    await Promise.all(links.map(async (l) => {
-      const held: number[] = [];
-      for (let g = pinned; g < mem.pages; g++) if (own.holderOf(g) === l.index) held.push(g);
-      const hold = indexRuns(held).map(([i, n]) => [held[i], n] as [number, number]);
-      try {
-        await l.connect(hold);
-      } catch (e) {
-        throw new Error(`sub-host ${l.addr}: ${(e as Error).message}`);
-      }
-    })).catch(async (e) => {
+    const links = await connectAll(opts, (g) => own.holderOf(g));
+    const pager = new RemotePager(mem, opts.vm, opts.tracker, own, links, budget, pinned);
+    pager.run(opts.name);
+    return pager;
+  }
+
+  /**
+   * Splits a running VM, pre-copy style and without paging: the hottest pages (recently written)
+   * stay on main up to its budget; the others are copied to their sub-hosts while the guest runs,
+   * in rounds that resend what it wrote meanwhile; a short pause sends the last dirty ones, drops
+   * the departed pages from main and arms userfaultfd. No fault is served remotely before that.
+   */
+  static async migrate(opts: PagerOptions): Promise<{ pager: RemotePager; report: SplitReport }> {
+    const { mem, tracker } = opts;
+    const t0 = performance.now();
+    const pinned = opts.pinnedPages, subs = opts.split.subs.length;
+    const budget = budgetOf(opts);
+    populate(mem, pinned);
+    const present = presentPages(mem);
+    tracker.sample();
+    const hot: number[] = [], zero: number[] = [];
+    for (let g = pinned; g < mem.pages; g++) (present[g] ? hot : zero).push(g);
+    hot.sort((a, b) => tracker.lastDirty[b] - tracker.lastDirty[a]);
+    const keepN = Math.max(0, Math.floor(budget * LOW_WATER) - pinned);
+    const out = hot.slice(keepN).sort((a, b) => a - b);
+    const zeroSet = new Set(zero);
+    const links = await connectAll(opts, (g) => zeroSet.has(g) ? homeOf(g, pinned, subs) : MAIN);
+    const own = new PageOwnership(mem.pages, subs + 1, () => MAIN);
+    const pager = new RemotePager(mem, opts.vm, opts.tracker, own, links, budget, pinned);
+    try {
+      const report = await pager.precopyOut(out, zero, t0);
+      return { pager, report };
+    } catch (e) {
       await Promise.all(links.map((l) => l.drop()));
       links.forEach((l) => l.close());
       throw e;
+    }
+  }
+
+  /** Copies `out` to the sub-hosts in rounds, then switches over in one pause. */
+  private async precopyOut(
+    out: number[],
+    zero: number[],
+    t0: number,
+  ): Promise<SplitReport> {
+    const tracker = this.tracker;
+    let todo = out, rounds = 0, sent = 0;
+    for (;;) {
+      rounds++;
+      tracker.sample();
+      await this.copyOut(todo);
+      sent += todo.length;
+      const dirty = tracker.sample();
+      const before = todo.length;
+      todo = out.filter((g) => dirty[g >> 3] & (1 << (g & 7)));
+      // Stop when few are left, or when the guest dirties them as fast as they are sent.
+      if (todo.length <= FINAL_PAGES || rounds >= MAX_ROUNDS || todo.length > before / 2) break;
+    }
+    // Switchover: what the guest wrote since it was sent is hot, so it stays on main (the budget
+    // loop pages out the coldest later); everything else now belongs to its sub-host.
+    const pauseAt = performance.now();
+    await this.vm.pause();
+    let rewritten: number[];
+    let handed = 0;
+    try {
+      const dirty = tracker.sample();
+      const present = presentPages(this.mem);
+      const stay = new Set(todo);
+      for (const g of out) if (dirty[g >> 3] & (1 << (g & 7))) stay.add(g);
+      // Sent pages written again, and zero pages written at all, stay on main: their sub-hosts
+      // must let go of the copies they were given.
+      rewritten = [...out.filter((g) => stay.has(g)), ...zero.filter((g) => present[g])];
+      const sentAndClean = out.filter((g) => !stay.has(g));
+      const leaving = [...sentAndClean, ...zero.filter((g) => !present[g])];
+      for (const g of leaving) {
+        this.ownership.beginOut(g, this.homeOf(g));
+        this.ownership.endOut(g);
+      }
+      handed = leaving.length;
+      this.punch(sentAndClean);
+      this.run("migrated");
+    } finally {
+      this.vm.resume();
+    }
+    const downtimeMs = performance.now() - pauseAt;
+    for (const [host, gfns] of this.byHome(rewritten)) {
+      for (let i = 0; i < gfns.length; i += MAX_BATCH) {
+        const part = gfns.slice(i, i + MAX_BATCH);
+        for (const g of part) this.unreleased[host - 1].add(g);
+        this.track(this.release(host, part));
+      }
+    }
+    return {
+      ms: performance.now() - t0,
+      downtimeMs,
+      rounds,
+      pagesSent: sent,
+      handedOver: handed,
+      keptOnMain: this.ownership.counts()[MAIN],
+      remoteFaults: this.counters.faults,
+    };
+  }
+
+  /** `gfns` grouped by home sub-host. */
+  private byHome(gfns: number[]): Map<number, number[]> {
+    const groups = new Map<number, number[]>();
+    for (const g of gfns) {
+      const h = this.homeOf(g);
+      const list = groups.get(h) ?? [];
+      list.push(g);
+      groups.set(h, list);
+    }
+    return groups;
+  }
+
+  /** Sends `gfns` (still main's) to their home sub-hosts without changing their holder. */
+  private async copyOut(gfns: number[]) {
+    const batches = this.batchesFor(gfns);
+    let next = 0;
+    const worker = async () => {
+      while (next < batches.length) {
+        const b = batches[next++];
+        await this.links[b.host - 1].request(PageOp.PUT, Uint32Array.from(b.gfns), {
+          data: b.data,
+        });
+      }
+    };
+    await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+  }
+
+  /** `gfns` grouped by home sub-host in batches, with their current contents. */
+  private batchesFor(gfns: number[]): Array<{ host: number; gfns: number[]; data: Uint8Array }> {
+    const out: Array<{ host: number; gfns: number[]; data: Uint8Array }> = [];
+    for (const [host, list] of this.byHome(gfns)) {
+      for (let i = 0; i < list.length; i += MAX_BATCH) {
+        const part = list.slice(i, i + MAX_BATCH);
+        const data = new Uint8Array(part.length * PAGE_SIZE);
+        for (const [k, n] of indexRuns(part)) {
+          data.set(this.mem.view(part[k] * PAGE_SIZE, n * PAGE_SIZE), k * PAGE_SIZE);
+        }
+        out.push({ host, gfns: part, data });
+      }
+    }
+    return out;
+  }
+
+  /** Drops `gfns` from main's memory (they must be paused or protected). */
+  private punch(gfns: number[]) {
+    const sorted = gfns.slice().sort((a, b) => a - b);
+    for (const [i, k] of indexRuns(sorted)) {
+      libc.fallocate(
+        this.mem.fd,
+        libc.FALLOC.PUNCH_HOLE | libc.FALLOC.KEEP_SIZE,
+        sorted[i] * PAGE_SIZE,
+        k * PAGE_SIZE,
+      );
+    }
+  }
+
+  private homeOf(g: number): number {
+    return homeOf(g, this.pinned, this.links.length);
+  }
+
+  /** Arms userfaultfd and starts serving faults and keeping the budget. */
+  private run(what: string) {
+    this.uffd.register(this.mem.hostAddr, this.mem.size, REGISTER_MODE.MISSING);
+    this.loops.push(this.faultLoop(), this.balanceLoop());
+    log.info("split {what}: {pages} pages, main budget {budget}, sub-hosts {subs}", {
+      what,
+      pages: this.mem.pages,
+      budget: this.budget,
+      subs: this.links.map((l) => l.host),
     });
-    const pager = new RemotePager(mem, opts.vm, opts.tracker, own, links, budget, pinned);
-    pager.uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.MISSING);
-    pager.loops.push(pager.faultLoop(), pager.balanceLoop());
-    log.info("split {name}: {pages} pages, main budget {budget}, sub-hosts {subs}", {
-      name: opts.name,
-      pages: mem.pages,
-      budget,
-      subs: links.map((l) => l.host),
-    });
-    return pager;
+  }
+
+  /**
+   * Brings every page back to main while the guest runs (faults are still served), then stops
+   * paging and deletes the pages on the sub-hosts: the VM is a one-host VM again.
+   */
+  async gather(): Promise<{ ms: number; pagesIn: number }> {
+    const t0 = performance.now(), before = this.counters.pageIns, budget = this.budget;
+    this.budget = this.mem.pages;
+    try {
+      await this.pullAll();
+    } catch (e) {
+      this.budget = budget;
+      throw e;
+    }
+    await this.stop(true);
+    return { ms: performance.now() - t0, pagesIn: this.counters.pageIns - before };
+  }
+
+  private async pullAll() {
+    for (let pass = 0; this.ownership.counts()[MAIN] < this.mem.pages; pass++) {
+      if (this.blockedReason) throw new Error(`cannot gather: ${this.blockedReason}`);
+      if (pass > 1000) throw new Error("cannot gather: pages keep moving");
+      const jobs: Array<[number, number[]]> = [];
+      for (const l of this.links) {
+        const gfns: number[] = [];
+        for (let g = this.pinned; g < this.mem.pages; g++) {
+          if (this.ownership.holderOf(g) === l.index && !this.ownership.isMoving(g)) gfns.push(g);
+        }
+        for (let i = 0; i < gfns.length; i += MAX_BATCH) {
+          jobs.push([l.index, gfns.slice(i, i + MAX_BATCH)]);
+        }
+      }
+      let next = 0;
+      const worker = async () => {
+        while (next < jobs.length) {
+          const [host, gfns] = jobs[next++];
+          await this.fetch(host, gfns, [], false);
+        }
+      };
+      await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+      await Promise.all([...this.inflight]);
+    }
   }
 
   /** Counters and placement. */
@@ -280,6 +554,9 @@ export class RemotePager {
     urgent: boolean,
   ) {
     const own = this.ownership, link = this.links[host - 1];
+    // Pages that moved since they were picked (a fault got there first) are not fetched again.
+    gfns = gfns.filter((g) => own.holderOf(g) === host && !own.isMoving(g));
+    if (!gfns.length) return;
     for (const g of gfns) own.beginIn(g);
     let data: Uint8Array | undefined;
     try {
@@ -457,9 +734,9 @@ export class RemotePager {
 
   /** The sub-host page `g` goes to: its home when that link is up, else any that is. */
   private destination(g: number): number {
-    const homeIdx = Math.floor((g - this.pinned) / STRIPE) % this.links.length;
+    const home = this.homeOf(g) - 1;
     for (let k = 0; k < this.links.length; k++) {
-      const l = this.links[(homeIdx + k) % this.links.length];
+      const l = this.links[(home + k) % this.links.length];
       if (!l.down) return l.index;
     }
     return 0;
@@ -493,15 +770,7 @@ export class RemotePager {
         }
         for (const g of b.gfns) this.ownership.beginOut(g, b.host);
       }
-      const sorted = victims.slice().sort((a, b) => a - b);
-      for (const [i, k] of indexRuns(sorted)) {
-        libc.fallocate(
-          this.mem.fd,
-          libc.FALLOC.PUNCH_HOLE | libc.FALLOC.KEEP_SIZE,
-          sorted[i] * PAGE_SIZE,
-          k * PAGE_SIZE,
-        );
-      }
+      this.punch(victims);
     } finally {
       this.counters.pageOutPauseMs += performance.now() - t0;
       this.vm.resume();
@@ -556,15 +825,21 @@ export class RemotePager {
   > {
     await this.vm.pause();
     try {
-      for (let i = 0; i < 1000 && this.inflight.size; i++) await Promise.all([...this.inflight]);
+      // Moves under way (page-ins, page-outs, releases) finish before the count.
+      const deadline = performance.now() + 30_000;
+      while (
+        (this.inflight.size || this.ownership.check().moving) && performance.now() < deadline
+      ) {
+        await Promise.race([
+          Promise.all([...this.inflight]),
+          new Promise((r) => setTimeout(r, 10)),
+        ]);
+      }
       const { counts, moving } = this.ownership.check();
       const problems: string[] = [];
       if (moving) problems.push(`${moving} pages still moving`);
       const bitmaps = await Promise.all(this.links.map((l) => l.held()));
-      const present = new Uint8Array(this.mem.pages);
-      for (const [off, len] of libc.dataRuns(this.mem.fd, this.mem.size)) {
-        present.fill(1, off / PAGE_SIZE, (off + len) / PAGE_SIZE);
-      }
+      const present = presentPages(this.mem);
       const has = (b: Uint8Array, g: number) => (b[g >> 3] & (1 << (g & 7))) !== 0;
       for (let g = 0; g < this.mem.pages && problems.length < 5; g++) {
         const h = this.ownership.holderOf(g);

@@ -1,0 +1,74 @@
+/**
+ * `dcres migrate NAME --main A --sub B,C --main-mem SIZE`: split a running VM in place, pre-copy
+ * style (its vCPUs stay on A, the host it runs on); `dcres migrate NAME --to A`: gather a split VM
+ * back onto its main host A.
+ */
+import { UsageError } from "./units.ts";
+import { EXIT, type GlobalOptions, report } from "./context.ts";
+import { agentAddr, remoteCall } from "./remote.ts";
+import { splitTarget } from "./split_flags.ts";
+import { fmtBytes } from "./units.ts";
+
+/** Flags of `dcres migrate`. */
+export interface MigrateFlags {
+  main?: string;
+  sub?: string;
+  mainMem?: string;
+  to?: string;
+}
+
+/** Runs `dcres migrate`. */
+export async function migrateCommand(
+  g: GlobalOptions,
+  name: string,
+  f: MigrateFlags,
+): Promise<number> {
+  if (f.to) {
+    if (f.sub || f.mainMem || f.main) {
+      throw new UsageError(
+        "--to gathers a split VM; it does not combine with --main, --sub or --main-mem",
+      );
+    }
+    const r = await remoteCall<{ ms: number; pagesIn: number }>(
+      { ...g, agent: f.to },
+      "vm.gather",
+      {
+        name,
+      },
+    );
+    report(
+      g,
+      { name, to: f.to, ...r },
+      () =>
+        `${name} gathered onto ${f.to}: ${fmtBytes(r.pagesIn * 4096)} brought back in ${
+          (r.ms / 1000).toFixed(1)
+        } s`,
+    );
+    return EXIT.OK;
+  }
+  const split = splitTarget(f.main ?? agentAddr(g), f.sub, f.mainMem);
+  if (!split) throw new UsageError("migrate needs --main A --sub B,C --main-mem SIZE, or --to A");
+  const r = await remoteCall<{
+    ms: number;
+    downtimeMs: number;
+    rounds: number;
+    pagesSent: number;
+    handedOver: number;
+    keptOnMain: number;
+    remoteFaults: number;
+  }>({ ...g, agent: split.main }, "vm.split", {
+    name,
+    split: { mainMemBytes: split.mainMemBytes, subs: split.subs },
+  });
+  report(
+    g,
+    { name, ...split, ...r },
+    () =>
+      `${name} split in ${(r.ms / 1000).toFixed(1)} s (downtime ${
+        r.downtimeMs.toFixed(1)
+      } ms, ${r.rounds} rounds): ${fmtBytes(r.keptOnMain * 4096)} kept on ${split.main}, ${
+        fmtBytes(r.pagesSent * 4096)
+      } copied to ${split.subs.join(", ")}`,
+  );
+  return EXIT.OK;
+}

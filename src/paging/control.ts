@@ -1,0 +1,103 @@
+/**
+ * The split-memory operations of a running machine's control socket: start split, split a running
+ * VM (split migration), gather it back onto this host, and check page ownership.
+ */
+import type { DirtyTracker } from "../memory/dirty_tracker.ts";
+import { loadIdentity } from "../net/identity.ts";
+import type { ExtraHandler } from "../vmm/control/server.ts";
+import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
+import type { Machine } from "../vmm/machine.ts";
+import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
+
+/** A split plus the identity directory its VMM reaches the sub-hosts with. */
+export type SplitRequest = SplitSpec & { identityDir: string };
+
+/** Paging state of one machine: split or not, and the operations that change it. */
+export class SplitControl {
+  /** The pager while the VM is split. */
+  pager?: RemotePager;
+  private busy = false;
+
+  constructor(private readonly m: Machine, private readonly tracker: DirtyTracker) {
+    // The pager must let go of guest memory before KVM is torn down (see Vm.onClose).
+    m.vm.onClose(() => this.pager?.stop(true));
+  }
+
+  private options(split: SplitRequest): PagerOptions {
+    if (this.m.spec.guest !== "memstamp") {
+      throw new Error(
+        `split VMs run memstamp guests for now; ${this.m.spec.name} runs ${this.m.spec.guest}`,
+      );
+    }
+    return {
+      name: this.m.spec.name,
+      mem: this.m.vm.memory,
+      vm: this.m.vm,
+      tracker: this.tracker,
+      split,
+      identity: loadIdentity(split.identityDir),
+      pinnedPages: dataRegion(this.m.spec.memSize).baseGfn,
+    };
+  }
+
+  /** Splits the VM before its vCPUs first run. */
+  async boot(split: SplitRequest): Promise<void> {
+    this.pager = await RemotePager.start(this.options(split));
+  }
+
+  /** Why a checkpoint cannot be taken now, if it cannot. */
+  refuseCheckpoint(): string | undefined {
+    return this.pager
+      ? `${this.m.spec.name} is split across hosts; checkpointing split VMs is not implemented yet (gather it with 'dcres migrate ${this.m.spec.name} --to HOST' first)`
+      : undefined;
+  }
+
+  /** `info` fields: paging counters, and the pause paging holds, if any. */
+  info(): Record<string, unknown> {
+    const p = this.pager;
+    if (!p) return {};
+    return {
+      paging: p.stats(),
+      ...(p.blocked ? { state: "paused", pausedReason: p.blocked } : {}),
+    };
+  }
+
+  private async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    if (this.busy) throw new Error(`${this.m.spec.name}: another paging operation is under way`);
+    if (this.m.vm.isStopped) throw new Error(`${this.m.spec.name} has stopped`);
+    this.busy = true;
+    try {
+      return await fn();
+    } catch (e) {
+      throw new Error(`${what} ${this.m.spec.name}: ${(e as Error).message}`);
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Control handlers: paging.check, split, gather. */
+  handlers(): Record<string, ExtraHandler> {
+    return {
+      "paging.check": () =>
+        this.exclusive("check", () => {
+          if (!this.pager) throw new Error("it is not split");
+          return this.pager.check();
+        }),
+      split: (req) =>
+        this.exclusive("split", async () => {
+          if (this.pager) throw new Error("it is already split; gather it first");
+          const r = req as unknown as SplitRequest;
+          const { pager, report } = await RemotePager.migrate(this.options(r));
+          this.pager = pager;
+          return report;
+        }),
+      gather: () =>
+        this.exclusive("gather", async () => {
+          if (!this.pager) throw new Error("it is not split");
+          const r = await this.pager.gather();
+          this.pager = undefined;
+          return r;
+        }),
+    };
+  }
+}
