@@ -133,6 +133,10 @@ function program(exit: (code: number) => void): Command {
     .option("--sub <addrs>", "agents to hold the rest of its memory, comma-separated")
     .option("--main-mem <size>", "most guest memory the main host keeps resident")
     .option("--to <addr>", "gather a split VM onto its main host")
+    .option(
+      "--move-sub <old=new>",
+      "move one sub-host's pages to another host (HOST:PORT=HOST:PORT)",
+    )
     .action(act((name: string, f: MigrateFlags) => migrateCommand(g(), name, f)));
 
   p.command("console <name>")

@@ -133,9 +133,10 @@ Deno.test("starting a split VM with bad flags or an unreachable sub-host fails i
   }
 });
 
-Deno.test("a running VM split in place and gathered back verifies after each, with no fault served remotely during the split", async () => {
-  const agents = JSON.parse(await cluster("up", "3")) as Array<{ name: string; addr: string }>;
-  const [main, ...subs] = agents.map((a) => a.addr);
+Deno.test("a running VM split in place, its sub-host replaced, and gathered back verifies after each, with no fault served remotely during the split", async () => {
+  const agents = JSON.parse(await cluster("up", "4")) as Array<{ name: string; addr: string }>;
+  const [main, sub1, sub2, spare] = agents.map((a) => a.addr);
+  const subs = [sub1, sub2];
   const a = ["--agent", main];
   try {
     await ok([
@@ -184,6 +185,15 @@ Deno.test("a running VM split in place and gathered back verifies after each, wi
     ], { env });
     assertEquals(again.code, 1);
     assert(again.stderr.includes("already split"), again.stderr);
+    assert((await ok([...a, "guest", "verify", "mv"])).startsWith("OK"));
+    assert((await ok([...a, "vm", "check", "mv"])).startsWith("OK"));
+    const moved = JSON.parse(
+      await ok(["--json", "migrate", "mv", "--main", main, "--move-sub", `${sub1}=${spare}`]),
+    );
+    assert(moved.pages > 0, JSON.stringify(moved));
+    assertEquals([...Deno.readDirSync(`${env.DCRES_CLUSTER_DIR}/node2/data/pages`)].length, 0);
+    const [during] = JSON.parse(await ok([...a, "--json", "vm", "ls"])) as VmInfo[];
+    assertEquals(Object.keys(during.paging!.residentPages).sort(), ["main", "node3", "node4"]);
     assert((await ok([...a, "guest", "verify", "mv"])).startsWith("OK"));
     assert((await ok([...a, "vm", "check", "mv"])).startsWith("OK"));
     const gathered = JSON.parse(await ok(["--json", "migrate", "mv", "--to", main]));

@@ -210,6 +210,12 @@ export function agentHandlers(
         identityDir: resolve(cfg.identityDir),
       }),
     "vm.gather": (args) => request(stateDir, str(args, "name"), { op: "gather" }),
+    "vm.movesub": (args) =>
+      request(stateDir, str(args, "name"), {
+        op: "move-sub",
+        from: str(args, "from"),
+        to: str(args, "to"),
+      }),
     "vm.exec": (args, ctx) =>
       request(
         stateDir,

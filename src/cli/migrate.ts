@@ -1,7 +1,8 @@
 /**
  * `dcres migrate NAME --main A --sub B,C --main-mem SIZE`: split a running VM in place, pre-copy
  * style (its vCPUs stay on A, the host it runs on); `dcres migrate NAME --to A`: gather a split VM
- * back onto its main host A.
+ * back onto its main host A; `dcres migrate NAME --main A --move-sub B=D`: move sub-host B's pages
+ * to D while the VM runs.
  */
 import { UsageError } from "./units.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
@@ -15,6 +16,7 @@ export interface MigrateFlags {
   sub?: string;
   mainMem?: string;
   to?: string;
+  moveSub?: string;
 }
 
 /** Runs `dcres migrate`. */
@@ -46,8 +48,35 @@ export async function migrateCommand(
     );
     return EXIT.OK;
   }
+  if (f.moveSub) {
+    const m = /^([^=]+:\d+)=([^=]+:\d+)$/.exec(f.moveSub);
+    if (!m) throw new UsageError(`--move-sub ${f.moveSub}: use OLD=NEW, both HOST:PORT`);
+    if (f.sub || f.mainMem) {
+      throw new UsageError("--move-sub does not combine with --sub or --main-mem");
+    }
+    const main = f.main ?? agentAddr(g);
+    if (!main) throw new UsageError("--move-sub needs --main HOST:PORT: the host running the VM");
+    const r = await remoteCall<{ ms: number; pages: number }>({ ...g, agent: main }, "vm.movesub", {
+      name,
+      from: m[1],
+      to: m[2],
+    });
+    report(
+      g,
+      { name, from: m[1], to: m[2], ...r },
+      () =>
+        `${name}: ${fmtBytes(r.pages * 4096)} moved from ${m[1]} to ${m[2]} in ${
+          (r.ms / 1000).toFixed(1)
+        } s`,
+    );
+    return EXIT.OK;
+  }
   const split = splitTarget(f.main ?? agentAddr(g), f.sub, f.mainMem);
-  if (!split) throw new UsageError("migrate needs --main A --sub B,C --main-mem SIZE, or --to A");
+  if (!split) {
+    throw new UsageError(
+      "migrate needs --main A --sub B,C --main-mem SIZE, --to A, or --main A --move-sub B=D",
+    );
+  }
   const r = await remoteCall<{
     ms: number;
     downtimeMs: number;

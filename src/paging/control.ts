@@ -75,7 +75,7 @@ export class SplitControl {
     }
   }
 
-  /** Control handlers: paging.check, split, gather. */
+  /** Control handlers: paging.check, split, move-sub, gather. */
   handlers(): Record<string, ExtraHandler> {
     return {
       "paging.check": () =>
@@ -90,6 +90,15 @@ export class SplitControl {
           const { pager, report } = await RemotePager.migrate(this.options(r));
           this.pager = pager;
           return report;
+        }),
+      "move-sub": (req) =>
+        this.exclusive("move a sub-host of", () => {
+          if (!this.pager) throw new Error("it is not split");
+          const { from, to } = req as { from?: unknown; to?: unknown };
+          if (typeof from !== "string" || typeof to !== "string") {
+            throw new Error("move-sub needs from and to (HOST:PORT)");
+          }
+          return this.pager.moveSub(from, to);
         }),
       gather: () =>
         this.exclusive("gather", async () => {

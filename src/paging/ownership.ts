@@ -8,7 +8,7 @@
 /** Index of the main host; sub-hosts are 1..n. */
 export const MAIN = 0;
 
-const MOVING_NONE = 0, MOVING_IN = 1, MOVING_OUT = 2;
+const MOVING_NONE = 0, MOVING_IN = 1, MOVING_OUT = 2, MOVING_ACROSS = 3;
 
 /** A transition that would give a page two holders or none. */
 export class OwnershipError extends Error {
@@ -27,7 +27,7 @@ export class PageOwnership {
 
   constructor(
     /** Pages of guest memory. */ readonly pages: number,
-    /** Hosts: main plus sub-hosts. */ readonly hosts: number,
+    /** Hosts: main plus sub-hosts (grows with `addHost`). */ public hosts: number,
     initial: (gfn: number) => number,
   ) {
     if (hosts < 1 || hosts > 255) throw new OwnershipError(`${hosts} hosts: use 1 to 255`);
@@ -56,6 +56,36 @@ export class PageOwnership {
   /** True while `gfn` is being paged out from main. */
   isMovingOut(gfn: number): boolean {
     return this.moving[gfn] === MOVING_OUT;
+  }
+
+  /** True while `gfn` is leaving a host for a sub-host (paged out, or moved between sub-hosts). */
+  isLeaving(gfn: number): boolean {
+    return this.moving[gfn] === MOVING_OUT || this.moving[gfn] === MOVING_ACROSS;
+  }
+
+  /** Adds a sub-host (e.g. one replacing another); returns its index. */
+  addHost(): number {
+    if (this.hosts >= 255) throw new OwnershipError("no room for another host (255 at most)");
+    this.perHost.push(0);
+    return this.hosts++;
+  }
+
+  /** A move of `gfn` from its sub-host to sub-host `to` starts (a sub-host being replaced). */
+  beginAcross(gfn: number, to: number): void {
+    this.expectIdle(gfn, "move across");
+    const from = this.holders[gfn];
+    if (from === MAIN) throw new OwnershipError(`move across of gfn ${gfn}: main holds it`);
+    if (!(to > MAIN && to < this.hosts) || to === from) {
+      throw new OwnershipError(`move across of gfn ${gfn}: bad target sub-host ${to}`);
+    }
+    this.moving[gfn] = MOVING_ACROSS;
+    this.target[gfn] = to;
+  }
+
+  /** The move of `gfn` between sub-hosts completed: its target holds it. */
+  endAcross(gfn: number): void {
+    this.expectMoving(gfn, MOVING_ACROSS, "end move across");
+    this.hand(gfn, this.target[gfn]);
   }
 
   /** Pages each host holds (index = host). */

@@ -177,7 +177,7 @@ export class RemotePager {
   private readonly lastTouch: Uint32Array;
   private readonly recent = new Set<number>();
   private readonly faultedWhileIn = new Set<number>();
-  private readonly outWaiters = new Map<number, Array<() => void>>();
+  private readonly settleWaiters = new Map<number, Array<() => void>>();
   private readonly waitingFor = new Map<number, Set<number>>();
   private readonly unreleased: Array<Set<number>>;
   private readonly inflight = new Set<Promise<unknown>>();
@@ -190,7 +190,12 @@ export class RemotePager {
   private readonly base: bigint;
   private readonly loops: Promise<void>[] = [];
 
+  private readonly replaced = new Map<number, number>();
+  private readonly stripes: number;
+
   private constructor(
+    private readonly name: string,
+    private readonly identity: Identity,
     private readonly mem: GuestMemory,
     private readonly vm: PausableVm,
     private readonly tracker: DirtyTracker,
@@ -203,6 +208,7 @@ export class RemotePager {
     this.base = mem.hostAddr;
     this.lastTouch = new Uint32Array(mem.pages);
     this.unreleased = links.map(() => new Set<number>());
+    this.stripes = links.length;
   }
 
   /**
@@ -227,7 +233,17 @@ export class RemotePager {
       mem.size - pinned * PAGE_SIZE,
     );
     const links = await connectAll(opts, (g) => own.holderOf(g));
-    const pager = new RemotePager(mem, opts.vm, opts.tracker, own, links, budget, pinned);
+    const pager = new RemotePager(
+      opts.name,
+      opts.identity,
+      mem,
+      opts.vm,
+      opts.tracker,
+      own,
+      links,
+      budget,
+      pinned,
+    );
     pager.run(opts.name);
     return pager;
   }
@@ -254,7 +270,17 @@ export class RemotePager {
     const zeroSet = new Set(zero);
     const links = await connectAll(opts, (g) => zeroSet.has(g) ? homeOf(g, pinned, subs) : MAIN);
     const own = new PageOwnership(mem.pages, subs + 1, () => MAIN);
-    const pager = new RemotePager(mem, opts.vm, opts.tracker, own, links, budget, pinned);
+    const pager = new RemotePager(
+      opts.name,
+      opts.identity,
+      mem,
+      opts.vm,
+      opts.tracker,
+      own,
+      links,
+      budget,
+      pinned,
+    );
     try {
       const report = await pager.precopyOut(out, zero, t0);
       return { pager, report };
@@ -385,8 +411,11 @@ export class RemotePager {
     }
   }
 
+  /** The sub-host page `g` goes to by default, after any replacement of its original home. */
   private homeOf(g: number): number {
-    return homeOf(g, this.pinned, this.links.length);
+    let h = homeOf(g, this.pinned, this.stripes);
+    for (let r = this.replaced.get(h); r !== undefined; r = this.replaced.get(h)) h = r;
+    return h;
   }
 
   /** Arms userfaultfd and starts serving faults and keeping the budget. */
@@ -448,7 +477,7 @@ export class RemotePager {
   stats(): PagingStats {
     const counts = this.ownership.counts();
     const residentPages: Record<string, number> = { main: counts[MAIN] };
-    for (const l of this.links) residentPages[l.host] = counts[l.index];
+    for (const l of this.active()) residentPages[l.host] = counts[l.index];
     const n = Math.min(this.latencyCount, LATENCY_SAMPLES);
     const lat = this.latencies.slice(0, n).sort();
     const pct = (p: number) => n ? Math.round(lat[Math.min(n - 1, Math.floor(n * p / 100))]) : 0;
@@ -493,14 +522,14 @@ export class RemotePager {
   private route(g: number, t: number, batches: Map<number, Array<{ g: number; t: number }>>) {
     this.lastTouch[g] = this.tracker.currentEpoch;
     const own = this.ownership;
-    if (own.isMovingOut(g)) {
-      const w = this.outWaiters.get(g) ?? [];
+    if (own.isLeaving(g)) {
+      const w = this.settleWaiters.get(g) ?? [];
       w.push(() => {
         const b = new Map<number, Array<{ g: number; t: number }>>();
         this.route(g, t, b);
         for (const [host, faults] of b) this.pageIn(host, faults);
       });
-      this.outWaiters.set(g, w);
+      this.settleWaiters.set(g, w);
       return;
     }
     if (own.isMoving(g)) {
@@ -737,7 +766,7 @@ export class RemotePager {
     const home = this.homeOf(g) - 1;
     for (let k = 0; k < this.links.length; k++) {
       const l = this.links[(home + k) % this.links.length];
-      if (!l.down) return l.index;
+      if (!l.down && !l.draining && !l.retired) return l.index;
     }
     return 0;
   }
@@ -800,12 +829,99 @@ export class RemotePager {
       });
       if (e instanceof SubHostDownError) void this.reconnect(host);
     } finally {
-      for (const g of gfns) {
-        const w = this.outWaiters.get(g);
-        if (!w) continue;
-        this.outWaiters.delete(g);
-        for (const f of w) f();
+      this.settle(gfns);
+    }
+  }
+
+  /** Faults that waited for `gfns` to finish leaving main or a sub-host are routed again. */
+  private settle(gfns: number[]) {
+    for (const g of gfns) {
+      const w = this.settleWaiters.get(g);
+      if (!w) continue;
+      this.settleWaiters.delete(g);
+      for (const f of w) f();
+    }
+  }
+
+  /** Sub-hosts in service (not replaced by `moveSub`). */
+  private active(): SubLink[] {
+    return this.links.filter((l) => !l.retired);
+  }
+
+  /**
+   * Moves every page sub-host `from` holds to `to` (a host new to this VM) while the guest runs,
+   * for maintenance of `from`: main copies them across in batches; a fault on a page in flight
+   * waits for it and is then served by `to`. `from` takes no new pages meanwhile and its store is
+   * deleted at the end.
+   */
+  async moveSub(from: string, to: string): Promise<{ ms: number; pages: number }> {
+    const t0 = performance.now();
+    const old = this.active().find((l) => l.addr === from || l.host === from);
+    if (!old) {
+      throw new Error(
+        `${from} is not one of its sub-hosts (${this.active().map((l) => l.addr).join(", ")})`,
+      );
+    }
+    if (this.active().some((l) => l.addr === to)) {
+      throw new Error(`${to} already holds part of it; name a host new to this VM`);
+    }
+    if (old.down) {
+      throw new Error(`${from} is unreachable (${old.down}); its pages cannot be moved`);
+    }
+    const link = new SubLink(this.links.length + 1, to, this.identity, this.name, this.mem.pages);
+    try {
+      await link.connect([]);
+    } catch (e) {
+      throw new Error(`${to}: ${(e as Error).message}`);
+    }
+    const idx = this.ownership.addHost();
+    this.links.push(link);
+    this.unreleased.push(new Set());
+    this.replaced.set(old.index, idx);
+    old.draining = true;
+    let moved = 0;
+    for (let pass = 0; this.ownership.counts()[old.index] > 0; pass++) {
+      if (pass > 100) throw new Error(`pages of ${from} keep moving; try again`);
+      const jobs: number[][] = [];
+      const gfns: number[] = [];
+      for (let g = this.pinned; g < this.mem.pages; g++) {
+        if (this.ownership.holderOf(g) === old.index && !this.ownership.isMoving(g)) gfns.push(g);
       }
+      for (let i = 0; i < gfns.length; i += MAX_BATCH) jobs.push(gfns.slice(i, i + MAX_BATCH));
+      let next = 0;
+      const worker = async () => {
+        while (next < jobs.length) {
+          const n = await this.across(old.index, idx, jobs[next++]);
+          moved += n;
+        }
+      };
+      await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+      await Promise.all([...this.inflight]);
+    }
+    await old.drop();
+    old.close();
+    old.retired = true;
+    log.info("{from} replaced by {to}: {pages} pages moved", { from, to, pages: moved });
+    return { ms: performance.now() - t0, pages: moved };
+  }
+
+  /** Moves `gfns` from sub-host `from` to sub-host `to` through main; returns how many moved. */
+  private async across(from: number, to: number, gfns: number[]): Promise<number> {
+    const own = this.ownership;
+    gfns = gfns.filter((g) => own.holderOf(g) === from && !own.isMoving(g));
+    if (!gfns.length) return 0;
+    for (const g of gfns) own.beginAcross(g, to);
+    try {
+      const list = Uint32Array.from(gfns);
+      const data = await this.links[from - 1].request(PageOp.GET, list);
+      await this.links[to - 1].request(PageOp.PUT, list, { data });
+      for (const g of gfns) own.endAcross(g);
+      return gfns.length;
+    } catch (e) {
+      for (const g of gfns) own.abort(g);
+      throw e;
+    } finally {
+      this.settle(gfns);
     }
   }
 
@@ -838,16 +954,16 @@ export class RemotePager {
       const { counts, moving } = this.ownership.check();
       const problems: string[] = [];
       if (moving) problems.push(`${moving} pages still moving`);
-      const bitmaps = await Promise.all(this.links.map((l) => l.held()));
+      const links = this.active();
+      const bitmaps = await Promise.all(links.map((l) => l.held()));
       const present = presentPages(this.mem);
       const has = (b: Uint8Array, g: number) => (b[g >> 3] & (1 << (g & 7))) !== 0;
       for (let g = 0; g < this.mem.pages && problems.length < 5; g++) {
         const h = this.ownership.holderOf(g);
-        const subs = this.links.filter((_, k) => has(bitmaps[k], g)).map((l) => l.host);
+        const subs = links.filter((_, k) => has(bitmaps[k], g)).map((l) => l.host);
+        const k = links.findIndex((l) => l.index === h);
         if (
-          h === MAIN
-            ? subs.length !== 0
-            : present[g] || subs.length !== 1 || !has(bitmaps[h - 1], g)
+          h === MAIN ? subs.length !== 0 : present[g] || subs.length !== 1 || !has(bitmaps[k], g)
         ) {
           problems.push(
             `gfn ${g}: table says ${h === MAIN ? "main" : this.links[h - 1].host}, main ${
@@ -857,7 +973,7 @@ export class RemotePager {
         }
       }
       const holders: Record<string, number> = { main: counts[MAIN] };
-      for (const l of this.links) holders[l.host] = counts[l.index];
+      for (const l of links) holders[l.host] = counts[l.index];
       return { ok: problems.length === 0, pages: this.mem.pages, holders, problems };
     } finally {
       this.vm.resume();
@@ -875,7 +991,7 @@ export class RemotePager {
       // Memory already unmapped.
     }
     this.uffd.close();
-    if (drop) await Promise.all(this.links.map((l) => l.drop()));
+    if (drop) await Promise.all(this.active().map((l) => l.drop()));
     for (const l of this.links) l.close();
   }
 }

@@ -97,6 +97,10 @@ export class SubLink {
   host: string;
   /** Why the link is down (undefined while up). */
   down?: string = "not connected yet";
+  /** Being replaced: it gets no new pages. */
+  draining = false;
+  /** Replaced: holds nothing of the VM any more. */
+  retired = false;
 
   constructor(
     /** Host index in the ownership table. */ readonly index: number,
