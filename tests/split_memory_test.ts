@@ -80,6 +80,10 @@ Deno.test("a split memstamp VM pages heavily over three sub-hosts, verifies, kee
     assert(p.faultLatencyUs.p50 > 0 && p.faultLatencyUs.p99 >= p.faultLatencyUs.p50);
     assert((await ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
     assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK: sv: each of 131072 pages"));
+    const status = JSON.parse(
+      await ok(["--json", "status", "--data-dir", `${env.DCRES_CLUSTER_DIR}/node1/data`]),
+    );
+    assert(status.vms[0].paging.pageIns > 0, JSON.stringify(status.vms[0]));
 
     await cluster("kill", "node3");
     const paused = await until(main, "sv", (v) => v.state === "paused", 60_000);

@@ -304,6 +304,7 @@ function safeReadDir(dir: string): Deno.DirEntry[] {
 
 async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promise<string> {
   const vms = await listVms(Agent.stateDir(cfg));
+  const paged = vms.filter((v) => v.paging);
   const lines = [
     "# HELP dcres_agent_uptime_seconds Seconds since the agent started.",
     "# TYPE dcres_agent_uptime_seconds gauge",
@@ -314,6 +315,25 @@ async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promi
     "# HELP dcres_vm_memory_bytes Guest RAM per VM.",
     "# TYPE dcres_vm_memory_bytes gauge",
     ...vms.map((v) => `dcres_vm_memory_bytes{vm="${v.name}"} ${v.memSize}`),
+    "# HELP dcres_vm_page_ins_total Pages a split VM brought to its main host.",
+    "# TYPE dcres_vm_page_ins_total counter",
+    ...paged.map((v) => `dcres_vm_page_ins_total{vm="${v.name}"} ${v.paging!.pageIns}`),
+    "# HELP dcres_vm_page_outs_total Pages a split VM sent to its sub-hosts.",
+    "# TYPE dcres_vm_page_outs_total counter",
+    ...paged.map((v) => `dcres_vm_page_outs_total{vm="${v.name}"} ${v.paging!.pageOuts}`),
+    "# HELP dcres_vm_resident_pages Pages of a split VM each host holds.",
+    "# TYPE dcres_vm_resident_pages gauge",
+    ...paged.flatMap((v) =>
+      Object.entries(v.paging!.residentPages).map(([h, n]) =>
+        `dcres_vm_resident_pages{vm="${v.name}",host="${h}"} ${n}`
+      )
+    ),
+    "# HELP dcres_vm_fault_latency_us Remote fault service time of a split VM (recent faults).",
+    "# TYPE dcres_vm_fault_latency_us gauge",
+    ...paged.flatMap((v) => [
+      `dcres_vm_fault_latency_us{vm="${v.name}",quantile="0.5"} ${v.paging!.faultLatencyUs.p50}`,
+      `dcres_vm_fault_latency_us{vm="${v.name}",quantile="0.99"} ${v.paging!.faultLatencyUs.p99}`,
+    ]),
     "# HELP dcres_refused_connections_total Connections refused at authentication.",
     "# TYPE dcres_refused_connections_total counter",
     `dcres_refused_connections_total ${quic.refused}`,

@@ -69,6 +69,8 @@ const FINAL_PAGES = 2048;
 const MAX_ROUNDS = 5;
 /** PUT/GET requests in flight during bulk copies. */
 const COPY_STREAMS = 8;
+/** Longest a release waits for others to share its message. */
+const RELEASE_DELAY_MS = 5;
 
 /** What starting or migrating into a split needs. */
 export interface PagerOptions {
@@ -180,6 +182,8 @@ export class RemotePager {
   private readonly settleWaiters = new Map<number, Array<() => void>>();
   private readonly waitingFor = new Map<number, Set<number>>();
   private readonly unreleased: Array<Set<number>>;
+  private readonly releaseQueue: Array<Set<number>>;
+  private readonly releaseTimers: Array<ReturnType<typeof setTimeout> | undefined>;
   private readonly inflight = new Set<Promise<unknown>>();
   private readonly latencies = new Float64Array(LATENCY_SAMPLES);
   private latencyCount = 0;
@@ -208,6 +212,8 @@ export class RemotePager {
     this.base = mem.hostAddr;
     this.lastTouch = new Uint32Array(mem.pages);
     this.unreleased = links.map(() => new Set<number>());
+    this.releaseQueue = links.map(() => new Set<number>());
+    this.releaseTimers = links.map(() => undefined);
     this.stripes = links.length;
   }
 
@@ -337,13 +343,7 @@ export class RemotePager {
       this.vm.resume();
     }
     const downtimeMs = performance.now() - pauseAt;
-    for (const [host, gfns] of this.byHome(rewritten)) {
-      for (let i = 0; i < gfns.length; i += MAX_BATCH) {
-        const part = gfns.slice(i, i + MAX_BATCH);
-        for (const g of part) this.unreleased[host - 1].add(g);
-        this.track(this.release(host, part));
-      }
-    }
+    for (const [host, gfns] of this.byHome(rewritten)) this.queueRelease(host, gfns);
     return {
       ms: performance.now() - t0,
       downtimeMs,
@@ -374,6 +374,7 @@ export class RemotePager {
     const worker = async () => {
       while (next < batches.length) {
         const b = batches[next++];
+        this.cancelReleases(b.host, b.gfns);
         await this.links[b.host - 1].request(PageOp.PUT, Uint32Array.from(b.gfns), {
           data: b.data,
         });
@@ -622,8 +623,45 @@ export class RemotePager {
     for (const f of faults) {
       if (got.has(f.g)) this.latencies[this.latencyCount++ % LATENCY_SAMPLES] = (now - f.t) * 1000;
     }
-    for (const g of gfns) this.unreleased[host - 1].add(g);
-    this.track(this.release(host, gfns));
+    this.queueRelease(host, gfns);
+  }
+
+  /**
+   * Queues telling `host` it no longer holds `gfns`; releases go out in batches (a full batch, or
+   * after RELEASE_DELAY_MS), so a fault costs the sub-host one message, not two.
+   */
+  private queueRelease(host: number, gfns: number[]) {
+    const q = this.releaseQueue[host - 1];
+    for (const g of gfns) {
+      this.unreleased[host - 1].add(g);
+      q.add(g);
+    }
+    if (q.size >= MAX_BATCH) this.flushReleases(host);
+    else if (!this.releaseTimers[host - 1]) {
+      this.releaseTimers[host - 1] = setTimeout(() => this.flushReleases(host), RELEASE_DELAY_MS);
+    }
+  }
+
+  private flushReleases(host: number) {
+    clearTimeout(this.releaseTimers[host - 1]);
+    this.releaseTimers[host - 1] = undefined;
+    const q = [...this.releaseQueue[host - 1]];
+    this.releaseQueue[host - 1].clear();
+    for (let i = 0; i < q.length; i += MAX_BATCH) {
+      this.track(this.release(host, q.slice(i, i + MAX_BATCH)));
+    }
+  }
+
+  /**
+   * `gfns` are about to be PUT on `host` again: a release of them not sent yet must not be, or it
+   * would arrive after the PUT and undo it. (One already sent is ahead of the PUT on the same
+   * channel, so it is harmless.)
+   */
+  private cancelReleases(host: number, gfns: ArrayLike<number>) {
+    for (let i = 0; i < gfns.length; i++) {
+      this.releaseQueue[host - 1].delete(gfns[i]);
+      this.unreleased[host - 1].delete(gfns[i]);
+    }
   }
 
   /** Tells `host` it no longer holds `gfns` (main has them); retried after a reconnect. */
@@ -694,10 +732,8 @@ export class RemotePager {
       }
       if (this.stopped) return;
       log.info("sub-host {host} is back", { host: link.host });
-      const todo = [...this.unreleased[host - 1]];
-      for (let i = 0; i < todo.length; i += MAX_BATCH) {
-        this.track(this.release(host, todo.slice(i, i + MAX_BATCH)));
-      }
+      this.releaseQueue[host - 1].clear();
+      this.queueRelease(host, [...this.unreleased[host - 1]]);
       const faults = [...(this.waitingFor.get(host) ?? [])];
       this.waitingFor.delete(host);
       const t = performance.now();
@@ -811,6 +847,7 @@ export class RemotePager {
   private async put(host: number, gfns: number[], data: Uint8Array) {
     const own = this.ownership;
     try {
+      this.cancelReleases(host, gfns);
       await this.links[host - 1].request(PageOp.PUT, Uint32Array.from(gfns), { data });
       for (const g of gfns) own.endOut(g);
       this.counters.pageOuts += gfns.length;
@@ -877,6 +914,8 @@ export class RemotePager {
     const idx = this.ownership.addHost();
     this.links.push(link);
     this.unreleased.push(new Set());
+    this.releaseQueue.push(new Set());
+    this.releaseTimers.push(undefined);
     this.replaced.set(old.index, idx);
     old.draining = true;
     let moved = 0;
@@ -914,6 +953,7 @@ export class RemotePager {
     try {
       const list = Uint32Array.from(gfns);
       const data = await this.links[from - 1].request(PageOp.GET, list);
+      this.cancelReleases(to, gfns);
       await this.links[to - 1].request(PageOp.PUT, list, { data });
       for (const g of gfns) own.endAcross(g);
       return gfns.length;
@@ -943,9 +983,11 @@ export class RemotePager {
     try {
       // Moves under way (page-ins, page-outs, releases) finish before the count.
       const deadline = performance.now() + 30_000;
-      while (
-        (this.inflight.size || this.ownership.check().moving) && performance.now() < deadline
-      ) {
+      const busy = () => {
+        for (const l of this.active()) this.flushReleases(l.index);
+        return this.inflight.size > 0 || this.ownership.check().moving > 0;
+      };
+      while (busy() && performance.now() < deadline) {
         await Promise.race([
           Promise.all([...this.inflight]),
           new Promise((r) => setTimeout(r, 10)),
@@ -984,6 +1026,7 @@ export class RemotePager {
   async stop(drop: boolean): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
+    for (const t of this.releaseTimers) clearTimeout(t);
     await Promise.all(this.loops);
     try {
       this.uffd.unregister(this.mem.hostAddr, this.mem.size);

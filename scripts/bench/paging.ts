@@ -1,0 +1,179 @@
+/**
+ * Remote paging benchmark on four local agents (scripts/cluster): one memstamp VM (random writes
+ * over its working set) run all-local, then split with main-mem at 25%, 50% and 100% of its working
+ * set, its write rate compared with the all-local run; fault latency of the 25% run; and a split
+ * migration of the running VM against a plain one-host move of the same VM (checkpoint, then restore
+ * on another agent: dcres has no other way to move a whole VM). Sizes: --mem, --ws (per vCPU),
+ * --vcpus (default 512M, 384M, 1: a bigger VM spends minutes stamping its memory through paging
+ * before it runs).
+ */
+import { selfCommand } from "../../src/agent/spawn.ts";
+import { parseSize } from "../../src/cli/units.ts";
+import type { VmInfo } from "../../src/vmm/control/protocol.ts";
+import { dataRegion } from "../../src/vmm/guests/memstamp/layout.ts";
+import { line } from "./stats.ts";
+
+const MiB = 1 << 20;
+const WINDOW_MS = 15_000;
+const WARMUP_MS = 20_000;
+const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
+
+const env: Record<string, string> = {
+  DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-bench-paging-" }),
+  DCRES_CLUSTER_PORT: "7431",
+  XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-bench-paging-client-" }),
+};
+
+async function run(cmd: string, args: string[]): Promise<string> {
+  const r = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
+  const err = new TextDecoder().decode(r.stderr).trim();
+  if (!r.success) throw new Error(`${args.join(" ")}: ${err}`);
+  return new TextDecoder().decode(r.stdout);
+}
+
+const cluster = (...args: string[]) => run(new URL("../cluster", import.meta.url).pathname, args);
+
+function dcres(...args: string[]): Promise<string> {
+  const self = selfCommand(args);
+  return run(self.cmd, self.args);
+}
+
+async function info(agent: string, name: string): Promise<VmInfo> {
+  const vms = JSON.parse(await dcres("--agent", agent, "--json", "vm", "ls")) as VmInfo[];
+  const v = vms.find((x) => x.name === name);
+  if (!v) throw new Error(`${name} is gone from ${agent}`);
+  return v;
+}
+
+/** Waits until every vCPU of `name` stamped its memory and runs its workload. */
+async function untilRunning(agent: string, name: string) {
+  for (;;) {
+    const v = await info(agent, name);
+    if (v.memstamp!.phase.every((p) => p >= 2)) return;
+    await sleep(500);
+  }
+}
+
+/**
+ * Pages per second the guest rewrites over one window, and its paging counters at the end; a split
+ * VM first gets WARMUP_MS to bring its working set to main (stamping leaves the last-stamped pages
+ * there, not the working set).
+ */
+async function rate(agent: string, name: string, warmupMs = 0) {
+  await untilRunning(agent, name);
+  await sleep(warmupMs);
+  const a = await info(agent, name);
+  const t0 = performance.now();
+  await sleep(WINDOW_MS);
+  const b = await info(agent, name);
+  const secs = (performance.now() - t0) / 1000;
+  return { pagesPerSec: (b.memstamp!.written - a.memstamp!.written) / secs, paging: b.paging };
+}
+
+/** Runs the paging benchmark and returns its JSON report. */
+export async function benchPaging(args: string[]): Promise<unknown> {
+  const flag = (name: string, dflt: string) => {
+    const i = args.indexOf(name);
+    return i >= 0 ? args[i + 1] : dflt;
+  };
+  const memText = flag("--mem", "512M"), wsText = flag("--ws", "384M");
+  const vcpus = Number(flag("--vcpus", "1"));
+  const memSize = parseSize("--mem", memText), ws = parseSize("--ws", wsText);
+  const pinned = dataRegion(memSize).baseGfn * 4096;
+  const agents = JSON.parse(await cluster("up", "4")) as Array<{ addr: string }>;
+  const [main, ...subs] = agents.map((a) => a.addr);
+  const vm = ["--mem", memText, "--ws", wsText, "--vcpus", String(vcpus), "--pattern", "random"];
+  const mainMem = (frac: number) => `${Math.ceil((pinned + vcpus * ws * frac) / MiB) + 4}M`;
+  console.log(
+    `dcres bench paging: memstamp ${memText}, ${vcpus} vCPU(s) each writing ${wsText} at random; main + ${subs.length} sub-hosts on loopback`,
+  );
+  try {
+    await dcres("--agent", main, "vm", "start", "--name", "local", ...vm);
+    const local = await rate(main, "local");
+    await dcres("--agent", main, "vm", "stop", "local");
+    line("all-local write rate (reference)", `${local.pagesPerSec.toFixed(0)} pages/s`);
+    const splits: Array<
+      { fraction: number; mainMem: string; pagesPerSec: number; paging: unknown }
+    > = [];
+    for (const fraction of [0.25, 0.5, 1]) {
+      const name = `split${fraction * 100}`;
+      await dcres(
+        "vm",
+        "start",
+        "--main",
+        main,
+        "--sub",
+        subs.join(","),
+        "--main-mem",
+        mainMem(fraction),
+        "--name",
+        name,
+        ...vm,
+      );
+      const r = await rate(main, name, WARMUP_MS);
+      await dcres("--agent", main, "vm", "stop", name);
+      splits.push({ fraction, mainMem: mainMem(fraction), ...r });
+      line(
+        `split, main-mem ${fraction * 100}% of the working set`,
+        `${r.pagesPerSec.toFixed(0)} pages/s`,
+        { x: r.pagesPerSec / local.pagesPerSec, of: "all-local" },
+      );
+    }
+    const lat = splits[0].paging as VmInfo["paging"];
+    line("fault latency p50 (main-mem 25%)", `${lat!.faultLatencyUs.p50} us`);
+    line("fault latency p99 (main-mem 25%)", `${lat!.faultLatencyUs.p99} us`, {
+      x: lat!.faultLatencyUs.p99 / lat!.faultLatencyUs.p50,
+      of: "p50",
+    });
+
+    await dcres("--agent", main, "vm", "start", "--name", "mig", ...vm);
+    await untilRunning(main, "mig");
+    let t0 = performance.now();
+    const split = JSON.parse(
+      await dcres(
+        "--json",
+        "migrate",
+        "mig",
+        "--main",
+        main,
+        "--sub",
+        subs.join(","),
+        "--main-mem",
+        mainMem(0.25),
+      ),
+    );
+    const splitMs = performance.now() - t0;
+    await dcres("--agent", main, "vm", "stop", "mig");
+
+    await dcres("--agent", main, "vm", "start", "--name", "plain", ...vm);
+    await untilRunning(main, "plain");
+    t0 = performance.now();
+    const ck = JSON.parse(
+      await dcres("--agent", main, "--json", "checkpoint", "plain", "--mode", "precopy"),
+    );
+    await dcres("--agent", main, "vm", "stop", "plain");
+    await dcres("--agent", subs[0], "--json", "restore", ck.dir, "--name", "plain");
+    const plainMs = performance.now() - t0;
+    await dcres("--agent", subs[0], "vm", "stop", "plain");
+    line("plain one-host move (checkpoint + restore)", `${(plainMs / 1000).toFixed(1)} s`);
+    line("split migration (main-mem 25%)", `${(splitMs / 1000).toFixed(1)} s`, {
+      x: splitMs / plainMs,
+      of: "plain move",
+    });
+    line("split migration downtime", `${split.downtimeMs.toFixed(1)} ms`);
+    line("faults served remotely during it", String(split.remoteFaults));
+    return {
+      bench: "paging",
+      date: new Date().toISOString(),
+      memSize,
+      workingSet: ws,
+      localPagesPerSec: local.pagesPerSec,
+      splits,
+      faultLatencyUs: lat!.faultLatencyUs,
+      splitMigration: { wallMs: splitMs, ...split },
+      plainMoveMs: plainMs,
+    };
+  } finally {
+    await cluster("down").catch(() => {});
+  }
+}
