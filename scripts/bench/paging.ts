@@ -110,7 +110,8 @@ export async function benchPaging(args: string[]): Promise<unknown> {
         name,
         ...vm,
       );
-      const r = await rate(main, name, WARMUP_MS);
+      // With room for the whole working set, faults stop once all of it has come in once.
+      const r = await rate(main, name, fraction >= 1 ? 3 * WARMUP_MS : WARMUP_MS);
       await dcres("--agent", main, "vm", "stop", name);
       splits.push({ fraction, mainMem: mainMem(fraction), ...r });
       line(

@@ -4,6 +4,7 @@
  * back onto its main host A; `dcres migrate NAME --main A --move-sub B=D`: move sub-host B's pages
  * to D while the VM runs.
  */
+import type { SplitReport } from "../paging/remote_pager.ts";
 import { UsageError } from "./units.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
@@ -77,15 +78,7 @@ export async function migrateCommand(
       "migrate needs --main A --sub B,C --main-mem SIZE, --to A, or --main A --move-sub B=D",
     );
   }
-  const r = await remoteCall<{
-    ms: number;
-    downtimeMs: number;
-    rounds: number;
-    pagesSent: number;
-    handedOver: number;
-    keptOnMain: number;
-    remoteFaults: number;
-  }>({ ...g, agent: split.main }, "vm.split", {
+  const r = await remoteCall<SplitReport>({ ...g, agent: split.main }, "vm.split", {
     name,
     split: { mainMemBytes: split.mainMemBytes, subs: split.subs },
   });

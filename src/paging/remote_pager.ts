@@ -197,20 +197,28 @@ export class RemotePager {
   private readonly replaced = new Map<number, number>();
   private readonly stripes: number;
 
+  private readonly name: string;
+  private readonly identity: Identity;
+  private readonly mem: GuestMemory;
+  private readonly vm: PausableVm;
+  private readonly tracker: DirtyTracker;
+  private readonly pinned: number;
+
   private constructor(
-    private readonly name: string,
-    private readonly identity: Identity,
-    private readonly mem: GuestMemory,
-    private readonly vm: PausableVm,
-    private readonly tracker: DirtyTracker,
+    opts: PagerOptions,
     /** The holder table. */ readonly ownership: PageOwnership,
     private readonly links: SubLink[],
     private budget: number,
-    private readonly pinned: number,
   ) {
+    this.name = opts.name;
+    this.identity = opts.identity;
+    this.mem = opts.mem;
+    this.vm = opts.vm;
+    this.tracker = opts.tracker;
+    this.pinned = opts.pinnedPages;
     this.uffd = Userfaultfd.open(0n);
-    this.base = mem.hostAddr;
-    this.lastTouch = new Uint32Array(mem.pages);
+    this.base = this.mem.hostAddr;
+    this.lastTouch = new Uint32Array(this.mem.pages);
     this.unreleased = links.map(() => new Set<number>());
     this.releaseQueue = links.map(() => new Set<number>());
     this.releaseTimers = links.map(() => undefined);
@@ -239,18 +247,8 @@ export class RemotePager {
       mem.size - pinned * PAGE_SIZE,
     );
     const links = await connectAll(opts, (g) => own.holderOf(g));
-    const pager = new RemotePager(
-      opts.name,
-      opts.identity,
-      mem,
-      opts.vm,
-      opts.tracker,
-      own,
-      links,
-      budget,
-      pinned,
-    );
-    pager.run(opts.name);
+    const pager = new RemotePager(opts, own, links, budget);
+    pager.run("started");
     return pager;
   }
 
@@ -276,17 +274,7 @@ export class RemotePager {
     const zeroSet = new Set(zero);
     const links = await connectAll(opts, (g) => zeroSet.has(g) ? homeOf(g, pinned, subs) : MAIN);
     const own = new PageOwnership(mem.pages, subs + 1, () => MAIN);
-    const pager = new RemotePager(
-      opts.name,
-      opts.identity,
-      mem,
-      opts.vm,
-      opts.tracker,
-      own,
-      links,
-      budget,
-      pinned,
-    );
+    const pager = new RemotePager(opts, own, links, budget);
     try {
       const report = await pager.precopyOut(out, zero, t0);
       return { pager, report };

@@ -3,6 +3,7 @@
  * newline-delimited JSON requests and replies. A `console` request turns the connection into a raw
  * byte stream (guest serial out, keystrokes in).
  */
+import type { PagingStats } from "../../paging/remote_pager.ts";
 
 /** Control protocol version; a server refuses requests from a newer major. */
 export const CONTROL_VERSION = 1;
@@ -41,16 +42,7 @@ export interface VmInfo {
   /** Restore timings, for VMs restored from a checkpoint. */
   restore?: { from: string; lazy: boolean; resumeMs: number; residentMs?: number };
   /** Remote paging, for split VMs. */
-  paging?: {
-    pageIns: number;
-    pageOuts: number;
-    faults: number;
-    residentPages: Record<string, number>;
-    faultLatencyUs: { p50: number; p99: number };
-    mainBudgetPages: number;
-    pageOutPauseMs: number;
-    blocked?: string;
-  };
+  paging?: PagingStats;
   /** memstamp progress, for memstamp guests. */
   memstamp?: { phase: number[]; written: number; ticks: number[] };
 }
