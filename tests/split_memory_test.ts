@@ -139,7 +139,7 @@ Deno.test("a split memstamp VM pages heavily over three sub-hosts, verifies, kee
     assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK"));
     await ok([...a, "vm", "stop", "sv"]);
     const pagesDir = `${env.DCRES_CLUSTER_DIR}/node2/data/pages`;
-    for (let i = 0; i < 100 && [...Deno.readDirSync(pagesDir)].length; i++) {
+    for (let i = 0; i < 600 && [...Deno.readDirSync(pagesDir)].length; i++) {
       await new Promise((r) => setTimeout(r, 100));
     }
     assertEquals([...Deno.readDirSync(pagesDir)].length, 0, "a stopped VM's pages are dropped");

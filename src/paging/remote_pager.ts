@@ -71,6 +71,8 @@ const MAX_ROUNDS = 5;
 const COPY_STREAMS = 8;
 /** Longest a release waits for others to share its message. */
 const RELEASE_DELAY_MS = 5;
+/** Longest `stop` waits for the fault and budget loops to notice. */
+const STOP_WAIT_MS = 2000;
 
 /** What starting or migrating into a split needs. */
 export interface PagerOptions {
@@ -814,7 +816,12 @@ export class RemotePager {
       }
     }
     // The guest must not write a page between its copy and its hole punch.
-    this.counters.pageOutPauseMs += await this.vm.pause();
+    const parked = await this.vm.pause();
+    this.counters.pageOutPauseMs += parked;
+    if (this.stopped) {
+      this.vm.resume();
+      return;
+    }
     const t0 = performance.now();
     try {
       for (const b of batches) {
@@ -1015,7 +1022,13 @@ export class RemotePager {
     if (this.stopped) return;
     this.stopped = true;
     for (const t of this.releaseTimers) clearTimeout(t);
-    await Promise.all(this.loops);
+    // A page-out waiting to pause vCPUs that are already gone never finishes: do not wait for it.
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      Promise.all(this.loops),
+      new Promise((r) => timer = setTimeout(r, STOP_WAIT_MS)),
+    ]);
+    clearTimeout(timer);
     try {
       this.uffd.unregister(this.mem.hostAddr, this.mem.size);
     } catch {

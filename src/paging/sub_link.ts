@@ -179,7 +179,7 @@ export class SubLink {
 
   /** Deletes the VM's pages on the sub-host (the VM is gone). */
   async drop(): Promise<void> {
-    await this.client?.call("pages.drop", { vm: this.vm }).catch(() => {});
+    await this.client?.call("pages.drop", { vm: this.vm }, { deadlineMs: 10_000 }).catch(() => {});
   }
 
   /** Closes the link. */
