@@ -33,6 +33,8 @@ export interface PagingStats {
   pageOuts: number;
   /** Guest faults on non-resident pages. */
   faults: number;
+  /** Faults on never-written pages, filled with zeros on main without asking their sub-host. */
+  zeroFills: number;
   /** Pages each host holds, by host name. */
   residentPages: Record<string, number>;
   /** Fault service time (fault read to page installed) over the last faults. */
@@ -181,6 +183,11 @@ export class RemotePager {
   private readonly lastTouch: Uint32Array;
   private readonly recent = new Set<number>();
   private readonly faultedWhileIn = new Set<number>();
+  /**
+   * 1: the page's sub-host holds it as a zero page it was given without data and never sent since,
+   * so a fault needs no round trip: main takes it over as a zero page and releases the sub's copy.
+   */
+  private readonly zero: Uint8Array;
   private readonly settleWaiters = new Map<number, Array<() => void>>();
   private readonly waitingFor = new Map<number, Set<number>>();
   private readonly unreleased: Array<Set<number>>;
@@ -192,7 +199,7 @@ export class RemotePager {
   private stopped = false;
   private blockedReason?: string;
   private reconnecting = new Set<number>();
-  private counters = { pageIns: 0, pageOuts: 0, faults: 0, pageOutPauseMs: 0 };
+  private counters = { pageIns: 0, pageOuts: 0, faults: 0, zeroFills: 0, pageOutPauseMs: 0 };
   private readonly base: bigint;
   private readonly loops: Promise<void>[] = [];
 
@@ -221,6 +228,7 @@ export class RemotePager {
     this.uffd = Userfaultfd.open(0n);
     this.base = this.mem.hostAddr;
     this.lastTouch = new Uint32Array(this.mem.pages);
+    this.zero = new Uint8Array(this.mem.pages);
     this.unreleased = links.map(() => new Set<number>());
     this.releaseQueue = links.map(() => new Set<number>());
     this.releaseTimers = links.map(() => undefined);
@@ -250,6 +258,7 @@ export class RemotePager {
     );
     const links = await connectAll(opts, (g) => own.holderOf(g));
     const pager = new RemotePager(opts, own, links, budget);
+    pager.zero.fill(1, pinned);
     pager.run("started");
     return pager;
   }
@@ -326,6 +335,7 @@ export class RemotePager {
         this.ownership.beginOut(g, this.homeOf(g));
         this.ownership.endOut(g);
       }
+      for (const g of zero) if (!present[g]) this.zero[g] = 1;
       handed = leaving.length;
       this.punch(sentAndClean);
       this.run("migrated");
@@ -534,6 +544,15 @@ export class RemotePager {
       this.place([g], (dst, len) => this.uffd.zeropage(dst, len));
       return;
     }
+    if (this.zero[g]) {
+      own.beginIn(g);
+      this.place([g], (dst, len) => this.uffd.zeropage(dst, len));
+      own.endIn(g);
+      this.zero[g] = 0;
+      this.counters.zeroFills++;
+      this.queueRelease(holder, [g]);
+      return;
+    }
     const list = batches.get(holder) ?? [];
     list.push({ g, t });
     batches.set(holder, list);
@@ -550,7 +569,11 @@ export class RemotePager {
     const ahead = new Set<number>();
     for (const { g } of faults) {
       if (this.recent.has(g - 1)) {
-        for (let n = g + 1; n <= g + READ_AHEAD && n < this.mem.pages && idle(n); n++) {
+        for (
+          let n = g + 1;
+          n <= g + READ_AHEAD && n < this.mem.pages && idle(n) && !this.zero[n];
+          n++
+        ) {
           ahead.add(n);
         }
       }
@@ -606,7 +629,10 @@ export class RemotePager {
         (dst, len, at) => this.uffd.copy(dst, src + BigInt((i + at) * PAGE_SIZE), len),
       );
     }
-    for (const g of gfns) own.endIn(g);
+    for (const g of gfns) {
+      own.endIn(g);
+      this.zero[g] = 0;
+    }
     this.counters.pageIns += gfns.length;
     const now = performance.now();
     const got = new Set(gfns);
@@ -844,7 +870,10 @@ export class RemotePager {
     try {
       this.cancelReleases(host, gfns);
       await this.links[host - 1].request(PageOp.PUT, Uint32Array.from(gfns), { data });
-      for (const g of gfns) own.endOut(g);
+      for (const g of gfns) {
+        own.endOut(g);
+        this.zero[g] = 0;
+      }
       this.counters.pageOuts += gfns.length;
     } catch (e) {
       const src = libc.ptrValue(Deno.UnsafePointer.of(data));
@@ -950,7 +979,10 @@ export class RemotePager {
       const data = await this.links[from - 1].request(PageOp.GET, list);
       this.cancelReleases(to, gfns);
       await this.links[to - 1].request(PageOp.PUT, list, { data });
-      for (const g of gfns) own.endAcross(g);
+      for (const g of gfns) {
+        own.endAcross(g);
+        this.zero[g] = 0;
+      }
       return gfns.length;
     } catch (e) {
       for (const g of gfns) own.abort(g);
