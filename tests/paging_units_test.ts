@@ -367,3 +367,57 @@ Deno.test("dropping a VM's store closes it and deletes its files", () => {
     stores.drop("other");
   });
 });
+
+/** A store of VM "v" (64 pages) holding pages 3 and 40, closed; returns the index path. */
+function storeWithPages(dir: string): string {
+  const s = VmPageStore.open(dir, "v", 64);
+  s.put([3, 40], pagesOf([3, 40]));
+  s.close();
+  return join(dir, "v.held");
+}
+
+/** Rewrites bytes of `path` at `at`. */
+function poke(path: string, at: number, bytes: number[]) {
+  const f = Deno.openSync(path, { read: true, write: true });
+  f.seekSync(at, Deno.SeekMode.Start);
+  f.writeSync(new Uint8Array(bytes));
+  f.close();
+}
+
+Deno.test("a page store index that is not one, is cut short, fails a checksum or is newer is refused by name", () => {
+  const cases: Array<[string, (path: string) => void, string]> = [
+    ["wrong magic", (p) => poke(p, 0, [0x58]), "wrong magic"],
+    ["short header", (p) => Deno.truncateSync(p, 10), "too short for its header"],
+    ["header checksum", (p) => poke(p, 12, [65]), "index header checksum mismatch"],
+    ["bitmap checksum", (p) => poke(p, 32, [0xff]), "held bitmap checksum mismatch"],
+    ["newer version", (p) => poke(p, 8, [2, 0]), "is newer than this dcres"],
+    ["truncated bitmap", (p) => Deno.truncateSync(p, 34), "truncated in its bitmap"],
+    ["truncated checksums", (p) => Deno.truncateSync(p, 48), "truncated in its page checksums"],
+  ];
+  for (const [what, damage, msg] of cases) {
+    withDir((dir) => {
+      const path = storeWithPages(dir);
+      assertEquals(VmPageStore.open(dir, "v", 64).heldPages, 2, "intact before");
+      damage(path);
+      try {
+        assertThrows(() => VmPageStore.open(dir, "v", 64), PageStoreError, msg);
+      } catch (e) {
+        throw new Error(`${what}: ${(e as Error).message}`);
+      }
+    });
+  }
+});
+
+Deno.test("a page whose bytes changed on disk is refused by its checksum, never served", () => {
+  withDir((dir) => {
+    storeWithPages(dir);
+    poke(join(dir, "v.pages"), 40 * PAGE_SIZE + 100, [0xee]);
+    const s = VmPageStore.open(dir, "v", 64);
+    try {
+      assertEquals(s.get([3]), pagesOf([3]));
+      assertThrows(() => s.get([40]), PageStoreError, "gfn 40 is damaged on this host");
+    } finally {
+      s.close();
+    }
+  });
+});

@@ -1,14 +1,18 @@
 /**
- * A sub-host's page store: the pages of split VMs this host holds, one sparse file per VM in the
- * agent's data directory (so they outlive an agent restart) with a bitmap of the pages held. The
- * store serves only pages it holds: asked for another, it answers with an error, never with zeros.
- * A per-host capacity bounds the pages held across all VMs.
+ * A sub-host's page store: the pages of split VMs this host holds, in two files per VM in the
+ * agent's data directory, so they outlive an agent restart. `VM.pages` is a sparse file of the VM's
+ * memory; `VM.held` is the index: a header (magic "DCRESPGS", format version, page count, checksums),
+ * the bitmap of the pages held, and a CRC-32 of every page. The store serves only pages it holds and
+ * whose checksum matches: asked for another, it answers with an error, never with zeros or garbage.
+ * Compatibility: a reader opens indexes of its own major version (any minor); a newer major is
+ * refused by name. A per-host capacity bounds the pages held across all VMs.
  */
 import { join } from "node:path";
+import { crc32 } from "../ckpt/format.ts";
 import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
 
-/** The store refused: full, unknown VM, or a page it does not hold. */
+/** The store refused: full, unknown VM, a page it does not hold, or a damaged file. */
 export class PageStoreError extends Error {
   constructor(message: string) {
     super(message);
@@ -16,21 +20,33 @@ export class PageStoreError extends Error {
   }
 }
 
-function readFull(f: Deno.FsFile, at: number, into: Uint8Array) {
+/** "DCRESPGS" */
+export const STORE_MAGIC = new TextEncoder().encode("DCRESPGS");
+/** Index format version this build writes. */
+export const STORE_VERSION = { major: 1, minor: 0 } as const;
+const HEADER = 32;
+const ZERO_PAGE_CRC = crc32(new Uint8Array(PAGE_SIZE));
+
+function readFull(f: Deno.FsFile, at: number, into: Uint8Array): number {
   f.seekSync(at, Deno.SeekMode.Start);
   for (let o = 0; o < into.length;) {
     const n = f.readSync(into.subarray(o));
-    if (n === null) {
-      into.fill(0, o);
-      return;
-    }
+    if (n === null) return o;
     o += n;
   }
+  return into.length;
 }
 
 function writeFull(f: Deno.FsFile, at: number, from: Uint8Array) {
   f.seekSync(at, Deno.SeekMode.Start);
   for (let o = 0; o < from.length;) o += f.writeSync(from.subarray(o));
+}
+
+/** Where the parts of an index of `pages` pages live. */
+function indexLayout(pages: number) {
+  const bitmap = Math.ceil(pages / 8);
+  const crcs = HEADER + Math.ceil(bitmap / 8) * 8;
+  return { bitmap, crcs, size: crcs + pages * 4 };
 }
 
 /** The pages of one VM held here. */
@@ -41,8 +57,9 @@ export class VmPageStore {
     /** VM name. */ readonly vm: string,
     /** Pages of the VM's memory. */ readonly pages: number,
     private readonly data: Deno.FsFile,
-    private readonly bitsFile: Deno.FsFile,
+    private readonly index: Deno.FsFile,
     private readonly held: Uint8Array,
+    private readonly crcs: Uint32Array,
   ) {
     for (const b of held) this.heldCount += popcount(b);
   }
@@ -50,25 +67,30 @@ export class VmPageStore {
   /** Opens (or creates) the store of `vm` under `dir`; `fresh` empties it first. */
   static open(dir: string, vm: string, pages: number, fresh = false): VmPageStore {
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const data = Deno.openSync(join(dir, `${vm}.pages`), { read: true, write: true, create: true });
-    const had = data.statSync().size;
-    if (!fresh && had !== 0 && had !== pages * PAGE_SIZE) {
-      data.close();
-      throw new PageStoreError(
-        `${vm}: this host's page store has ${had / PAGE_SIZE} pages, the request says ${pages}`,
-      );
+    const indexPath = join(dir, `${vm}.held`);
+    const index = Deno.openSync(indexPath, { read: true, write: true, create: true });
+    const layout = indexLayout(pages);
+    const held = new Uint8Array(layout.bitmap);
+    const crcs = new Uint32Array(pages);
+    let created = false;
+    try {
+      if (fresh) index.truncateSync(0);
+      if (index.statSync().size === 0) {
+        index.truncateSync(layout.size);
+        created = true;
+      } else {
+        readIndex(index, indexPath, pages, held, crcs);
+      }
+    } catch (e) {
+      index.close();
+      throw e;
     }
-    if (fresh) data.truncateSync(0);
+    const data = Deno.openSync(join(dir, `${vm}.pages`), { read: true, write: true, create: true });
+    if (created) data.truncateSync(0);
     data.truncateSync(pages * PAGE_SIZE);
-    const bitsFile = Deno.openSync(join(dir, `${vm}.held`), {
-      read: true,
-      write: true,
-      create: true,
-    });
-    if (fresh) bitsFile.truncateSync(0);
-    const held = new Uint8Array(Math.ceil(pages / 8));
-    readFull(bitsFile, 0, held);
-    return new VmPageStore(vm, pages, data, bitsFile, held);
+    const store = new VmPageStore(vm, pages, data, index, held, crcs);
+    if (created) store.writeHeader();
+    return store;
   }
 
   /** Pages held. */
@@ -88,6 +110,8 @@ export class VmPageStore {
 
   /** Starts holding `gfns` of a fresh store (holes in its file: zero pages), a new VM's share. */
   holdZero(gfns: ArrayLike<number>): void {
+    for (let i = 0; i < gfns.length; i++) this.crcs[gfns[i]] = ZERO_PAGE_CRC;
+    this.writeCrcs(gfns);
     this.mark(gfns, true);
   }
 
@@ -96,10 +120,14 @@ export class VmPageStore {
     for (const [i, n] of indexRuns(gfns)) {
       writeFull(this.data, gfns[i] * PAGE_SIZE, pages.subarray(i * PAGE_SIZE, (i + n) * PAGE_SIZE));
     }
+    for (let i = 0; i < gfns.length; i++) {
+      this.crcs[gfns[i]] = crc32(pages.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE));
+    }
+    this.writeCrcs(gfns);
     this.mark(gfns, true);
   }
 
-  /** Reads `gfns`, every one of which must be held (a page-in). */
+  /** Reads `gfns`, every one of which must be held and intact (a page-in). */
   get(gfns: ArrayLike<number>): Uint8Array {
     for (let i = 0; i < gfns.length; i++) {
       if (!this.holds(gfns[i])) {
@@ -108,7 +136,18 @@ export class VmPageStore {
     }
     const out = new Uint8Array(gfns.length * PAGE_SIZE);
     for (const [i, n] of indexRuns(gfns)) {
-      readFull(this.data, gfns[i] * PAGE_SIZE, out.subarray(i * PAGE_SIZE, (i + n) * PAGE_SIZE));
+      const part = out.subarray(i * PAGE_SIZE, (i + n) * PAGE_SIZE);
+      // A hole past the end of what was ever written reads short: those bytes are zeros.
+      readFull(this.data, gfns[i] * PAGE_SIZE, part);
+    }
+    for (let i = 0; i < gfns.length; i++) {
+      if (crc32(out.subarray(i * PAGE_SIZE, (i + 1) * PAGE_SIZE)) !== this.crcs[gfns[i]]) {
+        throw new PageStoreError(
+          `${this.vm}: gfn ${
+            gfns[i]
+          } is damaged on this host (checksum mismatch); it is not served`,
+        );
+      }
     }
     return out;
   }
@@ -116,6 +155,15 @@ export class VmPageStore {
   /** Stops holding `gfns` (main has them now). */
   release(gfns: ArrayLike<number>): void {
     this.mark(gfns, false);
+  }
+
+  private writeCrcs(gfns: ArrayLike<number>) {
+    const { crcs } = indexLayout(this.pages);
+    const bytes = new Uint8Array(this.crcs.buffer);
+    for (const [i, n] of indexRuns(gfns)) {
+      const g = gfns[i];
+      writeFull(this.index, crcs + g * 4, bytes.subarray(g * 4, (g + n) * 4));
+    }
   }
 
   private mark(gfns: ArrayLike<number>, on: boolean) {
@@ -129,14 +177,71 @@ export class VmPageStore {
       lo = Math.min(lo, byte);
       hi = Math.max(hi, byte);
     }
-    // The bitmap is written through so a restarted agent knows what it holds.
-    if (hi >= 0) writeFull(this.bitsFile, lo, this.held.subarray(lo, hi + 1));
+    if (hi < 0) return;
+    // Written through, with the header's checksums, so a restarted agent knows what it holds.
+    writeFull(this.index, HEADER + lo, this.held.subarray(lo, hi + 1));
+    this.writeHeader();
+  }
+
+  private writeHeader() {
+    const h = new Uint8Array(HEADER);
+    const dv = new DataView(h.buffer);
+    h.set(STORE_MAGIC, 0);
+    dv.setUint16(8, STORE_VERSION.major, true);
+    dv.setUint16(10, STORE_VERSION.minor, true);
+    dv.setUint32(12, this.pages, true);
+    dv.setUint32(16, crc32(this.held), true);
+    dv.setUint32(20, crc32(h.subarray(0, 20)), true);
+    writeFull(this.index, 0, h);
   }
 
   /** Closes the files. */
   close(): void {
     this.data.close();
-    this.bitsFile.close();
+    this.index.close();
+  }
+}
+
+/** Reads and checks an existing index into `held` and `crcs`; throws PageStoreError naming the flaw. */
+function readIndex(
+  f: Deno.FsFile,
+  path: string,
+  pages: number,
+  held: Uint8Array,
+  crcs: Uint32Array,
+) {
+  const bad = (why: string) =>
+    new PageStoreError(
+      `${path}: ${why}; its pages cannot be trusted (stop the VM, or delete the file if it is gone)`,
+    );
+  const h = new Uint8Array(HEADER);
+  if (readFull(f, 0, h) < HEADER) throw bad("index is too short for its header");
+  const dv = new DataView(h.buffer);
+  if (!h.subarray(0, 8).every((b, i) => b === STORE_MAGIC[i])) {
+    throw bad("not a dcres page store index (wrong magic)");
+  }
+  const major = dv.getUint16(8, true);
+  if (major > STORE_VERSION.major) {
+    throw new PageStoreError(
+      `${path}: page store format ${major}.${
+        dv.getUint16(10, true)
+      } is newer than this dcres (${STORE_VERSION.major}.${STORE_VERSION.minor}); upgrade dcres on this host`,
+    );
+  }
+  if (crc32(h.subarray(0, 20)) !== dv.getUint32(20, true)) {
+    throw bad("index header checksum mismatch");
+  }
+  const had = dv.getUint32(12, true);
+  if (had !== pages) {
+    throw new PageStoreError(
+      `this host's page store ${path} has ${had} pages, the request says ${pages}`,
+    );
+  }
+  const layout = indexLayout(pages);
+  if (readFull(f, HEADER, held) < held.length) throw bad("index is truncated in its bitmap");
+  if (crc32(held) !== dv.getUint32(16, true)) throw bad("held bitmap checksum mismatch");
+  if (readFull(f, layout.crcs, new Uint8Array(crcs.buffer)) < crcs.byteLength) {
+    throw bad("index is truncated in its page checksums");
   }
 }
 
