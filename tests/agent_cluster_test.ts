@@ -67,6 +67,21 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
     assertEquals(ls, ["v2", "v2lazy"]);
     assertEquals(JSON.parse((await ok([...a1, "--json", "vm", "ls"])).stdout).length, 1);
     await ok([...a2, "ckpt", "verify", `${copy}/v1`]);
+    // On the agent whose store holds it, the checkpoint is named by its id (or 8+ digits of it).
+    assert(/^[0-9a-f]{32}$/.test(ck.checkpoint), ck.checkpoint);
+    const inspected = JSON.parse(
+      (await ok([...a1, "--json", "ckpt", "inspect", ck.checkpoint])).stdout,
+    );
+    assertEquals(inspected.id, ck.checkpoint);
+    const listed = JSON.parse(
+      (await ok([...a1, "--json", "ckpt", "ls", ck.checkpoint.slice(0, 8)])).stdout,
+    );
+    assertEquals(listed.map((g: { id: string }) => g.id), [ck.checkpoint]);
+    await ok([...a1, "restore", ck.checkpoint, "--name", "v3"]);
+    assert((await ok([...a1, "guest", "verify", "v3"])).stdout.startsWith("OK"));
+    const unknown = await dcres([...a2, "restore", ck.checkpoint], { env });
+    assertEquals(unknown.code, 1);
+    assert(unknown.stderr.includes(`no checkpoint with id ${ck.checkpoint}`), unknown.stderr);
   } finally {
     await cluster("down");
   }

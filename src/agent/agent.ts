@@ -158,7 +158,7 @@ export function agentHandlers(
 ): Record<string, RpcHandler> {
   const stateDir = Agent.stateDir(cfg);
   const storeOf = (name: string) => join(cfg.dataDir, "ckpt", name);
-  const inData = (p: string) => resolve(cfg.dataDir, "ckpt", p);
+  const inData = (p: string) => checkpointPath(cfg, p, "generation");
   const vm = (op: "stop" | "pause" | "resume") => async (args: Record<string, unknown>) => ({
     name: str(args, "name"),
     op,
@@ -231,7 +231,9 @@ export function agentHandlers(
     "vm.console": (args, ctx) => relayConsole(stateDir, str(args, "name"), ctx),
     checkpoint: (args, ctx) => {
       const name = str(args, "name");
-      const dir = typeof args.dir === "string" ? inData(args.dir) : storeOf(name);
+      const dir = typeof args.dir === "string"
+        ? resolve(cfg.dataDir, "ckpt", args.dir)
+        : storeOf(name);
       return request(stateDir, name, {
         op: "checkpoint",
         dir,
@@ -246,7 +248,8 @@ export function agentHandlers(
         name: typeof args.name === "string" ? args.name : undefined,
         lazy: !!args.lazy,
       }),
-    "ckpt.ls": (args) => Promise.resolve(listGenerations(inData(str(args, "path")))),
+    "ckpt.ls": (args) =>
+      Promise.resolve(listGenerations(checkpointPath(cfg, str(args, "path"), "store"))),
     "ckpt.inspect": (args) => {
       const i = inspectCheckpoint(inData(str(args, "path")));
       return Promise.resolve({
@@ -261,6 +264,47 @@ export function agentHandlers(
     "ckpt.verify": (args) =>
       Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path"))) }),
   };
+}
+
+/**
+ * What a checkpoint argument names on this agent: a path (relative ones under its store root), or a
+ * checkpoint id (its hex, or a unique prefix of at least 8 digits) found in its stores, as that
+ * generation's directory or (`store`) the store holding it.
+ */
+export function checkpointPath(
+  cfg: AgentConfig,
+  arg: string,
+  want: "generation" | "store",
+): string {
+  const root = join(cfg.dataDir, "ckpt");
+  const path = resolve(root, arg);
+  if (!/^[0-9a-f]{8,32}$/.test(arg) || exists(path)) return path;
+  const hits: Array<{ store: string; dir: string }> = [];
+  for (const e of safeReadDir(root)) {
+    if (!e.isDirectory) continue;
+    for (const g of listGenerations(join(root, e.name))) {
+      if (g.id?.startsWith(arg)) hits.push({ store: join(root, e.name), dir: g.dir });
+    }
+  }
+  if (hits.length === 0) {
+    throw new RpcError(
+      "bad-request",
+      `no checkpoint with id ${arg} in this agent's stores ('dcres status' lists them)`,
+    );
+  }
+  if (hits.length > 1) {
+    throw new RpcError("bad-request", `checkpoint id ${arg} is ambiguous here; give more digits`);
+  }
+  return want === "store" ? hits[0].store : hits[0].dir;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Validates the `split` argument of vm.start. */

@@ -23,6 +23,8 @@ export interface GenerationRow {
   createdAt?: string;
   /** Bytes this generation wrote. */
   bytes?: number;
+  /** Checkpoint id (hex). */
+  id?: string;
 }
 
 /** Every generation of a store, committed or interrupted. */
@@ -39,6 +41,7 @@ export function listGenerations(dir: string): GenerationRow[] {
         generation: e.generation,
         dir: e.dir,
         status: "ok",
+        id: m.id,
         vm: m.vm,
         mode: m.mode,
         parent: m.parent,

@@ -67,7 +67,8 @@ export async function checkpointCommand(
     bar.stop();
   }
   report(g, {
-    checkpoint: `${r.dir}/g${String(r.generation).padStart(6, "0")}`,
+    checkpoint: r.id,
+    path: `${r.dir}/g${String(r.generation).padStart(6, "0")}`,
     ...r,
     downtimeMs: r.stats.downtimeMs,
   }, () => {
