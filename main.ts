@@ -171,6 +171,10 @@ function program(exit: (code: number) => void): Command {
     .option("--incremental", "save only pages written since the previous checkpoint in --out")
     .option("--compress <alg>", "compress chunks (zstd)")
     .option("--max-downtime <duration>", "precopy: pause target for the final round", "50ms")
+    .option(
+      "--traditional",
+      "split VM: pause, pull every page to the main host, save as one host (with --mode stop)",
+    )
     .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
 
   p.command("restore <dir>")

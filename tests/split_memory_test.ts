@@ -102,6 +102,18 @@ Deno.test("a split memstamp VM pages heavily over three sub-hosts, verifies, kee
       await ok(["--json", "status", "--data-dir", `${env.DCRES_CLUSTER_DIR}/node1/data`]),
     );
     assert(status.vms[0].paging.pageIns > 0, JSON.stringify(status.vms[0]));
+    // The traditional checkpoint (pause, pull every page to main, save as one host) restores
+    // elsewhere as a one-host VM; the parallel one is not there yet and says so.
+    const refusedCk = await dcres([...a, "checkpoint", "sv", "--mode", "stop"], { env });
+    assertEquals(refusedCk.code, 1);
+    assert(refusedCk.stderr.includes("--traditional"), refusedCk.stderr);
+    const ck = JSON.parse(
+      await ok([...a, "--json", "checkpoint", "sv", "--traditional", "--mode", "stop"]),
+    );
+    await ok(["--agent", subs[0], "restore", ck.dir, "--name", "svone"]);
+    assert((await ok(["--agent", subs[0], "guest", "verify", "svone"])).startsWith("OK"));
+    await ok(["--agent", subs[0], "vm", "stop", "svone"]);
+    assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK"));
     // The same VM all-local, for the progress rate beside the split one.
     await ok([
       ...a,

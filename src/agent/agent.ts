@@ -241,6 +241,7 @@ export function agentHandlers(
         incremental: !!args.incremental,
         compress: !!args.compress,
         maxDowntimeMs: args.maxDowntimeMs ?? 50,
+        traditional: !!args.traditional,
       }, ctx.progress);
     },
     restore: (args) =>

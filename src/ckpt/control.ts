@@ -19,19 +19,21 @@ export interface CheckpointRequest {
   compress: boolean;
   /** Precopy downtime target. */
   maxDowntimeMs: number;
+  /** A split VM the traditional way: pause, pull every page to main, save it as one host. */
+  traditional?: boolean;
 }
 
 /**
  * Control handlers for `m`, whose dirty log `tracker` reads (its baselineId is the checkpoint the
  * memory was restored from, if any); `resident` resolves once all of its memory is loaded (a lazy
- * restore must finish before a checkpoint reads guest memory from this thread); `refuse` names why a
- * checkpoint cannot be taken now, if it cannot.
+ * restore must finish before a checkpoint reads guest memory from this thread); `prepare` readies
+ * the VM's memory for a checkpoint (or throws why it cannot be taken) and returns what undoes it.
  */
 export function checkpointHandlers(
   m: Machine,
   tracker: DirtyTracker,
   resident: Promise<unknown> = Promise.resolve(),
-  refuse: () => string | undefined = () => undefined,
+  prepare: (r: CheckpointRequest) => Promise<() => void> = () => Promise.resolve(() => {}),
 ): Record<string, ExtraHandler> {
   let busy = false;
   return {
@@ -43,14 +45,14 @@ export function checkpointHandlers(
       if (!MODES.includes(r.mode)) {
         throw new CheckpointError(`checkpoint: mode must be one of ${MODES.join(", ")}`);
       }
-      const why = refuse();
-      if (why) throw new CheckpointError(why);
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;
       let last = 0;
+      let undo = () => {};
       try {
         await resident;
+        undo = await prepare(r);
         return await takeCheckpoint(m, tracker, {
           dir: r.dir,
           mode: r.mode,
@@ -65,6 +67,7 @@ export function checkpointHandlers(
           },
         });
       } finally {
+        undo();
         busy = false;
       }
     },

@@ -15,6 +15,7 @@ export interface CheckpointFlags {
   incremental?: boolean;
   compress?: string;
   maxDowntime: string;
+  traditional?: boolean;
 }
 
 const MODES = ["stop", "precopy", "cow"];
@@ -44,6 +45,7 @@ export async function checkpointCommand(
     incremental: !!f.incremental,
     compress: f.compress === "zstd",
     maxDowntimeMs,
+    traditional: !!f.traditional,
   };
   const onProgress = (p: unknown) => {
     const q = p as { done: number; total: number };

@@ -96,7 +96,7 @@ export async function hostVm(
       return m;
     },
     handlers: (m) => ({
-      ...checkpointHandlers(m, tracker, restored?.pager?.done, () => paging.refuseCheckpoint()),
+      ...checkpointHandlers(m, tracker, restored?.pager?.done, (r) => paging.prepareCheckpoint(r)),
       ...paging.handlers(),
     }),
     info: () => ({ ...(times ? { restore: times } : {}), ...paging.info() }),

@@ -2,6 +2,7 @@
  * The split-memory operations of a running machine's control socket: start split, split a running
  * VM (split migration), gather it back onto this host, and check page ownership.
  */
+import type { CheckpointRequest } from "../ckpt/control.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
@@ -45,11 +46,42 @@ export class SplitControl {
     this.pager = await RemotePager.start(this.options(split));
   }
 
-  /** Why a checkpoint cannot be taken now, if it cannot. */
-  refuseCheckpoint(): string | undefined {
-    return this.pager
-      ? `${this.m.spec.name} is split across hosts; checkpointing split VMs is not implemented yet (gather it with 'dcres migrate ${this.m.spec.name} --to HOST' first)`
-      : undefined;
+  /**
+   * Readies a checkpoint: a one-host VM needs nothing; a split VM is saved the traditional way
+   * (`traditional`, stop mode): paused, every page pulled to main through remote paging, then saved
+   * as one host would. Returns what resumes normal paging.
+   */
+  async prepareCheckpoint(r: CheckpointRequest): Promise<() => void> {
+    const name = this.m.spec.name;
+    if (!this.pager) {
+      if (r.traditional) {
+        throw new Error(`--traditional is for split VMs; ${name} runs on one host`);
+      }
+      return () => {};
+    }
+    if (!r.traditional) {
+      throw new Error(
+        `${name} is split across hosts; its parallel checkpoint is not implemented yet: use --traditional (pulls every page to the main host) or gather it first`,
+      );
+    }
+    if (r.mode !== "stop") throw new Error("--traditional saves in stop mode only (--mode stop)");
+    if (this.busy) throw new Error(`${name}: another paging operation is under way`);
+    this.busy = true;
+    const pager = this.pager;
+    await this.m.vm.pause();
+    try {
+      await pager.pullToMain();
+    } catch (e) {
+      pager.releaseMain();
+      this.m.vm.resume();
+      this.busy = false;
+      throw e;
+    }
+    return () => {
+      pager.releaseMain();
+      this.m.vm.resume();
+      this.busy = false;
+    };
   }
 
   /** `info` fields: paging counters, and the pause paging holds, if any. */

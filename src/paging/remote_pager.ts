@@ -435,6 +435,24 @@ export class RemotePager {
    * Brings every page back to main while the guest runs (faults are still served), then stops
    * paging and deletes the pages on the sub-hosts: the VM is a one-host VM again.
    */
+  /**
+   * Brings every page to main and keeps it there until `releaseMain` (the traditional checkpoint of
+   * a split VM: it then reads all of guest memory from this thread, which must never fault).
+   */
+  async pullToMain(): Promise<void> {
+    this.savedBudget ??= this.budget;
+    this.budget = this.mem.pages;
+    await this.pullAll();
+  }
+
+  /** Ends `pullToMain`: the budget applies again and the coldest pages leave. */
+  releaseMain(): void {
+    if (this.savedBudget !== undefined) this.budget = this.savedBudget;
+    this.savedBudget = undefined;
+  }
+
+  private savedBudget?: number;
+
   async gather(): Promise<{ ms: number; pagesIn: number }> {
     const t0 = performance.now(), before = this.counters.pageIns, budget = this.budget;
     this.budget = this.mem.pages;
