@@ -6,7 +6,7 @@
  */
 import { join, resolve } from "node:path";
 import { initCa, issueHost } from "../src/net/identity.ts";
-import { selfCommand } from "../src/agent/spawn.ts";
+import { selfCommand, spawnDetached } from "../src/agent/spawn.ts";
 import { defaultClientIdentityDir } from "../src/cli/remote.ts";
 import { listVms, request } from "../src/vmm/control/client.ts";
 
@@ -80,15 +80,7 @@ async function start(name: string) {
     "--identity",
     join(dir, "identity"),
   ]);
-  const child = new Deno.Command("sh", {
-    args: ["-c", 'exec "$0" "$@" >>"$LOG" 2>&1', self.cmd, ...self.args],
-    env: { LOG: log },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-    detached: true,
-  }).spawn();
-  child.unref();
+  const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));
   const deadline = performance.now() + 30_000;
   while (readyLines() === before) {

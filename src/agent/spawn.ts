@@ -31,6 +31,23 @@ export function selfCommand(args: string[]): { cmd: string; args: string[] } {
   };
 }
 
+/** Starts `self` as a detached process of its own (it outlives us), output appended to `log`. */
+export function spawnDetached(
+  self: { cmd: string; args: string[] },
+  log: string,
+): Deno.ChildProcess {
+  const child = new Deno.Command("sh", {
+    args: ["-c", 'exec "$0" "$@" >>"$DCRES_LOG" 2>&1', self.cmd, ...self.args],
+    env: { DCRES_LOG: log },
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+    detached: true,
+  }).spawn();
+  child.unref();
+  return child;
+}
+
 /** Spawns `dcres vmm` for `spec`; resolves with its info once it serves requests. */
 export async function spawnVmm(
   spec: MachineSpec,
@@ -55,17 +72,9 @@ export async function spawnVmm(
     ...(forMs ? ["--for-ms", String(forMs)] : []),
     ...extraArgs,
   ]);
-  const child = new Deno.Command("sh", {
-    args: ["-c", 'exec "$0" "$@" >>"$DCRES_VMM_LOG" 2>&1', self.cmd, ...self.args],
-    env: { DCRES_VMM_LOG: log },
-    stdin: "null",
-    stdout: "null",
-    stderr: "null",
-    detached: true,
-  }).spawn();
+  const child = spawnDetached(self, log);
   let exited: Deno.CommandStatus | undefined;
   child.status.then((s) => (exited = s));
-  child.unref();
   const deadline = performance.now() + 60_000;
   while (performance.now() < deadline) {
     try {

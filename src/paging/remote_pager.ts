@@ -112,6 +112,22 @@ export interface SplitReport {
   remoteFaults: number;
 }
 
+/** Runs `fn` over `jobs`, COPY_STREAMS at a time (bulk copies keep that many requests in flight). */
+async function inParallel<T>(jobs: T[], fn: (job: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < jobs.length) await fn(jobs[next++]);
+  };
+  await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+}
+
+/** `xs` in slices of at most MAX_BATCH. */
+function batches<T>(xs: T[]): T[][] {
+  const out: T[][] = [];
+  for (let i = 0; i < xs.length; i += MAX_BATCH) out.push(xs.slice(i, i + MAX_BATCH));
+  return out;
+}
+
 /** The sub-host (1..subs) a page lives on by default: stripes of STRIPE pages, round robin. */
 function homeOf(g: number, pinned: number, subs: number): number {
   return 1 + (Math.floor((g - pinned) / STRIPE) % subs);
@@ -355,11 +371,11 @@ export class RemotePager {
     };
   }
 
-  /** `gfns` grouped by home sub-host. */
-  private byHome(gfns: number[]): Map<number, number[]> {
+  /** `gfns` grouped by sub-host (`hostOf`, by default their home). */
+  private byHome(gfns: number[], hostOf = (g: number) => this.homeOf(g)): Map<number, number[]> {
     const groups = new Map<number, number[]>();
     for (const g of gfns) {
-      const h = this.homeOf(g);
+      const h = hostOf(g);
       const list = groups.get(h) ?? [];
       list.push(g);
       groups.set(h, list);
@@ -369,32 +385,35 @@ export class RemotePager {
 
   /** Sends `gfns` (still main's) to their home sub-hosts without changing their holder. */
   private async copyOut(gfns: number[]) {
-    const batches = this.batchesFor(gfns);
-    let next = 0;
-    const worker = async () => {
-      while (next < batches.length) {
-        const b = batches[next++];
-        this.cancelReleases(b.host, b.gfns);
-        await this.links[b.host - 1].request(PageOp.PUT, Uint32Array.from(b.gfns), {
-          data: b.data,
-        });
-      }
-    };
-    await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+    await inParallel(this.batchesFor(gfns), async (b) => {
+      this.cancelReleases(b.host, b.gfns);
+      await this.links[b.host - 1].request(PageOp.PUT, Uint32Array.from(b.gfns), { data: b.data });
+    });
   }
 
-  /** `gfns` grouped by home sub-host in batches, with their current contents. */
-  private batchesFor(gfns: number[]): Array<{ host: number; gfns: number[]; data: Uint8Array }> {
+  /** `gfns` grouped by sub-host (`hostOf`, by default their home) in batches, with their contents. */
+  private batchesFor(
+    gfns: number[],
+    hostOf?: (g: number) => number,
+  ): Array<{ host: number; gfns: number[]; data: Uint8Array }> {
     const out: Array<{ host: number; gfns: number[]; data: Uint8Array }> = [];
-    for (const [host, list] of this.byHome(gfns)) {
-      for (let i = 0; i < list.length; i += MAX_BATCH) {
-        const part = list.slice(i, i + MAX_BATCH);
+    for (const [host, list] of this.byHome(gfns, hostOf)) {
+      for (const part of batches(list)) {
         const data = new Uint8Array(part.length * PAGE_SIZE);
         for (const [k, n] of indexRuns(part)) {
           data.set(this.mem.view(part[k] * PAGE_SIZE, n * PAGE_SIZE), k * PAGE_SIZE);
         }
         out.push({ host, gfns: part, data });
       }
+    }
+    return out;
+  }
+
+  /** Pages `host` holds that are not moving. */
+  private idleHeldBy(host: number): number[] {
+    const out: number[] = [];
+    for (let g = this.pinned; g < this.mem.pages; g++) {
+      if (this.ownership.holderOf(g) === host && !this.ownership.isMoving(g)) out.push(g);
     }
     return out;
   }
@@ -470,24 +489,10 @@ export class RemotePager {
     for (let pass = 0; this.ownership.counts()[MAIN] < this.mem.pages; pass++) {
       if (this.blockedReason) throw new Error(`cannot gather: ${this.blockedReason}`);
       if (pass > 1000) throw new Error("cannot gather: pages keep moving");
-      const jobs: Array<[number, number[]]> = [];
-      for (const l of this.links) {
-        const gfns: number[] = [];
-        for (let g = this.pinned; g < this.mem.pages; g++) {
-          if (this.ownership.holderOf(g) === l.index && !this.ownership.isMoving(g)) gfns.push(g);
-        }
-        for (let i = 0; i < gfns.length; i += MAX_BATCH) {
-          jobs.push([l.index, gfns.slice(i, i + MAX_BATCH)]);
-        }
-      }
-      let next = 0;
-      const worker = async () => {
-        while (next < jobs.length) {
-          const [host, gfns] = jobs[next++];
-          await this.fetch(host, gfns, [], false);
-        }
-      };
-      await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+      const jobs = this.links.flatMap((l) =>
+        batches(this.idleHeldBy(l.index)).map((gfns) => [l.index, gfns] as const)
+      );
+      await inParallel(jobs, ([host, gfns]) => this.fetch(host, gfns, [], false));
       await Promise.all([...this.inflight]);
     }
   }
@@ -599,12 +604,9 @@ export class RemotePager {
       if (this.recent.size > 256) this.recent.delete(this.recent.values().next().value!);
     }
     for (const g of urgent) ahead.delete(g);
-    for (let i = 0; i < urgent.length; i += MAX_BATCH) {
-      this.track(this.fetch(host, urgent.slice(i, i + MAX_BATCH), faults, true));
-    }
-    const rest = [...ahead].sort((a, b) => a - b);
-    for (let i = 0; i < rest.length; i += MAX_BATCH) {
-      this.track(this.fetch(host, rest.slice(i, i + MAX_BATCH), [], false));
+    for (const b of batches(urgent)) this.track(this.fetch(host, b, faults, true));
+    for (const b of batches([...ahead].sort((a, b) => a - b))) {
+      this.track(this.fetch(host, b, [], false));
     }
   }
 
@@ -681,9 +683,7 @@ export class RemotePager {
     this.releaseTimers[host - 1] = undefined;
     const q = [...this.releaseQueue[host - 1]];
     this.releaseQueue[host - 1].clear();
-    for (let i = 0; i < q.length; i += MAX_BATCH) {
-      this.track(this.release(host, q.slice(i, i + MAX_BATCH)));
-    }
+    for (const b of batches(q)) this.track(this.release(host, b));
   }
 
   /**
@@ -844,20 +844,11 @@ export class RemotePager {
   private async pageOut(n: number) {
     const victims = this.coldest(Math.min(n, 16 * MAX_BATCH));
     if (!victims.length) return;
-    const groups = new Map<number, number[]>();
+    const dest = new Map<number, number>();
     for (const g of victims) {
       const d = this.destination(g);
       if (!d) return;
-      const list = groups.get(d) ?? [];
-      list.push(g);
-      groups.set(d, list);
-    }
-    const batches: Array<{ host: number; gfns: number[]; data: Uint8Array }> = [];
-    for (const [host, gfns] of groups) {
-      for (let i = 0; i < gfns.length; i += MAX_BATCH) {
-        const part = gfns.slice(i, i + MAX_BATCH);
-        batches.push({ host, gfns: part, data: new Uint8Array(part.length * PAGE_SIZE) });
-      }
+      dest.set(g, d);
     }
     // The guest must not write a page between its copy and its hole punch.
     const parked = await this.vm.pause();
@@ -867,19 +858,16 @@ export class RemotePager {
       return;
     }
     const t0 = performance.now();
+    let out: Array<{ host: number; gfns: number[]; data: Uint8Array }>;
     try {
-      for (const b of batches) {
-        for (const [i, k] of indexRuns(b.gfns)) {
-          b.data.set(this.mem.view(b.gfns[i] * PAGE_SIZE, k * PAGE_SIZE), i * PAGE_SIZE);
-        }
-        for (const g of b.gfns) this.ownership.beginOut(g, b.host);
-      }
+      out = this.batchesFor(victims, (g) => dest.get(g)!);
+      for (const b of out) for (const g of b.gfns) this.ownership.beginOut(g, b.host);
       this.punch(victims);
     } finally {
       this.counters.pageOutPauseMs += performance.now() - t0;
       this.vm.resume();
     }
-    await Promise.all(batches.map((b) => this.put(b.host, b.gfns, b.data)));
+    await Promise.all(out.map((b) => this.put(b.host, b.gfns, b.data)));
   }
 
   /** Hands `gfns` to `host`; if it cannot take them, they go back into main's memory. */
@@ -963,20 +951,10 @@ export class RemotePager {
     let moved = 0;
     for (let pass = 0; this.ownership.counts()[old.index] > 0; pass++) {
       if (pass > 100) throw new Error(`pages of ${from} keep moving; try again`);
-      const jobs: number[][] = [];
-      const gfns: number[] = [];
-      for (let g = this.pinned; g < this.mem.pages; g++) {
-        if (this.ownership.holderOf(g) === old.index && !this.ownership.isMoving(g)) gfns.push(g);
-      }
-      for (let i = 0; i < gfns.length; i += MAX_BATCH) jobs.push(gfns.slice(i, i + MAX_BATCH));
-      let next = 0;
-      const worker = async () => {
-        while (next < jobs.length) {
-          const n = await this.across(old.index, idx, jobs[next++]);
-          moved += n;
-        }
-      };
-      await Promise.all(Array.from({ length: COPY_STREAMS }, worker));
+      await inParallel(batches(this.idleHeldBy(old.index)), async (gfns) => {
+        const n = await this.across(old.index, idx, gfns);
+        moved += n;
+      });
       await Promise.all([...this.inflight]);
     }
     await old.drop();
