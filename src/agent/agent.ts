@@ -89,7 +89,10 @@ export class Agent {
       Math.floor((cfg.pageStoreBytes ?? hostAvailableMemory() / 2) / PAGE_SIZE),
       me.host,
     );
-    const handlers = { ...agentHandlers(cfg, me.host, t0), ...pageHandlers(stores) };
+    const handlers = {
+      ...agentHandlers(cfg, me.host, t0),
+      ...pageHandlers(stores, join(cfg.dataDir, "ckpt")),
+    };
     const quic = new RpcServer(
       identity,
       handlers,
@@ -242,6 +245,7 @@ export function agentHandlers(
         compress: !!args.compress,
         maxDowntimeMs: args.maxDowntimeMs ?? 50,
         traditional: !!args.traditional,
+        host,
       }, ctx.progress);
     },
     restore: (args) =>

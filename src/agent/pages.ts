@@ -2,6 +2,7 @@
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
+import { PageSaves } from "./page_saves.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
 function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
@@ -15,27 +16,38 @@ function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
   return { vm, pages: pages as number };
 }
 
-function serve(stores: PageStores, vm: string, pages: number, r: PageRequest): Uint8Array {
+async function serve(
+  stores: PageStores,
+  saves: PageSaves,
+  vm: string,
+  pages: number,
+  r: PageRequest,
+): Promise<Uint8Array> {
   const store = stores.store(vm, pages);
   switch (r.op) {
     case PageOp.GET:
+      await saves.beforeLeaving(vm, r.gfns);
       return store.get(r.gfns);
     case PageOp.PUT: {
       let fresh = 0;
       for (const g of r.gfns) if (!store.holds(g)) fresh++;
       stores.reserve(fresh);
       store.put(r.gfns, r.data!);
+      saves.arrived(vm, r.gfns);
       return new Uint8Array(0);
     }
     case PageOp.RELEASE:
+      await saves.beforeLeaving(vm, r.gfns);
       store.release(r.gfns);
       return new Uint8Array(0);
   }
 }
 
-/** RPC handlers over `stores`. */
-export function pageHandlers(stores: PageStores): Record<string, RpcHandler> {
+/** RPC handlers over `stores`; `ckptRoot` holds the checkpoint stores sub-host fragments go to. */
+export function pageHandlers(stores: PageStores, ckptRoot: string): Record<string, RpcHandler> {
+  const saves = new PageSaves(stores, ckptRoot);
   return {
+    ...saves.handlers(vmArgs),
     "pages.open": (args) => {
       const { vm, pages } = vmArgs(args);
       const hold = args.hold;
@@ -68,7 +80,11 @@ export function pageHandlers(stores: PageStores): Record<string, RpcHandler> {
         const r = decodePageRequest(b, pages);
         let reply: Uint8Array;
         try {
-          reply = encodePageReply({ op: r.op, seq: r.seq, data: serve(stores, vm, pages, r) });
+          reply = encodePageReply({
+            op: r.op,
+            seq: r.seq,
+            data: await serve(stores, saves, vm, pages, r),
+          });
         } catch (e) {
           if (!(e instanceof PageStoreError)) throw e;
           reply = encodePageReply({ op: r.op, seq: r.seq, error: e.message });

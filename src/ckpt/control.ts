@@ -3,7 +3,12 @@ import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import type { CheckpointMode } from "./manifest.ts";
-import { CheckpointError, takeCheckpoint } from "./save.ts";
+import {
+  CheckpointError,
+  type CheckpointOptions,
+  type CheckpointReport,
+  takeCheckpoint,
+} from "./save.ts";
 
 const MODES: CheckpointMode[] = ["stop", "precopy", "cow"];
 
@@ -21,19 +26,28 @@ export interface CheckpointRequest {
   maxDowntimeMs: number;
   /** A split VM the traditional way: pause, pull every page to main, save it as one host. */
   traditional?: boolean;
+  /** Name of the host taking it (names a split VM's main fragment). */
+  host?: string;
 }
+
+/** Takes a checkpoint: `local` is the one-host checkpoint of this machine. */
+export type CheckpointRunner = (
+  r: CheckpointRequest,
+  opts: CheckpointOptions,
+  local: () => Promise<CheckpointReport>,
+) => Promise<CheckpointReport>;
 
 /**
  * Control handlers for `m`, whose dirty log `tracker` reads (its baselineId is the checkpoint the
  * memory was restored from, if any); `resident` resolves once all of its memory is loaded (a lazy
- * restore must finish before a checkpoint reads guest memory from this thread); `prepare` readies
- * the VM's memory for a checkpoint (or throws why it cannot be taken) and returns what undoes it.
+ * restore must finish before a checkpoint reads guest memory from this thread); `run` takes the
+ * checkpoint (a split VM's is not the one-host one).
  */
 export function checkpointHandlers(
   m: Machine,
   tracker: DirtyTracker,
   resident: Promise<unknown> = Promise.resolve(),
-  prepare: (r: CheckpointRequest) => Promise<() => void> = () => Promise.resolve(() => {}),
+  run: CheckpointRunner = (_r, _o, local) => local(),
 ): Record<string, ExtraHandler> {
   let busy = false;
   return {
@@ -49,11 +63,9 @@ export function checkpointHandlers(
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;
       let last = 0;
-      let undo = () => {};
       try {
         await resident;
-        undo = await prepare(r);
-        return await takeCheckpoint(m, tracker, {
+        const opts: CheckpointOptions = {
           dir: r.dir,
           mode: r.mode,
           incremental: !!r.incremental,
@@ -65,9 +77,9 @@ export function checkpointHandlers(
             last = now;
             progress({ done, total });
           },
-        });
+        };
+        return await run(r, opts, () => takeCheckpoint(m, tracker, opts));
       } finally {
-        undo();
         busy = false;
       }
     },

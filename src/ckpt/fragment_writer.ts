@@ -96,6 +96,8 @@ export class FragmentWriter {
   private readonly slot = new Column();
   private readonly crc = new Column();
   private closed = false;
+  /** Buffers the pending chunk's pages are in, kept alive until it is written. */
+  private sources: Uint8Array[] = [];
 
   private constructor(
     readonly path: string,
@@ -171,6 +173,7 @@ export class FragmentWriter {
       if (this.compress) {
         this.staged.push(page.slice());
       } else {
+        if (this.sources[this.sources.length - 1] !== src.bytes) this.sources.push(src.bytes);
         const addr = base + off;
         const n = this.iovAddr.length;
         if (n && this.iovAddr[n - 1] + this.iovLen[n - 1] === addr) this.iovLen[n - 1] += PAGE;
@@ -215,7 +218,8 @@ export class FragmentWriter {
       );
       this.iovAddr = [];
       this.iovLen = [];
-      write = writeAllAsync(aligned ? this.directFd : this.fd, iov, offset, this.fd);
+      write = writeAllAsync(aligned ? this.directFd : this.fd, iov, offset, this.fd, this.sources);
+      this.sources = [];
     }
     this.chunks.push({ offset, len, pages: this.chunkPages, flags, crc });
     this.offset += len;
@@ -348,7 +352,7 @@ async function writeAllAsync(
   iov: Array<[Deno.PointerValue, number]>,
   offset: number,
   fallbackFd: number,
-  keep?: Uint8Array,
+  keep?: Uint8Array | Uint8Array[],
 ): Promise<void> {
   let rest = iov.filter(([, n]) => n > 0);
   try {

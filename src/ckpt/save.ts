@@ -97,14 +97,16 @@ function byEpoch(gfns: ArrayLike<number>, lastDirty: Uint32Array, newestFirst: b
   return out;
 }
 
-/** Takes one checkpoint of `m`; on any failure removes the partial generation and rethrows. */
-export async function takeCheckpoint(
-  m: Machine,
+/**
+ * The generation an incremental checkpoint builds on (undefined for a full one), checked against
+ * the VM's dirty log and memory size.
+ */
+export function checkParent(
+  store: CheckpointStore,
   tracker: DirtyTracker,
-  opts: CheckpointOptions,
-): Promise<CheckpointReport> {
-  const t0 = performance.now();
-  const store = new CheckpointStore(opts.dir);
+  opts: Pick<CheckpointOptions, "dir" | "incremental">,
+  memSize: number,
+): ReturnType<CheckpointStore["latest"]> {
   const parent = opts.incremental ? store.latest() : undefined;
   if (opts.incremental && !parent) {
     throw new CheckpointError(
@@ -116,14 +118,50 @@ export async function takeCheckpoint(
       `--incremental: generation ${parent.manifest.generation} in ${opts.dir} is not the checkpoint this VM's dirty log counts from; take a full checkpoint first`,
     );
   }
-  if (parent && parent.manifest.machine.spec.memSize !== m.spec.memSize) {
+  if (parent && parent.manifest.machine.spec.memSize !== memSize) {
     throw new CheckpointError(
       `--incremental: memory size changed since generation ${parent.manifest.generation}`,
     );
   }
-  const { generation, dir } = store.begin();
+  return parent;
+}
+
+/** A fresh random checkpoint id, as bytes and as hex. */
+export function newCheckpointId(): { id: string; idBytes: Uint8Array } {
   const idBytes = crypto.getRandomValues(new Uint8Array(16));
-  const id = Array.from(idBytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return { idBytes, id: Array.from(idBytes, (b) => b.toString(16).padStart(2, "0")).join("") };
+}
+
+/** Removes a generation directory that will not be committed. */
+export function removeGeneration(dir: string): void {
+  try {
+    Deno.removeSync(dir, { recursive: true });
+  } catch {
+    // Nothing to clean.
+  }
+}
+
+/** The error to report for a failed save: a full disk is named, with what to do. */
+export function saveError(e: unknown, store: string, generation: number): unknown {
+  if (e instanceof SyscallError && e.errno === 28) {
+    return new CheckpointError(
+      `${store}: disk full while writing generation ${generation}; free space and retry (the previous checkpoint is intact)`,
+    );
+  }
+  return e;
+}
+
+/** Takes one checkpoint of `m`; on any failure removes the partial generation and rethrows. */
+export async function takeCheckpoint(
+  m: Machine,
+  tracker: DirtyTracker,
+  opts: CheckpointOptions,
+): Promise<CheckpointReport> {
+  const t0 = performance.now();
+  const store = new CheckpointStore(opts.dir);
+  const parent = checkParent(store, tracker, opts, m.spec.memSize);
+  const { generation, dir } = store.begin();
+  const { id, idBytes } = newCheckpointId();
   const fragPath = join(dir, `${HOST}.frag`);
   const writer = FragmentWriter.create(fragPath, {
     checkpointId: idBytes,
@@ -260,17 +298,8 @@ export async function takeCheckpoint(
     await writer.abort();
     if (txn) tracker.abort(txn);
     if (paused && !m.vm.isStopped) m.vm.resume();
-    try {
-      Deno.removeSync(dir, { recursive: true });
-    } catch {
-      // Nothing to clean.
-    }
-    if (e instanceof SyscallError && e.errno === 28) {
-      throw new CheckpointError(
-        `${opts.dir}: disk full while writing generation ${generation}; free space and retry (the previous checkpoint is intact)`,
-      );
-    }
-    throw e;
+    removeGeneration(dir);
+    throw saveError(e, opts.dir, generation);
   }
 }
 
@@ -279,7 +308,7 @@ function allGfns(pages: number): number[] {
 }
 
 /** Gfns most recently dirty first: the order lazy restore prefetches in. */
-function prefetchOrder(lastDirty: Uint32Array): Uint32Array {
+export function prefetchOrder(lastDirty: Uint32Array): Uint32Array {
   return Uint32Array.from(byEpoch(allGfns(lastDirty.length), lastDirty, true));
 }
 

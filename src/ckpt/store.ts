@@ -85,7 +85,22 @@ export class CheckpointStore {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const gens = this.generations();
-    const generation = (gens[gens.length - 1]?.generation ?? 0) + 1;
+    return this.beginAt((gens[gens.length - 1]?.generation ?? 0) + 1);
+  }
+
+  /**
+   * Creates the directory of generation `generation`, which a split VM's main host chose for every
+   * participant; refused when this store already has it or a later one.
+   */
+  beginAt(generation: number): { generation: number; dir: string } {
+    Deno.mkdirSync(this.root, { recursive: true });
+    this.cleanIncomplete();
+    const last = this.generations().pop()?.generation ?? 0;
+    if (generation <= last) {
+      throw new NoCheckpointError(
+        `${this.root} already has generation ${last}; cannot write generation ${generation} here (remove the stale store, or checkpoint into another)`,
+      );
+    }
     const dir = join(this.root, generationName(generation));
     Deno.mkdirSync(dir, { mode: 0o700 });
     fsyncDir(this.root);

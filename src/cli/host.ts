@@ -96,7 +96,12 @@ export async function hostVm(
       return m;
     },
     handlers: (m) => ({
-      ...checkpointHandlers(m, tracker, restored?.pager?.done, (r) => paging.prepareCheckpoint(r)),
+      ...checkpointHandlers(
+        m,
+        tracker,
+        restored?.pager?.done,
+        (r, o, local) => paging.checkpoint(r, o, local),
+      ),
       ...paging.handlers(),
     }),
     info: () => ({ ...(times ? { restore: times } : {}), ...paging.info() }),

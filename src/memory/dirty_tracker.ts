@@ -20,6 +20,8 @@ export class DirtyTracker {
   private txn?: { bits: Uint8Array };
   /** Id of the checkpoint the accumulated bits are relative to (undefined: none, since boot). */
   baselineId?: string;
+  /** Told of every read of the log (a split VM's checkpoint voids the copies of written pages). */
+  onSample?: (bits: Uint8Array) => void;
 
   constructor(private readonly pages: number, private readonly readLog: () => Uint8Array) {
     this.sinceBaseline = new Uint8Array(Math.ceil(pages / 64) * 8);
@@ -37,6 +39,7 @@ export class DirtyTracker {
       target[i] |= b;
       for (let k = 0; k < 8; k++) if (b & (1 << k)) this.lastDirty[i * 8 + k] = this.epoch;
     }
+    this.onSample?.(bits);
     return bits;
   }
 

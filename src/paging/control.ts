@@ -3,12 +3,14 @@
  * VM (split migration), gather it back onto this host, and check page ownership.
  */
 import type { CheckpointRequest } from "../ckpt/control.ts";
+import type { CheckpointOptions, CheckpointReport } from "../ckpt/save.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
+import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpoint.ts";
 
 /** A split plus the identity directory its VMM reaches the sub-hosts with. */
 export type SplitRequest = SplitSpec & { identityDir: string };
@@ -47,41 +49,52 @@ export class SplitControl {
   }
 
   /**
-   * Readies a checkpoint: a one-host VM needs nothing; a split VM is saved the traditional way
-   * (`traditional`, stop mode): paused, every page pulled to main through remote paging, then saved
-   * as one host would. Returns what resumes normal paging.
+   * Takes a checkpoint (`local` is the one-host one). A split VM is saved in parallel on all of its
+   * hosts; with `traditional` (stop mode) the old way instead: paused, every page pulled to main
+   * through remote paging, then saved as one host would.
    */
-  async prepareCheckpoint(r: CheckpointRequest): Promise<() => void> {
+  async checkpoint(
+    r: CheckpointRequest,
+    opts: CheckpointOptions,
+    local: () => Promise<CheckpointReport>,
+  ): Promise<CheckpointReport | SplitCheckpointReport> {
     const name = this.m.spec.name;
-    if (!this.pager) {
+    const pager = this.pager;
+    if (!pager) {
       if (r.traditional) {
         throw new Error(`--traditional is for split VMs; ${name} runs on one host`);
       }
-      return () => {};
+      return await local();
     }
+    if (this.busy) throw new Error(`${name}: another paging operation is under way`);
+    const host = r.host ?? "main";
     if (!r.traditional) {
-      throw new Error(
-        `${name} is split across hosts; its parallel checkpoint is not implemented yet: use --traditional (pulls every page to the main host) or gather it first`,
-      );
+      this.busy = true;
+      try {
+        return await takeSplitCheckpoint(this.m, this.tracker, pager, { ...opts, host });
+      } finally {
+        this.busy = false;
+      }
     }
     if (r.mode !== "stop") throw new Error("--traditional saves in stop mode only (--mode stop)");
-    if (this.busy) throw new Error(`${name}: another paging operation is under way`);
     this.busy = true;
-    const pager = this.pager;
     await this.m.vm.pause();
     try {
+      const before = pager.stats().pageIns;
       await pager.pullToMain();
-    } catch (e) {
+      const pulled = pager.stats().pageIns - before;
+      const rep = await local();
+      return {
+        ...rep,
+        pagesSaved: { [host]: this.m.vm.memory.pages },
+        pagesSentToSave: pulled,
+        pagesMovedMeanwhile: pulled,
+      };
+    } finally {
       pager.releaseMain();
       this.m.vm.resume();
       this.busy = false;
-      throw e;
     }
-    return () => {
-      pager.releaseMain();
-      this.m.vm.resume();
-      this.busy = false;
-    };
   }
 
   /** `info` fields: paging counters, and the pause paging holds, if any. */

@@ -156,7 +156,7 @@ function populate(mem: GuestMemory, pinned: number) {
 }
 
 /** 1 for each page present in main's memory. */
-function presentPages(mem: GuestMemory): Uint8Array {
+export function presentPages(mem: GuestMemory): Uint8Array {
   const present = new Uint8Array(mem.pages);
   for (const [off, len] of libc.dataRuns(mem.fd, mem.size)) {
     present.fill(1, off / PAGE_SIZE, (off + len) / PAGE_SIZE);
@@ -193,8 +193,17 @@ async function connectAll(
   return links;
 }
 
+/** What a checkpoint under way needs to hear of the pager. */
+export interface PageOutSaver {
+  /** `gfns` (contents in `data`) are about to leave main: save those that need it first. */
+  leavingMain(gfns: number[], data: Uint8Array): Promise<void>;
+}
+
 /** The main host's pager of one split VM. */
 export class RemotePager {
+  /** The checkpoint under way, told of every page-out. */
+  saver?: PageOutSaver;
+  private memoryLock: Promise<unknown> = Promise.resolve();
   private readonly uffd: Userfaultfd;
   private readonly lastTouch: Uint32Array;
   private readonly recent = new Set<number>();
@@ -409,8 +418,28 @@ export class RemotePager {
     return out;
   }
 
+  /**
+   * Runs `fn` while no page-out can take pages from main's memory: a checkpoint reads main's
+   * pages from memory under it.
+   */
+  withMemory<T>(fn: () => Promise<T> | T): Promise<T> {
+    const p = this.memoryLock.then(fn);
+    this.memoryLock = p.catch(() => {});
+    return p;
+  }
+
+  /** The guest memory the pager serves. */
+  get memory(): GuestMemory {
+    return this.mem;
+  }
+
+  /** Sub-hosts in service, with their index in the ownership table. */
+  subLinks(): SubLink[] {
+    return this.active();
+  }
+
   /** Pages `host` holds that are not moving. */
-  private idleHeldBy(host: number): number[] {
+  idleHeldBy(host: number): number[] {
     const out: number[] = [];
     for (let g = this.pinned; g < this.mem.pages; g++) {
       if (this.ownership.holderOf(g) === host && !this.ownership.isMoving(g)) out.push(g);
@@ -850,24 +879,39 @@ export class RemotePager {
       if (!d) return;
       dest.set(g, d);
     }
-    // The guest must not write a page between its copy and its hole punch.
-    const parked = await this.vm.pause();
-    this.counters.pageOutPauseMs += parked;
-    if (this.stopped) {
-      this.vm.resume();
-      return;
-    }
-    const t0 = performance.now();
-    let out: Array<{ host: number; gfns: number[]; data: Uint8Array }>;
-    try {
-      out = this.batchesFor(victims, (g) => dest.get(g)!);
-      for (const b of out) for (const g of b.gfns) this.ownership.beginOut(g, b.host);
-      this.punch(victims);
-    } finally {
-      this.counters.pageOutPauseMs += performance.now() - t0;
-      this.vm.resume();
-    }
-    await Promise.all(out.map((b) => this.put(b.host, b.gfns, b.data)));
+    const out = await this.withMemory(async () => {
+      // The guest must not write a page between its copy and its hole punch.
+      const parked = await this.vm.pause();
+      this.counters.pageOutPauseMs += parked;
+      if (this.stopped) {
+        this.vm.resume();
+        return [];
+      }
+      const t0 = performance.now();
+      try {
+        const out = this.batchesFor(
+          victims.filter((g) => this.ownership.holderOf(g) === MAIN && !this.ownership.isMoving(g)),
+          (g) => dest.get(g)!,
+        );
+        for (const b of out) for (const g of b.gfns) this.ownership.beginOut(g, b.host);
+        this.punch(out.flatMap((b) => b.gfns));
+        return out;
+      } finally {
+        this.counters.pageOutPauseMs += performance.now() - t0;
+        this.vm.resume();
+      }
+    });
+    await Promise.all(out.map(async (b) => {
+      try {
+        await this.saver?.leavingMain(b.gfns, b.data);
+      } catch (e) {
+        // Unsaved, the page must not leave: it goes back into main's memory.
+        this.putBack(b.gfns, b.data);
+        this.settle(b.gfns);
+        throw e;
+      }
+      await this.put(b.host, b.gfns, b.data);
+    }));
   }
 
   /** Hands `gfns` to `host`; if it cannot take them, they go back into main's memory. */
@@ -882,14 +926,7 @@ export class RemotePager {
       }
       this.counters.pageOuts += gfns.length;
     } catch (e) {
-      const src = libc.ptrValue(Deno.UnsafePointer.of(data));
-      for (const [i, n] of indexRuns(gfns)) {
-        this.place(
-          gfns.slice(i, i + n),
-          (dst, len, at) => this.uffd.copy(dst, src + BigInt((i + at) * PAGE_SIZE), len),
-        );
-      }
-      for (const g of gfns) own.abort(g);
+      this.putBack(gfns, data);
       log.warn("page-out to {host} failed, pages kept on main: {error}", {
         host: this.links[host - 1].host,
         error: (e as Error).message,
@@ -898,6 +935,18 @@ export class RemotePager {
     } finally {
       this.settle(gfns);
     }
+  }
+
+  /** A page-out of `gfns` failed: their contents go back into main's memory, which keeps them. */
+  private putBack(gfns: number[], data: Uint8Array) {
+    const src = libc.ptrValue(Deno.UnsafePointer.of(data));
+    for (const [i, n] of indexRuns(gfns)) {
+      this.place(
+        gfns.slice(i, i + n),
+        (dst, len, at) => this.uffd.copy(dst, src + BigInt((i + at) * PAGE_SIZE), len),
+      );
+    }
+    for (const g of gfns) this.ownership.abort(g);
   }
 
   /** Faults that waited for `gfns` to finish leaving main or a sub-host are routed again. */
@@ -1004,18 +1053,7 @@ export class RemotePager {
   > {
     await this.vm.pause();
     try {
-      // Moves under way (page-ins, page-outs, releases) finish before the count.
-      const deadline = performance.now() + 30_000;
-      const busy = () => {
-        for (const l of this.active()) this.flushReleases(l.index);
-        return this.inflight.size > 0 || this.ownership.check().moving > 0;
-      };
-      while (busy() && performance.now() < deadline) {
-        await Promise.race([
-          Promise.all([...this.inflight]),
-          new Promise((r) => setTimeout(r, 10)),
-        ]);
-      }
+      await this.drain();
       const { counts, moving } = this.ownership.check();
       const problems: string[] = [];
       if (moving) problems.push(`${moving} pages still moving`);
@@ -1042,6 +1080,24 @@ export class RemotePager {
       return { ok: problems.length === 0, pages: this.mem.pages, holders, problems };
     } finally {
       this.vm.resume();
+    }
+  }
+
+  /**
+   * With the vCPUs paused: lets the moves under way (page-ins, page-outs, releases) finish, so the
+   * ownership table, main's memory and the sub-hosts' stores agree.
+   */
+  async drain(timeoutMs = 30_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    const busy = () => {
+      for (const l of this.active()) this.flushReleases(l.index);
+      return this.inflight.size > 0 || this.ownership.check().moving > 0;
+    };
+    while (busy() && performance.now() < deadline) {
+      await Promise.race([
+        Promise.all([...this.inflight]),
+        new Promise((r) => setTimeout(r, 10)),
+      ]);
     }
   }
 

@@ -167,6 +167,19 @@ export class SubLink {
     }
   }
 
+  /** Calls `method` of the sub-host's agent about this VM (`vm` and `pages` are added). */
+  async call<T>(
+    method: string,
+    args: Record<string, unknown>,
+    opts: { deadlineMs?: number; upload?: AsyncIterable<Uint8Array> } = {},
+  ): Promise<T> {
+    if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");
+    return await this.client.call<T>(method, { vm: this.vm, pages: this.pages, ...args }, {
+      deadlineMs: opts.deadlineMs ?? 600_000,
+      upload: opts.upload,
+    });
+  }
+
   /** The sub-host's bitmap of the pages it holds. */
   async held(): Promise<Uint8Array> {
     if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");

@@ -1,0 +1,179 @@
+/**
+ * A sub-host agent's side of a split VM's parallel checkpoint: a fragment in this agent's store for
+ * the VM (`DATA/ckpt/VM/gNNNNNN/HOST.frag`), written from the VM's page store on main's requests,
+ * and the manifest main sends once every fragment is durable.
+ */
+import { join } from "node:path";
+import * as libc from "../ffi/libc.ts";
+import { PAGE } from "../ckpt/format.ts";
+import { FragmentWriter } from "../ckpt/fragment_writer.ts";
+import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
+import { removeGeneration } from "../ckpt/save.ts";
+import { CheckpointStore, generationName } from "../ckpt/store.ts";
+import type { RpcHandler } from "../net/quic.ts";
+import { RpcError } from "../net/rpc_messages.ts";
+import type { PageStores } from "../paging/page_store.ts";
+import { SubSaver } from "../paging/sub_saver.ts";
+
+/** One checkpoint under way of one VM on this host. */
+interface SaveSession {
+  id: string;
+  dir: string;
+  writer: FragmentWriter;
+  saver: SubSaver;
+  /** Pages that arrived (PUT) since the session began. */
+  arrived: Set<number>;
+  /** Of the pages saved, those that had arrived meanwhile. */
+  received: number;
+  /** Main sent the manifest: the generation exists here. */
+  committed: boolean;
+  /** Why saving failed, if it did (the checkpoint then fails; paging goes on). */
+  failed?: string;
+}
+
+/** Sessions by VM name; the page channel consults them before pages leave. */
+export class PageSaves {
+  private readonly sessions = new Map<string, SaveSession>();
+
+  constructor(private readonly stores: PageStores, private readonly ckptRoot: string) {}
+
+  /** Rule 1: owed pages of `vm` are saved before they leave (GET, RELEASE). */
+  async beforeLeaving(vm: string, gfns: ArrayLike<number>): Promise<void> {
+    const s = this.sessions.get(vm);
+    try {
+      await s?.saver.beforeLeaving(gfns);
+    } catch (e) {
+      s!.failed ??= (e as Error).message;
+    }
+  }
+
+  /** Pages of `vm` arrived (PUT). */
+  arrived(vm: string, gfns: ArrayLike<number>): void {
+    const s = this.sessions.get(vm);
+    if (s) { for (let i = 0; i < gfns.length; i++) s.arrived.add(gfns[i]); }
+  }
+
+  private session(vm: string): SaveSession {
+    const s = this.sessions.get(vm);
+    if (!s) throw new RpcError("bad-request", `no checkpoint of ${vm} is under way on this host`);
+    if (s.failed) throw new RpcError("failed", `saving on this host failed: ${s.failed}`);
+    return s;
+  }
+
+  /** Drops the session of `vm`; its generation too unless it was committed and `keepCommitted`. */
+  private async abort(vm: string, keepCommitted: boolean) {
+    const s = this.sessions.get(vm);
+    if (!s) return;
+    this.sessions.delete(vm);
+    if (s.committed && keepCommitted) return;
+    if (!s.committed) await s.writer.abort();
+    removeGeneration(s.dir);
+  }
+
+  /** RPC handlers: pages.save.begin|save|finish|commit|abort. */
+  handlers(vmArgs: (a: Record<string, unknown>) => { vm: string; pages: number }): Record<
+    string,
+    RpcHandler
+  > {
+    return {
+      "pages.save.begin": async (args) => {
+        const { vm, pages } = vmArgs(args);
+        const id = args.id, generation = args.generation;
+        if (typeof id !== "string" || !/^[0-9a-f]{32}$/.test(id)) {
+          throw new RpcError("bad-request", "id must be 32 hex digits");
+        }
+        if (!Number.isSafeInteger(generation) || (generation as number) < 1) {
+          throw new RpcError("bad-request", "generation must be a positive integer");
+        }
+        await this.abort(vm, true);
+        const store = this.stores.store(vm, pages);
+        const { dir } = new CheckpointStore(join(this.ckptRoot, vm)).beginAt(generation as number);
+        const idBytes = Uint8Array.from(id.match(/../g)!.map((h) => parseInt(h, 16)));
+        const writer = FragmentWriter.create(join(dir, `${this.stores.host}.frag`), {
+          checkpointId: idBytes,
+          generation: generation as number,
+          compress: !!args.compress,
+        });
+        const s: SaveSession = {
+          id,
+          dir,
+          writer,
+          arrived: new Set(),
+          received: 0,
+          committed: false,
+          saver: new SubSaver({
+            holds: (g) => store.holds(g),
+            write: async (gfns) => {
+              const data = store.get(gfns);
+              for (const g of gfns) if (s.arrived.has(g)) s.received++;
+              await writer.append(gfns, {
+                bytes: data as Uint8Array<ArrayBuffer>,
+                base: libc.ptrValue(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>)),
+              }, gfns.map((_, i) => i * PAGE));
+              await writer.flush();
+            },
+          }),
+        };
+        this.sessions.set(vm, s);
+        return { host: this.stores.host };
+      },
+      "pages.save": async (args) => {
+        const { vm, pages } = vmArgs(args);
+        const s = this.session(vm);
+        const gfns: number[] = [];
+        for (const run of (args.gfns ?? []) as unknown[]) {
+          const [start, count] = Array.isArray(run) ? run : [];
+          if (
+            !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start + count > pages
+          ) {
+            throw new RpcError("bad-request", `gfns run ${JSON.stringify(run)} is outside the VM`);
+          }
+          for (let g = start; g < start + count; g++) gfns.push(g);
+        }
+        const before = s.received;
+        const saved = await s.saver.save(gfns);
+        const runs: Array<[number, number]> = [];
+        for (const g of saved) {
+          const last = runs[runs.length - 1];
+          if (last && last[0] + last[1] === g) last[1]++;
+          else runs.push([g, 1]);
+        }
+        return { saved: runs, received: s.received - before };
+      },
+      "pages.save.finish": async (args) => {
+        const { vm } = vmArgs(args);
+        const s = this.session(vm);
+        const sum = await s.writer.finish();
+        return {
+          path: `${generationName(Number(/g(\d+)$/.exec(s.dir)![1]))}/${this.stores.host}.frag`,
+          pages: sum.pages,
+          zeroPages: sum.zeroPages,
+          rewrites: sum.rewrites,
+          dataBytes: sum.dataBytes,
+          fileBytes: sum.fileBytes,
+          footerCrc: sum.footerCrc,
+        };
+      },
+      "pages.save.commit": async (args, ctx) => {
+        const { vm } = vmArgs(args);
+        const s = this.session(vm);
+        const parts: Uint8Array[] = [];
+        for await (const b of ctx.data) parts.push(b);
+        const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+        parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+        const m = decodeManifest(`${s.dir}/MANIFEST (from main)`, bytes);
+        if (m.id !== s.id) {
+          throw new RpcError("bad-request", `manifest is of checkpoint ${m.id}, not ${s.id}`);
+        }
+        commitManifest(s.dir, m);
+        s.committed = true;
+        return { committed: s.dir };
+      },
+      "pages.save.abort": async (args) => {
+        const { vm } = vmArgs(args);
+        await this.abort(vm, false);
+        return { aborted: vm };
+      },
+    };
+  }
+}
