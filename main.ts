@@ -177,12 +177,20 @@ function program(exit: (code: number) => void): Command {
     )
     .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
 
-  p.command("restore <dir>")
+  p.command("restore <checkpoint>")
     .description(
-      "restore a checkpoint (a store: its latest generation; or one generation directory)",
+      "restore a checkpoint (a store: its latest generation; a generation directory; through an agent, an id)",
     )
     .option("--name <name>", "name of the restored VM (default: the checkpoint's)")
     .option("--lazy", "resume at once and load memory on demand")
+    .option("--single <addr>", "split checkpoint: restore it all onto this one agent")
+    .option("--main <addr>", "split checkpoint: restore it split, with this main host")
+    .option("--sub <addrs>", "split checkpoint: the sub-hosts (HOST:PORT,...), with --main")
+    .option(
+      "--map <old=new>",
+      "split checkpoint: NEW takes OLD's part; repeat for several",
+      collect,
+    )
     .option("--detach", "run the restored VM as its own dcres vmm process")
     .option("--for <duration>", "stop after this long")
     .action(act((dir: string, f: RestoreFlags) => restoreCommand(g(), dir, f)));

@@ -13,6 +13,7 @@ import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
 import { pageHandlers } from "./pages.ts";
+import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
 import type { SplitSpec } from "../paging/remote_pager.ts";
 import { hostAvailableMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
@@ -91,7 +92,11 @@ export class Agent {
     );
     const handlers = {
       ...agentHandlers(cfg, me.host, t0),
-      ...pageHandlers(stores, join(cfg.dataDir, "ckpt")),
+      ...pageHandlers(
+        stores,
+        join(cfg.dataDir, "ckpt"),
+        (arg) => checkpointPath(cfg, arg, "generation"),
+      ),
     };
     const quic = new RpcServer(
       identity,
@@ -252,7 +257,13 @@ export function agentHandlers(
       spawnRestore(inData(str(args, "path")), stateDir, {
         name: typeof args.name === "string" ? args.name : undefined,
         lazy: !!args.lazy,
+        split: args.split === undefined ? undefined : JSON.stringify({
+          ...splitArg(args.split),
+          holders: holdersArg(args.split),
+          identityDir: resolve(cfg.identityDir),
+        }),
       }),
+    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData),
     "ckpt.ls": (args) =>
       Promise.resolve(listGenerations(checkpointPath(cfg, str(args, "path"), "store"))),
     "ckpt.inspect": (args) => {
@@ -323,6 +334,21 @@ function splitArg(v: unknown): SplitSpec {
     throw new RpcError("bad-request", "split needs mainMemBytes and subs (HOST:PORT addresses)");
   }
   return { mainMemBytes: s.mainMemBytes!, subs: s.subs };
+}
+
+/** Validates the `holders` of a split restore: for each fragment, 0 (main) or a sub-host's 1..n. */
+function holdersArg(v: unknown): number[] {
+  const s = v as { holders?: unknown; subs: unknown[] };
+  const h = s.holders;
+  if (
+    !Array.isArray(h) || !h.every((x) => Number.isSafeInteger(x) && x >= 0 && x <= s.subs.length)
+  ) {
+    throw new RpcError(
+      "bad-request",
+      "holders must give each fragment's host: 0 (main) or 1..subs",
+    );
+  }
+  return h as number[];
 }
 
 /** Bytes each checkpoint store of this agent holds. */

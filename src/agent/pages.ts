@@ -3,6 +3,7 @@ import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { PageSaves } from "./page_saves.ts";
+import { pageLoadHandlers } from "./page_loads.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
 function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
@@ -43,11 +44,19 @@ async function serve(
   }
 }
 
-/** RPC handlers over `stores`; `ckptRoot` holds the checkpoint stores sub-host fragments go to. */
-export function pageHandlers(stores: PageStores, ckptRoot: string): Record<string, RpcHandler> {
+/**
+ * RPC handlers over `stores`; `ckptRoot` holds the checkpoint stores sub-host fragments go to, and
+ * `resolve` turns a checkpoint path or id into its generation directory.
+ */
+export function pageHandlers(
+  stores: PageStores,
+  ckptRoot: string,
+  resolve: (arg: string) => string,
+): Record<string, RpcHandler> {
   const saves = new PageSaves(stores, ckptRoot);
   return {
     ...saves.handlers(vmArgs),
+    ...pageLoadHandlers(stores, resolve, vmArgs),
     "pages.open": (args) => {
       const { vm, pages } = vmArgs(args);
       const hold = args.hold;

@@ -106,13 +106,14 @@ function lastLine(path: string): string {
 export async function spawnRestore(
   path: string,
   stateDir: string,
-  opts: { name?: string; lazy?: boolean; forMs?: number },
+  opts: { name?: string; lazy?: boolean; forMs?: number; split?: string },
 ): Promise<{ name: string; pid: number } & Partial<NonNullable<VmInfo["restore"]>>> {
   const spec = targetSpecOf(path, opts.name);
   let info = await spawnVmm(spec, stateDir, opts.forMs, [
     "--restore",
     path,
     ...(opts.lazy ? ["--lazy"] : []),
+    ...(opts.split ? ["--split", opts.split] : []),
   ]);
   const deadline = performance.now() + 120_000;
   while (info.restore?.residentMs === undefined && performance.now() < deadline) {

@@ -28,6 +28,8 @@ export interface RestoreOptions {
   io: MachineIo;
   /** Called as bytes are loaded. */
   onProgress?: (done: number, total: number) => void;
+  /** Only the pages of these fragments (a split restore: the others go to sub-hosts). */
+  only?: ReadonlySet<number>;
 }
 
 /** An opened checkpoint: manifest, its fragments, and for each page the fragment and index holding it. */
@@ -45,8 +47,11 @@ export class OpenCheckpoint {
     readonly indexOf: Uint32Array,
   ) {}
 
-  /** Opens and cross-checks a checkpoint: every fragment present, bound to this manifest, holding its pages. */
-  static open(path: string): OpenCheckpoint {
+  /**
+   * Opens and cross-checks a checkpoint: every fragment present, bound to this manifest, holding its
+   * pages; with `only`, just those fragments (the rest are on other hosts).
+   */
+  static open(path: string, only?: ReadonlySet<number>): OpenCheckpoint {
     const { root, dir, manifest } = resolveCheckpoint(path);
     const pages = manifest.machine.spec.memSize / PAGE;
     const mfile = join(dir, "MANIFEST");
@@ -59,7 +64,11 @@ export class OpenCheckpoint {
     }
     const readers: FragmentReader[] = [];
     try {
-      for (const f of manifest.fragments) {
+      for (const [k, f] of manifest.fragments.entries()) {
+        if (only && !only.has(k)) {
+          readers.push(undefined as unknown as FragmentReader);
+          continue;
+        }
         const r = FragmentReader.open(join(root, f.path));
         readers.push(r);
         if (r.footerCrc !== f.footerCrc) {
@@ -76,6 +85,7 @@ export class OpenCheckpoint {
       const indexOf = new Uint32Array(pages);
       for (let g = 0; g < pages; g++) {
         const r = readers[fragmentOf[g]];
+        if (!r) continue;
         const i = r.find(g);
         if (i < 0) {
           throw new CheckpointFormatError(
@@ -122,9 +132,16 @@ export class OpenCheckpoint {
     return (this.readers[this.fragmentOf[g]].pageFlags[this.indexOf[g]] & PAGE_FLAG.ZERO) !== 0;
   }
 
+  /** Gfns whose copy is in one of the fragments `only` names. */
+  pagesOf(only: ReadonlySet<number>): number[] {
+    const out: number[] = [];
+    for (let g = 0; g < this.fragmentOf.length; g++) if (only.has(this.fragmentOf[g])) out.push(g);
+    return out;
+  }
+
   /** Closes the fragments. */
   close(): void {
-    for (const r of this.readers) r.close();
+    for (const r of this.readers) r?.close();
   }
 }
 
@@ -143,7 +160,7 @@ export interface Restored {
 /** Opens a checkpoint and builds the machine from it (memory loaded unless lazy). */
 export function restoreCheckpoint(opts: RestoreOptions): Restored {
   const t0 = performance.now();
-  const ck = OpenCheckpoint.open(opts.path);
+  const ck = OpenCheckpoint.open(opts.path, opts.only);
   const state: MachineState = structuredClone(ck.manifest.machine);
   if (opts.name) {
     state.spec.name = opts.name;
@@ -157,11 +174,13 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
       // The VMM itself reads the low pages (guest status, boot structures); fault-free, they must be in.
       pager.preload(Math.min(memory.pages, HOST_READ_PAGES));
     } else {
-      const pages = memory.pages;
+      const gfns = opts.only ? ck.pagesOf(opts.only) : undefined;
+      const pages = gfns ? gfns.length : memory.pages;
       const step = 16384;
-      for (let g = 0; g < pages; g += step) {
-        ck.load(memory, Array.from({ length: Math.min(step, pages - g) }, (_, i) => g + i));
-        opts.onProgress?.(Math.min(g + step, pages) * PAGE, pages * PAGE);
+      for (let i = 0; i < pages; i += step) {
+        const n = Math.min(step, pages - i);
+        ck.load(memory, gfns ? gfns.slice(i, i + n) : Array.from({ length: n }, (_, k) => i + k));
+        opts.onProgress?.((i + n) * PAGE, pages * PAGE);
       }
     }
     const machine = Machine.restore({ memory, io: opts.io }, state);

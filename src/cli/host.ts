@@ -63,8 +63,14 @@ export async function hostVm(
   let tracker!: DirtyTracker;
   let paging!: SplitControl;
   const split = opts.split;
-  if (split && t.kind !== "boot") {
-    throw new MachineSpecError("a split VM cannot be restored yet; restore it on one host");
+  const holders = split?.holders;
+  if (split && t.kind !== "boot" && !holders) {
+    throw new MachineSpecError("a split restore needs the host of each fragment (holders)");
+  }
+  if (split && t.kind !== "boot" && t.lazy) {
+    throw new MachineSpecError(
+      "a split VM restores eagerly on its main host (its sub-hosts serve their pages on demand anyway); drop --lazy, or restore it onto one host with --single",
+    );
   }
   const rep = await runMachine(spec, {
     stateDir: opts.stateDir,
@@ -79,6 +85,7 @@ export async function hostVm(
           lazy: t.lazy,
           io,
           onProgress: opts.onProgress,
+          only: holders ? new Set(holders.flatMap((h, f) => h === 0 ? [f] : [])) : undefined,
         });
         m = restored.machine;
       } else m = await Machine.create(spec, io);
@@ -87,7 +94,10 @@ export async function hostVm(
       paging = new SplitControl(m, tracker);
       if (split) {
         try {
-          await paging.boot(split);
+          if (restored && holders) {
+            const of = restored.checkpoint.fragmentOf;
+            await paging.adopt(split, Uint8Array.from(of, (f) => holders[f]));
+          } else await paging.boot(split);
         } catch (e) {
           await m.vm.stop();
           throw e;

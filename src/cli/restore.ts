@@ -6,7 +6,9 @@ import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
 import { spawnRestore } from "../agent/spawn.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";
-import { parseDuration } from "./units.ts";
+import { fmtBytes, parseDuration, UsageError } from "./units.ts";
+import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { restoreSplit, type SplitTargets } from "./restore_split.ts";
 
 /** Flags of `dcres restore`. */
 export interface RestoreFlags {
@@ -14,6 +16,10 @@ export interface RestoreFlags {
   lazy?: boolean;
   detach?: boolean;
   for?: string;
+  single?: string;
+  main?: string;
+  sub?: string;
+  map?: string[];
 }
 
 const fmtTimes = (name: string, t: RestoreTimes) =>
@@ -28,7 +34,49 @@ export async function restoreCommand(
   path: string,
   f: RestoreFlags,
 ): Promise<number> {
-  if (agentAddr(g)) {
+  const source = agentAddr(g);
+  const targets: SplitTargets = {
+    single: f.single,
+    main: f.main,
+    subs: f.sub?.split(",").filter(Boolean),
+    map: f.map,
+  };
+  const placed = !!(f.single || f.main || f.sub || f.map?.length);
+  if (f.sub && !f.main) throw new UsageError("--sub goes with --main (the restored split's main)");
+  if (f.single && (f.main || f.map?.length)) {
+    throw new UsageError("--single restores onto one host: drop --main, --sub and --map");
+  }
+  if (placed && !source) {
+    throw new UsageError("--single, --main, --sub and --map restore through agents: add --agent");
+  }
+  if (source) {
+    const plan = await remoteCall<CheckpointPlan>(g, "ckpt.plan", { path });
+    if (plan.split || placed) {
+      const r = await restoreSplit(
+        g,
+        source,
+        {
+          ...plan,
+          split: plan.split ?? { mainMemBytes: plan.memSize, hosts: { main: "main" } },
+        },
+        { name: f.name, lazy: f.lazy },
+        targets,
+      );
+      report(g, r, () =>
+        [
+          `restored ${r.name} from checkpoint ${plan.id.slice(0, 12)} on ${r.main}${
+            Object.keys(r.subs).length
+              ? ` with sub-hosts ${
+                Object.entries(r.subs).map(([h, n]) => `${h} (${fmtBytes(n * 4096)})`).join(", ")
+              }`
+              : ""
+          } in ${r.totalMs.toFixed(0)} ms`,
+          `  copied ${r.copied.files} files (${fmtBytes(r.copied.bytes)}) in ${
+            r.copied.ms.toFixed(0)
+          } ms; sub-hosts loaded in ${r.loadMs.toFixed(0)} ms`,
+        ].join("\n"));
+      return EXIT.OK;
+    }
     const t = await remoteCall<RestoreTimes & { name: string; pid: number }>(g, "restore", {
       path,
       name: f.name,

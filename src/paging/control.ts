@@ -12,8 +12,11 @@ import type { Machine } from "../vmm/machine.ts";
 import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
 import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpoint.ts";
 
-/** A split plus the identity directory its VMM reaches the sub-hosts with. */
-export type SplitRequest = SplitSpec & { identityDir: string };
+/**
+ * A split plus the identity directory its VMM reaches the sub-hosts with; a restore adds which host
+ * holds each fragment's pages (0: main, k: the k-th sub-host).
+ */
+export type SplitRequest = SplitSpec & { identityDir: string; holders?: number[] };
 
 /** Paging state of one machine: split or not, and the operations that change it. */
 export class SplitControl {
@@ -41,6 +44,11 @@ export class SplitControl {
       identity: loadIdentity(split.identityDir),
       pinnedPages: dataRegion(this.m.spec.memSize).baseGfn,
     };
+  }
+
+  /** Splits a restored VM before its vCPUs run: `holder` gives each page's host (0: main). */
+  async adopt(split: SplitRequest, holder: Uint8Array): Promise<void> {
+    this.pager = await RemotePager.adopt(this.options(split), holder);
   }
 
   /** Splits the VM before its vCPUs first run. */

@@ -289,6 +289,45 @@ export class RemotePager {
   }
 
   /**
+   * Takes over a split restore: every sub-host's store already holds the pages `holder` gives it
+   * (loaded from its fragments), main's memory the rest; then faults are served and the budget kept.
+   */
+  static async adopt(opts: PagerOptions, holder: Uint8Array): Promise<RemotePager> {
+    const { mem } = opts;
+    const subs = opts.split.subs.length;
+    const own = new PageOwnership(mem.pages, subs + 1, (g) => holder[g]);
+    for (let g = 0; g < opts.pinnedPages; g++) {
+      if (holder[g] !== MAIN) throw new Error(`page ${g} the VMM reads must be on main`);
+    }
+    const budget = budgetOf(opts);
+    populate(mem, opts.pinnedPages);
+    const links = opts.split.subs.map((addr, i) =>
+      new SubLink(i + 1, addr, opts.identity, opts.name, mem.pages)
+    );
+    const counts = own.counts();
+    try {
+      await Promise.all(links.map(async (l) => {
+        const held = await l.connect().catch((e) => {
+          throw new Error(`sub-host ${l.addr}: ${(e as Error).message}`);
+        });
+        if (held !== counts[l.index]) {
+          throw new Error(
+            `sub-host ${l.host} holds ${held} pages of ${opts.name}, the restore gave it ${
+              counts[l.index]
+            }`,
+          );
+        }
+      }));
+    } catch (e) {
+      links.forEach((l) => l.close());
+      throw e;
+    }
+    const pager = new RemotePager(opts, own, links, budget);
+    pager.run("restored");
+    return pager;
+  }
+
+  /**
    * Splits a running VM, pre-copy style and without paging: the hottest pages (recently written)
    * stay on main up to its budget; the others are copied to their sub-hosts while the guest runs,
    * in rounds that resend what it wrote meanwhile; a short pause sends the last dirty ones, drops

@@ -119,16 +119,21 @@ export class SubLink {
     });
   }
 
-  /** Connects, opens the VM's store (`hold` starts it afresh with those runs) and the channels. */
-  async connect(hold?: Array<[number, number]>): Promise<void> {
+  /**
+   * Connects, opens the VM's store (`hold` starts it afresh with those runs) and the channels;
+   * returns how many pages the store holds.
+   */
+  async connect(hold?: Array<[number, number]>): Promise<number> {
     const [client, other] = await Promise.all([this.dial(), this.dial()]);
+    let held: number;
     try {
-      const opened = await client.call<{ host: string }>("pages.open", {
+      const opened = await client.call<{ host: string; heldPages: number }>("pages.open", {
         vm: this.vm,
         pages: this.pages,
         ...(hold ? { hold } : {}),
       }, { deadlineMs: 120_000 });
       this.host = opened.host;
+      held = opened.heldPages;
     } catch (e) {
       client.close();
       other.close();
@@ -139,6 +144,7 @@ export class SubLink {
     const onFail = (reason: string) => this.fail(reason);
     this.urgent = new Channel(client, this.vm, this.pages, onFail);
     this.bulk = new Channel(other, this.vm, this.pages, onFail);
+    return held;
   }
 
   /** Marks the link down and fails everything in flight. */

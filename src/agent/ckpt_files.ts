@@ -1,0 +1,116 @@
+/**
+ * The agent's checkpoint-file methods, with which a restore gathers a split checkpoint's files where
+ * they are needed: what a checkpoint consists of (`ckpt.plan`), which of its files this agent lacks
+ * (`ckpt.have`), and a file streamed out (`ckpt.get`) or in (`ckpt.put`, written aside, fsynced and
+ * renamed into place, so a broken copy never looks like a fragment).
+ */
+import { basename, dirname, join, normalize } from "node:path";
+import { fsyncDir, readManifest } from "../ckpt/manifest.ts";
+import type { RpcHandler } from "../net/quic.ts";
+import { RpcError } from "../net/rpc_messages.ts";
+
+/** What a restore needs to know of a checkpoint. */
+export interface CheckpointPlan {
+  /** Store directory name under the agent's checkpoint root. */
+  store: string;
+  /** Generation directory name. */
+  generation: string;
+  /** Checkpoint id. */
+  id: string;
+  /** VM name. */
+  vm: string;
+  /** Guest memory size. */
+  memSize: number;
+  /** Fragments, in manifest order. */
+  fragments: Array<{ path: string; host: string; bytes: number }>;
+  /** The split it was taken with, for a split VM. */
+  split?: { mainMemBytes: number; hosts: Record<string, string> };
+}
+
+const CHUNK = 512 * 1024;
+
+/** `file` of `store`, refused unless it stays inside the store. */
+function inStore(root: string, store: unknown, file: unknown): string {
+  if (typeof store !== "string" || !/^[A-Za-z0-9._-]{1,64}$/.test(store) || store.startsWith(".")) {
+    throw new RpcError("bad-request", "store must be a store directory name");
+  }
+  if (typeof file !== "string" || file.startsWith("/") || normalize(file).startsWith("..")) {
+    throw new RpcError("bad-request", `file ${String(file)} is not inside the store`);
+  }
+  return join(root, store, normalize(file));
+}
+
+/** Handlers over the checkpoint root `root`; `resolve` turns a path or id into a generation dir. */
+export function ckptFileHandlers(
+  root: string,
+  resolve: (arg: string) => string,
+): Record<string, RpcHandler> {
+  return {
+    "ckpt.plan": (args) => {
+      if (typeof args.path !== "string") throw new RpcError("bad-request", "path is required");
+      const dir = resolve(args.path);
+      const m = readManifest(dir);
+      const plan: CheckpointPlan = {
+        store: basename(dirname(dir)),
+        generation: basename(dir),
+        id: m.id,
+        vm: m.vm,
+        memSize: m.machine.spec.memSize,
+        fragments: m.fragments.map((f) => ({ path: f.path, host: f.host, bytes: f.bytes })),
+        ...(m.split ? { split: m.split } : {}),
+      };
+      return Promise.resolve(plan);
+    },
+    "ckpt.have": (args) => {
+      const files = Array.isArray(args.files) ? args.files : [];
+      const missing: string[] = [], sizes: Record<string, number> = {};
+      for (const f of files) {
+        try {
+          const st = Deno.statSync(inStore(root, args.store, f));
+          if (st.isFile) sizes[f] = st.size;
+          else missing.push(f);
+        } catch {
+          missing.push(f);
+        }
+      }
+      return Promise.resolve({ missing, sizes });
+    },
+    "ckpt.get": async (args, ctx) => {
+      const path = inStore(root, args.store, args.file);
+      using f = await Deno.open(path, { read: true });
+      const buf = new Uint8Array(CHUNK);
+      let bytes = 0;
+      for (;;) {
+        const n = await f.read(buf);
+        if (n === null) break;
+        await ctx.send(buf.slice(0, n));
+        bytes += n;
+      }
+      return { bytes };
+    },
+    "ckpt.put": async (args, ctx) => {
+      const path = inStore(root, args.store, args.file);
+      Deno.mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      const tmp = `${path}.part`;
+      let bytes = 0;
+      {
+        using f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
+        for await (const b of ctx.data) {
+          for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
+          bytes += b.length;
+        }
+        await f.syncData();
+      }
+      if (args.bytes !== undefined && args.bytes !== bytes) {
+        Deno.removeSync(tmp);
+        throw new RpcError(
+          "bad-request",
+          `${args.file}: got ${bytes} bytes, expected ${args.bytes}`,
+        );
+      }
+      Deno.renameSync(tmp, path);
+      fsyncDir(dirname(path));
+      return { bytes };
+    },
+  };
+}

@@ -1,0 +1,242 @@
+/**
+ * `dcres restore CKPT` of a split VM's checkpoint, coordinated from the CLI: every target host gets
+ * the fragments it will load (copied from the hosts that saved them, all at once, when it lacks
+ * them), the sub-hosts load theirs into page stores, and the main host restores the machine with
+ * its own pages and pages the rest from the sub-hosts. `--single` restores onto one host instead,
+ * `--main/--sub` onto another split, `--map OLD=NEW` has NEW play OLD's part.
+ */
+import { dirname } from "node:path";
+import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { Inbox } from "../net/inbox.ts";
+import { RpcClient } from "../net/quic.ts";
+import { PAGE_SIZE } from "../memory/guest_memory.ts";
+import type { GlobalOptions } from "./context.ts";
+import { clientIdentity, remoteCall } from "./remote.ts";
+import { UsageError } from "./units.ts";
+
+/** Where a split restore puts things. */
+export interface SplitTargets {
+  /** Restore everything onto this one host. */
+  single?: string;
+  /** Main host of the restored split. */
+  main?: string;
+  /** Sub-hosts of the restored split. */
+  subs?: string[];
+  /** OLD=NEW: NEW plays the part of OLD (a host name or address of the checkpoint). */
+  map?: string[];
+}
+
+/** The outcome of a split restore. */
+export interface SplitRestoreReport {
+  /** Restored VM name. */
+  name: string;
+  /** Main host (or the single host). */
+  main: string;
+  /** Sub-hosts, with the pages each loaded. */
+  subs: Record<string, number>;
+  /** Files copied between hosts, and their bytes. */
+  copied: { files: number; bytes: number; ms: number };
+  /** ms until every sub-host had loaded its pages. */
+  loadMs: number;
+  /** ms from the start until the VM ran with all of main's pages. */
+  totalMs: number;
+  /** The main host's restore timings. */
+  restore: Record<string, unknown>;
+}
+
+const HOSTPORT = /^[^\s:]+:\d+$/;
+
+/** Streams `file` of `store` from agent `from` to agent `to`; returns its bytes. */
+async function copyFile(
+  g: GlobalOptions,
+  from: string,
+  to: string,
+  store: string,
+  file: string,
+  bytes: number,
+): Promise<number> {
+  const id = clientIdentity(g);
+  const [src, dst] = await Promise.all([RpcClient.connect(from, id), RpcClient.connect(to, id)]);
+  try {
+    const pipe = new Inbox();
+    const get = src.call("ckpt.get", { store, file }, {
+      onData: (b) => pipe.push(b),
+      deadlineMs: 3_600_000,
+    }).then(() => pipe.end(), (e) => {
+      pipe.end(e);
+      throw e;
+    });
+    const put = dst.call("ckpt.put", { store, file, bytes }, {
+      upload: pipe,
+      deadlineMs: 3_600_000,
+    });
+    await Promise.all([get, put]);
+    return bytes;
+  } catch (e) {
+    throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
+  } finally {
+    src.close();
+    dst.close();
+  }
+}
+
+/** Which host each fragment's pages go to, and the restored split's hosts. */
+function placeFragments(
+  plan: CheckpointPlan,
+  source: string,
+  t: SplitTargets,
+): { main: string; subs: string[]; target: string[]; origin: string[] } {
+  const hosts = plan.split!.hosts;
+  const names = Object.keys(hosts);
+  const mainName = names.find((n) => hosts[n] === "main")!;
+  const addrOf = (n: string) => hosts[n] === "main" ? source : hosts[n];
+  const subNames = names.filter((n) => n !== mainName);
+  const map = new Map<string, string>();
+  for (const m of t.map ?? []) {
+    const [old, neu] = m.split("=");
+    if (!old || !neu || !HOSTPORT.test(neu)) {
+      throw new UsageError(`--map ${m}: use OLD=NEW, OLD a host name or address, NEW HOST:PORT`);
+    }
+    const name = names.find((n) => n === old || addrOf(n) === old);
+    if (!name) {
+      throw new UsageError(
+        `--map ${m}: ${old} took no part in checkpoint ${plan.id} (its hosts: ${
+          names.map((n) => `${n} ${addrOf(n)}`).join(", ")
+        })`,
+      );
+    }
+    map.set(name, neu);
+  }
+  const roleTarget = new Map<string, string>();
+  let main: string, subs: string[];
+  if (t.single) {
+    main = t.single;
+    subs = [];
+    for (const n of names) roleTarget.set(n, t.single);
+  } else if (t.main) {
+    main = t.main;
+    subs = t.subs ?? [];
+    if (!subs.length) throw new UsageError("--main needs --sub HOST:PORT,... (or use --single)");
+    roleTarget.set(mainName, main);
+    subNames.forEach((n, i) => roleTarget.set(n, subs[i % subs.length]));
+  } else {
+    main = map.get(mainName) ?? source;
+    subs = subNames.map((n) => map.get(n) ?? addrOf(n));
+    roleTarget.set(mainName, main);
+    subNames.forEach((n, i) => roleTarget.set(n, subs[i]));
+  }
+  for (const a of [main, ...subs]) {
+    if (!HOSTPORT.test(a)) throw new UsageError(`${a}: hosts are HOST:PORT`);
+  }
+  if (subs.includes(main)) throw new UsageError(`${main} cannot be both main and a sub-host`);
+  if (new Set(subs).size !== subs.length) throw new UsageError("a sub-host is named twice");
+  const target = plan.fragments.map((f) => {
+    const r = roleTarget.get(f.host);
+    if (!r) throw new Error(`fragment ${f.path} was saved by ${f.host}, not a host of the split`);
+    return r;
+  });
+  const origin = plan.fragments.map((f) => addrOf(f.host));
+  return { main, subs, target, origin };
+}
+
+/** Restores split checkpoint `path` (found through the agent `source`) onto `t`'s hosts. */
+export async function restoreSplit(
+  g: GlobalOptions,
+  source: string,
+  plan: CheckpointPlan,
+  opts: { name?: string; lazy?: boolean },
+  t: SplitTargets,
+): Promise<SplitRestoreReport> {
+  const t0 = performance.now();
+  const name = opts.name ?? plan.vm;
+  const { main, subs, target, origin } = placeFragments(plan, source, t);
+  const gen = `${plan.store}/${plan.generation}`;
+  // Each target needs its fragments and the manifests of their generations (so a copied
+  // generation is a committed one there), the restored generation's last.
+  const wants = new Map<string, Map<string, { from: string; bytes: number }>>();
+  const want = (host: string, file: string, from: string, bytes: number) => {
+    const m = wants.get(host) ?? new Map();
+    m.set(file, { from, bytes });
+    wants.set(host, m);
+  };
+  plan.fragments.forEach((f, k) => {
+    want(target[k], f.path, origin[k], f.bytes);
+    want(target[k], `${dirname(f.path)}/MANIFEST`, source, -1);
+  });
+  want(main, `${plan.generation}/MANIFEST`, source, -1);
+  const tc = performance.now();
+  let files = 0, bytes = 0;
+  await Promise.all([...wants].map(async ([host, files_]) => {
+    const list = [...files_.keys()];
+    const { missing } = await remoteCall<{ missing: string[] }>(
+      { ...g, agent: host },
+      "ckpt.have",
+      { store: plan.store, files: list },
+    );
+    // Fragments first, manifests last: a generation there is complete before it is committed.
+    const order = missing.sort((a, b) =>
+      Number(a.endsWith("MANIFEST")) - Number(b.endsWith("MANIFEST"))
+    );
+    const frags = order.filter((f) => !f.endsWith("MANIFEST"));
+    const mans = order.filter((f) => f.endsWith("MANIFEST"));
+    const copy = async (f: string) => {
+      const w = files_.get(f)!;
+      const size = w.bytes >= 0 ? w.bytes : await fileSize(g, w.from, plan.store, f);
+      const n = await copyFile(g, w.from, host, plan.store, f, size);
+      bytes += n;
+      files++;
+    };
+    await Promise.all(frags.map(copy));
+    for (const f of mans) await copy(f);
+  }));
+  const copied = { files, bytes, ms: performance.now() - tc };
+  if (t.single) {
+    const restore = await remoteCall<Record<string, unknown>>({ ...g, agent: main }, "restore", {
+      path: gen,
+      name,
+      lazy: !!opts.lazy,
+    });
+    return { name, main, subs: {}, copied, loadMs: 0, totalMs: performance.now() - t0, restore };
+  }
+  const pages = plan.memSize / PAGE_SIZE;
+  const tl = performance.now();
+  const loaded = await Promise.all(
+    subs.map((s) =>
+      remoteCall<{ heldPages: number }>({ ...g, agent: s }, "pages.load", {
+        vm: name,
+        pages,
+        ckpt: gen,
+        fragments: target.flatMap((h, k) => h === s ? [k] : []),
+      })
+    ),
+  );
+  const loadMs = performance.now() - tl;
+  const holders = target.map((h) => h === main ? 0 : 1 + subs.indexOf(h));
+  const restore = await remoteCall<Record<string, unknown>>({ ...g, agent: main }, "restore", {
+    path: gen,
+    name,
+    lazy: !!opts.lazy,
+    split: { mainMemBytes: plan.split!.mainMemBytes, subs, holders },
+  });
+  return {
+    name,
+    main,
+    subs: Object.fromEntries(subs.map((s, i) => [s, loaded[i].heldPages])),
+    copied,
+    loadMs,
+    totalMs: performance.now() - t0,
+    restore,
+  };
+}
+
+async function fileSize(g: GlobalOptions, host: string, store: string, file: string) {
+  const r = await remoteCall<{ sizes: Record<string, number> }>(
+    { ...g, agent: host },
+    "ckpt.have",
+    {
+      store,
+      files: [file],
+    },
+  );
+  return r.sizes[file];
+}
