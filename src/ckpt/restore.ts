@@ -28,7 +28,10 @@ export interface RestoreOptions {
   io: MachineIo;
   /** Called as bytes are loaded. */
   onProgress?: (done: number, total: number) => void;
-  /** Only the pages of these fragments (a split restore: the others go to sub-hosts). */
+  /**
+   * Only the pages of these fragments (a split restore: the others go to sub-hosts); lazily, none
+   * are loaded here: the split's pager serves them.
+   */
   only?: ReadonlySet<number>;
 }
 
@@ -169,7 +172,9 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
   const memory = GuestMemory.create(state.spec.memSize, `dcres-${state.spec.name}`);
   try {
     let pager: LazyPager | undefined;
-    if (opts.lazy) {
+    if (opts.lazy && opts.only) {
+      // The split's pager installs main's pages from the checkpoint on demand.
+    } else if (opts.lazy) {
       pager = new LazyPager(ck, memory, opts.onProgress);
       // The VMM itself reads the low pages (guest status, boot structures); fault-free, they must be in.
       pager.preload(Math.min(memory.pages, HOST_READ_PAGES));

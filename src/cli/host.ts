@@ -67,11 +67,6 @@ export async function hostVm(
   if (split && t.kind !== "boot" && !holders) {
     throw new MachineSpecError("a split restore needs the host of each fragment (holders)");
   }
-  if (split && t.kind !== "boot" && t.lazy) {
-    throw new MachineSpecError(
-      "a split VM restores eagerly on its main host (its sub-hosts serve their pages on demand anyway); drop --lazy, or restore it onto one host with --single",
-    );
-  }
   const rep = await runMachine(spec, {
     stateDir: opts.stateDir,
     forMs: opts.forMs,
@@ -96,7 +91,11 @@ export async function hostVm(
         try {
           if (restored && holders) {
             const of = restored.checkpoint.fragmentOf;
-            await paging.adopt(split, Uint8Array.from(of, (f) => holders[f]));
+            await paging.adopt(
+              split,
+              Uint8Array.from(of, (f) => holders[f]),
+              t.kind === "restore" && t.lazy ? restored.checkpoint : undefined,
+            );
           } else await paging.boot(split);
         } catch (e) {
           await m.vm.stop();
@@ -109,7 +108,7 @@ export async function hostVm(
       ...checkpointHandlers(
         m,
         tracker,
-        restored?.pager?.done,
+        restored?.pager?.done ?? paging.pager?.localDone,
         (r, o, local) => paging.checkpoint(r, o, local),
       ),
       ...paging.handlers(),
@@ -120,9 +119,9 @@ export async function hostVm(
         const resumeMs = performance.now() - t0;
         times = {
           from: restored.checkpoint.dir,
-          lazy: !!restored.pager,
+          lazy: !!restored.pager || !!paging.pager?.localDone,
           resumeMs,
-          residentMs: restored.pager ? undefined : resumeMs,
+          residentMs: restored.pager || paging.pager?.localDone ? undefined : resumeMs,
         };
         opts.onRestore?.(times);
         const ck = restored.checkpoint;
@@ -138,6 +137,14 @@ export async function hostVm(
               opts.onRestore?.(times);
             }
           }).catch(() => {}).finally(() => ck.close());
+        } else if (paging.pager?.localDone) {
+          // A lazy split restore: the pager installs main's pages from the checkpoint, then closes it.
+          void paging.pager.localDone.then(() => {
+            if (!m.vm.isStopped && times) {
+              times.residentMs = performance.now() - t0;
+              opts.onRestore?.(times);
+            }
+          });
         } else {
           ck.close();
         }

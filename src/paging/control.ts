@@ -4,6 +4,7 @@
  */
 import type { CheckpointRequest } from "../ckpt/control.ts";
 import type { CheckpointOptions, CheckpointReport } from "../ckpt/save.ts";
+import type { OpenCheckpoint } from "../ckpt/restore.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
@@ -46,9 +47,12 @@ export class SplitControl {
     };
   }
 
-  /** Splits a restored VM before its vCPUs run: `holder` gives each page's host (0: main). */
-  async adopt(split: SplitRequest, holder: Uint8Array): Promise<void> {
-    this.pager = await RemotePager.adopt(this.options(split), holder);
+  /**
+   * Splits a restored VM before its vCPUs run: `holder` gives each page's host (0: main); with
+   * `lazy`, main's own pages are installed from that checkpoint on demand.
+   */
+  async adopt(split: SplitRequest, holder: Uint8Array, lazy?: OpenCheckpoint): Promise<void> {
+    this.pager = await RemotePager.adopt(this.options(split), holder, lazy);
   }
 
   /** Splits the VM before its vCPUs first run. */

@@ -14,6 +14,7 @@ import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
 import type { Identity } from "../net/identity.ts";
 import { MAIN, PageOwnership } from "./ownership.ts";
+import type { OpenCheckpoint } from "../ckpt/restore.ts";
 import { SubHostDownError, SubLink } from "./sub_link.ts";
 import { MAX_BATCH, PageOp } from "./wire.ts";
 
@@ -199,10 +200,47 @@ export interface PageOutSaver {
   leavingMain(gfns: number[], data: Uint8Array): Promise<void>;
 }
 
+/** A lazy split restore's pages of main still to install from the checkpoint. */
+class LocalPages {
+  static readonly BATCH = 512;
+  /** 1: main holds the page and its bytes are still only in the checkpoint. */
+  readonly pending: Uint8Array;
+  left = 0;
+  readonly staging = new Uint8Array(LocalPages.BATCH * PAGE_SIZE);
+  readonly stagingAddr = libc.ptrValue(Deno.UnsafePointer.of(this.staging));
+  readonly done: Promise<void>;
+  private resolve!: () => void;
+
+  constructor(readonly ck: OpenCheckpoint, holder: Uint8Array, pinned: number) {
+    this.pending = new Uint8Array(holder.length);
+    for (let g = pinned; g < holder.length; g++) {
+      if (holder[g] === MAIN) {
+        this.pending[g] = 1;
+        this.left++;
+      }
+    }
+    this.done = new Promise((r) => this.resolve = r);
+  }
+
+  installed(g: number) {
+    if (this.pending[g]) {
+      this.pending[g] = 0;
+      this.left--;
+    }
+  }
+
+  finish() {
+    this.ck.close();
+    this.resolve();
+  }
+}
+
 /** The main host's pager of one split VM. */
 export class RemotePager {
   /** The checkpoint under way, told of every page-out. */
   saver?: PageOutSaver;
+  /** A lazy restore's pages of main not installed yet. */
+  private local?: LocalPages;
   private memoryLock: Promise<unknown> = Promise.resolve();
   private readonly uffd: Userfaultfd;
   private readonly lastTouch: Uint32Array;
@@ -292,8 +330,14 @@ export class RemotePager {
    * Takes over a split restore: every sub-host's store already holds the pages `holder` gives it
    * (loaded from its fragments), main's memory the rest; then faults are served and the budget kept.
    */
-  static async adopt(opts: PagerOptions, holder: Uint8Array): Promise<RemotePager> {
+  static async adopt(
+    opts: PagerOptions,
+    holder: Uint8Array,
+    lazy?: OpenCheckpoint,
+  ): Promise<RemotePager> {
     const { mem } = opts;
+    // The pages the VMM reads itself must be in before userfaultfd is armed.
+    if (lazy) lazy.load(mem, Array.from({ length: opts.pinnedPages }, (_, g) => g));
     const subs = opts.split.subs.length;
     const own = new PageOwnership(mem.pages, subs + 1, (g) => holder[g]);
     for (let g = 0; g < opts.pinnedPages; g++) {
@@ -323,6 +367,7 @@ export class RemotePager {
       throw e;
     }
     const pager = new RemotePager(opts, own, links, budget);
+    if (lazy) pager.local = new LocalPages(lazy, holder, opts.pinnedPages);
     pager.run("restored");
     return pager;
   }
@@ -467,6 +512,11 @@ export class RemotePager {
     return p;
   }
 
+  /** Resolves once a lazy restore's pages of main are all installed (undefined: none pending). */
+  get localDone(): Promise<void> | undefined {
+    return this.local?.done;
+  }
+
   /** The guest memory the pager serves. */
   get memory(): GuestMemory {
     return this.mem;
@@ -510,6 +560,7 @@ export class RemotePager {
   private run(what: string) {
     this.uffd.register(this.mem.hostAddr, this.mem.size, REGISTER_MODE.MISSING);
     this.loops.push(this.faultLoop(), this.balanceLoop());
+    if (this.local) this.loops.push(this.localLoop());
     log.info("split {what}: {pages} pages, main budget {budget}, sub-hosts {subs}", {
       what,
       pages: this.mem.pages,
@@ -631,8 +682,9 @@ export class RemotePager {
     }
     const holder = own.holderOf(g);
     if (holder === MAIN) {
+      if (this.local?.pending[g]) this.installLocal([g]);
       // Main's and not present: never written since main took it, so it is a zero page.
-      this.place([g], (dst, len) => this.uffd.zeropage(dst, len));
+      else this.place([g], (dst, len) => this.uffd.zeropage(dst, len));
       return;
     }
     if (this.zero[g]) {
@@ -798,6 +850,51 @@ export class RemotePager {
     });
   }
 
+  /** Installs main's lazily restored pages `gfns` (those still pending) from the checkpoint. */
+  private installLocal(gfns: number[]) {
+    const l = this.local!;
+    const todo = gfns.filter((g) => l.pending[g]).sort((a, b) => a - b);
+    if (!todo.length) return;
+    const stored = todo.filter((g) => !l.ck.isZero(g));
+    l.ck.loadTo(stored, l.staging, l.stagingAddr, stored.map((_, k) => k * PAGE_SIZE));
+    for (const [k, n] of indexRuns(stored)) {
+      this.place(
+        stored.slice(k, k + n),
+        (dst, len, at) => this.uffd.copy(dst, l.stagingAddr + BigInt((k + at) * PAGE_SIZE), len),
+      );
+    }
+    const zero = todo.filter((g) => l.ck.isZero(g));
+    for (const [k, n] of indexRuns(zero)) {
+      this.place(zero.slice(k, k + n), (dst, len) => this.uffd.zeropage(dst, len));
+    }
+    for (const g of todo) l.installed(g);
+  }
+
+  /** Installs the rest of a lazy restore's pages of main, most recently used first. */
+  private async localLoop() {
+    const l = this.local!;
+    const order = l.ck.manifest.prefetchOrder;
+    let next = 0;
+    try {
+      while (!this.stopped && l.left > 0) {
+        const batch: number[] = [];
+        while (next < order.length && batch.length < LocalPages.BATCH) {
+          const g = order[next++];
+          if (l.pending[g]) batch.push(g);
+        }
+        if (!batch.length) {
+          for (let g = 0; g < this.mem.pages && batch.length < LocalPages.BATCH; g++) {
+            if (l.pending[g]) batch.push(g);
+          }
+        }
+        this.installLocal(batch);
+        await new Promise((r) => setTimeout(r, 0));
+      }
+    } finally {
+      l.finish();
+    }
+  }
+
   // ---- failure ----
 
   /**
@@ -880,15 +977,16 @@ export class RemotePager {
     const epochs = this.tracker.currentEpoch + 2;
     const count = new Uint32Array(epochs + 1);
     const key = (g: number) => Math.min(epochs, Math.max(dirty[g], touch[g]));
-    for (let g = this.pinned; g < this.mem.pages; g++) {
-      if (own.holderOf(g) === MAIN && !own.isMoving(g)) count[key(g)]++;
-    }
+    // A lazily restored page not installed yet cannot leave (its bytes are not in memory yet).
+    const movable = (g: number) =>
+      own.holderOf(g) === MAIN && !own.isMoving(g) && !this.local?.pending[g];
+    for (let g = this.pinned; g < this.mem.pages; g++) if (movable(g)) count[key(g)]++;
     let cutoff = 0, taken = 0;
     while (cutoff <= epochs && taken + count[cutoff] < n) taken += count[cutoff++];
     const out: number[] = [];
     let atCutoff = n - taken;
     for (let g = this.pinned; g < this.mem.pages && out.length < n; g++) {
-      if (own.holderOf(g) !== MAIN || own.isMoving(g)) continue;
+      if (!movable(g)) continue;
       const k = key(g);
       if (k < cutoff) out.push(g);
       else if (k === cutoff && atCutoff > 0) {
