@@ -31,6 +31,22 @@ interface SaveSession {
   failed?: string;
 }
 
+/** Gfns from [start, count] runs, each inside a VM of `pages` pages. */
+function gfnsArg(runs: unknown, pages: number): number[] {
+  const gfns: number[] = [];
+  for (const run of (Array.isArray(runs) ? runs : []) as unknown[]) {
+    const [start, count] = Array.isArray(run) ? run : [];
+    if (
+      !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 ||
+      start + count > pages
+    ) {
+      throw new RpcError("bad-request", `gfns run ${JSON.stringify(run)} is outside the VM`);
+    }
+    for (let g = start; g < start + count; g++) gfns.push(g);
+  }
+  return gfns;
+}
+
 /** Sessions by VM name; the page channel consults them before pages leave. */
 export class PageSaves {
   private readonly sessions = new Map<string, SaveSession>();
@@ -117,19 +133,16 @@ export class PageSaves {
         this.sessions.set(vm, s);
         return { host: this.stores.host };
       },
+      "pages.save.owe": (args) => {
+        const { vm, pages } = vmArgs(args);
+        const s = this.session(vm);
+        s.saver.owe(gfnsArg(args.gfns, pages));
+        return Promise.resolve({ owed: s.saver.unsaved().length });
+      },
       "pages.save": async (args) => {
         const { vm, pages } = vmArgs(args);
         const s = this.session(vm);
-        const gfns: number[] = [];
-        for (const run of (args.gfns ?? []) as unknown[]) {
-          const [start, count] = Array.isArray(run) ? run : [];
-          if (
-            !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start + count > pages
-          ) {
-            throw new RpcError("bad-request", `gfns run ${JSON.stringify(run)} is outside the VM`);
-          }
-          for (let g = start; g < start + count; g++) gfns.push(g);
-        }
+        const gfns = gfnsArg(args.gfns, pages);
         const before = s.received;
         const saved = await s.saver.save(gfns);
         const runs: Array<[number, number]> = [];

@@ -8,7 +8,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import * as libc from "../ffi/libc.ts";
-import { REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import { FEATURE, PAGEFAULT_FLAG, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
@@ -239,6 +239,11 @@ class LocalPages {
 export class RemotePager {
   /** The checkpoint under way, told of every page-out. */
   saver?: PageOutSaver;
+  /**
+   * A copy-on-write checkpoint's hook: the guest is about to write `gfn`, which main protected;
+   * it keeps the old contents first.
+   */
+  onWriteProtected?: (gfn: number) => void;
   /** A lazy restore's pages of main not installed yet. */
   private local?: LocalPages;
   private memoryLock: Promise<unknown> = Promise.resolve();
@@ -288,7 +293,8 @@ export class RemotePager {
     this.vm = opts.vm;
     this.tracker = opts.tracker;
     this.pinned = opts.pinnedPages;
-    this.uffd = Userfaultfd.open(0n);
+    // Write protection too: a copy-on-write checkpoint protects main's pages in place.
+    this.uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM);
     this.base = this.mem.hostAddr;
     this.lastTouch = new Uint32Array(this.mem.pages);
     this.zero = new Uint8Array(this.mem.pages);
@@ -536,9 +542,20 @@ export class RemotePager {
     return out;
   }
 
+  /** Sets or clears (waking writers) write protection of main's pages in `runs` [gfn, count]. */
+  protect(runs: Array<[number, number]>, on: boolean): void {
+    for (const [g, n] of runs) {
+      this.uffd.writeProtect(this.base + BigInt(g * PAGE_SIZE), n * PAGE_SIZE, on);
+    }
+  }
+
   /** Drops `gfns` from main's memory (they must be paused or protected). */
   private punch(gfns: number[]) {
     const sorted = gfns.slice().sort((a, b) => a - b);
+    // A page leaves unprotected, so nothing of a copy-on-write checkpoint outlives it.
+    if (this.onWriteProtected) {
+      this.protect(indexRuns(sorted).map(([i, k]) => [sorted[i], k] as [number, number]), false);
+    }
     for (const [i, k] of indexRuns(sorted)) {
       libc.fallocate(
         this.mem.fd,
@@ -558,7 +575,11 @@ export class RemotePager {
 
   /** Arms userfaultfd and starts serving faults and keeping the budget. */
   private run(what: string) {
-    this.uffd.register(this.mem.hostAddr, this.mem.size, REGISTER_MODE.MISSING);
+    this.uffd.register(
+      this.mem.hostAddr,
+      this.mem.size,
+      REGISTER_MODE.MISSING | REGISTER_MODE.WP,
+    );
     this.loops.push(this.faultLoop(), this.balanceLoop());
     if (this.local) this.loops.push(this.localLoop());
     log.info("split {what}: {pages} pages, main budget {budget}, sub-hosts {subs}", {
@@ -652,6 +673,11 @@ export class RemotePager {
         for (const ev of evs) {
           const g = Number((ev.address - this.base) / BigInt(PAGE_SIZE));
           if (g < 0 || g >= this.mem.pages) continue;
+          if (ev.flags & PAGEFAULT_FLAG.WP) {
+            this.onWriteProtected?.(g);
+            this.protect([[g, 1]], false);
+            continue;
+          }
           this.counters.faults++;
           this.route(g, t, batches);
         }

@@ -107,7 +107,8 @@ export class SaveLedger {
   claim(host: number, idle: (g: number) => boolean): number[] {
     const out: number[] = [];
     for (let g = 0; g < this.pages; g++) {
-      if (this.copy[g] === NO_COPY && idle(g)) {
+      // After a copy-on-write point a page is saved only by the host that held it there.
+      if (this.copy[g] === NO_COPY && idle(g) && (!this.frozen || this.owes[g] === host + 1)) {
         this.owes[g] = host + 1;
         out.push(g);
       }
@@ -164,15 +165,27 @@ export class SaveLedger {
   }
 
   /**
-   * Page `g` is about to leave host `from`: true when `from` must save it first (rules 1 and 2). A
-   * page that has a copy leaves without one (rule 3: the copy is referenced).
+   * Sub-host `host` answered a save request for `asked` (stamps `ticket`) with `saved`, which may
+   * include pages it saved on their way out since its last answer: those count only after a
+   * copy-on-write point (before it, main has no ticket for them and saves them where they are).
+   * Returns the pages whose copies now stand.
    */
-  mustSaveBeforeLeaving(g: number, from: number): boolean {
-    if (this.copy[g] !== NO_COPY) return false;
-    if (from === MAIN) {
-      return this.rules.saveBeforePageOut && (!this.frozen || this.owedBy(g, MAIN));
-    }
-    return this.rules.saveBeforePageIn && this.owedBy(g, from);
+  reported(host: number, asked: ArrayLike<number>, ticket: Uint32Array, saved: number[]): number[] {
+    const at = new Map<number, number>();
+    for (let i = 0; i < asked.length; i++) at.set(asked[i], i);
+    const ok = saved.filter((g) => at.has(g) || this.frozen);
+    this.saved(host, ok, Uint32Array.from(ok, (g) => at.has(g) ? ticket[at.get(g)!] : 0));
+    return ok.filter((g) => this.copy[g] === this.fragmentOf[host]);
+  }
+
+  /**
+   * Page `g` is about to leave main: true when main must save it first (rule 2). A page with a copy
+   * leaves without one (rule 3: the copy is referenced); after a copy-on-write point only the pages
+   * main owes need one. (Rule 1, the sub-hosts' side, is SubSaver's.)
+   */
+  mustSaveBeforePageOut(g: number): boolean {
+    if (this.copy[g] !== NO_COPY || !this.rules.saveBeforePageOut) return false;
+    return !this.frozen || this.owedBy(g, MAIN);
   }
 
   /**

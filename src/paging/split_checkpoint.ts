@@ -81,6 +81,7 @@ class SplitCheckpoint {
   private readonly writer: FragmentWriter;
   private readonly zeroPage = new Uint8Array(PAGE);
   private savedBy = new Map<string, Set<number>>();
+  private copies: Array<{ gfn: number; page: Uint8Array }> = [];
   /**
    * Pages whose bytes crossed the network to be saved: a sub-host saves only pages its store holds
    * and main only pages in its memory or on their way out of it, so any other page a host reports
@@ -136,8 +137,12 @@ class SplitCheckpoint {
         await this.writer.flush();
         this.ledger.saved(MAIN, part, ticket);
         for (const g of part) this.savedBy.get(this.self)!.add(g);
+        // Saved: the guest may write them freely again.
+        if (this.ledger.isFrozen) this.pager.protect(runsOf(data), false);
       });
+      await this.writeCopies();
     }
+    await this.writeCopies();
   }
 
   private async writeZeros(gfns: number[]) {
@@ -150,7 +155,7 @@ class SplitCheckpoint {
   async leavingMain(gfns: number[], data: Uint8Array): Promise<void> {
     const idx: number[] = [];
     gfns.forEach((g, i) => {
-      if (this.ledger.mustSaveBeforeLeaving(g, MAIN)) idx.push(i);
+      if (this.ledger.mustSaveBeforePageOut(g)) idx.push(i);
     });
     if (!idx.length) return;
     const part = idx.map((i) => gfns[i]);
@@ -165,19 +170,75 @@ class SplitCheckpoint {
     for (const g of part) this.savedBy.get(this.self)!.add(g);
   }
 
+  /**
+   * The consistency point of a copy-on-write checkpoint (vCPUs paused, paging drained): every page
+   * without a copy is owed by its holder; sub-hosts are told theirs; main records its never-written
+   * pages as zero at once and write-protects the rest, keeping a page's old contents aside before
+   * the guest's first write to it.
+   */
+  async freeze(): Promise<void> {
+    const own = this.pager.ownership, mem = this.pager.memory;
+    this.ledger.freeze((g) => own.holderOf(g));
+    await Promise.all(this.subs.map((l) => {
+      const owed: number[] = [];
+      for (let g = 0; g < this.ledger.pages; g++) if (this.ledger.owedBy(g, l.index)) owed.push(g);
+      return l.call("pages.save.owe", { gfns: runsOf(owed) });
+    }));
+    const present = presentPages(mem);
+    const mine: number[] = [], zeros: number[] = [];
+    for (let g = 0; g < this.ledger.pages; g++) {
+      if (this.ledger.owedBy(g, MAIN)) (present[g] ? mine : zeros).push(g);
+    }
+    await this.writeZeros(zeros);
+    this.ledger.saved(MAIN, zeros, this.ledger.ticket(zeros));
+    for (const g of zeros) this.savedBy.get(this.self)!.add(g);
+    this.pager.onWriteProtected = (g) => this.copyAside(g);
+    this.pager.protect(runsOf(mine), true);
+  }
+
+  /** The guest is about to write `g`: a page main still owes is copied aside first. */
+  private copyAside(g: number) {
+    if (!this.ledger.owedBy(g, MAIN)) return;
+    const mem = this.pager.memory;
+    this.copies.push({ gfn: g, page: mem.view(g * PAGE, PAGE).slice() });
+    this.ledger.saved(MAIN, [g], this.ledger.ticket([g]));
+    this.savedBy.get(this.self)!.add(g);
+  }
+
+  /** Writes the pages copied aside so far. */
+  private async writeCopies() {
+    if (!this.copies.length) return;
+    const list = this.copies;
+    this.copies = [];
+    const buf = new Uint8Array(list.length * PAGE);
+    list.forEach((c, k) => buf.set(c.page, k * PAGE));
+    await this.writer.append(
+      list.map((c) => c.gfn),
+      { bytes: buf, base: libc.ptrValue(Deno.UnsafePointer.of(buf)) },
+      list.map((_, k) => k * PAGE),
+    );
+    await this.writer.flush();
+  }
+
+  /** Ends copy-on-write: nothing of main stays protected. */
+  unfreeze(): void {
+    if (!this.pager.onWriteProtected) return;
+    this.pager.onWriteProtected = undefined;
+    this.pager.protect([[0, this.ledger.pages]], false);
+  }
+
   /** Asks sub-host `l` to save the pages of it that have no copy; records what it saved. */
   async saveSub(l: SubLink): Promise<void> {
     const own = this.pager.ownership;
     const gfns = this.ledger.claim(l.index, (g) => own.holderOf(g) === l.index && !own.isMoving(g));
-    if (!gfns.length) return;
+    // After a copy-on-write point a sub-host may have saved pages on their way out: ask anyway.
+    if (!gfns.length && !this.ledger.isFrozen) return;
     const ticket = this.ledger.ticket(gfns);
-    const at = new Map(gfns.map((g, i) => [g, i]));
     const r = await l.call<{ saved: Array<[number, number]>; received: number }>("pages.save", {
       gfns: runsOf(gfns),
     });
     this.sentToSave += r.received;
-    const saved = fromRuns(r.saved).filter((g) => at.has(g));
-    this.ledger.saved(l.index, saved, Uint32Array.from(saved, (g) => ticket[at.get(g)!]));
+    const saved = this.ledger.reported(l.index, gfns, ticket, fromRuns(r.saved));
     for (const g of saved) this.savedBy.get(l.host)!.add(g);
   }
 
@@ -222,9 +283,6 @@ export async function takeSplitCheckpoint(
   pager: RemotePager,
   opts: SplitCheckpointOptions,
 ): Promise<SplitCheckpointReport> {
-  if (opts.mode === "cow") {
-    throw new Error("cow mode for a split VM is not built yet: use --mode precopy or stop");
-  }
   const t0 = performance.now();
   const mem = m.vm.memory;
   const store = new CheckpointStore(opts.dir);
@@ -299,16 +357,30 @@ export async function takeSplitCheckpoint(
     tracker.seal();
     const state = m.save();
     opts.onConsistencyPoint?.();
-    await c.round(tracker.lastDirty);
     const holderAtPoint = Uint8Array.from(
       { length: mem.pages },
       (_, g) => pager.ownership.holderOf(g),
     );
+    if (opts.mode === "cow") {
+      await c.freeze();
+      m.vm.resume();
+      paused = false;
+      stats.downtimeMs = performance.now() - tp;
+    }
+    // Stop and precopy save the rest paused; cow with the guest running, in rounds until every
+    // page has its copy (a page that moved meanwhile was saved before it left).
+    for (let k = 0; c.book.missing() > 0; k++) {
+      if (k >= MAX_ROUNDS) throw new Error(`${c.book.missing()} pages could not be saved`);
+      await c.round(tracker.lastDirty);
+    }
+    c.unfreeze();
     const pageMap = c.book.pageMap((g) => holderAtPoint[g]);
     pager.saver = undefined;
-    m.vm.resume();
-    paused = false;
-    stats.downtimeMs = performance.now() - tp;
+    if (paused) {
+      m.vm.resume();
+      paused = false;
+      stats.downtimeMs = performance.now() - tp;
+    }
     const [mine, ...theirs] = await Promise.all([
       c.finishMain(),
       ...subs.map((l) => l.call<SubSummary>("pages.save.finish", {})),
@@ -373,7 +445,11 @@ export async function takeSplitCheckpoint(
       pagesMovedMeanwhile: pager.stats().pageIns + pager.stats().pageOuts - moves0,
     };
   } catch (e) {
-    log.error("checkpoint of {vm} failed: {error}", { vm: m.spec.name, error: (e as Error).stack });
+    log.error("checkpoint of {vm} failed: {error}", {
+      vm: m.spec.name,
+      error: (e as Error).message,
+    });
+    ck?.unfreeze();
     tracker.onSample = undefined;
     pager.saver = undefined;
     if (paused && !m.vm.isStopped) m.vm.resume();

@@ -19,6 +19,8 @@ const BATCH = 1024;
 export class SubSaver {
   private readonly owed = new Set<number>();
   private readonly done = new Set<number>();
+  /** Saved before they left and not reported by `save` yet. */
+  private readonly leftSaved = new Set<number>();
   private chain: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -42,6 +44,8 @@ export class SubSaver {
   /** Registers `gfns` as owed (main's list at a consistency point, or for a round). */
   owe(gfns: Iterable<number>): void {
     for (const g of gfns) {
+      // Saved on its way out since the last report: that copy stands.
+      if (this.leftSaved.has(g)) continue;
       this.done.delete(g);
       this.owed.add(g);
     }
@@ -52,10 +56,10 @@ export class SubSaver {
     if (!this.rules.saveBeforePageIn) return Promise.resolve();
     const now: number[] = [];
     for (let i = 0; i < gfns.length; i++) if (this.owed.has(gfns[i])) now.push(gfns[i]);
-    return now.length ? this.saveNow(now) : Promise.resolve();
+    return now.length ? this.saveNow(now, true) : Promise.resolve();
   }
 
-  private saveNow(gfns: number[]): Promise<void> {
+  private saveNow(gfns: number[], leaving = false): Promise<void> {
     return this.serial(async () => {
       const todo = gfns.filter((g) => this.owed.has(g) && this.io.holds(g));
       if (!todo.length) return;
@@ -63,19 +67,24 @@ export class SubSaver {
       for (const g of todo) {
         this.owed.delete(g);
         this.done.add(g);
+        if (leaving) this.leftSaved.add(g);
       }
     });
   }
 
   /**
-   * Saves `gfns` (owing them first) in batches; returns those saved, here or before they left. A
-   * page that left without being owed (main's request raced with its page-in) is not saved: main
-   * saves it where it is now.
+   * Saves `gfns` (owing them first) in batches; returns those saved here, and every page saved on
+   * its way out since the last call. A requested page that already left unsaved (main's request
+   * raced with its page-in) is owed no more: main saves it where it is now.
    */
   async save(gfns: number[]): Promise<number[]> {
     this.owe(gfns);
     for (let i = 0; i < gfns.length; i += BATCH) await this.saveNow(gfns.slice(i, i + BATCH));
-    return gfns.filter((g) => this.done.has(g));
+    for (const g of gfns) if (this.owed.has(g) && !this.io.holds(g)) this.owed.delete(g);
+    const out = new Set(gfns.filter((g) => this.done.has(g)));
+    for (const g of this.leftSaved) out.add(g);
+    this.leftSaved.clear();
+    return [...out].sort((a, b) => a - b);
   }
 
   /** Pages owed and not saved (they left unsaved, or were never reached). */
