@@ -2,7 +2,8 @@
  * A local many-host harness: `up N` starts N agents on this machine (127.0.0.2.., each with its own
  * certificate, port and data directory), leaves a client identity where the CLI finds it by default,
  * and prints `[{"name", "addr"}]` on stdout; `down` stops the agents and their VMs; `kill NAME`
- * kills one agent with SIGKILL (a failed host) and `start NAME` starts it again on its data.
+ * fails a host (SIGKILL to its agent and its VMs) and `start NAME` starts its agent again on its
+ * data.
  */
 import { join, resolve } from "node:path";
 import { initCa, issueHost } from "../src/net/identity.ts";
@@ -89,8 +90,16 @@ async function start(name: string) {
   }
 }
 
-/** Kills the agent of `name` with SIGKILL (a host failure); its VMs and data stay. */
-function kill(name: string) {
+/** A host failure: SIGKILL to the agent of `name` and to every VM it runs; its data stays. */
+async function kill(name: string) {
+  const run = join(root, name, "data", "run");
+  for (const v of await listVms(run).catch(() => [])) {
+    try {
+      Deno.kill(v.pid, "SIGKILL");
+    } catch {
+      // Already gone.
+    }
+  }
   Deno.kill(Number(Deno.readTextFileSync(join(root, name, "agent.pid"))), "SIGKILL");
   say(`${name} killed`);
 }
@@ -123,7 +132,7 @@ const [cmd, arg] = Deno.args;
 try {
   if (cmd === "up") await up(Number(arg ?? 3));
   else if (cmd === "down") await down();
-  else if (cmd === "kill") kill(known(arg));
+  else if (cmd === "kill") await kill(known(arg));
   else if (cmd === "start") await start(known(arg));
   else throw new Error("usage: scripts/cluster up N | down | kill NAME | start NAME");
 } catch (e) {

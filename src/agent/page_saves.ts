@@ -21,9 +21,9 @@ interface SaveSession {
   dir: string;
   writer: FragmentWriter;
   saver: SubSaver;
-  /** Pages that arrived (PUT) since the session began. */
-  arrived: Set<number>;
-  /** Of the pages saved, those that had arrived meanwhile. */
+  /** Pages that arrived (PUT) since the consistency point (undefined: not reached yet). */
+  arrived?: Set<number>;
+  /** Of the pages saved, those that had arrived since the point: they crossed to be saved. */
   received: number;
   /** Main sent the manifest: the generation exists here. */
   committed: boolean;
@@ -66,7 +66,7 @@ export class PageSaves {
   /** Pages of `vm` arrived (PUT). */
   arrived(vm: string, gfns: ArrayLike<number>): void {
     const s = this.sessions.get(vm);
-    if (s) { for (let i = 0; i < gfns.length; i++) s.arrived.add(gfns[i]); }
+    if (s?.arrived) { for (let i = 0; i < gfns.length; i++) s.arrived.add(gfns[i]); }
   }
 
   private session(vm: string): SaveSession {
@@ -114,14 +114,13 @@ export class PageSaves {
           id,
           dir,
           writer,
-          arrived: new Set(),
           received: 0,
           committed: false,
           saver: new SubSaver({
             holds: (g) => store.holds(g),
             write: async (gfns) => {
               const data = store.get(gfns);
-              for (const g of gfns) if (s.arrived.has(g)) s.received++;
+              for (const g of gfns) if (s.arrived?.has(g)) s.received++;
               await writer.append(gfns, {
                 bytes: data as Uint8Array<ArrayBuffer>,
                 base: libc.ptrValue(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>)),
@@ -133,9 +132,15 @@ export class PageSaves {
         this.sessions.set(vm, s);
         return { host: this.stores.host };
       },
+      "pages.save.point": (args) => {
+        const { vm } = vmArgs(args);
+        this.session(vm).arrived = new Set();
+        return Promise.resolve({});
+      },
       "pages.save.owe": (args) => {
         const { vm, pages } = vmArgs(args);
         const s = this.session(vm);
+        s.arrived = new Set();
         s.saver.owe(gfnsArg(args.gfns, pages));
         return Promise.resolve({ owed: s.saver.unsaved().length });
       },

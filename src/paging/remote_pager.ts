@@ -523,6 +523,11 @@ export class RemotePager {
     return this.local?.done;
   }
 
+  /** Low pages the VMM reads itself; they never leave main. */
+  get pinnedPages(): number {
+    return this.pinned;
+  }
+
   /** The guest memory the pager serves. */
   get memory(): GuestMemory {
     return this.mem;
@@ -1257,10 +1262,10 @@ export class RemotePager {
       return this.inflight.size > 0 || this.ownership.check().moving > 0;
     };
     while (busy() && performance.now() < deadline) {
-      await Promise.race([
-        Promise.all([...this.inflight]),
-        new Promise((r) => setTimeout(r, 10)),
-      ]);
+      // A timer, not only the moves in flight: with none tracked (page-outs are awaited by the
+      // budget loop) Promise.all([]) would resolve at once and starve the replies they wait for.
+      const tick = new Promise((r) => setTimeout(r, 10));
+      await (this.inflight.size ? Promise.race([Promise.all([...this.inflight]), tick]) : tick);
     }
   }
 

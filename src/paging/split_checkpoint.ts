@@ -20,6 +20,7 @@ import {
 import { expandPageMap } from "../ckpt/page_map.ts";
 import {
   checkParent,
+  CheckpointError,
   type CheckpointOptions,
   type CheckpointReport,
   coldestFirst,
@@ -192,8 +193,13 @@ class SplitCheckpoint {
     await this.writeZeros(zeros);
     this.ledger.saved(MAIN, zeros, this.ledger.ticket(zeros));
     for (const g of zeros) this.savedBy.get(this.self)!.add(g);
+    // The low pages (descriptor tables, stacks, status blocks) are written by guest kernel code,
+    // which KVM may emulate and write through its own mapping, past write protection: they are
+    // copied aside now, in the pause.
+    const pinned = this.pager.pinnedPages;
+    for (const g of mine) if (g < pinned) this.copyAside(g);
     this.pager.onWriteProtected = (g) => this.copyAside(g);
-    this.pager.protect(runsOf(mine), true);
+    this.pager.protect(runsOf(mine.filter((g) => g >= pinned)), true);
   }
 
   /** The guest is about to write `g`: a page main still owes is copied aside first. */
@@ -361,8 +367,13 @@ export async function takeSplitCheckpoint(
       { length: mem.pages },
       (_, g) => pager.ownership.holderOf(g),
     );
+    // From here on, a sub-host counts the pages it saves that reached it after the point: they
+    // would have crossed the network to be saved. No page-out starts until every one is told.
+    await pager.withMemory(async () => {
+      if (opts.mode === "cow") await c.freeze();
+      else await Promise.all(subs.map((l) => l.call("pages.save.point", {})));
+    });
     if (opts.mode === "cow") {
-      await c.freeze();
       m.vm.resume();
       paused = false;
       stats.downtimeMs = performance.now() - tp;
@@ -457,6 +468,12 @@ export async function takeSplitCheckpoint(
     if (txn) tracker.abort(txn);
     await Promise.all(begun.map((l) => l.call("pages.save.abort", {}).catch(() => {})));
     removeGeneration(dir);
-    throw saveError(e, opts.dir, generation);
+    const err = saveError(e, opts.dir, generation);
+    if (err instanceof CheckpointError) throw err;
+    throw new CheckpointError(
+      `checkpoint of ${m.spec.name} failed and was removed from every host (the previous one is intact): ${
+        (e as Error).message
+      }`,
+    );
   }
 }

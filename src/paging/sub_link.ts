@@ -19,7 +19,7 @@ export class SubHostDownError extends Error {
 }
 
 /** A request that gets no reply in this long marks the sub-host down. */
-const REQUEST_TIMEOUT_MS = 5000;
+const REQUEST_TIMEOUT_MS = 20_000;
 
 interface Pending {
   seq: number;
@@ -180,10 +180,14 @@ export class SubLink {
     opts: { deadlineMs?: number; upload?: AsyncIterable<Uint8Array> } = {},
   ): Promise<T> {
     if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");
-    return await this.client.call<T>(method, { vm: this.vm, pages: this.pages, ...args }, {
-      deadlineMs: opts.deadlineMs ?? 600_000,
-      upload: opts.upload,
-    });
+    try {
+      return await this.client.call<T>(method, { vm: this.vm, pages: this.pages, ...args }, {
+        deadlineMs: opts.deadlineMs ?? 600_000,
+        upload: opts.upload,
+      });
+    } catch (e) {
+      throw new Error(`sub-host ${this.host} (${this.addr}): ${(e as Error).message}`);
+    }
   }
 
   /** The sub-host's bitmap of the pages it holds. */
