@@ -4,6 +4,7 @@ const benches: Record<string, (args: string[]) => Promise<unknown>> = {
   transport: async () => (await import("./bench/transport.ts")).benchTransport(),
   checkpoint: async () => (await import("./bench/checkpoint.ts")).benchCheckpoint(),
   paging: async (args) => (await import("./bench/paging.ts")).benchPaging(args),
+  dcres: async (args) => (await import("./bench/dcres.ts")).benchDcres(args),
 };
 
 const name = Deno.args[0];

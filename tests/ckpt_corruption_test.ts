@@ -948,8 +948,9 @@ Deno.test("a manifest with a newer major version is refused by name with both ve
   const major = MANIFEST_VERSION.major + 1;
   dv.setUint16(8, major, true);
   rewriteManifestCrc(bytes, dv, bodyLen);
-  const e = refusesManifest(bytes, 8, `manifest format version ${major}.0.0 is not readable`);
-  assert(e.message.includes(`use a dcres that writes ${major}.0.0`), e.message);
+  const v = `${major}.${MANIFEST_VERSION.minor}.${MANIFEST_VERSION.patch}`;
+  const e = refusesManifest(bytes, 8, `manifest format version ${v} is not readable`);
+  assert(e.message.includes(`use a dcres that writes ${v}`), e.message);
 });
 
 Deno.test("a manifest with a newer patch version decodes", () => {
@@ -957,6 +958,14 @@ Deno.test("a manifest with a newer patch version decodes", () => {
   dv.setUint16(12, MANIFEST_VERSION.patch + 1, true);
   rewriteManifestCrc(bytes, dv, bodyLen);
   assertEquals(decodeManifest(MFILE, bytes).vm, "vm1");
+});
+
+Deno.test("a 1.0 manifest (before the split field) is read by this 1.1 dcres", () => {
+  const { bytes, dv, bodyLen } = manifestBytes();
+  dv.setUint16(10, 0, true);
+  rewriteManifestCrc(bytes, dv, bodyLen);
+  const m = decodeManifest(MFILE, bytes);
+  assertEquals([m.vm, m.split], ["vm1", undefined]);
 });
 
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */

@@ -7,43 +7,21 @@
  * --vcpus (default 512M, 384M, 1: a bigger VM spends minutes stamping its memory through paging
  * before it runs).
  */
-import { selfCommand } from "../../src/agent/spawn.ts";
 import { parseSize } from "../../src/cli/units.ts";
 import type { VmInfo } from "../../src/vmm/control/protocol.ts";
 import { dataRegion } from "../../src/vmm/guests/memstamp/layout.ts";
 import { line } from "./stats.ts";
+import { BenchAgents } from "./agents.ts";
 
 const MiB = 1 << 20;
 const WINDOW_MS = 15_000;
 const WARMUP_MS = 20_000;
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 
-const env: Record<string, string> = {
-  DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-bench-paging-" }),
-  DCRES_CLUSTER_PORT: "7431",
-  XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-bench-paging-client-" }),
-};
-
-async function run(cmd: string, args: string[]): Promise<string> {
-  const r = await new Deno.Command(cmd, { args, env, stdout: "piped", stderr: "piped" }).output();
-  const err = new TextDecoder().decode(r.stderr).trim();
-  if (!r.success) throw new Error(`${args.join(" ")}: ${err}`);
-  return new TextDecoder().decode(r.stdout);
-}
-
-const cluster = (...args: string[]) => run(new URL("../cluster", import.meta.url).pathname, args);
-
-function dcres(...args: string[]): Promise<string> {
-  const self = selfCommand(args);
-  return run(self.cmd, self.args);
-}
-
-async function info(agent: string, name: string): Promise<VmInfo> {
-  const vms = JSON.parse(await dcres("--agent", agent, "--json", "vm", "ls")) as VmInfo[];
-  const v = vms.find((x) => x.name === name);
-  if (!v) throw new Error(`${name} is gone from ${agent}`);
-  return v;
-}
+const agents = new BenchAgents("paging", 7431);
+const cluster = (...args: string[]) => agents.cluster(...args);
+const dcres = (...args: string[]) => agents.dcres(...args);
+const info = (agent: string, name: string) => agents.info(agent, name);
 
 /** Waits until every vCPU of `name` stamped its memory and runs its workload. */
 async function untilRunning(agent: string, name: string) {

@@ -278,7 +278,7 @@ export function agentHandlers(
       });
     },
     "ckpt.verify": (args) =>
-      Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path"))) }),
+      Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path")), true) }),
   };
 }
 

@@ -5,7 +5,8 @@
  * renamed into place, so a broken copy never looks like a fragment).
  */
 import { basename, dirname, join, normalize } from "node:path";
-import { fsyncDir, readManifest } from "../ckpt/manifest.ts";
+import { fsyncDir } from "../ckpt/manifest.ts";
+import { resolveCheckpoint } from "../ckpt/store.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 
@@ -13,6 +14,8 @@ import { RpcError } from "../net/rpc_messages.ts";
 export interface CheckpointPlan {
   /** Store directory name under the agent's checkpoint root. */
   store: string;
+  /** False when the checkpoint lies outside the agent's checkpoint root (its files cannot be copied). */
+  inStore: boolean;
   /** Generation directory name. */
   generation: string;
   /** Checkpoint id. */
@@ -48,10 +51,10 @@ export function ckptFileHandlers(
   return {
     "ckpt.plan": (args) => {
       if (typeof args.path !== "string") throw new RpcError("bad-request", "path is required");
-      const dir = resolve(args.path);
-      const m = readManifest(dir);
+      const { dir, manifest: m } = resolveCheckpoint(resolve(args.path));
       const plan: CheckpointPlan = {
         store: basename(dirname(dir)),
+        inStore: dirname(dirname(dir)) === root,
         generation: basename(dir),
         id: m.id,
         vm: m.vm,

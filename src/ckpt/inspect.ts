@@ -1,4 +1,5 @@
 /** Looking into checkpoint stores without a VM: list generations, describe one, verify every checksum. */
+import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { PAGE } from "./format.ts";
 import { type Manifest, readManifest } from "./manifest.ts";
@@ -71,19 +72,50 @@ export function inspectCheckpoint(path: string): CheckpointInfo {
 }
 
 /** Checks every checksum of every file the checkpoint uses; throws on the first problem. */
-export function verifyCheckpoint(path: string): { dir: string; pages: number; fragments: number } {
-  const ck = OpenCheckpoint.open(path);
+export function verifyCheckpoint(
+  path: string,
+  localOnly = false,
+): {
+  dir: string;
+  pages: number;
+  fragments: number;
+  elsewhere: Array<{ host: string; path: string }>;
+} {
+  const { root, manifest } = resolveCheckpoint(path);
+  const here = (f: { path: string }) => {
+    try {
+      return Deno.statSync(join(root, f.path)).isFile;
+    } catch {
+      return false;
+    }
+  };
+  // A split VM's checkpoint keeps each host's fragments on that host: through an agent, the ones
+  // here are verified and the others named.
+  const only = localOnly
+    ? new Set(manifest.fragments.flatMap((f, k) => here(f) ? [k] : []))
+    : undefined;
+  const elsewhere = manifest.fragments.filter((_, k) => only && !only.has(k)).map((f) => ({
+    host: f.host,
+    path: f.path,
+  }));
+  const ck = OpenCheckpoint.open(path, only);
   try {
-    for (const r of ck.readers) r.verifyChunks();
-    const pages = ck.manifest.machine.spec.memSize / PAGE;
+    for (const r of ck.readers) r?.verifyChunks();
+    const all = ck.manifest.machine.spec.memSize / PAGE;
+    const gfns = only ? ck.pagesOf(only) : Array.from({ length: all }, (_, g) => g);
     const batch = 4096;
     const buf = new Uint8Array(batch * PAGE);
     const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
-    for (let s = 0; s < pages; s += batch) {
-      const gfns = Array.from({ length: Math.min(batch, pages - s) }, (_, i) => s + i);
-      ck.loadTo(gfns, buf, base, gfns.map((_, i) => i * PAGE));
+    for (let s = 0; s < gfns.length; s += batch) {
+      const part = gfns.slice(s, s + batch);
+      ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE));
     }
-    return { dir: ck.dir, pages, fragments: ck.readers.length };
+    return {
+      dir: ck.dir,
+      pages: gfns.length,
+      fragments: ck.readers.filter((r) => r).length,
+      elsewhere,
+    };
   } finally {
     ck.close();
   }

@@ -92,14 +92,18 @@ export async function ckptInspect(g: GlobalOptions, path: string): Promise<numbe
 /** `ckpt verify DIR`: every checksum of every file the checkpoint uses; fails on the first problem. */
 export async function ckptVerify(g: GlobalOptions, path: string): Promise<number> {
   const r = agentAddr(g)
-    ? await remoteCall<{ dir: string; pages: number; fragments: number }>(g, "ckpt.verify", {
-      path,
-    })
+    ? await remoteCall<ReturnType<typeof verifyCheckpoint>>(g, "ckpt.verify", { path })
     : verifyCheckpoint(resolve(path));
   report(
     g,
     { ok: true, ...r },
-    () => `OK: ${r.dir}: ${r.pages} pages in ${r.fragments} fragment(s) verified`,
+    () =>
+      `OK: ${r.dir}: ${r.pages} pages in ${r.fragments} fragment(s) verified` +
+      (r.elsewhere.length
+        ? `; ${r.elsewhere.length} fragment(s) are on other hosts (verify them there): ${
+          r.elsewhere.map((f) => `${f.host} ${f.path}`).join(", ")
+        }`
+        : ""),
   );
   return EXIT.OK;
 }

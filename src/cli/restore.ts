@@ -51,6 +51,11 @@ export async function restoreCommand(
   }
   if (source) {
     const plan = await remoteCall<CheckpointPlan>(g, "ckpt.plan", { path });
+    if (placed && !plan.inStore) {
+      throw new UsageError(
+        `${path} is outside the agent's checkpoint store: --single, --main and --map restore checkpoints named by id (or STORE/gNNNNNN) in it`,
+      );
+    }
     if (plan.split || placed) {
       const r = await restoreSplit(
         g,

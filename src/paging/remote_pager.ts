@@ -523,11 +523,6 @@ export class RemotePager {
     return this.local?.done;
   }
 
-  /** Low pages the VMM reads itself; they never leave main. */
-  get pinnedPages(): number {
-    return this.pinned;
-  }
-
   /** The guest memory the pager serves. */
   get memory(): GuestMemory {
     return this.mem;

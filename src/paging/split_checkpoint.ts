@@ -126,8 +126,10 @@ class SplitCheckpoint {
     const mem = this.pager.memory, own = this.pager.ownership;
     for (let i = 0; i < gfns.length; i += BATCH) {
       await this.pager.withMemory(async () => {
+        // A page copied aside or saved on its way out since it was claimed has its copy already:
+        // saving it again from memory would supersede that copy with later contents.
         const part = gfns.slice(i, i + BATCH).filter((g) =>
-          own.holderOf(g) === MAIN && !own.isMoving(g)
+          own.holderOf(g) === MAIN && !own.isMoving(g) && !this.ledger.has(g)
         );
         if (!part.length) return;
         const ticket = this.ledger.ticket(part);
@@ -193,13 +195,8 @@ class SplitCheckpoint {
     await this.writeZeros(zeros);
     this.ledger.saved(MAIN, zeros, this.ledger.ticket(zeros));
     for (const g of zeros) this.savedBy.get(this.self)!.add(g);
-    // The low pages (descriptor tables, stacks, status blocks) are written by guest kernel code,
-    // which KVM may emulate and write through its own mapping, past write protection: they are
-    // copied aside now, in the pause.
-    const pinned = this.pager.pinnedPages;
-    for (const g of mine) if (g < pinned) this.copyAside(g);
     this.pager.onWriteProtected = (g) => this.copyAside(g);
-    this.pager.protect(runsOf(mine.filter((g) => g >= pinned)), true);
+    this.pager.protect(runsOf(mine), true);
   }
 
   /** The guest is about to write `g`: a page main still owes is copied aside first. */
