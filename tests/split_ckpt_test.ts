@@ -66,6 +66,13 @@ Deno.test("a split VM's parallel checkpoints, in each mode, full and incremental
         taken.push({ id: r.checkpoint, mode, incremental, before });
       }
     }
+    // The chain squashed on every host at once: each writes one fragment from its own.
+    const merged = JSON.parse(
+      await c.ok([...a, "--json", "ckpt", "merge", taken[taken.length - 1].id]),
+    );
+    assertEquals(Object.keys(merged.pages).sort(), ["node1", "node2", "node3", "node4"]);
+    const mi = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", merged.id]));
+    assertEquals([mi.parent, mi.fragments.length, mi.mergedFrom], [null, 4, 6]);
     // The live VM is unharmed by six checkpoints.
     assert((await c.ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
     assert((await c.ok([...a, "vm", "check", "sv"])).startsWith("OK"));
@@ -94,6 +101,11 @@ Deno.test("a split VM's parallel checkpoints, in each mode, full and incremental
         await c.ok([...a, "vm", "stop", "sv"]);
       }
     }
+
+    // The merged generation restores like the chain it squashed.
+    await c.ok([...a, "restore", merged.id]);
+    assert((await c.ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
+    await c.ok([...a, "vm", "stop", "sv"]);
 
     // Onto four other agents: each takes one host's part, its fragments copied to it.
     const last = taken[taken.length - 1].id;

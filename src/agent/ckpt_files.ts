@@ -5,8 +5,10 @@
  * renamed into place, so a broken copy never looks like a fragment).
  */
 import { basename, dirname, join, normalize } from "node:path";
-import { fsyncDir } from "../ckpt/manifest.ts";
-import { resolveCheckpoint } from "../ckpt/store.ts";
+import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/store.ts";
+import { commitManifest, decodeManifest, fsyncDir } from "../ckpt/manifest.ts";
+import { mergeHostPart } from "../ckpt/merge.ts";
+import { removeGeneration } from "../ckpt/save.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 
@@ -18,6 +20,8 @@ export interface CheckpointPlan {
   inStore: boolean;
   /** Generation directory name. */
   generation: string;
+  /** The generation number a new generation of this store would get here. */
+  next: number;
   /** Checkpoint id. */
   id: string;
   /** VM name. */
@@ -56,6 +60,7 @@ export function ckptFileHandlers(
         store: basename(dirname(dir)),
         inStore: dirname(dirname(dir)) === root,
         generation: basename(dir),
+        next: (new CheckpointStore(dirname(dir)).generations().pop()?.generation ?? 0) + 1,
         id: m.id,
         vm: m.vm,
         memSize: m.machine.spec.memSize,
@@ -90,6 +95,47 @@ export function ckptFileHandlers(
         bytes += n;
       }
       return { bytes };
+    },
+    "ckpt.merge.part": async (args) => {
+      const src = inStore(root, args.store, args.generation);
+      const generation = args.newGeneration, id = args.id, host = args.host;
+      if (!Number.isSafeInteger(generation) || typeof host !== "string") {
+        throw new RpcError("bad-request", "newGeneration and host are required");
+      }
+      if (typeof id !== "string" || !/^[0-9a-f]{32}$/.test(id)) {
+        throw new RpcError("bad-request", "id must be 32 hex digits");
+      }
+      const idBytes = Uint8Array.from(id.match(/../g)!.map((h) => parseInt(h, 16)));
+      const storeRoot = dirname(src);
+      const sum = await mergeHostPart(src, storeRoot, host, generation as number, idBytes);
+      return {
+        path: `${generationName(generation as number)}/${host}.frag`,
+        pages: sum.pages,
+        zeroPages: sum.zeroPages,
+        dataBytes: sum.dataBytes,
+        fileBytes: sum.fileBytes,
+        footerCrc: sum.footerCrc,
+      };
+    },
+    "ckpt.commit": async (args, ctx) => {
+      const dir = inStore(root, args.store, args.generation);
+      const parts: Uint8Array[] = [];
+      for await (const b of ctx.data) parts.push(b);
+      const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+      parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+      commitManifest(dir, decodeManifest(`${dir}/MANIFEST (sent)`, bytes));
+      return { committed: dir };
+    },
+    "ckpt.abort": (args) => {
+      const dir = inStore(root, args.store, args.generation);
+      let committed = false;
+      try {
+        committed = Deno.statSync(join(dir, "MANIFEST")).isFile;
+      } catch {
+        committed = false;
+      }
+      if (!committed) removeGeneration(dir);
+      return Promise.resolve({ removed: !committed });
     },
     "ckpt.put": async (args, ctx) => {
       const path = inStore(root, args.store, args.file);

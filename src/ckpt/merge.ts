@@ -2,13 +2,60 @@
 import { join, relative } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { PAGE } from "./format.ts";
-import { FragmentWriter } from "./fragment_writer.ts";
+import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import { commitManifest, type Manifest } from "./manifest.ts";
 import { buildPageMap } from "./page_map.ts";
 import { OpenCheckpoint } from "./restore.ts";
-import { CheckpointStore } from "./store.ts";
+import { CheckpointStore, resolveCheckpoint } from "./store.ts";
 
 const BATCH = 4096;
+
+/** Copies pages `gfns` of an open checkpoint into `w`, in batches. */
+async function copyPages(ck: OpenCheckpoint, gfns: number[], w: FragmentWriter): Promise<void> {
+  const buf = new Uint8Array(BATCH * PAGE);
+  const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
+  for (let i = 0; i < gfns.length; i += BATCH) {
+    const part = gfns.slice(i, i + BATCH);
+    const offs = part.map((_, k) => k * PAGE);
+    ck.loadTo(part, buf, base, offs);
+    await w.append(part, { bytes: buf, base }, offs);
+    await w.flush();
+  }
+}
+
+/**
+ * One host's part of merging a split VM's chain: the pages of `dir`'s checkpoint whose copies are
+ * in this host's fragments (`host`) go into one new fragment `gNEW/HOST.frag` of generation
+ * `generation`, from the local files only. Not committed: the coordinator commits the merged
+ * manifest on every host once every part is written.
+ */
+export async function mergeHostPart(
+  dir: string,
+  storeRoot: string,
+  host: string,
+  generation: number,
+  idBytes: Uint8Array,
+): Promise<FragmentSummary & { dir: string }> {
+  const { manifest } = resolveCheckpoint(dir);
+  const mine = new Set(manifest.fragments.flatMap((f, k) => f.host === host ? [k] : []));
+  const ck = OpenCheckpoint.open(dir, mine);
+  const gen = new CheckpointStore(storeRoot).beginAt(generation);
+  const w = FragmentWriter.create(join(gen.dir, `${host}.frag`), {
+    checkpointId: idBytes,
+    generation,
+    compress: manifest.compressed,
+  });
+  try {
+    await copyPages(ck, ck.pagesOf(mine), w);
+    return { ...(await w.finish()), dir: gen.dir };
+  } catch (e) {
+    await w.abort();
+    Deno.removeSync(gen.dir, { recursive: true });
+    throw e;
+  } finally {
+    ck.close();
+  }
+}
 
 /** Writes a new full generation holding exactly the pages of `path`'s checkpoint; returns its number. */
 export async function mergeChain(
@@ -27,16 +74,7 @@ export async function mergeChain(
   });
   try {
     const pages = ck.manifest.machine.spec.memSize / PAGE;
-    const buf = new Uint8Array(BATCH * PAGE);
-    const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
-    for (let g = 0; g < pages; g += BATCH) {
-      const gfns = Array.from({ length: Math.min(BATCH, pages - g) }, (_, i) => g + i);
-      const offs = gfns.map((_, i) => i * PAGE);
-      buf.fill(0);
-      ck.loadTo(gfns, buf, base, offs);
-      await w.append(gfns, { bytes: buf, base }, offs);
-      await w.flush();
-    }
+    await copyPages(ck, Array.from({ length: pages }, (_, g) => g), w);
     const sum = await w.finish();
     const src = ck.manifest;
     const manifest: Manifest = {

@@ -3,6 +3,7 @@ import { resolve } from "node:path";
 import { request } from "../vmm/control/client.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import type { CheckpointReport } from "../ckpt/save.ts";
+import type { SplitCheckpointReport } from "../paging/split_checkpoint.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
@@ -75,6 +76,7 @@ export async function checkpointCommand(
     downtimeMs: r.stats.downtimeMs,
   }, () => {
     const s = r.stats;
+    const split = "pagesSentToSave" in r ? r as SplitCheckpointReport : undefined;
     return [
       `checkpoint of ${name}: generation ${r.generation} in ${r.dir} (${r.mode}${
         r.parent ? `, incremental on ${r.parent}` : ", full"
@@ -85,6 +87,13 @@ export async function checkpointCommand(
       `  ${s.rounds} round(s), downtime ${s.downtimeMs.toFixed(1)} ms, total ${
         s.totalMs.toFixed(0)
       } ms (${(s.bytesWritten / (1 << 20) / (s.totalMs / 1000)).toFixed(0)} MiB/s)`,
+      ...(split
+        ? [
+          `  id ${r.id}; pages saved per host: ${
+            Object.entries(split.pagesSaved).map(([h, n]) => `${h} ${n}`).join(", ")
+          }; ${split.pagesSentToSave} sent over the network to be saved`,
+        ]
+        : []),
     ].join("\n");
   });
   return EXIT.OK;

@@ -8,6 +8,7 @@ import {
 } from "../ckpt/inspect.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { mergeChain } from "../ckpt/merge.ts";
+import { mergeSplit } from "./merge_split.ts";
 import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes } from "./units.ts";
@@ -110,6 +111,19 @@ export async function ckptVerify(g: GlobalOptions, path: string): Promise<number
 
 /** `ckpt merge DIR`: squash the latest chain into one full generation. */
 export async function ckptMerge(g: GlobalOptions, path: string): Promise<number> {
+  const source = agentAddr(g);
+  if (source) {
+    const r = await mergeSplit(g, source, path);
+    report(
+      g,
+      r,
+      () =>
+        `merged generation ${r.mergedFrom}'s chain into full generation ${r.generation} (checkpoint ${r.id}) on ${
+          Object.keys(r.pages).length
+        } host(s) in ${r.ms.toFixed(0)} ms`,
+    );
+    return EXIT.OK;
+  }
   const { root, dir } = resolveCheckpoint(resolve(path));
   const r = await mergeChain(dir, root);
   report(

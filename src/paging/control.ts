@@ -90,14 +90,18 @@ export class SplitControl {
     }
     if (r.mode !== "stop") throw new Error("--traditional saves in stop mode only (--mode stop)");
     this.busy = true;
+    const t0 = performance.now();
     await this.m.vm.pause();
     try {
       const before = pager.stats().pageIns;
       await pager.pullToMain();
       const pulled = pager.stats().pageIns - before;
       const rep = await local();
+      // The VM was paused all along: pulling every page to main is part of the downtime.
+      const downtimeMs = performance.now() - t0;
       return {
         ...rep,
+        stats: { ...rep.stats, downtimeMs },
         pagesSaved: { [host]: this.m.vm.memory.pages },
         pagesSentToSave: pulled,
         pagesMovedMeanwhile: pulled,
