@@ -6,7 +6,7 @@
 import { indexRuns } from "../memory/runs.ts";
 import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
-import { REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import { installRun, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import { GuestMemory } from "../memory/guest_memory.ts";
 import { Machine, type MachineIo, type MachineState } from "../vmm/machine.ts";
 import { CheckpointFormatError, PAGE } from "./format.ts";
@@ -135,6 +135,29 @@ export class OpenCheckpoint {
     return (this.readers[this.fragmentOf[g]].pageFlags[this.indexOf[g]] & PAGE_FLAG.ZERO) !== 0;
   }
 
+  /**
+   * Installs pages `gfns` (ascending, at most `staging` holds) into memory at `base` through
+   * `uffd`: stored pages with UFFDIO_COPY from `staging`, zero pages with UFFDIO_ZEROPAGE, one
+   * call per run.
+   */
+  install(uffd: Userfaultfd, base: bigint, gfns: number[], staging: Uint8Array<ArrayBuffer>): void {
+    const from = libc.ptrValue(Deno.UnsafePointer.of(staging));
+    const stored = gfns.filter((g) => !this.isZero(g));
+    this.loadTo(stored, staging, from, stored.map((_, k) => k * PAGE));
+    for (const [k, n] of indexRuns(stored)) {
+      installRun(
+        base,
+        PAGE,
+        stored.slice(k, k + n),
+        (dst, len, at) => uffd.copy(dst, from + BigInt((k + at) * PAGE), len),
+      );
+    }
+    const zero = gfns.filter((g) => this.isZero(g));
+    for (const [k, n] of indexRuns(zero)) {
+      installRun(base, PAGE, zero.slice(k, k + n), (dst, len) => uffd.zeropage(dst, len));
+    }
+  }
+
   /** Gfns whose copy is in one of the fragments `only` names. */
   pagesOf(only: ReadonlySet<number>): number[] {
     const out: number[] = [];
@@ -208,7 +231,6 @@ export class LazyPager {
   private readonly resident: Uint8Array;
   private residentCount = 0;
   private readonly staging = new Uint8Array(BATCH_PAGES * PAGE);
-  private readonly stagingAddr = libc.ptrValue(Deno.UnsafePointer.of(this.staging));
   /** Faults served. */
   faults = 0;
   /** Resolves when every page is resident, with the time it took from `run`. */
@@ -299,42 +321,8 @@ export class LazyPager {
   /** Installs `gfns` (not yet resident) with one UFFDIO_COPY / ZEROPAGE per contiguous run. */
   private install(gfns: number[]) {
     const todo = gfns.filter((g) => !this.resident[g]).sort((a, b) => a - b);
-    const stored = todo.filter((g) => !this.ck.isZero(g));
-    this.ck.loadTo(stored, this.staging, this.stagingAddr, stored.map((_, k) => k * PAGE));
-    for (const [k, n] of indexRuns(stored)) {
-      this.place(
-        stored.slice(k, k + n),
-        (dst, len, at) => this.uffd.copy(dst, this.stagingAddr + BigInt((k + at) * PAGE), len),
-      );
-    }
-    const zero = todo.filter((g) => this.ck.isZero(g));
-    for (const [k, n] of indexRuns(zero)) {
-      this.place(zero.slice(k, k + n), (dst, len) => this.uffd.zeropage(dst, len));
-    }
-  }
-
-  /**
-   * Installs one run of consecutive gfns with `op(dst, len, indexInRun)`; when the guest's own
-   * access populated part of it first (EEXIST), falls back to page by page and skips those pages.
-   */
-  private place(run: number[], op: (dst: bigint, len: number, at: number) => number) {
-    const dst = this.mem.hostAddr + BigInt(run[0] * PAGE);
-    let done = 0;
-    try {
-      done = op(dst, run.length * PAGE, 0);
-    } catch {
-      done = 0;
-    }
-    if (done !== run.length * PAGE) {
-      run.forEach((g, i) => {
-        try {
-          op(this.mem.hostAddr + BigInt(g * PAGE), PAGE, i);
-        } catch {
-          // Already there.
-        }
-      });
-    }
-    for (const g of run) this.mark(g);
+    this.ck.install(this.uffd, this.mem.hostAddr, todo, this.staging);
+    for (const g of todo) this.mark(g);
   }
 
   private mark(g: number) {

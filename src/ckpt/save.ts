@@ -12,6 +12,7 @@ import { PAGE } from "./format.ts";
 import { FragmentWriter, type PageSource } from "./fragment_writer.ts";
 import {
   type CheckpointMode,
+  type CheckpointStats,
   commitManifest,
   type FragmentRef,
   type Manifest,
@@ -126,6 +127,20 @@ export function checkParent(
   return parent;
 }
 
+/** Counts and timings of a checkpoint about to be taken (one round, nothing saved yet). */
+export function emptyStats(): CheckpointStats {
+  return {
+    pagesSaved: 0,
+    zeroPages: 0,
+    pagesReused: 0,
+    pagesSavedTwice: 0,
+    bytesWritten: 0,
+    rounds: 1,
+    downtimeMs: 0,
+    totalMs: 0,
+  };
+}
+
 /** A fresh random checkpoint id, as bytes and as hex. */
 export function newCheckpointId(): { id: string; idBytes: Uint8Array } {
   const idBytes = crypto.getRandomValues(new Uint8Array(16));
@@ -174,16 +189,7 @@ export async function takeCheckpoint(
   let txn: ReturnType<DirtyTracker["begin"]> | undefined;
   let paused = false;
   let cow: CowSession | undefined;
-  const stats = {
-    pagesSaved: 0,
-    zeroPages: 0,
-    pagesReused: 0,
-    pagesSavedTwice: 0,
-    bytesWritten: 0,
-    rounds: 1,
-    downtimeMs: 0,
-    totalMs: 0,
-  };
+  const stats = emptyStats();
   try {
     let state: Manifest["machine"];
     if (opts.mode === "stop" || opts.mode === "cow") {

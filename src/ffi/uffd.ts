@@ -187,3 +187,30 @@ export class Userfaultfd {
     libc.close(this.fd);
   }
 }
+
+/**
+ * Installs the pages of `run` (consecutive page numbers, page `p` at `base + p * pageSize`) with
+ * `op(dst, len, indexInRun)` (UFFDIO_COPY or ZEROPAGE); when a racing fault or install populated
+ * part of it first (EEXIST), falls back to one page at a time and skips those.
+ */
+export function installRun(
+  base: bigint,
+  pageSize: number,
+  run: number[],
+  op: (dst: bigint, len: number, at: number) => number,
+): void {
+  let done = 0;
+  try {
+    done = op(base + BigInt(run[0] * pageSize), run.length * pageSize, 0);
+  } catch {
+    done = 0;
+  }
+  if (done === run.length * pageSize) return;
+  run.forEach((p, i) => {
+    try {
+      op(base + BigInt(p * pageSize), pageSize, i);
+    } catch {
+      // Already there.
+    }
+  });
+}

@@ -8,7 +8,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import * as libc from "../ffi/libc.ts";
-import { FEATURE, PAGEFAULT_FLAG, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import { FEATURE, installRun, PAGEFAULT_FLAG, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
@@ -207,7 +207,6 @@ class LocalPages {
   readonly pending: Uint8Array;
   left = 0;
   readonly staging = new Uint8Array(LocalPages.BATCH * PAGE_SIZE);
-  readonly stagingAddr = libc.ptrValue(Deno.UnsafePointer.of(this.staging));
   readonly done: Promise<void>;
   private resolve!: () => void;
 
@@ -859,21 +858,7 @@ export class RemotePager {
    * (EEXIST) are skipped by falling back to one page at a time.
    */
   private place(run: number[], op: (dst: bigint, len: number, at: number) => number) {
-    const dst = this.base + BigInt(run[0] * PAGE_SIZE);
-    let done = 0;
-    try {
-      done = op(dst, run.length * PAGE_SIZE, 0);
-    } catch {
-      done = 0;
-    }
-    if (done === run.length * PAGE_SIZE) return;
-    run.forEach((g, i) => {
-      try {
-        op(this.base + BigInt(g * PAGE_SIZE), PAGE_SIZE, i);
-      } catch {
-        // Already present.
-      }
-    });
+    installRun(this.base, PAGE_SIZE, run, op);
   }
 
   /** Installs main's lazily restored pages `gfns` (those still pending) from the checkpoint. */
@@ -881,18 +866,7 @@ export class RemotePager {
     const l = this.local!;
     const todo = gfns.filter((g) => l.pending[g]).sort((a, b) => a - b);
     if (!todo.length) return;
-    const stored = todo.filter((g) => !l.ck.isZero(g));
-    l.ck.loadTo(stored, l.staging, l.stagingAddr, stored.map((_, k) => k * PAGE_SIZE));
-    for (const [k, n] of indexRuns(stored)) {
-      this.place(
-        stored.slice(k, k + n),
-        (dst, len, at) => this.uffd.copy(dst, l.stagingAddr + BigInt((k + at) * PAGE_SIZE), len),
-      );
-    }
-    const zero = todo.filter((g) => l.ck.isZero(g));
-    for (const [k, n] of indexRuns(zero)) {
-      this.place(zero.slice(k, k + n), (dst, len) => this.uffd.zeropage(dst, len));
-    }
+    l.ck.install(this.uffd, this.base, todo, l.staging);
     for (const g of todo) l.installed(g);
   }
 

@@ -25,6 +25,7 @@ import {
   type CheckpointReport,
   coldestFirst,
   DCRES_VERSION,
+  emptyStats,
   newCheckpointId,
   prefetchOrder,
   removeGeneration,
@@ -305,16 +306,7 @@ export async function takeSplitCheckpoint(
   let txn: ReturnType<DirtyTracker["begin"]> | undefined;
   let paused = false;
   const moves0 = pager.stats().pageIns + pager.stats().pageOuts;
-  const stats = {
-    pagesSaved: 0,
-    zeroPages: 0,
-    pagesReused: 0,
-    pagesSavedTwice: 0,
-    bytesWritten: 0,
-    rounds: 1,
-    downtimeMs: 0,
-    totalMs: 0,
-  };
+  const stats = emptyStats();
   try {
     await Promise.all(subs.map(async (l) => {
       await l.call("pages.save.begin", { id, generation, compress: opts.compress });
