@@ -131,7 +131,7 @@ Deno.test("a split VM's parallel checkpoints, in each mode, full and incremental
   }
 });
 
-Deno.test("a parallel checkpoint with a dead sub-host fails in one line and leaves the previous checkpoint whole; bad restore placements are refused by name", async () => {
+Deno.test("a parallel checkpoint with a dead sub-host fails in one line and leaves the previous checkpoint whole; a long chain is merged on every host in the background and built on; bad restore placements are refused by name", async () => {
   const c = new TestCluster(7479);
   const hosts = await c.up(3);
   const [main, s1, s2] = hosts;
@@ -150,6 +150,26 @@ Deno.test("a parallel checkpoint with a dead sub-host fails in one line and leav
     const gens = JSON.parse(ls) as Array<{ generation: number; id?: string; status: string }>;
     assertEquals(gens.map((g) => [g.generation, g.status]), [[1, "ok"]], ls);
     assertEquals(gens[0].id, first.checkpoint);
+    // Three incrementals make a chain of four generations: every host merges its part of it in
+    // the background, and the next incremental builds on the merged generation.
+    for (let i = 0; i < 3; i++) {
+      await c.ok([...a, "checkpoint", "sv", "--mode", "precopy", "--incremental"]);
+    }
+    const deadline = performance.now() + 120_000;
+    let latest: { generation: number; mergedFrom?: number; fragments: unknown[] } | undefined;
+    while (performance.now() < deadline) {
+      latest = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", "sv"]));
+      if (latest!.mergedFrom === 4) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    assertEquals([latest?.generation, latest?.mergedFrom, latest?.fragments.length], [5, 4, 3]);
+    const next = JSON.parse(
+      await c.ok([...a, "--json", "checkpoint", "sv", "--mode", "cow", "--incremental"]),
+    );
+    assertEquals([next.generation, next.parent], [6, 5]);
+    await c.ok([...a, "vm", "stop", "sv"]);
+    await c.ok([...a, "restore", next.checkpoint, "--lazy"]);
+    assert((await c.ok([...a, "guest", "verify", "sv"])).startsWith("OK"));
     await c.ok([...a, "vm", "stop", "sv"]);
     await c.fails([...a, "restore", first.checkpoint, "--map", "nohost=127.0.0.9:1"], /nohost/);
     await c.fails([...a, "restore", first.checkpoint, "--sub", s1], /--sub goes with --main/);

@@ -92,6 +92,8 @@ export interface Manifest {
   stats: CheckpointStats;
   /** For a merged checkpoint: the generation whose chain it squashed. */
   mergedFrom?: number;
+  /** For a merged checkpoint: the id of the checkpoint it stands for (the same consistency point). */
+  mergedFromId?: string;
   /** For a split VM: main's memory budget and every participant (name → agent address, "main"). */
   split?: { mainMemBytes: number; hosts: Record<string, string> };
 }

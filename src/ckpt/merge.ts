@@ -4,7 +4,7 @@ import * as libc from "../ffi/libc.ts";
 import { PAGE } from "./format.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import { commitManifest, type Manifest } from "./manifest.ts";
-import { buildPageMap } from "./page_map.ts";
+import { buildPageMap, compressPageMap, expandPageMap } from "./page_map.ts";
 import { OpenCheckpoint } from "./restore.ts";
 import { CheckpointStore, resolveCheckpoint } from "./store.ts";
 
@@ -99,6 +99,7 @@ export async function mergeChain(
         bytesWritten: sum.dataBytes,
       },
       mergedFrom: src.generation,
+      mergedFromId: src.mergedFromId ?? src.id,
     };
     commitManifest(dir, manifest);
     return { generation, dir, manifest };
@@ -109,4 +110,60 @@ export async function mergeChain(
   } finally {
     ck.close();
   }
+}
+
+/** What one host's part of a split merge wrote. */
+export interface MergePart {
+  /** The new fragment, relative to the store root. */
+  path: string;
+  /** Pages it indexes. */
+  pages: number;
+  /** Of those, zero pages. */
+  zeroPages: number;
+  /** Page bytes written. */
+  dataBytes: number;
+  /** File size. */
+  fileBytes: number;
+  /** CRC-32 of its footer. */
+  footerCrc: number;
+}
+
+/**
+ * The manifest of generation `generation` (id `id`) that merges `src`'s chain: one fragment per
+ * host (`parts[k]` written by `hosts[k]`), every page mapped to its host's new fragment; the same
+ * consistency point, so it records the id it stands for (`mergedFromId`).
+ */
+export function mergedManifest(
+  src: Manifest,
+  hosts: string[],
+  parts: MergePart[],
+  generation: number,
+  id: string,
+): Manifest {
+  const pages = src.machine.spec.memSize / PAGE;
+  const to = src.fragments.map((f) => hosts.indexOf(f.host));
+  return {
+    ...src,
+    id,
+    generation,
+    parent: null,
+    fragments: parts.map((p, k) => ({
+      path: p.path,
+      host: hosts[k],
+      generation,
+      footerCrc: p.footerCrc,
+      pages: p.pages,
+      bytes: p.fileBytes,
+    })),
+    pageMap: compressPageMap(expandPageMap(src.pageMap, pages).map((f) => to[f])),
+    stats: {
+      ...src.stats,
+      pagesSaved: parts.reduce((n, p) => n + p.pages - p.zeroPages, 0),
+      zeroPages: parts.reduce((n, p) => n + p.zeroPages, 0),
+      pagesReused: 0,
+      bytesWritten: parts.reduce((n, p) => n + p.dataBytes, 0),
+    },
+    mergedFrom: src.generation,
+    mergedFromId: src.mergedFromId ?? src.id,
+  };
 }

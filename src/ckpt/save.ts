@@ -114,7 +114,9 @@ export function checkParent(
       `--incremental: ${opts.dir} has no committed checkpoint to build on; take a full one first`,
     );
   }
-  if (parent && parent.manifest.id !== tracker.baselineId) {
+  // A merged generation is the checkpoint it squashed: the dirty log counts from either.
+  const base = tracker.baselineId;
+  if (parent && parent.manifest.id !== base && parent.manifest.mergedFromId !== base) {
     throw new CheckpointError(
       `--incremental: generation ${parent.manifest.generation} in ${opts.dir} is not the checkpoint this VM's dirty log counts from; take a full checkpoint first`,
     );

@@ -6,11 +6,10 @@
  */
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { decodeManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
-import { compressPageMap, expandPageMap } from "../ckpt/page_map.ts";
+import { mergedManifest, type MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/save.ts";
 import { generationName } from "../ckpt/store.ts";
 import { RpcClient } from "../net/quic.ts";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import type { GlobalOptions } from "./context.ts";
 import { clientIdentity, remoteCall } from "./remote.ts";
 
@@ -26,15 +25,6 @@ export interface SplitMergeReport {
   pages: Record<string, number>;
   /** Wall time. */
   ms: number;
-}
-
-interface Part {
-  path: string;
-  pages: number;
-  zeroPages: number;
-  dataBytes: number;
-  fileBytes: number;
-  footerCrc: number;
 }
 
 /** Reads `file` of `store` from agent `addr`. */
@@ -93,7 +83,7 @@ export async function mergeSplit(
   const done: string[] = [];
   try {
     const parts = await Promise.all(names.map(async (h) => {
-      const r = await remoteCall<Part>({ ...g, agent: addrOf(h) }, "ckpt.merge.part", {
+      const r = await remoteCall<MergePart>({ ...g, agent: addrOf(h) }, "ckpt.merge.part", {
         store: plan.store,
         generation: plan.generation,
         newGeneration: generation,
@@ -105,32 +95,7 @@ export async function mergeSplit(
       done.push(h);
       return r;
     }));
-    const pages = src.machine.spec.memSize / PAGE_SIZE;
-    const old = expandPageMap(src.pageMap, pages);
-    const to = src.fragments.map((f) => names.indexOf(f.host));
-    const manifest: Manifest = {
-      ...src,
-      id,
-      generation,
-      parent: null,
-      fragments: parts.map((p, k) => ({
-        path: p.path,
-        host: names[k],
-        generation,
-        footerCrc: p.footerCrc,
-        pages: p.pages,
-        bytes: p.fileBytes,
-      })),
-      pageMap: compressPageMap(old.map((f) => to[f])),
-      stats: {
-        ...src.stats,
-        pagesSaved: parts.reduce((n, p) => n + p.pages - p.zeroPages, 0),
-        zeroPages: parts.reduce((n, p) => n + p.zeroPages, 0),
-        pagesReused: 0,
-        bytesWritten: parts.reduce((n, p) => n + p.dataBytes, 0),
-      },
-      mergedFrom: src.generation,
-    };
+    const manifest = mergedManifest(src, names, parts, generation, id);
     const bytes = encodeManifest(manifest);
     // The source agent last: its copy is the one restores and later checkpoints start from.
     const order = names.filter((h) => addrOf(h) !== source);

@@ -12,6 +12,13 @@ import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
 import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpoint.ts";
+import { chainLength, MERGE_AFTER, mergeSplitChain } from "./split_merge.ts";
+import { readManifest } from "../ckpt/manifest.ts";
+import { generationName } from "../ckpt/store.ts";
+import { join } from "node:path";
+import { getLogger } from "@logtape/logtape";
+
+const log = getLogger(["dcres", "checkpoint"]);
 
 /**
  * A split plus the identity directory its VMM reaches the sub-hosts with; a restore adds which host
@@ -80,10 +87,14 @@ export class SplitControl {
     }
     if (this.busy) throw new Error(`${name}: another paging operation is under way`);
     const host = r.host ?? "main";
+    // A merge still under way owns the store's next generation.
+    await this.merging;
     if (!r.traditional) {
       this.busy = true;
       try {
-        return await takeSplitCheckpoint(this.m, this.tracker, pager, { ...opts, host });
+        const rep = await takeSplitCheckpoint(this.m, this.tracker, pager, { ...opts, host });
+        this.mergeLater(join(opts.dir, generationName(rep.generation)), host, pager);
+        return rep;
       } finally {
         this.busy = false;
       }
@@ -111,6 +122,22 @@ export class SplitControl {
       this.m.vm.resume();
       this.busy = false;
     }
+  }
+
+  private merging?: Promise<void>;
+
+  /** Starts merging the chain ending at `dir` in the background once it is long enough. */
+  private mergeLater(dir: string, host: string, pager: RemotePager) {
+    const m = readManifest(dir);
+    if (chainLength(m) < MERGE_AFTER) return;
+    this.merging = mergeSplitChain(dir, m, host, pager.subLinks()).then(
+      () => {},
+      (e) =>
+        log.warn("merging the chain of {dir} failed (it stays as it was): {error}", {
+          dir,
+          error: (e as Error).message,
+        }),
+    );
   }
 
   /** `info` fields: paging counters, and the pause paging holds, if any. */
