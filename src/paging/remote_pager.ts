@@ -532,6 +532,25 @@ export class RemotePager {
     return this.active();
   }
 
+  /**
+   * Reconnects the sub-hosts whose links are down (nothing may have asked them for a page since
+   * they came back) and waits up to `timeoutMs` for them; throws naming those still unreachable.
+   */
+  async ensureLinks(timeoutMs = 10_000): Promise<void> {
+    const deadline = performance.now() + timeoutMs;
+    for (const l of this.active()) if (l.down) void this.reconnect(l.index);
+    while (this.active().some((l) => l.down) && performance.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const down = this.active().filter((l) => l.down);
+    if (down.length) {
+      throw new SubHostDownError(
+        down.map((l) => `${l.host} (${l.addr})`).join(", "),
+        `${down[0].down}; its pages cannot be saved until it is back`,
+      );
+    }
+  }
+
   /** Pages `host` holds that are not moving. */
   idleHeldBy(host: number): number[] {
     const out: number[] = [];

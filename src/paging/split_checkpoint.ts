@@ -291,6 +291,8 @@ export async function takeSplitCheckpoint(
   const mem = m.vm.memory;
   const store = new CheckpointStore(opts.dir);
   const parent = checkParent(store, tracker, opts, m.spec.memSize);
+  // Every participant must be reachable before anything is written.
+  await pager.ensureLinks();
   const { generation, dir } = store.begin();
   const { id, idBytes } = newCheckpointId();
   const subs = pager.subLinks();
