@@ -134,9 +134,15 @@ export async function benchDcres(args: string[]): Promise<unknown> {
       of: "faster than traditional",
     });
     const lazy = await restore(modes.precopy.checkpoint, "--lazy");
-    line("parallel restore, lazy (running after)", `${(lazy.ms / 1000).toFixed(2)} s`, {
+    line("parallel restore, lazy (until resident)", `${(lazy.ms / 1000).toFixed(2)} s`, {
       x: tradRestore.ms / lazy.ms,
       of: "faster than traditional",
+    });
+    const resumed = (r: { report: { restore?: { resumeMs?: number } } }) =>
+      r.report.restore?.resumeMs ?? 0;
+    line("  the VM running after (VMM start to resume)", `${resumed(lazy).toFixed(0)} ms`, {
+      x: (tradRestore.report.resumeMs ?? 0) / Math.max(1, resumed(lazy)),
+      of: "sooner than traditional",
     });
     return {
       bench: "dcres",
