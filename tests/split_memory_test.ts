@@ -5,29 +5,14 @@
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres } from "./helpers/cli.ts";
+import { TestCluster } from "./helpers/cluster.ts";
 import type { VmInfo } from "../src/vmm/control/protocol.ts";
 
-const env: Record<string, string> = {
-  DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-split-" }),
-  DCRES_CLUSTER_PORT: "7475",
-  XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-split-client-" }),
-};
-const cluster = async (...args: string[]) => {
-  const r = await new Deno.Command(new URL("../scripts/cluster", import.meta.url).pathname, {
-    args,
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert(r.success, `cluster ${args.join(" ")}: ${new TextDecoder().decode(r.stderr)}`);
-  return new TextDecoder().decode(r.stdout);
-};
-
-async function ok(args: string[]) {
-  const r = await dcres(args, { env, timeoutMs: 900_000 });
-  assertEquals(r.code, 0, `dcres ${args.join(" ")}: ${r.stderr}`);
-  return r.stdout;
-}
+const c = new TestCluster(7475);
+const env = c.env;
+const cluster = (...args: string[]) => c.run(...args);
+const ok = (args: string[]) => c.ok(args);
+const until = c.until.bind(c);
 
 /**
  * The heavy-paging VM: small in CI; DCRES_SPLIT_SIZE=full runs the 2 GiB guest with a 1.5 GiB
@@ -43,19 +28,6 @@ const size = Deno.env.get("DCRES_SPLIT_SIZE") === "full"
     runMs: Number(Deno.env.get("DCRES_SPLIT_MINUTES") ?? 3) * 60_000,
   }
   : { mem: "512M", ws: "192M", mainMem: "128M", pages: 512 * 256, stampMs: 120_000, runMs: 0 };
-
-/** Polls `vm ls` on `agent` until `pred` holds for VM `name`; fails after `ms`. */
-async function until(agent: string, name: string, pred: (v: VmInfo) => boolean, ms: number) {
-  const deadline = performance.now() + ms;
-  let last: VmInfo | undefined;
-  while (performance.now() < deadline) {
-    const vms = JSON.parse(await ok(["--agent", agent, "--json", "vm", "ls"])) as VmInfo[];
-    last = vms.find((v) => v.name === name);
-    if (last && pred(last)) return last;
-    await new Promise((r) => setTimeout(r, 500));
-  }
-  throw new Error(`${name} never reached the expected state: ${JSON.stringify(last)}`);
-}
 
 /** Pages per second VM `name` rewrites over five seconds. */
 async function writeRate(agent: string, name: string): Promise<number> {

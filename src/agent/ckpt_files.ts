@@ -11,6 +11,7 @@ import { mergeHostPart } from "../ckpt/merge.ts";
 import { removeGeneration } from "../ckpt/save.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
+import { gather } from "../net/chunks.ts";
 
 /** What a restore needs to know of a checkpoint. */
 export interface CheckpointPlan {
@@ -119,10 +120,7 @@ export function ckptFileHandlers(
     },
     "ckpt.commit": async (args, ctx) => {
       const dir = inStore(root, args.store, args.generation);
-      const parts: Uint8Array[] = [];
-      for await (const b of ctx.data) parts.push(b);
-      const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-      parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+      const bytes = await gather(ctx.data);
       commitManifest(dir, decodeManifest(`${dir}/MANIFEST (sent)`, bytes));
       return { committed: dir };
     },

@@ -12,6 +12,7 @@ import { removeGeneration } from "../ckpt/save.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
+import { gather } from "../net/chunks.ts";
 import type { PageStores } from "../paging/page_store.ts";
 import { SubSaver } from "../paging/sub_saver.ts";
 
@@ -175,10 +176,7 @@ export class PageSaves {
       "pages.save.commit": async (args, ctx) => {
         const { vm } = vmArgs(args);
         const s = this.session(vm);
-        const parts: Uint8Array[] = [];
-        for await (const b of ctx.data) parts.push(b);
-        const bytes = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-        parts.reduce((o, p) => (bytes.set(p, o), o + p.length), 0);
+        const bytes = await gather(ctx.data);
         const m = decodeManifest(`${s.dir}/MANIFEST (from main)`, bytes);
         if (m.id !== s.id) {
           throw new RpcError("bad-request", `manifest is of checkpoint ${m.id}, not ${s.id}`);

@@ -5,8 +5,10 @@
  * written, so a restore never reads a long chain.
  */
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
-import { decodeManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
-import { mergedManifest, type MergePart } from "../ckpt/merge.ts";
+import { decodeManifest, type Manifest } from "../ckpt/manifest.ts";
+import { gather, piecesOf } from "../net/chunks.ts";
+import { mergeOnHosts } from "../paging/split_merge.ts";
+import type { MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/save.ts";
 import { generationName } from "../ckpt/store.ts";
 import { RpcClient } from "../net/quic.ts";
@@ -27,38 +29,25 @@ export interface SplitMergeReport {
   ms: number;
 }
 
-/** Reads `file` of `store` from agent `addr`. */
-async function fetchFile(g: GlobalOptions, addr: string, store: string, file: string) {
+/** Calls `method` on agent `addr`, uploading `upload` or collecting DATA frames. */
+async function stream(
+  g: GlobalOptions,
+  addr: string,
+  method: string,
+  args: Record<string, unknown>,
+  upload?: Uint8Array,
+): Promise<Uint8Array> {
   const client = await RpcClient.connect(addr, clientIdentity(g));
   const parts: Uint8Array[] = [];
   try {
-    await client.call("ckpt.get", { store, file }, { onData: (b) => parts.push(b.slice()) });
-  } finally {
-    client.close();
-  }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  parts.reduce((o, p) => (out.set(p, o), o + p.length), 0);
-  return out;
-}
-
-/** Sends manifest `bytes` to agent `addr` to commit as generation `generation` of `store`. */
-async function commitOn(
-  g: GlobalOptions,
-  addr: string,
-  store: string,
-  generation: string,
-  bytes: Uint8Array,
-) {
-  const client = await RpcClient.connect(addr, clientIdentity(g));
-  try {
-    await client.call("ckpt.commit", { store, generation }, {
-      upload: (async function* () {
-        for (let o = 0; o < bytes.length; o += 256 * 1024) yield bytes.subarray(o, o + 256 * 1024);
-      })(),
+    await client.call(method, args, {
+      onData: (b) => parts.push(b.slice()),
+      upload: upload && piecesOf(upload),
     });
   } finally {
     client.close();
   }
+  return await gather(parts);
 }
 
 /** Merges the chain of `path` (found through agent `source`) on every host holding part of it. */
@@ -72,49 +61,41 @@ export async function mergeSplit(
   if (!plan.inStore) throw new Error(`${path} is outside the agent's checkpoint store`);
   const src: Manifest = decodeManifest(
     `${plan.store}/${plan.generation}/MANIFEST`,
-    await fetchFile(g, source, plan.store, `${plan.generation}/MANIFEST`),
+    await stream(g, source, "ckpt.get", {
+      store: plan.store,
+      file: `${plan.generation}/MANIFEST`,
+    }),
   );
   const hosts = src.split?.hosts ?? { main: "main" };
   const addrOf = (h: string) => hosts[h] === "main" || hosts[h] === undefined ? source : hosts[h];
-  const names = [...new Set(src.fragments.map((f) => f.host))];
   const generation = plan.next;
   const genName = generationName(generation);
   const { id } = newCheckpointId();
-  const done: string[] = [];
-  try {
-    const parts = await Promise.all(names.map(async (h) => {
-      const r = await remoteCall<MergePart>({ ...g, agent: addrOf(h) }, "ckpt.merge.part", {
+  const last = src.fragments.map((f) => f.host).find((h) => addrOf(h) === source) ?? "main";
+  const merged = await mergeOnHosts(src, generation, id, last, {
+    part: (h) =>
+      remoteCall<MergePart>({ ...g, agent: addrOf(h) }, "ckpt.merge.part", {
         store: plan.store,
         generation: plan.generation,
         newGeneration: generation,
         id,
         host: h,
-      }).catch((e) => {
-        throw new Error(`${h} (${addrOf(h)}): ${(e as Error).message}`);
-      });
-      done.push(h);
-      return r;
-    }));
-    const manifest = mergedManifest(src, names, parts, generation, id);
-    const bytes = encodeManifest(manifest);
-    // The source agent last: its copy is the one restores and later checkpoints start from.
-    const order = names.filter((h) => addrOf(h) !== source);
-    await Promise.all(order.map((h) => commitOn(g, addrOf(h), plan.store, genName, bytes)));
-    await commitOn(g, source, plan.store, genName, bytes);
-    return {
-      generation,
-      id,
-      mergedFrom: src.generation,
-      pages: Object.fromEntries(names.map((h, k) => [h, parts[k].pages])),
-      ms: performance.now() - t0,
-    };
-  } catch (e) {
-    await Promise.all(names.map((h) =>
-      remoteCall({ ...g, agent: addrOf(h) }, "ckpt.abort", {
+      }),
+    commit: async (h, bytes) => {
+      await stream(g, addrOf(h), "ckpt.commit", { store: plan.store, generation: genName }, bytes);
+    },
+    abort: async (h) => {
+      await remoteCall({ ...g, agent: addrOf(h) }, "ckpt.abort", {
         store: plan.store,
         generation: genName,
-      }).catch(() => {})
-    ));
-    throw e;
-  }
+      });
+    },
+  });
+  return {
+    generation,
+    id,
+    mergedFrom: src.generation,
+    pages: Object.fromEntries(merged.fragments.map((f) => [f.host, f.pages])),
+    ms: performance.now() - t0,
+  };
 }

@@ -35,6 +35,7 @@ import type { Machine } from "../vmm/machine.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
 import { SplitCheckpoint } from "./split_session.ts";
+import { piecesOf } from "../net/chunks.ts";
 import type { SubLink } from "./sub_link.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
@@ -54,11 +55,6 @@ export interface SplitCheckpointReport extends CheckpointReport {
 
 /** A fragment's summary as a sub-host reports it. */
 type SubSummary = Omit<FragmentSummary, "gfns">;
-
-/** `bytes` in pieces that fit RPC frames. */
-async function* chunks(bytes: Uint8Array): AsyncIterable<Uint8Array> {
-  for (let o = 0; o < bytes.length; o += 256 * 1024) yield bytes.subarray(o, o + 256 * 1024);
-}
 
 /** Options of a split VM's checkpoint. */
 export interface SplitCheckpointOptions extends CheckpointOptions {
@@ -211,7 +207,9 @@ export async function takeSplitCheckpoint(
     };
     // Committed on the sub-hosts first: main's copy is the one the next incremental builds on.
     const bytes = encodeManifest(manifest);
-    await Promise.all(subs.map((l) => l.call("pages.save.commit", {}, { upload: chunks(bytes) })));
+    await Promise.all(
+      subs.map((l) => l.call("pages.save.commit", {}, { upload: piecesOf(bytes) })),
+    );
     commitManifest(dir, manifest);
     tracker.commit(txn);
     tracker.baselineId = id;

@@ -7,7 +7,8 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { basename, dirname } from "node:path";
-import { commitManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
+import { commitManifest, decodeManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
+import { piecesOf } from "../net/chunks.ts";
 import { mergedManifest, mergeHostPart, type MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/save.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
@@ -23,10 +24,55 @@ export function chainLength(m: Manifest): number {
   return new Set(m.fragments.map((f) => f.generation)).size;
 }
 
+/** How a split merge reaches each host (by its name in the manifest). */
+export interface MergeHosts {
+  /** Host `h` writes one new fragment from its own fragments of the chain. */
+  part(h: string): Promise<MergePart>;
+  /** Host `h` commits the merged manifest `bytes`. */
+  commit(h: string, bytes: Uint8Array): Promise<void>;
+  /** Host `h` removes the merged generation unless it committed it. */
+  abort(h: string): Promise<void>;
+}
+
+/**
+ * Merges `src`'s chain into generation `generation` (checkpoint `id`) on every host holding part of
+ * it, at once: each writes its part, then the merged manifest is committed on each, `last` (the
+ * host whose copy later checkpoints start from) last. A failure removes the merged generation
+ * wherever it was not committed; the chain stays as it was.
+ */
+export async function mergeOnHosts(
+  src: Manifest,
+  generation: number,
+  id: string,
+  last: string,
+  hosts: MergeHosts,
+): Promise<Manifest> {
+  const names = [...new Set(src.fragments.map((f) => f.host))];
+  try {
+    const parts = await Promise.all(names.map((h) =>
+      hosts.part(h).catch((e) => {
+        throw new Error(`${h}: ${(e as Error).message}`);
+      })
+    ));
+    const manifest = mergedManifest(src, names, parts, generation, id);
+    const bytes = encodeManifest(manifest);
+    await Promise.all(names.filter((h) => h !== last).map((h) => hosts.commit(h, bytes)));
+    await hosts.commit(last, bytes);
+    log.info("merged the chain of generation {from} into generation {to} on {hosts} hosts", {
+      from: src.generation,
+      to: generation,
+      hosts: names.length,
+    });
+    return manifest;
+  } catch (e) {
+    await Promise.all(names.map((h) => hosts.abort(h).catch(() => {})));
+    throw e;
+  }
+}
+
 /**
  * Merges the chain ending at generation directory `dir` (main's copy, whose manifest is `src`) on
- * main (`self`) and on the sub-hosts `subs`; returns the merged manifest. A failure removes the
- * merged generation wherever it was not committed; the chain stays as it was.
+ * main (`self`, locally) and on the sub-hosts `subs`; returns the merged manifest.
  */
 export async function mergeSplitChain(
   dir: string,
@@ -38,46 +84,34 @@ export async function mergeSplitChain(
   const generation = (new CheckpointStore(root).generations().pop()?.generation ?? 0) + 1;
   const genName = generationName(generation);
   const { id, idBytes } = newCheckpointId();
-  const names = [...new Set(src.fragments.map((f) => f.host))];
-  const link = (h: string) => subs.find((l) => l.host === h);
-  const missing = names.filter((h) => h !== self && !link(h));
-  if (missing.length) throw new Error(`hosts ${missing.join(", ")} are not sub-hosts any more`);
-  try {
-    const parts = await Promise.all(names.map(async (h): Promise<MergePart> => {
-      if (h === self) {
-        const s = await mergeHostPart(dir, root, self, generation, idBytes);
-        return { ...s, path: `${genName}/${self}.frag` };
-      }
-      return await link(h)!.call<MergePart>("ckpt.merge.part", {
-        store,
-        generation: basename(dir),
-        newGeneration: generation,
-        id,
-        host: h,
-      });
-    }));
-    const manifest = mergedManifest(src, names, parts, generation, id);
-    const bytes = encodeManifest(manifest);
-    const upload = async function* () {
-      for (let o = 0; o < bytes.length; o += 256 * 1024) yield bytes.subarray(o, o + 256 * 1024);
-    };
-    await Promise.all(
-      names.filter((h) => h !== self).map((h) =>
-        link(h)!.call("ckpt.commit", { store, generation: genName }, { upload: upload() })
-      ),
-    );
-    commitManifest(`${root}/${genName}`, manifest);
-    log.info("merged the chain of generation {from} into generation {to} on {hosts} hosts", {
-      from: src.generation,
-      to: generation,
-      hosts: names.length,
-    });
-    return manifest;
-  } catch (e) {
-    await Promise.all(
-      subs.map((l) => l.call("ckpt.abort", { store, generation: genName }).catch(() => {})),
-    );
-    new CheckpointStore(root).cleanIncomplete();
-    throw e;
-  }
+  const link = (h: string) => {
+    const l = subs.find((l) => l.host === h);
+    if (!l) throw new Error(`${h} is not a sub-host any more`);
+    return l;
+  };
+  return await mergeOnHosts(src, generation, id, self, {
+    part: async (h) =>
+      h === self
+        ? {
+          ...(await mergeHostPart(dir, root, self, generation, idBytes)),
+          path: `${genName}/${self}.frag`,
+        }
+        : await link(h).call<MergePart>("ckpt.merge.part", {
+          store,
+          generation: basename(dir),
+          newGeneration: generation,
+          id,
+          host: h,
+        }),
+    commit: async (h, bytes) => {
+      if (h === self) commitManifest(`${root}/${genName}`, decodeManifest(genName, bytes));
+      else {await link(h).call("ckpt.commit", { store, generation: genName }, {
+          upload: piecesOf(bytes),
+        });}
+    },
+    abort: async (h) => {
+      if (h === self) new CheckpointStore(root).cleanIncomplete();
+      else await link(h).call("ckpt.abort", { store, generation: genName });
+    },
+  });
 }
