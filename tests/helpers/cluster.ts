@@ -49,7 +49,7 @@ export class TestCluster {
   /** Runs `dcres ARGS`, which must succeed; returns its stdout. */
   async ok(args: string[]): Promise<string> {
     const r = await dcres(args, { env: this.env, timeoutMs: 900_000 });
-    assertEquals(r.code, 0, `dcres ${args.join(" ")}: ${r.stderr}`);
+    assertEquals(r.code, 0, `dcres ${args.join(" ")}: ${r.stderr}${r.stdout}`);
     return r.stdout;
   }
 
