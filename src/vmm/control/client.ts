@@ -115,7 +115,9 @@ export async function listVms(stateDir: string): Promise<VmInfo[]> {
     if (!e.name.endsWith(".sock")) continue;
     const name = e.name.slice(0, -5);
     try {
-      out.push(await request<VmInfo>(stateDir, name, { op: "info" }));
+      const info = await request<VmInfo>(stateDir, name, { op: "info" });
+      // A VM told to stop answers until its process is gone; it is not running any more.
+      if (info.state !== "stopped") out.push(info);
     } catch (err) {
       if (err instanceof VmNotFoundError) {
         try {
