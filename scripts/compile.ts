@@ -33,7 +33,7 @@ const cmd = new Deno.Command(Deno.execPath(), {
     "--quiet",
     ...VMM_PERMISSIONS,
     "--include",
-    `${root}src/vmm/vcpu_worker.ts`,
+    `${root}src/accel/kvm/vcpu_worker.ts`,
     "--output",
     out,
     `${root}main.ts`,

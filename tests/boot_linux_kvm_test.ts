@@ -6,6 +6,7 @@
 import { assert } from "./helpers/assert.ts";
 import { findGuestKernel } from "../src/vmm/boot/initramfs.ts";
 import { Machine } from "../src/vmm/machine.ts";
+import { openKvmAccelerator } from "../src/accel/kvm/kvm_accel.ts";
 
 const LIMIT_MS = 90_000;
 
@@ -39,7 +40,7 @@ Deno.test("linux on KVM: the kernel prints its banner and command line within 90
       console_ += decoder.decode(b, { stream: true });
       if (/Command line: [^\n]*\n/.test(console_)) seen.resolve();
     },
-  });
+  }, openKvmAccelerator());
   const t0 = performance.now();
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
@@ -51,7 +52,7 @@ Deno.test("linux on KVM: the kernel prints its banner and command line within 90
     ]);
     const secs = ((performance.now() - t0) / 1000).toFixed(1);
     if (outcome !== "output") {
-      const regs = m.vm.isStopped ? undefined : (await m.vm.pause(), m.vm.vcpus[0].fd.getRegs());
+      const regs = m.vm.isStopped ? undefined : (await m.vm.pause(), m.vm.vcpus[0].save().regs);
       const rip = regs ? ` (rip 0x${regs.rip.toString(16)})` : "";
       throw new Error(`no banner after ${secs} s: ${outcome}${rip}; console: ${console_}`);
     }

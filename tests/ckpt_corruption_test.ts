@@ -143,6 +143,7 @@ function machineState(memSize: number): MachineState {
     spec,
     vm: {
       config: { name: "vm1", memSize, vcpus: 1 },
+      accel: "kvm",
       memory: { size: memSize },
       vcpus: [{
         index: 0,
@@ -960,12 +961,25 @@ Deno.test("a manifest with a newer patch version decodes", () => {
   assertEquals(decodeManifest(MFILE, bytes).vm, "vm1");
 });
 
-Deno.test("a 1.0 manifest (before the split field) is read by this 1.1 dcres", () => {
+Deno.test("a 1.0 manifest (before the split field) is read by this 1.2 dcres", () => {
   const { bytes, dv, bodyLen } = manifestBytes();
   dv.setUint16(10, 0, true);
   rewriteManifestCrc(bytes, dv, bodyLen);
   const m = decodeManifest(MFILE, bytes);
   assertEquals([m.vm, m.split], ["vm1", undefined]);
+});
+
+Deno.test("a 1.1 manifest (before machine.vm.accel) is read by this 1.2 dcres as taken on KVM", () => {
+  const old = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const { accel: _, ...vm } = old.machine.vm;
+  const bytes = manifestWithBody(encodeCbor({ ...old, machine: { ...old.machine, vm } }));
+  const dv = new DataView(bytes.buffer);
+  dv.setUint16(10, 1, true);
+  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
+  const m = decodeManifest(MFILE, bytes);
+  assertEquals(m.machine.vm.accel, "kvm");
+  assertEquals(m.machine.vm.vcpus[0].regs, old.machine.vm.vcpus[0].regs);
+  assertEquals(m.machine.vm.clock, old.machine.vm.clock);
 });
 
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */

@@ -17,7 +17,7 @@ import {
 } from "../src/ckpt/page_map.ts";
 import * as abi from "../src/ffi/kvm_abi.ts";
 import type { MachineState } from "../src/vmm/machine.ts";
-import type { VcpuState } from "../src/vmm/vcpu.ts";
+import type { CpuState } from "../src/accel/cpu_state.ts";
 
 const RUNS = 300;
 
@@ -117,7 +117,7 @@ const u64 = fc.bigInt({ min: 0n, max: 2n ** 64n - 1n });
 /** Records are plain objects, as decoded maps are (fast-check also makes null-prototype ones). */
 const PLAIN = { noNullPrototype: true } as const;
 
-const vcpuState: fc.Arbitrary<VcpuState> = fc.record({
+const vcpuState: fc.Arbitrary<CpuState> = fc.record({
   index: fc.nat(31),
   regs: struct(abi.kvmRegs),
   sregs: struct(abi.kvmSregs),
@@ -161,6 +161,7 @@ const machineState: fc.Arbitrary<MachineState> = fc.record({
   clock: struct(abi.kvmClockData),
   devices: fc.dictionary(key, cborValue, { maxKeys: 4, noNullPrototype: true }),
   cmos: fc.uint8Array({ minLength: 128, maxLength: 128 }),
+  accel: fc.constantFrom("kvm" as const, "emu" as const),
 }, PLAIN).map((a) => {
   const spec = {
     name: a.name,
@@ -174,6 +175,7 @@ const machineState: fc.Arbitrary<MachineState> = fc.record({
     spec,
     vm: {
       config: { name: a.name, memSize: a.memSize, vcpus: a.vcpus.length },
+      accel: a.accel,
       memory: { size: a.memSize },
       vcpus: a.vcpus,
       irqchip: a.irqchip,

@@ -161,10 +161,14 @@ Deno.test("with manual dirty-log protect, GET_DIRTY_LOG keeps bits until CLEAR_D
 
 Deno.test("the dirty log of a running guest marks exactly the pages it wrote, and reading it resets it", async () => {
   const { Vm } = await import("../src/vmm/vm.ts");
+  const { openKvmAccelerator } = await import("../src/accel/kvm/kvm_accel.ts");
   const { bootMemstamp } = await import("../src/vmm/guests/memstamp/boot.ts");
   const { MemstampControl } = await import("../src/vmm/guests/memstamp/memstamp.ts");
   const memSize = 16 << 20;
-  const vm = Vm.create({ name: "dirty", memSize, vcpus: 1 }, { devices: () => [] });
+  const vm = Vm.create({ name: "dirty", memSize, vcpus: 1 }, {
+    accel: openKvmAccelerator(),
+    devices: () => [],
+  });
   bootMemstamp(vm, { memSize, vcpus: 1, pattern: "seq", workingSet: 64 * 4096, timerHz: 0 });
   const ctl = new MemstampControl(vm.memory);
   try {

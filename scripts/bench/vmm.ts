@@ -1,10 +1,12 @@
 /**
  * VMM benchmark: time from `dcres run` to the guest's first instruction, pause/resume latency of a
  * busy 2-vCPU guest, whole-VM state capture and re-install, and the cost of one exit through the
- * Worker loop against a bare KVM_RUN ioctl in the same process.
+ * Worker loop against (on KVM) a bare KVM_RUN ioctl in the same process. The accelerator is
+ * `$DCRES_ACCEL` (default auto).
  */
-import * as libc from "../../src/ffi/libc.ts";
-import { IOCTL } from "../../src/ffi/kvm_abi.ts";
+import type { Accelerator } from "../../src/accel/accel.ts";
+import { bareKvmRunUs } from "../../src/accel/kvm/bench.ts";
+import { openAccelerator } from "../../src/accel/select.ts";
 import { Machine, type MachineSpec } from "../../src/vmm/machine.ts";
 import { Vm } from "../../src/vmm/vm.ts";
 import { bootMemstamp } from "../../src/vmm/guests/memstamp/boot.ts";
@@ -50,7 +52,7 @@ async function firstInstruction() {
   return { runToFirstInsnMs: percentile(runs, 50), processStartMs: percentile(starts, 50) };
 }
 
-async function pauseResume(memSize: number) {
+async function pauseResume(accel: Accelerator, memSize: number) {
   const spec: MachineSpec = {
     name: "bench",
     guest: "memstamp",
@@ -58,7 +60,7 @@ async function pauseResume(memSize: number) {
     vcpus: 2,
     memstamp: { pattern: "random" },
   };
-  const m = await Machine.create(spec, { serialOut: () => {} });
+  const m = await Machine.create(spec, { serialOut: () => {} }, accel);
   await m.vm.start();
   await m.memstamp!.waitStamped(120_000);
   const pause: number[] = [];
@@ -81,7 +83,7 @@ async function pauseResume(memSize: number) {
   const captureMs = performance.now() - tc;
   const memory = await m.vm.detachMemory();
   const tr = performance.now();
-  const r = Machine.restore({ memory, io: { serialOut: () => {} } }, state);
+  const r = Machine.restore({ memory, io: { serialOut: () => {} }, accel }, state);
   const reinstallMs = performance.now() - tr;
   await r.vm.start();
   await sleep(200);
@@ -92,26 +94,28 @@ async function pauseResume(memSize: number) {
 }
 
 /** A VM whose single vCPU runs `out dx, eax; jmp .` in ring 3 on an unclaimed port. */
-function exitLoopVm(): Vm {
-  const vm = Vm.create({ name: "exits", memSize: 16 * MiB, vcpus: 1 }, { devices: () => [] });
+function exitLoopVm(accel: Accelerator): Vm {
+  const vm = Vm.create({ name: "exits", memSize: 16 * MiB, vcpus: 1 }, {
+    accel,
+    devices: () => [],
+  });
   bootMemstamp(vm, { memSize: 16 * MiB, vcpus: 1, timerHz: 0 });
   vm.memory.view(SYMBOLS.user_entry, 3).set([0xef, 0xeb, 0xfd]);
-  const f = vm.vcpus[0].fd;
-  f.setRegs({ ...f.getRegs(), rdx: BigInt(PORT.EVENT) });
+  const v = vm.vcpus[0];
+  const s = v.save();
+  v.load({ ...s, regs: { ...s.regs, rdx: BigInt(PORT.EVENT) } });
   return vm;
 }
 
-async function exitCost() {
-  const bare = exitLoopVm();
-  const n = 200_000;
-  const fd = bare.vcpus[0].fd.fd;
-  for (let i = 0; i < 1000; i++) libc.ioctlRaw(fd, IOCTL.RUN, 0n);
-  const t0 = performance.now();
-  for (let i = 0; i < n; i++) libc.ioctlRaw(fd, IOCTL.RUN, 0n);
-  const bareUs = ((performance.now() - t0) * 1000) / n;
-  await bare.stop();
+async function exitCost(accel: Accelerator) {
+  let bareUs: number | undefined;
+  if (accel.kind === "kvm") {
+    const bare = exitLoopVm(accel);
+    bareUs = bareKvmRunUs(bare.vcpus[0].backend, 200_000);
+    await bare.stop();
+  }
 
-  const looped = exitLoopVm();
+  const looped = exitLoopVm(accel);
   await looped.start();
   await sleep(200);
   const e0 = looped.vcpus[0].exits;
@@ -125,13 +129,16 @@ async function exitCost() {
 
 /** Runs the VMM benchmark and returns its JSON report. */
 export async function benchVmm(): Promise<unknown> {
-  console.log("dcres bench vmm: memstamp on this host's /dev/kvm");
+  const accel = openAccelerator();
+  console.log(
+    `dcres bench vmm: memstamp on ${accel.capabilities.description} (--accel ${accel.kind})`,
+  );
   const fi = await firstInstruction();
   line("dcres run -> first guest instruction (p50)", ms(fi.runToFirstInsnMs), {
     x: fi.runToFirstInsnMs / fi.processStartMs,
     of: `a bare 'dcres --version' process (${ms(fi.processStartMs)})`,
   });
-  const pr = await pauseResume(1024 * MiB);
+  const pr = await pauseResume(accel, 1024 * MiB);
   const p50 = percentile(pr.pause, 50), p99 = percentile(pr.pause, 99);
   const r50 = percentile(pr.resume, 50), r99 = percentile(pr.resume, 99);
   line("pause, busy 2-vCPU 1 GiB guest (p50)", ms(p50));
@@ -139,18 +146,21 @@ export async function benchVmm(): Promise<unknown> {
   line("resume to first guest write (p50)", ms(r50));
   line("resume (p99)", ms(r99), { x: r99 / r50, of: "p50" });
   line("whole-VM state capture", ms(pr.captureMs));
-  line("re-install into a new KVM VM", ms(pr.reinstallMs), {
+  line(`re-install into a new ${accel.kind} VM`, ms(pr.reinstallMs), {
     x: pr.reinstallMs / pr.captureMs,
     of: "capture",
   });
-  const ec = await exitCost();
-  line("bare KVM_RUN exit round trip", `${ec.bareKvmRunUs.toFixed(2)} us`);
-  line("exit round trip through the Worker loop", `${ec.workerLoopUs.toFixed(2)} us`, {
-    x: ec.workerLoopUs / ec.bareKvmRunUs,
-    of: "bare KVM_RUN",
-  });
+  const ec = await exitCost(accel);
+  const bare = ec.bareKvmRunUs;
+  if (bare !== undefined) line("bare KVM_RUN exit round trip", `${bare.toFixed(2)} us`);
+  line(
+    "exit round trip through the Worker loop",
+    `${ec.workerLoopUs.toFixed(2)} us`,
+    bare !== undefined ? { x: ec.workerLoopUs / bare, of: "bare KVM_RUN" } : undefined,
+  );
   return {
     bench: "vmm",
+    accel: accel.kind,
     date: new Date().toISOString(),
     firstInstruction: fi,
     pauseMs: { p50, p99 },
@@ -159,9 +169,9 @@ export async function benchVmm(): Promise<unknown> {
     stateReinstallMs: pr.reinstallMs,
     verifiedAfterRestore: pr.verifiedAfterRestore,
     exitRoundTripUs: {
-      bareKvmRun: ec.bareKvmRunUs,
+      bareKvmRun: bare,
       workerLoop: ec.workerLoopUs,
-      ratio: ec.workerLoopUs / ec.bareKvmRunUs,
+      ratio: bare !== undefined ? ec.workerLoopUs / bare : undefined,
     },
   };
 }

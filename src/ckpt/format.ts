@@ -17,7 +17,7 @@ export interface FormatVersion {
 /** Fragment format version written by this build. */
 export const FRAGMENT_VERSION: FormatVersion = { major: 1, minor: 0, patch: 0 };
 /** Manifest format version written by this build. */
-export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 1, patch: 0 };
+export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 2, patch: 0 };
 
 /** The unit of saving. */
 export const PAGE = 4096;

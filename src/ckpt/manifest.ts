@@ -172,6 +172,8 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   for (const [k, ok, what] of checks) {
     if (!ok(m[k])) bad(HEADER, `field "${k}" is missing or not ${what}`);
   }
+  // Manifests before 1.2 name no accelerator: they were all taken on KVM.
+  m.machine.vm.accel ??= "kvm";
   for (let i = 0; i < m.pageMap.length; i += 3) {
     if (m.pageMap[i + 2] >= m.fragments.length) {
       bad(

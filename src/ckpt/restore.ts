@@ -7,6 +7,7 @@ import { indexRuns } from "../memory/runs.ts";
 import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { installRun, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
+import type { Accelerator } from "../accel/accel.ts";
 import { GuestMemory } from "../memory/guest_memory.ts";
 import { Machine, type MachineIo, type MachineState } from "../vmm/machine.ts";
 import { CheckpointFormatError, PAGE } from "./format.ts";
@@ -33,6 +34,8 @@ export interface RestoreOptions {
    * are loaded here: the split's pager serves them.
    */
   only?: ReadonlySet<number>;
+  /** The accelerator to restore on (default: `openAccelerator()`), whichever one saved it. */
+  accel?: Accelerator;
 }
 
 /** An opened checkpoint: manifest, its fragments, and for each page the fragment and index holding it. */
@@ -211,7 +214,7 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
         opts.onProgress?.((i + n) * PAGE, pages * PAGE);
       }
     }
-    const machine = Machine.restore({ memory, io: opts.io }, state);
+    const machine = Machine.restore({ memory, io: opts.io, accel: opts.accel }, state);
     return { machine, checkpoint: ck, pager, loadMs: performance.now() - t0 };
   } catch (e) {
     memory.close();

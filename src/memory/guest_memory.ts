@@ -24,8 +24,16 @@ export function hostAvailableMemory(): number {
   return Deno.systemMemoryInfo().available;
 }
 
-/** Guest RAM backed by a memfd, mapped shared into this process. */
+/**
+ * Guest RAM backed by a memfd, mapped shared into this process. Pages the VMM itself writes while
+ * the guest runs are recorded with `markWritten`: an accelerator's dirty log sees only the guest's
+ * writes, so `Vm.dirtyBitmap` ORs these in.
+ */
 export class GuestMemory implements Persist<GuestMemoryState> {
+  /** One bit per page the VMM wrote since the last `takeWritten`, laid out as a dirty bitmap. */
+  readonly #written: Uint8Array;
+  #anyWritten = false;
+
   private constructor(
     /** The memfd. */
     readonly fd: number,
@@ -33,7 +41,9 @@ export class GuestMemory implements Persist<GuestMemoryState> {
     readonly size: number,
     /** Host address of guest physical address 0. */
     readonly ptr: Deno.PointerObject,
-  ) {}
+  ) {
+    this.#written = new Uint8Array(Math.ceil(size / PAGE_SIZE / 64) * 8);
+  }
 
   /** Allocates `size` bytes (a multiple of 4 KiB) of zeroed guest RAM. */
   static create(size: number, name = "dcres-guest"): GuestMemory {
@@ -86,6 +96,31 @@ export class GuestMemory implements Persist<GuestMemoryState> {
   u64(gpa: number, count: number): BigUint64Array<ArrayBuffer> {
     const v = this.view(gpa, count * 8);
     return new BigUint64Array(v.buffer, v.byteOffset, count);
+  }
+
+  /** Records that the VMM wrote [addr, addr+len) itself (a write no dirty log sees). */
+  markWritten(addr: number, len: number): void {
+    if (len <= 0) return;
+    if (addr < 0 || addr + len > this.size) {
+      throw new RangeError(`guest range 0x${addr.toString(16)}+${len} is outside guest memory`);
+    }
+    const last = Math.floor((addr + len - 1) / PAGE_SIZE);
+    for (let p = Math.floor(addr / PAGE_SIZE); p <= last; p++) {
+      this.#written[p >> 3] |= 1 << (p & 7);
+    }
+    this.#anyWritten = true;
+  }
+
+  /**
+   * ORs the pages recorded by `markWritten` into `into` (a dirty bitmap: one bit per page,
+   * `Math.ceil(pages / 64) * 8` bytes) and forgets them.
+   */
+  takeWritten(into: Uint8Array): void {
+    if (!this.#anyWritten) return;
+    const n = Math.min(into.length, this.#written.length);
+    for (let i = 0; i < n; i++) into[i] |= this.#written[i];
+    this.#written.fill(0);
+    this.#anyWritten = false;
   }
 
   /** The state needed to recreate this memory (its contents are saved by the checkpoint layer). */

@@ -2,7 +2,9 @@
  * A machine: a VM with the standard PC devices (COM1, i8042, CMOS) and one of the guests loaded.
  * Both `create` and `restore` go through here so a restored machine has exactly the same devices.
  */
-import { MP_STATE } from "../ffi/kvm_abi.ts";
+import type { Accelerator } from "../accel/accel.ts";
+import { MP_STATE } from "../accel/cpu_state.ts";
+import { kvmUnavailableReason, openAccelerator } from "../accel/select.ts";
 import {
   fmtMiB,
   type GuestMemory,
@@ -78,14 +80,20 @@ export class Machine {
     readonly serial: Serial16550,
   ) {}
 
-  /** Creates the VM and loads the guest; the VM is not started. */
-  static async create(spec: MachineSpec, io: MachineIo): Promise<Machine> {
+  /**
+   * Creates the VM on `accel` (default: `openAccelerator()`) and loads the guest; the VM is not
+   * started.
+   */
+  static async create(spec: MachineSpec, io: MachineIo, accel?: Accelerator): Promise<Machine> {
     validate(spec);
     const linux = spec.guest === "linux" ? await readLinuxInputs(spec) : undefined;
+    const on = accel ?? openAccelerator();
+    checkGuestSupported(spec.guest, on);
     let serial!: Serial16550;
     const vm = Vm.create(
       { name: spec.name, memSize: spec.memSize, vcpus: spec.vcpus },
       {
+        accel: on,
         devices: (ctx) => {
           const devs = standardDevices(ctx, io, undefined);
           serial = devs.serial;
@@ -106,10 +114,19 @@ export class Machine {
     return new Machine(spec, vm, serial);
   }
 
-  /** Recreates a saved machine over memory that holds its saved contents; not started. */
-  static restore(args: { memory: GuestMemory; io: MachineIo }, state: MachineState): Machine {
+  /**
+   * Recreates a saved machine over memory that holds its saved contents, on `args.accel` (default:
+   * `openAccelerator()`), whichever accelerator saved it; not started.
+   */
+  static restore(
+    args: { memory: GuestMemory; io: MachineIo; accel?: Accelerator },
+    state: MachineState,
+  ): Machine {
+    const accel = args.accel ?? openAccelerator();
+    checkGuestSupported(state.spec.guest, accel);
     let serial!: Serial16550;
     const vm = Vm.restore({
+      accel,
       memory: args.memory,
       devices: (ctx, saved) => {
         const devs = standardDevices(ctx, args.io, saved);
@@ -129,6 +146,16 @@ export class Machine {
   save(): MachineState {
     return { spec: structuredClone(this.spec), vm: this.vm.save() };
   }
+}
+
+/** Refuses a guest the accelerator cannot run, in one line naming the accelerator and the way out. */
+export function checkGuestSupported(guest: GuestKind, accel: Accelerator): void {
+  if (guest !== "linux" || accel.capabilities.linuxGuest) return;
+  const what = accel.kind === "emu" ? "the emulated CPU" : accel.capabilities.description;
+  const why = kvmUnavailableReason() ?? "run it with --accel kvm";
+  throw new MachineSpecError(
+    `the linux guest needs KVM; this host runs ${what} (--accel ${accel.kind}): ${why}`,
+  );
 }
 
 function validate(spec: MachineSpec) {
@@ -201,10 +228,14 @@ function bootLinux(vm: Vm, spec: MachineSpec, files: { kernel: Uint8Array; initr
     if (e instanceof BootImageError) throw new MachineSpecError(e.message);
     throw e;
   }
-  const bsp = vm.vcpus[0].fd;
-  bsp.setSregs(linuxSregs(bsp.getSregs(), setup));
-  bsp.setRegs(linuxRegs(setup));
-  bsp.setMpState(MP_STATE.RUNNABLE);
+  const bsp = vm.vcpus[0];
+  const s = bsp.save();
+  bsp.load({
+    ...s,
+    sregs: linuxSregs(s.sregs, setup),
+    regs: linuxRegs(setup),
+    mpState: MP_STATE.RUNNABLE,
+  });
 }
 
 function standardDevices(ctx: DeviceContext, io: MachineIo, saved?: Record<string, unknown>) {

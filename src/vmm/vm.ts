@@ -1,11 +1,15 @@
-/** A KVM virtual machine: memory slots, in-kernel irqchip and PIT, vCPU Workers, port devices. */
-import * as abi from "../ffi/kvm_abi.ts";
-import { Kvm, type VmFd } from "../ffi/kvm.ts";
+/**
+ * A virtual machine on one accelerator: guest RAM, the accelerator's VM (memory, interrupt
+ * controllers, dirty tracking), vCPU Workers and port devices.
+ */
+import type { Accelerator, AccelKind, AccelVm, Capabilities } from "../accel/accel.ts";
+import type { CpuState, PlatformState } from "../accel/cpu_state.ts";
+import { openAccelerator } from "../accel/select.ts";
+import type { VcpuMessage } from "../accel/vcpu_control.ts";
 import { GuestMemory, type GuestMemoryState } from "../memory/guest_memory.ts";
 import { PioBus, type PioDevice } from "./devices/bus.ts";
 import type { Persist } from "./persist.ts";
-import { Vcpu, type VcpuArgs, type VcpuState } from "./vcpu.ts";
-import type { VcpuMessage } from "./vcpu_control.ts";
+import { Vcpu } from "./vcpu.ts";
 
 /** Identity and shape of a VM. */
 export interface VmConfig {
@@ -25,36 +29,33 @@ export interface VmExit {
   detail: string;
 }
 
-/** In-kernel interrupt controllers, as KVM's raw chip unions. */
-export interface IrqchipState {
-  /** Master 8259. */
-  picMaster: Uint8Array;
-  /** Slave 8259. */
-  picSlave: Uint8Array;
-  /** I/O APIC. */
-  ioapic: Uint8Array;
-}
-
-/** The whole machine state except RAM contents. */
+/**
+ * The whole machine state except RAM contents. `irqchip`, `pit` and `clock` are the accelerator's
+ * `PlatformState`, kept at the top level where manifests before accelerators had them.
+ */
 export interface VmState {
   /** Shape and name. */
   config: VmConfig;
+  /** The accelerator it ran on (manifests before 1.2 lack it: they ran on KVM). */
+  accel: AccelKind;
   /** Guest memory (size; contents travel separately). */
   memory: GuestMemoryState;
   /** Every vCPU. */
-  vcpus: VcpuState[];
-  /** PIC and IOAPIC. */
-  irqchip: IrqchipState;
-  /** The 8254 PIT. */
-  pit: abi.KvmPitState2;
-  /** kvmclock. */
-  clock: abi.KvmClockData;
+  vcpus: CpuState[];
   /** Every port device's state by name. */
   devices: Record<string, unknown>;
+  /** PIC and IOAPIC (KVM's in-kernel chips). */
+  irqchip?: PlatformState["irqchip"];
+  /** The 8254 PIT (KVM's in-kernel PIT). */
+  pit?: PlatformState["pit"];
+  /** The guest clock. */
+  clock?: PlatformState["clock"];
 }
 
 /** What building or restoring a VM needs besides its config. */
 export interface VmArgs {
+  /** The accelerator to run on (default: `openAccelerator()`, i.e. `$DCRES_ACCEL` or auto). */
+  accel?: Accelerator;
   /** Guest RAM to use (restore: memory holding the saved contents); created when absent. */
   memory?: GuestMemory;
   /** Builds the port devices; `saved` holds their states on restore. */
@@ -63,7 +64,7 @@ export interface VmArgs {
 
 /** What devices may do to their VM. */
 export interface DeviceContext {
-  /** Drives an interrupt line of the in-kernel PIC/IOAPIC. */
+  /** Drives an interrupt line of the platform's interrupt controller. */
   setIrq(line: number, level: boolean): void;
   /** Asks the VM to stop (guest reset or power-off request). */
   requestExit(exit: VmExit): void;
@@ -71,121 +72,114 @@ export interface DeviceContext {
   memSize: number;
 }
 
-const TSS_ADDR = 0xfffbd000;
-const IDENTITY_MAP_ADDR = 0xfffbc000n;
-const SLOT_RAM = 0;
-let signalInstalled = false;
-
 /** A running (or paused) VM in this process. */
 export class Vm implements Persist<VmState> {
   /** Port devices. */
   readonly bus = new PioBus();
   /** Resolves when the VM stops, with the reason. */
   readonly exited: Promise<VmExit>;
-  private resolveExit!: (e: VmExit) => void;
-  private exit?: VmExit;
-  private ownsMemory: boolean;
-  private started = false;
+  /** Configuration. */
+  readonly config: VmConfig;
+  /** Guest RAM. */
+  readonly memory: GuestMemory;
+  /** vCPUs in index order. */
+  readonly vcpus: Vcpu[];
+  readonly #accel: Accelerator;
+  readonly #avm: AccelVm;
+  readonly #closeHooks: Array<() => void | Promise<void>> = [];
+  #resolveExit!: (e: VmExit) => void;
+  #exit?: VmExit;
+  #ownsMemory: boolean;
+  #started = false;
+  #pauses = 0;
 
   private constructor(
-    /** Configuration. */
-    readonly config: VmConfig,
-    private readonly kvm: Kvm,
-    /** The VM fd. */
-    readonly vmFd: VmFd,
-    /** Guest RAM. */
-    readonly memory: GuestMemory,
-    /** vCPUs in index order. */
-    readonly vcpus: Vcpu[],
+    config: VmConfig,
+    accel: Accelerator,
+    avm: AccelVm,
+    memory: GuestMemory,
+    vcpus: Vcpu[],
     ownsMemory: boolean,
   ) {
-    this.ownsMemory = ownsMemory;
-    this.exited = new Promise((r) => (this.resolveExit = r));
+    this.config = config;
+    this.#accel = accel;
+    this.#avm = avm;
+    this.memory = memory;
+    this.vcpus = vcpus;
+    this.#ownsMemory = ownsMemory;
+    this.exited = new Promise((r) => (this.#resolveExit = r));
   }
 
   /** Creates a VM with fresh vCPUs in their reset state. */
   static create(config: VmConfig, args: VmArgs): Vm {
-    const vm = Vm.build(config, args, undefined);
-    vm.attachDevices(args, undefined);
+    const vm = Vm.#build(config, args, undefined);
+    vm.#attachDevices(args, undefined);
     return vm;
   }
 
   /** Recreates a VM from saved state over memory that already holds the saved contents. */
   static restore(args: VmArgs, state: VmState): Vm {
-    const vm = Vm.build(state.config, args, state.vcpus);
-    vm.vmFd.setIrqchip(abi.IRQCHIP.PIC_MASTER, state.irqchip.picMaster);
-    vm.vmFd.setIrqchip(abi.IRQCHIP.PIC_SLAVE, state.irqchip.picSlave);
-    vm.vmFd.setIrqchip(abi.IRQCHIP.IOAPIC, state.irqchip.ioapic);
-    vm.vmFd.setPit2(state.pit);
-    vm.vmFd.setClock({ ...state.clock, flags: 0 });
-    vm.attachDevices(args, state.devices);
+    const vm = Vm.#build(state.config, args, state.vcpus);
+    try {
+      vm.#avm.loadPlatform({ irqchip: state.irqchip, pit: state.pit, clock: state.clock });
+    } catch (e) {
+      void vm.#finish({ reason: "error", detail: (e as Error).message });
+      throw e;
+    }
+    vm.#attachDevices(args, state.devices);
     return vm;
   }
 
-  private static build(config: VmConfig, args: VmArgs, vcpuStates?: VcpuState[]): Vm {
-    const kvm = Kvm.open();
-    let vmFd: VmFd | undefined;
+  static #build(config: VmConfig, args: VmArgs, vcpuStates?: CpuState[]): Vm {
+    const accel = args.accel ?? openAccelerator();
     const memory = args.memory ?? GuestMemory.create(config.memSize, `dcres-${config.name}`);
+    let avm: AccelVm | undefined;
+    const vcpus: Vcpu[] = [];
     try {
-      vmFd = kvm.createVm();
-      vmFd.setTssAddr(TSS_ADDR);
-      vmFd.setIdentityMapAddr(IDENTITY_MAP_ADDR);
-      vmFd.createIrqchip();
-      vmFd.createPit2();
-      vmFd.setUserMemoryRegion({
-        slot: SLOT_RAM,
-        flags: abi.MEM.LOG_DIRTY_PAGES,
-        guest_phys_addr: 0n,
-        memory_size: BigInt(memory.size),
-        userspace_addr: memory.hostAddr,
-      });
-      const base: Omit<VcpuArgs, "index" | "cpuid"> = {
-        kvm,
-        vm: vmFd,
-        xsaveSize: Math.max(vmFd.checkExtension(abi.CAP.XSAVE2), abi.KVM_XSAVE_SIZE),
-        msrIndices: kvm.msrIndexList(),
-      };
-      const cpuid = kvm.supportedCpuid();
-      const vcpus = Array.from(
-        { length: config.vcpus },
-        (_, index) =>
-          vcpuStates
-            ? Vcpu.restore({ ...base, index, cpuid: [] }, vcpuStates[index])
-            : Vcpu.create({ ...base, index, cpuid: cpuidFor(cpuid, index) }),
-      );
-      return new Vm(config, kvm, vmFd, memory, vcpus, !args.memory);
+      avm = accel.createVm({ hostAddr: memory.hostAddr, size: memory.size });
+      for (let index = 0; index < config.vcpus; index++) {
+        vcpus.push(
+          vcpuStates ? Vcpu.restore(avm, index, vcpuStates[index]) : Vcpu.create(avm, index),
+        );
+      }
+      return new Vm(config, accel, avm, memory, vcpus, !args.memory);
     } catch (e) {
-      vmFd?.close();
-      kvm.close();
+      for (const v of vcpus) v.backend.close();
+      avm?.close();
       if (!args.memory) memory.close();
       throw e;
     }
   }
 
-  private attachDevices(args: VmArgs, saved?: Record<string, unknown>) {
+  #attachDevices(args: VmArgs, saved?: Record<string, unknown>) {
     const ctx: DeviceContext = {
-      setIrq: (line, level) => this.vmFd.irqLine(line, level ? 1 : 0),
-      requestExit: (e) => void this.finish(e),
+      setIrq: (line, level) => this.#avm.setIrq(line, level),
+      requestExit: (e) => void this.#finish(e),
       memSize: this.config.memSize,
     };
     for (const d of args.devices(ctx, saved)) this.bus.add(d);
   }
 
+  /** The accelerator this VM runs on. */
+  get accelKind(): AccelKind {
+    return this.#accel.kind;
+  }
+
+  /** What that accelerator can do. */
+  get capabilities(): Capabilities {
+    return this.#accel.capabilities;
+  }
+
   /** Starts every vCPU's Worker and lets the vCPUs run. */
   async start(): Promise<void> {
-    if (this.started) return;
-    this.started = true;
-    if (!signalInstalled) {
-      // Kicks are SIGUSR2 (SIGUSR1 would open V8's inspector) at a vCPU thread; with a listener installed they only interrupt KVM_RUN.
-      Deno.addSignalListener("SIGUSR2", () => {});
-      signalInstalled = true;
-    }
+    if (this.#started) return;
+    this.#started = true;
     const ports = this.bus.claimedPorts();
-    await Promise.all(this.vcpus.map((v) => v.start(ports, (m) => this.onVcpuMessage(m))));
+    await Promise.all(this.vcpus.map((v) => v.start(ports, (m) => this.#onVcpuMessage(m))));
     for (const v of this.vcpus) v.resume();
   }
 
-  private onVcpuMessage(m: VcpuMessage) {
+  #onVcpuMessage(m: VcpuMessage) {
     switch (m.t) {
       case "out":
         this.bus.write(m.port, m.size, m.value);
@@ -194,10 +188,10 @@ export class Vm implements Persist<VmState> {
         this.vcpus[m.index].answerIn(this.bus.read(m.port, m.size));
         break;
       case "shutdown":
-        void this.finish({ reason: "shutdown", detail: `vCPU ${m.index}: ${m.reason}` });
+        void this.#finish({ reason: "shutdown", detail: `vCPU ${m.index}: ${m.reason}` });
         break;
       case "error":
-        void this.finish({ reason: "error", detail: `vCPU ${m.index}: ${m.reason}` });
+        void this.#finish({ reason: "error", detail: `vCPU ${m.index}: ${m.reason}` });
         break;
     }
   }
@@ -208,7 +202,7 @@ export class Vm implements Persist<VmState> {
    */
   async pause(): Promise<number> {
     const t0 = performance.now();
-    this.pauses++;
+    this.#pauses++;
     for (const v of this.vcpus) v.requestPause();
     await Promise.all(this.vcpus.map((v) => v.waitParked()));
     return performance.now() - t0;
@@ -216,82 +210,71 @@ export class Vm implements Persist<VmState> {
 
   /** Ends one pause; the vCPUs run when no other pause holds them. */
   resume(): void {
-    if (this.pauses > 0) this.pauses--;
-    if (this.pauses > 0) return;
+    if (this.#pauses > 0) this.#pauses--;
+    if (this.#pauses > 0) return;
     for (const v of this.vcpus) v.resume();
   }
 
-  private pauses = 0;
-
   /** True once the VM has stopped for good. */
   get isStopped(): boolean {
-    return this.exit !== undefined;
+    return this.#exit !== undefined;
   }
 
   /** The full machine state; the VM must be paused. */
   save(): VmState {
-    const chip = (id: number) => this.vmFd.getIrqchip(id);
+    const platform = this.#avm.savePlatform();
     return {
       config: { ...this.config },
+      accel: this.#accel.kind,
       memory: this.memory.save(),
       vcpus: this.vcpus.map((v) => v.save()),
-      irqchip: {
-        picMaster: chip(abi.IRQCHIP.PIC_MASTER),
-        picSlave: chip(abi.IRQCHIP.PIC_SLAVE),
-        ioapic: chip(abi.IRQCHIP.IOAPIC),
-      },
-      pit: this.vmFd.getPit2(),
-      clock: this.vmFd.getClock(),
+      ...(platform.irqchip ? { irqchip: platform.irqchip } : {}),
+      ...(platform.pit ? { pit: platform.pit } : {}),
+      ...(platform.clock ? { clock: platform.clock } : {}),
       devices: this.bus.save(),
     };
   }
 
-  /** KVM's dirty bitmap of guest RAM since the last call (one bit per 4 KiB page). */
+  /**
+   * Pages written since the last call (one bit per 4 KiB page), then reset: the accelerator's
+   * dirty log of guest writes ORed with the pages this VMM wrote itself (`markWritten`), which no
+   * accelerator's log sees.
+   */
   dirtyBitmap(): Uint8Array<ArrayBuffer> {
     const bitmap = new Uint8Array(Math.ceil(this.memory.pages / 64) * 8);
-    this.vmFd.getDirtyLog(SLOT_RAM, bitmap);
+    this.#avm.harvestDirty(bitmap);
+    this.memory.takeWritten(bitmap);
     return bitmap;
   }
 
-  /** Stops the vCPUs and releases KVM resources (and the memory, unless the caller supplied it). */
+  /** Stops the vCPUs and releases the accelerator's VM (and the memory, unless supplied). */
   async stop(exit: VmExit = { reason: "stopped", detail: "stopped by request" }): Promise<void> {
-    await this.finish(exit);
+    await this.#finish(exit);
   }
 
-  private async finish(exit: VmExit): Promise<void> {
-    if (this.exit) return;
-    this.exit = exit;
+  async #finish(exit: VmExit): Promise<void> {
+    if (this.#exit) return;
+    this.#exit = exit;
     await Promise.all(this.vcpus.map((v) => v.close()));
-    for (const hook of this.closeHooks) await hook();
-    this.vmFd.close();
-    this.kvm.close();
-    if (this.ownsMemory) this.memory.close();
-    this.resolveExit(exit);
+    for (const hook of this.#closeHooks) await hook();
+    this.#avm.close();
+    if (this.#ownsMemory) this.memory.close();
+    this.#resolveExit(exit);
   }
-
-  private readonly closeHooks: Array<() => void | Promise<void>> = [];
 
   /**
-   * Runs `hook` after the vCPUs stopped and before KVM is released: a userfaultfd pager must let go
-   * of guest memory there, or KVM's teardown waits forever on a fault nobody serves.
+   * Runs `hook` after the vCPUs stopped and before the accelerator's VM is released: a userfaultfd
+   * pager must let go of guest memory there, or KVM's teardown waits forever on a fault nobody
+   * serves.
    */
   onClose(hook: () => void | Promise<void>): void {
-    this.closeHooks.push(hook);
+    this.#closeHooks.push(hook);
   }
 
-  /** Stops the vCPUs and releases KVM, but keeps the memory for a restore into a new VM. */
+  /** Stops the vCPUs and releases the accelerator's VM, but keeps the memory for a new VM. */
   async detachMemory(): Promise<GuestMemory> {
-    this.ownsMemory = false;
-    await this.finish({ reason: "stopped", detail: "state captured" });
+    this.#ownsMemory = false;
+    await this.#finish({ reason: "stopped", detail: "state captured" });
     return this.memory;
   }
-}
-
-/** Supported CPUID with this vCPU's APIC id filled in. */
-function cpuidFor(supported: abi.KvmCpuidEntry2[], index: number): abi.KvmCpuidEntry2[] {
-  return supported.map((e) => {
-    if (e.function === 1) return { ...e, ebx: (e.ebx & 0x00ffffff) | (index << 24) };
-    if (e.function === 0xb || e.function === 0x1f) return { ...e, edx: index };
-    return e;
-  });
 }

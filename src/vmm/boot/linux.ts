@@ -6,7 +6,7 @@
  * the compressed payload it also skips the kernel's decompressor: it loads the vmlinux ELF's
  * segments itself and enters startup_64 of the kernel proper, as Firecracker does.
  */
-import { type KvmRegs, kvmRegs, type KvmSegment, type KvmSregs } from "../../ffi/kvm_abi.ts";
+import type { Registers, Segment, SpecialRegisters } from "../../accel/cpu_state.ts";
 import {
   BOOT_PARAMS,
   BOOT_PARAMS_SIZE,
@@ -82,7 +82,7 @@ const CR0 = { PE: 1n << 0n, ET: 1n << 4n, NE: 1n << 5n, PG: 1n << 31n } as const
 const CR4 = { PAE: 1n << 5n } as const;
 const EFER = { LME: 1n << 8n, LMA: 1n << 10n } as const;
 
-function flatSegment(selector: number, type: number, l: number, db: number): KvmSegment {
+function flatSegment(selector: number, type: number, l: number, db: number): Segment {
   return {
     base: 0n,
     limit: 0xffffffff,
@@ -264,7 +264,7 @@ export function loadLinux(ram: Uint8Array, opts: LoadLinuxOptions): LinuxBootSet
 }
 
 /** Special registers for the 64-bit entry: long mode, paging on, flat boot segments. */
-export function linuxSregs(base: KvmSregs, setup: LinuxBootSetup): KvmSregs {
+export function linuxSregs(base: SpecialRegisters, setup: LinuxBootSetup): SpecialRegisters {
   return {
     ...base,
     cs: { ...BOOT_CS },
@@ -282,13 +282,20 @@ export function linuxSregs(base: KvmSregs, setup: LinuxBootSetup): KvmSregs {
 }
 
 /** General registers for the 64-bit entry: rip, rsi = boot_params, interrupts off. */
-export function linuxRegs(setup: LinuxBootSetup): KvmRegs {
+export function linuxRegs(setup: LinuxBootSetup): Registers {
+  const zero = Object.fromEntries(REGISTER_NAMES.map((r) => [r, 0n])) as Record<string, bigint>;
   // RFLAGS bit 1 is reserved and must be set; IF stays clear as the protocol requires.
-  return { ...kvmRegs.zero(), rip: setup.rip, rsi: setup.rsi, rsp: setup.rsp, rflags: 2n };
+  return { ...zero, rip: setup.rip, rsi: setup.rsi, rsp: setup.rsp, rflags: 2n } as Registers;
 }
 
-/** Encodes the GDT descriptor for a flat segment described as KVM describes it. */
-export function gdtDescriptor(seg: KvmSegment): bigint {
+// Every field of `Registers`, for the all-zero register file the 64-bit entry starts from.
+const REGISTER_NAMES = [
+  ...["rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp", "r8", "r9", "r10", "r11"],
+  ...["r12", "r13", "r14", "r15", "rip", "rflags"],
+] as const satisfies ReadonlyArray<keyof Registers>;
+
+/** Encodes the GDT descriptor for a flat segment described as the neutral `Segment` does. */
+export function gdtDescriptor(seg: Segment): bigint {
   const limit = BigInt(seg.g ? seg.limit >>> 12 : seg.limit);
   const access = BigInt(seg.type | (seg.s << 4) | (seg.dpl << 5) | (seg.present << 7));
   const flags = BigInt(seg.avl | (seg.l << 1) | (seg.db << 2) | (seg.g << 3));

@@ -2,7 +2,12 @@
  * The memstamp guest: lays out its memory and CPU state, and drives it through guest memory (the
  * config page's command word, the per-vCPU status blocks) without stopping it.
  */
-import type { KvmRegs, KvmSregs } from "../../../ffi/kvm_abi.ts";
+import {
+  LAPIC_BUS_HZ,
+  LAPIC_REG,
+  type Registers,
+  type SpecialRegisters,
+} from "../../../accel/cpu_state.ts";
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { CODE_BASE, CODE_BASE64, SYMBOLS } from "./code.ts";
 import {
@@ -160,7 +165,7 @@ export function setupMemory(mem: GuestMemory, opts: Required<MemstampOptions>): 
 }
 
 /** Initial general-purpose registers of vCPU `i`: ring-3 entry with IOPL 3 and interrupts on. */
-export function initialRegs(i: number, base: KvmRegs): KvmRegs {
+export function initialRegs(i: number, base: Registers): Registers {
   return {
     ...base,
     rip: BigInt(SYMBOLS.user_entry),
@@ -172,7 +177,11 @@ export function initialRegs(i: number, base: KvmRegs): KvmRegs {
 }
 
 /** Initial special registers of vCPU `i`: long mode, paging, user segments, its own TSS. */
-export function initialSregs(i: number, base: KvmSregs, gdtLimit: number): KvmSregs {
+export function initialSregs(
+  i: number,
+  base: SpecialRegisters,
+  gdtLimit: number,
+): SpecialRegisters {
   const flat = { base: 0n, limit: 0xffffffff, present: 1, s: 1, g: 1, avl: 0, unusable: 0 };
   const code = { ...flat, selector: SEL.UCODE, type: 0xb, dpl: 3, db: 0, l: 1 };
   const data = { ...flat, selector: SEL.UDATA, type: 0x3, dpl: 3, db: 1, l: 0 };
@@ -209,21 +218,21 @@ export function initialSregs(i: number, base: KvmSregs, gdtLimit: number): KvmSr
   };
 }
 
-/** LAPIC registers for the periodic timer at `hz` (KVM's APIC bus runs at 1 GHz). */
+/** LAPIC registers for the periodic timer at `hz` (the neutral APIC bus runs at 1 GHz). */
 export function initialLapic(lapic: Uint8Array, hz: number): Uint8Array {
   const out = new Uint8Array(lapic);
   const dv = new DataView(out.buffer);
-  dv.setUint32(0xf0, 0x100 | VECTOR.SPURIOUS, true); // SVR: software enable
-  dv.setUint32(0x350, 0x10000, true); // LINT0 masked
-  dv.setUint32(0x360, 0x10000, true); // LINT1 masked
-  dv.setUint32(0x3e0, 0xb, true); // divide by 1
+  dv.setUint32(LAPIC_REG.SVR, 0x100 | VECTOR.SPURIOUS, true); // software enable
+  dv.setUint32(LAPIC_REG.LVT_LINT0, 0x10000, true); // masked
+  dv.setUint32(LAPIC_REG.LVT_LINT1, 0x10000, true); // masked
+  dv.setUint32(LAPIC_REG.TIMER_DIVIDE, 0xb, true); // divide by 1
   if (hz > 0) {
-    const count = Math.round(1e9 / hz);
-    dv.setUint32(0x320, 0x20000 | VECTOR.TIMER, true); // periodic
-    dv.setUint32(0x380, count, true);
-    dv.setUint32(0x390, count, true);
+    const count = Math.round(LAPIC_BUS_HZ / hz);
+    dv.setUint32(LAPIC_REG.LVT_TIMER, 0x20000 | VECTOR.TIMER, true); // periodic
+    dv.setUint32(LAPIC_REG.TIMER_INITIAL, count, true);
+    dv.setUint32(LAPIC_REG.TIMER_CURRENT, count, true);
   } else {
-    dv.setUint32(0x320, 0x10000, true);
+    dv.setUint32(LAPIC_REG.LVT_TIMER, 0x10000, true);
   }
   return out;
 }
@@ -280,6 +289,8 @@ export class MemstampControl {
     const seq = cfg[CFG.CMDSEQ / 8] + 1n;
     cfg[CFG.CMD / 8] = BigInt(CMD.VERIFY);
     Atomics.store(cfg as unknown as BigInt64Array, CFG.CMDSEQ / 8, seq);
+    // No dirty log sees this write; an incremental checkpoint must still save the new sequence.
+    this.mem.markWritten(LAYOUT.CONFIG, 16 * 8);
     const n = this.vcpus;
     const done = () =>
       Array.from(

@@ -3,7 +3,7 @@
  * One vCPU's thread: a synchronous KVM_RUN loop (a thread-pool hop per call would cost 5x), port
  * accesses to claimed ports forwarded to the VMM thread, and pause/stop through the control word.
  */
-import * as libc from "../ffi/libc.ts";
+import * as libc from "../../ffi/libc.ts";
 import {
   EXIT,
   EXIT_IO,
@@ -11,8 +11,9 @@ import {
   KVM_RUN_EXIT_UNION,
   kvmRunHeader,
   kvmRunIo,
-} from "../ffi/kvm_abi.ts";
-import { RunState, SLOT, THREAD_SLOT, type VcpuInit, type VcpuMessage } from "./vcpu_control.ts";
+} from "../../ffi/kvm_abi.ts";
+import { RunState, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
+import type { KvmWorkerInit } from "./kvm_vcpu.ts";
 
 const EINTR = 4;
 const EAGAIN = 11;
@@ -25,12 +26,13 @@ function post(m: VcpuMessage) {
 }
 
 function runLoop(init: VcpuInit) {
+  const { fd, runAddr, runSize } = init.backend as unknown as KvmWorkerInit;
   const ctl = new Int32Array(init.control);
-  const run = libc.bytesAt(libc.ptrOf(init.runAddr), init.runSize);
+  const run = libc.bytesAt(libc.ptrOf(runAddr), runSize);
   const dv = new DataView(run.buffer);
   const claimed = new Uint8Array(65536);
   for (const p of init.claimedPorts) claimed[p] = 1;
-  const { fd, index } = init;
+  const { index } = init;
 
   for (;;) {
     // Clear the kick before reading the state: a kick that lands after this is seen by KVM_RUN.
@@ -123,8 +125,8 @@ self.onmessage = (e: MessageEvent<VcpuInit>) => {
   const init = e.data;
   // The signal listener makes SIGUSR2 harmless here; it only needs to interrupt KVM_RUN.
   Deno.addSignalListener("SIGUSR2", () => {});
-  new BigInt64Array(init.control)[THREAD_SLOT] = BigInt.asIntN(64, libc.pthreadSelf());
-  post({ t: "ready", index: init.index });
+  // The VMM thread kicks this thread out of KVM_RUN with a signal at its pthread id.
+  post({ t: "ready", index: init.index, info: { thread: libc.pthreadSelf() } });
   runLoop(init);
   self.close();
 };

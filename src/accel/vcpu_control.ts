@@ -1,7 +1,9 @@
 /**
- * The shared-memory protocol between a vCPU's Worker (blocked in KVM_RUN most of the time) and the
- * VMM thread: a state word that the VMM moves to PAUSE/STOP and the Worker acknowledges, and a reply
- * slot for port reads the VMM's devices answer.
+ * The shared-memory protocol between a vCPU's Worker (inside its accelerator's run call most of the
+ * time) and the VMM thread: a state word that the VMM moves to PAUSE/STOP and the Worker
+ * acknowledges, and a reply slot for port reads the VMM's devices answer. Every accelerator's
+ * Worker loop speaks it; what only one backend needs travels in `VcpuInit.backend` and the `ready`
+ * message's `info`.
  */
 
 /** Int32 slots of the control SharedArrayBuffer. */
@@ -18,7 +20,10 @@ export const SLOT = {
   FORWARDED: 4,
 } as const;
 
-/** BigInt64 slot (index in a BigInt64Array over the same buffer) holding the Worker's pthread_t. */
+/**
+ * BigInt64 slot (index in a BigInt64Array over the same buffer) a Worker may publish a 64-bit
+ * handle in (a thread id), for a backend whose kick needs it before `ready` has been handled.
+ */
 export const THREAD_SLOT = 4;
 
 /** Size of the control buffer in bytes. */
@@ -37,21 +42,17 @@ export const RunState = {
 export interface VcpuInit {
   /** vCPU index. */
   index: number;
-  /** vCPU fd. */
-  fd: number;
-  /** Host address of the vCPU's kvm_run mapping. */
-  runAddr: bigint;
-  /** Size of that mapping. */
-  runSize: number;
   /** The control buffer. */
   control: SharedArrayBuffer;
   /** Ports some device claims: accesses to them go to the VMM thread, others are ignored here. */
   claimedPorts: number[];
+  /** What the accelerator's Worker needs besides (its `WorkerSpec.init`). */
+  backend: Record<string, unknown>;
 }
 
 /** Messages from a vCPU Worker to the VMM thread. */
 export type VcpuMessage =
-  | { t: "ready"; index: number }
+  | { t: "ready"; index: number; info: Record<string, unknown> }
   | { t: "out"; index: number; port: number; size: number; value: number }
   | { t: "in"; index: number; port: number; size: number }
   | { t: "shutdown"; index: number; reason: string }
