@@ -3,7 +3,7 @@ import { Command, CommanderError, Option } from "commander";
 import { configure, getStreamSink, jsonLinesFormatter } from "@logtape/logtape";
 import { CommandFailed, EXIT, type GlobalOptions } from "./src/cli/context.ts";
 import { runCommand, type RunFlags } from "./src/cli/run.ts";
-import { vmmCommand } from "./src/cli/vmm.ts";
+import { vmmCommand, type VmmFlags } from "./src/cli/vmm.ts";
 import { vmCheck, vmControl, vmLs } from "./src/cli/vm.ts";
 import { guestVerify } from "./src/cli/guest.ts";
 import { consoleCommand } from "./src/cli/console.ts";
@@ -16,6 +16,7 @@ import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
 import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
+import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
 
 /** dcres version, recorded in everything it writes. */
 export const VERSION = "0.1.0";
@@ -26,6 +27,7 @@ function machineOptions(c: Command): Command {
     .option("--mem <size>", "guest RAM, e.g. 256M or 1G", "256M")
     .option("--vcpus <n>", "number of vCPUs", "1")
     .option("--name <name>", "VM name (default: guest kind and a random suffix)")
+    .option("--accel <kind>", ACCEL_HELP)
     .option("--for <duration>", "stop after this long, e.g. 30s")
     .option("--ws <size>", "memstamp: working set per vCPU (default: its whole share)")
     .option("--pattern <p>", "memstamp: seq, random or hotcold (default random)")
@@ -81,11 +83,8 @@ function program(exit: (code: number) => void): Command {
     .option("--restore <dir>")
     .option("--lazy")
     .option("--split <json>")
-    .action(
-      act((f: { spec: string; forMs?: string; restore?: string; lazy?: boolean; split?: string }) =>
-        vmmCommand(g(), f)
-      ),
-    );
+    .option("--accel <kind>")
+    .action(act((f: VmmFlags) => vmmCommand(g(), f)));
 
   p.command("agent")
     .description("run the per-host agent (QUIC RPC with mutual authentication, VM supervision)")
@@ -98,6 +97,7 @@ function program(exit: (code: number) => void): Command {
       "--page-store <size>",
       "split VMs' pages this host may hold (default: half its free RAM)",
     )
+    .option("--accel <kind>", `the VMs it starts, unless a request says: ${ACCEL_HELP}`)
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   p.command("status")
@@ -193,6 +193,10 @@ function program(exit: (code: number) => void): Command {
     )
     .option("--detach", "run the restored VM as its own dcres vmm process")
     .option("--for <duration>", "stop after this long")
+    .option(
+      "--accel <kind>",
+      `restore on this one, whichever the checkpoint was taken on: ${ACCEL_HELP}`,
+    )
     .action(act((dir: string, f: RestoreFlags) => restoreCommand(g(), dir, f)));
 
   const ckpt = p.command("ckpt").description("inspect and maintain checkpoint stores");
@@ -231,7 +235,10 @@ function program(exit: (code: number) => void): Command {
     .option("--mem <size>", "guest RAM", "512M")
     .option("--vcpus <n>", "vCPUs", "2")
     .option("--out <dir>", "keep the checkpoint store here (default: a temporary directory)")
-    .action(act((f: { mem: string; vcpus: string; out?: string }) => demoCommand(g(), f)));
+    .option("--accel <kind>", ACCEL_HELP)
+    .action(
+      act((f: { mem: string; vcpus: string; out?: string; accel?: string }) => demoCommand(g(), f)),
+    );
   return p;
 }
 

@@ -37,15 +37,31 @@ Deno.test("a missing kernel file is named", async () => {
 });
 
 Deno.test("a missing /dev/kvm says how to get one", async () => {
-  const r = await run([], { DCRES_KVM_DEVICE: "/nonexistent/kvm" });
+  const r = await run(["--accel", "kvm"], { DCRES_KVM_DEVICE: "/nonexistent/kvm" });
   assertEquals(r.code, 1);
   oneLineError(r.stderr, "does not exist: load the kvm module");
 });
 
 Deno.test("a device that is not KVM is refused by name", async () => {
-  const r = await run([], { DCRES_KVM_DEVICE: "/dev/null" });
+  const r = await run(["--accel", "kvm"], { DCRES_KVM_DEVICE: "/dev/null" });
   assertEquals(r.code, 1);
   oneLineError(r.stderr, "/dev/null is not a KVM device");
+});
+
+Deno.test("an unknown --accel is a usage error naming the choices", async () => {
+  const r = await run(["--accel", "tcg"]);
+  assertEquals(r.code, 2);
+  oneLineError(r.stderr, `--accel must be auto, kvm or emu, got "tcg"`);
+});
+
+Deno.test("the linux guest on the emulated CPU is refused in one line naming the accelerator", async () => {
+  const kernel = Deno.makeTempFileSync(); // refused before it is parsed
+  const r = await run(["--guest", "linux", "--accel", "emu", "--kernel", kernel]);
+  assertEquals(r.code, 1);
+  oneLineError(
+    r.stderr,
+    "the linux guest needs KVM; this host runs the emulated CPU (--accel emu)",
+  );
 });
 
 Deno.test("no permission on /dev/kvm says to run as root or join the kvm group", async () => {
@@ -53,8 +69,15 @@ Deno.test("no permission on /dev/kvm says to run as root or join the kvm group",
     console.log("skipped: needs root to drop to an unprivileged user");
     return;
   }
-  // The check runs as nobody; the probe imports only the FFI layer, so it needs no npm cache.
-  const kvm = new URL("../src/ffi/kvm.ts", import.meta.url).href;
+  try {
+    Deno.statSync("/dev/kvm");
+  } catch {
+    console.log("skipped: no /dev/kvm here to be refused");
+    return;
+  }
+  // The check runs as nobody, down the path `--accel kvm` takes (accelChoice, openAccelerator);
+  // that path imports no npm package, so it needs no npm cache.
+  const select = new URL("../src/accel/select.ts", import.meta.url).href;
   const denoDir = Deno.makeTempDirSync();
   Deno.chmodSync(denoDir, 0o777);
   const out = await new Deno.Command("setpriv", {
@@ -64,7 +87,8 @@ Deno.test("no permission on /dev/kvm says to run as root or join the kvm group",
       "--clear-groups",
       Deno.execPath(),
       "eval",
-      `import { Kvm } from "${kvm}"; try { Kvm.open(); } catch (e) { console.log(e.message); }`,
+      `import { accelChoice, openAccelerator } from "${select}";
+       try { openAccelerator(accelChoice("kvm")); } catch (e) { console.log(e.message); }`,
     ],
     env: { DENO_DIR: denoDir, HOME: denoDir },
   }).output();

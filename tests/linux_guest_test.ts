@@ -6,14 +6,19 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres, tempStateDir } from "./helpers/cli.ts";
 import { buildInitramfs, findGuestKernel } from "../src/vmm/boot/initramfs.ts";
-import { isPvmHost } from "../src/vmm/runner.ts";
+import { probeAccelerator } from "../src/accel/select.ts";
 import { Machine } from "../src/vmm/machine.ts";
 import { ConsoleHub } from "../src/vmm/control/console_hub.ts";
 import { ControlServer } from "../src/vmm/control/server.ts";
 
 function skipReason(): string | undefined {
-  if (isPvmHost()) {
-    return "this host's /dev/kvm is PVM (kvm_pvm loaded): a Linux kernel cannot boot to a shell in minutes here";
+  const accel = probeAccelerator();
+  if (typeof accel === "string") return accel;
+  if (!accel.capabilities.linuxGuest) {
+    return `the linux guest needs KVM; this host runs ${accel.kind}`;
+  }
+  if (!accel.capabilities.fastGuestKernel) {
+    return `this host runs ${accel.capabilities.description}: a Linux kernel cannot boot to a shell in minutes here`;
   }
   if (!findGuestKernel()) return "no kernel in /boot (install linux-image-cloud-amd64)";
   return undefined;

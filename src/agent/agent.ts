@@ -19,6 +19,8 @@ import type { SplitSpec } from "../paging/remote_pager.ts";
 import { hostAvailableMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
 import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
+import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
+import { accelChoice } from "../accel/select.ts";
 
 /** dcres version the agent reports. */
 export const AGENT_VERSION = "0.1.0";
@@ -35,9 +37,22 @@ export interface AgentConfig {
   metricsPort?: number;
   /** Bytes of split VMs' pages this host may hold as a sub-host (default: half its free memory). */
   pageStoreBytes?: number;
+  /** The accelerator of the VMs it starts when a request names none (default: `accelChoice()`). */
+  accel?: AccelChoice;
 }
 
 const log = getLogger(["dcres", "agent"]);
+
+/** The accelerator a request asks for (its `accel`), else the agent's default. */
+function accelArg(cfg: AgentConfig, args: Record<string, unknown>): AccelChoice {
+  if (args.accel === undefined) return cfg.accel ?? accelChoice();
+  try {
+    return parseAccelChoice(String(args.accel), "accel");
+  } catch (e) {
+    if (e instanceof AccelUnavailableError) throw new RpcError("bad-request", e.message);
+    throw e;
+  }
+}
 
 function str(args: Record<string, unknown>, k: string): string {
   const v = args[k];
@@ -108,6 +123,7 @@ export class Agent {
     handlers.status = async () => ({
       host: me.host,
       version: AGENT_VERSION,
+      accel: cfg.accel ?? accelChoice(),
       addr: `${quic.addr.hostname}:${quic.addr.port}`,
       uptimeMs: Math.round(performance.now() - t0),
       vms: await listVms(Agent.stateDir(cfg)),
@@ -190,9 +206,13 @@ export function agentHandlers(
         spec,
         stateDir,
         typeof args.forMs === "number" ? args.forMs : undefined,
-        args.split === undefined ? [] : [
-          "--split",
-          JSON.stringify({ ...splitArg(args.split), identityDir: resolve(cfg.identityDir) }),
+        [
+          "--accel",
+          accelArg(cfg, args),
+          ...(args.split === undefined ? [] : [
+            "--split",
+            JSON.stringify({ ...splitArg(args.split), identityDir: resolve(cfg.identityDir) }),
+          ]),
         ],
       );
     },
@@ -257,6 +277,7 @@ export function agentHandlers(
       spawnRestore(inData(str(args, "path")), stateDir, {
         name: typeof args.name === "string" ? args.name : undefined,
         lazy: !!args.lazy,
+        accel: accelArg(cfg, args),
         split: args.split === undefined ? undefined : JSON.stringify({
           ...splitArg(args.split),
           holders: holdersArg(args.split),
@@ -272,6 +293,7 @@ export function agentHandlers(
         dir: i.dir,
         chain: i.chain,
         ...i.manifest,
+        accel: i.manifest.machine.vm.accel,
         machine: undefined,
         pageMap: undefined,
         prefetchOrder: undefined,
@@ -390,6 +412,9 @@ async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promi
     "# HELP dcres_vm_memory_bytes Guest RAM per VM.",
     "# TYPE dcres_vm_memory_bytes gauge",
     ...vms.map((v) => `dcres_vm_memory_bytes{vm="${v.name}"} ${v.memSize}`),
+    "# HELP dcres_vm_info A VM's guest and the accelerator it runs on (always 1).",
+    "# TYPE dcres_vm_info gauge",
+    ...vms.map((v) => `dcres_vm_info{vm="${v.name}",guest="${v.guest}",accel="${v.accel}"} 1`),
     "# HELP dcres_vm_page_ins_total Pages a split VM brought to its main host.",
     "# TYPE dcres_vm_page_ins_total counter",
     ...paged.map((v) => `dcres_vm_page_ins_total{vm="${v.name}"} ${v.paging!.pageIns}`),

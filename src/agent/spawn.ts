@@ -1,5 +1,6 @@
 /** Starts a VM as its own detached `dcres vmm` process and waits until its control socket answers. */
 import { join } from "node:path";
+import type { AccelChoice } from "../accel/accel.ts";
 import { request } from "../vmm/control/client.ts";
 import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
@@ -100,13 +101,14 @@ function lastLine(path: string): string {
 }
 
 /**
- * Restores the checkpoint at `path` as its own `dcres vmm` process and waits (up to 2 min) until its
- * memory is fully resident; returns the VM's name, pid and restore timings.
+ * Restores the checkpoint at `path` as its own `dcres vmm` process (on `opts.accel`; without it,
+ * `$DCRES_ACCEL` or auto) and waits (up to 2 min) until its memory is fully resident; returns the
+ * VM's name, pid and restore timings.
  */
 export async function spawnRestore(
   path: string,
   stateDir: string,
-  opts: { name?: string; lazy?: boolean; forMs?: number; split?: string },
+  opts: { name?: string; lazy?: boolean; forMs?: number; split?: string; accel?: AccelChoice },
 ): Promise<{ name: string; pid: number } & Partial<NonNullable<VmInfo["restore"]>>> {
   const spec = targetSpecOf(path, opts.name);
   let info = await spawnVmm(spec, stateDir, opts.forMs, [
@@ -114,6 +116,7 @@ export async function spawnRestore(
     path,
     ...(opts.lazy ? ["--lazy"] : []),
     ...(opts.split ? ["--split", opts.split] : []),
+    ...(opts.accel ? ["--accel", opts.accel] : []),
   ]);
   const deadline = performance.now() + 120_000;
   while (info.restore?.residentMs === undefined && performance.now() < deadline) {

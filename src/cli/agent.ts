@@ -3,6 +3,7 @@ import { getLogger } from "@logtape/logtape";
 import { Agent, type AgentConfig } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
 import { parseSize, UsageError } from "./units.ts";
+import { accelFlag } from "./accel_flag.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
 export interface AgentFlags {
@@ -12,6 +13,7 @@ export interface AgentFlags {
   identity?: string;
   metricsPort?: string;
   pageStore?: string;
+  accel?: string;
 }
 
 /** Runs the agent. */
@@ -30,9 +32,12 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     identityDir: f.identity ?? file.identityDir ?? "/etc/dcres/identity",
     metricsPort: f.metricsPort ? Number(f.metricsPort) : file.metricsPort,
     pageStoreBytes: f.pageStore ? parseSize("--page-store", f.pageStore) : file.pageStoreBytes,
+    accel: accelFlag(f.accel ?? file.accel),
   };
   const agent = await Agent.start(cfg);
-  console.log(JSON.stringify({ ready: true, host: agent.host, addr: agent.addr }));
+  console.log(
+    JSON.stringify({ ready: true, host: agent.host, addr: agent.addr, accel: cfg.accel }),
+  );
   const done = Promise.withResolvers<void>();
   const stop = () => done.resolve();
   Deno.addSignalListener("SIGTERM", stop);

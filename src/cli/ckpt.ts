@@ -62,6 +62,7 @@ export async function ckptInspect(g: GlobalOptions, path: string): Promise<numbe
     memSize: m.machine.spec.memSize,
     guest: m.machine.spec.guest,
     vcpus: m.machine.spec.vcpus,
+    accel: m.machine.vm.accel,
     fragments: m.fragments.map((f) => ({
       path: f.path,
       host: f.host,
@@ -76,7 +77,7 @@ export async function ckptInspect(g: GlobalOptions, path: string): Promise<numbe
     [
       `${dir}: generation ${m.generation} of VM ${m.vm} (${m.machine.spec.guest}, ${
         fmtBytes(m.machine.spec.memSize)
-      }, ${m.machine.spec.vcpus} vCPU)`,
+      }, ${m.machine.spec.vcpus} vCPU, taken on ${m.machine.vm.accel})`,
       `  mode ${m.mode}${m.compressed ? ", zstd" : ""}; ${
         m.parent ? `incremental on ${m.parent}` : "full"
       }; chain ${info.chain.join(" <- ")}${m.mergedFrom ? `; merged from ${m.mergedFrom}` : ""}`,

@@ -7,7 +7,7 @@ import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { takeCheckpoint } from "../ckpt/save.ts";
 import { restoreCheckpoint } from "../ckpt/restore.ts";
 import { Machine, type MachineSpec } from "../vmm/machine.ts";
-import { isPvmHost } from "../vmm/runner.ts";
+import { noteSlowGuestKernel, openAcceleratorFlag } from "./accel_flag.ts";
 import { CommandFailed, EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, parseSize } from "./units.ts";
 
@@ -16,7 +16,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 /** Runs the demo; `out` keeps the checkpoint store (default: a temporary directory, removed). */
 export async function demoCommand(
   g: GlobalOptions,
-  f: { mem: string; vcpus: string; out?: string },
+  f: { mem: string; vcpus: string; out?: string; accel?: string },
 ): Promise<number> {
   const say = (s: string) => !g.json && console.error(s);
   const spec: MachineSpec = {
@@ -28,14 +28,13 @@ export async function demoCommand(
   };
   const dir = f.out ?? Deno.makeTempDirSync({ prefix: "dcres-demo-" });
   const noIo = { serialOut: () => {} };
-  if (isPvmHost()) {
-    say("note: /dev/kvm is PVM here; memstamp runs its workload in ring 3 at native speed");
-  }
-  const m = await Machine.create(spec, noIo);
+  const accel = openAcceleratorFlag(f.accel);
+  noteSlowGuestKernel(accel, say);
+  const m = await Machine.create(spec, noIo, accel);
   const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
   await m.vm.start();
   say(
-    `1. memstamp: ${
+    `1. memstamp on ${accel.kind}: ${
       fmtBytes(spec.memSize)
     }, ${spec.vcpus} vCPUs, stamping every page, then rewriting a 32 MiB hot/cold working set per vCPU`,
   );
@@ -71,7 +70,7 @@ export async function demoCommand(
   await m.vm.stop();
   say(`4. the VM is gone; restoring generation ${inc.generation} lazily from ${dir}`);
   const t0 = performance.now();
-  const r = restoreCheckpoint({ path: dir, lazy: true, io: noIo });
+  const r = restoreCheckpoint({ path: dir, lazy: true, io: noIo, accel });
   await r.machine.vm.start();
   const resumeMs = performance.now() - t0;
   const resident = r.pager!.run();
@@ -92,6 +91,7 @@ export async function demoCommand(
     ok: v.ok && ticksContinue,
     memSize: spec.memSize,
     vcpus: spec.vcpus,
+    accel: accel.kind,
     checkpoints: [full, inc],
     restore: { lazy: true, resumeMs, residentMs, faults: r.pager!.faults },
     verify: v,

@@ -2,6 +2,7 @@
  * Hosts one VM in this process: boots a spec or restores a checkpoint, serves its control socket with
  * the checkpoint operation, and for lazy restores runs the pager once the vCPUs run.
  */
+import type { Accelerator } from "../accel/accel.ts";
 import { checkpointHandlers } from "../ckpt/control.ts";
 import { restoreCheckpoint, type Restored } from "../ckpt/restore.ts";
 import { targetSpecOf } from "../agent/restore_spec.ts";
@@ -30,6 +31,8 @@ export interface RestoreTimes {
 
 /** Hosting options. */
 export interface HostOptions {
+  /** The accelerator to boot or restore on (default: `openAccelerator()`). */
+  accel?: Accelerator;
   /** Control socket directory. */
   stateDir: string;
   /** Stop after this long. */
@@ -79,11 +82,12 @@ export async function hostVm(
           name: t.name,
           lazy: t.lazy,
           io,
+          accel: opts.accel,
           onProgress: opts.onProgress,
           only: holders ? new Set(holders.flatMap((h, f) => h === 0 ? [f] : [])) : undefined,
         });
         m = restored.machine;
-      } else m = await Machine.create(spec, io);
+      } else m = await Machine.create(spec, io, opts.accel);
       tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
       tracker.baselineId = restored?.checkpoint.manifest.id;
       paging = new SplitControl(m, tracker);

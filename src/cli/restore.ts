@@ -1,6 +1,6 @@
 /** `dcres restore DIR`: restore a checkpoint into a running VM, in the foreground or detached. */
 import { resolve } from "node:path";
-import { isPvmHost } from "../vmm/runner.ts";
+import { checkGuestSupported } from "../vmm/machine.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
 import { spawnRestore } from "../agent/spawn.ts";
@@ -9,6 +9,7 @@ import { progressBar } from "./progress.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { restoreSplit, type SplitTargets } from "./restore_split.ts";
+import { noteSlowGuestKernel, openAcceleratorFlag, remoteAccel } from "./accel_flag.ts";
 
 /** Flags of `dcres restore`. */
 export interface RestoreFlags {
@@ -20,6 +21,7 @@ export interface RestoreFlags {
   main?: string;
   sub?: string;
   map?: string[];
+  accel?: string;
 }
 
 const fmtTimes = (name: string, t: RestoreTimes) =>
@@ -64,7 +66,7 @@ export async function restoreCommand(
           ...plan,
           split: plan.split ?? { mainMemBytes: plan.memSize, hosts: { main: "main" } },
         },
-        { name: f.name, lazy: f.lazy },
+        { name: f.name, lazy: f.lazy, ...remoteAccel(f.accel) },
         targets,
       );
       report(g, r, () =>
@@ -86,6 +88,7 @@ export async function restoreCommand(
       path,
       name: f.name,
       lazy: !!f.lazy,
+      ...remoteAccel(f.accel),
     });
     report(g, t, () => fmtTimes(t.name, t));
     return EXIT.OK;
@@ -94,16 +97,23 @@ export async function restoreCommand(
   const spec = targetSpec(target);
   const stateDir = stateDirOf(g);
   const forMs = f.for ? parseDuration("--for", f.for) : undefined;
+  // The checkpoint restores on the accelerator chosen here, whichever one it was taken on.
+  const accel = openAcceleratorFlag(f.accel);
+  checkGuestSupported(spec.guest, accel);
   if (f.detach) {
-    const t = await spawnRestore(target.path, stateDir, { name: f.name, lazy: f.lazy, forMs });
+    const t = await spawnRestore(target.path, stateDir, {
+      name: f.name,
+      lazy: f.lazy,
+      forMs,
+      accel: accel.kind,
+    });
     report(g, t, () => fmtTimes(t.name, t as RestoreTimes));
     return EXIT.OK;
   }
-  if (isPvmHost() && spec.guest === "linux") {
-    console.error("note: /dev/kvm here is PVM: guest kernel code runs emulated");
-  }
+  if (spec.guest === "linux") noteSlowGuestKernel(accel);
   const bar = progressBar(g, `restore ${spec.name}`);
   const rep = await hostVm(target, {
+    accel,
     stateDir,
     forMs,
     onProgress: (d, t) => bar.update(d, t),

@@ -6,6 +6,7 @@
  * `--main/--sub` onto another split, `--map OLD=NEW` has NEW play OLD's part.
  */
 import { dirname } from "node:path";
+import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { Inbox } from "../net/inbox.ts";
 import { RpcClient } from "../net/quic.ts";
@@ -144,7 +145,7 @@ export async function restoreSplit(
   g: GlobalOptions,
   source: string,
   plan: CheckpointPlan,
-  opts: { name?: string; lazy?: boolean },
+  opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
   t: SplitTargets,
 ): Promise<SplitRestoreReport> {
   const t0 = performance.now();
@@ -195,6 +196,7 @@ export async function restoreSplit(
       path: gen,
       name,
       lazy: !!opts.lazy,
+      ...(opts.accel ? { accel: opts.accel } : {}),
     });
     return { name, main, subs: {}, copied, loadMs: 0, totalMs: performance.now() - t0, restore };
   }
@@ -216,6 +218,7 @@ export async function restoreSplit(
     path: gen,
     name,
     lazy: !!opts.lazy,
+    ...(opts.accel ? { accel: opts.accel } : {}),
     split: { mainMemBytes: plan.split!.mainMemBytes, subs, holders },
   });
   return {

@@ -1,6 +1,5 @@
 /** `dcres run`: run a VM in the foreground (console on the terminal) or detached as a `dcres vmm`. */
-import { type GuestKind, GUESTS, type MachineSpec } from "../vmm/machine.ts";
-import { isPvmHost } from "../vmm/runner.ts";
+import { checkGuestSupported, type GuestKind, GUESTS, type MachineSpec } from "../vmm/machine.ts";
 import { hostVm } from "./host.ts";
 import type { AccessPattern } from "../vmm/guests/memstamp/memstamp.ts";
 import { findGuestKernel } from "../vmm/boot/initramfs.ts";
@@ -18,6 +17,12 @@ import { agentAddr, remoteCall } from "./remote.ts";
 import { type SplitTarget, splitTarget } from "./split_flags.ts";
 import type { VmInfo } from "../vmm/control/protocol.ts";
 import { ConsoleRelay } from "./terminal.ts";
+import {
+  noteSlowGuestKernel,
+  openAcceleratorFlag,
+  remoteAccel,
+  vmmAccelArgs,
+} from "./accel_flag.ts";
 
 /** Flags of `dcres run`. */
 export interface RunFlags {
@@ -39,6 +44,7 @@ export interface RunFlags {
   main?: string;
   sub?: string;
   mainMem?: string;
+  accel?: string;
 }
 
 const PATTERNS: AccessPattern[] = ["seq", "random", "hotcold"];
@@ -109,6 +115,17 @@ function splitFromFlags(g: GlobalOptions, f: RunFlags, spec: MachineSpec): Split
   return split;
 }
 
+function reportStarted(g: GlobalOptions, spec: MachineSpec, info: VmInfo) {
+  report(
+    g,
+    info,
+    () =>
+      `started ${info.name} (${spec.guest}, ${
+        fmtBytes(spec.memSize)
+      }, ${spec.vcpus} vCPU, ${info.accel}) as pid ${info.pid}`,
+  );
+}
+
 /** Runs `dcres run`. */
 export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number> {
   const spec = specFromFlags(f);
@@ -117,11 +134,6 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
     throw new UsageError("--exec needs --guest linux (memstamp has no shell)");
   }
   if (f.exec && f.detach) throw new UsageError("--exec and --detach cannot be combined");
-  if (isPvmHost()) {
-    console.error(
-      "note: /dev/kvm here is PVM: guest kernel-mode code runs emulated (~1000x slower); memstamp's workload runs in ring 3",
-    );
-  }
   const stateDir = stateDirOf(g);
   const split = splitFromFlags(g, f, spec);
   if (split) {
@@ -129,6 +141,7 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
       spec,
       forMs,
       split: { mainMemBytes: split.mainMemBytes, subs: split.subs },
+      ...remoteAccel(f.accel),
     });
     report(
       g,
@@ -136,30 +149,30 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
       () =>
         `started ${info.name} (${spec.guest}, ${
           fmtBytes(spec.memSize)
-        }, ${spec.vcpus} vCPU) on ${split.main}, ${
+        }, ${spec.vcpus} vCPU, ${info.accel}) on ${split.main}, ${
           fmtBytes(split.mainMemBytes)
         } resident there, the rest on ${split.subs.join(", ")}`,
     );
     return EXIT.OK;
   }
-  if (f.detach || agentAddr(g)) {
-    const info = agentAddr(g)
-      ? await remoteCall<VmInfo>(g, "vm.start", { spec, forMs })
-      : await spawnVmm(spec, stateDir, forMs);
-    report(
-      g,
-      info,
-      () =>
-        `started ${info.name} (${spec.guest}, ${
-          fmtBytes(spec.memSize)
-        }, ${spec.vcpus} vCPU) as pid ${info.pid}`,
-    );
+  if (agentAddr(g)) {
+    const info = await remoteCall<VmInfo>(g, "vm.start", { spec, forMs, ...remoteAccel(f.accel) });
+    reportStarted(g, spec, info);
+    return EXIT.OK;
+  }
+  const accel = openAcceleratorFlag(f.accel);
+  if (spec.guest !== "linux" || accel.capabilities.linuxGuest) noteSlowGuestKernel(accel);
+  if (f.detach) {
+    // Refused here, not in the VMM's log; in the foreground, Machine.create refuses it.
+    checkGuestSupported(spec.guest, accel);
+    reportStarted(g, spec, await spawnVmm(spec, stateDir, forMs, vmmAccelArgs(accel)));
     return EXIT.OK;
   }
   const relay = spec.guest === "linux" && !f.exec && !g.json ? new ConsoleRelay() : undefined;
   let execResult: { output: string; status: number } | undefined;
   let progress: ReturnType<typeof setInterval> | undefined;
   const rep = await hostVm({ kind: "boot", spec }, {
+    accel,
     stateDir,
     forMs,
     serialOut: relay ? (b) => relay.write(b) : undefined,

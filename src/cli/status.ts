@@ -10,6 +10,8 @@ interface Status {
   host: string;
   version: string;
   addr: string;
+  /** Accelerator of the VMs it starts when a request names none (absent from older agents). */
+  accel?: string;
   uptimeMs: number;
   vms: VmInfo[];
   checkpoints: Array<{ store: string; generations: number; bytes: number }>;
@@ -24,12 +26,14 @@ export async function statusCommand(g: GlobalOptions, f: { dataDir: string }): P
     : await callLocal<Status>(join(f.dataDir, "agent.sock"), "status", {});
   report(g, s, () =>
     [
-      `agent ${s.host} (dcres ${s.version}) on ${s.addr}, up ${Math.round(s.uptimeMs / 1000)} s`,
+      `agent ${s.host} (dcres ${s.version}) on ${s.addr}, up ${Math.round(s.uptimeMs / 1000)} s${
+        s.accel ? `, starts VMs with --accel ${s.accel}` : ""
+      }`,
       `VMs: ${
         s.vms.length
-          ? s.vms.map((v) => `${v.name} (${v.guest}, ${fmtBytes(v.memSize)}, ${v.state})`).join(
-            ", ",
-          )
+          ? s.vms.map((v) =>
+            `${v.name} (${v.guest} on ${v.accel ?? "kvm"}, ${fmtBytes(v.memSize)}, ${v.state})`
+          ).join(", ")
           : "none"
       }`,
       `checkpoints: ${

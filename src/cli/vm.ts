@@ -13,6 +13,7 @@ export async function vmLs(g: GlobalOptions): Promise<number> {
     const rows = vms.map((v) => [
       v.name,
       v.guest,
+      v.accel,
       fmtBytes(v.memSize),
       String(v.vcpus),
       v.state,
@@ -31,7 +32,7 @@ export async function vmLs(g: GlobalOptions): Promise<number> {
       ];
     });
     return [
-      table(["NAME", "GUEST", "MEM", "VCPUS", "STATE", "PID", "UP", "GUEST STATUS"], rows),
+      table(["NAME", "GUEST", "ACCEL", "MEM", "VCPUS", "STATE", "PID", "UP", "GUEST STATUS"], rows),
       ...notes,
     ].join("\n");
   });

@@ -2,6 +2,7 @@
  * Runs one machine in this process until it stops: control socket in the state directory, orderly
  * shutdown on SIGINT/SIGTERM, guest reset or halt, or the end of `--for`.
  */
+import type { Accelerator } from "../accel/accel.ts";
 import { ConsoleHub } from "./control/console_hub.ts";
 import { connectVm, socketPath } from "./control/client.ts";
 import { ControlServer, type ExtraHandler } from "./control/server.ts";
@@ -18,6 +19,8 @@ export interface RunOptions {
   serialOut?: (b: Uint8Array) => void;
   /** Called once the vCPUs run, with the machine and its control server. */
   onStarted?: (m: Machine, server: ControlServer) => void | Promise<void>;
+  /** The accelerator `spec` boots on (default: `openAccelerator()`); `build` picks its own. */
+  accel?: Accelerator;
   /** Builds the machine (e.g. from a checkpoint) instead of booting `spec`. */
   build?: (io: MachineIo) => Machine | Promise<Machine>;
   /** Control operations a higher layer adds (checkpoint). */
@@ -50,16 +53,6 @@ export class VmExistsError extends Error {
   }
 }
 
-/** True when /dev/kvm is PVM (guest kernel code emulated). */
-export function isPvmHost(): boolean {
-  try {
-    Deno.statSync("/sys/module/kvm_pvm");
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** Creates, starts and supervises a machine; resolves when it has stopped and been cleaned up. */
 export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<RunReport> {
   const t0 = performance.now();
@@ -78,7 +71,7 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
       opts.serialOut?.(b);
     },
   };
-  const machine = opts.build ? await opts.build(io) : await Machine.create(spec, io);
+  const machine = opts.build ? await opts.build(io) : await Machine.create(spec, io, opts.accel);
   const stop = (exit?: VmExit) => machine.vm.stop(exit);
   const server = new ControlServer(machine, hub, () => stop(), opts.handlers?.(machine), opts.info);
   server.listen(sock);

@@ -117,7 +117,8 @@ export async function listVms(stateDir: string): Promise<VmInfo[]> {
     try {
       const info = await request<VmInfo>(stateDir, name, { op: "info" });
       // A VM told to stop answers until its process is gone; it is not running any more.
-      if (info.state !== "stopped") out.push(info);
+      // A VMM from before accelerators does not say: it runs on KVM.
+      if (info.state !== "stopped") out.push({ ...info, accel: info.accel ?? "kvm" });
     } catch (err) {
       if (err instanceof VmNotFoundError) {
         try {

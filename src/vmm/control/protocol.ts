@@ -3,6 +3,7 @@
  * newline-delimited JSON requests and replies. A `console` request turns the connection into a raw
  * byte stream (guest serial out, keystrokes in).
  */
+import type { AccelKind } from "../../accel/accel.ts";
 import type { PagingStats } from "../../paging/remote_pager.ts";
 
 /** Control protocol version; a server refuses requests from a newer major. */
@@ -25,6 +26,8 @@ export interface VmInfo {
   name: string;
   /** Guest kind. */
   guest: string;
+  /** The accelerator it runs on. */
+  accel: AccelKind;
   /** RAM bytes. */
   memSize: number;
   /** vCPUs. */

@@ -72,6 +72,7 @@ export class ControlServer {
     return {
       name: m.spec.name,
       guest: m.spec.guest,
+      accel: m.vm.accelKind,
       memSize: m.spec.memSize,
       vcpus: m.spec.vcpus,
       pid: Deno.pid,
