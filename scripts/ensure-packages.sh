@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dcres needs (as root), or says which apt-get line to run and fails.
 set -euo pipefail
-pkgs=(linux-image-cloud-amd64 busybox-static gcc libc6-dev binutils)
+pkgs=(linux-image-cloud-amd64 busybox-static gcc libc6-dev binutils libunicorn2 libunicorn-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

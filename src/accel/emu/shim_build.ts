@@ -1,0 +1,78 @@
+/**
+ * Builds the emulated CPU's C shim once per host with the system's gcc, into a root-only cache
+ * directory, named by a hash of its source so an upgraded dcres never loads a stale one.
+ */
+import { createHash } from "node:crypto";
+import { AccelUnavailableError } from "../accel.ts";
+
+const SOURCE = new URL("./shim.c", import.meta.url);
+const HEADER = "/usr/include/unicorn/unicorn.h";
+
+/** The directory the shim is cached in: `DCRES_CACHE_DIR`, else `$XDG_CACHE_HOME/dcres`. */
+export function shimCacheDir(): string {
+  const explicit = Deno.env.get("DCRES_CACHE_DIR");
+  if (explicit) return explicit;
+  const xdg = Deno.env.get("XDG_CACHE_HOME") ??
+    `${Deno.env.get("HOME") ?? "/var/cache"}/.cache`;
+  return `${xdg}/dcres`;
+}
+
+function removeQuietly(path: string): void {
+  try {
+    Deno.removeSync(path);
+  } catch {
+    // Already renamed into place, or never written.
+  }
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** The path of the built shim, building it first if needed; one-line errors name the package. */
+export function ensureEmuShim(): string {
+  const source = Deno.readFileSync(SOURCE);
+  const dir = shimCacheDir();
+  const path = `${dir}/libdcres_emu-${
+    createHash("sha256").update(source).digest("hex").slice(0, 16)
+  }.so`;
+  if (exists(path)) return path;
+  if (!exists(HEADER)) {
+    throw new AccelUnavailableError(
+      `the emulated CPU's shim needs ${HEADER}; install Debian's libunicorn-dev (apt-get install libunicorn-dev), or run scripts/ensure-packages.sh`,
+    );
+  }
+  Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const src = `${dir}/shim-${crypto.randomUUID()}.c`;
+  const tmp = `${path}.${crypto.randomUUID()}.tmp`;
+  Deno.writeFileSync(src, source, { mode: 0o600 });
+  try {
+    let out: Deno.CommandOutput;
+    try {
+      out = new Deno.Command("gcc", {
+        args: ["-O2", "-Wall", "-shared", "-fPIC", "-o", tmp, src, "-lunicorn"],
+        stdout: "piped",
+        stderr: "piped",
+      }).outputSync();
+    } catch (e) {
+      throw new AccelUnavailableError(
+        `the emulated CPU's shim needs gcc (${(e as Error).message}); install Debian's gcc`,
+      );
+    }
+    if (!out.success) {
+      const why = new TextDecoder().decode(out.stderr).trim().split("\n")[0];
+      throw new AccelUnavailableError(
+        `building the emulated CPU's shim failed: ${why}; check that libunicorn-dev is installed`,
+      );
+    }
+    Deno.renameSync(tmp, path);
+  } finally {
+    for (const f of [src, tmp]) removeQuietly(f);
+  }
+  return path;
+}
