@@ -1,8 +1,9 @@
 /**
- * Checkpoint and restore on one host, on real KVM: every mode, eager and lazy, against a busy
+ * Checkpoint and restore on one host, on the machine's accelerator: every mode, eager and lazy, against a busy
  * 2-vCPU memstamp guest with its timer running. The restored memory is compared page by page with
  * the memory at the consistency point, and the guest then verifies itself and keeps running.
  */
+import { perAccel } from "./helpers/accel.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
 import { DirtyTracker } from "../src/memory/dirty_tracker.ts";
@@ -11,9 +12,17 @@ import { restoreCheckpoint } from "../src/ckpt/restore.ts";
 import type { CheckpointMode } from "../src/ckpt/manifest.ts";
 import { crc32 } from "../src/ckpt/format.ts";
 import type { GuestMemory } from "../src/memory/guest_memory.ts";
+import { CFG, dataRegion, LAYOUT } from "../src/vmm/guests/memstamp/layout.ts";
+
+const dataRegionPages = (memSize: number) => dataRegion(memSize).pages;
 
 const MiB = 1 << 20;
 const HZ = 200;
+/** The busy guest: 1 GiB on KVM, 128 MiB on the emulated CPU (it stamps ~4,000 pages/s per vCPU). */
+const BUSY = perAccel({
+  kvm: { mem: 1024 * MiB, ws: 64 * MiB },
+  emu: { mem: 128 * MiB, ws: 16 * MiB },
+});
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const noIo = { serialOut: () => {} };
 
@@ -44,14 +53,14 @@ async function busyGuest(
   const m = await Machine.create(spec, noIo);
   const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
   await m.vm.start();
-  await m.memstamp!.waitStamped(60_000);
+  await m.memstamp!.waitStamped(180_000);
   await sleep(200);
   return { m, tracker };
 }
 
 for (const mode of ["stop", "precopy", "cow"] as CheckpointMode[]) {
-  Deno.test(`${mode}: 1 GiB busy guest restores eagerly and lazily to exactly the consistency point, verifies and keeps running`, async () => {
-    const { m, tracker } = await busyGuest(1024 * MiB, 64 * MiB);
+  Deno.test(`${mode}: ${BUSY.mem / MiB} MiB busy guest restores eagerly and lazily to exactly the consistency point, verifies and keeps running`, async () => {
+    const { m, tracker } = await busyGuest(BUSY.mem, BUSY.ws);
     const dir = Deno.makeTempDirSync({ prefix: "dcres-ck-" });
     let atPoint!: Uint32Array;
     let ticksAtPoint!: bigint[];
@@ -203,6 +212,39 @@ Deno.test("an incremental chain of five stores about five working sets beyond th
     full.checkpoint.close();
   } finally {
     if (!m.vm.isStopped) await m.vm.stop();
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("an incremental checkpoint after guest verify keeps the new command sequence: the restored guest's next verify really runs", async () => {
+  const { m, tracker } = await busyGuest(perAccel({ kvm: 256 * MiB, emu: 64 * MiB }), 4 * MiB);
+  const dir = Deno.makeTempDirSync({ prefix: "dcres-ck-vmmwrite-" });
+  const cmdSeq = (mem: GuestMemory) => mem.u64(LAYOUT.CONFIG, 16)[CFG.CMDSEQ / 8];
+  const opts = { dir, mode: "stop" as CheckpointMode, compress: false, maxDowntimeMs: 50 };
+  let seqAtIncremental: bigint;
+  try {
+    await takeCheckpoint(m, tracker, { ...opts, incremental: false });
+    const first = await m.memstamp!.verify();
+    assert(first.ok, "the source verifies");
+    seqAtIncremental = cmdSeq(m.vm.memory);
+    await takeCheckpoint(m, tracker, { ...opts, incremental: true });
+  } finally {
+    await m.vm.stop();
+  }
+  try {
+    const r = restoreCheckpoint({ path: dir, lazy: false, io: noIo });
+    try {
+      assertEquals(cmdSeq(r.machine.vm.memory), seqAtIncremental, "the VMM's write was saved");
+      await r.machine.vm.start();
+      const v = await r.machine.memstamp!.verify();
+      assert(v.ok, `verify after restore: ${JSON.stringify(v.bad, (_, x) => `${x}`)}`);
+      assertEquals(cmdSeq(r.machine.vm.memory), seqAtIncremental + 1n, "the command advanced");
+      assertEquals(v.pages, dataRegionPages(r.machine.vm.memory.size), "every page was verified");
+    } finally {
+      await r.machine.vm.stop();
+      r.checkpoint.close();
+    }
+  } finally {
     Deno.removeSync(dir, { recursive: true });
   }
 });
