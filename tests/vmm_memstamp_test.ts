@@ -1,6 +1,7 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
 import { dataRegion } from "../src/vmm/guests/memstamp/layout.ts";
+import { SYMBOLS } from "../src/vmm/guests/memstamp/code.ts";
 import { perAccel, TEST_ACCEL } from "./helpers/accel.ts";
 
 const GiB = 1024 ** 3;
@@ -119,4 +120,18 @@ Deno.test("verification names a torn page and a stale page", async () => {
   } finally {
     await m.vm.stop();
   }
+});
+
+Deno.test("a guest exception stops the VM with its vector and never takes the VMM down", async () => {
+  const m = await Machine.create(spec(16 * 2 ** 20, 1, "fault"), noIo);
+  // ud2 at the ring-3 entry: #UD (vector 6) on the first instruction.
+  m.vm.memory.view().set([0x0f, 0x0b], SYMBOLS.user_entry);
+  await m.vm.start();
+  const exit = await Promise.race([
+    m.vm.exited,
+    sleep(30_000).then(() => ({ reason: "timeout", detail: "no exit within 30 s" })),
+  ]);
+  await m.vm.stop();
+  assertEquals(exit.reason, "error", exit.detail);
+  assert(exit.detail.includes("vector 6"), exit.detail);
 });

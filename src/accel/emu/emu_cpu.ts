@@ -346,6 +346,14 @@ export class EmuCpu {
         reason: `guest exception ${name} at rip 0x${uc.reg(R.RIP).toString(16)}`,
       };
     }
+    if (err === UC_ERR.INSN_INVALID) {
+      return {
+        kind: "fault",
+        reason: `guest exception #UD (vector 6) at rip 0x${
+          uc.reg(R.RIP).toString(16)
+        }: an instruction the emulated CPU cannot run`,
+      };
+    }
     if (err !== UC_ERR.OK) {
       return {
         kind: "fault",
