@@ -187,6 +187,8 @@ Deno.test("a running VM split in place, its sub-host replaced, and gathered back
       "--pattern",
       "random",
     ]);
+    // Stamped first (the emulated CPU takes a while), so the split has written pages to send.
+    await until(main, "mv", (v) => v.memstamp!.phase.every((p) => p >= 2), 300_000);
     await new Promise((r) => setTimeout(r, 2000));
     const splitArgs = [
       "migrate",

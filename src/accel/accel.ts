@@ -57,6 +57,27 @@ export interface AccelVcpu {
   close(): void;
 }
 
+/**
+ * Copy-on-write done by the accelerator itself, before each guest store (the emulated CPU's write
+ * hook), so no page fault is taken. The saver claims pages before writing them out; a page the
+ * guest wrote first was copied aside and is saved from the copy.
+ */
+export interface AccelCow {
+  /** Host address of the copies set aside: page g at `asideAddr + g * 4096`. */
+  readonly asideAddr: bigint;
+  /** Pages copied aside so far. */
+  readonly copiedAside: number;
+  /**
+   * Takes `gfns` for saving: `kinds[i]` becomes 0 when the page is now the saver's to write from
+   * guest memory (then `release` it), 1 when it was copied aside, 2 when there is nothing to save.
+   */
+  claim(gfns: Uint32Array, kinds: Uint8Array): void;
+  /** The claimed pages are written out: the guest may change them now. */
+  release(gfns: Uint32Array): void;
+  /** Ends the save; once it returns no store waits or copies, and the copies are freed. */
+  end(): void;
+}
+
 /** One VM's worth of accelerator: its memory view, platform devices and vCPUs. */
 export interface AccelVm {
   /** The accelerator it belongs to. */
@@ -67,6 +88,11 @@ export interface AccelVm {
   setIrq(line: number, level: boolean): void;
   /** ORs the pages the guest wrote since the last call into `bitmap` (one bit per page), resets. */
   harvestDirty(bitmap: Uint8Array): void;
+  /**
+   * Starts a copy-on-write save of the pages set in `wanted` (a bit per page), with the vCPUs
+   * paused; absent where the accelerator cannot (KVM: the caller write-protects with userfaultfd).
+   */
+  beginCow?(wanted: Uint8Array): AccelCow;
   /** Interrupt controllers, PIT and clock outside the vCPUs. */
   savePlatform(): PlatformState;
   /** Installs a saved platform state (parts this accelerator lacks are ignored). */

@@ -13,8 +13,25 @@ import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
 
 const PROTECT_STEP = 64 << 20;
 
-/** One copy-on-write save of a VM's memory. */
-export class CowSession {
+/** A copy-on-write save: armed at the consistency point, then saving while the guest runs. */
+export interface CowSaver {
+  /** Pages copied aside because the guest wrote them before they were saved. */
+  readonly copiedAside: number;
+  /** With the vCPUs paused: the pages set in `bits` (all pages when undefined) are to be saved. */
+  arm(bits?: Uint8Array): void;
+  /** Saves every wanted page in `todo` order, the guest running. */
+  save(
+    w: FragmentWriter,
+    todo: number[],
+    batch: number,
+    onProgress?: (d: number, t: number) => void,
+  ): Promise<void>;
+  /** Ends copy-on-write. */
+  close(): void;
+}
+
+/** One copy-on-write save of a VM's memory through userfaultfd write-protection (KVM). */
+export class CowSession implements CowSaver {
   private readonly saved: Uint8Array;
   private readonly wanted: Uint8Array;
   private readonly touched = new Set<number>();

@@ -19,7 +19,8 @@ import {
 } from "./manifest.ts";
 import { CheckpointStore } from "./store.ts";
 import { buildPageMap, overlayPageMap } from "./page_map.ts";
-import { CowSession } from "./cow.ts";
+import { type CowSaver, CowSession } from "./cow.ts";
+import { AccelCowSession } from "./cow_accel.ts";
 
 /** dcres version recorded in every manifest. */
 export const DCRES_VERSION = "0.1.0";
@@ -190,12 +191,16 @@ export async function takeCheckpoint(
   const pages = mem.pages;
   let txn: ReturnType<DirtyTracker["begin"]> | undefined;
   let paused = false;
-  let cow: CowSession | undefined;
+  let cow: CowSaver | undefined;
   const stats = emptyStats();
   try {
     let state: Manifest["machine"];
     if (opts.mode === "stop" || opts.mode === "cow") {
-      cow = opts.mode === "cow" ? await CowSession.prepare(mem) : undefined;
+      if (opts.mode === "cow") {
+        // The accelerator's own copy-on-write when it has one (the emulated CPU's write hook),
+        // else userfaultfd write-protection.
+        cow = m.vm.hasCow ? new AccelCowSession(m.vm) : await CowSession.prepare(mem);
+      }
       // Read the dirty log once while running, so the read inside the pause finds few pages.
       if (cow) tracker.sample();
       const tp = performance.now();

@@ -1,12 +1,12 @@
 /**
  * Bindings to the emulated CPU's C shim (src/accel/emu/shim.c): the block, store, port and
- * exception hooks, the kick flag, the timer deadline, the LAPIC page and the dirty-page bytes.
+ * exception hooks, the timer deadline, the LAPIC page, the dirty-page bytes and copy-on-write.
  */
 
 const SYMBOLS = {
   dcres_emu_now_ns: { parameters: [], result: "u64" },
   dcres_emu_attach: {
-    parameters: ["pointer", "pointer", "pointer", "u64", "buffer", "function"],
+    parameters: ["pointer", "pointer", "pointer", "buffer", "function"],
     result: "pointer",
   },
   dcres_emu_detach: { parameters: ["pointer"], result: "void" },
@@ -14,10 +14,15 @@ const SYMBOLS = {
   dcres_emu_take_exit: { parameters: ["pointer"], result: "u32" },
   dcres_emu_exit_vector: { parameters: ["pointer"], result: "u32" },
   dcres_emu_lapic: { parameters: ["pointer"], result: "pointer" },
-  dcres_emu_dirty_alloc: { parameters: ["u64"], result: "pointer" },
-  dcres_emu_dirty_free: { parameters: ["pointer"], result: "void" },
-  dcres_emu_dirty_mark: { parameters: ["pointer", "u64", "u64"], result: "void" },
-  dcres_emu_dirty_harvest: { parameters: ["pointer", "buffer", "u64"], result: "u64" },
+  dcres_emu_vm_alloc: { parameters: ["pointer", "u64"], result: "pointer" },
+  dcres_emu_vm_free: { parameters: ["pointer"], result: "void" },
+  dcres_emu_before_write: { parameters: ["pointer", "u64", "u64"], result: "void" },
+  dcres_emu_dirty_harvest: { parameters: ["pointer", "buffer"], result: "u64" },
+  dcres_emu_cow_begin: { parameters: ["pointer", "buffer"], result: "pointer" },
+  dcres_emu_cow_claim: { parameters: ["pointer", "buffer", "u64", "buffer"], result: "void" },
+  dcres_emu_cow_release: { parameters: ["pointer", "buffer", "u64"], result: "void" },
+  dcres_emu_cow_copied: { parameters: ["pointer"], result: "u64" },
+  dcres_emu_cow_end: { parameters: ["pointer"], result: "void" },
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** Why the shim stopped the CPU (`EXIT_*` in shim.c). */

@@ -2,7 +2,7 @@
  * A virtual machine on one accelerator: guest RAM, the accelerator's VM (memory, interrupt
  * controllers, dirty tracking), vCPU Workers and port devices.
  */
-import type { Accelerator, AccelKind, AccelVm, Capabilities } from "../accel/accel.ts";
+import type { AccelCow, Accelerator, AccelKind, AccelVm, Capabilities } from "../accel/accel.ts";
 import type { CpuState, PlatformState } from "../accel/cpu_state.ts";
 import { openAccelerator } from "../accel/select.ts";
 import type { VcpuMessage } from "../accel/vcpu_control.ts";
@@ -245,6 +245,19 @@ export class Vm implements Persist<VmState> {
     this.#avm.harvestDirty(bitmap);
     this.memory.takeWritten(bitmap);
     return bitmap;
+  }
+
+  /** True when the accelerator copies pages aside itself (no userfaultfd needed for cow). */
+  get hasCow(): boolean {
+    return this.#avm.beginCow !== undefined;
+  }
+
+  /**
+   * Starts a copy-on-write save done by the accelerator (the pages set in `wanted`; the vCPUs must
+   * be paused), or undefined when it has none and userfaultfd must do it.
+   */
+  beginCow(wanted: Uint8Array): AccelCow | undefined {
+    return this.#avm.beginCow?.(wanted);
   }
 
   /** Stops the vCPUs and releases the accelerator's VM (and the memory, unless supplied). */

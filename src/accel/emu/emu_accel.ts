@@ -8,6 +8,7 @@ import { type EmuShim, loadEmuShim } from "../../ffi/emu_shim.ts";
 import * as libc from "../../ffi/libc.ts";
 import { ucVersion, UnicornMissingError } from "../../ffi/unicorn.ts";
 import {
+  type AccelCow,
   type Accelerator,
   AccelUnavailableError,
   type AccelVcpu,
@@ -18,23 +19,62 @@ import type { PlatformState } from "../cpu_state.ts";
 import { EmuVcpu } from "./emu_vcpu.ts";
 import { ensureEmuShim } from "./shim_build.ts";
 
-/** A VM on the emulated CPU: guest RAM, the dirty-page bytes its vCPUs share, its vCPUs. */
+/** The write hook's copy-on-write over one VM. */
+class EmuCow implements AccelCow {
+  #shim: EmuShim;
+  #vm: Deno.PointerObject;
+  /** Host address of the copies. */
+  readonly asideAddr: bigint;
+
+  constructor(shim: EmuShim, vm: Deno.PointerObject, aside: Deno.PointerObject) {
+    this.#shim = shim;
+    this.#vm = vm;
+    this.asideAddr = libc.ptrValue(aside);
+  }
+
+  get copiedAside(): number {
+    return Number(this.#shim.dcres_emu_cow_copied(this.#vm));
+  }
+
+  claim(gfns: Uint32Array, kinds: Uint8Array): void {
+    this.#shim.dcres_emu_cow_claim(
+      this.#vm,
+      gfns as Uint32Array<ArrayBuffer>,
+      BigInt(gfns.length),
+      kinds as Uint8Array<ArrayBuffer>,
+    );
+  }
+
+  release(gfns: Uint32Array): void {
+    this.#shim.dcres_emu_cow_release(
+      this.#vm,
+      gfns as Uint32Array<ArrayBuffer>,
+      BigInt(gfns.length),
+    );
+  }
+
+  end(): void {
+    this.#shim.dcres_emu_cow_end(this.#vm);
+  }
+}
+
+/** A VM on the emulated CPU: guest RAM, the shim state its vCPUs share, its vCPUs. */
 class EmuVm implements AccelVm {
   readonly kind = "emu";
   #shim: EmuShim;
   #shimPath: string;
   #ram: RamRegion;
   #pages: number;
-  #dirty: Deno.PointerObject;
+  #vm: Deno.PointerObject;
 
   constructor(shim: EmuShim, shimPath: string, ram: RamRegion) {
     this.#shim = shim;
     this.#shimPath = shimPath;
     this.#ram = ram;
     this.#pages = Math.ceil(ram.size / 4096);
-    const dirty = shim.dcres_emu_dirty_alloc(BigInt(this.#pages));
-    if (!dirty) throw new Error("out of memory for the emulated CPU's dirty-page bytes");
-    this.#dirty = dirty;
+    const vm = shim.dcres_emu_vm_alloc(libc.ptrOf(ram.hostAddr), BigInt(this.#pages));
+    if (!vm) throw new Error("out of memory for the emulated CPU's dirty-page bytes");
+    this.#vm = vm;
   }
 
   createVcpu(index: number): AccelVcpu {
@@ -43,7 +83,7 @@ class EmuVm implements AccelVm {
       shimPath: this.#shimPath,
       ramAddr: this.#ram.hostAddr,
       ramSize: this.#ram.size,
-      dirtyAddr: libc.ptrValue(this.#dirty),
+      vmAddr: libc.ptrValue(this.#vm),
     });
   }
 
@@ -51,11 +91,13 @@ class EmuVm implements AccelVm {
   setIrq(_line: number, _level: boolean): void {}
 
   harvestDirty(bitmap: Uint8Array): void {
-    this.#shim.dcres_emu_dirty_harvest(
-      this.#dirty,
-      bitmap as Uint8Array<ArrayBuffer>,
-      BigInt(this.#pages),
-    );
+    this.#shim.dcres_emu_dirty_harvest(this.#vm, bitmap as Uint8Array<ArrayBuffer>);
+  }
+
+  beginCow(wanted: Uint8Array): AccelCow {
+    const aside = this.#shim.dcres_emu_cow_begin(this.#vm, wanted as Uint8Array<ArrayBuffer>);
+    if (!aside) throw new Error("the emulated CPU could not start copy-on-write (out of memory?)");
+    return new EmuCow(this.#shim, this.#vm, aside);
   }
 
   /** No in-kernel chips and a clock that follows the host: nothing beyond the vCPUs. */
@@ -67,7 +109,7 @@ class EmuVm implements AccelVm {
   loadPlatform(_state: PlatformState): void {}
 
   close(): void {
-    this.#shim.dcres_emu_dirty_free(this.#dirty);
+    this.#shim.dcres_emu_vm_free(this.#vm);
   }
 }
 

@@ -93,8 +93,8 @@ export interface EmuCpuArgs {
   ramAddr: bigint;
   /** Bytes of guest RAM. */
   ramSize: number;
-  /** The VM's dirty-page bytes. */
-  dirtyAddr: bigint;
+  /** The shim state the VM's vCPUs share. */
+  vmAddr: bigint;
   /** The kick word another thread sets to stop the CPU at its next block. */
   kick: SharedArrayBuffer;
   /** Ports devices claim (accesses go to `io`). */
@@ -109,7 +109,7 @@ export class EmuCpu {
   #shim: EmuShim;
   #v: Deno.PointerObject;
   #ram: Uint8Array<ArrayBuffer>;
-  #dirty: Deno.PointerObject;
+  #vm: Deno.PointerObject;
   #ring0?: UnicornContext;
   #kick: Int32Array;
   #lapic: Uint8Array<ArrayBuffer>;
@@ -121,7 +121,7 @@ export class EmuCpu {
     this.#shim = a.shim;
     this.#uc = UnicornEngine.open();
     this.#ram = libc.bytesAt(libc.ptrOf(a.ramAddr), a.ramSize);
-    this.#dirty = libc.ptrOf(a.dirtyAddr);
+    this.#vm = libc.ptrOf(a.vmAddr);
     this.#uc.mapPtr(0n, a.ramSize, UC_PROT.ALL, libc.ptrOf(a.ramAddr));
     this.#uc.map(STUB_PAGE, 0x1000, UC_PROT.ALL);
     this.#uc.write(STUB_PAGE, IRETQ);
@@ -131,8 +131,7 @@ export class EmuCpu {
     const v = a.shim.dcres_emu_attach(
       this.#uc.handle,
       Deno.UnsafePointer.of(this.#kick),
-      this.#dirty,
-      BigInt(a.ramSize),
+      this.#vm,
       claimed,
       a.io.pointer,
     );
@@ -165,10 +164,11 @@ export class EmuCpu {
     if (a < 0 || a + words.length * 8 > this.#ram.length) {
       throw new Error(`the interrupt frame at 0x${addr.toString(16)} is outside guest RAM`);
     }
+    // Through the shim's gate first, as a guest store would: dirty, and copied aside during cow.
+    const first = a >>> 12, last = (a + words.length * 8 - 1) >>> 12;
+    this.#shim.dcres_emu_before_write(this.#vm, BigInt(first), BigInt(last - first + 1));
     const dv = new DataView(this.#ram.buffer, this.#ram.byteOffset + a, words.length * 8);
     words.forEach((w, i) => dv.setBigUint64(i * 8, BigInt.asUintN(64, w), true));
-    const first = a >>> 12, last = (a + words.length * 8 - 1) >>> 12;
-    this.#shim.dcres_emu_dirty_mark(this.#dirty, BigInt(first), BigInt(last - first + 1));
   }
 
   #setSystem(s: CpuState): void {

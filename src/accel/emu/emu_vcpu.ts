@@ -17,8 +17,8 @@ export interface EmuVcpuArgs {
   ramAddr: bigint;
   /** Bytes of guest RAM. */
   ramSize: number;
-  /** Host address of the VM's dirty-page bytes. */
-  dirtyAddr: bigint;
+  /** Host address of the shim state the VM's vCPUs share. */
+  vmAddr: bigint;
 }
 
 /** The architectural reset state (as after INIT), in the neutral form. */
@@ -97,7 +97,7 @@ export class EmuVcpu implements AccelVcpu {
       shimPath: this.#a.shimPath,
       ramAddr: this.#a.ramAddr,
       ramSize: this.#a.ramSize,
-      dirtyAddr: this.#a.dirtyAddr,
+      vmAddr: this.#a.vmAddr,
       kick: this.#kick,
       snapshot: this.#snapshot,
       state: { ...this.#state, index: this.#a.index },

@@ -17,8 +17,8 @@ export interface EmuWorkerInit {
   ramAddr: bigint;
   /** Bytes of guest RAM. */
   ramSize: number;
-  /** Host address of the VM's dirty-page bytes. */
-  dirtyAddr: bigint;
+  /** Host address of the shim state the VM's vCPUs share (dirty bytes, copy-on-write). */
+  vmAddr: bigint;
   /** The kick word (one Int32) the VMM thread sets. */
   kick: SharedArrayBuffer;
   /** Where the Worker leaves its state at every park. */

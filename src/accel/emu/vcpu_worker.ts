@@ -84,7 +84,7 @@ self.onmessage = (e: MessageEvent<VcpuInit>) => {
       shim: loadEmuShim(b.shimPath),
       ramAddr: b.ramAddr,
       ramSize: b.ramSize,
-      dirtyAddr: b.dirtyAddr,
+      vmAddr: b.vmAddr,
       kick: b.kick,
       claimedPorts: init.claimedPorts,
       io,
