@@ -3,11 +3,18 @@
  * KVM's, so a KVM struct read from the kernel is already neutral; the way back fills what the
  * neutral form may leave out (fields, array entries, bytes) from the struct's zero value, so a
  * state saved by another accelerator or an older dcres encodes into exactly the struct KVM wants.
+ *
+ * The round trip neutral -> KVM structs -> neutral (tests/accel_state_test.ts) returns the state
+ * unchanged, except: fixed-size KVM arrays come back whole (`xcrs.xcrs` as 16 entries, those past
+ * the neutral list zero); `xsave` comes back zero-padded to `KVM_XSAVE_SIZE`; a field missing from
+ * a present part comes back as KVM's zero value for it, and a field KVM's struct lacks is dropped.
+ * An optional part that is absent yields no struct: the vCPU keeps its reset value for it.
  */
 import * as abi from "../../ffi/kvm_abi.ts";
 import type { Codec } from "../../ffi/struct.ts";
 import {
   type CpuidEntry,
+  type CpuState,
   type DebugRegisters,
   LAPIC_PAGE_BYTES,
   type MsrEntry,
@@ -93,6 +100,60 @@ export function kvmLapicOf(lapic: Uint8Array): abi.KvmLapicState {
   return { regs: fitBytes(lapic, LAPIC_PAGE_BYTES) };
 }
 
+/** A neutral XSAVE area as the buffer `KVM_SET_XSAVE` takes (zero-padded to 4 KiB). */
+export function kvmXsaveOf(xsave: Uint8Array): Uint8Array {
+  return fitBytes(xsave, Math.max(xsave.length, abi.KVM_XSAVE_SIZE));
+}
+
+/** One vCPU's state in KVM's structs, as its `KVM_GET_*`/`KVM_SET_*` ioctls take them. */
+export interface KvmCpuState {
+  /** vCPU index. */
+  index: number;
+  /** `kvm_regs`. */
+  regs: abi.KvmRegs;
+  /** `kvm_sregs`. */
+  sregs: abi.KvmSregs;
+  /** `kvm_msrs` entries. */
+  msrs: abi.KvmMsrEntry[];
+  /** `kvm_lapic_state`. */
+  lapic: abi.KvmLapicState;
+  /** `kvm_mp_state.mp_state`. */
+  mpState: number;
+  /** `kvm_xsave` region; absent: not set, KVM keeps its own. */
+  xsave?: Uint8Array;
+  /** `kvm_xcrs`; absent: not set. */
+  xcrs?: abi.KvmXcrs;
+  /** `kvm_vcpu_events`; absent: not set. */
+  events?: abi.KvmVcpuEvents;
+  /** `kvm_debugregs`; absent: not set. */
+  debugregs?: abi.KvmDebugregs;
+  /** `kvm_cpuid2` entries; absent: not set. */
+  cpuid?: abi.KvmCpuidEntry2[];
+}
+
+/** A neutral vCPU state as KVM's structs; optional parts it lacks stay absent. */
+export function kvmStateOf(s: CpuState): KvmCpuState {
+  return {
+    index: s.index,
+    regs: kvmRegsOf(s.regs),
+    sregs: kvmSregsOf(s.sregs),
+    msrs: kvmMsrsOf(s.msrs),
+    lapic: kvmLapicOf(s.lapic),
+    mpState: s.mpState,
+    ...(s.xsave && { xsave: kvmXsaveOf(s.xsave) }),
+    ...(s.xcrs && { xcrs: kvmXcrsOf(s.xcrs) }),
+    ...(s.events && { events: kvmEventsOf(s.events) }),
+    ...(s.debugregs && { debugregs: kvmDebugregsOf(s.debugregs) }),
+    ...(s.cpuid && { cpuid: kvmCpuidOf(s.cpuid) }),
+  };
+}
+
+/** KVM's structs as the neutral state (they are already in it; the LAPIC page is unwrapped). */
+export function cpuStateOf(k: KvmCpuState): CpuState {
+  const { lapic, ...rest } = k;
+  return { ...rest, lapic: lapic.regs };
+}
+
 /** True when two CPUID tables hold the same leaves in the same order. */
 export function sameCpuid(a: abi.KvmCpuidEntry2[], b: abi.KvmCpuidEntry2[]): boolean {
   const key = (e: abi.KvmCpuidEntry2) =>
@@ -112,7 +173,7 @@ export interface KvmPlatform {
 
 /** KVM's chips as neutral platform state. */
 export function platformOf(k: KvmPlatform): PlatformState {
-  return { irqchip: k.irqchip, pit: k.pit as unknown as Record<string, unknown>, clock: k.clock };
+  return { irqchip: k.irqchip, pit: k.pit, clock: k.clock };
 }
 
 /** A saved irqchip union, cut or padded to the 512 bytes `KVM_SET_IRQCHIP` takes. */

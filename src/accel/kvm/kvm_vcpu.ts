@@ -9,17 +9,7 @@ import * as libc from "../../ffi/libc.ts";
 import { SyscallError } from "../../ffi/errors.ts";
 import type { AccelVcpu, WorkerSpec } from "../accel.ts";
 import type { CpuState } from "../cpu_state.ts";
-import {
-  kvmCpuidOf,
-  kvmDebugregsOf,
-  kvmEventsOf,
-  kvmLapicOf,
-  kvmMsrsOf,
-  kvmRegsOf,
-  kvmSregsOf,
-  kvmXcrsOf,
-  sameCpuid,
-} from "./kvm_state.ts";
+import { cpuStateOf, kvmStateOf, sameCpuid } from "./kvm_state.ts";
 
 /** What the KVM vCPU Worker is told (`VcpuInit.backend`). */
 export interface KvmWorkerInit {
@@ -129,19 +119,19 @@ export class KvmVcpu implements AccelVcpu {
   /** Every register file KVM holds for the vCPU, in the neutral form. */
   save(): CpuState {
     const f = this.#fd;
-    return {
+    return cpuStateOf({
       index: this.index,
       regs: f.getRegs(),
       sregs: f.getSregs(),
       xsave: f.getXsave(this.#xsaveSize),
       xcrs: f.getXcrs(),
       msrs: getMsrsTolerant(f, this.#msrIndices),
-      lapic: f.getLapic().regs,
+      lapic: f.getLapic(),
       events: f.getVcpuEvents(),
       mpState: f.getMpState(),
       debugregs: f.getDebugregs(),
       cpuid: this.#cpuid,
-    };
+    });
   }
 
   /**
@@ -150,22 +140,20 @@ export class KvmVcpu implements AccelVcpu {
    */
   load(s: CpuState): void {
     const f = this.#fd;
-    if (s.cpuid && s.cpuid.length > 0) {
-      const cpuid = kvmCpuidOf(s.cpuid);
-      if (!sameCpuid(cpuid, this.#cpuid)) {
-        f.setCpuid2(cpuid);
-        this.#cpuid = cpuid;
-      }
+    const k = kvmStateOf(s);
+    if (k.cpuid && k.cpuid.length > 0 && !sameCpuid(k.cpuid, this.#cpuid)) {
+      f.setCpuid2(k.cpuid);
+      this.#cpuid = k.cpuid;
     }
-    f.setMpState(s.mpState);
-    f.setRegs(kvmRegsOf(s.regs));
-    f.setSregs(kvmSregsOf(s.sregs));
-    if (s.xsave) f.setXsave(s.xsave);
-    if (s.xcrs) f.setXcrs(kvmXcrsOf(s.xcrs));
-    if (s.debugregs) f.setDebugregs(kvmDebugregsOf(s.debugregs));
-    f.setLapic(kvmLapicOf(s.lapic));
-    f.setMsrs(kvmMsrsOf(s.msrs));
-    if (s.events) f.setVcpuEvents(kvmEventsOf(s.events));
+    f.setMpState(k.mpState);
+    f.setRegs(k.regs);
+    f.setSregs(k.sregs);
+    if (k.xsave) f.setXsave(k.xsave);
+    if (k.xcrs) f.setXcrs(k.xcrs);
+    if (k.debugregs) f.setDebugregs(k.debugregs);
+    f.setLapic(k.lapic);
+    f.setMsrs(k.msrs);
+    if (k.events) f.setVcpuEvents(k.events);
   }
 
   /** Unmaps kvm_run and closes the fd (the Worker has stopped). */
