@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages dcres needs (as root), or says which apt-get line to run and fails.
+# With "emu": only what the emulated CPU needs (the demo on a host without /dev/kvm).
 set -euo pipefail
-pkgs=(linux-image-cloud-amd64 busybox-static gcc libc6-dev binutils libunicorn2 libunicorn-dev)
+emu_pkgs=(gcc libc6-dev libunicorn2 libunicorn-dev)
+if [ "${1:-}" = emu ]; then
+  pkgs=("${emu_pkgs[@]}")
+else
+  pkgs=(linux-image-cloud-amd64 busybox-static binutils "${emu_pkgs[@]}")
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

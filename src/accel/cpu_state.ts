@@ -205,6 +205,8 @@ export const LAPIC_PAGE_BYTES = 1024;
 
 /** LAPIC register offsets used by the emulated timer and the guests' boot code. */
 export const LAPIC_REG = {
+  /** Local APIC ID (bits 24-31). */
+  ID: 0x20,
   /** Spurious interrupt vector register. */
   SVR: 0xf0,
   /** LVT timer. */
@@ -220,6 +222,16 @@ export const LAPIC_REG = {
   /** Timer divide configuration. */
   TIMER_DIVIDE: 0x3e0,
 } as const;
+
+/** Writes the LAPIC ID register of `page` to name vCPU `index` (xAPIC: ID in bits 24-31). */
+export function withLapicId(page: Uint8Array, index: number): Uint8Array {
+  new DataView(page.buffer, page.byteOffset, page.byteLength).setUint32(
+    LAPIC_REG.ID,
+    index << 24,
+    true,
+  );
+  return page;
+}
 
 /** The APIC timer's input clock in the neutral form: 1 GHz, as KVM's. */
 export const LAPIC_BUS_HZ = 1_000_000_000;

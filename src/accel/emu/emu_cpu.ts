@@ -24,7 +24,13 @@ import {
   UnicornEngine,
   X86_REG as R,
 } from "../../ffi/unicorn.ts";
-import { type CpuState, LAPIC_PAGE_BYTES, MP_STATE, type Registers } from "../cpu_state.ts";
+import {
+  type CpuState,
+  LAPIC_PAGE_BYTES,
+  MP_STATE,
+  type Registers,
+  withLapicId,
+} from "../cpu_state.ts";
 import { segmentFlags, segmentFromFlags, segmentFromGdt } from "./descriptors.ts";
 import { LapicTimer } from "./lapic_timer.ts";
 
@@ -36,7 +42,7 @@ const IRETQ = new Uint8Array([0x48, 0xcf]);
 const NEVER = 0xffff_ffff_ffff_f000n;
 const RFLAGS_IF = 0x200n;
 const MSR_EFER = 0xc0000080;
-/** MSRs the emulated CPU saves: SYSENTER, PAT, SYSCALL targets and the FS/GS bases. */
+/** MSRs the emulated CPU saves: SYSENTER, PAT and the SYSCALL targets (FS/GS bases are in sregs). */
 const EMU_MSRS = [0x174, 0x175, 0x176, 0x277, 0xc0000081, 0xc0000082, 0xc0000083, 0xc0000084];
 const GPRS: Array<[keyof Registers, number]> = [
   ["rax", R.RAX],
@@ -274,7 +280,7 @@ export class EmuCpu {
         interrupt_bitmap: [0n, 0n, 0n, 0n],
       },
       msrs: EMU_MSRS.map((index) => ({ index, data: uc.msr(index) })),
-      lapic: this.#lapic.slice(),
+      lapic: withLapicId(this.#lapic.slice(), base?.index ?? 0),
       mpState: MP_STATE.RUNNABLE,
     };
   }

@@ -3,7 +3,7 @@
  * message, kicks through a shared word the shim reads, and saves from the snapshot the Worker leaves at park.
  */
 import type { AccelVcpu, WorkerSpec } from "../accel.ts";
-import { type CpuState, LAPIC_PAGE_BYTES, MP_STATE } from "../cpu_state.ts";
+import { type CpuState, LAPIC_PAGE_BYTES, MP_STATE, withLapicId } from "../cpu_state.ts";
 import { unusableSegment } from "./descriptors.ts";
 import { type EmuWorkerInit, readSnapshot, SNAPSHOT_BYTES } from "./snapshot.ts";
 
@@ -67,7 +67,7 @@ export function resetState(index: number): CpuState {
       interrupt_bitmap: [z, z, z, z],
     },
     msrs: [],
-    lapic: new Uint8Array(LAPIC_PAGE_BYTES),
+    lapic: withLapicId(new Uint8Array(LAPIC_PAGE_BYTES), index),
     mpState: MP_STATE.RUNNABLE,
   };
 }
