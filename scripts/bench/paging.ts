@@ -4,18 +4,21 @@
  * set, its write rate compared with the all-local run; fault latency of the 25% run; and a split
  * migration of the running VM against a plain one-host move of the same VM (checkpoint, then restore
  * on another agent: dcres has no other way to move a whole VM). Sizes: --mem, --ws (per vCPU),
- * --vcpus (default 512M, 384M, 1: a bigger VM spends minutes stamping its memory through paging
- * before it runs).
+ * --vcpus (default 512M, 384M, 1 on KVM: a bigger VM spends minutes stamping its memory through
+ * paging before it runs; 128M, 64M, 1 on the emulated CPU unless DCRES_BENCH_SIZE=full). The agents
+ * run their VMs on the accelerator this process would pick (`DCRES_ACCEL`, else auto).
  */
 import { parseSize } from "../../src/cli/units.ts";
 import type { VmInfo } from "../../src/vmm/control/protocol.ts";
 import { dataRegion } from "../../src/vmm/guests/memstamp/layout.ts";
 import { line } from "./stats.ts";
 import { BenchAgents } from "./agents.ts";
+import { BenchAccel } from "./accel.ts";
 
 const MiB = 1 << 20;
-const WINDOW_MS = 15_000;
-const WARMUP_MS = 20_000;
+const ba = BenchAccel.open();
+const WINDOW_MS = ba.pick({ full: 15_000, emu: 10_000 });
+const WARMUP_MS = ba.pick({ full: 20_000, emu: 15_000 });
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
 
 const agents = new BenchAgents("paging", 7431);
@@ -27,6 +30,9 @@ const info = (agent: string, name: string) => agents.info(agent, name);
 async function untilRunning(agent: string, name: string) {
   for (;;) {
     const v = await info(agent, name);
+    if (v.accel !== ba.kind) {
+      throw new Error(`${name} runs on ${v.accel}, not ${ba.kind}: is DCRES_ACCEL set alike?`);
+    }
     if (v.memstamp!.phase.every((p) => p >= 2)) return;
     await sleep(500);
   }
@@ -54,7 +60,8 @@ export async function benchPaging(args: string[]): Promise<unknown> {
     const i = args.indexOf(name);
     return i >= 0 ? args[i + 1] : dflt;
   };
-  const memText = flag("--mem", "512M"), wsText = flag("--ws", "384M");
+  const memText = flag("--mem", ba.pick({ full: "512M", emu: "128M" }));
+  const wsText = flag("--ws", ba.pick({ full: "384M", emu: "64M" }));
   const vcpus = Number(flag("--vcpus", "1"));
   const memSize = parseSize("--mem", memText), ws = parseSize("--ws", wsText);
   const pinned = dataRegion(memSize).baseGfn * 4096;
@@ -63,13 +70,15 @@ export async function benchPaging(args: string[]): Promise<unknown> {
   const vm = ["--mem", memText, "--ws", wsText, "--vcpus", String(vcpus), "--pattern", "random"];
   const mainMem = (frac: number) => `${Math.ceil((pinned + vcpus * ws * frac) / MiB) + 4}M`;
   console.log(
-    `dcres bench paging: memstamp ${memText}, ${vcpus} vCPU(s) each writing ${wsText} at random; main + ${subs.length} sub-hosts on loopback`,
+    `dcres bench paging: memstamp ${memText}, ${vcpus} vCPU(s) each writing ${wsText} at random; main + ${subs.length} sub-hosts on loopback; windows of ${
+      WINDOW_MS / 1000
+    } s; ${ba.describe()}`,
   );
   try {
     await dcres("--agent", main, "vm", "start", "--name", "local", ...vm);
     const local = await rate(main, "local");
     await dcres("--agent", main, "vm", "stop", "local");
-    line("all-local write rate (reference)", `${local.pagesPerSec.toFixed(0)} pages/s`);
+    line(ba.cpu("all-local write rate (reference)"), `${local.pagesPerSec.toFixed(0)} pages/s`);
     const splits: Array<
       { fraction: number; mainMem: string; pagesPerSec: number; paging: unknown }
     > = [];
@@ -93,14 +102,14 @@ export async function benchPaging(args: string[]): Promise<unknown> {
       await dcres("--agent", main, "vm", "stop", name);
       splits.push({ fraction, mainMem: mainMem(fraction), ...r });
       line(
-        `split, main-mem ${fraction * 100}% of the working set`,
+        ba.cpu(`split, main-mem ${fraction * 100}% of the working set`),
         `${r.pagesPerSec.toFixed(0)} pages/s`,
         { x: r.pagesPerSec / local.pagesPerSec, of: "all-local" },
       );
     }
     const lat = splits[0].paging as VmInfo["paging"];
-    line("fault latency p50 (main-mem 25%)", `${lat!.faultLatencyUs.p50} us`);
-    line("fault latency p99 (main-mem 25%)", `${lat!.faultLatencyUs.p99} us`, {
+    line(ba.cpu("fault latency p50 (main-mem 25%)"), `${lat!.faultLatencyUs.p50} us`);
+    line(ba.cpu("fault latency p99 (main-mem 25%)"), `${lat!.faultLatencyUs.p99} us`, {
       x: lat!.faultLatencyUs.p99 / lat!.faultLatencyUs.p50,
       of: "p50",
     });
@@ -134,16 +143,20 @@ export async function benchPaging(args: string[]): Promise<unknown> {
     await dcres("--agent", subs[0], "--json", "restore", ck.dir, "--name", "plain");
     const plainMs = performance.now() - t0;
     await dcres("--agent", subs[0], "vm", "stop", "plain");
-    line("plain one-host move (checkpoint + restore)", `${(plainMs / 1000).toFixed(1)} s`);
-    line("split migration (main-mem 25%)", `${(splitMs / 1000).toFixed(1)} s`, {
+    line(ba.cpu("plain one-host move (checkpoint + restore)"), `${(plainMs / 1000).toFixed(1)} s`);
+    line(ba.cpu("split migration (main-mem 25%)"), `${(splitMs / 1000).toFixed(1)} s`, {
       x: splitMs / plainMs,
       of: "plain move",
     });
-    line("split migration downtime", `${split.downtimeMs.toFixed(1)} ms`);
-    line("faults served remotely during it", String(split.remoteFaults));
+    line(ba.cpu("split migration downtime"), `${split.downtimeMs.toFixed(1)} ms`);
+    line(ba.cpu("faults served remotely during it"), String(split.remoteFaults));
     return {
       bench: "paging",
+      accel: ba.info,
       date: new Date().toISOString(),
+      windowMs: WINDOW_MS,
+      warmupMs: WARMUP_MS,
+      vcpus,
       memSize,
       workingSet: ws,
       localPagesPerSec: local.pagesPerSec,

@@ -2,7 +2,9 @@
  * QEMU reference for the checkpoint benchmark: a stopped QEMU guest whose RAM is filled from a file
  * of random bytes (`-device loader`), checkpointed with migrate-to-file over QMP (the way `virsh
  * save` does it: stopped VM, unlimited bandwidth, file made durable) and restored with `-incoming`.
- * The guest never runs its own code (-S), so PVM's slow guest kernel does not matter.
+ * The guest never runs its own code (-S), so PVM's slow guest kernel does not matter. QEMU runs on
+ * KVM (`-enable-kvm`) when dcres does, and on its own emulator (`-accel tcg`) when dcres runs on the
+ * emulated CPU, so the two peers share the CPU backend's kind.
  */
 
 const MiB = 1 << 20;
@@ -148,6 +150,10 @@ export type QemuReference =
     ok: true;
     /** QEMU version string. */
     version: string;
+    /** The accelerator QEMU ran on. */
+    accel: QemuAccel;
+    /** What that means for the comparison, for the report. */
+    accelNote: string;
     /** Migration URI used for the checkpoint. */
     uri: string;
     /** What QEMU said to a "file:" URI ("accepted" when it has that transport). */
@@ -178,6 +184,18 @@ export type QemuReference =
     restoreFrom: "disk" | "page cache";
   };
 
+/** QEMU's accelerator: KVM, or its own TCG emulator. */
+export type QemuAccel = "kvm" | "tcg";
+
+/** QEMU's command-line arguments and report note for `accel`. */
+function accelArgs(accel: QemuAccel): { args: string[]; note: string } {
+  return accel === "kvm" ? { args: ["-enable-kvm"], note: "-enable-kvm" } : {
+    args: ["-accel", "tcg"],
+    note: "-accel tcg (dcres runs on the emulated CPU, so the QEMU peer runs emulated too; " +
+      "its guest is held stopped by -S, so only the save and load paths are timed)",
+  };
+}
+
 /** QEMU's version line, or undefined when the binary is missing. */
 export function qemuVersion(): string | undefined {
   try {
@@ -198,16 +216,24 @@ export async function qemuReference(opts: {
   memMiB: number;
   fillFile: string;
   evict?: (path: string) => void;
+  /** The accelerator QEMU runs on (default kvm). */
+  accel?: QemuAccel;
 }): Promise<QemuReference> {
   const version = qemuVersion();
-  if (!version) return { ok: false, reason: `${QEMU} not found on PATH` };
+  if (!version) {
+    return {
+      ok: false,
+      reason: `${QEMU} not found on PATH (Debian: apt-get install -y qemu-system-x86)`,
+    };
+  }
+  const accel = accelArgs(opts.accel ?? "kvm");
   const fillBytes = Deno.statSync(opts.fillFile).size;
   if (fillBytes > opts.memMiB * MiB - MiB) {
     return { ok: false, reason: `fill file larger than guest RAM above 1 MiB` };
   }
   const file = `${opts.dir}/qemu.mig`;
   const done = `${file}.done`;
-  const base = ["-enable-kvm", "-m", String(opts.memMiB), "-nographic", "-nodefaults", "-S"];
+  const base = [...accel.args, "-m", String(opts.memMiB), "-nographic", "-nodefaults", "-S"];
   const sock1 = `${opts.dir}/qmp-src.sock`;
   const sock2 = `${opts.dir}/qmp-dst.sock`;
   let src: QemuProcess | undefined;
@@ -293,6 +319,8 @@ export async function qemuReference(opts: {
     return {
       ok: true,
       version,
+      accel: opts.accel ?? "kvm",
+      accelNote: accel.note,
       uri: uri.replaceAll(opts.dir, "$DIR"),
       fileUri,
       samplesChecked: SAMPLES,

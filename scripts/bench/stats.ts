@@ -11,11 +11,14 @@ export function ms(x: number): string {
   return `${x.toFixed(3)} ms`;
 }
 
+/** A ratio: two decimals, or two significant digits when it is below 0.1. */
+export function ratio(x: number): string {
+  return x !== 0 && Math.abs(x) < 0.1 ? x.toPrecision(2) : x.toFixed(2);
+}
+
 /** Prints one result line with its ratio to a reference. */
-export function line(label: string, value: string, ratio?: { x: number; of: string }): void {
+export function line(label: string, value: string, r?: { x: number; of: string }): void {
   console.log(
-    `${label.padEnd(44)} ${value.padStart(14)}${
-      ratio ? `   ${ratio.x.toFixed(2)}x ${ratio.of}` : ""
-    }`,
+    `${label.padEnd(52)} ${value.padStart(14)}${r ? `   ${ratio(r.x)}x ${r.of}` : ""}`,
   );
 }

@@ -1,11 +1,13 @@
 /**
  * Transport benchmark on loopback: bulk throughput over QUIC (one stream, several streams), over
  * TLS-over-TCP and over plain TCP, and the round trip of a 4 KiB page request on its own QUIC stream,
- * all in one run, with ratios to TLS/TCP.
+ * all in one run, with ratios to TLS/TCP. No guest runs, so no figure depends on the accelerator; the
+ * header and JSON still name the one this host's guests run on, as every benchmark's do.
  */
 import { initCa, issueHost, loadIdentity } from "../../src/net/identity.ts";
 import { ALPN } from "../../src/net/quic.ts";
 import { line, percentile } from "./stats.ts";
+import { BenchAccel } from "./accel.ts";
 
 const MiB = 1 << 20;
 const CHUNK = new Uint8Array(MiB);
@@ -186,7 +188,12 @@ export async function benchTransport(): Promise<unknown> {
   await issueHost({ caDir: `${d}/ca`, host: "bench", ips: ["127.0.0.1"], outDir: `${d}/id` });
   const i = loadIdentity(`${d}/id`);
   const id = { cert: i.certPem, key: i.keyPem, ca: i.caPem };
-  console.log("dcres bench transport: loopback, one process");
+  const ba = BenchAccel.open();
+  console.log(
+    `dcres bench transport: loopback, one process, no guest (this host's guests: ${
+      ba.describe(false)
+    }; the same sizes on every accelerator)`,
+  );
   const plain = await tcp(2048 * MiB);
   const tls = await tcp(1024 * MiB, id);
   const q = await quicSetup(id);
@@ -234,6 +241,8 @@ export async function benchTransport(): Promise<unknown> {
   Deno.removeSync(d, { recursive: true });
   return {
     bench: "transport",
+    accel: ba.info,
+    guestDependent: false,
     date: new Date().toISOString(),
     mibPerSec: { plainTcp: plain, tlsTcp: tls, quicOneStream: quic1, quicEightStreams: quic8 },
     pageRttUs: { p50, p99 },

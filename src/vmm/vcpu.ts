@@ -60,6 +60,11 @@ export class Vcpu implements Persist<CpuState> {
     return Atomics.load(this.#ctl, SLOT.EXITS) >>> 0;
   }
 
+  /** Port accesses forwarded to the VMM thread (claimed ports) so far (wrapping 32-bit). */
+  get forwarded(): number {
+    return Atomics.load(this.#ctl, SLOT.FORWARDED) >>> 0;
+  }
+
   /** Current loop state (see `RunState`). */
   get state(): number {
     return Atomics.load(this.#ctl, SLOT.STATE);
