@@ -3,6 +3,7 @@
  * ring-0 code emulated ~1000x slower) the kernel's own decompressor would take minutes, so this is
  * also the end-to-end check that the VMM loads the extracted vmlinux and enters it correctly.
  */
+import { skipIf } from "./helpers/accel.ts";
 import { assert } from "./helpers/assert.ts";
 import { findGuestKernel } from "../src/vmm/boot/initramfs.ts";
 import { Machine } from "../src/vmm/machine.ts";
@@ -20,9 +21,8 @@ function skipReason(): string | undefined {
   return undefined;
 }
 
-Deno.test("linux on KVM: the kernel prints its banner and command line within 90 s", async () => {
-  const why = skipReason();
-  if (why) return console.log(`skipped: ${why}`);
+const NAME = "linux on KVM: the kernel prints its banner and command line within 90 s";
+Deno.test({ name: NAME, ...skipIf(skipReason(), NAME) }, async () => {
   const kernel = findGuestKernel()!;
   const release = kernel.replace(/.*\/vmlinuz-/, "");
   const decoder = new TextDecoder();

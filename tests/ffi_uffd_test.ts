@@ -36,7 +36,7 @@ async function serve(
   return n;
 }
 
-Deno.test("userfaultfd MISSING: a KVM guest's first touches are served by COPY and ZEROPAGE and every page verifies", async () => {
+Deno.test("userfaultfd MISSING: a guest's first touches are served by COPY and ZEROPAGE and every page verifies", async () => {
   const memSize = 16 * MiB;
   const { vm, ctl } = memstampVm(memSize);
   const uffd = Userfaultfd.open(0n);
@@ -105,7 +105,7 @@ Deno.test("userfaultfd WP: a write to a write-protected page blocks until the ha
   }
 });
 
-Deno.test("userfaultfd WP: a KVM guest's writes to protected pages fault, are unprotected, and every page still verifies", async () => {
+Deno.test("userfaultfd WP: a guest's writes to protected pages fault, are unprotected, and every page still verifies", async () => {
   const memSize = 16 * MiB;
   const { vm, ctl } = memstampVm(memSize);
   const uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM);

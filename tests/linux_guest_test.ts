@@ -3,6 +3,7 @@
  * (guest kernel code emulated ~1000x slower) it cannot get there in minutes, so these tests run only
  * where /sys/module/kvm_pvm is absent and say why they were skipped otherwise.
  */
+import { skipIf } from "./helpers/accel.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres, tempStateDir } from "./helpers/cli.ts";
 import { buildInitramfs, findGuestKernel } from "../src/vmm/boot/initramfs.ts";
@@ -24,15 +25,21 @@ function skipReason(): string | undefined {
   return undefined;
 }
 
+const SKIP = skipReason();
+
 async function initrdFile(): Promise<string> {
   const path = Deno.makeTempFileSync({ suffix: ".cpio.gz" });
   Deno.writeFileSync(path, await buildInitramfs());
   return path;
 }
 
-Deno.test("linux: --exec runs a command in the guest shell and returns its output and status", async () => {
-  const why = skipReason();
-  if (why) return console.log(`skipped: ${why}`);
+Deno.test({
+  name: "linux: --exec runs a command in the guest shell and returns its output and status",
+  ...skipIf(
+    SKIP,
+    "linux: --exec runs a command in the guest shell and returns its output and status",
+  ),
+}, async () => {
   const initrd = await initrdFile();
   const r = await dcres([
     "--state-dir",
@@ -54,9 +61,14 @@ Deno.test("linux: --exec runs a command in the guest shell and returns its outpu
   assert(kb > 400 * 1024 && kb <= 512 * 1024, `MemTotal ${kb} kB is close to 512 MiB`);
 });
 
-Deno.test("linux: a guest captured and restored into a new VM keeps answering and its clock does not jump", async () => {
-  const why = skipReason();
-  if (why) return console.log(`skipped: ${why}`);
+Deno.test({
+  name:
+    "linux: a guest captured and restored into a new VM keeps answering and its clock does not jump",
+  ...skipIf(
+    SKIP,
+    "linux: a guest captured and restored into a new VM keeps answering and its clock does not jump",
+  ),
+}, async () => {
   const initrd = await initrdFile();
   const spec = {
     name: "lx",
@@ -92,9 +104,14 @@ Deno.test("linux: a guest captured and restored into a new VM keeps answering an
   }
 });
 
-Deno.test("linux: in each mode a checkpoint restores (eager and lazy) a guest whose tmpfs file and counter carry on", async () => {
-  const why = skipReason();
-  if (why) return console.log(`skipped: ${why}`);
+Deno.test({
+  name:
+    "linux: in each mode a checkpoint restores (eager and lazy) a guest whose tmpfs file and counter carry on",
+  ...skipIf(
+    SKIP,
+    "linux: in each mode a checkpoint restores (eager and lazy) a guest whose tmpfs file and counter carry on",
+  ),
+}, async () => {
   const { DirtyTracker } = await import("../src/memory/dirty_tracker.ts");
   const { takeCheckpoint } = await import("../src/ckpt/save.ts");
   const { restoreCheckpoint } = await import("../src/ckpt/restore.ts");
