@@ -6,6 +6,7 @@
  * KVM (`-enable-kvm`) when dcres does, and on its own emulator (`-accel tcg`) when dcres runs on the
  * emulated CPU, so the two peers share the CPU backend's kind.
  */
+import { existsSync } from "node:fs";
 
 const MiB = 1 << 20;
 const QEMU = "qemu-system-x86_64";
@@ -280,7 +281,7 @@ export async function qemuReference(opts: {
       return { ok: false, reason: `migration ${info.status}: ${info["error-desc"] ?? ""}` };
     }
     if (uri.startsWith("exec:")) {
-      while (!exists(done)) await sleep(1);
+      while (!existsSync(done)) await sleep(1);
     }
     const f = Deno.openSync(file, { read: true, write: true });
     f.syncDataSync();
@@ -385,14 +386,5 @@ async function checkSamples(
     return undefined;
   } finally {
     f.close();
-  }
-}
-
-function exists(p: string): boolean {
-  try {
-    Deno.statSync(p);
-    return true;
-  } catch {
-    return false;
   }
 }

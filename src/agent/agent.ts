@@ -3,6 +3,7 @@
  * a unix socket for the local CLI, VMs as their own `dcres vmm` processes in its data directory
  * (so a restarted agent finds them again), and the host's checkpoint store.
  */
+import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
@@ -316,7 +317,7 @@ export function checkpointPath(
 ): string {
   const root = join(cfg.dataDir, "ckpt");
   const path = resolve(root, arg);
-  if (!/^[0-9a-f]{8,32}$/.test(arg) || exists(path)) return path;
+  if (!/^[0-9a-f]{8,32}$/.test(arg) || existsSync(path)) return path;
   const hits: Array<{ store: string; dir: string }> = [];
   for (const e of safeReadDir(root)) {
     if (!e.isDirectory) continue;
@@ -334,15 +335,6 @@ export function checkpointPath(
     throw new RpcError("bad-request", `checkpoint id ${arg} is ambiguous here; give more digits`);
   }
   return want === "store" ? hits[0].store : hits[0].dir;
-}
-
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Validates the `split` argument of vm.start. */

@@ -2,6 +2,7 @@
  * Builds the emulated CPU's C shim once per host with the system's gcc, into a root-only cache
  * directory, named by a hash of its source so an upgraded dcres never loads a stale one.
  */
+import { existsSync } from "node:fs";
 import { createHash } from "node:crypto";
 import { AccelUnavailableError } from "../accel.ts";
 
@@ -25,15 +26,6 @@ function removeQuietly(path: string): void {
   }
 }
 
-function exists(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** The path of the built shim, building it first if needed; one-line errors name the package. */
 export function ensureEmuShim(): string {
   const source = Deno.readFileSync(SOURCE);
@@ -41,8 +33,8 @@ export function ensureEmuShim(): string {
   const path = `${dir}/libdcres_emu-${
     createHash("sha256").update(source).digest("hex").slice(0, 16)
   }.so`;
-  if (exists(path)) return path;
-  if (!exists(HEADER)) {
+  if (existsSync(path)) return path;
+  if (!existsSync(HEADER)) {
     throw new AccelUnavailableError(
       `the emulated CPU's shim needs ${HEADER}; install Debian's libunicorn-dev (apt-get install libunicorn-dev), or run scripts/ensure-packages.sh`,
     );
