@@ -3,7 +3,8 @@
  * 2-vCPU memstamp guest with its timer running. The restored memory is compared page by page with
  * the memory at the consistency point, and the guest then verifies itself and keeps running.
  */
-import { perAccel } from "./helpers/accel.ts";
+import { noKvmReason, perAccel, skipIf } from "./helpers/accel.ts";
+import { openAccelerator } from "../src/accel/select.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
 import { DirtyTracker } from "../src/memory/dirty_tracker.ts";
@@ -260,5 +261,52 @@ Deno.test("an incremental checkpoint after guest verify keeps the new command se
     }
   } finally {
     Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+const CROSS = "a checkpoint taken on one accelerator restores on the other, each way, and verifies";
+Deno.test({ name: CROSS, ...skipIf(noKvmReason, CROSS) }, async () => {
+  const kvm = openAccelerator("kvm"), emu = openAccelerator("emu");
+  for (const [from, to] of [[emu, kvm], [kvm, emu]]) {
+    const spec: MachineSpec = {
+      name: `cross-${from.kind}`,
+      guest: "memstamp",
+      memSize: 64 * MiB,
+      vcpus: 2,
+      memstamp: { pattern: "random", timerHz: HZ, workingSet: 4 * MiB },
+    };
+    const m = await Machine.create(spec, noIo, from);
+    const tracker = new DirtyTracker(m.vm.memory.pages, () => m.vm.dirtyBitmap());
+    const dir = Deno.makeTempDirSync({ prefix: "dcres-cross-" });
+    let ticksAtPoint!: bigint[];
+    try {
+      await m.vm.start();
+      await m.memstamp!.waitStamped(180_000);
+      await takeCheckpoint(m, tracker, {
+        dir,
+        mode: "stop",
+        incremental: false,
+        compress: false,
+        maxDowntimeMs: 50,
+        onConsistencyPoint: () => (ticksAtPoint = m.memstamp!.statuses().map((s) => s.ticks)),
+      });
+    } finally {
+      await m.vm.stop();
+    }
+    const r = restoreCheckpoint({ path: dir, lazy: false, io: noIo, accel: to });
+    try {
+      assertEquals(r.machine.vm.accelKind, to.kind);
+      await r.machine.vm.start();
+      await sleep(500);
+      const v = await r.machine.memstamp!.verify();
+      assert(v.ok, `${from.kind} -> ${to.kind}: ${JSON.stringify(v.bad, (_, x) => `${x}`)}`);
+      r.machine.memstamp!.statuses().forEach((s, i) =>
+        assert(s.ticks > ticksAtPoint[i], `${from.kind} -> ${to.kind}: vCPU ${i} ticks continue`)
+      );
+    } finally {
+      await r.machine.vm.stop();
+      r.checkpoint.close();
+      Deno.removeSync(dir, { recursive: true });
+    }
   }
 });
