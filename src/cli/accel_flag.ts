@@ -36,9 +36,12 @@ export function vmmAccelArgs(accel: Accelerator | AccelChoice): string[] {
   return ["--accel", typeof accel === "string" ? accel : accel.kind];
 }
 
-/** Says on stderr when guest kernel-mode code runs slowly here (PVM, the emulated CPU). */
+/**
+ * Says on stderr when guest kernel-mode code runs slowly under KVM here (PVM). The emulated CPU
+ * runs all guest code emulated and `auto` already said it chose it, so it gets no second note.
+ */
 export function noteSlowGuestKernel(accel: Accelerator, say = (s: string) => console.error(s)) {
-  if (accel.capabilities.fastGuestKernel) return;
+  if (accel.capabilities.fastGuestKernel || accel.kind !== "kvm") return;
   say(
     `note: guests here run on ${accel.capabilities.description}: guest kernel-mode code is slow (memstamp keeps its workload in ring 3)`,
   );
