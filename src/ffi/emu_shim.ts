@@ -17,6 +17,8 @@ const SYMBOLS = {
   dcres_emu_vm_alloc: { parameters: ["pointer", "u64"], result: "pointer" },
   dcres_emu_vm_free: { parameters: ["pointer"], result: "void" },
   dcres_emu_before_write: { parameters: ["pointer", "u64", "u64"], result: "void" },
+  dcres_emu_after_write: { parameters: ["pointer", "u64", "u64"], result: "void" },
+  dcres_emu_settle: { parameters: ["pointer"], result: "void" },
   dcres_emu_dirty_harvest: { parameters: ["pointer", "buffer"], result: "u64" },
   dcres_emu_cow_begin: { parameters: ["pointer", "buffer"], result: "pointer" },
   dcres_emu_cow_claim: { parameters: ["pointer", "buffer", "u64", "buffer"], result: "void" },

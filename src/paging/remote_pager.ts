@@ -417,26 +417,70 @@ export class RemotePager {
     t0: number,
   ): Promise<SplitReport> {
     const tracker = this.tracker;
-    let todo = out, rounds = 0, sent = 0;
-    for (;;) {
-      rounds++;
+    // Every read of the dirty log counts, whoever makes it: a read whose bits were dropped once let
+    // a page written between two rounds leave with the contents of the round before (stale).
+    const written = new Uint8Array(Math.ceil(this.mem.pages / 64) * 8);
+    const chained = tracker.onSample;
+    tracker.onSample = (bits) => {
+      for (let i = 0; i < bits.length; i++) written[i] |= bits[i];
+      chained?.(bits);
+    };
+    const takeWritten = () => {
       tracker.sample();
-      await this.copyOut(todo);
-      sent += todo.length;
-      const dirty = tracker.sample();
-      const before = todo.length;
-      todo = out.filter((g) => dirty[g >> 3] & (1 << (g & 7)));
-      // Stop when few are left, or when the guest dirties them as fast as they are sent.
-      if (todo.length <= FINAL_PAGES || rounds >= MAX_ROUNDS || todo.length > before / 2) break;
+      const bits = written.slice();
+      written.fill(0);
+      return bits;
+    };
+    let todo = out, rounds = 0, sent = 0;
+    let rewritten: number[];
+    let handed = 0;
+    let pauseAt: number;
+    try {
+      takeWritten();
+      for (;;) {
+        rounds++;
+        await this.copyOut(todo);
+        sent += todo.length;
+        const dirty = takeWritten();
+        const before = todo.length;
+        todo = out.filter((g) => dirty[g >> 3] & (1 << (g & 7)));
+        // Stop when few are left, or when the guest dirties them as fast as they are sent.
+        if (todo.length <= FINAL_PAGES || rounds >= MAX_ROUNDS || todo.length > before / 2) break;
+      }
+      // Switchover: what the guest wrote since it was sent is hot, so it stays on main (the budget
+      // loop pages out the coldest later); everything else now belongs to its sub-host.
+      pauseAt = performance.now();
+      await this.vm.pause();
+      ({ rewritten, handed } = this.switchOver(out, zero, todo, takeWritten()));
+    } finally {
+      tracker.onSample = chained;
     }
-    // Switchover: what the guest wrote since it was sent is hot, so it stays on main (the budget
-    // loop pages out the coldest later); everything else now belongs to its sub-host.
-    const pauseAt = performance.now();
-    await this.vm.pause();
+    const downtimeMs = performance.now() - pauseAt;
+    for (const [host, gfns] of this.byHome(rewritten)) this.queueRelease(host, gfns);
+    return {
+      ms: performance.now() - t0,
+      downtimeMs,
+      rounds,
+      pagesSent: sent,
+      handedOver: handed,
+      keptOnMain: this.ownership.counts()[MAIN],
+      remoteFaults: this.counters.faults,
+    };
+  }
+
+  /**
+   * The paused switchover of a split migration: sent pages the guest wrote since (`dirty`) and
+   * written zero pages stay on main; the rest now belong to their sub-hosts. Resumes the VM.
+   */
+  private switchOver(
+    out: number[],
+    zero: number[],
+    todo: number[],
+    dirty: Uint8Array,
+  ): { rewritten: number[]; handed: number } {
     let rewritten: number[];
     let handed = 0;
     try {
-      const dirty = tracker.sample();
       const present = presentPages(this.mem);
       const stay = new Set(todo);
       for (const g of out) if (dirty[g >> 3] & (1 << (g & 7))) stay.add(g);
@@ -456,17 +500,7 @@ export class RemotePager {
     } finally {
       this.vm.resume();
     }
-    const downtimeMs = performance.now() - pauseAt;
-    for (const [host, gfns] of this.byHome(rewritten)) this.queueRelease(host, gfns);
-    return {
-      ms: performance.now() - t0,
-      downtimeMs,
-      rounds,
-      pagesSent: sent,
-      handedOver: handed,
-      keptOnMain: this.ownership.counts()[MAIN],
-      remoteFaults: this.counters.faults,
-    };
+    return { rewritten, handed };
   }
 
   /** `gfns` grouped by sub-host (`hostOf`, by default their home). */

@@ -175,6 +175,8 @@ export class EmuCpu {
     this.#shim.dcres_emu_before_write(this.#vm, BigInt(first), BigInt(last - first + 1));
     const dv = new DataView(this.#ram.buffer, this.#ram.byteOffset + a, words.length * 8);
     words.forEach((w, i) => dv.setBigUint64(i * 8, BigInt.asUintN(64, w), true));
+    // Marked again now that the words landed: a harvest in between took the first mark.
+    this.#shim.dcres_emu_after_write(this.#vm, BigInt(first), BigInt(last - first + 1));
   }
 
   #setSystem(s: CpuState): void {
@@ -341,6 +343,7 @@ export class EmuCpu {
     this.#shim.dcres_emu_set_deadline(this.#v, deadline);
     const start = uc.reg(R.RIP);
     const err = uc.start(start, NEVER);
+    this.#shim.dcres_emu_settle(this.#v);
     const exit = this.#shim.dcres_emu_take_exit(this.#v);
     if (exit === EMU_EXIT.EXCEPTION) {
       const vector = this.#shim.dcres_emu_exit_vector(this.#v);

@@ -70,6 +70,9 @@ struct dcres_vcpu {
   uint64_t ram_size;
   dcres_io_cb io;
   uc_hook h_block, h_write, h_in, h_out, h_intr;
+  /* The pages of the last store, marked dirty again once it has landed (see settle). */
+  uint64_t stored_first, stored_last;
+  int stored;
   uint8_t lapic[LAPIC_BYTES];
   uint8_t claimed[PORTS];
 };
@@ -85,10 +88,25 @@ static void stop_with(uc_engine *uc, struct dcres_vcpu *v, uint32_t reason) {
   uc_emu_stop(uc);
 }
 
+/*
+ * Unicorn calls the store hook before the store lands. A harvest between the hook's dirty mark and
+ * the store would take the mark and let the VMM copy the old contents, and nothing would mark the
+ * page again: a precopy round or a split migration would keep a stale page. So the pages of each
+ * store are marked again once it has landed: at the next store, the next block, or the end of a run.
+ */
+static void settle(struct dcres_vcpu *v) {
+  if (!v->stored) return;
+  v->stored = 0;
+  for (uint64_t g = v->stored_first; g <= v->stored_last; g++) {
+    __atomic_store_n(&v->vm->dirty[g], 1, __ATOMIC_RELEASE);
+  }
+}
+
 static void on_block(uc_engine *uc, uint64_t address, uint32_t size, void *user) {
   struct dcres_vcpu *v = user;
   (void)address;
   (void)size;
+  settle(v);
   if (__atomic_load_n(v->kick, __ATOMIC_ACQUIRE)) {
     stop_with(uc, v, EXIT_KICK);
   } else if (v->pending & PENDING_LAPIC) {
@@ -146,7 +164,14 @@ static void on_write(uc_engine *uc, uc_mem_type type, uint64_t address, int size
   (void)type;
   (void)value;
   if (address >= v->ram_size) return;
-  before_write(v->vm, address >> 12, (address + (uint64_t)(size > 0 ? size - 1 : 0)) >> 12);
+  settle(v);
+  uint64_t first = address >> 12;
+  uint64_t last = (address + (uint64_t)(size > 0 ? size - 1 : 0)) >> 12;
+  if (last >= v->vm->pages) last = v->vm->pages - 1;
+  before_write(v->vm, first, last);
+  v->stored_first = first;
+  v->stored_last = last;
+  v->stored = 1;
 }
 
 static uint32_t on_in(uc_engine *uc, uint32_t port, int size, void *user) {
@@ -213,6 +238,9 @@ void dcres_emu_detach(struct dcres_vcpu *v) { free(v); }
 /* Sets the timer deadline in dcres_emu_now_ns() time; 0 disables it. */
 void dcres_emu_set_deadline(struct dcres_vcpu *v, uint64_t ns) { v->deadline_ns = ns; }
 
+/* After a run: the last store has landed, mark its pages again (see settle). */
+void dcres_emu_settle(struct dcres_vcpu *v) { settle(v); }
+
 /* The reason of the last stop (EXIT_*), and clears it. */
 uint32_t dcres_emu_take_exit(struct dcres_vcpu *v) {
   uint32_t r = v->exit_reason;
@@ -241,6 +269,13 @@ void dcres_emu_vm_free(struct dcres_vm *vm) { free(vm); }
 /* Before the emulator itself writes guest pages [first, first+count): dirty, and cow first. */
 void dcres_emu_before_write(struct dcres_vm *vm, uint64_t first, uint64_t count) {
   if (count) before_write(vm, first, first + count - 1);
+}
+
+/* After the emulator itself wrote guest pages [first, first+count): dirty again (see settle). */
+void dcres_emu_after_write(struct dcres_vm *vm, uint64_t first, uint64_t count) {
+  for (uint64_t g = first; g < first + count && g < vm->pages; g++) {
+    __atomic_store_n(&vm->dirty[g], 1, __ATOMIC_RELEASE);
+  }
 }
 
 /* ORs the written pages into `bitmap` (bit per page, KVM's layout) and clears them; the count. */
