@@ -653,6 +653,28 @@ function steps(words: string): Step[] {
 const ONE_SUB = { pages: 8, subs: 1, before: [], between: [], gen2: null };
 /** Page 0 on sub-host 1, the others on main. */
 const ZERO_ON_SUB = [1, ...new Array(23).fill(MAIN)];
+/** Pages 0 and 1 on sub-host 1 (with two sub-hosts too), the others on main. */
+const TWO_ON_SUB = [1, 1, ...new Array(22).fill(MAIN)];
+
+/**
+ * Issue 12's interleaving (precopy, one sub-host, 8 pages), whose words are this file's steps:
+ * `claim:h` main claims a round for host h, `in:i` / `out:i` start a page-in / page-out of the i-th
+ * eligible page (0: page 0 whenever it is eligible), `end:i` completes the i-th move whose source
+ * let go, `request:i` a sub-host receives the i-th request sent (SubSaver.save), `io:s` sub-host
+ * 1+s's oldest fragment write completes, `report:i` the i-th answer reaches the ledger. The issue
+ * names only page 0 on the sub-host; with page 0 alone there the request (4th step) finds it away
+ * and answers at once (every step settles the promises it starts), so these steps pass even on the
+ * code the issue is about. Page 1 starts there too: the request names it as well, and its write
+ * (completed by the first `io:0`) keeps the request under way while page 0 is paged out back, so
+ * page 0 stays owed (the issue's point 2; the `report:0` before lands main's copy of page 0, made
+ * as it was paged out, which the sample voids later). Then as the issue tells it: page 0 is saved on
+ * its way out (`in:0 io:0 end:0`), written on main and paged out, its dirty bit sampled (of the two
+ * `report:0` after, one lands the first answer and one finds none); the next round names page 0,
+ * and the old saver answered with the copy made on the way out, which the ledger took under the new
+ * ticket: page 0 restored as 0 where the point had 1.
+ */
+const ISSUE_12 = `claim:1 in:0 end:0 request:0 out:0 end:0 report:0 io:0 in:0 io:0 end:0
+  write:0 out:0 end:0 sample report:0 report:0 claim:1 request:0 report:0`;
 
 /**
  * Interleavings too long for random search to hit reliably, run first in every property. Each one
@@ -661,14 +683,57 @@ const ZERO_ON_SUB = [1, ...new Array(23).fill(MAIN)];
 const EXAMPLES: Record<Mode, Scenario[]> = {
   stop: [],
   precopy: [
-    // A save request races a page-in; the page comes back and leaves again (saved on its way out,
-    // as still owed), is written on main and comes back; a later request for it, also raced by a
-    // page-in, must not report the copy made on the way out.
+    // Two save requests, each raced by a page-in (it finds page 0 gone and answers without it),
+    // between writes and page-outs that main saves before the page leaves (rule 2).
     {
       ...ONE_SUB,
       holders: new Array(24).fill(MAIN),
       gen1: steps(`out end claim:1 in end request report write sample
         out end in io end write sample out end claim:1 in end request report report report report`),
+    },
+    // Issue 12: a copy made on the way out, before a request, answers that request (ISSUE_12).
+    { ...ONE_SUB, holders: TWO_ON_SUB, gen1: steps(ISSUE_12) },
+    // Its siblings, each failing the same code. Re-claimed by the last round: the same up to the
+    // page-out after the write; the pause samples its bit and the round after it names page 0.
+    {
+      ...ONE_SUB,
+      holders: TWO_ON_SUB,
+      gen1: steps(`claim:1 in:0 end:0 request:0 out:0 end:0 report:0 io:0 in:0 io:0 end:0
+        write:0 out:0 end:0`),
+    },
+    // Re-claimed, and paged in before the request reaches the sub-host: the answer names page 0,
+    // gone and not saved again (also with a saver that owes it afresh but keeps it among the pages
+    // saved on their way out).
+    {
+      ...ONE_SUB,
+      holders: TWO_ON_SUB,
+      gen1: steps(`claim:1 in:0 end:0 request:0 out:0 end:0 report:0 io:0 in:0 io:0 end:0
+        write:0 out:0 end:0 sample report:0 report:0 claim:1 in:0 end:0 request:0 report:0`),
+    },
+    // Re-saved: the bit is sampled before the page-out, so main saves page 0 as it leaves (rule 2)
+    // and that copy holds, until the sub-host's answer with the old copy replaces it.
+    {
+      ...ONE_SUB,
+      holders: TWO_ON_SUB,
+      gen1: steps(`claim:1 in:0 end:0 request:0 out:0 end:0 report:0 io:0 in:0 io:0 end:0
+        write:0 sample out:0 end:0 claim:1 report:0 report:0 request:0`),
+    },
+    // Over two sub-hosts: page 0 is saved on its way to sub-host 2, paged in from there, written,
+    // and paged out to sub-host 1, whose next round names it.
+    {
+      ...ONE_SUB,
+      subs: 2,
+      holders: TWO_ON_SUB,
+      gen1: steps(`claim:1 in:0 end:0 request:0 out:0 end:0 report:0 io:0 across:0 io:0 end:0
+        in:0 end:0 write:0 out:0 end:0 sample report:0 report:0 claim:1 request:0 report:0`),
+    },
+    // ... or the request is raced by a move to sub-host 2 and back, never through main.
+    {
+      ...ONE_SUB,
+      subs: 2,
+      holders: TWO_ON_SUB,
+      gen1: steps(`claim:1 across:0 end:0 request:0 across:0 end:0 io:0 report:0 in:0 io:0 end:0
+        write:0 out:0 end:0 sample claim:1 request:0 report:0 report:0`),
     },
   ],
   cow: [
@@ -700,6 +765,44 @@ for (const mode of ["stop", "precopy", "cow"] as const) {
     );
   }
 }
+
+/**
+ * A targeted search of issue 12's family: runs of steps that make page 0 leave its sub-host and
+ * come back while a save request naming it is under way, leave saved on its way out, and be
+ * written on main and paged out again, over pages 0 and 1 on sub-host 1 (page 2 on sub-host 2).
+ * On the code before the fix it found a stale page with 30 seeds of 30, within 3400 runs.
+ */
+const AROUND_REQUESTS: Step[][] = [
+  "claim:1",
+  "claim:2",
+  "request",
+  "report",
+  "io:0",
+  "io:1",
+  "sample",
+  "write:0",
+  "in:0 end",
+  "out:0 end",
+  "in:0 io:0 io:1 end", // leaves, saved on its way out if owed
+  "across:0 io:0 io:1 end", // the same, towards the other sub-host
+  "in:0 end request out end", // leaves and returns within one request
+].map(steps);
+
+const AROUND_RUNS = 4000;
+
+Deno.test(
+  "precopy: pages leaving and returning around save requests restore exactly the memory at the consistency point",
+  async () => {
+    const arb = fc.record({
+      subs: fc.integer({ min: 1, max: 2 }),
+      gen1: fc.array(fc.constantFrom(...AROUND_REQUESTS), { maxLength: 30, size: "max" })
+        .map((runs) => runs.flat()),
+    }).map((x): Scenario => ({ ...ONE_SUB, pages: 4, holders: [1, 1, 2, MAIN], ...x }));
+    await fc.assert(fc.asyncProperty(arb, (sc) => runScenario(sc, "precopy")), {
+      numRuns: AROUND_RUNS,
+    });
+  },
+);
 
 /** Each rule, the mode it matters in, and the step mix that makes its bug likely. */
 const PLANTED: { rule: keyof LedgerRules; mode: Mode; bias: Bias; what: string }[] = [

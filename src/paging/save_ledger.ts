@@ -168,7 +168,9 @@ export class SaveLedger {
    * Sub-host `host` answered a save request for `asked` (stamps `ticket`) with `saved`, which may
    * include pages it saved on their way out since its last answer: those count only after a
    * copy-on-write point (before it, main has no ticket for them and saves them where they are).
-   * Returns the pages whose copies now stand.
+   * Before the point `ticket` judges an asked page's copy only if the sub-host read the page after
+   * it received this request (SubSaver owes every page a request names afresh): a copy made before,
+   * on the page's way out, may be older than the ticket. Returns the pages whose copies now stand.
    */
   reported(host: number, asked: ArrayLike<number>, ticket: Uint32Array, saved: number[]): number[] {
     const at = new Map<number, number>();

@@ -22,6 +22,8 @@ export class SubSaver {
   /** Saved before they left and not reported by `save` yet. */
   private readonly leftSaved = new Set<number>();
   private chain: Promise<unknown> = Promise.resolve();
+  /** Past a copy-on-write consistency point (main sent its list). */
+  private frozen = false;
 
   constructor(
     private readonly io: SubSaverIo,
@@ -41,12 +43,28 @@ export class SubSaver {
     return p;
   }
 
-  /** Registers `gfns` as owed (main's list at a consistency point, or for a round). */
+  /**
+   * Main's list at a copy-on-write consistency point: `gfns` are owed, and from now on every copy
+   * this host makes holds.
+   */
   owe(gfns: Iterable<number>): void {
+    this.need(gfns);
+    this.frozen = true;
+  }
+
+  /**
+   * Registers `gfns` as owed, for main's request or its list at the point. Before a copy-on-write
+   * point a copy made before the request arrived does not answer it: main's ticket for the request
+   * may be newer than that copy (the page left, was written on main and came back), so the page is
+   * saved again, and not reported if it is gone. After the point every copy made since holds (the
+   * ledger keeps the first), so a page saved since, on its way out or for an earlier request, is
+   * not saved again: that would put contents written after the point in the fragment.
+   */
+  private need(gfns: Iterable<number>): void {
     for (const g of gfns) {
-      // Saved on its way out since the last report: that copy stands.
-      if (this.leftSaved.has(g)) continue;
+      if (this.frozen && this.done.has(g)) continue;
       this.done.delete(g);
+      this.leftSaved.delete(g);
       this.owed.add(g);
     }
   }
@@ -78,7 +96,7 @@ export class SubSaver {
    * raced with its page-in) is owed no more: main saves it where it is now.
    */
   async save(gfns: number[]): Promise<number[]> {
-    this.owe(gfns);
+    this.need(gfns);
     for (let i = 0; i < gfns.length; i += BATCH) await this.saveNow(gfns.slice(i, i + BATCH));
     for (const g of gfns) if (this.owed.has(g) && !this.io.holds(g)) this.owed.delete(g);
     const out = new Set(gfns.filter((g) => this.done.has(g)));
