@@ -982,6 +982,13 @@ Deno.test("a 1.1 manifest (before machine.vm.accel) is read by this 1.2 dcres as
   assertEquals(m.machine.vm.clock, old.machine.vm.clock);
 });
 
+Deno.test("a checksummed manifest naming an unknown accelerator is refused naming the field", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const vm = { ...m.machine.vm, accel: "xen\nforged line" };
+  const bytes = manifestWithBody(encodeCbor({ ...m, machine: { ...m.machine, vm } }));
+  assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, "machine.vm.accel");
+});
+
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */
 function manifestWithBody(body: Uint8Array): Uint8Array {
   const bytes = new Uint8Array(MANIFEST_HEADER + body.length + 12);

@@ -1,3 +1,4 @@
+import { skipIf } from "./helpers/accel.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres, tempStateDir } from "./helpers/cli.ts";
 
@@ -64,17 +65,22 @@ Deno.test("the linux guest on the emulated CPU is refused in one line naming the
   );
 });
 
-Deno.test("no permission on /dev/kvm says to run as root or join the kvm group", async () => {
-  if (Deno.uid() !== 0) {
-    console.log("skipped: needs root to drop to an unprivileged user");
-    return;
-  }
+/** Why the permission test cannot run here, or undefined. */
+function noPermissionTestReason(): string | undefined {
+  if (Deno.uid() !== 0) return "needs root to drop to an unprivileged user";
   try {
     Deno.statSync("/dev/kvm");
   } catch {
-    console.log("skipped: no /dev/kvm here to be refused");
-    return;
+    return "no /dev/kvm here to be refused";
   }
+  return undefined;
+}
+
+const NO_PERMISSION = "no permission on /dev/kvm says to run as root or join the kvm group";
+Deno.test({
+  name: NO_PERMISSION,
+  ...skipIf(noPermissionTestReason(), NO_PERMISSION),
+}, async () => {
   // The check runs as nobody, down the path `--accel kvm` takes (accelChoice, openAccelerator);
   // that path imports no npm package, so it needs no npm cache.
   const select = new URL("../src/accel/select.ts", import.meta.url).href;

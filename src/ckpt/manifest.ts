@@ -3,6 +3,7 @@
  * fragment holds each page), CBOR-encoded between a versioned header and a CRC-32 trailer. It is the
  * commit point: written to MANIFEST.tmp, fsynced, renamed to MANIFEST, directory fsynced.
  */
+import { ACCEL_KINDS } from "../accel/accel.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
 import * as libc from "../ffi/libc.ts";
 import type { MachineState } from "../vmm/machine.ts";
@@ -174,6 +175,9 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   }
   // Manifests before 1.2 name no accelerator: they were all taken on KVM.
   m.machine.vm.accel ??= "kvm";
+  if (!(ACCEL_KINDS as readonly unknown[]).includes(m.machine.vm.accel)) {
+    bad(HEADER, `field "machine.vm.accel" is not one of ${ACCEL_KINDS.join(", ")}`);
+  }
   for (let i = 0; i < m.pageMap.length; i += 3) {
     if (m.pageMap[i + 2] >= m.fragments.length) {
       bad(
