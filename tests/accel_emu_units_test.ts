@@ -1,4 +1,6 @@
-import { assertEquals } from "./helpers/assert.ts";
+import { assertEquals, assertThrows } from "./helpers/assert.ts";
+import { AccelUnavailableError } from "../src/accel/accel.ts";
+import { ensureEmuShim } from "../src/accel/emu/shim_build.ts";
 import { LapicTimer, timerDivisor } from "../src/accel/emu/lapic_timer.ts";
 import { segmentFlags, segmentFromFlags, segmentFromGdt } from "../src/accel/emu/descriptors.ts";
 import { LAPIC_PAGE_BYTES, LAPIC_REG } from "../src/accel/cpu_state.ts";
@@ -86,4 +88,25 @@ Deno.test("QEMU segment flags round-trip through the neutral segment", () => {
   const tss = segmentFromFlags(0x28, 0x8000n, 0x67, 0x8b00);
   assertEquals([tss.type, tss.present, tss.s, tss.dpl], [0xb, 1, 0, 0]);
   assertEquals(segmentFlags(tss), 0x8b00);
+});
+
+Deno.test("the shim is built private to its user, and a cache another user could write is refused", () => {
+  const before = Deno.env.get("DCRES_CACHE_DIR");
+  const dir = Deno.makeTempDirSync({ prefix: "dcres-cache-" });
+  try {
+    Deno.env.set("DCRES_CACHE_DIR", `${dir}/own`);
+    const built = ensureEmuShim();
+    assertEquals((Deno.statSync(built).mode ?? 0) & 0o777, 0o700);
+    assertEquals(ensureEmuShim(), built);
+    Deno.chmodSync(built, 0o722);
+    assertThrows(() => ensureEmuShim(), AccelUnavailableError, "not private");
+    Deno.mkdirSync(`${dir}/open`, { mode: 0o700 });
+    Deno.chmodSync(`${dir}/open`, 0o777);
+    Deno.env.set("DCRES_CACHE_DIR", `${dir}/open`);
+    assertThrows(() => ensureEmuShim(), AccelUnavailableError, "not private");
+  } finally {
+    if (before === undefined) Deno.env.delete("DCRES_CACHE_DIR");
+    else Deno.env.set("DCRES_CACHE_DIR", before);
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

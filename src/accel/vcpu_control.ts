@@ -20,12 +20,6 @@ export const SLOT = {
   FORWARDED: 4,
 } as const;
 
-/**
- * BigInt64 slot (index in a BigInt64Array over the same buffer) a Worker may publish a 64-bit
- * handle in (a thread id), for a backend whose kick needs it before `ready` has been handled.
- */
-export const THREAD_SLOT = 4;
-
 /** Size of the control buffer in bytes. */
 export const CONTROL_BYTES = 64;
 

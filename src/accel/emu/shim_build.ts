@@ -26,6 +26,20 @@ function removeQuietly(path: string): void {
   }
 }
 
+/**
+ * Refuses a shim or cache directory another user could have replaced: dcres runs as root and
+ * loads the shim into its own process.
+ */
+function checkPrivate(path: string): void {
+  const st = Deno.lstatSync(path);
+  const uid = Deno.uid();
+  if ((uid !== null && st.uid !== uid) || (st.mode ?? 0) & 0o022 || st.isSymlink) {
+    throw new AccelUnavailableError(
+      `${path} is not private to this user (owner, group/other write or a symlink); remove it so dcres rebuilds the emulated CPU's shim, or set DCRES_CACHE_DIR to a private directory`,
+    );
+  }
+}
+
 /** The path of the built shim, building it first if needed; one-line errors name the package. */
 export function ensureEmuShim(): string {
   const source = Deno.readFileSync(SOURCE);
@@ -33,13 +47,18 @@ export function ensureEmuShim(): string {
   const path = `${dir}/libdcres_emu-${
     createHash("sha256").update(source).digest("hex").slice(0, 16)
   }.so`;
-  if (existsSync(path)) return path;
+  if (existsSync(path)) {
+    checkPrivate(dir);
+    checkPrivate(path);
+    return path;
+  }
   if (!existsSync(HEADER)) {
     throw new AccelUnavailableError(
       `the emulated CPU's shim needs ${HEADER}; install Debian's libunicorn-dev (apt-get install libunicorn-dev), or run scripts/ensure-packages.sh`,
     );
   }
   Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  checkPrivate(dir);
   const src = `${dir}/shim-${crypto.randomUUID()}.c`;
   const tmp = `${path}.${crypto.randomUUID()}.tmp`;
   Deno.writeFileSync(src, source, { mode: 0o600 });
@@ -62,6 +81,7 @@ export function ensureEmuShim(): string {
         `building the emulated CPU's shim failed: ${why}; check that libunicorn-dev is installed`,
       );
     }
+    Deno.chmodSync(tmp, 0o700);
     Deno.renameSync(tmp, path);
   } finally {
     for (const f of [src, tmp]) removeQuietly(f);
