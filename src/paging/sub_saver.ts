@@ -13,6 +13,7 @@ export interface SubSaverIo {
   write(gfns: number[]): Promise<void>;
 }
 
+/** Pages written per fragment append unless the constructor says otherwise. */
 const BATCH = 1024;
 
 /** What one sub-host still owes and has saved in the checkpoint under way. */
@@ -29,6 +30,8 @@ export class SubSaver {
     private readonly io: SubSaverIo,
     /** Rule 1 can be switched off for the model test's planted bug. */
     private readonly rules: Pick<LedgerRules, "saveBeforePageIn"> = ALL_RULES,
+    /** Pages per fragment append: small in the tests, so that a save spans several. */
+    private readonly batch = BATCH,
   ) {}
 
   /** Pages saved so far. */
@@ -97,7 +100,9 @@ export class SubSaver {
    */
   async save(gfns: number[]): Promise<number[]> {
     this.need(gfns);
-    for (let i = 0; i < gfns.length; i += BATCH) await this.saveNow(gfns.slice(i, i + BATCH));
+    for (let i = 0; i < gfns.length; i += this.batch) {
+      await this.saveNow(gfns.slice(i, i + this.batch));
+    }
     for (const g of gfns) if (this.owed.has(g) && !this.io.holds(g)) this.owed.delete(g);
     const out = new Set(gfns.filter((g) => this.done.has(g)));
     for (const g of this.leftSaved) out.add(g);
