@@ -20,6 +20,8 @@ const BATCH = 1024;
 export class SubSaver {
   private readonly owed = new Set<number>();
   private readonly done = new Set<number>();
+  /** Every page written to the fragment: `done` forgets a page a request owes afresh. */
+  private readonly wrote = new Set<number>();
   /** Saved before they left and not reported by `save` yet. */
   private readonly leftSaved = new Set<number>();
   private chain: Promise<unknown> = Promise.resolve();
@@ -36,7 +38,7 @@ export class SubSaver {
 
   /** Pages saved so far. */
   get saved(): number {
-    return this.done.size;
+    return this.wrote.size;
   }
 
   /** Runs `fn` after every write before it: the fragment is appended to by one writer at a time. */
@@ -88,6 +90,7 @@ export class SubSaver {
       for (const g of todo) {
         this.owed.delete(g);
         this.done.add(g);
+        this.wrote.add(g);
         if (leaving) this.leftSaved.add(g);
       }
     });
