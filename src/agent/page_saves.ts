@@ -14,11 +14,11 @@ import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { gather } from "../net/chunks.ts";
 import type { PageStores } from "../paging/page_store.ts";
+import { type SaveSessionBase, SaveSessionError, SaveSessions } from "../paging/save_sessions.ts";
 import { SubSaver } from "../paging/sub_saver.ts";
 
 /** One checkpoint under way of one VM on this host. */
-interface SaveSession {
-  id: string;
+interface SaveSession extends SaveSessionBase {
   dir: string;
   writer: FragmentWriter;
   saver: SubSaver;
@@ -28,8 +28,6 @@ interface SaveSession {
   received: number;
   /** Main sent the manifest: the generation exists here. */
   committed: boolean;
-  /** Why saving failed, if it did (the checkpoint then fails; paging goes on). */
-  failed?: string;
 }
 
 /** Gfns from [start, count] runs, each inside a VM of `pages` pages. */
@@ -48,15 +46,21 @@ function gfnsArg(runs: unknown, pages: number): number[] {
   return gfns;
 }
 
+/** A session's refusal as the RPC error the caller sees. */
+function asRpcError(e: unknown): unknown {
+  if (!(e instanceof SaveSessionError)) return e;
+  return new RpcError(e.kind === "failed" ? "failed" : "bad-request", e.message);
+}
+
 /** Sessions by VM name; the page channel consults them before pages leave. */
 export class PageSaves {
-  private readonly sessions = new Map<string, SaveSession>();
+  private readonly sessions = new SaveSessions<SaveSession>();
 
   constructor(private readonly stores: PageStores, private readonly ckptRoot: string) {}
 
   /** Rule 1: owed pages of `vm` are saved before they leave (GET, RELEASE). */
   async beforeLeaving(vm: string, gfns: ArrayLike<number>): Promise<void> {
-    const s = this.sessions.get(vm);
+    const s = this.sessions.current(vm);
     try {
       await s?.saver.beforeLeaving(gfns);
     } catch (e) {
@@ -66,22 +70,23 @@ export class PageSaves {
 
   /** Pages of `vm` arrived (PUT). */
   arrived(vm: string, gfns: ArrayLike<number>): void {
-    const s = this.sessions.get(vm);
+    const s = this.sessions.current(vm);
     if (s?.arrived) { for (let i = 0; i < gfns.length; i++) s.arrived.add(gfns[i]); }
   }
 
-  private session(vm: string): SaveSession {
-    const s = this.sessions.get(vm);
-    if (!s) throw new RpcError("bad-request", `no checkpoint of ${vm} is under way on this host`);
-    if (s.failed) throw new RpcError("failed", `saving on this host failed: ${s.failed}`);
-    return s;
+  /** The checkpoint of `vm` under way, which must be checkpoint `id` (SaveSessions). */
+  private session(vm: string, id: unknown): SaveSession {
+    try {
+      return this.sessions.get(vm, id);
+    } catch (e) {
+      throw asRpcError(e);
+    }
   }
 
   /** Drops the session of `vm`; its generation too unless it was committed and `keepCommitted`. */
-  private async abort(vm: string, keepCommitted: boolean) {
-    const s = this.sessions.get(vm);
+  private async abort(vm: string, keepCommitted: boolean, id?: string) {
+    const s = id === undefined ? this.sessions.end(vm) : this.sessions.abort(vm, id);
     if (!s) return;
-    this.sessions.delete(vm);
     if (s.committed && keepCommitted) return;
     if (!s.committed) await s.writer.abort();
     removeGeneration(s.dir);
@@ -101,6 +106,11 @@ export class PageSaves {
         }
         if (!Number.isSafeInteger(generation) || (generation as number) < 1) {
           throw new RpcError("bad-request", "generation must be a positive integer");
+        }
+        try {
+          this.sessions.mayBegin(id);
+        } catch (e) {
+          throw asRpcError(e);
         }
         await this.abort(vm, true);
         const store = this.stores.store(vm, pages);
@@ -135,19 +145,19 @@ export class PageSaves {
       },
       "pages.save.point": (args) => {
         const { vm } = vmArgs(args);
-        this.session(vm).arrived = new Set();
+        this.session(vm, args.id).arrived = new Set();
         return Promise.resolve({});
       },
       "pages.save.owe": (args) => {
         const { vm, pages } = vmArgs(args);
-        const s = this.session(vm);
+        const s = this.session(vm, args.id);
         s.arrived = new Set();
         s.saver.owe(gfnsArg(args.gfns, pages));
         return Promise.resolve({ owed: s.saver.unsaved().length });
       },
       "pages.save": async (args) => {
         const { vm, pages } = vmArgs(args);
-        const s = this.session(vm);
+        const s = this.session(vm, args.id);
         const gfns = gfnsArg(args.gfns, pages);
         const before = s.received;
         const saved = await s.saver.save(gfns);
@@ -161,7 +171,7 @@ export class PageSaves {
       },
       "pages.save.finish": async (args) => {
         const { vm } = vmArgs(args);
-        const s = this.session(vm);
+        const s = this.session(vm, args.id);
         const sum = await s.writer.finish();
         return {
           path: `${generationName(Number(/g(\d+)$/.exec(s.dir)![1]))}/${this.stores.host}.frag`,
@@ -175,7 +185,7 @@ export class PageSaves {
       },
       "pages.save.commit": async (args, ctx) => {
         const { vm } = vmArgs(args);
-        const s = this.session(vm);
+        const s = this.session(vm, args.id);
         const bytes = await gather(ctx.data);
         const m = decodeManifest(`${s.dir}/MANIFEST (from main)`, bytes);
         if (m.id !== s.id) {
@@ -187,7 +197,8 @@ export class PageSaves {
       },
       "pages.save.abort": async (args) => {
         const { vm } = vmArgs(args);
-        await this.abort(vm, false);
+        if (typeof args.id !== "string") throw new RpcError("bad-request", "id must be given");
+        await this.abort(vm, false, args.id);
         return { aborted: vm };
       },
     };

@@ -542,8 +542,8 @@ export class RemotePager {
   }
 
   /**
-   * Runs `fn` while no page-out can take pages from main's memory: a checkpoint reads main's
-   * pages from memory under it.
+   * Runs `fn` while no move can begin (page-outs and moves across begin under it): a checkpoint
+   * reads main's pages from memory, and takes its consistency point, under it.
    */
   withMemory<T>(fn: () => Promise<T> | T): Promise<T> {
     const p = this.memoryLock.then(fn);
@@ -1206,9 +1206,14 @@ export class RemotePager {
   /** Moves `gfns` from sub-host `from` to sub-host `to` through main; returns how many moved. */
   private async across(from: number, to: number, gfns: number[]): Promise<number> {
     const own = this.ownership;
-    gfns = gfns.filter((g) => own.holderOf(g) === from && !own.isMoving(g));
+    // Begun under the memory lock: a checkpoint's consistency point holds it until every sub-host
+    // knows what it owes, so no page leaves a sub-host unsaved in between.
+    gfns = await this.withMemory(() => {
+      const idle = gfns.filter((g) => own.holderOf(g) === from && !own.isMoving(g));
+      for (const g of idle) own.beginAcross(g, to);
+      return idle;
+    });
     if (!gfns.length) return 0;
-    for (const g of gfns) own.beginAcross(g, to);
     try {
       const list = Uint32Array.from(gfns);
       const data = await this.links[from - 1].request(PageOp.GET, list);

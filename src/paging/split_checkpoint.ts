@@ -9,7 +9,7 @@
 import { join, relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { PAGE } from "../ckpt/format.ts";
-import type { FragmentSummary } from "../ckpt/fragment_writer.ts";
+import { type FragmentSummary, FragmentWriter } from "../ckpt/fragment_writer.ts";
 import {
   commitManifest,
   encodeManifest,
@@ -30,18 +30,16 @@ import {
   saveError,
 } from "../ckpt/save.ts";
 import { CheckpointStore } from "../ckpt/store.ts";
-import type { DirtyTracker } from "../memory/dirty_tracker.ts";
+import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
+import { saveSplitPages } from "./split_save.ts";
+import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
 import { piecesOf } from "../net/chunks.ts";
-import type { SubLink } from "./sub_link.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
-const MAX_ROUNDS = 10;
-/** Pause cost besides page writes, in the precopy estimate. */
-const PAUSE_OVERHEAD_MS = 10;
 
 /** A split VM's checkpoint report: the single-host one plus where pages were saved. */
 export interface SplitCheckpointReport extends CheckpointReport {
@@ -85,89 +83,49 @@ export async function takeSplitCheckpoint(
   const inherited = parent
     ? Int32Array.from(expandPageMap(parent.manifest.pageMap, mem.pages))
     : undefined;
-  const begun: SubLink[] = [];
-  let ck: SplitCheckpoint | undefined;
-  let txn: ReturnType<DirtyTracker["begin"]> | undefined;
-  let paused = false;
+  let writer: FragmentWriter | undefined;
+  let txn: DirtyTransaction | undefined;
   const moves0 = pager.stats().pageIns + pager.stats().pageOuts;
   const stats = emptyStats();
+  let state: Manifest["machine"] | undefined;
   try {
-    await Promise.all(subs.map(async (l) => {
-      await l.call("pages.save.begin", { id, generation, compress: opts.compress });
-      begun.push(l);
-    }));
-    ck = new SplitCheckpoint(
-      m,
-      pager,
-      opts.host,
-      join(dir, `${opts.host}.frag`),
-      fragmentOf,
-      inherited,
-      idBytes,
+    // Every begin settles before a failure is thrown, so the abort reaches each sub-host after it.
+    const begins = await Promise.allSettled(
+      subs.map((l) => l.call("pages.save.begin", { id, generation, compress: opts.compress })),
+    );
+    for (const b of begins) if (b.status === "rejected") throw b.reason;
+    writer = FragmentWriter.create(join(dir, `${opts.host}.frag`), {
+      checkpointId: idBytes,
       generation,
-      opts.compress,
-    );
-    const c = ck;
-    txn = tracker.begin();
-    c.written(txn.bits);
-    tracker.onSample = (bits) => c.written(bits);
-    pager.saver = c;
-    if (opts.mode === "precopy") {
-      let rate = 200e6;
-      for (;; stats.rounds++) {
-        const before = c.book.missing();
-        const tr = performance.now();
-        await c.round(tracker.lastDirty);
-        const secs = (performance.now() - tr) / 1000;
-        if (secs > 0 && before) rate = Math.max(rate / 4, (before * PAGE) / secs);
-        tracker.sample();
-        const left = c.book.missing();
-        opts.onProgress?.(mem.pages - left, mem.pages);
-        const fits = PAUSE_OVERHEAD_MS + (left * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
-        if (fits || stats.rounds >= MAX_ROUNDS || left >= before) break;
-      }
-    }
-    const tp = performance.now();
-    await m.vm.pause();
-    paused = true;
-    await pager.drain();
-    tracker.sample();
-    tracker.onSample = undefined;
-    tracker.seal();
-    const state = m.save();
-    opts.onConsistencyPoint?.();
-    const holderAtPoint = Uint8Array.from(
-      { length: mem.pages },
-      (_, g) => pager.ownership.holderOf(g),
-    );
-    // From here on, a sub-host counts the pages it saves that reached it after the point: they
-    // would have crossed the network to be saved. No page-out starts until every one is told.
-    await pager.withMemory(async () => {
-      if (opts.mode === "cow") await c.freeze();
-      else await Promise.all(subs.map((l) => l.call("pages.save.point", {})));
+      compress: opts.compress,
     });
-    if (opts.mode === "cow") {
-      m.vm.resume();
-      paused = false;
-      stats.downtimeMs = performance.now() - tp;
-    }
-    // Stop and precopy save the rest paused; cow with the guest running, in rounds until every
-    // page has its copy (a page that moved meanwhile was saved before it left).
-    for (let k = 0; c.book.missing() > 0; k++) {
-      if (k >= MAX_ROUNDS) throw new Error(`${c.book.missing()} pages could not be saved`);
-      await c.round(tracker.lastDirty);
-    }
-    c.unfreeze();
-    const pageMap = c.book.pageMap((g) => holderAtPoint[g]);
-    pager.saver = undefined;
-    if (paused) {
-      m.vm.resume();
-      paused = false;
-      stats.downtimeMs = performance.now() - tp;
-    }
+    const io = pagerSaveIo(pager, writer, subs, id);
+    const c = new SplitCheckpoint(io, fragmentOf, inherited);
+    pager.saver = c;
+    const saved = await saveSplitPages(c, {
+      mode: opts.mode,
+      maxDowntimeMs: opts.maxDowntimeMs,
+      tracker,
+      pause: () => m.vm.pause(),
+      resume: () => {
+        if (!m.vm.isStopped) m.vm.resume();
+      },
+      drain: () => pager.drain(),
+      atPoint: () => {
+        state = m.save();
+        opts.onConsistencyPoint?.();
+      },
+      wait: () => new Promise((r) => setTimeout(r, 5)),
+      now: () => performance.now(),
+      onProgress: opts.onProgress,
+    }).finally(() => pager.saver = undefined);
+    txn = saved.txn;
+    stats.rounds = saved.rounds;
+    stats.downtimeMs = saved.downtimeMs;
+    const pageMap = saved.pageMap;
     const [mine, ...theirs] = await Promise.all([
-      c.finishMain(),
-      ...subs.map((l) => l.call<SubSummary>("pages.save.finish", {})),
+      io.fragment.finish(),
+      ...subs.map((l) => l.call<SubSummary>("pages.save.finish", { id })),
     ]);
     const ref = (host: string, s: SubSummary): FragmentRef => ({
       path: s.path.startsWith("/") ? relative(opts.dir, s.path) : s.path,
@@ -195,7 +153,7 @@ export async function takeSplitCheckpoint(
       createdAt: new Date().toISOString(),
       mode: opts.mode,
       compressed: opts.compress,
-      machine: state,
+      machine: state!,
       fragments,
       pageMap,
       prefetchOrder: prefetchOrder(tracker.lastDirty),
@@ -208,7 +166,7 @@ export async function takeSplitCheckpoint(
     // Committed on the sub-hosts first: main's copy is the one the next incremental builds on.
     const bytes = encodeManifest(manifest);
     await Promise.all(
-      subs.map((l) => l.call("pages.save.commit", {}, { upload: piecesOf(bytes) })),
+      subs.map((l) => l.call("pages.save.commit", { id }, { upload: piecesOf(bytes) })),
     );
     commitManifest(dir, manifest);
     tracker.commit(txn);
@@ -219,6 +177,7 @@ export async function takeSplitCheckpoint(
       pages: stats.pagesSaved,
       hosts: frags.length,
     });
+    const counts = c.counts();
     return {
       dir: opts.dir,
       generation,
@@ -226,7 +185,10 @@ export async function takeSplitCheckpoint(
       mode: opts.mode,
       parent: manifest.parent,
       stats,
-      pagesSaved: c.counts(),
+      pagesSaved: {
+        [opts.host]: counts[MAIN],
+        ...Object.fromEntries(subs.map((l) => [l.host, counts[l.index]])),
+      },
       pagesSentToSave: c.sentToSave,
       pagesMovedMeanwhile: pager.stats().pageIns + pager.stats().pageOuts - moves0,
     };
@@ -235,13 +197,10 @@ export async function takeSplitCheckpoint(
       vm: m.spec.name,
       error: (e as Error).message,
     });
-    ck?.unfreeze();
-    tracker.onSample = undefined;
-    pager.saver = undefined;
-    if (paused && !m.vm.isStopped) m.vm.resume();
-    await ck?.abortMain();
+    await writer?.abort();
     if (txn) tracker.abort(txn);
-    await Promise.all(begun.map((l) => l.call("pages.save.abort", {}).catch(() => {})));
+    // Every sub-host is told, begun or not: a begin that arrives late is then refused there.
+    await Promise.all(subs.map((l) => l.call("pages.save.abort", { id }).catch(() => {})));
     removeGeneration(dir);
     const err = saveError(e, opts.dir, generation);
     if (err instanceof CheckpointError) throw err;

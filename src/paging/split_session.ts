@@ -1,42 +1,85 @@
 /**
- * One parallel checkpoint of a split VM as its main host runs it: main's fragment writer, the
- * ledger of copies, main's saves from guest memory (and from pages on their way out), the
- * sub-hosts' save requests, and copy-on-write on main. `takeSplitCheckpoint` drives it.
+ * One parallel checkpoint of a split VM as its main host runs it: the ledger of copies, main's
+ * saves from guest memory (and from pages on their way out), the sub-hosts' save requests, and
+ * copy-on-write on main. It reaches memory, fragments and sub-hosts only through `SplitSaveIo`, so
+ * the simulation drives this very code against in-memory hosts and can interleave at every await;
+ * `saveSplitPages` (split_save.ts) drives it.
  */
-import * as libc from "../ffi/libc.ts";
-import { PAGE } from "../ckpt/format.ts";
-import { type FragmentSummary, FragmentWriter } from "../ckpt/fragment_writer.ts";
-import { coldestFirst } from "../ckpt/save.ts";
+import type { FragmentSummary } from "../ckpt/fragment_writer.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
-import { indexRuns } from "../memory/runs.ts";
-import type { Machine } from "../vmm/machine.ts";
-import { MAIN } from "./ownership.ts";
-import { presentPages, type RemotePager } from "./remote_pager.ts";
+import { gfnRuns } from "../memory/runs.ts";
+import { PAGE } from "../ckpt/format.ts";
+import { coldestFirst } from "../ckpt/save.ts";
+import { MAIN, type PageOwnership } from "./ownership.ts";
 import { SaveLedger } from "./save_ledger.ts";
-import type { SubLink } from "./sub_link.ts";
 
+/** Pages main reads from memory per batch unless the I/O says otherwise. */
 const BATCH = 4096;
 
-/** Runs of gfns as [start, count] pairs, the form save requests carry. */
-function runsOf(gfns: number[]): Array<[number, number]> {
-  const sorted = gfns.slice().sort((a, b) => a - b);
-  return indexRuns(sorted).map(([i, n]) => [sorted[i], n]);
+/** One sub-host as a split checkpoint reaches it. */
+export interface SubSaveLink {
+  /** Index in the ownership table. */
+  readonly index: number;
+  /** Name, as the manifest and the statistics give it. */
+  readonly host: string;
+  /** At a copy-on-write point: the sub-host owes `gfns`. */
+  owe(gfns: number[]): Promise<void>;
+  /** At a stop or precopy point: pages arriving from now on count as sent to be saved. */
+  point(): Promise<void>;
+  /**
+   * Save `gfns`: returns those saved, with the pages saved on their way out since the last answer,
+   * and how many of them had arrived after the consistency point (they crossed to be saved).
+   */
+  save(gfns: number[]): Promise<{ saved: number[]; received: number }>;
 }
 
-function fromRuns(runs: Array<[number, number]>): number[] {
-  const out: number[] = [];
-  for (const [s, n] of runs) for (let g = s; g < s + n; g++) out.push(g);
-  return out;
+/** Main's fragment: each append is durable once it resolves. */
+export interface MainFragmentIo {
+  /** Appends `gfns` as guest memory holds them when the write reaches the file. */
+  appendMemory(gfns: number[]): Promise<void>;
+  /** Appends `gfns` as zero pages (never written: nothing to read). */
+  appendZeros(gfns: number[]): Promise<void>;
+  /**
+   * Appends `gfns` from `data` (pages leaving main, copies aside): page i at byte `offsets[i]`, or
+   * one page after another.
+   */
+  appendPages(gfns: number[], data: Uint8Array, offsets?: number[]): Promise<void>;
+  /** Finishes the fragment (index, footer, fdatasync). */
+  finish(): Promise<FragmentSummary>;
+  /** Removes what was written. */
+  abort(): Promise<void>;
+}
+
+/** What a split checkpoint reaches main's memory, its fragment and the sub-hosts through. */
+export interface SplitSaveIo {
+  /** Who holds each page, and which pages are moving. */
+  readonly ownership: PageOwnership;
+  /** Pages of guest memory. */
+  readonly pages: number;
+  /** Sub-hosts in the checkpoint. */
+  readonly subs: readonly SubSaveLink[];
+  /** Main's fragment. */
+  readonly fragment: MainFragmentIo;
+  /** Runs `fn` while no move (page-out, move across) can begin. */
+  withMemory<T>(fn: () => Promise<T>): Promise<T>;
+  /** 1 for each page main's memory has (a page never written reads as zero without a fault). */
+  present(): Uint8Array;
+  /** A copy of page `g` of main's memory as it is now. */
+  readPage(g: number): Uint8Array;
+  /** Sets or clears write protection of main's pages `runs`. */
+  protect(runs: Array<[number, number]>, on: boolean): void;
+  /** Calls `fn` before the guest's first write to a protected page (undefined: stop). */
+  onWriteProtected(fn: ((g: number) => void) | undefined): void;
 }
 
 /** One parallel checkpoint of a split VM. */
 export class SplitCheckpoint {
-  private readonly subs: SubLink[];
-  private readonly ledger: SaveLedger;
-  private readonly writer: FragmentWriter;
-  private readonly zeroPage = new Uint8Array(PAGE);
-  private savedBy = new Map<string, Set<number>>();
-  private copies: Array<{ gfn: number; page: Uint8Array }> = [];
+  readonly #io: SplitSaveIo;
+  readonly #ledger: SaveLedger;
+  readonly #batch: number;
+  readonly #savedBy: Set<number>[];
+  #copies: Array<{ gfn: number; page: Uint8Array }> = [];
+  #protecting = false;
   /**
    * Pages whose bytes crossed the network to be saved: a sub-host saves only pages its store holds
    * and main only pages in its memory or on their way out of it, so any other page a host reports
@@ -45,31 +88,46 @@ export class SplitCheckpoint {
   sentToSave = 0;
 
   constructor(
-    private readonly m: Machine,
-    private readonly pager: RemotePager,
-    private readonly self: string,
-    private readonly fragPath: string,
+    io: SplitSaveIo,
+    /** Fragment index this checkpoint writes on each host (index = host). */
     fragmentOf: number[],
+    /** Copies inherited from the parent generation, for incrementals. */
     inherited: Int32Array | undefined,
-    idBytes: Uint8Array,
-    generation: number,
-    compress: boolean,
+    /** Pages main saves per batch (small in the simulation). */
+    batch = BATCH,
   ) {
-    this.subs = pager.subLinks();
-    this.ledger = new SaveLedger(m.vm.memory.pages, fragmentOf, inherited);
-    this.writer = FragmentWriter.create(fragPath, { checkpointId: idBytes, generation, compress });
-    this.savedBy.set(self, new Set());
-    for (const l of this.subs) this.savedBy.set(l.host, new Set());
+    this.#io = io;
+    this.#ledger = new SaveLedger(io.pages, fragmentOf, inherited);
+    this.#batch = batch;
+    this.#savedBy = Array.from({ length: io.ownership.hosts }, () => new Set<number>());
   }
 
+  /** The ledger of copies. */
   get book(): SaveLedger {
-    return this.ledger;
+    return this.#ledger;
+  }
+
+  /** Who holds each page. */
+  get ownership(): PageOwnership {
+    return this.#io.ownership;
+  }
+
+  /** Pages without a copy that are moving (no round can claim them until they land). */
+  movingUnsaved(): number {
+    const own = this.#io.ownership;
+    let n = 0;
+    for (let g = 0; g < this.#ledger.pages; g++) if (!this.#ledger.has(g) && own.isMoving(g)) n++;
+    return n;
   }
 
   /** Voids the copies of pages the guest wrote, as the dirty log reports them. */
   written(bits: Uint8Array): void {
-    const own = this.pager.ownership;
-    this.ledger.written(DirtyTracker.gfns(bits, this.ledger.pages), (g) => own.holderOf(g));
+    const own = this.#io.ownership;
+    this.#ledger.written(DirtyTracker.gfns(bits, this.#ledger.pages), (g) => own.holderOf(g));
+  }
+
+  #savedOn(host: number, gfns: Iterable<number>) {
+    for (const g of gfns) this.#savedBy[host].add(g);
   }
 
   /**
@@ -77,54 +135,42 @@ export class SplitCheckpoint {
    * but never got are recorded as zero pages without being touched.
    */
   async saveMain(gfns: number[]): Promise<void> {
-    const mem = this.pager.memory, own = this.pager.ownership;
-    for (let i = 0; i < gfns.length; i += BATCH) {
-      await this.pager.withMemory(async () => {
+    const io = this.#io, own = io.ownership;
+    for (let i = 0; i < gfns.length; i += this.#batch) {
+      await io.withMemory(async () => {
         // A page copied aside or saved on its way out since it was claimed has its copy already:
         // saving it again from memory would supersede that copy with later contents.
-        const part = gfns.slice(i, i + BATCH).filter((g) =>
-          own.holderOf(g) === MAIN && !own.isMoving(g) && !this.ledger.has(g)
+        const part = gfns.slice(i, i + this.#batch).filter((g) =>
+          own.holderOf(g) === MAIN && !own.isMoving(g) && !this.#ledger.has(g)
         );
         if (!part.length) return;
-        const ticket = this.ledger.ticket(part);
-        const present = presentPages(mem);
+        const ticket = this.#ledger.ticket(part);
+        const present = io.present();
         const data = part.filter((g) => present[g]), zeros = part.filter((g) => !present[g]);
-        await this.writer.append(data, { bytes: mem.view(), base: mem.hostAddr });
-        await this.writeZeros(zeros);
-        await this.writer.flush();
-        this.ledger.saved(MAIN, part, ticket);
-        for (const g of part) this.savedBy.get(this.self)!.add(g);
+        await io.fragment.appendMemory(data);
+        await io.fragment.appendZeros(zeros);
+        this.#ledger.saved(MAIN, part, ticket);
+        this.#savedOn(MAIN, part);
         // Saved: the guest may write them freely again.
-        if (this.ledger.isFrozen) this.pager.protect(runsOf(data), false);
+        if (this.#ledger.isFrozen) io.protect(gfnRuns(data), false);
       });
-      await this.writeCopies();
+      await this.#writeCopies();
     }
-    await this.writeCopies();
-  }
-
-  private async writeZeros(gfns: number[]) {
-    if (!gfns.length) return;
-    const src = { bytes: this.zeroPage, base: libc.ptrValue(Deno.UnsafePointer.of(this.zeroPage)) };
-    await this.writer.append(gfns, src, new Array(gfns.length).fill(0));
+    await this.#writeCopies();
   }
 
   /** Rule 2: pages leaving main without a copy are saved by main first, from the bytes sent. */
   async leavingMain(gfns: number[], data: Uint8Array): Promise<void> {
     const idx: number[] = [];
     gfns.forEach((g, i) => {
-      if (this.ledger.mustSaveBeforePageOut(g)) idx.push(i);
+      if (this.#ledger.mustSaveBeforePageOut(g)) idx.push(i);
     });
     if (!idx.length) return;
     const part = idx.map((i) => gfns[i]);
-    const ticket = this.ledger.ticket(part);
-    const src = {
-      bytes: data as Uint8Array<ArrayBuffer>,
-      base: libc.ptrValue(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>)),
-    };
-    await this.writer.append(part, src, idx.map((i) => i * PAGE));
-    await this.writer.flush();
-    this.ledger.saved(MAIN, part, ticket);
-    for (const g of part) this.savedBy.get(this.self)!.add(g);
+    const ticket = this.#ledger.ticket(part);
+    await this.#io.fragment.appendPages(part, data, idx.map((i) => i * PAGE));
+    this.#ledger.saved(MAIN, part, ticket);
+    this.#savedOn(MAIN, part);
   }
 
   /**
@@ -134,95 +180,97 @@ export class SplitCheckpoint {
    * the guest's first write to it.
    */
   async freeze(): Promise<void> {
-    const own = this.pager.ownership, mem = this.pager.memory;
-    this.ledger.freeze((g) => own.holderOf(g));
-    await Promise.all(this.subs.map((l) => {
+    const io = this.#io, own = io.ownership, ledger = this.#ledger;
+    ledger.freeze((g) => own.holderOf(g));
+    await Promise.all(io.subs.map((l) => {
       const owed: number[] = [];
-      for (let g = 0; g < this.ledger.pages; g++) if (this.ledger.owedBy(g, l.index)) owed.push(g);
-      return l.call("pages.save.owe", { gfns: runsOf(owed) });
+      for (let g = 0; g < ledger.pages; g++) if (ledger.owedBy(g, l.index)) owed.push(g);
+      return l.owe(owed);
     }));
-    const present = presentPages(mem);
+    const present = io.present();
     const mine: number[] = [], zeros: number[] = [];
-    for (let g = 0; g < this.ledger.pages; g++) {
-      if (this.ledger.owedBy(g, MAIN)) (present[g] ? mine : zeros).push(g);
+    for (let g = 0; g < ledger.pages; g++) {
+      if (ledger.owedBy(g, MAIN)) (present[g] ? mine : zeros).push(g);
     }
-    await this.writeZeros(zeros);
-    this.ledger.saved(MAIN, zeros, this.ledger.ticket(zeros));
-    for (const g of zeros) this.savedBy.get(this.self)!.add(g);
-    this.pager.onWriteProtected = (g) => this.copyAside(g);
-    this.pager.protect(runsOf(mine), true);
+    await io.fragment.appendZeros(zeros);
+    ledger.saved(MAIN, zeros, ledger.ticket(zeros));
+    this.#savedOn(MAIN, zeros);
+    io.onWriteProtected((g) => this.#copyAside(g));
+    this.#protecting = true;
+    io.protect(gfnRuns(mine), true);
+  }
+
+  /**
+   * The consistency point, with the vCPUs paused: `reach` lets paging drain and takes the point;
+   * then with `cow` the ledger freezes and each sub-host learns what it owes, otherwise the
+   * sub-hosts are told. All of it runs with the memory lock held, under which every move begins,
+   * so no page can leave a sub-host between the point and the moment that host knows it owes it
+   * (it would leave unsaved).
+   */
+  point(cow: boolean, reach: () => Promise<void>): Promise<void> {
+    return this.#io.withMemory(async () => {
+      await reach();
+      if (cow) await this.freeze();
+      else await Promise.all(this.#io.subs.map((l) => l.point()));
+    });
   }
 
   /** The guest is about to write `g`: a page main still owes is copied aside first. */
-  private copyAside(g: number) {
-    if (!this.ledger.owedBy(g, MAIN)) return;
-    const mem = this.pager.memory;
-    this.copies.push({ gfn: g, page: mem.view(g * PAGE, PAGE).slice() });
-    this.ledger.saved(MAIN, [g], this.ledger.ticket([g]));
-    this.savedBy.get(this.self)!.add(g);
+  #copyAside(g: number) {
+    if (!this.#ledger.owedBy(g, MAIN)) return;
+    this.#copies.push({ gfn: g, page: this.#io.readPage(g) });
+    this.#ledger.saved(MAIN, [g], this.#ledger.ticket([g]));
+    this.#savedOn(MAIN, [g]);
   }
 
   /** Writes the pages copied aside so far. */
-  private async writeCopies() {
-    if (!this.copies.length) return;
-    const list = this.copies;
-    this.copies = [];
+  async #writeCopies() {
+    if (!this.#copies.length) return;
+    const list = this.#copies;
+    this.#copies = [];
     const buf = new Uint8Array(list.length * PAGE);
     list.forEach((c, k) => buf.set(c.page, k * PAGE));
-    await this.writer.append(
-      list.map((c) => c.gfn),
-      { bytes: buf, base: libc.ptrValue(Deno.UnsafePointer.of(buf)) },
-      list.map((_, k) => k * PAGE),
-    );
-    await this.writer.flush();
+    await this.#io.fragment.appendPages(list.map((c) => c.gfn), buf);
   }
 
   /** Ends copy-on-write: nothing of main stays protected. */
   unfreeze(): void {
-    if (!this.pager.onWriteProtected) return;
-    this.pager.onWriteProtected = undefined;
-    this.pager.protect([[0, this.ledger.pages]], false);
+    if (!this.#protecting) return;
+    this.#protecting = false;
+    this.#io.onWriteProtected(undefined);
+    this.#io.protect([[0, this.#ledger.pages]], false);
   }
 
   /** Asks sub-host `l` to save the pages of it that have no copy; records what it saved. */
-  async saveSub(l: SubLink): Promise<void> {
-    const own = this.pager.ownership;
-    const gfns = this.ledger.claim(l.index, (g) => own.holderOf(g) === l.index && !own.isMoving(g));
+  async saveSub(l: SubSaveLink): Promise<void> {
+    const own = this.#io.ownership;
+    const gfns = this.#ledger.claim(
+      l.index,
+      (g) => own.holderOf(g) === l.index && !own.isMoving(g),
+    );
     // After a copy-on-write point a sub-host may have saved pages on their way out: ask anyway.
-    if (!gfns.length && !this.ledger.isFrozen) return;
-    const ticket = this.ledger.ticket(gfns);
-    const r = await l.call<{ saved: Array<[number, number]>; received: number }>("pages.save", {
-      gfns: runsOf(gfns),
-    });
+    if (!gfns.length && !this.#ledger.isFrozen) return;
+    const ticket = this.#ledger.ticket(gfns);
+    const r = await l.save(gfns);
     this.sentToSave += r.received;
-    const saved = this.ledger.reported(l.index, gfns, ticket, fromRuns(r.saved));
-    for (const g of saved) this.savedBy.get(l.host)!.add(g);
+    this.#savedOn(l.index, this.#ledger.reported(l.index, gfns, ticket, r.saved));
   }
 
   /** One round: every host saves, at once, the pages it holds that have no copy. */
   async round(order: Uint32Array): Promise<void> {
-    const own = this.pager.ownership;
-    const mine = this.ledger.claim(MAIN, (g) => own.holderOf(g) === MAIN && !own.isMoving(g));
-    await Promise.all([
+    const own = this.#io.ownership;
+    const mine = this.#ledger.claim(MAIN, (g) => own.holderOf(g) === MAIN && !own.isMoving(g));
+    // Every host's part settles before a failure is thrown: nothing of this checkpoint may still be
+    // writing when its caller aborts it and the next one begins.
+    const parts = await Promise.allSettled([
       this.saveMain(coldestFirst(mine, order)),
-      ...this.subs.map((l) => this.saveSub(l)),
+      ...this.#io.subs.map((l) => this.saveSub(l)),
     ]);
+    for (const p of parts) if (p.status === "rejected") throw p.reason;
   }
 
-  async finishMain(): Promise<FragmentSummary> {
-    return await this.writer.finish();
-  }
-
-  async abortMain(): Promise<void> {
-    await this.writer.abort();
-  }
-
-  /** Distinct pages each host saved. */
-  counts(): Record<string, number> {
-    return Object.fromEntries([...this.savedBy].map(([h, s]) => [h, s.size]));
-  }
-
-  get path(): string {
-    return this.fragPath;
+  /** Distinct pages each host saved, by index in the ownership table. */
+  counts(): number[] {
+    return this.#savedBy.map((s) => s.size);
   }
 }
