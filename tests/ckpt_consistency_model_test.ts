@@ -1,7 +1,8 @@
 /**
  * Model-based test of the parallel checkpoint's consistency (docs/CONSISTENCY.md): random
- * interleavings of guest writes (also on pages on the move), late dirty-log samples, page-ins,
- * page-outs and moves between sub-hosts (some failing), sub-hosts joining, save rounds, fragment
+ * interleavings of guest writes (also on pages on the move), late dirty-log samples, page-ins
+ * (and zero-fills, heard of with the release), page-outs and moves between sub-hosts (some failing),
+ * illegal moves the holder table must refuse, sub-hosts joining, save rounds, fragment
  * writes and save reports (some failing, aborting the checkpoint) drive the real SaveLedger,
  * SubSaver, PageOwnership and DirtyTracker (tests/helpers/ledger_model*.ts) through chains of full
  * and incremental checkpoints with merges between them. Every checkpoint that commits is restored
@@ -136,14 +137,15 @@ const EXAMPLES: Record<Mode, Scenario[]> = {
       ),
     ], 2),
     // SubSaver.saved counted the pages it vouches for, not the pages it wrote: page 0 is saved for
-    // the first request, written on main (after a fault) and saved by main on its way back, its bit
+    // the first request, paged in, written on main and saved by main on its way back, its bit
     // voids both copies; the second request names it after it was paged in again, so the saver
     // owes it afresh (dropping it from what it saved) and finds it gone. It wrote 2 pages and
     // counted 1, until it kept the pages it wrote apart.
     ex(TWO_ON_SUB, [
       gen(
         "precopy",
-        "claim:1 request:0 io:0 write:0 end:0 out:0 end:0 sample report:0 claim:1 in:0 end:0 request:0",
+        `claim:1 request:0 io:0 in:0 end:0 write:0 out:0 end:0 sample report:0 claim:1 in:0 end:0
+          request:0`,
       ),
     ]),
     // A page-out that fails after main saved the page on its way out (putBack): main keeps the
@@ -185,8 +187,11 @@ const EXAMPLES: Record<Mode, Scenario[]> = {
     ex(ZERO_ON_SUB, [gen("cow", "in io end write claim:0")]),
     // ... or its page-in fails after it was saved on its way out: it stays, saved once.
     ex(ZERO_ON_SUB, [gen("cow", "in io fail write:0 claim:1 request:0 in io end")]),
-    // A write waits for a page-in; main's copy-aside saves the point's contents first.
-    ex(ZERO_ON_SUB, [gen("cow", "write:0 io:0 end:0 write:0 claim:0")]),
+    // A write waits for a page-in (saved on its way out first); then another lands on main.
+    ex(ZERO_ON_SUB, [gen("cow", "in:0 write:0 io:0 end:0 write:0 claim:0")]),
+    // A fault takes page 0 over as a zero page: sub-host 1, which owes it, hears of it only with
+    // the release, saves it then, and must not save it again when it comes back written.
+    ex(ZERO_ON_SUB, [gen("cow", "write:0 release:0 io:0 out:0 end:0 write:0")]),
     // An aborted incremental (main's fragment write fails) then one that commits.
     ex(ZERO_ON_SUB, [
       gen("cow", "write:1"),
@@ -211,8 +216,9 @@ async function check(
   console.log(countsLine(what, counts));
 }
 
-const RUNS = 3000;
-const CHAIN_RUNS = 1500;
+/** Runs per property; the whole file takes about 35 s on two cores. */
+const RUNS = 6000;
+const CHAIN_RUNS = 3000;
 const MODES = ["stop", "precopy", "cow"] as const;
 
 for (const mode of MODES) {
@@ -247,10 +253,12 @@ for (const mode of MODES) {
 /**
  * Deep interleavings on purpose: few pages over one or two sub-hosts, long generations, and many
  * composite "leave and return within one request" steps, so the same pages keep leaving and coming
- * back around save requests. Without its fixed examples, this search finds issue 12's stale page
- * on the code before the fix in a median of about 500 runs (8 seeds: 30 to 4500).
+ * back around save requests. Without the fixed examples, this search found issue 12's stale page
+ * on the saver before the fix with 10 seeds of 10, within 2200 runs (median about 700); the
+ * properties above found it with 6 or 7 seeds of 10 within 6000 runs, the original model in none of
+ * 300,000.
  */
-const DEEP_RUNS = 3000;
+const DEEP_RUNS = 6000;
 
 for (const mode of ["precopy", "cow"] as const) {
   Deno.test(`${mode}: deep interleavings of few pages restore exactly`, () =>
@@ -283,7 +291,8 @@ Deno.test("chains mixing every mode restore exactly", () =>
  * A targeted search of issue 12's family: runs of steps that make page 0 leave its sub-host and
  * come back while a save request naming it is under way, leave saved on its way out, and be
  * written on main and paged out again, over pages 0 and 1 on sub-host 1 (page 2 on sub-host 2).
- * On the code before the fix it found a stale page with 30 seeds of 30, within 3400 runs.
+ * On the code before the fix it finds a stale page with 30 seeds of 30, within 900 runs (median
+ * about 270).
  */
 const AROUND_REQUESTS: Step[][] = [
   "claim:1",
@@ -403,3 +412,20 @@ for (const p of PLANTED) {
     },
   );
 }
+
+/**
+ * A known bug of src/paging/remote_pager.ts, outside the consistency core, run when it is fixed.
+ * A fault on a page its sub-host holds as a zero page takes it over on main without a GET, so the
+ * sub-host's saver hears of it only with the release, which main queues; RemotePager.put cancels
+ * a release still queued for the host a page-out goes to. In cow, if that sub-host owed the page
+ * at the point and it is written on main and paged back out before the release goes, the
+ * sub-host never saved the point's contents and saves what the page-out brought: page 0 restores
+ * as 1 where the point had 0. A fix: the agent saves an owed page it still holds before a PUT
+ * replaces it (or main sends the release before the page-out).
+ */
+Deno.test({
+  name: "cow: a zero-filled page paged back out before its release still restores exactly",
+  ignore: true,
+  fn: () =>
+    runScenario(ex(ZERO_ON_SUB, [gen("cow", "write:0 out:0 end:0")]), { cancelReleases: true }),
+});

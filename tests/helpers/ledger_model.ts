@@ -53,6 +53,12 @@ export interface ModelOptions {
   /** Audit what was saved (off for the planted-rule searches, which look for restores). */
   audit?: boolean;
   counts?: Counts;
+  /**
+   * A page-out to the sub-host a zero-filled page's release is still queued for cancels the
+   * release, as RemotePager.put does (a known bug in cow: the sub-host never saves the page it
+   * owes before the page-out overwrites it). Off, such a page-out waits for the release.
+   */
+  cancelReleases?: boolean;
 }
 
 /** The split VM: its holder table, memory, stores and the moves and saves under way. */
@@ -75,9 +81,19 @@ export abstract class ModelVm {
   private version = 0;
   /** Written, not yet read from the dirty log. */
   private readonly dirty = new Set<number>();
-  /** Guest writes waiting for their page's move to settle (a fault on a moving page), by page. */
-  private readonly waiting = new Map<number, number>();
+  /**
+   * Guest writes that faulted on a moving page, by page: on one leaving a host they are routed
+   * again once the move settles (remote_pager's settleWaiters); on one being paged in they land
+   * with it (its UFFDIO_COPY wakes them, faultedWhileIn), or fault again if the page-in fails.
+   */
+  private readonly waitLeave = new Map<number, number>();
+  protected readonly waitIn = new Map<number, number>();
   protected asyncError: unknown = null;
+  /** 1: its sub-host was given the page as a zero page and it never moved since (pager's `zero`). */
+  private readonly zero: Uint8Array;
+  /** Releases main owes sub-hosts for pages it zero-filled, by page: queued, or sent. */
+  protected readonly releases = new Map<number, { s: number; sent: boolean }>();
+  private readonly cancelReleases: boolean;
 
   constructor(
     readonly pages: number,
@@ -89,8 +105,10 @@ export abstract class ModelVm {
     this.rules = opts.rules ?? ALL_RULES;
     this.audit = opts.audit ?? true;
     this.counts = opts.counts ?? noCounts();
+    this.cancelReleases = opts.cancelReleases ?? false;
     this.own = new PageOwnership(pages, subs + 1, (g) => holders[g] % (subs + 1));
     this.mainMem = new Int32Array(pages);
+    this.zero = new Uint8Array(pages);
     for (let s = 0; s <= subs; s++) this.addStore();
     for (let g = 0; g < pages; g++) {
       const h = this.own.holderOf(g);
@@ -98,6 +116,7 @@ export abstract class ModelVm {
       else {
         this.mainMem[g] = -1;
         this.store[h].held[g] = 1;
+        this.zero[g] = 1;
       }
     }
     // The dirty log as KVM gives it: a bitmap of the pages written since the last read.
@@ -177,20 +196,25 @@ export abstract class ModelVm {
    * A guest write of `g`, routed as the pager routes a fault: on main it lands (copied aside first
    * if main owes it at a cow point); on a page leaving a host it waits for the move to settle and
    * is routed again (remote_pager's settleWaiters); on a page being paged in it lands when the page
-   * does; on a sub-host's page it faults the page in first.
+   * does; on a sub-host's page it faults the page in first, or takes it over as a zero page if its
+   * sub-host was given it so and it never moved (the sub-host hears of it with the release).
    */
   protected write(g: number): void {
-    const own = this.own;
-    if (own.isLeaving(g) || own.isMoving(g)) {
-      this.waiting.set(g, (this.waiting.get(g) ?? 0) + 1);
+    const own = this.own, wait = (m: Map<number, number>) => m.set(g, (m.get(g) ?? 0) + 1);
+    if (own.isMoving(g)) {
+      const leaving = own.isLeaving(g);
+      wait(leaving ? this.waitLeave : this.waitIn);
       this.counts.waitedWrites++;
-      this.trace.push(`  write ${g} waits for its ${own.isLeaving(g) ? "move" : "page-in"}`);
+      this.trace.push(`  write ${g} waits for its ${leaving ? "move to settle" : "page-in"}`);
       return;
     }
     if (own.holderOf(g) !== MAIN) {
-      this.beginIn(g);
-      this.waiting.set(g, (this.waiting.get(g) ?? 0) + 1);
-      return;
+      if (!this.zero[g]) {
+        this.beginIn(g);
+        wait(this.waitIn);
+        return;
+      }
+      this.zeroFill(g);
     }
     const gen = this.gen;
     if (gen && gen.ledger.isFrozen && gen.ledger.owedBy(g, MAIN)) {
@@ -202,11 +226,60 @@ export abstract class ModelVm {
     this.trace.push(`  write ${g} = ${this.version}`);
   }
 
-  /** `g`'s move settled (ended or failed): the writes that waited for it are routed again. */
-  private settled(g: number): void {
-    const n = this.waiting.get(g);
-    if (!n) return;
-    this.waiting.delete(g);
+  /**
+   * A fault on a page its sub-host holds as a zero page: main takes it over as zeros at once, with
+   * no GET, so the sub-host's saver hears of it only with the release, queued (RemotePager.route).
+   */
+  private zeroFill(g: number): void {
+    const s = this.own.holderOf(g);
+    this.own.beginIn(g);
+    this.own.endIn(g);
+    this.zero[g] = 0;
+    this.mainMem[g] = this.store[s].bytes[g];
+    this.releases.set(g, { s, sent: false });
+    this.counts.zeroFills++;
+    this.trace.push(`  zero-fill ${g} from ${s}; its release is queued`);
+  }
+
+  /** Main sends `g`'s release: its sub-host saves it first if it owes it, then drops it. */
+  protected sendRelease(g: number): void {
+    const r = this.releases.get(g)!, gen = this.gen, saver = gen?.savers.get(r.s);
+    r.sent = true;
+    this.trace.push(`  release ${g} to ${r.s}`);
+    const done = () => {
+      this.releases.delete(g);
+      this.store[r.s].held[g] = 0;
+    };
+    if (!saver) return done();
+    saver.beforeLeaving([g]).then(done, (e) => {
+      this.caught(gen, e, `sub-host ${r.s} saving gfn ${g} as it is released`);
+      done();
+    });
+  }
+
+  /**
+   * True when `g` must not move to sub-host `to` yet: a release of it to `to` is under way (the
+   * agent would drop the page after it arrived), or queued and not cancelled by the move.
+   */
+  protected releaseBlocks(g: number, to: number): boolean {
+    const r = this.releases.get(g);
+    return !!r && r.s === to && (r.sent || !this.cancelReleases);
+  }
+
+  /** A move of `g` to `to` cancels a release of it to `to` still queued (cancelReleases). */
+  private cancelRelease(g: number, to: number): void {
+    const r = this.releases.get(g);
+    if (!r || r.s !== to || r.sent) return;
+    this.releases.delete(g);
+    this.trace.push(`  release ${g} to ${to} cancelled`);
+  }
+
+  /** `mv` settled (ended or failed): the writes it wakes are routed again. */
+  private settled(mv: Move): void {
+    const g = mv.g,
+      n = (this.waitLeave.get(g) ?? 0) + (mv.kind === "in" ? this.waitIn.get(g) ?? 0 : 0);
+    this.waitLeave.delete(g);
+    if (mv.kind === "in") this.waitIn.delete(g);
     for (let i = 0; i < n; i++) this.write(g);
   }
 
@@ -230,11 +303,21 @@ export abstract class ModelVm {
 
   /** Main pages `g` out, saving it first if the ledger says so (rule 2, leavingMain). */
   protected beginOut(g: number, to: number): void {
+    this.cancelRelease(g, to);
     this.own.beginOut(g, to);
     const mv: Move = { kind: "out", g, from: MAIN, to, bytes: this.mainMem[g], ready: true };
     this.moves.push(mv);
     this.trace.push(`  begin out ${g} to ${to}`);
-    if (this.gen?.ledger.mustSaveBeforePageOut(g) && !this.saveMain([g], "out")) {
+    const l = this.gen?.ledger;
+    if (l && this.audit && l.rules.saveBeforePageOut) {
+      // Rule 2 as docs/CONSISTENCY.md states it: main saves a page leaving without a copy, after a
+      // cow point only one it owes. (Before the point it saves early what the next round would.)
+      const must = !l.has(g) && (!l.isFrozen || l.owedBy(g, MAIN));
+      if (l.mustSaveBeforePageOut(g) !== must) {
+        this.fail(`gfn ${g} leaves main: the ledger says ${!must} to saving it first`, "saved");
+      }
+    }
+    if (l?.mustSaveBeforePageOut(g) && !this.saveMain([g], "out")) {
       // Unsaved, the page must not leave: it goes back into main's memory (putBack).
       this.failMove(mv);
     }
@@ -243,6 +326,7 @@ export abstract class ModelVm {
   protected beginAcross(g: number, to: number): void {
     const from = this.own.holderOf(g);
     const mv: Move = { kind: "across", g, from, to, bytes: 0, ready: false };
+    this.cancelRelease(g, to);
     this.own.beginAcross(g, to);
     this.moves.push(mv);
     this.trace.push(`  begin across ${g} from ${from} to ${to}`);
@@ -281,8 +365,9 @@ export abstract class ModelVm {
       this.store[to].held[g] = 1;
       this.store[from].held[g] = 0;
     }
+    this.zero[g] = 0;
     this.trace.push(`  end ${mv.kind} ${g}`);
-    this.settled(g);
+    this.settled(mv);
   }
 
   /**
@@ -295,7 +380,7 @@ export abstract class ModelVm {
     if (mv.kind === "out") this.mainMem[mv.g] = mv.bytes;
     this.counts.failedMoves++;
     this.trace.push(`  ${mv.kind} ${mv.g} fails; host ${mv.from} keeps it`);
-    this.settled(mv.g);
+    this.settled(mv);
   }
 
   /** Moves whose source let go. */

@@ -24,6 +24,8 @@ export interface Audited {
   truth: Int32Array;
   holder: Uint8Array;
   savers: Map<number, SubSaver>;
+  /** True while sub-host `s`'s store holds `g`. */
+  holds(s: number, g: number): boolean;
 }
 
 /** The asks and answers of one generation, and the checks run on them at its commit. */
@@ -109,6 +111,10 @@ export class SaveAudit {
       // ledger then takes from another host; the saver saves it once more if it leaves again.)
       const owed = saver.unsaved();
       if (x.mode === "cow" && owed.length) return `sub-host ${s} still owes ${owed} at commit`;
+      // A page owed is saved before it leaves, and one a request finds gone is owed no more: a
+      // page still owed is still there.
+      const gone = owed.filter((g) => !x.holds(s, g));
+      if (gone.length) return `sub-host ${s} still owes ${gone}, which it no longer holds`;
       const stood = this.stood.get(s) ?? new Set<number>();
       for (let g = 0; g < x.truth.length; g++) {
         if (x.ledger.copy[g] === x.fragOf[s] && !stood.has(g)) {

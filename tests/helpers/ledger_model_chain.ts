@@ -120,6 +120,7 @@ export interface Counts {
   merges: number;
   hostsAdded: number;
   waitedWrites: number;
+  zeroFills: number;
   bounces: number;
   batches: number;
 }
@@ -137,6 +138,7 @@ export function noCounts(): Counts {
     merges: 0,
     hostsAdded: 0,
     waitedWrites: 0,
+    zeroFills: 0,
     bounces: 0,
     batches: 0,
   };
@@ -147,6 +149,6 @@ export function countsLine(what: string, c: Counts): string {
   return `${what}: ${c.interleavings} interleavings, ${c.steps} steps, ${c.pages} pages, ` +
     `${c.generations} generations committed (${c.incrementals} incremental), ${c.aborts} aborted, ` +
     `${c.merges} merges, ${c.failedMoves} failed moves, ${c.hostsAdded} sub-hosts added, ` +
-    `${c.waitedWrites} writes waited for a move, ${c.bounces} bounces, ` +
+    `${c.waitedWrites} writes waited for a move, ${c.zeroFills} zero-fills, ${c.bounces} bounces, ` +
     `${c.batches} sub-host saves over several batches`;
 }

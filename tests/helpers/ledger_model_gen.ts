@@ -157,7 +157,9 @@ export class Model extends ModelSteps {
     await this.drain(true, false);
     if (this.gen !== gen) return;
     this.sample();
-    this.tracker.onSample = undefined;
+    // The driver stops telling the ledger of writes here. In cow the model goes on telling it
+    // (the bits still go to the next checkpoint): past the point the ledger must ignore them.
+    if (gen.mode !== "cow") this.tracker.onSample = undefined;
     this.tracker.seal();
     gen.truth = this.truth();
     gen.holder = Uint8Array.from({ length: this.pages }, (_, g) => this.own.holderOf(g));
@@ -209,10 +211,12 @@ export class Model extends ModelSteps {
     const wrong = restoreWrong(c);
     if (wrong) this.fail(wrong, "restore");
     if (this.audit) {
-      const w = gen.audit.wrong({ ...gen, truth, holder });
+      const holds = (s: number, g: number) => this.store[s].held[g] === 1;
+      const w = gen.audit.wrong({ ...gen, truth, holder, holds });
       if (w) this.fail(`${what}: ${w}`, "saved");
     }
     this.own.check();
+    this.tracker.onSample = undefined;
     this.tracker.commit(gen.txn);
     this.head = c;
     this.gen = null;
@@ -306,8 +310,24 @@ export class Model extends ModelSteps {
   protected override report(r: Report): void {
     const gen = this.gen!;
     this.trace.push(`  report host ${r.host}: ${r.gfns}${r.saved ? ` saved ${r.saved}` : ""}`);
-    if (r.saved) gen.audit.stand(r.host, gen.ledger.reported(r.host, r.gfns, r.ticket, r.saved));
-    else gen.ledger.saved(r.host, r.gfns, r.ticket);
+    if (!r.saved) gen.ledger.saved(r.host, r.gfns, r.ticket);
+    else {
+      const f = gen.fragOf[r.host], before = gen.ledger.copy.map((c) => c === f ? 1 : 0);
+      const stood = gen.ledger.reported(r.host, r.gfns, r.ticket, r.saved);
+      // What the driver counts as this host's saves: exactly the copies this answer made stand.
+      const made = [];
+      for (let g = 0; g < this.pages; g++) if (gen.ledger.copy[g] === f && !before[g]) made.push(g);
+      if (this.audit && stood.some((g) => gen.ledger.copy[g] !== f || !r.saved!.includes(g))) {
+        this.fail(`the ledger says ${stood} of sub-host ${r.host}'s answer stand`, "saved");
+      }
+      if (this.audit && made.some((g) => !stood.includes(g))) {
+        this.fail(
+          `sub-host ${r.host}'s answer made ${made} stand, the ledger says ${stood}`,
+          "saved",
+        );
+      }
+      gen.audit.stand(r.host, stood);
+    }
     if (r.round) gen.inRound.delete(r.host);
   }
 

@@ -3,7 +3,7 @@
  * (tests/helpers/ledger_model.ts): each step acts, then lets the promise chains it started
  * advance, and a checkpoint that failed meanwhile aborts; `drain` lets everything under way finish.
  */
-import { MAIN } from "../../src/paging/ownership.ts";
+import { MAIN, OwnershipError } from "../../src/paging/ownership.ts";
 import { InjectedFailure } from "./ledger_model_chain.ts";
 import type { Gen, Report, Request } from "./ledger_model_gen.ts";
 import { ModelVm, settle } from "./ledger_model.ts";
@@ -55,8 +55,12 @@ export abstract class ModelSteps extends ModelVm {
       }
       case "out": {
         // Not a page main is saving in a round: page-outs wait for main's memory (withMemory).
-        const g = this.firstFrom(st.g, (x) => this.idleAt(MAIN, x) && !this.mainSaving(x));
-        if (g >= 0) this.beginOut(g, 1 + st.to % subs);
+        const to = 1 + st.to % subs;
+        const g = this.firstFrom(
+          st.g,
+          (x) => this.idleAt(MAIN, x) && !this.mainSaving(x) && !this.releaseBlocks(x, to),
+        );
+        if (g >= 0) this.beginOut(g, to);
         return;
       }
       case "across": {
@@ -68,7 +72,9 @@ export abstract class ModelSteps extends ModelVm {
         if (g < 0) return;
         const from = this.own.holderOf(g);
         const others = Array.from({ length: subs }, (_, k) => k + 1).filter((s) => s !== from);
-        return this.beginAcross(g, others[st.to % others.length]);
+        const to = others[st.to % others.length];
+        if (!this.releaseBlocks(g, to)) this.beginAcross(g, to);
+        return;
       }
       case "end":
       case "fail": {
@@ -84,6 +90,11 @@ export abstract class ModelSteps extends ModelVm {
           this.request(gen.requests.splice(st.i % gen.requests.length, 1)[0]);
         }
         return;
+      case "release": {
+        const queued = [...this.releases].filter(([, r]) => !r.sent);
+        if (queued.length) this.sendRelease(queued[st.i % queued.length][0]);
+        return;
+      }
       case "io":
         this.gates[1 + st.s % subs].shift()?.ok();
         return;
@@ -103,6 +114,8 @@ export abstract class ModelSteps extends ModelVm {
         return;
       case "host":
         return this.addHost(st.g);
+      case "bad":
+        return this.illegal(st.g % P, st.to);
       case "bounce":
         return;
     }
@@ -122,6 +135,57 @@ export abstract class ModelSteps extends ModelVm {
       s = r.host;
     }
     gen.failed ??= `a save RPC of sub-host ${s} failed`;
+  }
+
+  /**
+   * Tries one transition of `g` that would give it two holders or none (the to-th that applies);
+   * PageOwnership must refuse it and change nothing.
+   */
+  private illegal(g: number, k: number): void {
+    const own = this.own, h = own.holderOf(g), mv = this.moves.find((m) => m.g === g);
+    const tries: [string, () => void][] = [
+      ["a page-out to no sub-host", () => own.beginOut(g, own.hosts)],
+      ["a move across to main", () => own.beginAcross(g, MAIN)],
+    ];
+    if (mv) {
+      tries.push(
+        ["a page-in", () => own.beginIn(g)],
+        ["a page-out", () => own.beginOut(g, 1)],
+        ["a move across", () => own.beginAcross(g, 1 + (h % this.subs))],
+        ...[["in", () => own.endIn(g)], ["out", () => own.endOut(g)], [
+          "across",
+          () => own.endAcross(g),
+        ]]
+          .filter(([kind]) => kind !== mv.kind)
+          .map(([kind, fn]) => [`the end of a ${kind} move`, fn] as [string, () => void]),
+      );
+    } else {
+      tries.push(
+        ["an abort", () => own.abort(g)],
+        ["the end of a page-in", () => own.endIn(g)],
+        ["the end of a page-out", () => own.endOut(g)],
+        ["the end of a move across", () => own.endAcross(g)],
+        h === MAIN
+          ? ["a page-in", () => own.beginIn(g)]
+          : ["a move across to its own holder", () => own.beginAcross(g, h)],
+        h === MAIN
+          ? ["a move across", () => own.beginAcross(g, 1)]
+          : ["a page-out", () => own.beginOut(g, h)],
+      );
+    }
+    const [what, fn] = tries[k % tries.length];
+    const before = `${own.counts()} ${h} ${own.isMoving(g)} ${mv && own.isLeaving(g)}`;
+    try {
+      fn();
+    } catch (e) {
+      if (!(e instanceof OwnershipError)) throw e;
+      const after = `${own.counts()} ${own.holderOf(g)} ${own.isMoving(g)} ${
+        mv && own.isLeaving(g)
+      }`;
+      if (after !== before) this.fail(`refusing ${what} of gfn ${g} changed the table`, "model");
+      return;
+    }
+    this.fail(`the holder table accepted ${what} of gfn ${g}`, "model");
   }
 
   /** True while main's round is saving `g` (its report has not reached the ledger). */
@@ -201,6 +265,15 @@ export abstract class ModelSteps extends ModelVm {
           progressed = true;
         }
       }
+      if (saves) {
+        // Queued releases go out (at the pause they may still be queued: they cross the point).
+        for (const [g, r] of this.releases) {
+          if (!r.sent) {
+            this.sendRelease(g);
+            progressed = true;
+          }
+        }
+      }
       const gen = this.gen;
       if (gen && saves) {
         while (gen.requests.length && this.gen === gen) {
@@ -215,8 +288,16 @@ export abstract class ModelSteps extends ModelVm {
       await settle();
       this.check();
       const idle = !progressed && this.gates.every((q) => !q.length) &&
-        (!moves || !this.moves.length) && (!this.gen || this.gen.busy === 0);
-      if (idle) return;
+        (!moves || !this.moves.length) && (!this.gen || this.gen.busy === 0) &&
+        (!saves || !this.releases.size);
+      if (idle) {
+        // Every move has settled: a write still waiting would wait for ever (a vCPU hung).
+        const stuck = moves ? [...this.waitIn.keys()] : [];
+        if (stuck.length) {
+          this.fail(`writes of ${stuck} wait for a page-in that never comes`, "model");
+        }
+        return;
+      }
     }
     this.fail("the model does not settle", "model");
   }

@@ -22,6 +22,7 @@ export type Step =
   | { k: "across"; g: number; to: number } // a page starts moving to another sub-host
   | { k: "end"; i: number } // a move whose source let go completes
   | { k: "fail"; i: number } // a move whose source let go fails: the page stays where it was
+  | { k: "release"; i: number } // main sends a queued release of a page it zero-filled
   | { k: "claim"; h: number } // main claims a save round for host h (main saves at once)
   | { k: "request"; i: number } // a sub-host receives its save request (SubSaver.save)
   | { k: "io"; s: number } // sub-host 1+s's oldest fragment write completes
@@ -30,6 +31,7 @@ export type Step =
   | { k: "rpcerr"; i: number } // a save request or its answer is lost: the checkpoint aborts
   | { k: "mainerr" } // main's next fragment write fails: the checkpoint aborts
   | { k: "host"; g: number } // a sub-host joins and pages start moving to it (between checkpoints)
+  | { k: "bad"; g: number; to: number } // the to-th illegal transition of page g must be refused
   | Bounce;
 
 /**
@@ -62,6 +64,7 @@ export const EVEN: Bias = {
   across: 8,
   end: 24,
   fail: 4,
+  release: 8,
   claim: 12,
   request: 12,
   io: 16,
@@ -70,6 +73,7 @@ export const EVEN: Bias = {
   rpcerr: 1,
   mainerr: 1,
   host: 0,
+  bad: 2,
   bounce: 12,
 };
 
@@ -135,6 +139,7 @@ export function stepArb(bias: Bias): fc.Arbitrary<Step> {
     across: rec("across", "g", "to"),
     end: rec("end", "i"),
     fail: rec("fail", "i"),
+    release: rec("release", "i"),
     claim: rec("claim", "h"),
     request: rec("request", "i"),
     io: rec("io", "s"),
@@ -143,6 +148,7 @@ export function stepArb(bias: Bias): fc.Arbitrary<Step> {
     rpcerr: rec("rpcerr", "i"),
     mainerr: rec("mainerr"),
     host: rec("host", "g"),
+    bad: rec("bad", "g", "to"),
     bounce: bounceArb,
   };
   const kinds = Object.keys(arbs) as Step["k"][];
@@ -210,6 +216,7 @@ const FIELD: Record<Step["k"], string> = {
   across: "g",
   end: "i",
   fail: "i",
+  release: "i",
   claim: "h",
   request: "i",
   io: "s",
@@ -218,6 +225,7 @@ const FIELD: Record<Step["k"], string> = {
   rpcerr: "i",
   mainerr: "",
   host: "g",
+  bad: "g",
   bounce: "g",
 };
 
@@ -245,7 +253,7 @@ export function steps(words: string): Step[] {
       };
     }
     const field = FIELD[k as Step["k"]];
-    const to = k === "out" || k === "across" ? { to: Number(b ?? 0) } : {};
+    const to = k === "out" || k === "across" || k === "bad" ? { to: Number(b ?? 0) } : {};
     return { k, ...(field ? { [field]: n } : {}), ...to } as Step;
   });
 }
@@ -257,6 +265,6 @@ export function word(st: Step): string {
   }
   const field = FIELD[st.k];
   const n = field ? (st as unknown as Record<string, number>)[field] : undefined;
-  const to = st.k === "out" || st.k === "across" ? `:${st.to}` : "";
+  const to = st.k === "out" || st.k === "across" || st.k === "bad" ? `:${st.to}` : "";
   return n === undefined ? st.k : `${st.k}:${n}${to}`;
 }
