@@ -216,6 +216,13 @@ export class Model extends ModelSteps {
       if (w) this.fail(`${what}: ${w}`, "saved");
     }
     this.own.check();
+    for (let g = 0; g < this.pages; g++) {
+      // Every page is where the holder table says: a store that lost a page loses it for good.
+      const h = this.own.holderOf(g);
+      if (h === MAIN ? this.mainMem[g] < 0 : !this.store[h].held[g]) {
+        this.fail(`host ${h} holds gfn ${g} by the table, but not in its memory or store`, "model");
+      }
+    }
     this.tracker.onSample = undefined;
     this.tracker.commit(gen.txn);
     this.head = c;
