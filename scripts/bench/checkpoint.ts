@@ -10,7 +10,8 @@
 import { Machine } from "../../src/vmm/machine.ts";
 import { DirtyTracker } from "../../src/memory/dirty_tracker.ts";
 import type { CheckpointMode } from "../../src/ckpt/manifest.ts";
-import { type CheckpointReport, takeCheckpoint } from "../../src/ckpt/save.ts";
+import { takeCheckpoint } from "../../src/ckpt/save.ts";
+import type { CheckpointReport } from "../../src/ckpt/transaction.ts";
 import { restoreCheckpoint } from "../../src/ckpt/restore.ts";
 import type { VerifyResult } from "../../src/vmm/guests/memstamp/memstamp.ts";
 import {

@@ -8,7 +8,7 @@ import { basename, dirname, join, normalize } from "node:path";
 import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/store.ts";
 import { commitManifest, decodeManifest, fsyncDir } from "../ckpt/manifest.ts";
 import { mergeHostPart } from "../ckpt/merge.ts";
-import { removeGeneration } from "../ckpt/save.ts";
+import { removeGeneration } from "../ckpt/transaction.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";
 import { gather } from "../net/chunks.ts";

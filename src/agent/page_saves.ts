@@ -8,7 +8,7 @@ import * as libc from "../ffi/libc.ts";
 import { PAGE } from "../ckpt/format.ts";
 import { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
-import { removeGeneration } from "../ckpt/save.ts";
+import { removeGeneration } from "../ckpt/transaction.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { RpcHandler } from "../net/quic.ts";
 import { RpcError } from "../net/rpc_messages.ts";

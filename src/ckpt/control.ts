@@ -3,12 +3,8 @@ import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import type { CheckpointMode } from "./manifest.ts";
-import {
-  CheckpointError,
-  type CheckpointOptions,
-  type CheckpointReport,
-  takeCheckpoint,
-} from "./save.ts";
+import { takeCheckpoint } from "./save.ts";
+import { CheckpointError, type CheckpointOptions, type CheckpointReport } from "./transaction.ts";
 
 const MODES: CheckpointMode[] = ["stop", "precopy", "cow"];
 

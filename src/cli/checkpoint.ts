@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { request } from "../vmm/control/client.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
-import type { CheckpointReport } from "../ckpt/save.ts";
+import type { CheckpointReport } from "../ckpt/transaction.ts";
 import type { SplitCheckpointReport } from "../paging/split_checkpoint.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";

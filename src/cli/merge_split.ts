@@ -9,7 +9,7 @@ import { decodeManifest, type Manifest } from "../ckpt/manifest.ts";
 import { gather, piecesOf } from "../net/chunks.ts";
 import { mergeOnHosts } from "../paging/split_merge.ts";
 import type { MergePart } from "../ckpt/merge.ts";
-import { newCheckpointId } from "../ckpt/save.ts";
+import { newCheckpointId } from "../ckpt/transaction.ts";
 import { generationName } from "../ckpt/store.ts";
 import { RpcClient } from "../net/quic.ts";
 import type { GlobalOptions } from "./context.ts";

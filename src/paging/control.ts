@@ -3,7 +3,7 @@
  * VM (split migration), gather it back onto this host, and check page ownership.
  */
 import type { CheckpointRequest } from "../ckpt/control.ts";
-import type { CheckpointOptions, CheckpointReport } from "../ckpt/save.ts";
+import type { CheckpointOptions, CheckpointReport } from "../ckpt/transaction.ts";
 import type { OpenCheckpoint } from "../ckpt/restore.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";

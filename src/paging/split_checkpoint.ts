@@ -9,35 +9,26 @@
 import { join, relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { PAGE } from "../ckpt/format.ts";
-import { type FragmentSummary, FragmentWriter } from "../ckpt/fragment_writer.ts";
-import {
-  commitManifest,
-  encodeManifest,
-  type FragmentRef,
-  type Manifest,
-} from "../ckpt/manifest.ts";
+import { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
 import {
-  checkParent,
-  CheckpointError,
+  type CheckpointBegun,
   type CheckpointOptions,
+  type CheckpointParticipant,
   type CheckpointReport,
-  DCRES_VERSION,
-  emptyStats,
-  newCheckpointId,
-  prefetchOrder,
-  removeGeneration,
-  saveError,
-} from "../ckpt/save.ts";
-import { CheckpointStore } from "../ckpt/store.ts";
-import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
+  localParticipant,
+  type ParticipantFragment,
+  runCheckpoint,
+} from "../ckpt/transaction.ts";
+import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
+import { piecesOf } from "../net/chunks.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
 import { saveSplitPages } from "./split_save.ts";
 import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
-import { piecesOf } from "../net/chunks.ts";
+import type { SubLink } from "./sub_link.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
 
@@ -45,19 +36,40 @@ const log = getLogger(["dcres", "checkpoint"]);
 export interface SplitCheckpointReport extends CheckpointReport {
   /** Pages each host saved (stored or zero), by host name. */
   pagesSaved: Record<string, number>;
-  /** Pages that crossed the network in order to be saved. */
+  /** Pages that crossed the network to be saved. */
   pagesSentToSave: number;
   /** Pages paged in or out while the checkpoint ran. */
   pagesMovedMeanwhile: number;
 }
 
-/** A fragment's summary as a sub-host reports it. */
-type SubSummary = Omit<FragmentSummary, "gfns">;
-
 /** Options of a split VM's checkpoint. */
 export interface SplitCheckpointOptions extends CheckpointOptions {
   /** This (main) host's name, naming its fragment. */
   host: string;
+}
+
+/**
+ * Sub-host `l`'s part of checkpoint `b`, over its `pages.save*` calls (each names the checkpoint,
+ * so a late one is refused there).
+ */
+function subParticipant(l: SubLink, b: CheckpointBegun, opts: CheckpointOptions) {
+  const id = b.id;
+  return {
+    host: l.host,
+    async begin() {
+      await l.call("pages.save.begin", { id, generation: b.generation, compress: opts.compress });
+    },
+    async finish(): Promise<ParticipantFragment> {
+      const s = await l.call<ParticipantFragment>("pages.save.finish", { id });
+      return { ...s, path: s.path.startsWith("/") ? relative(opts.dir, s.path) : s.path };
+    },
+    async commit(bytes: Uint8Array) {
+      await l.call("pages.save.commit", { id }, { upload: piecesOf(bytes) });
+    },
+    // A host that cannot be told (it may be why the checkpoint failed) drops the generation at its
+    // next begin, and refuses nothing of this one that is committed elsewhere: none is.
+    abort: () => l.call("pages.save.abort", { id }).then(() => {}, () => {}),
+  } satisfies CheckpointParticipant;
 }
 
 /** Takes a parallel checkpoint of split VM `m`; on failure no participant keeps any of it. */
@@ -67,147 +79,93 @@ export async function takeSplitCheckpoint(
   pager: RemotePager,
   opts: SplitCheckpointOptions,
 ): Promise<SplitCheckpointReport> {
-  const t0 = performance.now();
   const mem = m.vm.memory;
-  const store = new CheckpointStore(opts.dir);
-  const parent = checkParent(store, tracker, opts, m.spec.memSize);
-  // Every participant must be reachable before anything is written.
-  await pager.ensureLinks();
-  const { generation, dir } = store.begin();
-  const { id, idBytes } = newCheckpointId();
-  const subs = pager.subLinks();
-  const base = parent ? parent.manifest.fragments.length : 0;
-  const fragmentOf = new Array(pager.ownership.hosts).fill(-1);
-  fragmentOf[MAIN] = base;
-  subs.forEach((l, k) => fragmentOf[l.index] = base + 1 + k);
-  const inherited = parent
-    ? Int32Array.from(expandPageMap(parent.manifest.pageMap, mem.pages))
-    : undefined;
-  let writer: FragmentWriter | undefined;
-  let txn: DirtyTransaction | undefined;
+  let subs: SubLink[] = [];
   const moves0 = pager.stats().pageIns + pager.stats().pageOuts;
-  const stats = emptyStats();
-  let state: Manifest["machine"] | undefined;
-  try {
-    // Every begin settles before a failure is thrown, so the abort reaches each sub-host after it.
-    const begins = await Promise.allSettled(
-      subs.map((l) => l.call("pages.save.begin", { id, generation, compress: opts.compress })),
-    );
-    for (const b of begins) if (b.status === "rejected") throw b.reason;
-    writer = FragmentWriter.create(join(dir, `${opts.host}.frag`), {
-      checkpointId: idBytes,
-      generation,
-      compress: opts.compress,
-    });
-    const io = pagerSaveIo(pager, writer, subs, id);
-    const c = new SplitCheckpoint(io, fragmentOf, inherited);
-    pager.saver = c;
-    const saved = await saveSplitPages(c, {
-      mode: opts.mode,
-      maxDowntimeMs: opts.maxDowntimeMs,
-      tracker,
-      pause: () => m.vm.pause(),
-      resume: () => {
-        if (!m.vm.isStopped) m.vm.resume();
-      },
-      drain: () => pager.drain(),
-      atPoint: () => {
-        state = m.save();
-        opts.onConsistencyPoint?.();
-      },
-      wait: () => new Promise((r) => setTimeout(r, 5)),
-      now: () => performance.now(),
-      onProgress: opts.onProgress,
-    }).finally(() => pager.saver = undefined);
-    txn = saved.txn;
-    stats.rounds = saved.rounds;
-    stats.downtimeMs = saved.downtimeMs;
-    const pageMap = saved.pageMap;
-    const [mine, ...theirs] = await Promise.all([
-      io.fragment.finish(),
-      ...subs.map((l) => l.call<SubSummary>("pages.save.finish", { id })),
-    ]);
-    const ref = (host: string, s: SubSummary): FragmentRef => ({
-      path: s.path.startsWith("/") ? relative(opts.dir, s.path) : s.path,
-      host,
-      generation,
-      footerCrc: s.footerCrc,
-      pages: s.pages,
-      bytes: s.fileBytes,
-    });
-    const frags = [ref(opts.host, mine), ...subs.map((l, k) => ref(l.host, theirs[k]))];
-    const fragments = [...(parent?.manifest.fragments ?? []), ...frags];
-    const all = [mine, ...theirs];
-    stats.pagesSaved = all.reduce((a, s) => a + s.pages - s.zeroPages, 0);
-    stats.zeroPages = all.reduce((a, s) => a + s.zeroPages, 0);
-    stats.pagesSavedTwice = all.reduce((a, s) => a + s.rewrites, 0);
-    stats.bytesWritten = all.reduce((a, s) => a + s.dataBytes, 0);
-    stats.pagesReused = c.book.copy.reduce((n, f) => n + (f < base ? 1 : 0), 0);
-    stats.totalMs = performance.now() - t0;
-    const manifest: Manifest = {
-      dcresVersion: DCRES_VERSION,
-      id,
-      vm: m.spec.name,
-      generation,
-      parent: parent ? parent.manifest.generation : null,
-      createdAt: new Date().toISOString(),
-      mode: opts.mode,
-      compressed: opts.compress,
-      machine: state!,
-      fragments,
-      pageMap,
-      prefetchOrder: prefetchOrder(tracker.lastDirty),
-      stats,
+  let writer: FragmentWriter | undefined;
+  let c: SplitCheckpoint | undefined;
+  const { report } = await runCheckpoint({
+    opts,
+    tracker,
+    vm: m.spec.name,
+    memSize: m.spec.memSize,
+    // Every participant must be reachable before anything is written.
+    ready: async () => {
+      await pager.ensureLinks();
+      subs = pager.subLinks();
+    },
+    participants: (b) => {
+      writer = FragmentWriter.create(join(b.dir, `${opts.host}.frag`), {
+        checkpointId: b.idBytes,
+        generation: b.generation,
+        compress: opts.compress,
+      });
+      return [
+        localParticipant(opts.host, opts.dir, b.dir, writer),
+        ...subs.map((l) => subParticipant(l, b, opts)),
+      ];
+    },
+    save: async (b) => {
+      const fragmentOf = new Array(pager.ownership.hosts).fill(-1);
+      fragmentOf[MAIN] = b.base;
+      subs.forEach((l, k) => fragmentOf[l.index] = b.base + 1 + k);
+      const inherited = b.parent
+        ? Int32Array.from(expandPageMap(b.parent.manifest.pageMap, mem.pages))
+        : undefined;
+      c = new SplitCheckpoint(pagerSaveIo(pager, writer!, subs, b.id), fragmentOf, inherited);
+      pager.saver = c;
+      let machine: ReturnType<Machine["save"]> | undefined;
+      try {
+        const saved = await saveSplitPages(c, {
+          mode: opts.mode,
+          maxDowntimeMs: opts.maxDowntimeMs,
+          tracker,
+          pause: () => m.vm.pause(),
+          resume: () => {
+            if (!m.vm.isStopped) m.vm.resume();
+          },
+          drain: () => pager.drain(),
+          atPoint: () => {
+            machine = m.save();
+            opts.onConsistencyPoint?.();
+          },
+          wait: () => new Promise((r) => setTimeout(r, 5)),
+          now: () => performance.now(),
+          onProgress: opts.onProgress,
+        });
+        return { ...saved, machine: machine! };
+      } finally {
+        pager.saver = undefined;
+      }
+    },
+    extend: (plain) => ({
+      ...plain,
       split: {
         mainMemBytes: pager.stats().mainBudgetPages * PAGE,
         hosts: { [opts.host]: "main", ...Object.fromEntries(subs.map((l) => [l.host, l.addr])) },
       },
-    };
-    // Committed on the sub-hosts first: main's copy is the one the next incremental builds on.
-    const bytes = encodeManifest(manifest);
-    await Promise.all(
-      subs.map((l) => l.call("pages.save.commit", { id }, { upload: piecesOf(bytes) })),
-    );
-    commitManifest(dir, manifest);
-    tracker.commit(txn);
-    tracker.baselineId = id;
-    log.info("checkpoint {id} of {vm}: {pages} pages saved on {hosts} hosts", {
-      id,
-      vm: m.spec.name,
-      pages: stats.pagesSaved,
-      hosts: frags.length,
-    });
-    const counts = c.counts();
-    return {
-      dir: opts.dir,
-      generation,
-      id,
-      mode: opts.mode,
-      parent: manifest.parent,
-      stats,
-      pagesSaved: {
-        [opts.host]: counts[MAIN],
-        ...Object.fromEntries(subs.map((l) => [l.host, counts[l.index]])),
-      },
-      pagesSentToSave: c.sentToSave,
-      pagesMovedMeanwhile: pager.stats().pageIns + pager.stats().pageOuts - moves0,
-    };
-  } catch (e) {
+    }),
+  }).catch((e) => {
     log.error("checkpoint of {vm} failed: {error}", {
       vm: m.spec.name,
       error: (e as Error).message,
     });
-    await writer?.abort();
-    if (txn) tracker.abort(txn);
-    // Every sub-host is told, begun or not: a begin that arrives late is then refused there.
-    await Promise.all(subs.map((l) => l.call("pages.save.abort", { id }).catch(() => {})));
-    removeGeneration(dir);
-    const err = saveError(e, opts.dir, generation);
-    if (err instanceof CheckpointError) throw err;
-    throw new CheckpointError(
-      `checkpoint of ${m.spec.name} failed and was removed from every host (the previous one is intact): ${
-        (e as Error).message
-      }`,
-    );
-  }
+    throw e;
+  });
+  log.info("checkpoint {id} of {vm}: {pages} pages saved on {hosts} hosts", {
+    id: report.id,
+    vm: m.spec.name,
+    pages: report.stats.pagesSaved,
+    hosts: subs.length + 1,
+  });
+  const counts = c!.counts();
+  return {
+    ...report,
+    pagesSaved: {
+      [opts.host]: counts[MAIN],
+      ...Object.fromEntries(subs.map((l) => [l.host, counts[l.index]])),
+    },
+    pagesSentToSave: c!.sentToSave,
+    pagesMovedMeanwhile: pager.stats().pageIns + pager.stats().pageOuts - moves0,
+  };
 }

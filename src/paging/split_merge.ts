@@ -10,7 +10,7 @@ import { basename, dirname } from "node:path";
 import { commitManifest, decodeManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
 import { piecesOf } from "../net/chunks.ts";
 import { mergedManifest, mergeHostPart, type MergePart } from "../ckpt/merge.ts";
-import { newCheckpointId } from "../ckpt/save.ts";
+import { newCheckpointId } from "../ckpt/transaction.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { SubLink } from "./sub_link.ts";
 

@@ -49,7 +49,7 @@ export interface SplitSaveResult {
   txn: DirtyTransaction;
   /** Runs of [first gfn, count, fragment index] over all pages. */
   pageMap: Uint32Array;
-  /** Precopy rounds before the pause. */
+  /** Rounds before the pause (1 for stop and cow). */
   rounds: number;
   /** How long the vCPUs were paused. */
   downtimeMs: number;
@@ -66,7 +66,7 @@ export async function saveSplitPages(
 ): Promise<SplitSaveResult> {
   const { tracker } = run, pages = c.book.pages;
   const txn = tracker.begin();
-  let paused = false, rounds = 0, downtimeMs = 0, tp = 0;
+  let paused = false, rounds = 1, downtimeMs = 0, tp = 0;
   try {
     c.written(txn.bits);
     tracker.onSample = (bits) => c.written(bits);

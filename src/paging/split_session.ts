@@ -9,7 +9,7 @@ import type { FragmentSummary } from "../ckpt/fragment_writer.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { gfnRuns } from "../memory/runs.ts";
 import { PAGE } from "../ckpt/format.ts";
-import { coldestFirst } from "../ckpt/save.ts";
+import { coldestFirst } from "../ckpt/order.ts";
 import { MAIN, type PageOwnership } from "./ownership.ts";
 import { SaveLedger } from "./save_ledger.ts";
 
