@@ -143,6 +143,11 @@ export abstract class ModelVm {
     throw new ModelFailure(`${msg}\ntrace:\n  ${this.trace.join("\n  ")}`, kind);
   }
 
+  /** Fails the run at the end of the step, from a promise chain (where a throw would be lost). */
+  protected failLater(msg: string, kind: ModelFailure["kind"]): void {
+    this.asyncError ??= new ModelFailure(`${msg}\ntrace:\n  ${this.trace.join("\n  ")}`, kind);
+  }
+
   /** An error from a promise chain the model started: injected ones fail the checkpoint. */
   protected caught(gen: Gen | null, e: unknown, what: string): void {
     if (e instanceof InjectedFailure) {
@@ -173,8 +178,8 @@ export abstract class ModelVm {
     return t;
   }
 
-  /** Sub-host s's store and fragment as its saver sees them. */
-  protected io(s: number, frag: Fragment): SubSaverIo {
+  /** Sub-host s's store and fragment as its saver sees them; `written` hears of each completed write. */
+  protected io(s: number, frag: Fragment, written: (gfns: number[]) => void): SubSaverIo {
     return {
       holds: (g) => this.store[s].held[g] === 1,
       write: (gfns) => {
@@ -185,7 +190,15 @@ export abstract class ModelVm {
           put(frag, g, this.store[s].bytes[g]);
         }
         this.trace.push(`  sub ${s} writes ${gfns} to its fragment of generation ${frag.gen}`);
-        return new Promise<void>((ok, err) => this.gates[s].push({ ok, err }));
+        return new Promise<void>((ok, err) =>
+          this.gates[s].push({
+            ok: () => {
+              written(gfns);
+              ok();
+            },
+            err,
+          })
+        );
       },
     };
   }

@@ -64,6 +64,8 @@ export interface Gen {
   inRound: Set<number>;
   txn: DirtyTransaction;
   audit: SaveAudit;
+  /** Per sub-host: pages whose fragment write completed since its last answer. */
+  sinceAnswer: Map<number, Set<number>>;
   /** Why it fails: it aborts at the end of the step. */
   failed?: string;
   /** Main's next fragment write fails. */
@@ -137,9 +139,13 @@ export class Model extends ModelSteps {
       inRound: new Set(),
       txn,
       audit: new SaveAudit(),
+      sinceAnswer: new Map(),
     };
     for (let s = 1; s < this.own.hosts; s++) {
-      gen.savers.set(s, new SubSaver(this.io(s, frags[fragOf[s]]), this.rules, this.batch));
+      const since = new Set<number>();
+      gen.sinceAnswer.set(s, since);
+      const io = this.io(s, frags[fragOf[s]], (gfns) => gfns.forEach((g) => since.add(g)));
+      gen.savers.set(s, new SubSaver(io, this.rules, this.batch));
     }
     this.trace.push(
       `start ${plan.mode} generation ${n}${
@@ -347,6 +353,17 @@ export class Model extends ModelSteps {
     gen.savers.get(r.s)!.save(r.gfns).then(
       (saved) => {
         this.trace.push(`  sub ${r.s} saved ${saved}`);
+        // An answer names, besides pages asked, only pages saved (on their way out) since the
+        // sub-host's last answer.
+        const since = gen.sinceAnswer.get(r.s)!;
+        const extra = saved.filter((g) => !r.gfns.includes(g) && !since.has(g));
+        if (this.audit && extra.length) {
+          this.failLater(
+            `sub-host ${r.s} answers with ${extra}, not saved since its last answer`,
+            "saved",
+          );
+        }
+        since.clear();
         const ticket = Uint32Array.from(r.gfns, (g) => r.stamps.get(g)!);
         gen.reports.push({ host: r.s, gfns: r.gfns, ticket, saved, round: true });
       },
