@@ -155,6 +155,7 @@ export abstract class ModelVm {
     } else this.asyncError ??= e;
   }
 
+  /** True when host `h` holds `g` and it is not moving (what a round may claim). */
   idleAt(h: number, g: number): boolean {
     return this.own.holderOf(g) === h && !this.own.isMoving(g);
   }
@@ -305,6 +306,7 @@ export abstract class ModelVm {
 
   // --- moves ------------------------------------------------------------------------------------
 
+  /** Main starts paging `g` in (GET): its sub-host's saver saves it first if it owes it. */
   protected beginIn(g: number): void {
     const from = this.own.holderOf(g);
     const mv: Move = { kind: "in", g, from, to: MAIN, bytes: 0, ready: false };
@@ -336,6 +338,7 @@ export abstract class ModelVm {
     }
   }
 
+  /** `g` starts moving from its sub-host to sub-host `to` (GET there, then PUT). */
   protected beginAcross(g: number, to: number): void {
     const from = this.own.holderOf(g);
     const mv: Move = { kind: "across", g, from, to, bytes: 0, ready: false };
@@ -360,6 +363,7 @@ export abstract class ModelVm {
     });
   }
 
+  /** `mv` completes: its target holds the page (a page-in's sub-host releases it at once). */
   protected endMove(mv: Move): void {
     this.moves.splice(this.moves.indexOf(mv), 1);
     const { g, from, to } = mv;
