@@ -59,6 +59,8 @@ export interface ModelOptions {
    * owes before the page-out overwrites it). Off, such a page-out waits for the release.
    */
   cancelReleases?: boolean;
+  /** Keep a trace of every step for the failure message (runScenario turns it on to replay one). */
+  trace?: boolean;
 }
 
 /** The split VM: its holder table, memory, stores and the moves and saves under way. */
@@ -72,6 +74,8 @@ export abstract class ModelVm {
   readonly gates: Gate[][] = [];
   readonly tracker: DirtyTracker;
   readonly trace: string[] = [];
+  /** Traces are kept only to explain a failure: building them costs more than the run. */
+  readonly tracing: boolean;
   readonly rules: LedgerRules;
   readonly audit: boolean;
   readonly counts: Counts;
@@ -106,6 +110,7 @@ export abstract class ModelVm {
     this.audit = opts.audit ?? true;
     this.counts = opts.counts ?? noCounts();
     this.cancelReleases = opts.cancelReleases ?? false;
+    this.tracing = opts.trace ?? false;
     this.own = new PageOwnership(pages, subs + 1, (g) => holders[g] % (subs + 1));
     this.mainMem = new Int32Array(pages);
     this.zero = new Uint8Array(pages);
@@ -190,7 +195,9 @@ export abstract class ModelVm {
           }
           put(frag, g, this.store[s].bytes[g]);
         }
-        this.trace.push(`  sub ${s} writes ${gfns} to its fragment of generation ${frag.gen}`);
+        if (this.tracing) {
+          this.trace.push(`  sub ${s} writes ${gfns} to its fragment of generation ${frag.gen}`);
+        }
         return new Promise<void>((ok, err) =>
           this.gates[s].push({
             ok: () => {
@@ -219,7 +226,9 @@ export abstract class ModelVm {
       const leaving = own.isLeaving(g);
       wait(leaving ? this.waitLeave : this.waitIn);
       this.counts.waitedWrites++;
-      this.trace.push(`  write ${g} waits for its ${leaving ? "move to settle" : "page-in"}`);
+      if (this.tracing) {
+        this.trace.push(`  write ${g} waits for its ${leaving ? "move to settle" : "page-in"}`);
+      }
       return;
     }
     if (own.holderOf(g) !== MAIN) {
@@ -237,7 +246,7 @@ export abstract class ModelVm {
     }
     this.mainMem[g] = ++this.version;
     this.dirty.add(g);
-    this.trace.push(`  write ${g} = ${this.version}`);
+    if (this.tracing) this.trace.push(`  write ${g} = ${this.version}`);
   }
 
   /**
@@ -252,14 +261,14 @@ export abstract class ModelVm {
     this.mainMem[g] = this.store[s].bytes[g];
     this.releases.set(g, { s, sent: false });
     this.counts.zeroFills++;
-    this.trace.push(`  zero-fill ${g} from ${s}; its release is queued`);
+    if (this.tracing) this.trace.push(`  zero-fill ${g} from ${s}; its release is queued`);
   }
 
   /** Main sends `g`'s release: its sub-host saves it first if it owes it, then drops it. */
   protected sendRelease(g: number): void {
     const r = this.releases.get(g)!, gen = this.gen, saver = gen?.savers.get(r.s);
     r.sent = true;
-    this.trace.push(`  release ${g} to ${r.s}`);
+    if (this.tracing) this.trace.push(`  release ${g} to ${r.s}`);
     const done = () => {
       this.releases.delete(g);
       this.store[r.s].held[g] = 0;
@@ -285,7 +294,7 @@ export abstract class ModelVm {
     const r = this.releases.get(g);
     if (!r || r.s !== to || r.sent) return;
     this.releases.delete(g);
-    this.trace.push(`  release ${g} to ${to} cancelled`);
+    if (this.tracing) this.trace.push(`  release ${g} to ${to} cancelled`);
   }
 
   /** `mv` settled (ended or failed): the writes it wakes are routed again. */
@@ -301,7 +310,7 @@ export abstract class ModelVm {
   protected sample(): void {
     const bits = this.tracker.sample();
     const gfns = DirtyTracker.gfns(bits, this.pages);
-    if (gfns.length) this.trace.push(`  sample ${gfns}`);
+    if (this.tracing && gfns.length) this.trace.push(`  sample ${gfns}`);
   }
 
   // --- moves ------------------------------------------------------------------------------------
@@ -312,7 +321,7 @@ export abstract class ModelVm {
     const mv: Move = { kind: "in", g, from, to: MAIN, bytes: 0, ready: false };
     this.own.beginIn(g);
     this.moves.push(mv);
-    this.trace.push(`  begin in ${g} from ${from}`);
+    if (this.tracing) this.trace.push(`  begin in ${g} from ${from}`);
     this.leaving(mv);
   }
 
@@ -322,7 +331,7 @@ export abstract class ModelVm {
     this.own.beginOut(g, to);
     const mv: Move = { kind: "out", g, from: MAIN, to, bytes: this.mainMem[g], ready: true };
     this.moves.push(mv);
-    this.trace.push(`  begin out ${g} to ${to}`);
+    if (this.tracing) this.trace.push(`  begin out ${g} to ${to}`);
     const l = this.gen?.ledger;
     if (l && this.audit && l.rules.saveBeforePageOut) {
       // Rule 2 as docs/CONSISTENCY.md states it: main saves a page leaving without a copy, after a
@@ -345,7 +354,7 @@ export abstract class ModelVm {
     this.cancelRelease(g, to);
     this.own.beginAcross(g, to);
     this.moves.push(mv);
-    this.trace.push(`  begin across ${g} from ${from} to ${to}`);
+    if (this.tracing) this.trace.push(`  begin across ${g} from ${from} to ${to}`);
     this.leaving(mv);
   }
 
@@ -383,7 +392,7 @@ export abstract class ModelVm {
       this.store[from].held[g] = 0;
     }
     this.zero[g] = 0;
-    this.trace.push(`  end ${mv.kind} ${g}`);
+    if (this.tracing) this.trace.push(`  end ${mv.kind} ${g}`);
     this.settled(mv);
   }
 
@@ -396,7 +405,7 @@ export abstract class ModelVm {
     this.own.abort(mv.g);
     if (mv.kind === "out") this.mainMem[mv.g] = mv.bytes;
     this.counts.failedMoves++;
-    this.trace.push(`  ${mv.kind} ${mv.g} fails; host ${mv.from} keeps it`);
+    if (this.tracing) this.trace.push(`  ${mv.kind} ${mv.g} fails; host ${mv.from} keeps it`);
     this.settled(mv);
   }
 
@@ -411,7 +420,7 @@ export abstract class ModelVm {
     const h = this.own.addHost();
     this.addStore();
     this.counts.hostsAdded++;
-    this.trace.push(`  sub-host ${h} joins`);
+    if (this.tracing) this.trace.push(`  sub-host ${h} joins`);
     const a = this.firstFrom(g, (x) => this.own.holderOf(x) !== MAIN && !this.own.isMoving(x));
     if (a >= 0) this.beginAcross(a, h);
     const o = this.firstFrom(g + 1, (x) => this.idleAt(MAIN, x));

@@ -18,6 +18,7 @@ import {
   type Fragment,
   fragment,
   mergeChain,
+  noCounts,
   put,
   restoreWrong,
 } from "./ledger_model_chain.ts";
@@ -147,11 +148,13 @@ export class Model extends ModelSteps {
       const io = this.io(s, frags[fragOf[s]], (gfns) => gfns.forEach((g) => since.add(g)));
       gen.savers.set(s, new SubSaver(io, this.rules, this.batch));
     }
-    this.trace.push(
-      `start ${plan.mode} generation ${n}${
-        parent ? ` on ${parent.what}` : ""
-      } (fragments ${fragOf})`,
-    );
+    if (this.tracing) {
+      this.trace.push(
+        `start ${plan.mode} generation ${n}${
+          parent ? ` on ${parent.what}` : ""
+        } (fragments ${fragOf})`,
+      );
+    }
     return this.gen = gen;
   }
 
@@ -169,7 +172,7 @@ export class Model extends ModelSteps {
     this.tracker.seal();
     gen.truth = this.truth();
     gen.holder = Uint8Array.from({ length: this.pages }, (_, g) => this.own.holderOf(g));
-    this.trace.push(`consistency point: ${gen.truth.join(",")}`);
+    if (this.tracing) this.trace.push(`consistency point: ${gen.truth.join(",")}`);
   }
 
   /** The cow point: every page without a copy is owed by its holder; sub-hosts get their lists. */
@@ -235,13 +238,13 @@ export class Model extends ModelSteps {
     this.gen = null;
     this.counts.generations++;
     if (gen.parent) this.counts.incrementals++;
-    this.trace.push(`commit ${what}`);
+    if (this.tracing) this.trace.push(`commit ${what}`);
   }
 
   /** The checkpoint failed: its bits go back, its fragments go, the last committed one holds. */
   protected override abortGen(gen: Gen): void {
     this.counts.aborts++;
-    this.trace.push(`abort generation ${gen.n}: ${gen.failed}`);
+    if (this.tracing) this.trace.push(`abort generation ${gen.n}: ${gen.failed}`);
     this.tracker.onSample = undefined;
     this.tracker.abort(gen.txn);
     this.gen = null;
@@ -255,7 +258,7 @@ export class Model extends ModelSteps {
     const n = ++this.generation;
     this.head = mergeChain(this.head, n);
     this.counts.merges++;
-    this.trace.push(`merge into generation ${n}`);
+    if (this.tracing) this.trace.push(`merge into generation ${n}`);
     const wrong = restoreWrong(this.head);
     if (wrong) this.fail(wrong, "restore");
   }
@@ -283,7 +286,9 @@ export class Model extends ModelSteps {
     const ticket = gen.ledger.ticket(gfns);
     const frag = gen.frags[gen.fragOf[MAIN]];
     for (const g of gfns) put(frag, g, this.mainMem[g]);
-    this.trace.push(`  main saves ${gfns} (${gfns.map((g) => this.mainMem[g])}) ${why}`);
+    if (this.tracing) {
+      this.trace.push(`  main saves ${gfns} (${gfns.map((g) => this.mainMem[g])}) ${why}`);
+    }
     if (why === "round") gen.reports.push({ host: MAIN, gfns, ticket, round: true });
     else gen.ledger.saved(MAIN, gfns, ticket);
     return true;
@@ -311,7 +316,7 @@ export class Model extends ModelSteps {
     }
     // After a copy-on-write point a sub-host is asked anyway: it reports pages saved on their way out.
     if (!gfns.length && (h === MAIN || !gen.ledger.isFrozen)) return;
-    this.trace.push(`  claim for host ${h}: ${gfns}`);
+    if (this.tracing) this.trace.push(`  claim for host ${h}: ${gfns}`);
     gen.inRound.add(h);
     if (h === MAIN) this.saveMain(gfns, "round");
     else {
@@ -322,7 +327,9 @@ export class Model extends ModelSteps {
 
   protected override report(r: Report): void {
     const gen = this.gen!;
-    this.trace.push(`  report host ${r.host}: ${r.gfns}${r.saved ? ` saved ${r.saved}` : ""}`);
+    if (this.tracing) {
+      this.trace.push(`  report host ${r.host}: ${r.gfns}${r.saved ? ` saved ${r.saved}` : ""}`);
+    }
     if (!r.saved) gen.ledger.saved(r.host, r.gfns, r.ticket);
     else {
       const f = gen.fragOf[r.host], before = gen.ledger.copy.map((c) => c === f ? 1 : 0);
@@ -349,10 +356,10 @@ export class Model extends ModelSteps {
     gen.busy++;
     gen.audit.ask(r.s, r.gfns);
     if (r.gfns.length > this.batch) this.counts.batches++;
-    this.trace.push(`  sub ${r.s} save(${r.gfns})`);
+    if (this.tracing) this.trace.push(`  sub ${r.s} save(${r.gfns})`);
     gen.savers.get(r.s)!.save(r.gfns).then(
       (saved) => {
-        this.trace.push(`  sub ${r.s} saved ${saved}`);
+        if (this.tracing) this.trace.push(`  sub ${r.s} saved ${saved}`);
         // An answer names, besides pages asked, only pages saved (on their way out) since the
         // sub-host's last answer.
         const since = gen.sinceAnswer.get(r.s)!;
@@ -372,11 +379,24 @@ export class Model extends ModelSteps {
   }
 }
 
-/** Runs a scenario: each generation of its chain in turn. */
+/**
+ * Runs a scenario: each generation of its chain in turn. A run that fails is run again with its
+ * trace kept (the model is deterministic), so the failure names every step.
+ */
 export async function runScenario(sc: Scenario, opts: ModelOptions = {}): Promise<void> {
-  const m = new Model(sc.pages, sc.subs, sc.holders, sc.batch, opts);
-  m.counts.interleavings++;
-  m.counts.pages += sc.pages;
-  for (const plan of sc.gens) await m.checkpoint(plan);
-  await m.drain(true);
+  const run = async (o: ModelOptions) => {
+    const m = new Model(sc.pages, sc.subs, sc.holders, sc.batch, o);
+    for (const plan of sc.gens) await m.checkpoint(plan);
+    await m.drain(true);
+  };
+  const counts = opts.counts ?? noCounts();
+  counts.interleavings++;
+  counts.pages += sc.pages;
+  try {
+    await run({ ...opts, counts });
+  } catch (e) {
+    if (opts.trace) throw e;
+    await run({ ...opts, counts: noCounts(), trace: true });
+    throw new Error(`the run failed only without its trace (the model is not deterministic): ${e}`);
+  }
 }

@@ -30,7 +30,7 @@ export abstract class ModelSteps extends ModelVm {
 
   /** Runs one step, then lets what it started advance. */
   async step(st: Step, indent = "> "): Promise<void> {
-    this.trace.push(`${indent}${word(st)}`);
+    if (this.tracing) this.trace.push(`${indent}${word(st)}`);
     this.counts.steps++;
     this.act(st);
     if (st.k === "bounce") await this.bounce(st);
