@@ -12,6 +12,7 @@
 import { LEDGER_MUTANTS } from "./mutants/save_ledger.ts";
 import { SAVER_MUTANTS } from "./mutants/sub_saver.ts";
 import { OWNERSHIP_MUTANTS } from "./mutants/ownership.ts";
+import { DRIVER_MUTANTS } from "./mutants/split_driver.ts";
 
 /** One single-point mutation of a source file. */
 export interface Mutant {
@@ -42,4 +43,5 @@ export const MUTANTS: readonly Mutant[] = [
   ...LEDGER_MUTANTS,
   ...SAVER_MUTANTS,
   ...OWNERSHIP_MUTANTS,
+  ...DRIVER_MUTANTS,
 ];
