@@ -4,11 +4,10 @@
  * dirtied pages in rounds, short final pause) and cow (consistency point at the start; pages are
  * write-protected and copied aside before the guest's first write to them).
  */
-import { join } from "node:path";
 import { DirtyTracker, type DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { PAGE } from "./format.ts";
-import { FragmentWriter, type PageSource } from "./fragment_writer.ts";
+import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
 import type { Manifest } from "./manifest.ts";
 import { allGfns, coldestFirst } from "./order.ts";
 import { buildPageMap, overlayPageMap } from "./page_map.ts";
@@ -41,12 +40,9 @@ export async function takeCheckpoint(
     vm: m.spec.name,
     memSize: m.spec.memSize,
     participants: (b) => {
-      writer = FragmentWriter.create(join(b.dir, `${HOST}.frag`), {
-        checkpointId: b.idBytes,
-        generation: b.generation,
-        compress: opts.compress,
-      });
-      return [localParticipant(HOST, opts.dir, b.dir, writer)];
+      const local = localParticipant(HOST, opts, b);
+      writer = local.writer;
+      return [local.participant];
     },
     save: (b) => saveLocal(m, tracker, writer!, !!b.parent, opts),
     localPageMap: (b, local) =>

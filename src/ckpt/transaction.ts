@@ -8,7 +8,7 @@
 import { join, relative } from "node:path";
 import { errnoName, SyscallError } from "../ffi/errors.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
-import type { FragmentSummary } from "./fragment_writer.ts";
+import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import {
   type CheckpointMode,
   type CheckpointStats,
@@ -288,21 +288,27 @@ async function settleAll<T>(ps: Promise<T>[]): Promise<T[]> {
   return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
-/** This host's participant: its fragment, written by the strategy, and its copy of the manifest. */
+/**
+ * This host's participant in checkpoint `b`: its fragment `HOST.frag`, which the strategy writes
+ * through the writer returned, and its copy of the manifest.
+ */
 export function localParticipant(
   host: string,
-  storeDir: string,
-  genDir: string,
-  fragment: { finish(): Promise<FragmentSummary>; abort(): Promise<void> },
-): CheckpointParticipant {
-  return {
+  opts: Pick<CheckpointOptions, "dir" | "compress">,
+  b: CheckpointBegun,
+): { participant: CheckpointParticipant; writer: FragmentWriter } {
+  const path = join(b.dir, `${host}.frag`);
+  const writer = FragmentWriter.create(path, {
+    checkpointId: b.idBytes,
+    generation: b.generation,
+    compress: opts.compress,
+  });
+  const participant: CheckpointParticipant = {
     host,
     begin: () => Promise.resolve(),
-    finish: async () => ({
-      ...(await fragment.finish()),
-      path: relative(storeDir, join(genDir, `${host}.frag`)),
-    }),
-    commit: (_bytes, manifest) => Promise.resolve(commitManifest(genDir, manifest)),
-    abort: () => fragment.abort(),
+    finish: async () => ({ ...(await writer.finish()), path: relative(opts.dir, path) }),
+    commit: (_bytes, manifest) => Promise.resolve(commitManifest(b.dir, manifest)),
+    abort: () => writer.abort(),
   };
+  return { participant, writer };
 }

@@ -6,10 +6,10 @@
  * durable. Paging goes on meanwhile in precopy and cow; docs/CONSISTENCY.md gives the rules that
  * keep the checkpoint the memory of one instant, and SaveLedger keeps them.
  */
-import { join, relative } from "node:path";
+import { relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { PAGE } from "../ckpt/format.ts";
-import { FragmentWriter } from "../ckpt/fragment_writer.ts";
+import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
 import {
   type CheckpointBegun,
@@ -95,13 +95,10 @@ export async function takeSplitCheckpoint(
       subs = pager.subLinks();
     },
     participants: (b) => {
-      writer = FragmentWriter.create(join(b.dir, `${opts.host}.frag`), {
-        checkpointId: b.idBytes,
-        generation: b.generation,
-        compress: opts.compress,
-      });
+      const local = localParticipant(opts.host, opts, b);
+      writer = local.writer;
       return [
-        localParticipant(opts.host, opts.dir, b.dir, writer),
+        local.participant,
         ...subs.map((l) => subParticipant(l, b, opts)),
       ];
     },
