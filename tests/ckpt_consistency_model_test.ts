@@ -414,18 +414,16 @@ for (const p of PLANTED) {
 }
 
 /**
- * A known bug of src/paging/remote_pager.ts, outside the consistency core, run when it is fixed.
- * A fault on a page its sub-host holds as a zero page takes it over on main without a GET, so the
- * sub-host's saver hears of it only with the release, which main queues; RemotePager.put cancels
- * a release still queued for the host a page-out goes to. In cow, if that sub-host owed the page
- * at the point and it is written on main and paged back out before the release goes, the
- * sub-host never saved the point's contents and saves what the page-out brought: page 0 restores
- * as 1 where the point had 0. A fix: the agent saves an owed page it still holds before a PUT
- * replaces it (or main sends the release before the page-out).
+ * A bug the strengthened model found outside the consistency core (issue 12). A fault on a page its
+ * sub-host holds as a zero page takes it over on main without a GET, so the sub-host's saver hears
+ * of it only with the release, which main queues; RemotePager.put cancels a release still queued
+ * for the host a page-out goes to. In cow, if that sub-host owed the page at the point and it is
+ * written on main and paged back out before the release goes, the sub-host never saved the point's
+ * contents and saved what the page-out brought: page 0 restored as 1 where the point had 0. Fixed:
+ * the agent saves an owed page it still holds before a PUT replaces it (src/agent/pages.ts).
  */
 Deno.test({
   name: "cow: a zero-filled page paged back out before its release still restores exactly",
-  ignore: true,
   fn: () =>
     runScenario(ex(ZERO_ON_SUB, [gen("cow", "write:0 out:0 end:0")]), { cancelReleases: true }),
 });

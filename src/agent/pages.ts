@@ -30,6 +30,9 @@ async function serve(
       await saves.beforeLeaving(vm, r.gfns);
       return store.get(r.gfns);
     case PageOp.PUT: {
+      // A page still held here is replaced (main took it over as a zero page and cancelled its
+      // release): one this host owes is saved first, or its contents of the point would be lost.
+      await saves.beforeLeaving(vm, r.gfns);
       let fresh = 0;
       for (const g of r.gfns) if (!store.holds(g)) fresh++;
       stores.reserve(fresh);

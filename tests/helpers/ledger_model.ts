@@ -332,6 +332,7 @@ export abstract class ModelVm {
     const mv: Move = { kind: "out", g, from: MAIN, to, bytes: this.mainMem[g], ready: true };
     this.moves.push(mv);
     if (this.tracing) this.trace.push(`  begin out ${g} to ${to}`);
+    this.replacing(mv);
     const l = this.gen?.ledger;
     if (l && this.audit && l.rules.saveBeforePageOut) {
       // Rule 2 as docs/CONSISTENCY.md states it: main saves a page leaving without a copy, after a
@@ -356,6 +357,20 @@ export abstract class ModelVm {
     this.moves.push(mv);
     if (this.tracing) this.trace.push(`  begin across ${g} from ${from} to ${to}`);
     this.leaving(mv);
+  }
+
+  /**
+   * A page-out reaches a sub-host that still holds the page (its release was cancelled): the
+   * agent's saver saves it first if it owes it, as pages.ts does before a PUT replaces a page.
+   */
+  private replacing(mv: Move): void {
+    const gen = this.gen, saver = gen?.savers.get(mv.to);
+    if (!saver || !this.store[mv.to].held[mv.g]) return;
+    mv.ready = false;
+    saver.beforeLeaving([mv.g]).then(() => mv.ready = true, (e) => {
+      this.caught(gen, e, `sub-host ${mv.to} saving gfn ${mv.g} before a PUT replaces it`);
+      mv.ready = true;
+    });
   }
 
   /** A page leaves sub-host `mv.from` (GET): its saver saves it first if it owes it (rule 1). */

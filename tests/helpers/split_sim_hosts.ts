@@ -246,13 +246,14 @@ export class SimCluster {
       }
       for (const g of gfns) sub.unsent.delete(g);
       try {
-        await this.#onChannel(sub, `PUT ${gfns} to ${to}`, true, () => {
+        await this.#onChannel(sub, `PUT ${gfns} to ${to}`, true, async () => {
+          // pages.ts: a page still held here is saved first if owed, before it is replaced.
+          await this.#leaving(sub, gfns.filter((g) => sub.held[g]));
           gfns.forEach((g, i) => {
             sub.bytes[g] = view.getInt32(i * PAGE, true);
             sub.held[g] = 1;
             sub.session?.arrived?.add(g);
           });
-          return Promise.resolve();
         });
         await this.#hop(`${to} took ${gfns}`);
       } catch (e) {
@@ -287,11 +288,11 @@ export class SimCluster {
       const v = src.bytes[g];
       await this.#hop(`${from} sends ${g}`);
       dst.unsent.delete(g);
-      await this.#onChannel(dst, `PUT ${g} to ${to}`, true, () => {
+      await this.#onChannel(dst, `PUT ${g} to ${to}`, true, async () => {
+        if (dst.held[g]) await this.#leaving(dst, [g]);
         dst.bytes[g] = v;
         dst.held[g] = 1;
         dst.session?.arrived?.add(g);
-        return Promise.resolve();
       });
       await this.#hop(`${to} took ${g}`);
       own.endAcross(g);
