@@ -80,9 +80,20 @@ export async function sandbox(
   return dir;
 }
 
-/** A short digest of `files` under `root`: which version of the tests and sources a score is of. */
-export async function digest(root: string, files: string[]): Promise<string> {
-  const text = files.map((f) => `${f}\0${readSource(root, f) ?? ""}\0`).join("");
+/**
+ * A short digest of the sources and tests under `root` (every file of src/ and tests/, helpers
+ * included): which version of them a score is of.
+ */
+export async function digest(root: string): Promise<string> {
+  const files: string[] = [];
+  const walk = (dir: string) => {
+    for (const e of Deno.readDirSync(`${root}/${dir}`)) {
+      if (e.isDirectory) walk(`${dir}/${e.name}`);
+      else if (e.isFile) files.push(`${dir}/${e.name}`);
+    }
+  };
+  for (const dir of ["src", "tests"]) walk(dir);
+  const text = files.sort().map((f) => `${f}\0${readSource(root, f)}\0`).join("");
   const hash = new Uint8Array(
     await crypto.subtle.digest("SHA-256", new TextEncoder().encode(text)),
   );

@@ -166,11 +166,6 @@ export const SAVER_MUTANTS: readonly Mutant[] = [
     find: "    this.leftSaved.clear();\n",
     replace: "",
     description: "pages saved on their way out are reported in every later answer",
-    survives:
-      "a page reported again changes nothing: before the point the ledger ignores pages not " +
-      "asked, after it the first copy stands, and the model's checks of reported()'s answer " +
-      "accept a page that already stood; killed by checking that answers name a page saved on " +
-      "its way out (not in the request) no more often than the sub-host wrote it",
   },
   {
     id: "saver.answer-done-negated",
