@@ -36,6 +36,7 @@ export interface Mutant {
 export const TEST_FILES: readonly string[] = [
   "tests/ckpt_consistency_model_test.ts",
   "tests/ckpt_split_simulation_test.ts",
+  "tests/paging_ledger_units_test.ts",
 ];
 
 /** Every mutant, in the order they are reported. */

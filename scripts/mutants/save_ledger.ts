@@ -156,11 +156,6 @@ export const LEDGER_MUTANTS: readonly Mutant[] = [
     find: "      if (this.frozen && this.copy[g] !== NO_COPY) continue;\n",
     replace: "",
     description: "after the point a later save replaces the first copy",
-    survives:
-      "after the point only the point's holder saves a page, once (main twice, into the same " +
-      "fragment, while its round's report is in flight), so a second saved() never names " +
-      "another fragment; killed by a SaveLedger unit test (two hosts report a page after " +
-      "freeze: the first copy stands) or a model that delivers a stale duplicate answer",
   },
   {
     id: "ledger.saved-owes-kept",
@@ -168,12 +163,6 @@ export const LEDGER_MUTANTS: readonly Mutant[] = [
     find: "      this.owes[g] = NOBODY;\n",
     replace: "",
     description: "saved forgets to clear who owes the page",
-    survives:
-      "owes is read only by claim and owedBy, which also require NO_COPY, and after freeze, " +
-      "which rewrites it for every page without a copy (no copy is voided after it); only " +
-      "owedBy asked before the point sees the stale mark, and no caller asks then. Killed by a " +
-      "SaveLedger unit test: claimed for host 1, saved by main, written: owedBy(g, 1) must be " +
-      "false",
   },
   {
     id: "ledger.saved-host-as-fragment",

@@ -21,12 +21,6 @@ export const SAVER_MUTANTS: readonly Mutant[] = [
     find: "if (this.frozen && this.done.has(g)) continue;",
     replace: "if (this.frozen && this.leftSaved.has(g)) continue;",
     description: "after the point a page saved for an earlier request is owed, and saved, again",
-    survives:
-      "a page saved after the point is asked again only while the answer that saved it is in " +
-      "flight (once it lands the page has a copy and is never claimed), and in cow a host's " +
-      "rounds do not overlap (docs/CONSISTENCY.md; the model and split_session keep that rule)," +
-      " so no request names such a page; killed by a SubSaver test (save([g]) twice after owe: " +
-      "one write) or by overlapping cow rounds in the model if the rule is ever dropped",
   },
   {
     id: "saver.resave-after-point",
@@ -132,11 +126,6 @@ export const SAVER_MUTANTS: readonly Mutant[] = [
     find: "this.chain = p.catch(() => {});",
     replace: "this.chain = p;",
     description: "one failed write makes every later save of the checkpoint fail",
-    survives:
-      "a failed fragment write aborts the checkpoint in the model (ioerr) as in the agent " +
-      "(page_saves.ts marks the session failed), and a SubSaver serves one checkpoint, so no " +
-      "save after a failed one is ever looked at; killed only by a SubSaver test in which a " +
-      "save follows a failed write; if a failure is meant to end the saver, the catch can go",
   },
   {
     id: "saver.batch-off-by-one",
