@@ -5,7 +5,8 @@
  * - KVM stays behind the accelerator interface: no file under src/ outside src/ffi/ and
  *   src/accel/kvm/ imports src/ffi/kvm.ts or src/ffi/kvm_abi.ts, or names `kvm_abi`, `ffi/kvm.ts`,
  *   a `KVM_*` constant or ioctl, or a `Kvm*` type in its code (comments may: they document);
- * - src/accel/ depends on nothing above it: its imports stay in src/accel/ and src/ffi/.
+ * - src/accel/ depends on nothing above it: its imports stay in src/accel/ and src/ffi/;
+ * - src/rpc/, the dispatcher under both src/net/ and src/vmm/, imports nothing else from src/.
  *
  * Only these rules: the other layers have existing exceptions (net's use of ckpt's CBOR codec is
  * allowed by the order but not by its "a shared codec lives below both"; vmm/control imports
@@ -175,6 +176,17 @@ Deno.test("src/accel imports only src/accel and src/ffi", () => {
   assert(files.length > 10, `found ${files.length} files under src/accel`);
   const found = files.flatMap(accelAboveItsLayer);
   assertEquals(found, [], `src/accel depends on layers above it:\n${found.join("\n")}`);
+});
+
+Deno.test("src/rpc imports nothing else from src/", () => {
+  const files = sourcesUnder("src/rpc");
+  assert(files.length >= 3, `found ${files.length} files under src/rpc`);
+  const found = files.flatMap((f) =>
+    dependencies(f)
+      .filter((d) => d.specifier.startsWith(".") && !d.target.startsWith("src/rpc/"))
+      .map((d) => `${f.path}:${d.line} imports ${d.target}`)
+  );
+  assertEquals(found, [], `src/rpc depends on other layers:\n${found.join("\n")}`);
 });
 
 Deno.test("the layering checks find what they are meant to find, and only that", () => {

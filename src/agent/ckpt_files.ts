@@ -9,8 +9,8 @@ import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/stor
 import { commitManifest, decodeManifest, fsyncDir } from "../ckpt/manifest.ts";
 import { mergeHostPart } from "../ckpt/merge.ts";
 import { removeGeneration } from "../ckpt/transaction.ts";
-import type { RpcHandler } from "../net/quic.ts";
-import { RpcError } from "../net/rpc_messages.ts";
+import type { RpcHandler } from "../rpc/dispatcher.ts";
+import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
 
 /** What a restore needs to know of a checkpoint. */

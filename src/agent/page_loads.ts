@@ -6,8 +6,8 @@
 import { PAGE } from "../ckpt/format.ts";
 import * as libc from "../ffi/libc.ts";
 import { OpenCheckpoint } from "../ckpt/restore.ts";
-import type { RpcHandler } from "../net/quic.ts";
-import { RpcError } from "../net/rpc_messages.ts";
+import type { RpcHandler } from "../rpc/dispatcher.ts";
+import { RpcError } from "../rpc/errors.ts";
 import type { PageStores } from "../paging/page_store.ts";
 
 const BATCH = 1024;

@@ -1,6 +1,6 @@
 /** The agent's page-store methods: what a split VM's main host calls on its sub-hosts. */
-import type { RpcHandler } from "../net/quic.ts";
-import { RpcError } from "../net/rpc_messages.ts";
+import type { RpcHandler } from "../rpc/dispatcher.ts";
+import { RpcError } from "../rpc/errors.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { PageSaves } from "./page_saves.ts";
 import { pageLoadHandlers } from "./page_loads.ts";

@@ -47,7 +47,7 @@ export function checkpointHandlers(
 ): Record<string, ExtraHandler> {
   let busy = false;
   return {
-    checkpoint: async (req, progress) => {
+    checkpoint: async (req, ctx) => {
       const r = req as unknown as CheckpointRequest;
       if (typeof r.dir !== "string" || !r.dir.startsWith("/")) {
         throw new CheckpointError("checkpoint: dir must be an absolute path");
@@ -71,7 +71,7 @@ export function checkpointHandlers(
             const now = performance.now();
             if (now - last < 100 && done < total) return;
             last = now;
-            progress({ done, total });
+            ctx.progress({ done, total });
           },
         };
         return await run(r, opts, () => takeCheckpoint(m, tracker, opts));

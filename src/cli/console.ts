@@ -1,9 +1,9 @@
 /** `dcres console NAME [--exec CMD]`: attach to a VM's serial console, or run one command in its shell. */
-import { Inbox } from "../net/inbox.ts";
 import { RpcClient } from "../net/quic.ts";
-import { RpcError } from "../net/rpc_messages.ts";
-import { connectVm, readLine, request } from "../vmm/control/client.ts";
-import { CONTROL_VERSION } from "../vmm/control/protocol.ts";
+import { RpcError } from "../rpc/errors.ts";
+import { Inbox } from "../rpc/inbox.ts";
+import { closeQuietly } from "../rpc/unix_server.ts";
+import { openConsole, request } from "../vmm/control/client.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { agentAddr, clientIdentity, remoteCall } from "./remote.ts";
 import { ConsoleRelay } from "./terminal.ts";
@@ -36,22 +36,14 @@ export async function consoleCommand(
 }
 
 async function localConsole(g: GlobalOptions, name: string, relay: ConsoleRelay) {
-  const conn = await connectVm(stateDirOf(g), name);
-  await conn.write(
-    new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, op: "console" }) + "\n"),
-  );
-  await readLine(conn);
+  const { conn, output } = await openConsole(stateDirOf(g), name);
   announce(name);
   relay.attach((b) => void conn.write(b).catch(() => {}));
   const pump = (async () => {
-    for await (const chunk of conn.readable) relay.write(chunk);
+    for await (const chunk of output) relay.write(chunk);
   })().catch(() => {});
   await Promise.race([relay.escaped, pump]);
-  try {
-    conn.close();
-  } catch {
-    // The VMM closed it.
-  }
+  closeQuietly(conn);
 }
 
 /** The console through an agent: one RPC stream, keystrokes up and guest output down. */

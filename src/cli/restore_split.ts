@@ -8,7 +8,7 @@
 import { dirname } from "node:path";
 import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
-import { Inbox } from "../net/inbox.ts";
+import { Inbox } from "../rpc/inbox.ts";
 import { RpcClient } from "../net/quic.ts";
 import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import type { GlobalOptions } from "./context.ts";

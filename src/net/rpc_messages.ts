@@ -1,8 +1,13 @@
 /**
- * The RPC envelope carried in control frames: versioned requests with a deadline, replies with a
- * result or a typed error, and cancellation. `parseRequest` validates untrusted input field by field.
+ * The RPC envelope carried in control frames: versioned requests with a deadline, cancellation and
+ * the end of an upload; a reply is the dispatcher's outcome under the request's id. `parseRequest`
+ * validates untrusted input field by field.
  */
 import { decodeCbor } from "../ckpt/cbor.ts";
+import { RpcError } from "../rpc/errors.ts";
+
+/** The typed error a reply carries, importable from the envelope it travels in. */
+export { RpcError, type RpcErrorCode } from "../rpc/errors.ts";
 
 /** RPC protocol version (major); a peer with another major is answered with `unsupported-version`. */
 export const RPC_VERSION = 1;
@@ -21,21 +26,6 @@ export interface RpcRequest {
   args: Record<string, unknown>;
 }
 
-/** Error codes every side understands. */
-export type RpcErrorCode =
-  | "bad-request"
-  | "unsupported-version"
-  | "unknown-method"
-  | "deadline-exceeded"
-  | "cancelled"
-  | "unauthenticated"
-  | "failed";
-
-/** A reply. */
-export type RpcReply =
-  | { v: number; id: number; ok: true; result: unknown }
-  | { v: number; id: number; ok: false; error: { code: RpcErrorCode; message: string } };
-
 /** A cancellation of request `id`. */
 export interface RpcCancel {
   /** Protocol version. */
@@ -50,14 +40,6 @@ export interface RpcEndOfData {
   v: number;
   /** Request whose upload ended. */
   eod: number;
-}
-
-/** An RPC failed; carries the typed code from the other side. */
-export class RpcError extends Error {
-  constructor(readonly code: RpcErrorCode, message: string) {
-    super(message);
-    this.name = "RpcError";
-  }
 }
 
 const MAX_DEADLINE_MS = 24 * 3600 * 1000;

@@ -104,11 +104,6 @@ export async function runMachine(spec: MachineSpec, opts: RunOptions): Promise<R
     Deno.removeSignalListener("SIGINT", onSignal);
     Deno.removeSignalListener("SIGTERM", onSignal);
     server.close();
-    try {
-      Deno.removeSync(sock);
-    } catch {
-      // Already gone.
-    }
     await machine.vm.stop();
   }
 }

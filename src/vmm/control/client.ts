@@ -1,9 +1,13 @@
 /** Client side of a VMM's control socket, and discovery of VMs in a state directory. */
 import { join } from "node:path";
+import { fromWireError, RpcError, type RpcErrorCode } from "../../rpc/errors.ts";
+import { closeQuietly } from "../../rpc/unix_server.ts";
+import { LineReader } from "./lines.ts";
 import {
   CONTROL_VERSION,
   type ControlReply,
   type ControlRequest,
+  encodeLine,
   type VmInfo,
   VmNotFoundError,
 } from "./protocol.ts";
@@ -19,10 +23,10 @@ export function socketPath(stateDir: string, name: string): string {
   return join(stateDir, `${name}.sock`);
 }
 
-/** A VMM refused or failed a request; the message is the VMM's. */
-export class ControlError extends Error {
-  constructor(message: string) {
-    super(message);
+/** A VMM refused or failed a request; the message is the VMM's, the code its typed reason. */
+export class ControlError extends RpcError {
+  constructor(code: RpcErrorCode, message: string) {
+    super(code, message);
     this.name = "ControlError";
   }
 }
@@ -47,19 +51,22 @@ export async function request<T>(
   signal?: AbortSignal,
 ): Promise<T> {
   const conn = await connectVm(stateDir, name);
-  // Closing the connection is how a caller gives up; the pending read then ends.
-  const giveUp = () => safeClose(conn);
+  // Closing the connection is how a caller gives up: the VMM cancels the call, the read here ends.
+  const giveUp = () => closeQuietly(conn);
   signal?.addEventListener("abort", giveUp, { once: true });
+  // A signal that aborted while connecting fires no event any more.
+  if (signal?.aborted) giveUp();
+  const cancelled = () => new ControlError("cancelled", `VM ${name}: the request was cancelled`);
   try {
-    await conn.write(
-      new TextEncoder().encode(JSON.stringify({ v: CONTROL_VERSION, ...req }) + "\n"),
-    );
+    await conn.write(encodeLine({ v: CONTROL_VERSION, ...req }));
+    const lines = new LineReader(conn.readable);
     for (;;) {
-      const reply = await readLine(conn);
+      const reply = await lines.next();
       if (reply === undefined) {
-        if (signal?.aborted) throw new ControlError(`VM ${name}: the request was cancelled`);
+        if (signal?.aborted) throw cancelled();
         if (req.op === "stop") return null as T;
         throw new ControlError(
+          "failed",
           `VM ${name}: its VMM closed the connection without answering (did it crash? see its log)`,
         );
       }
@@ -68,37 +75,48 @@ export async function request<T>(
         onProgress?.(r.progress);
         continue;
       }
-      if (!r.ok) throw new ControlError(`VM ${name}: ${r.error}`);
+      if (!r.ok) throw controlError(name, r);
       return r.result;
     }
   } catch (e) {
-    if (signal?.aborted) throw new ControlError(`VM ${name}: the request was cancelled`);
+    if (signal?.aborted) throw cancelled();
     throw e;
   } finally {
     signal?.removeEventListener("abort", giveUp);
-    safeClose(conn);
+    closeQuietly(conn);
   }
 }
 
-function safeClose(conn: Deno.Conn) {
+/** The typed error of a refusal; a VMM of an earlier build sends no code, which reads as "failed". */
+function controlError(name: string, r: { error: string; code?: RpcErrorCode }): ControlError {
+  const e = fromWireError({ code: r.code, message: r.error });
+  return new ControlError(e.code, `VM ${name}: ${e.message}`);
+}
+
+/** A VM's serial console: keystrokes are written to `conn`, guest output comes from `output`. */
+export interface ConsoleStream {
+  /** The control connection, a raw byte stream now; closing it leaves the console. */
+  conn: Deno.UnixConn;
+  /** Guest serial output: recent history first, then live, until the connection ends. */
+  output: AsyncIterable<Uint8Array>;
+}
+
+/** Attaches to the serial console of VM `name`. */
+export async function openConsole(stateDir: string, name: string): Promise<ConsoleStream> {
+  const conn = await connectVm(stateDir, name);
   try {
-    conn.close();
-  } catch {
-    // Already closed by the VMM (stop) or by a cancellation.
-  }
-}
-
-/** Reads one newline-terminated line, leaving the connection positioned after it. */
-export async function readLine(conn: Deno.Conn): Promise<string | undefined> {
-  const bytes: number[] = [];
-  const one = new Uint8Array(1);
-  for (;;) {
-    const n = await conn.read(one);
-    if (n === null) {
-      return bytes.length ? new TextDecoder().decode(new Uint8Array(bytes)) : undefined;
+    await conn.write(encodeLine({ v: CONTROL_VERSION, op: "console" }));
+    const lines = new LineReader(conn.readable);
+    const reply = await lines.next();
+    if (reply === undefined) {
+      throw new ControlError("failed", `VM ${name}: its VMM closed the console (see its log)`);
     }
-    if (one[0] === 10) return new TextDecoder().decode(new Uint8Array(bytes));
-    bytes.push(one[0]);
+    const r = JSON.parse(reply) as ControlReply;
+    if (!r.ok) throw controlError(name, r);
+    return { conn, output: lines.raw() };
+  } catch (e) {
+    closeQuietly(conn);
+    throw e;
   }
 }
 

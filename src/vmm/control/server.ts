@@ -1,72 +1,66 @@
-/** Serves a machine's control socket: info, pause/resume/stop, guest verify, console, exec. */
+/**
+ * Serves a machine's control socket: info, pause/resume/stop, guest verify, console, exec, and the
+ * operations higher layers add, as one method table under the RPC dispatcher.
+ */
+import { Dispatcher, type RpcContext, type RpcHandler } from "../../rpc/dispatcher.ts";
+import { RpcError } from "../../rpc/errors.ts";
+import { UnixSocketServer } from "../../rpc/unix_server.ts";
 import { GUEST_READY_LINE } from "../boot/initramfs.ts";
 import type { Machine } from "../machine.ts";
 import type { ConsoleHub } from "./console_hub.ts";
-import {
-  CONTROL_VERSION,
-  type ControlReply,
-  type ControlRequest,
-  toJson,
-  type VmInfo,
-} from "./protocol.ts";
+import type { VmInfo } from "./protocol.ts";
+import { serveControlConnection } from "./transport.ts";
 
-/** Sends an interim progress line to the requester before the final reply. */
-export type ProgressSink = (progress: Record<string, unknown>) => void;
-
-/** A control operation a higher layer adds (e.g. checkpoint), given the raw request. */
-export type ExtraHandler = (
-  req: Record<string, unknown>,
-  progress: ProgressSink,
-) => Promise<unknown>;
+/** A control operation a higher layer adds (e.g. checkpoint): a dispatcher handler. */
+export type ExtraHandler = RpcHandler;
 
 /** Control socket server for one machine. */
 export class ControlServer {
-  private listener?: Deno.UnixListener;
-  private readonly started = performance.now();
-  private paused = false;
+  readonly #machine: Machine;
+  readonly #hub: ConsoleHub;
+  readonly #onStop: () => Promise<void>;
+  readonly #infoExtra: () => Record<string, unknown>;
+  readonly #dispatcher: Dispatcher;
+  readonly #started = performance.now();
+  #socket?: UnixSocketServer;
+  #paused = false;
 
   constructor(
-    private readonly machine: Machine,
-    private readonly hub: ConsoleHub,
-    private readonly onStop: () => Promise<void>,
-    private readonly extra: Record<string, ExtraHandler> = {},
+    machine: Machine,
+    hub: ConsoleHub,
+    onStop: () => Promise<void>,
+    extra: Record<string, ExtraHandler> = {},
     /** Extra fields for `info` (e.g. restore timings). */
-    private readonly infoExtra: () => Record<string, unknown> = () => ({}),
-  ) {}
+    infoExtra: () => Record<string, unknown> = () => ({}),
+  ) {
+    this.#machine = machine;
+    this.#hub = hub;
+    this.#onStop = onStop;
+    this.#infoExtra = infoExtra;
+    // The built-in operations win over an added one of the same name.
+    this.#dispatcher = new Dispatcher({ ...extra, ...this.#builtins() });
+  }
 
   /** Starts listening at `path` (replacing a stale socket file). */
   listen(path: string): void {
-    try {
-      Deno.removeSync(path);
-    } catch {
-      // No stale socket: nothing to replace.
-    }
-    this.listener = Deno.listen({ transport: "unix", path });
-    void this.acceptLoop(this.listener);
+    this.#socket = new UnixSocketServer(
+      path,
+      (conn) =>
+        serveControlConnection(conn, this.#dispatcher, {
+          streaming: new Set(["console"]),
+          afterReply: { stop: () => this.#onStop() },
+        }),
+    );
   }
 
-  /** Stops listening. */
+  /** Stops listening and removes the socket file. */
   close(): void {
-    try {
-      this.listener?.close();
-    } catch {
-      // Already closed.
-    }
-  }
-
-  private async acceptLoop(l: Deno.UnixListener) {
-    try {
-      for await (const conn of l) {
-        void this.serve(conn).catch(() => {}).finally(() => safeClose(conn));
-      }
-    } catch {
-      // Listener closed.
-    }
+    this.#socket?.close();
   }
 
   /** Current VM info. */
   info(): VmInfo {
-    const m = this.machine;
+    const m = this.#machine;
     const ms = m.memstamp;
     const statuses = ms?.statuses();
     return {
@@ -76,10 +70,10 @@ export class ControlServer {
       memSize: m.spec.memSize,
       vcpus: m.spec.vcpus,
       pid: Deno.pid,
-      state: m.vm.isStopped ? "stopped" : this.paused ? "paused" : "running",
-      uptimeMs: Math.round(performance.now() - this.started),
+      state: m.vm.isStopped ? "stopped" : this.#paused ? "paused" : "running",
+      uptimeMs: Math.round(performance.now() - this.#started),
       exits: m.vm.vcpus.map((v) => v.exits),
-      ...this.infoExtra(),
+      ...this.#infoExtra(),
       memstamp: statuses && {
         phase: statuses.map((s) => s.phase),
         written: Number(statuses.reduce((a, s) => a + s.written, 0n)),
@@ -88,113 +82,59 @@ export class ControlServer {
     };
   }
 
-  private async serve(conn: Deno.UnixConn) {
-    const reader = conn.readable.getReader();
-    const enc = new TextEncoder();
-    let buf = "";
-    const dec = new TextDecoder();
-    for (;;) {
-      const nl = buf.indexOf("\n");
-      if (nl < 0) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        buf += dec.decode(value, { stream: true });
-        if (buf.length > 1 << 20) throw new Error("control request too large");
-        continue;
-      }
-      const line = buf.slice(0, nl);
-      buf = buf.slice(nl + 1);
-      let req: ControlRequest;
-      try {
-        req = JSON.parse(line);
-      } catch {
-        await write(conn, { ok: false, error: "malformed control request (not JSON)" });
-        continue;
-      }
-      if (req.op === "console") {
-        await write(conn, { ok: true, result: null });
-        await this.console(conn, reader, enc.encode(buf));
-        return;
-      }
-      const progress: ProgressSink = (p) => void write(conn, { progress: p }).catch(() => {});
-      await write(conn, await this.handle(req, progress));
-      if (req.op === "stop") {
-        safeClose(conn);
-        await this.onStop();
-        return;
-      }
-    }
+  #builtins(): Record<string, RpcHandler> {
+    return {
+      info: () => Promise.resolve(this.info()),
+      pause: async () => {
+        if (this.#paused) return { pauseMs: 0 };
+        this.#paused = true;
+        return { pauseMs: await this.#machine.vm.pause() };
+      },
+      resume: () => {
+        if (this.#paused) this.#machine.vm.resume();
+        this.#paused = false;
+        return Promise.resolve(null);
+      },
+      // The VMM goes once the reply is out (the transport's afterReply).
+      stop: () => Promise.resolve(null),
+      verify: (args) => this.#verify(args.timeoutMs as number | undefined),
+      exec: (args) => this.exec(String(args.cmd), Number(args.timeoutMs)),
+      console: (_args, ctx) => this.#console(ctx),
+    };
   }
 
-  private async handle(req: ControlRequest, progress: ProgressSink): Promise<ControlReply> {
-    if (typeof req?.v !== "number" || Math.floor(req.v) > CONTROL_VERSION) {
-      return {
-        ok: false,
-        error:
-          `control protocol version ${req?.v} is not supported (this VMM speaks ${CONTROL_VERSION})`,
-      };
+  async #verify(timeoutMs: number | undefined): Promise<unknown> {
+    const { spec, memstamp } = this.#machine;
+    if (!memstamp) {
+      throw new RpcError(
+        "bad-request",
+        `guest verify needs a memstamp guest; ${spec.name} runs ${spec.guest}`,
+      );
     }
-    try {
-      switch (req.op) {
-        case "info":
-          return { ok: true, result: this.info() };
-        case "pause": {
-          if (this.paused) return { ok: true, result: { pauseMs: 0 } };
-          this.paused = true;
-          const ms = await this.machine.vm.pause();
-          return { ok: true, result: { pauseMs: ms } };
-        }
-        case "resume":
-          if (this.paused) this.machine.vm.resume();
-          this.paused = false;
-          return { ok: true, result: null };
-        case "stop":
-          return { ok: true, result: null };
-        case "verify": {
-          const ms = this.machine.memstamp;
-          if (!ms) {
-            return {
-              ok: false,
-              error:
-                `guest verify needs a memstamp guest; ${this.machine.spec.name} runs ${this.machine.spec.guest}`,
-            };
-          }
-          if (this.paused) {
-            return {
-              ok: false,
-              error:
-                `${this.machine.spec.name} is paused; resume it first (the guest verifies itself)`,
-            };
-          }
-          const held = this.infoExtra().pausedReason;
-          if (held) return { ok: false, error: `${this.machine.spec.name} is ${held}` };
-          return { ok: true, result: await ms.verify(req.timeoutMs as number | undefined) };
-        }
-        case "exec":
-          return { ok: true, result: await this.exec(String(req.cmd), Number(req.timeoutMs)) };
-        default: {
-          const op = (req as { op: string }).op;
-          const h = this.extra[op];
-          if (!h) return { ok: false, error: `unknown control operation "${op}"` };
-          return { ok: true, result: await h(req as unknown as Record<string, unknown>, progress) };
-        }
-      }
-    } catch (e) {
-      return { ok: false, error: (e as Error).message };
+    if (this.#paused) {
+      throw new RpcError(
+        "failed",
+        `${spec.name} is paused; resume it first (the guest verifies itself)`,
+      );
     }
+    const held = this.#infoExtra().pausedReason;
+    if (held) throw new RpcError("failed", `${spec.name} is ${held}`);
+    return await memstamp.verify(timeoutMs);
   }
 
   /** Types `cmd` into the guest shell and collects its output and exit status. */
   async exec(cmd: string, timeoutMs: number): Promise<{ output: string; status: number }> {
-    if (this.machine.spec.guest !== "linux") {
-      throw new Error(
-        `exec needs a guest with a shell; ${this.machine.spec.name} runs ${this.machine.spec.guest}`,
+    const { spec, serial } = this.#machine;
+    if (spec.guest !== "linux") {
+      throw new RpcError(
+        "bad-request",
+        `exec needs a guest with a shell; ${spec.name} runs ${spec.guest}`,
       );
     }
-    await this.hub.waitFor(new RegExp(GUEST_READY_LINE), timeoutMs, true);
+    await this.#hub.waitFor(new RegExp(GUEST_READY_LINE), timeoutMs, true);
     const marker = /DCRES-EXIT:(\d+)/;
-    const done = this.hub.waitFor(marker, timeoutMs);
-    this.machine.serial.enqueueInput(new TextEncoder().encode(`${cmd}; echo DCRES-EXIT:$?\n`));
+    const done = this.#hub.waitFor(marker, timeoutMs);
+    serial.enqueueInput(new TextEncoder().encode(`${cmd}; echo DCRES-EXIT:$?\n`));
     const text = await done;
     const status = Number(marker.exec(text)![1]);
     const lines = text.replace(/\r/g, "").split("\n");
@@ -203,37 +143,15 @@ export class ControlServer {
     return { output: lines.slice(start + 1, end).join("\n"), status };
   }
 
-  private async console(
-    conn: Deno.UnixConn,
-    reader: ReadableStreamDefaultReader<Uint8Array>,
-    pending: Uint8Array,
-  ) {
-    const writer = conn.writable.getWriter();
-    await writer.write(this.hub.recent());
-    const off = this.hub.subscribe((b) => void writer.write(b).catch(() => off()));
-    if (pending.length) this.machine.serial.enqueueInput(pending);
+  /** The serial console: recent output, then live output out and the caller's keystrokes in. */
+  async #console(ctx: RpcContext): Promise<null> {
+    await ctx.send(this.#hub.recent());
+    const off = this.#hub.subscribe((b) => void ctx.send(b).catch(() => off()));
     try {
-      for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        this.machine.serial.enqueueInput(value);
-      }
+      for await (const b of ctx.data) this.#machine.serial.enqueueInput(b);
     } finally {
       off();
     }
+    return null;
   }
-}
-
-function safeClose(conn: Deno.UnixConn) {
-  try {
-    conn.close();
-  } catch {
-    // Already closed by the peer or by a stop.
-  }
-}
-
-async function write(conn: Deno.UnixConn, reply: ControlReply | { progress: unknown }) {
-  const w = conn.writable.getWriter();
-  await w.write(new TextEncoder().encode(toJson(reply) + "\n"));
-  w.releaseLock();
 }

@@ -1,0 +1,42 @@
+/** Deadlines and cancellation as typed RPC errors: a promise raced against a timer or a signal. */
+import { RpcError } from "./errors.ts";
+
+/**
+ * A promise that rejects when `signal` aborts: with its reason when that is an RpcError (a deadline,
+ * the caller's cancel), else with RpcError("cancelled"). Without a signal it never settles.
+ */
+export function rejectOnAbort(signal: AbortSignal | undefined): Promise<never> {
+  return new Promise((_, rej) => {
+    const fail = () =>
+      rej(
+        signal!.reason instanceof RpcError
+          ? signal!.reason
+          : new RpcError("cancelled", "the call was cancelled"),
+      );
+    if (signal?.aborted) fail();
+    else signal?.addEventListener("abort", fail, { once: true });
+  });
+}
+
+/**
+ * `p`, or RpcError("deadline-exceeded") naming `what` once `ms` have passed; `onTimeout` sees that
+ * error first (to tell the other side).
+ */
+export function withTimeout<T>(
+  p: Promise<T>,
+  ms: number,
+  what: string,
+  onTimeout?: (e: RpcError) => void,
+): Promise<T> {
+  let t: ReturnType<typeof setTimeout>;
+  return Promise.race([
+    p,
+    new Promise<T>((_, rej) =>
+      t = setTimeout(() => {
+        const e = new RpcError("deadline-exceeded", `${what} timed out after ${ms} ms`);
+        onTimeout?.(e);
+        rej(e);
+      }, ms)
+    ),
+  ]).finally(() => clearTimeout(t));
+}

@@ -1,0 +1,64 @@
+/**
+ * The typed errors of dcres's RPC and their form on every wire: a code each side understands and a
+ * message for people. A handler's error reaches the caller with its code, whichever transport
+ * carried it, instead of being flattened to a string on the way.
+ */
+
+/** Error codes every side understands. */
+export type RpcErrorCode =
+  | "bad-request"
+  | "unsupported-version"
+  | "unknown-method"
+  | "deadline-exceeded"
+  | "cancelled"
+  | "unauthenticated"
+  | "failed";
+
+const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
+  "bad-request",
+  "unsupported-version",
+  "unknown-method",
+  "deadline-exceeded",
+  "cancelled",
+  "unauthenticated",
+  "failed",
+]);
+
+/** An RPC failed; carries the typed code from the other side. */
+export class RpcError extends Error {
+  constructor(readonly code: RpcErrorCode, message: string) {
+    super(message);
+    this.name = "RpcError";
+  }
+}
+
+/** An error as it crosses a wire. */
+export interface WireError {
+  /** What kind of failure. */
+  code: RpcErrorCode;
+  /** What went wrong, for people. */
+  message: string;
+}
+
+/** `e` as it crosses a wire: an RpcError keeps its code, anything else is "failed". */
+export function toWireError(e: unknown): WireError {
+  if (e instanceof RpcError) return { code: e.code, message: e.message };
+  return { code: "failed", message: e instanceof Error ? e.message : String(e) };
+}
+
+/**
+ * The code a peer sent; one this build does not know (a newer peer's) reads as "failed", so the
+ * message still reaches the person.
+ */
+function codeOf(code: unknown): RpcErrorCode {
+  return typeof code === "string" && CODES.has(code) ? code as RpcErrorCode : "failed";
+}
+
+/** The RpcError a peer's wire error stands for. */
+export function fromWireError(w: unknown): RpcError {
+  const e = (typeof w === "object" && w !== null ? w : {}) as Record<string, unknown>;
+  return new RpcError(
+    codeOf(e.code),
+    typeof e.message === "string" ? e.message : "the peer failed without saying why",
+  );
+}
