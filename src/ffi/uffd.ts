@@ -186,6 +186,16 @@ export class Userfaultfd {
   close(): void {
     libc.close(this.fd);
   }
+
+  /** Unregisters [start, start+len) and closes the fd; a range already unmapped is gone anyway. */
+  teardown(start: bigint, len: number): void {
+    try {
+      this.unregister(start, len);
+    } catch {
+      // Memory already unmapped (the VM stopped).
+    }
+    this.close();
+  }
 }
 
 /**

@@ -2,13 +2,15 @@
  * Main's link to one sub-host's page store: an authenticated QUIC connection to its agent and one
  * long-lived `pages.channel` stream on which page requests are pipelined (a new stream per request
  * would cost a stream setup per fault). A link that fails rejects everything in flight with
- * SubHostDownError; `connect` may be called again to bring it back.
+ * SubHostDownError; `reconnect` brings it back, and then sends again the releases it may have missed.
  */
+import { getLogger } from "@logtape/logtape";
 import { Inbox } from "../net/inbox.ts";
 import type { Identity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
 import { PageStoreError } from "./page_store.ts";
-import { decodePageReply, encodePageRequest, type PageOp } from "./wire.ts";
+import { ReleaseQueue } from "./release_queue.ts";
+import { decodePageReply, encodePageRequest, PageOp } from "./wire.ts";
 
 /** A sub-host cannot be reached; its pages cannot be served until it is back. */
 export class SubHostDownError extends Error {
@@ -20,6 +22,10 @@ export class SubHostDownError extends Error {
 
 /** A request that gets no reply in this long marks the sub-host down. */
 const REQUEST_TIMEOUT_MS = 20_000;
+/** Between two attempts to reach a sub-host that is down. */
+const RECONNECT_MS = 500;
+
+const log = getLogger(["dcres", "paging"]);
 
 interface Pending {
   seq: number;
@@ -87,12 +93,16 @@ class Channel {
 
 /**
  * One sub-host as main sees it: an urgent channel for the pages a vCPU waits on and a bulk channel
- * for read-ahead and page-outs, on separate connections, so a fault never queues behind megabytes.
+ * for read-ahead and page-outs, on separate connections, so a fault never queues behind megabytes;
+ * and the releases main owes it.
  */
 export class SubLink {
   private client?: RpcClient;
   private urgent?: Channel;
   private bulk?: Channel;
+  private reconnecting = false;
+  /** Pages main took over that the sub-host still keeps. */
+  readonly releases: ReleaseQueue;
   /** The sub-host's name in its certificate, once connected. */
   host: string;
   /** Why the link is down (undefined while up). */
@@ -108,8 +118,14 @@ export class SubLink {
     private readonly identity: Identity,
     private readonly vm: string,
     private readonly pages: number,
+    /** Counts a request nobody awaits (a release) as in flight until it settles. */
+    track: (p: Promise<unknown>) => void,
   ) {
     this.host = addr;
+    this.releases = new ReleaseQueue(
+      (gfns) => this.request(PageOp.RELEASE, Uint32Array.from(gfns)),
+      track,
+    );
   }
 
   private dial(): Promise<RpcClient> {
@@ -145,6 +161,31 @@ export class SubLink {
     this.urgent = new Channel(client, this.vm, this.pages, onFail);
     this.bulk = new Channel(other, this.vm, this.pages, onFail);
     return held;
+  }
+
+  /**
+   * Connects again every RECONNECT_MS until the link is up or `stopped()`; once it is, sends again
+   * the releases not acknowledged and calls `onBack`. A call while another runs does nothing.
+   */
+  async reconnect(stopped: () => boolean, onBack: () => void): Promise<void> {
+    if (this.reconnecting) return;
+    this.reconnecting = true;
+    try {
+      while (!stopped() && this.down) {
+        await new Promise((r) => setTimeout(r, RECONNECT_MS));
+        try {
+          await this.connect();
+        } catch {
+          // Still down; try again.
+        }
+      }
+      if (stopped()) return;
+      log.info("sub-host {host} is back", { host: this.host });
+      this.releases.resend();
+      onBack();
+    } finally {
+      this.reconnecting = false;
+    }
   }
 
   /** Marks the link down and fails everything in flight. */
