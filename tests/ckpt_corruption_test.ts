@@ -37,7 +37,7 @@ import {
 } from "../src/ckpt/manifest.ts";
 import { encodeCbor } from "../src/ckpt/cbor.ts";
 import { CheckpointStore } from "../src/ckpt/store.ts";
-import { OpenCheckpoint } from "../src/ckpt/restore.ts";
+import { OpenCheckpoint } from "../src/ckpt/open_checkpoint.ts";
 import * as abi from "../src/ffi/kvm_abi.ts";
 import type { MachineState } from "../src/vmm/machine.ts";
 

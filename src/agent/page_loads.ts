@@ -5,7 +5,7 @@
  */
 import { PAGE } from "../ckpt/format.ts";
 import * as libc from "../ffi/libc.ts";
-import { OpenCheckpoint } from "../ckpt/restore.ts";
+import { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { PageStores } from "../paging/page_store.ts";

@@ -3,7 +3,7 @@ import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
 import { PAGE } from "./format.ts";
 import { type Manifest, readManifest } from "./manifest.ts";
-import { OpenCheckpoint } from "./restore.ts";
+import { OpenCheckpoint } from "./open_checkpoint.ts";
 import { CheckpointStore, resolveCheckpoint } from "./store.ts";
 
 /** One generation as `ckpt ls` shows it. */

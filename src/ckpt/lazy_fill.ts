@@ -3,9 +3,11 @@
  * memory through a userfaultfd: one on demand when the guest faults on it, the others by a
  * background pass in the checkpoint's prefetch order (most recently used first), then by address.
  */
+import * as libc from "../ffi/libc.ts";
 import type { Userfaultfd } from "../ffi/uffd.ts";
+import { copyPages, zeroPages } from "../memory/page_install.ts";
 import { PAGE } from "./format.ts";
-import type { OpenCheckpoint } from "./restore.ts";
+import type { OpenCheckpoint } from "./open_checkpoint.ts";
 
 /** Pages installed per step (2 MiB): bounds how long a guest fault waits behind one. */
 const BATCH_PAGES = 512;
@@ -61,7 +63,7 @@ export class LazyFill {
   install(gfns: number[]): void {
     const todo = gfns.filter((g) => this.#pending[g]).sort((a, b) => a - b);
     for (let i = 0; i < todo.length; i += BATCH_PAGES) {
-      this.#ck.install(this.#uffd, this.#base, todo.slice(i, i + BATCH_PAGES), this.#staging);
+      this.#installBatch(todo.slice(i, i + BATCH_PAGES));
     }
     for (const g of todo) {
       if (this.#pending[g]) {
@@ -83,6 +85,19 @@ export class LazyFill {
         lastYield = performance.now();
       }
     }
+  }
+
+  /**
+   * Installs `gfns` (ascending, at most a batch): stored pages with UFFDIO_COPY through the staging
+   * buffer, zero pages with UFFDIO_ZEROPAGE, one call per run.
+   */
+  #installBatch(gfns: number[]) {
+    const ck = this.#ck;
+    const from = libc.ptrValue(Deno.UnsafePointer.of(this.#staging));
+    const stored = gfns.filter((g) => !ck.isZero(g));
+    ck.loadTo(stored, this.#staging, from, stored.map((_, k) => k * PAGE));
+    copyPages(this.#uffd, this.#base, stored, from);
+    zeroPages(this.#uffd, this.#base, gfns.filter((g) => ck.isZero(g)));
   }
 
   /** Up to a batch of pending pages: next in the prefetch order, and once that is done by address. */

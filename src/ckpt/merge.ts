@@ -5,7 +5,7 @@ import { PAGE } from "./format.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import { commitManifest, type Manifest } from "./manifest.ts";
 import { buildPageMap, compressPageMap, expandPageMap } from "./page_map.ts";
-import { OpenCheckpoint } from "./restore.ts";
+import { OpenCheckpoint } from "./open_checkpoint.ts";
 import { CheckpointStore, resolveCheckpoint } from "./store.ts";
 
 const BATCH = 4096;

@@ -4,7 +4,7 @@
  */
 import type { CheckpointRequest } from "../ckpt/control.ts";
 import type { CheckpointOptions, CheckpointReport } from "../ckpt/transaction.ts";
-import type { OpenCheckpoint } from "../ckpt/restore.ts";
+import type { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";

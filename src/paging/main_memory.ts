@@ -4,8 +4,9 @@
  * copy-on-write checkpoint write-protects them in place.
  */
 import * as libc from "../ffi/libc.ts";
-import { installRun, type Userfaultfd } from "../ffi/uffd.ts";
+import type { Userfaultfd } from "../ffi/uffd.ts";
 import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import { copyPages, zeroPages } from "../memory/page_install.ts";
 import { indexRuns } from "../memory/runs.ts";
 
 /** 1 for each page present in main's memory. */
@@ -58,20 +59,12 @@ export class MainMemory {
 
   /** Installs `gfns` (ascending within each run) from `data`, page k of it for gfns[k]. */
   copyIn(gfns: number[], data: Uint8Array): void {
-    const src = libc.ptrValue(Deno.UnsafePointer.of(data));
-    for (const [i, n] of indexRuns(gfns)) {
-      this.#place(
-        gfns.slice(i, i + n),
-        (dst, len, at) => this.#uffd.copy(dst, src + BigInt((i + at) * PAGE_SIZE), len),
-      );
-    }
+    copyPages(this.#uffd, this.#mem.hostAddr, gfns, libc.ptrValue(Deno.UnsafePointer.of(data)));
   }
 
   /** Installs `gfns` as zero pages. */
   zeroIn(gfns: number[]): void {
-    for (const [i, n] of indexRuns(gfns)) {
-      this.#place(gfns.slice(i, i + n), (dst, len) => this.#uffd.zeropage(dst, len));
-    }
+    zeroPages(this.#uffd, this.#mem.hostAddr, gfns);
   }
 
   /** Drops `gfns` from main's memory (they must be paused or protected). */
@@ -95,13 +88,5 @@ export class MainMemory {
   writeFault(g: number): void {
     this.onWriteProtected?.(g);
     this.protect([[g, 1]], false);
-  }
-
-  /**
-   * Installs one run of gfns with `op(dst, len, indexInRun)`; pages a racing install put there first
-   * (EEXIST) are skipped by falling back to one page at a time.
-   */
-  #place(run: number[], op: (dst: bigint, len: number, at: number) => number) {
-    installRun(this.#mem.hostAddr, PAGE_SIZE, run, op);
   }
 }

@@ -11,7 +11,7 @@
  * SubHosts (the links), SplitMigration (split, gather, move-sub) and the ownership audit.
  */
 import { getLogger } from "@logtape/logtape";
-import type { OpenCheckpoint } from "../ckpt/restore.ts";
+import type { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import { LazyFill } from "../ckpt/lazy_fill.ts";
 import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
