@@ -6,11 +6,11 @@
  * durable. Paging goes on meanwhile in precopy and cow; docs/CONSISTENCY.md gives the rules that
  * keep the checkpoint the memory of one instant, and SaveLedger keeps them.
  */
-import { relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { PAGE } from "../ckpt/format.ts";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
+import { generationName } from "../ckpt/store.ts";
 import {
   type CheckpointBegun,
   type CheckpointOptions,
@@ -49,6 +49,42 @@ export interface SplitCheckpointOptions extends CheckpointOptions {
 }
 
 /**
+ * A sub-host's summary of its fragment, checked before the manifest records it: counts are whole
+ * and not negative, and the path is a fragment file in this generation's directory (a peer names
+ * no other file).
+ */
+function fragmentFrom(
+  host: string,
+  b: CheckpointBegun,
+  s: Record<string, unknown>,
+): ParticipantFragment {
+  const fields = ["pages", "zeroPages", "rewrites", "dataBytes", "fileBytes", "footerCrc"] as const;
+  for (const f of fields) {
+    const v = s[f];
+    if (!Number.isSafeInteger(v) || (v as number) < 0) {
+      throw new Error(`${host} reported its fragment's ${f} as ${JSON.stringify(v)}`);
+    }
+  }
+  const gen = generationName(b.generation), path = s.path;
+  const name = typeof path === "string" && path.startsWith(`${gen}/`)
+    ? path.slice(gen.length + 1)
+    : "";
+  if (!/^[A-Za-z0-9_-][A-Za-z0-9._-]*\.frag$/.test(name)) {
+    throw new Error(`${host} reported its fragment at ${JSON.stringify(path)}, not in ${gen}/`);
+  }
+  const n = (f: (typeof fields)[number]) => s[f] as number;
+  return {
+    path: path as string,
+    pages: n("pages"),
+    zeroPages: n("zeroPages"),
+    rewrites: n("rewrites"),
+    dataBytes: n("dataBytes"),
+    fileBytes: n("fileBytes"),
+    footerCrc: n("footerCrc"),
+  };
+}
+
+/**
  * Sub-host `l`'s part of checkpoint `b`, over its `pages.save*` calls (each names the checkpoint,
  * so a late one is refused there).
  */
@@ -60,8 +96,11 @@ function subParticipant(l: SubLink, b: CheckpointBegun, opts: CheckpointOptions)
       await l.call("pages.save.begin", { id, generation: b.generation, compress: opts.compress });
     },
     async finish(): Promise<ParticipantFragment> {
-      const s = await l.call<ParticipantFragment>("pages.save.finish", { id });
-      return { ...s, path: s.path.startsWith("/") ? relative(opts.dir, s.path) : s.path };
+      return fragmentFrom(
+        l.host,
+        b,
+        await l.call<Record<string, unknown>>("pages.save.finish", { id }),
+      );
     },
     async commit(bytes: Uint8Array) {
       await l.call("pages.save.commit", { id }, { upload: piecesOf(bytes) });

@@ -5,7 +5,7 @@
  * SubHostDownError; `reconnect` brings it back, and then sends again the releases it may have missed.
  */
 import { getLogger } from "@logtape/logtape";
-import { Inbox } from "../net/inbox.ts";
+import { Inbox } from "../rpc/inbox.ts";
 import type { Identity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
 import { PageStoreError } from "./page_store.ts";
