@@ -6,7 +6,7 @@
  * data.
  */
 import { join, resolve } from "node:path";
-import { initCa, issueHost } from "../src/net/identity.ts";
+import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { selfCommand, spawnDetached } from "../src/agent/spawn.ts";
 import { defaultClientIdentityDir } from "../src/cli/remote.ts";
 import { listVms, request } from "../src/vmm/control/client.ts";

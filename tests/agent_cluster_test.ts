@@ -196,7 +196,7 @@ Deno.test("a stranger's certificate is refused with one line at the client; garb
   assert(up.success, new TextDecoder().decode(up.stderr));
   const [{ addr }] = JSON.parse(new TextDecoder().decode(up.stdout));
   try {
-    const { initCa, issueHost } = await import("../src/net/identity.ts");
+    const { initCa, issueHost } = await import("../src/cli/ca_admin.ts");
     const d = Deno.makeTempDirSync();
     await initCa(`${d}/ca`);
     await issueHost({ caDir: `${d}/ca`, host: "stranger", outDir: `${d}/s` });

@@ -35,7 +35,7 @@ import {
   type Manifest,
   readManifest,
 } from "../src/ckpt/manifest.ts";
-import { encodeCbor } from "../src/ckpt/cbor.ts";
+import { encodeCbor } from "../src/codec/cbor.ts";
 import { CheckpointStore } from "../src/ckpt/store.ts";
 import { OpenCheckpoint } from "../src/ckpt/open_checkpoint.ts";
 import * as abi from "../src/ffi/kvm_abi.ts";

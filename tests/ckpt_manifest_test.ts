@@ -5,7 +5,7 @@
  */
 import fc from "fast-check";
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
-import { CborError, decodeCbor, encodeCbor } from "../src/ckpt/cbor.ts";
+import { CborError, decodeCbor, encodeCbor } from "../src/codec/cbor.ts";
 import { crc32, MANIFEST_VERSION, PAGE } from "../src/ckpt/format.ts";
 import { decodeManifest, encodeManifest, type Manifest } from "../src/ckpt/manifest.ts";
 import {

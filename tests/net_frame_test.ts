@@ -10,7 +10,7 @@ import {
   FrameKind,
 } from "../src/net/frame.ts";
 import { parseRequest, RpcError } from "../src/net/rpc_messages.ts";
-import { encodeCbor } from "../src/ckpt/cbor.ts";
+import { encodeCbor } from "../src/codec/cbor.ts";
 
 Deno.test("frames split at any byte boundaries decode to the frames sent, in order", () => {
   fc.assert(

@@ -5,13 +5,11 @@ import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/ass
 import {
   certificatePem,
   checkIdentity,
-  IdentityError,
-  initCa,
-  inspectCertificate,
-  issueHost,
   loadIdentity,
   verifyPeerCertificate,
 } from "../src/net/identity.ts";
+import { IdentityError } from "../src/net/x509.ts";
+import { initCa, inspectCertificate, issueHost } from "../src/cli/ca_admin.ts";
 import { caInit, caIssue } from "../src/cli/ca.ts";
 import { UsageError } from "../src/cli/units.ts";
 

@@ -1,5 +1,6 @@
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
-import { initCa, issueHost, loadIdentity } from "../src/net/identity.ts";
+import { loadIdentity } from "../src/net/identity.ts";
+import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { RpcClient, RpcServer } from "../src/net/quic.ts";
 import { RpcError } from "../src/net/rpc_messages.ts";
 

@@ -4,7 +4,8 @@
  * all in one run, with ratios to TLS/TCP. No guest runs, so no figure depends on the accelerator; the
  * header and JSON still name the one this host's guests run on, as every benchmark's do.
  */
-import { initCa, issueHost, loadIdentity } from "../../src/net/identity.ts";
+import { loadIdentity } from "../../src/net/identity.ts";
+import { initCa, issueHost } from "../../src/cli/ca_admin.ts";
 import { ALPN } from "../../src/net/quic.ts";
 import { line, percentile } from "./stats.ts";
 import { BenchAccel } from "./accel.ts";

@@ -6,7 +6,7 @@ import type { VmInfo } from "../vmm/control/protocol.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { VmmStartError } from "./errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
-import { targetSpecOf } from "./restore_spec.ts";
+import { targetSpecOf } from "../ckpt/store.ts";
 
 /** Deno permission flags the VMM process needs. */
 export const VMM_PERMISSIONS = [

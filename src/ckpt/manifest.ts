@@ -4,7 +4,7 @@
  * commit point: written to MANIFEST.tmp, fsynced, renamed to MANIFEST, directory fsynced.
  */
 import { ACCEL_KINDS } from "../accel/accel.ts";
-import { decodeCbor, encodeCbor } from "./cbor.ts";
+import { decodeCbor, encodeCbor } from "../codec/cbor.ts";
 import * as libc from "../ffi/libc.ts";
 import type { MachineState } from "../vmm/machine.ts";
 import {

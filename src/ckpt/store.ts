@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
 import { fsyncDir } from "./manifest.ts";
+import type { MachineSpec } from "../vmm/machine.ts";
 
 /** A generation directory as found on disk. */
 export interface GenerationEntry {
@@ -134,4 +135,11 @@ export function resolveCheckpoint(path: string): { root: string; dir: string; ma
     );
   }
   return { root: path, ...latest };
+}
+
+/** The machine spec a restore of the checkpoint at `path` runs under: its own, renamed to `name`. */
+export function targetSpecOf(path: string, name?: string): MachineSpec {
+  const spec = structuredClone(resolveCheckpoint(path).manifest.machine.spec);
+  if (name) spec.name = name;
+  return spec;
 }

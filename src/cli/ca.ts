@@ -1,11 +1,6 @@
 /** `dcres ca init|issue`: the cluster CA and host certificates for mutual TLS between agents. */
-import {
-  DEFAULT_HOST_DAYS,
-  IdentityError,
-  initCa,
-  issueHost,
-  MAX_HOST_DAYS,
-} from "../net/identity.ts";
+import { IdentityError } from "../net/x509.ts";
+import { DEFAULT_HOST_DAYS, initCa, issueHost, MAX_HOST_DAYS } from "./ca_admin.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { UsageError } from "./units.ts";
 

@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { checkGuestSupported } from "../vmm/machine.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
-import { hostVm, type RestoreTimes, targetSpec } from "./host.ts";
+import { hostVm, type RestoreTimes, targetSpec } from "../vmm_process/host_vm.ts";
 import { spawnRestore } from "../agent/spawn.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";

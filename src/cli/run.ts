@@ -1,6 +1,6 @@
 /** `dcres run`: run a VM in the foreground (console on the terminal) or detached as a `dcres vmm`. */
 import { checkGuestSupported, type GuestKind, GUESTS, type MachineSpec } from "../vmm/machine.ts";
-import { hostVm } from "./host.ts";
+import { hostVm } from "../vmm_process/host_vm.ts";
 import type { AccessPattern } from "../vmm/guests/memstamp/memstamp.ts";
 import { findGuestKernel } from "../vmm/boot/initramfs.ts";
 import {

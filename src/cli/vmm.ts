@@ -4,7 +4,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { MachineSpec } from "../vmm/machine.ts";
-import { type HostOptions, hostVm } from "./host.ts";
+import { type HostOptions, hostVm } from "../vmm_process/host_vm.ts";
 import { toJson } from "../vmm/control/protocol.ts";
 import { EXIT, type GlobalOptions, stateDirOf } from "./context.ts";
 import { UsageError } from "./units.ts";

@@ -1,6 +1,6 @@
 /** Guest RAM: one memfd mapped shared, so other processes and checkpoints can map the same pages. */
 import * as libc from "../ffi/libc.ts";
-import type { Persist } from "../vmm/persist.ts";
+import type { Persist } from "../codec/persist.ts";
 
 /** The unit of paging, dirty tracking and saving. */
 export const PAGE_SIZE = 4096;

@@ -5,7 +5,7 @@
  * before checking it against the limit, so malformed, oversized or truncated input is an error, not
  * an allocation or a hang.
  */
-import { encodeCbor } from "../ckpt/cbor.ts";
+import { encodeCbor } from "../codec/cbor.ts";
 
 /** "DR" */
 export const FRAME_MAGIC = 0x4452;

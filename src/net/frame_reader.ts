@@ -1,5 +1,5 @@
 /** Frames read one at a time off a byte stream: a QUIC stream or a unix connection. */
-import { decodeCbor } from "../ckpt/cbor.ts";
+import { decodeCbor } from "../codec/cbor.ts";
 import { type Frame, FrameDecoder, FrameError, FrameKind } from "./frame.ts";
 import { RpcError } from "../rpc/errors.ts";
 

@@ -3,7 +3,7 @@
  * the end of an upload; a reply is the dispatcher's outcome under the request's id. `parseRequest`
  * validates untrusted input field by field.
  */
-import { decodeCbor } from "../ckpt/cbor.ts";
+import { decodeCbor } from "../codec/cbor.ts";
 import { RpcError } from "../rpc/errors.ts";
 
 /** The typed error a reply carries, importable from the envelope it travels in. */

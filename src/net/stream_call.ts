@@ -3,7 +3,7 @@
  * upload as DATA frames and its end, a cancel frame when the caller gives up; then progress, DATA
  * and the reply, whose error arrives as the typed RpcError the handler's side sent.
  */
-import { decodeCbor } from "../ckpt/cbor.ts";
+import { decodeCbor } from "../codec/cbor.ts";
 import { rejectOnAbort, withTimeout } from "../rpc/deadline.ts";
 import { fromWireError, RpcError } from "../rpc/errors.ts";
 import { encodeControl, encodeFrame, FrameKind } from "./frame.ts";

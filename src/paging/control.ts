@@ -8,7 +8,6 @@ import type { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
-import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
 import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpoint.ts";
@@ -38,11 +37,8 @@ export class SplitControl {
   }
 
   private options(split: SplitRequest): PagerOptions {
-    if (this.m.spec.guest !== "memstamp") {
-      throw new Error(
-        `split VMs run memstamp guests for now; ${this.m.spec.name} runs ${this.m.spec.guest}`,
-      );
-    }
+    const refusal = this.m.splitRefusal;
+    if (refusal) throw new Error(refusal);
     return {
       name: this.m.spec.name,
       mem: this.m.vm.memory,
@@ -50,7 +46,7 @@ export class SplitControl {
       tracker: this.tracker,
       split,
       identity: loadIdentity(split.identityDir),
-      pinnedPages: dataRegion(this.m.spec.memSize).baseGfn,
+      pinnedPages: this.m.pinnedPages,
     };
   }
 

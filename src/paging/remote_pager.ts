@@ -26,6 +26,7 @@ import type { PagerContext, PausableVm } from "./pager_context.ts";
 import { planSplit, SplitMigration, type SplitReport } from "./split_migration.ts";
 import { stripeHome, SubHosts, type SubHostsOptions } from "./sub_hosts.ts";
 import { SubHostDownError, type SubLink } from "./sub_link.ts";
+import type { PagingStats } from "../memory/paging_stats.ts";
 
 export { presentPages } from "./main_memory.ts";
 export type { PageOutSaver } from "./budget.ts";
@@ -42,28 +43,6 @@ export interface SplitSpec {
   mainMemBytes: number;
   /** Sub-host agents, HOST:PORT. */
   subs: string[];
-}
-
-/** Paging counters, as `vm ls --json` shows them. */
-export interface PagingStats {
-  /** Pages brought to main. */
-  pageIns: number;
-  /** Pages sent from main to sub-hosts. */
-  pageOuts: number;
-  /** Guest faults on non-resident pages. */
-  faults: number;
-  /** Faults on never-written pages, filled with zeros on main without asking their sub-host. */
-  zeroFills: number;
-  /** Pages each host holds, by host name. */
-  residentPages: Record<string, number>;
-  /** Fault service time (fault read to page installed) over the last faults. */
-  faultLatencyUs: { p50: number; p99: number };
-  /** Most pages main keeps. */
-  mainBudgetPages: number;
-  /** Total vCPU pause of page-out batches, ms. */
-  pageOutPauseMs: number;
-  /** Why the VM is paused by paging (a sub-host is unreachable), when it is. */
-  blocked?: string;
 }
 
 /** What starting or migrating into a split needs. */

@@ -23,6 +23,7 @@ import {
   type MemstampOptions,
   resolveOptions,
 } from "./guests/memstamp/memstamp.ts";
+import { dataRegion } from "./guests/memstamp/layout.ts";
 import { MemstampReportPort, type ReportPortState } from "./guests/memstamp/report_port.ts";
 import { type DeviceContext, Vm, type VmState } from "./vm.ts";
 
@@ -140,6 +141,24 @@ export class Machine {
   /** The memstamp controller, for memstamp guests. */
   get memstamp(): MemstampControl | undefined {
     return this.spec.guest === "memstamp" ? new MemstampControl(this.vm.memory) : undefined;
+  }
+
+  /**
+   * Why this machine's memory cannot be split across hosts, or undefined when it can: the guest
+   * must keep some pages on the main host (see `pinnedPages`), and only memstamp says which.
+   */
+  get splitRefusal(): string | undefined {
+    return this.spec.guest === "memstamp"
+      ? undefined
+      : `split VMs run memstamp guests for now; ${this.spec.name} runs ${this.spec.guest}`;
+  }
+
+  /**
+   * How many pages from guest physical 0 a split keeps on the main host: the guest's code, tables
+   * and stacks, which its vCPUs touch on every entry and which no sub-host round trip may delay.
+   */
+  get pinnedPages(): number {
+    return this.spec.guest === "memstamp" ? dataRegion(this.spec.memSize).baseGfn : 0;
   }
 
   /** Saves the machine; the VM must be paused. */

@@ -11,7 +11,7 @@ import {
   type VcpuInit,
   type VcpuMessage,
 } from "../accel/vcpu_control.ts";
-import type { Persist } from "./persist.ts";
+import type { Persist } from "../codec/persist.ts";
 
 /** Called for every message a vCPU Worker posts. */
 export type VcpuMessageHandler = (m: VcpuMessage) => void;

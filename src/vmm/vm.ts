@@ -8,7 +8,7 @@ import { openAccelerator } from "../accel/select.ts";
 import type { VcpuMessage } from "../accel/vcpu_control.ts";
 import { GuestMemory, type GuestMemoryState } from "../memory/guest_memory.ts";
 import { PioBus, type PioDevice } from "./devices/bus.ts";
-import type { Persist } from "./persist.ts";
+import type { Persist } from "../codec/persist.ts";
 import { Vcpu } from "./vcpu.ts";
 
 /** Identity and shape of a VM. */

@@ -9,7 +9,7 @@
 import type { AccelKind } from "../../accel/accel.ts";
 import type { CallOutcome, IncomingCall } from "../../rpc/dispatcher.ts";
 import { RpcError, type RpcErrorCode } from "../../rpc/errors.ts";
-import type { PagingStats } from "../../paging/remote_pager.ts";
+import type { PagingStats } from "../../memory/paging_stats.ts";
 
 /** Control protocol version; a server refuses requests from a newer major. */
 export const CONTROL_VERSION = 1;

@@ -1,5 +1,5 @@
 /** Port-I/O devices and the bus that routes guest port accesses to them. */
-import type { Persist } from "../persist.ts";
+import type { Persist } from "../../codec/persist.ts";
 
 /** A device on the port-I/O bus. */
 export interface PioDevice extends Persist<unknown> {

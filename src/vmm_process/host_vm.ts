@@ -5,7 +5,7 @@
 import type { Accelerator } from "../accel/accel.ts";
 import { checkpointHandlers } from "../ckpt/control.ts";
 import { restoreCheckpoint, type Restored } from "../ckpt/restore.ts";
-import { targetSpecOf } from "../agent/restore_spec.ts";
+import { targetSpecOf } from "../ckpt/store.ts";
 import type { ControlServer } from "../vmm/control/server.ts";
 import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
