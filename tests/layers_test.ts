@@ -1,136 +1,28 @@
 /**
- * The accelerator layering of src/ (../shared/DESIGN.md "Layout": ffi <- accel <- memory, vmm <- ckpt
- * <- net <- paging <- agent <- coord <- cli), checked on the source text:
+ * The layering of src/: the whole order, as docs/ARCHITECTURE.md states it and
+ * scripts/check-layers.ts checks it (CI runs that script too), plus the rules the order alone does
+ * not say, checked on the source text:
  *
  * - KVM stays behind the accelerator interface: no file under src/ outside src/ffi/ and
  *   src/accel/kvm/ imports src/ffi/kvm.ts or src/ffi/kvm_abi.ts, or names `kvm_abi`, `ffi/kvm.ts`,
  *   a `KVM_*` constant or ioctl, or a `Kvm*` type in its code (comments may: they document);
  * - src/accel/ depends on nothing above it: its imports stay in src/accel/ and src/ffi/;
  * - src/rpc/, the dispatcher under both src/net/ and src/vmm/, imports nothing else from src/.
- *
- * Only these rules: the other layers have existing exceptions (net's use of ckpt's CBOR codec is
- * allowed by the order but not by its "a shared codec lives below both"; vmm/control imports
- * paging; memory imports vmm/persist.ts), which a full check would have to list first.
  */
-import { assert, assertEquals } from "./helpers/assert.ts";
-
-const ROOT = new URL("../", import.meta.url);
-
-/** One TypeScript file of src/, its text and its code (comments blanked, lines kept). */
-interface Source {
-  /** Path from the repository root, `src/...`. */
-  path: string;
-  /** The file as written. */
-  text: string;
-  /** The text with every comment replaced by spaces (newlines kept, so lines still count). */
-  code: string;
-}
-
-/** Every .ts file under `dir` (a path from the repository root), sorted. */
-function sourcesUnder(dir: string): Source[] {
-  const out: Source[] = [];
-  const walk = (rel: string) => {
-    for (const e of Deno.readDirSync(new URL(rel, ROOT))) {
-      const p = `${rel}/${e.name}`;
-      if (e.isDirectory) walk(p);
-      else if (e.isFile && p.endsWith(".ts")) out.push(source(p, readText(p)));
-    }
-  };
-  walk(dir);
-  return out.sort((a, b) => a.path.localeCompare(b.path));
-}
-
-function readText(path: string): string {
-  return Deno.readTextFileSync(new URL(path, ROOT));
-}
-
-function source(path: string, text: string): Source {
-  return { path, text, code: withoutComments(text) };
-}
-
-/** Characters after which a `/` starts a regular expression literal rather than a division. */
-const BEFORE_REGEX = new Set([..."(,=:[!&|?{};+-*%<>~^"]);
-
-/**
- * `text` with `//` and `/* *\/` comments blanked; strings, template literals and regular
- * expression literals are skipped whole, so a `//` inside them is not taken for a comment.
- */
-function withoutComments(text: string): string {
-  let out = "";
-  let i = 0;
-  let last = ""; // the last character of code that is not white space
-  const blank = (s: string) => s.replace(/[^\n]/g, " ");
-  while (i < text.length) {
-    const c = text[i], n = text[i + 1];
-    let end: number;
-    if (c === "/" && n === "/") {
-      end = text.indexOf("\n", i);
-      if (end < 0) end = text.length;
-      out += blank(text.slice(i, end));
-      i = end;
-      continue;
-    }
-    if (c === "/" && n === "*") {
-      end = text.indexOf("*/", i + 2);
-      end = end < 0 ? text.length : end + 2;
-      out += blank(text.slice(i, end));
-      i = end;
-      continue;
-    }
-    if (
-      c === '"' || c === "'" || c === "`" || (c === "/" && (last === "" || BEFORE_REGEX.has(last)))
-    ) {
-      let j = i + 1;
-      let inClass = false;
-      while (j < text.length && (text[j] !== c || inClass)) {
-        if (text[j] === "\\") j++;
-        else if (c === "/" && text[j] === "[") inClass = true;
-        else if (c === "/" && text[j] === "]") inClass = false;
-        else if (c === "/" && text[j] === "\n") break; // not a regex after all
-        j++;
-      }
-      out += text.slice(i, j + 1);
-      last = c;
-      i = j + 1;
-      continue;
-    }
-    out += c;
-    if (!/\s/.test(c)) last = c;
-    i++;
-  }
-  return out;
-}
-
-/** One module a file depends on: its specifier, what it resolves to and the line that names it. */
-interface Dependency {
-  line: number;
-  specifier: string;
-  /** Path from the repository root for relative specifiers; the specifier itself otherwise. */
-  target: string;
-}
-
-const DEPENDENCY_PATTERNS = [
-  /\b(?:import|export)\s+(?:type\s+)?[^"'`;]*?\bfrom\s*["']([^"']+)["']/g, // static
-  /\bimport\s*["']([^"']+)["']/g, // side effect only
-  /\bimport\s*\(\s*["']([^"']+)["']/g, // dynamic
-  /\bnew\s+URL\(\s*["']([^"']+)["']\s*,\s*import\.meta\.url/g, // Worker and FFI library URLs
-];
-
-/** The modules `file` imports (statically, dynamically, or as a Worker URL). */
-function dependencies(file: Source): Dependency[] {
-  const out: Dependency[] = [];
-  for (const pattern of DEPENDENCY_PATTERNS) {
-    for (const m of file.code.matchAll(pattern)) {
-      const specifier = m[1];
-      const line = file.code.slice(0, m.index).split("\n").length;
-      const target = specifier.startsWith(".")
-        ? new URL(specifier, new URL(file.path, ROOT)).pathname.slice(ROOT.pathname.length)
-        : specifier;
-      out.push({ line, specifier, target });
-    }
-  }
-  return out.sort((a, b) => a.line - b.line);
-}
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import {
+  ARCHITECTURE_DOC,
+  LayerOrderError,
+  layerViolations,
+  parseLayerOrder,
+} from "../scripts/check-layers.ts";
+import {
+  dependencies,
+  readText,
+  type Source,
+  source,
+  sourcesUnder,
+} from "../scripts/layers/source_scan.ts";
 
 /** KVM's bindings: only src/ffi/ and src/accel/kvm/ may use them. */
 const KVM_BINDINGS = ["src/ffi/kvm.ts", "src/ffi/kvm_abi.ts"];
@@ -228,7 +120,7 @@ Deno.test("the layering checks find what they are meant to find, and only that",
     [
       'import { PAGE_SIZE } from "../../memory/guest_memory.ts";',
       'import type { Vm } from "../../vmm/vm.ts";',
-      'export { encodeCbor } from "../../ckpt/cbor.ts";',
+      'export { encodeCbor } from "../../codec/cbor.ts";',
       'const m = await import("../../cli/run.ts");',
       'import "../../../main.ts";',
       'import * as libc from "../../ffi/libc.ts";', // fine
@@ -240,7 +132,7 @@ Deno.test("the layering checks find what they are meant to find, and only that",
   assertEquals(accelAboveItsLayer(accel), [
     "src/accel/emu/planted.ts:1 imports src/memory/guest_memory.ts",
     "src/accel/emu/planted.ts:2 imports src/vmm/vm.ts",
-    "src/accel/emu/planted.ts:3 imports src/ckpt/cbor.ts",
+    "src/accel/emu/planted.ts:3 imports src/codec/cbor.ts",
     "src/accel/emu/planted.ts:4 imports src/cli/run.ts",
     "src/accel/emu/planted.ts:5 imports main.ts",
   ]);
@@ -258,5 +150,57 @@ Deno.test("the dependency scan sees every import the files of src/ have", () => 
         assert(seen.has(i + 1), `${f.path}:${i + 1} not scanned: ${text}`);
       }
     });
+  }
+});
+
+Deno.test("every import of src/ points down the layer order of docs/ARCHITECTURE.md", () => {
+  const order = parseLayerOrder(readText(ARCHITECTURE_DOC));
+  const folders = [...Deno.readDirSync(new URL("../src/", import.meta.url))].map((e) => e.name);
+  assert(folders.length >= 10, `found ${folders.length} entries under src/`);
+  const found = layerViolations(sourcesUnder("src"), order);
+  assertEquals(found, [], `imports against the layer order:\n${found.join("\n")}`);
+});
+
+Deno.test("the layer check finds upward, sideways, outside and unplaced imports, and only those", () => {
+  const order = parseLayerOrder("text\n```layers\nffi ← codec, rpc <- vmm\n  ← cli\n```\n");
+  assertEquals(order, [["ffi"], ["codec", "rpc"], ["vmm"], ["cli"]]);
+  const files: Source[] = [
+    source(
+      "src/vmm/planted.ts",
+      [
+        'import { a } from "../ffi/libc.ts";', // 1: down, fine
+        'import type { B } from "./vm.ts";', // 2: own layer, fine
+        'export { c } from "../cli/run.ts";', // 3: up
+        'const d = await import("../../main.ts");', // 4: outside src/
+        'const w = new URL("../../main.ts", import.meta.url);', // 5: a program to spawn, fine
+        'import "../agent/agent.ts";', // 6: not in the order
+        'import { e } from "node:path";', // 7: not a layer, fine
+        '// import { f } from "../cli/run.ts";', // 8: a comment, fine
+      ].join("\n"),
+    ),
+    source("src/codec/planted.ts", 'import { g } from "../rpc/errors.ts";'), // same level
+    source("src/extra/planted.ts", 'import { h } from "../ffi/libc.ts";'), // unplaced layer
+  ];
+  assertEquals(layerViolations(files, order), [
+    "src/vmm/planted.ts:3 imports src/cli/run.ts: cli is above vmm",
+    "src/vmm/planted.ts:4 imports main.ts: outside src/, which nothing in src/ may import",
+    "src/vmm/planted.ts:6 imports src/agent/agent.ts: agent is not in the layer order",
+    "src/codec/planted.ts:1 imports src/rpc/errors.ts: codec and rpc share a level",
+    `src/extra: not in the layer order; place it in ${ARCHITECTURE_DOC}'s layers block`,
+  ]);
+});
+
+Deno.test("a missing or malformed layers block is refused in one line naming the document", () => {
+  for (
+    const [text, says] of [
+      ["no block here", "no ```layers block"],
+      ["```layers\nffi ← ffi\n```", '"ffi" is listed twice'],
+      ["```layers\nffi ← ../up\n```", "not a folder or file name"],
+      ["```layers\nffi\n```", "fewer than two levels"],
+    ]
+  ) {
+    const e = assertThrows(() => parseLayerOrder(text), LayerOrderError);
+    assert(e.message.startsWith(`${ARCHITECTURE_DOC}: `), e.message);
+    assert(e.message.includes(says), `${e.message} does not say ${says}`);
   }
 });
