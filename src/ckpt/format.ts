@@ -75,3 +75,19 @@ export function hasMagic(buf: Uint8Array, off: number, m: Uint8Array): boolean {
   for (let i = 0; i < m.length; i++) if (buf[off + i] !== m[i]) return false;
   return true;
 }
+
+/**
+ * Writes the head every dcres file of this kind begins with, the 8-byte magic then the major and
+ * minor version (u16, little-endian) at bytes 8 and 10; returns a view of `out` for the rest.
+ */
+export function writeHead(
+  out: Uint8Array,
+  m: Uint8Array,
+  v: { major: number; minor: number },
+): DataView {
+  out.set(m, 0);
+  const dv = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  dv.setUint16(8, v.major, true);
+  dv.setUint16(10, v.minor, true);
+  return dv;
+}

@@ -14,6 +14,7 @@ import {
   hasMagic,
   magic,
   MANIFEST_VERSION,
+  writeHead,
 } from "./format.ts";
 
 /** "DCRMANIF" */
@@ -103,10 +104,7 @@ export interface Manifest {
 export function encodeManifest(m: Manifest): Uint8Array<ArrayBuffer> {
   const body = encodeCbor(m);
   const out = new Uint8Array(HEADER + body.length + 4 + MANIFEST_END.length);
-  const dv = new DataView(out.buffer);
-  out.set(MANIFEST_MAGIC, 0);
-  dv.setUint16(8, MANIFEST_VERSION.major, true);
-  dv.setUint16(10, MANIFEST_VERSION.minor, true);
+  const dv = writeHead(out, MANIFEST_MAGIC, MANIFEST_VERSION);
   dv.setUint16(12, MANIFEST_VERSION.patch, true);
   dv.setBigUint64(16, BigInt(body.length), true);
   out.set(body, HEADER);

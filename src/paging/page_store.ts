@@ -8,7 +8,7 @@
  * refused by name. A per-host capacity bounds the pages held across all VMs.
  */
 import { join } from "node:path";
-import { crc32 } from "../ckpt/format.ts";
+import { crc32, hasMagic, magic, writeHead } from "../ckpt/format.ts";
 import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
 
@@ -21,7 +21,7 @@ export class PageStoreError extends Error {
 }
 
 /** "DCRESPGS" */
-export const STORE_MAGIC = new TextEncoder().encode("DCRESPGS");
+export const STORE_MAGIC: Uint8Array = magic("DCRESPGS");
 /** Index format version this build writes. */
 export const STORE_VERSION = { major: 1, minor: 0 } as const;
 const HEADER = 32;
@@ -185,10 +185,7 @@ export class VmPageStore {
 
   private writeHeader() {
     const h = new Uint8Array(HEADER);
-    const dv = new DataView(h.buffer);
-    h.set(STORE_MAGIC, 0);
-    dv.setUint16(8, STORE_VERSION.major, true);
-    dv.setUint16(10, STORE_VERSION.minor, true);
+    const dv = writeHead(h, STORE_MAGIC, STORE_VERSION);
     dv.setUint32(12, this.pages, true);
     dv.setUint32(16, crc32(this.held), true);
     dv.setUint32(20, crc32(h.subarray(0, 20)), true);
@@ -217,7 +214,7 @@ function readIndex(
   const h = new Uint8Array(HEADER);
   if (readFull(f, 0, h) < HEADER) throw bad("index is too short for its header");
   const dv = new DataView(h.buffer);
-  if (!h.subarray(0, 8).every((b, i) => b === STORE_MAGIC[i])) {
+  if (!hasMagic(h, 0, STORE_MAGIC)) {
     throw bad("not a dcres page store index (wrong magic)");
   }
   const major = dv.getUint16(8, true);
