@@ -15,6 +15,7 @@ import { BenchAgents } from "./agents.ts";
 import { BenchAccel } from "./accel.ts";
 import { randomBytes, rawWrite } from "./disk.ts";
 import { line } from "./stats.ts";
+import { unitExposure } from "./unit.ts";
 
 const MiB = 1 << 20;
 const sleep = (t: number) => new Promise((r) => setTimeout(r, t));
@@ -47,6 +48,12 @@ export async function benchDcres(args: string[]): Promise<unknown> {
   const a = ["--agent", main];
   console.log(
     `dcres bench dcres: memstamp ${memText} split over main + ${subs.length} sub-hosts (main-mem ${mainMem}), ${vcpus} vCPUs writing ${wsText} each at random, on loopback; ${ba.describe()}`,
+  );
+  const exposure = await unitExposure();
+  console.log(
+    `  the agent's systemd unit: exposure ${
+      exposure?.toFixed(1) ?? "unknown (no systemd-analyze)"
+    } by systemd-analyze security (0 safest, 10 least safe)`,
   );
   try {
     await b.dcres(
@@ -165,6 +172,7 @@ export async function benchDcres(args: string[]): Promise<unknown> {
       workingSetPerVcpu: parseSize("--ws", wsText),
       vcpus: Number(vcpus),
       hosts: hosts.length,
+      unitExposure: exposure,
       traditional: trad,
       parallel: modes,
       incremental: { ...inc, guestWritesSince: written },
