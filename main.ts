@@ -224,6 +224,7 @@ function program(exit: (code: number) => void): Command {
     .requiredOption("--host <name>", "host name: the certificate's CN and DNS subjectAltName")
     .option("--ip <addr>", "IP subjectAltName; repeat for several", collect)
     .option("--days <n>", "validity in days", "825")
+    .option("--role <role>", "what the certificate may do: agent, operator or coordinator", "agent")
     .requiredOption("--out <dir>", "directory for host.crt, host.key and ca.crt (made 0700)")
     .option("--force", "replace an existing host identity in --out")
     .action(act((f: CaIssueFlags) => caIssue(g(), f)));

@@ -35,6 +35,7 @@ async function up(n: number) {
   await issueHost({
     caDir: join(root, "ca"),
     host: "client",
+    role: "operator",
     outDir: defaultClientIdentityDir(),
     force: true,
   });

@@ -202,7 +202,7 @@ Deno.test("over QUIC an expired cluster certificate, and a client that presents 
     );
     assert(e.message.includes("expired"), e.message);
 
-    // A raw client that says hello and then sends no certificate at all.
+    // A raw client whose hello carries no certificate at all, and one of the old proof.
     const { encodeControl } = await import("../src/net/frame.ts");
     const conn = await Deno.connectQuic({
       hostname: "127.0.0.1",
@@ -211,18 +211,39 @@ Deno.test("over QUIC an expired cluster certificate, and a client that presents 
       caCerts: [ids.cli.caPem],
       serverName: "agent1",
     });
-    const s = await conn.createBidirectionalStream();
+    const refusal = async (hello: Record<string, unknown>) => {
+      const s = await conn.createBidirectionalStream();
+      const w = s.writable.getWriter();
+      await w.write(encodeControl({ v: 1, hello: 1, ...hello }));
+      let reply = "";
+      try {
+        for await (const c of s.readable) reply += new TextDecoder().decode(c);
+      } catch {
+        // The agent closes the connection after refusing.
+      }
+      return reply;
+    };
+    const none = await refusal({ proof: 2, nonce: new Uint8Array(32), dialed: "agent1:1" });
+    assert(none.includes("lacks its nonce, certificate"), JSON.stringify(none));
+    conn.close();
+    const again = await Deno.connectQuic({
+      hostname: "127.0.0.1",
+      port: server.addr.port,
+      alpnProtocols: ["dcres/1"],
+      caCerts: [ids.cli.caPem],
+      serverName: "agent1",
+    });
+    const s = await again.createBidirectionalStream();
     const w = s.writable.getWriter();
     await w.write(encodeControl({ v: 1, hello: 1 }));
-    await w.write(encodeControl({ v: 1, nothing: true }));
-    let reply = "";
+    let old = "";
     try {
-      for await (const c of s.readable) reply += new TextDecoder().decode(c);
+      for await (const c of s.readable) old += new TextDecoder().decode(c);
     } catch {
       // The agent closes the connection after refusing.
     }
-    assert(reply.includes("no client certificate presented"), JSON.stringify(reply));
-    conn.close();
+    assert(old.includes("peer proof of version 2; upgrade"), JSON.stringify(old));
+    again.close();
   } finally {
     server.close();
   }

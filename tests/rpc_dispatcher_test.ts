@@ -2,7 +2,7 @@ import { assert, assertEquals } from "./helpers/assert.ts";
 import { type CallPort, Dispatcher, type RpcContext } from "../src/rpc/dispatcher.ts";
 import { fromWireError, RpcError } from "../src/rpc/errors.ts";
 
-const CALLER = { peer: "test", via: "local" } as const;
+const CALLER = { peer: "test", role: "root", via: "local" } as const;
 
 /** A port that records what the handler sent. */
 function port(): CallPort & { sent: Uint8Array[]; notes: unknown[] } {

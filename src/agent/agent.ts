@@ -23,6 +23,7 @@ import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
+import { AGENT_ACCESS } from "./access.ts";
 
 /** dcres version the agent reports. */
 export const AGENT_VERSION = "0.1.0";
@@ -120,6 +121,7 @@ export class Agent {
       handlers,
       { hostname: m[1], port: Number(m[2]) },
       (msg, p) => log.warn(msg, p),
+      AGENT_ACCESS,
     );
     quic.start();
     handlers.status = async () => ({

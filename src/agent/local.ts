@@ -17,7 +17,8 @@ export class LocalRpcServer {
     const dispatcher = new Dispatcher(handlers);
     this.#socket = new UnixSocketServer(
       path,
-      (conn) => serveFramedCalls(conn, dispatcher, { peer: "local", via: "local" }, true),
+      (conn) =>
+        serveFramedCalls(conn, dispatcher, { peer: "local", role: "root", via: "local" }, true),
       0o600,
     );
   }

@@ -4,6 +4,7 @@ import { RpcError } from "../rpc/errors.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { PageSaves } from "./page_saves.ts";
 import { pageLoadHandlers } from "./page_loads.ts";
+import { PageOwners } from "./page_owners.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
 function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
@@ -52,6 +53,40 @@ async function serve(
  * `resolve` turns a checkpoint path or id into its generation directory.
  */
 export function pageHandlers(
+  stores: PageStores,
+  ckptRoot: string,
+  resolve: (arg: string) => string,
+): Record<string, RpcHandler> {
+  const owners = new PageOwners(stores.dir);
+  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve));
+}
+
+/**
+ * `handlers` with every page method about a VM accepted only from that VM's main host (the first to
+ * open its pages here). Loading a restore's pages and dropping them end the binding.
+ */
+function ownedByMain(
+  owners: PageOwners,
+  handlers: Record<string, RpcHandler>,
+): Record<string, RpcHandler> {
+  const out: Record<string, RpcHandler> = {};
+  for (const [method, h] of Object.entries(handlers)) {
+    out[method] = async (args, ctx) => {
+      const { vm } = vmArgs({ ...args, pages: 1 });
+      if (method === "pages.load") {
+        owners.release(vm);
+        return await h(args, ctx);
+      }
+      owners.claim(method, vm, ctx);
+      const result = await h(args, ctx);
+      if (method === "pages.drop") owners.release(vm);
+      return result;
+    };
+  }
+  return out;
+}
+
+function pageMethods(
   stores: PageStores,
   ckptRoot: string,
   resolve: (arg: string) => string,

@@ -3,6 +3,7 @@ import { IdentityError } from "../net/x509.ts";
 import { DEFAULT_HOST_DAYS, initCa, issueHost, MAX_HOST_DAYS } from "./ca_admin.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { UsageError } from "./units.ts";
+import { isRole, type Role, ROLES } from "../rpc/roles.ts";
 
 /** Flags of `ca init`. */
 export interface CaInitFlags {
@@ -22,6 +23,8 @@ export interface CaIssueFlags {
   ip?: string[];
   /** Validity in days (text from the command line). */
   days?: string;
+  /** The certificate's role: agent (default), operator or coordinator. */
+  role?: string;
   /** Output directory for `host.crt`, `host.key`, `ca.crt`. */
   out: string;
   /** Replace an existing host identity. */
@@ -52,6 +55,14 @@ function parseDays(text: string | undefined): number {
   return n;
 }
 
+function parseRole(text: string | undefined): Role {
+  const role = text?.trim() ?? "agent";
+  if (!isRole(role)) {
+    throw new UsageError(`--role ${text}: not a role; use one of ${ROLES.join(", ")}`);
+  }
+  return role;
+}
+
 /** `ca init --dir DIR [--force]`: makes a cluster CA (ECDSA P-256, 10 years). */
 export async function caInit(g: GlobalOptions, f: CaInitFlags): Promise<number> {
   if (!f.dir?.trim()) {
@@ -79,12 +90,20 @@ export async function caIssue(g: GlobalOptions, f: CaIssueFlags): Promise<number
   }
   const days = parseDays(f.days);
   const info = await usageErrors(() =>
-    issueHost({ caDir: f.ca, host: f.host ?? "", ips: f.ip, days, outDir: f.out, force: f.force })
+    issueHost({
+      caDir: f.ca,
+      host: f.host ?? "",
+      ips: f.ip,
+      days,
+      role: parseRole(f.role),
+      outDir: f.out,
+      force: f.force,
+    })
   );
   const names = [`DNS:${info.host}`, ...info.ips.map((ip) => `IP:${ip}`)].join(", ");
   report(g, info, () =>
     [
-      `host certificate for ${names}, signed by "${info.issuer}", valid until ${
+      `${info.role} certificate for ${names}, signed by "${info.issuer}", valid until ${
         info.notAfter.slice(0, 10)
       }`,
       `  ${info.certFile}  certificate (TLS server and client)`,

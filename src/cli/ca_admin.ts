@@ -25,6 +25,8 @@ import {
   readText,
   SIGNING,
 } from "../net/x509.ts";
+import { ROLE_URI_PREFIX } from "../net/identity.ts";
+import { isRole, type Role, ROLES } from "../rpc/roles.ts";
 
 /** Validity of a new cluster CA, in years. */
 export const CA_YEARS = 10;
@@ -73,6 +75,8 @@ export interface IssueHostOptions {
   ips?: string[];
   /** Validity in days (default 825). */
   days?: number;
+  /** The role the certificate carries (default agent). */
+  role?: Role;
   /** Directory to write `host.crt`, `host.key` and `ca.crt` into. */
   outDir: string;
   /** Replace an existing host identity in `outDir`. */
@@ -98,6 +102,8 @@ export interface HostInfo {
   host: string;
   /** IP subjectAltNames, normalized. */
   ips: string[];
+  /** The role it carries. */
+  role: Role;
   /** Subject of the issuing CA. */
   issuer: string;
   /** Serial number, hex. */
@@ -347,6 +353,12 @@ export async function issueHost(opts: IssueHostOptions): Promise<HostInfo> {
   const host = checkHostName(opts.host);
   const ips = [...new Set((opts.ips ?? []).map(checkIp))];
   const days = checkDays(opts.days ?? DEFAULT_HOST_DAYS);
+  const role = opts.role ?? "agent";
+  if (!isRole(role)) {
+    throw new IdentityError(`--role ${role}: not a role; use one of ${ROLES.join(", ")}`, {
+      usage: true,
+    });
+  }
   const x = await lib();
   const now = new Date();
   const caDir = resolve(opts.caDir);
@@ -409,6 +421,7 @@ export async function issueHost(opts: IssueHostOptions): Promise<HostInfo> {
       new x.SubjectAlternativeNameExtension([
         { type: "dns", value: host },
         ...ips.map((value) => ({ type: "ip" as const, value })),
+        { type: "url", value: `${ROLE_URI_PREFIX}${role}` },
       ]),
       await x.SubjectKeyIdentifierExtension.create(keys.publicKey),
       await x.AuthorityKeyIdentifierExtension.create(ca.cert.publicKey),
@@ -426,6 +439,7 @@ export async function issueHost(opts: IssueHostOptions): Promise<HostInfo> {
     caFile,
     host,
     ips,
+    role,
     issuer: commonName(ca.cert.subject),
     serial: cert.serialNumber,
     notBefore: cert.notBefore.toISOString(),
@@ -446,6 +460,8 @@ export interface CertificateInfo {
   dns: string[];
   /** IP subjectAltNames. */
   ips: string[];
+  /** Roles its subjectAltName URIs state (a host certificate states one). */
+  roles: string[];
   /** Start of validity (ISO 8601). */
   notBefore: string;
   /** End of validity (ISO 8601). */
@@ -486,6 +502,8 @@ export async function inspectCertificate(pem: string): Promise<CertificateInfo> 
     serial: cert.serialNumber,
     dns: names.filter((n) => n.type === "dns").map((n) => n.value),
     ips: names.filter((n) => n.type === "ip").map((n) => n.value),
+    roles: names.filter((n) => n.type === "url" && n.value.startsWith(ROLE_URI_PREFIX))
+      .map((n) => n.value.slice(ROLE_URI_PREFIX.length)),
     notBefore: cert.notBefore.toISOString(),
     notAfter: cert.notAfter.toISOString(),
     ca: cert.getExtension(x.BasicConstraintsExtension)?.ca ?? false,

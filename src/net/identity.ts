@@ -24,6 +24,7 @@ import {
   SIGNING,
   toPem,
 } from "./x509.ts";
+import { isRole, type Role, ROLES } from "../rpc/roles.ts";
 
 /** A host identity as PEM text, ready for `Deno.listenTls`, `Deno.connectTls` or QUIC. */
 export interface Identity {
@@ -35,8 +36,23 @@ export interface Identity {
   caPem: string;
 }
 
+/** A certificate the cluster CA issued, as a peer presented it. */
+export interface PeerIdentity {
+  /** Host name: its DNS subjectAltName, else its CN. */
+  host: string;
+  /** Its role; a certificate without one (issued before roles) has none and is refused. */
+  role?: Role;
+  /** Every DNS and IP subjectAltName, for checking that a server is the one dialed. */
+  names: string[];
+  /** SHA-256 of its DER, for binding it into a proof. */
+  sha256: Uint8Array<ArrayBuffer>;
+}
+
 /** The verdict on a peer's certificate. */
-export type PeerVerdict = { ok: true; host: string } | { ok: false; reason: string };
+export type PeerVerdict = ({ ok: true } & PeerIdentity) | { ok: false; reason: string };
+
+/** The subjectAltName URI that states a certificate's role (`urn:dcres:role:agent`). */
+export const ROLE_URI_PREFIX = "urn:dcres:role:";
 
 /**
  * A DER certificate as PEM, e.g. the `raw` of `node:tls`'s `getPeerCertificate()`, for
@@ -162,10 +178,25 @@ export async function verifyPeerCertificate(
     if (!eku.includes(oid)) return { ok: false, reason: `${who} lacks extKeyUsage ${name}` };
   }
   const san = cert.getExtension(x.SubjectAlternativeNameExtension);
-  const dns = san?.names.items.find((n) => n.type === "dns")?.value;
+  const items = san?.names.items ?? [];
+  const dns = items.find((n) => n.type === "dns")?.value;
   const host = dns ?? commonName(cert.subject);
   if (!host) return { ok: false, reason: `${who} names no host (no DNS subjectAltName or CN)` };
-  return { ok: true, host };
+  const roles = items.filter((n) => n.type === "url" && n.value.startsWith(ROLE_URI_PREFIX))
+    .map((n) => n.value.slice(ROLE_URI_PREFIX.length));
+  if (roles.length > 1 || (roles.length === 1 && !isRole(roles[0]))) {
+    return {
+      ok: false,
+      reason: `${who} states roles ${roles.join(", ")}; one of ${ROLES.join(", ")} is allowed`,
+    };
+  }
+  return {
+    ok: true,
+    host,
+    role: roles[0] as Role | undefined,
+    names: items.filter((n) => n.type === "dns" || n.type === "ip").map((n) => n.value),
+    sha256: new Uint8Array(await cert.getThumbprint("SHA-256")),
+  };
 }
 
 /** Signs `data` with the host key (PEM, PKCS#8 ECDSA P-256), for the transport's proof of identity. */

@@ -14,17 +14,28 @@ import { encodeControl, FrameKind } from "./frame.ts";
 import { FrameReader } from "./frame_reader.ts";
 import {
   type Identity,
+  type PeerIdentity,
   signWithKey,
   verifyPeerCertificate,
   verifyWithCertificate,
 } from "./identity.ts";
+import {
+  answersTo,
+  NONCE_BYTES,
+  proofBytes,
+  serverMismatch,
+  type Transcript,
+} from "./peer_proof.ts";
+import { IdentityError } from "./x509.ts";
+import type { AccessPolicy, Role } from "../rpc/roles.ts";
 import { RPC_VERSION } from "./rpc_messages.ts";
 import { callOnStream, type CallOptions } from "./stream_call.ts";
 import { serveFramedCalls } from "./stream_serve.ts";
 
 /** ALPN of the dcres protocol. */
 export const ALPN = "dcres/1";
-const AUTH_CONTEXT = new TextEncoder().encode("dcres-auth-v1:");
+/** The version of the peer proof a hello offers; a peer of another version is refused by name. */
+const PROOF_VERSION = 2;
 const AUTH_TIMEOUT_MS = 10_000;
 /** Frame limits while authenticating: small control messages, no DATA. */
 const AUTH_LIMITS = { [FrameKind.CONTROL]: 16 << 10, [FrameKind.DATA]: 0 };
@@ -38,7 +49,7 @@ export class RpcServer {
   #listener?: Deno.QuicListener;
   readonly #conns = new Set<Deno.QuicConn>();
   readonly #peerNames = new Map<Deno.QuicConn, string>();
-  #self?: Promise<string>;
+  #selfIdentity?: Promise<PeerIdentity>;
   /** Connections refused at authentication (for metrics and tests). */
   refused = 0;
 
@@ -47,9 +58,14 @@ export class RpcServer {
     handlers: Record<string, RpcHandler>,
     addr: { hostname: string; port: number },
     log: (msg: string, props: Record<string, unknown>) => void = () => {},
+    access?: AccessPolicy,
   ) {
     this.#identity = identity;
-    this.#dispatcher = new Dispatcher(handlers);
+    this.#dispatcher = new Dispatcher(
+      handlers,
+      access,
+      (r) => log("refused {method} to {peer}: role {role} may not call it", r),
+    );
     this.#endpoint = new Deno.QuicEndpoint(addr);
     this.#log = log;
   }
@@ -57,11 +73,6 @@ export class RpcServer {
   /** Authenticated peers connected now. */
   peers(): string[] {
     return [...new Set(this.#peerNames.values())].sort();
-  }
-
-  #selfName(): Promise<string> {
-    return this.#self ??= verifyPeerCertificate(this.#identity.certPem, this.#identity.caPem)
-      .then((v) => v.ok ? v.host : "agent");
   }
 
   /** The bound address. */
@@ -95,7 +106,7 @@ export class RpcServer {
       // Closed with an error code: it is gone either way.
     });
     const streams = conn.incomingBidirectionalStreams.getReader();
-    let peer: string;
+    let peer: PeerIdentity & { role: Role };
     try {
       peer = await withTimeout(this.#authenticate(streams), AUTH_TIMEOUT_MS, "authentication");
     } catch (e) {
@@ -108,14 +119,19 @@ export class RpcServer {
       setTimeout(() => conn.close({ closeCode: 1, reason: "unauthenticated" }), 200);
       return;
     }
-    this.#peerNames.set(conn, peer);
+    this.#peerNames.set(conn, peer.host);
     conn.closed.finally(() => this.#peerNames.delete(conn)).catch(() => {
       // Closed with an error code: it is gone either way.
     });
     for (;;) {
       const { value: stream, done } = await streams.read();
       if (done) break;
-      void serveFramedCalls(stream, this.#dispatcher, { peer, via: "quic" }, false).catch(() => {
+      void serveFramedCalls(
+        stream,
+        this.#dispatcher,
+        { peer: peer.host, role: peer.role, via: "quic" },
+        false,
+      ).catch(() => {
         // The stream broke under the call; the caller sees its connection fail.
       });
     }
@@ -123,19 +139,11 @@ export class RpcServer {
 
   async #authenticate(
     streams: ReadableStreamDefaultReader<Deno.QuicBidirectionalStream>,
-  ): Promise<string> {
+  ): Promise<PeerIdentity & { role: Role }> {
     const { value: stream, done } = await streams.read();
     if (done) throw new RpcError("unauthenticated", "connection closed before authenticating");
     const writer = stream.writable.getWriter();
     const reader = new FrameReader(stream.readable, AUTH_LIMITS);
-    // A QUIC stream reaches the peer only with its first bytes, so the client speaks first.
-    const hello = await reader.message();
-    if (!hello || hello.hello !== RPC_VERSION) {
-      throw new RpcError("unauthenticated", "the client did not open with a dcres hello");
-    }
-    const challenge = crypto.getRandomValues(new Uint8Array(32));
-    await writer.write(encodeControl({ v: RPC_VERSION, challenge }));
-    const m = await reader.message();
     const fail = async (reason: string): Promise<never> => {
       await writer.write(
         encodeControl({
@@ -151,18 +159,68 @@ export class RpcServer {
       });
       throw new RpcError("unauthenticated", reason);
     };
-    if (!m || typeof m.cert !== "string" || !(m.sig instanceof Uint8Array)) {
-      return fail("no client certificate presented");
+    // A QUIC stream reaches the peer only with its first bytes, so the client speaks first.
+    const hello = await reader.message();
+    if (!hello || hello.hello !== RPC_VERSION) {
+      return fail("the client did not open with a dcres hello");
     }
-    const verdict = await verifyPeerCertificate(m.cert, this.#identity.caPem);
-    if (!verdict.ok) return fail(`client certificate refused: ${verdict.reason}`);
-    const signed = new Uint8Array([...AUTH_CONTEXT, ...challenge]);
-    if (!await verifyWithCertificate(m.cert, signed, new Uint8Array(m.sig))) {
-      return fail("client does not hold the key of its certificate");
+    if (hello.proof !== PROOF_VERSION) {
+      return fail(
+        `the client does not give a peer proof of version ${PROOF_VERSION}; upgrade its dcres`,
+      );
     }
-    await writer.write(encodeControl({ v: RPC_VERSION, ok: true, host: await this.#selfName() }));
+    const { nonce: clientNonce, cert, dialed } = hello;
+    if (
+      !(clientNonce instanceof Uint8Array) || clientNonce.length !== NONCE_BYTES ||
+      typeof cert !== "string" || typeof dialed !== "string" || dialed.length > 300
+    ) {
+      return fail("the client's hello lacks its nonce, certificate or the address it dialed");
+    }
+    const client = await verifyPeerCertificate(cert, this.#identity.caPem);
+    if (!client.ok) return fail(`client certificate refused: ${client.reason}`);
+    if (!client.role) {
+      return fail(
+        `client certificate of ${client.host} states no role; issue it again with dcres ca issue --role`,
+      );
+    }
+    const self = await this.#self();
+    if (!answersTo(self.names, dialed)) {
+      return fail(
+        `the client dialed ${dialed}, which this agent (${
+          self.names.join(", ")
+        }) does not answer to`,
+      );
+    }
+    const t: Transcript = {
+      clientNonce,
+      serverNonce: crypto.getRandomValues(new Uint8Array(NONCE_BYTES)),
+      clientCert: client.sha256,
+      serverCert: self.sha256,
+      dialed,
+    };
+    await writer.write(encodeControl({
+      v: RPC_VERSION,
+      nonce: t.serverNonce,
+      cert: this.#identity.certPem,
+      sig: await signWithKey(this.#identity.keyPem, proofBytes("server", t)),
+    }));
+    const m = await reader.message();
+    if (!m || !(m.sig instanceof Uint8Array)) return fail("the client gave no proof");
+    if (!await verifyWithCertificate(cert, proofBytes("client", t), new Uint8Array(m.sig))) {
+      return fail("the client's proof does not verify: it does not hold its key, or was relayed");
+    }
+    await writer.write(encodeControl({ v: RPC_VERSION, ok: true }));
     await writer.close();
-    return verdict.host;
+    return { ...client, role: client.role };
+  }
+
+  /** This agent's own certificate as peers see it (checked once against its CA). */
+  #self(): Promise<PeerIdentity> {
+    return this.#selfIdentity ??= (async () => {
+      const v = await verifyPeerCertificate(this.#identity.certPem, this.#identity.caPem);
+      if (!v.ok) throw new IdentityError(`this agent's own certificate is refused: ${v.reason}`);
+      return v;
+    })();
   }
 
   /** Stops accepting and closes every connection. */
@@ -186,7 +244,10 @@ export class RpcClient {
     /** The agent's host name. */ readonly host: string,
   ) {}
 
-  /** Connects to `addr` ("host:port"), checks the agent's certificate and proves ours. */
+  /**
+   * Connects to `addr` ("host:port"); the agent proves it is the cluster's agent at that address,
+   * and we prove our identity (src/net/peer_proof.ts).
+   */
   static async connect(
     addr: string,
     identity: Identity,
@@ -217,39 +278,7 @@ export class RpcClient {
       );
     }
     try {
-      const stream = await conn.createBidirectionalStream();
-      const writer = stream.writable.getWriter();
-      const reader = new FrameReader(stream.readable, AUTH_LIMITS);
-      await writer.write(encodeControl({ v: RPC_VERSION, hello: RPC_VERSION }));
-      const hello = await withTimeout(
-        reader.message(),
-        AUTH_TIMEOUT_MS,
-        "the agent's challenge",
-      );
-      if (!hello || !(hello.challenge instanceof Uint8Array)) {
-        throw new RpcError("unauthenticated", "the agent sent no challenge");
-      }
-      const sig = await signWithKey(
-        identity.keyPem,
-        new Uint8Array([...AUTH_CONTEXT, ...hello.challenge]),
-      );
-      await writer.write(encodeControl({ v: RPC_VERSION, cert: identity.certPem, sig }));
-      const verdict = await withTimeout(
-        reader.message(),
-        AUTH_TIMEOUT_MS,
-        "the agent's verdict",
-      );
-      if (!verdict?.ok) {
-        const err = verdict?.error as { message?: string } | undefined;
-        throw new RpcError(
-          "unauthenticated",
-          `the agent at ${addr} refused us: ${err?.message ?? "no answer"}`,
-        );
-      }
-      await writer.close().catch(() => {
-        // The agent closed the authentication stream first.
-      });
-      return new RpcClient(conn, String(verdict.host));
+      return new RpcClient(conn, await proveToAgent(conn, addr, identity));
     } catch (e) {
       conn.close();
       if (e instanceof RpcError) throw e;
@@ -280,4 +309,75 @@ export class RpcClient {
   close(): void {
     this.conn.close();
   }
+}
+
+/**
+ * The client's side of the peer proof on a new connection: our hello, the agent's proof checked
+ * (its certificate from the cluster CA, an agent's, naming `addr`; its signature over the
+ * transcript), then ours. Returns the agent's host name as its certificate states it.
+ */
+async function proveToAgent(
+  conn: Deno.QuicConn,
+  addr: string,
+  identity: Identity,
+): Promise<string> {
+  const stream = await conn.createBidirectionalStream();
+  const writer = stream.writable.getWriter();
+  const reader = new FrameReader(stream.readable, AUTH_LIMITS);
+  const clientNonce = crypto.getRandomValues(new Uint8Array(NONCE_BYTES));
+  await writer.write(encodeControl({
+    v: RPC_VERSION,
+    hello: RPC_VERSION,
+    proof: PROOF_VERSION,
+    nonce: clientNonce,
+    cert: identity.certPem,
+    dialed: addr,
+  }));
+  const refused = (reason: string) =>
+    new RpcError("unauthenticated", `the agent at ${addr} refused us: ${reason}`);
+  const proof = await withTimeout(reader.message(), AUTH_TIMEOUT_MS, "the agent's proof");
+  if (!proof) throw refused("no answer");
+  if (proof.ok === false) {
+    throw refused((proof.error as { message?: string } | undefined)?.message ?? "no reason given");
+  }
+  const { nonce: serverNonce, cert, sig } = proof;
+  if (
+    !(serverNonce instanceof Uint8Array) || serverNonce.length !== NONCE_BYTES ||
+    typeof cert !== "string" || !(sig instanceof Uint8Array)
+  ) {
+    throw refused("its proof lacks its nonce, certificate or signature");
+  }
+  const fake = (why: string) =>
+    new RpcError(
+      "unauthenticated",
+      `the server at ${addr} is not the cluster's agent there: ${why}`,
+    );
+  const server = await verifyPeerCertificate(cert, identity.caPem);
+  if (!server.ok) throw fake(`its certificate is refused: ${server.reason}`);
+  const mismatch = serverMismatch(server, addr);
+  if (mismatch) throw fake(`it ${mismatch}`);
+  const ours = await verifyPeerCertificate(identity.certPem, identity.caPem);
+  if (!ours.ok) throw new IdentityError(`our own certificate is refused: ${ours.reason}`);
+  const t: Transcript = {
+    clientNonce,
+    serverNonce,
+    clientCert: ours.sha256,
+    serverCert: server.sha256,
+    dialed: addr,
+  };
+  if (!await verifyWithCertificate(cert, proofBytes("server", t), new Uint8Array(sig))) {
+    throw fake("its proof does not verify (it does not hold its key, or relayed another's)");
+  }
+  await writer.write(encodeControl({
+    v: RPC_VERSION,
+    sig: await signWithKey(identity.keyPem, proofBytes("client", t)),
+  }));
+  const verdict = await withTimeout(reader.message(), AUTH_TIMEOUT_MS, "the agent's verdict");
+  if (!verdict?.ok) {
+    throw refused((verdict?.error as { message?: string } | undefined)?.message ?? "no answer");
+  }
+  await writer.close().catch(() => {
+    // The agent closed the authentication stream first.
+  });
+  return server.host;
 }

@@ -8,11 +8,14 @@
 import { rejectOnAbort } from "./deadline.ts";
 import { RpcError, toWireError, type WireError } from "./errors.ts";
 import { Inbox } from "./inbox.ts";
+import type { AccessPolicy, CallerRole } from "./roles.ts";
 
 /** Who is calling, as the transport established it. */
 export interface Caller {
   /** The authenticated peer's host name ("local" on the unix sockets). */
   peer: string;
+  /** The role its certificate carries, or `root` on a root-only unix socket of this host. */
+  role: CallerRole;
   /** The transport the call came in on. */
   via: "quic" | "local" | "control";
 }
@@ -53,12 +56,26 @@ export interface CallPort {
 /** How a call ended, ready for the wire. */
 export type CallOutcome = { ok: true; result: unknown } | { ok: false; error: WireError };
 
-/** Runs calls against one method table; the table is read at each call, so it may grow later. */
+/** Refusals of callers whose role may not call a method, as the dispatcher reports them. */
+export type RefusalLog = (refusal: { method: string; peer: string; role: CallerRole }) => void;
+
+/**
+ * Runs calls against one method table; the table is read at each call, so it may grow later. With
+ * an access policy, a caller that is not root must hold one of the roles its method lists.
+ */
 export class Dispatcher {
   readonly #handlers: Record<string, RpcHandler>;
+  readonly #access?: AccessPolicy;
+  readonly #onRefusal?: RefusalLog;
 
-  constructor(handlers: Record<string, RpcHandler>) {
+  constructor(
+    handlers: Record<string, RpcHandler>,
+    access?: AccessPolicy,
+    onRefusal?: RefusalLog,
+  ) {
     this.#handlers = handlers;
+    this.#access = access;
+    this.#onRefusal = onRefusal;
   }
 
   /** Starts `call` from `caller`; the transport feeds it DATA and cancellation, then sends its outcome. */
@@ -67,17 +84,31 @@ export class Dispatcher {
       call,
       caller,
       port,
-      (args, ctx) => this.#handlerFor(call.method)(args, ctx),
+      (args, ctx) => this.#handlerFor(call.method, caller)(args, ctx),
     );
   }
 
   /**
-   * The handler of `method`. Every call of every transport passes here before a handler runs: the
-   * place for a check of the caller's role per method (issue 14).
+   * The handler of `method` for `caller`. Every call of every transport passes here before a
+   * handler runs, so this is where a caller's role is checked.
    */
-  #handlerFor(method: string): RpcHandler {
+  #handlerFor(method: string, caller: Caller): RpcHandler {
     const h = Object.hasOwn(this.#handlers, method) ? this.#handlers[method] : undefined;
     if (!h) throw new RpcError("unknown-method", `unknown method "${method}"`);
+    if (this.#access && caller.role !== "root") {
+      const may = Object.hasOwn(this.#access, method) ? this.#access[method] : [];
+      if (!may.includes(caller.role)) {
+        this.#onRefusal?.({ method, peer: caller.peer, role: caller.role });
+        throw new RpcError(
+          "permission-denied",
+          may.length === 0
+            ? `${method}: ${caller.peer} (role ${caller.role}) may not call it: no role may over the network`
+            : `${method}: ${caller.peer} (role ${caller.role}) may not call it: it needs role ${
+              may.join(" or ")
+            }`,
+        );
+      }
+    }
     return h;
   }
 }

@@ -12,6 +12,7 @@ export type RpcErrorCode =
   | "deadline-exceeded"
   | "cancelled"
   | "unauthenticated"
+  | "permission-denied"
   | "failed";
 
 const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
@@ -21,6 +22,7 @@ const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
   "deadline-exceeded",
   "cancelled",
   "unauthenticated",
+  "permission-denied",
   "failed",
 ]);
 

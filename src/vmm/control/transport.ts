@@ -18,7 +18,7 @@ export interface ControlTransportOptions {
   afterReply: Readonly<Record<string, () => Promise<void>>>;
 }
 
-const CALLER: Caller = { peer: "local", via: "control" };
+const CALLER: Caller = { peer: "local", role: "root", via: "control" };
 
 /** Serves the calls on one control connection until it ends. */
 export async function serveControlConnection(
