@@ -6,6 +6,7 @@
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
+import { DCRES_VERSION } from "../ckpt/format.ts";
 import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcServer } from "../net/quic.ts";
@@ -23,9 +24,6 @@ import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
-
-/** dcres version the agent reports. */
-export const AGENT_VERSION = "0.1.0";
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {
@@ -124,7 +122,7 @@ export class Agent {
     quic.start();
     handlers.status = async () => ({
       host: me.host,
-      version: AGENT_VERSION,
+      version: DCRES_VERSION,
       accel: cfg.accel ?? accelChoice(),
       addr: `${quic.addr.hostname}:${quic.addr.port}`,
       uptimeMs: Math.round(performance.now() - t0),
@@ -193,7 +191,7 @@ export function agentHandlers(
   return {
     health: async () => ({
       ok: true,
-      version: AGENT_VERSION,
+      version: DCRES_VERSION,
       host,
       uptimeMs: Math.round(performance.now() - t0),
       vms: (await listVms(stateDir)).length,

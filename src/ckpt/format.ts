@@ -3,6 +3,10 @@
  * compatibility rule, checksums, and the one error type every reader raises.
  */
 import zlib from "node:zlib";
+import denoConfig from "../../deno.json" with { type: "json" };
+
+/** The dcres release, from deno.json: recorded in every manifest and reported by the agent. */
+export const DCRES_VERSION: string = denoConfig.version;
 
 /** A semantic version of a file format. */
 export interface FormatVersion {

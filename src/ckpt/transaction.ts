@@ -19,9 +19,7 @@ import {
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
 import { CheckpointStore } from "./store.ts";
-
-/** dcres version recorded in every manifest. */
-export const DCRES_VERSION = "0.1.0";
+import { DCRES_VERSION } from "./format.ts";
 
 /** What to checkpoint and how. */
 export interface CheckpointOptions {
