@@ -17,9 +17,7 @@ import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
 import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
-
-/** dcres version, recorded in everything it writes. */
-export const VERSION = "0.1.0";
+import { DCRES_VERSION } from "./src/ckpt/format.ts";
 
 /** Options every command that starts a VM takes. */
 function machineOptions(c: Command): Command {
@@ -41,7 +39,7 @@ function program(exit: (code: number) => void): Command {
     .description(
       "KVM VMs with memory split across hosts; parallel, consistent, live checkpoint and restore",
     )
-    .version(VERSION)
+    .version(DCRES_VERSION)
     .option("--json", "print one JSON report instead of human output")
     .option(
       "--state-dir <dir>",
