@@ -18,6 +18,8 @@ import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
 import { DCRES_VERSION } from "./src/ckpt/format.ts";
+import { DEFAULT_CHECKPOINT_MODE } from "./src/ckpt/manifest.ts";
+import { DEFAULT_MAX_DOWNTIME_MS } from "./src/ckpt/transaction.ts";
 
 /** Options every command that starts a VM takes. */
 function machineOptions(c: Command): Command {
@@ -165,10 +167,14 @@ function program(exit: (code: number) => void): Command {
       "--out <dir>",
       "checkpoint store directory (generations g000001, ...); with --agent, on that host",
     )
-    .option("--mode <mode>", "stop, precopy or cow", "precopy")
+    .option("--mode <mode>", "stop, precopy or cow", DEFAULT_CHECKPOINT_MODE)
     .option("--incremental", "save only pages written since the previous checkpoint in --out")
     .option("--compress <alg>", "compress chunks (zstd)")
-    .option("--max-downtime <duration>", "precopy: pause target for the final round", "50ms")
+    .option(
+      "--max-downtime <duration>",
+      "precopy: pause target for the final round",
+      `${DEFAULT_MAX_DOWNTIME_MS}ms`,
+    )
     .option(
       "--traditional",
       "split VM: pause, pull every page to the main host, save as one host (with --mode stop)",

@@ -7,6 +7,8 @@ import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { DCRES_VERSION } from "../ckpt/format.ts";
+import { DEFAULT_CHECKPOINT_MODE } from "../ckpt/manifest.ts";
+import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
 import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcServer } from "../net/quic.ts";
@@ -265,10 +267,10 @@ export function agentHandlers(
       return request(stateDir, name, {
         op: "checkpoint",
         dir,
-        mode: args.mode ?? "precopy",
+        mode: args.mode ?? DEFAULT_CHECKPOINT_MODE,
         incremental: !!args.incremental,
         compress: !!args.compress,
-        maxDowntimeMs: args.maxDowntimeMs ?? 50,
+        maxDowntimeMs: args.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS,
         traditional: !!args.traditional,
         host,
       }, ctx.progress);

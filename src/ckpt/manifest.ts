@@ -24,8 +24,17 @@ export const MANIFEST_END: Uint8Array = magic("DCRMEND");
 export const MANIFEST_FILE = "MANIFEST";
 const HEADER = 24;
 
+/** The ways a checkpoint can be taken: paused, live pre-copy, live copy-on-write. */
+export const CHECKPOINT_MODES = ["stop", "precopy", "cow"] as const;
 /** How a checkpoint was taken. */
-export type CheckpointMode = "stop" | "precopy" | "cow";
+export type CheckpointMode = typeof CHECKPOINT_MODES[number];
+/** The mode a checkpoint is taken in when none is asked for. */
+export const DEFAULT_CHECKPOINT_MODE: CheckpointMode = "precopy";
+
+/** True when `x` names one of {@link CHECKPOINT_MODES}. */
+export function isCheckpointMode(x: unknown): x is CheckpointMode {
+  return (CHECKPOINT_MODES as readonly unknown[]).includes(x);
+}
 
 /** One fragment a checkpoint uses. */
 export interface FragmentRef {
@@ -153,7 +162,7 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     ["id", (x) => typeof x === "string", "a string"],
     ["vm", (x) => typeof x === "string", "a string"],
     ["generation", (x) => Number.isSafeInteger(x), "an integer"],
-    ["mode", (x) => x === "stop" || x === "precopy" || x === "cow", "stop, precopy or cow"],
+    ["mode", isCheckpointMode, "stop, precopy or cow"],
     [
       "machine",
       (x) =>

@@ -14,6 +14,7 @@ import { buildPageMap, overlayPageMap } from "./page_map.ts";
 import {
   type CheckpointOptions,
   type CheckpointReport,
+  fitsPause,
   localParticipant,
   runCheckpoint,
   type SavedPages,
@@ -24,8 +25,6 @@ import { AccelCowSession } from "./cow_accel.ts";
 const HOST = "main";
 const BATCH = 16384;
 const MAX_ROUNDS = 30;
-/** Pause cost besides page writes (stop vCPUs, read the dirty log, capture state), in the estimate. */
-const PAUSE_OVERHEAD_MS = 10;
 
 /** Takes one checkpoint of `m` on this host; on any failure removes the partial generation. */
 export async function takeCheckpoint(
@@ -120,7 +119,7 @@ async function saveLocal(
         const secs = (performance.now() - tr) / 1000;
         if (writer.bytesWritten > before && secs > 0) rate = (writer.bytesWritten - before) / secs;
         const dirty = DirtyTracker.gfns(tracker.sample(), pages);
-        const fits = PAUSE_OVERHEAD_MS + (dirty.length * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
+        const fits = fitsPause(dirty.length, rate, opts.maxDowntimeMs);
         if (fits || rounds >= MAX_ROUNDS || dirty.length >= todo.length) {
           const tp = performance.now();
           await m.vm.pause();

@@ -19,13 +19,23 @@ import {
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
 import { CheckpointStore } from "./store.ts";
-import { DCRES_VERSION } from "./format.ts";
+import { DCRES_VERSION, PAGE } from "./format.ts";
+
+/** The pause a precopy checkpoint aims at when none is asked for. */
+export const DEFAULT_MAX_DOWNTIME_MS = 50;
+/** Pause cost besides page writes (stop vCPUs, read the dirty log, capture state), in the estimate. */
+const PAUSE_OVERHEAD_MS = 10;
+
+/** True when writing `pages` more pages at `bytesPerSec` fits a pause of `maxDowntimeMs`. */
+export function fitsPause(pages: number, bytesPerSec: number, maxDowntimeMs: number): boolean {
+  return PAUSE_OVERHEAD_MS + (pages * PAGE) / bytesPerSec * 1000 <= maxDowntimeMs;
+}
 
 /** What to checkpoint and how. */
 export interface CheckpointOptions {
   /** Store directory. */
   dir: string;
-  /** Mode (default precopy). */
+  /** Mode (callers default to DEFAULT_CHECKPOINT_MODE). */
   mode: CheckpointMode;
   /** Save only pages written since the previous checkpoint in this store. */
   incremental: boolean;

@@ -7,6 +7,7 @@
  */
 import { PAGE } from "../ckpt/format.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
+import { fitsPause } from "../ckpt/transaction.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { SplitCheckpoint } from "./split_session.ts";
 
@@ -14,8 +15,6 @@ import type { SplitCheckpoint } from "./split_session.ts";
 export const MAX_ROUNDS = 10;
 /** Waits for pages on the move to land, after a round that saved nothing, at most. */
 const MAX_WAITS = 10_000;
-/** Pause cost besides page writes, in the precopy estimate. */
-const PAUSE_OVERHEAD_MS = 10;
 /** Write rate assumed before the first round measured one. */
 const FIRST_RATE = 200e6;
 
@@ -81,7 +80,7 @@ export async function saveSplitPages(
         tracker.sample();
         const left = c.book.missing();
         run.onProgress?.(pages - left, pages);
-        const fits = PAUSE_OVERHEAD_MS + (left * PAGE) / rate * 1000 <= run.maxDowntimeMs;
+        const fits = fitsPause(left, rate, run.maxDowntimeMs);
         if (fits || rounds >= MAX_ROUNDS || left >= before) break;
       }
     }
