@@ -6,7 +6,7 @@
  * checkpoint as it was. A single host is the one-participant case.
  */
 import { join, relative } from "node:path";
-import { errnoName, SyscallError } from "../ffi/errors.ts";
+import { Errno, SyscallError } from "../ffi/errors.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import {
@@ -186,7 +186,7 @@ export function removeGeneration(dir: string): void {
 
 /** The error to report for a failed save: a full disk is named, with what to do. */
 export function saveError(e: unknown, store: string, generation: number): unknown {
-  if (e instanceof SyscallError && errnoName(e.errno) === "ENOSPC") {
+  if (e instanceof SyscallError && e.errno === Errno.ENOSPC) {
     return new CheckpointError(
       `${store}: disk full while writing generation ${generation}; free space and retry (the previous checkpoint is intact)`,
     );
