@@ -11,6 +11,7 @@ import { DEFAULT_CHECKPOINT_MODE } from "../ckpt/manifest.ts";
 import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
 import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
+import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
@@ -94,12 +95,11 @@ export class Agent {
     if (!me.ok) throw new RpcError("unauthenticated", `${cfg.identityDir}: ${me.reason}`);
     Deno.mkdirSync(join(cfg.dataDir, "run"), { recursive: true, mode: 0o700 });
     Deno.mkdirSync(join(cfg.dataDir, "ckpt"), { recursive: true, mode: 0o700 });
-    const m = /^(.+):(\d+)$/.exec(cfg.listen);
-    if (!m) {
-      throw new RpcError(
-        "bad-request",
-        `--listen ${cfg.listen}: use HOST:PORT, e.g. 127.0.0.2:7400`,
-      );
+    let listen: HostPort;
+    try {
+      listen = parseHostPort(cfg.listen, { anyPort: true });
+    } catch (e) {
+      throw new RpcError("bad-request", `--listen ${(e as Error).message}, e.g. 127.0.0.2:7400`);
     }
     const t0 = performance.now();
     const stores = new PageStores(
@@ -118,7 +118,7 @@ export class Agent {
     const quic = new RpcServer(
       identity,
       handlers,
-      { hostname: m[1], port: Number(m[2]) },
+      listen,
       (msg, p) => log.warn(msg, p),
     );
     quic.start();
@@ -126,7 +126,7 @@ export class Agent {
       host: me.host,
       version: DCRES_VERSION,
       accel: cfg.accel ?? accelChoice(),
-      addr: `${quic.addr.hostname}:${quic.addr.port}`,
+      addr: formatHostPort(quic.addr),
       uptimeMs: Math.round(performance.now() - t0),
       vms: await listVms(Agent.stateDir(cfg)),
       checkpoints: storeUsage(cfg),
@@ -149,7 +149,7 @@ export class Agent {
     }
     log.info("agent {host} listening on {addr}, data in {dir}", {
       host: me.host,
-      addr: `${quic.addr.hostname}:${quic.addr.port}`,
+      addr: formatHostPort(quic.addr),
       dir: cfg.dataDir,
     });
     return agent;
@@ -157,7 +157,7 @@ export class Agent {
 
   /** The bound QUIC address. */
   get addr(): string {
-    return `${this.quic.addr.hostname}:${this.quic.addr.port}`;
+    return formatHostPort(this.quic.addr);
   }
 
   /** Milliseconds since start. */
@@ -344,7 +344,7 @@ function splitArg(v: unknown): SplitSpec {
   if (
     typeof s !== "object" || s === null || !Number.isSafeInteger(s.mainMemBytes) ||
     !Array.isArray(s.subs) || s.subs.length === 0 ||
-    !s.subs.every((a) => typeof a === "string" && /^.+:\d+$/.test(a))
+    !s.subs.every((a) => typeof a === "string" && isHostPort(a))
   ) {
     throw new RpcError("bad-request", "split needs mainMemBytes and subs (HOST:PORT addresses)");
   }

@@ -5,7 +5,7 @@
  * to D while the VM runs.
  */
 import type { SplitReport } from "../paging/remote_pager.ts";
-import { UsageError } from "./units.ts";
+import { checkAddress, UsageError } from "./units.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { splitTarget } from "./split_flags.ts";
@@ -50,8 +50,10 @@ export async function migrateCommand(
     return EXIT.OK;
   }
   if (f.moveSub) {
-    const m = /^([^=]+:\d+)=([^=]+:\d+)$/.exec(f.moveSub);
+    const m = /^([^=]+)=([^=]+)$/.exec(f.moveSub);
     if (!m) throw new UsageError(`--move-sub ${f.moveSub}: use OLD=NEW, both HOST:PORT`);
+    checkAddress("--move-sub", m[1]);
+    checkAddress("--move-sub", m[2]);
     if (f.sub || f.mainMem) {
       throw new UsageError("--move-sub does not combine with --sub or --main-mem");
     }
