@@ -22,11 +22,12 @@ import { pageHandlers } from "./pages.ts";
 import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
 import type { SplitSpec } from "../paging/remote_pager.ts";
-import { hostAvailableMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import { hostAvailableMemory } from "../memory/guest_memory.ts";
 import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {

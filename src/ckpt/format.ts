@@ -23,9 +23,6 @@ export const FRAGMENT_VERSION: FormatVersion = { major: 1, minor: 0, patch: 0 };
 /** Manifest format version written by this build. */
 export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 2, patch: 0 };
 
-/** The unit of saving. */
-export const PAGE = 4096;
-
 /** A checkpoint file is malformed; names the file, the byte offset and the problem. */
 export class CheckpointFormatError extends Error {
   constructor(

@@ -6,7 +6,6 @@
  */
 import { DirtyTracker, type DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
-import { PAGE } from "./format.ts";
 import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
 import type { Manifest } from "./manifest.ts";
 import { allGfns, coldestFirst } from "./order.ts";
@@ -21,6 +20,7 @@ import {
 } from "./transaction.ts";
 import { type CowSaver, CowSession } from "./cow.ts";
 import { AccelCowSession } from "./cow_accel.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const HOST = "main";
 const BATCH = 16384;
@@ -154,10 +154,10 @@ async function writeAll(
   src: PageSource,
   opts: CheckpointOptions,
 ): Promise<void> {
-  const total = gfns.length * PAGE;
+  const total = gfns.length * PAGE_SIZE;
   for (let i = 0; i < gfns.length; i += BATCH) {
     await w.append(gfns.slice(i, i + BATCH), src);
-    opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE, total);
+    opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE_SIZE, total);
   }
   await w.flush();
 }

@@ -19,7 +19,8 @@ import {
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
 import { CheckpointStore } from "./store.ts";
-import { DCRES_VERSION, PAGE } from "./format.ts";
+import { DCRES_VERSION } from "./format.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** The pause a precopy checkpoint aims at when none is asked for. */
 export const DEFAULT_MAX_DOWNTIME_MS = 50;
@@ -28,7 +29,7 @@ const PAUSE_OVERHEAD_MS = 10;
 
 /** True when writing `pages` more pages at `bytesPerSec` fits a pause of `maxDowntimeMs`. */
 export function fitsPause(pages: number, bytesPerSec: number, maxDowntimeMs: number): boolean {
-  return PAUSE_OVERHEAD_MS + (pages * PAGE) / bytesPerSec * 1000 <= maxDowntimeMs;
+  return PAUSE_OVERHEAD_MS + (pages * PAGE_SIZE) / bytesPerSec * 1000 <= maxDowntimeMs;
 }
 
 /** What to checkpoint and how. */

@@ -10,10 +10,10 @@ import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { Inbox } from "../rpc/inbox.ts";
 import { RpcClient } from "../net/quic.ts";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import type { GlobalOptions } from "./context.ts";
 import { clientIdentity, remoteCall } from "./remote.ts";
 import { checkAddress, UsageError } from "./units.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Where a split restore puts things. */
 export interface SplitTargets {

@@ -5,11 +5,11 @@
  * hosts through `SplitCheckpoint`'s I/O, so the simulation (tests/helpers/split_sim.ts) runs this
  * very loop.
  */
-import { PAGE } from "../ckpt/format.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
 import { fitsPause } from "../ckpt/transaction.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { SplitCheckpoint } from "./split_session.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Rounds of precopy before the pause, and of saving after the point, at most. */
 export const MAX_ROUNDS = 10;
@@ -76,7 +76,7 @@ export async function saveSplitPages(
         const tr = run.now();
         await c.round(tracker.lastDirty);
         const secs = (run.now() - tr) / 1000;
-        if (secs > 0 && before) rate = Math.max(rate / 4, (before * PAGE) / secs);
+        if (secs > 0 && before) rate = Math.max(rate / 4, (before * PAGE_SIZE) / secs);
         tracker.sample();
         const left = c.book.missing();
         run.onProgress?.(pages - left, pages);
