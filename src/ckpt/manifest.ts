@@ -5,7 +5,7 @@
  */
 import { ACCEL_KINDS } from "../accel/accel.ts";
 import { decodeCbor, encodeCbor } from "./cbor.ts";
-import * as libc from "../ffi/libc.ts";
+import { writeFileAtomic } from "../ffi/atomic_file.ts";
 import type { MachineState } from "../vmm/machine.ts";
 import {
   CheckpointFormatError,
@@ -218,33 +218,7 @@ export function readManifest(dir: string): Manifest {
 
 /** Commits `m` into `dir`: MANIFEST.tmp written and fsynced, renamed to MANIFEST, `dir` fsynced. */
 export function commitManifest(dir: string, m: Manifest): void {
-  const tmp = `${dir}/${MANIFEST_FILE}.tmp`;
-  const bytes = encodeManifest(m);
-  const fd = libc.open(tmp, libc.O.WRONLY | libc.O.CREAT | libc.O.TRUNC, 0o600);
-  try {
-    let off = 0;
-    while (off < bytes.length) {
-      off += libc.pwrite(
-        fd,
-        libc.ptrAdd(Deno.UnsafePointer.of(bytes)!, off),
-        bytes.length - off,
-        off,
-      );
-    }
-    libc.fsync(fd);
-  } finally {
-    libc.close(fd);
-  }
-  Deno.renameSync(tmp, `${dir}/${MANIFEST_FILE}`);
-  fsyncDir(dir);
-}
-
-/** fsync(2) of a directory, making renames and new entries in it durable. */
-export function fsyncDir(dir: string): void {
-  const fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
-  try {
-    libc.fsync(fd);
-  } finally {
-    libc.close(fd);
-  }
+  writeFileAtomic(`${dir}/${MANIFEST_FILE}`, encodeManifest(m), {
+    tmp: `${dir}/${MANIFEST_FILE}.tmp`,
+  });
 }
