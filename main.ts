@@ -17,9 +17,9 @@ import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
 import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
-
-/** dcres version, recorded in everything it writes. */
-export const VERSION = "0.1.0";
+import { DCRES_VERSION } from "./src/ckpt/format.ts";
+import { DEFAULT_CHECKPOINT_MODE } from "./src/ckpt/manifest.ts";
+import { DEFAULT_MAX_DOWNTIME_MS } from "./src/ckpt/transaction.ts";
 
 /** Options every command that starts a VM takes. */
 function machineOptions(c: Command): Command {
@@ -41,7 +41,7 @@ function program(exit: (code: number) => void): Command {
     .description(
       "KVM VMs with memory split across hosts; parallel, consistent, live checkpoint and restore",
     )
-    .version(VERSION)
+    .version(DCRES_VERSION)
     .option("--json", "print one JSON report instead of human output")
     .option(
       "--state-dir <dir>",
@@ -167,10 +167,14 @@ function program(exit: (code: number) => void): Command {
       "--out <dir>",
       "checkpoint store directory (generations g000001, ...); with --agent, on that host",
     )
-    .option("--mode <mode>", "stop, precopy or cow", "precopy")
+    .option("--mode <mode>", "stop, precopy or cow", DEFAULT_CHECKPOINT_MODE)
     .option("--incremental", "save only pages written since the previous checkpoint in --out")
     .option("--compress <alg>", "compress chunks (zstd)")
-    .option("--max-downtime <duration>", "precopy: pause target for the final round", "50ms")
+    .option(
+      "--max-downtime <duration>",
+      "precopy: pause target for the final round",
+      `${DEFAULT_MAX_DOWNTIME_MS}ms`,
+    )
     .option(
       "--traditional",
       "split VM: pause, pull every page to the main host, save as one host (with --mode stop)",

@@ -71,6 +71,8 @@ export function layerViolations(files: Source[], order: LayerOrder): string[] {
       // A URL outside src/ names a program to spawn or a file to read (main.ts, a guest image):
       // a process boundary, not a module this layer links against.
       if (to === undefined && d.kind === "url") continue;
+      // Data outside src/ (deno.json, for the version) is read, not linked against.
+      if (to === undefined && !/\.[cm]?[jt]sx?$/.test(d.target)) continue;
       if (to === undefined) out.push(`${where}: outside src/, which nothing in src/ may import`);
       else if (to === from) continue;
       else if (!level.has(to)) out.push(`${where}: ${to} is not in the layer order`);

@@ -15,8 +15,8 @@ import {
   crc32,
   FRAGMENT_VERSION,
   MANIFEST_VERSION,
-  PAGE,
 } from "../src/ckpt/format.ts";
+import { PAGE_SIZE as PAGE } from "../src/accel/accel.ts";
 import { FragmentWriter, type PageSource } from "../src/ckpt/fragment_writer.ts";
 import { FragmentReader } from "../src/ckpt/fragment_reader.ts";
 import {

@@ -1,8 +1,9 @@
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { FragmentWriter } from "../src/ckpt/fragment_writer.ts";
 import { FragmentReader } from "../src/ckpt/fragment_reader.ts";
-import { CheckpointFormatError, PAGE } from "../src/ckpt/format.ts";
+import { CheckpointFormatError } from "../src/ckpt/format.ts";
 import * as libc from "../src/ffi/libc.ts";
+import { PAGE_SIZE as PAGE } from "../src/accel/accel.ts";
 
 /** A page-aligned buffer of `pages` pages: page g holds a pattern of g, every 5th page is zero. */
 function memoryImage(pages: number): { bytes: Uint8Array<ArrayBuffer>; base: bigint } {

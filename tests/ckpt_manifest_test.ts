@@ -6,7 +6,7 @@
 import fc from "fast-check";
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { CborError, decodeCbor, encodeCbor } from "../src/codec/cbor.ts";
-import { crc32, MANIFEST_VERSION, PAGE } from "../src/ckpt/format.ts";
+import { crc32, MANIFEST_VERSION } from "../src/ckpt/format.ts";
 import { decodeManifest, encodeManifest, type Manifest } from "../src/ckpt/manifest.ts";
 import {
   buildPageMap,
@@ -18,6 +18,7 @@ import {
 import * as abi from "../src/ffi/kvm_abi.ts";
 import type { MachineState } from "../src/vmm/machine.ts";
 import type { CpuState } from "../src/accel/cpu_state.ts";
+import { PAGE_SIZE as PAGE } from "../src/accel/accel.ts";
 
 const RUNS = 300;
 

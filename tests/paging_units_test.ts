@@ -12,7 +12,7 @@ import {
   PageWireError,
 } from "../src/paging/wire.ts";
 import { PageStoreError, PageStores, VmPageStore } from "../src/paging/page_store.ts";
-import { PAGE_SIZE } from "../src/memory/guest_memory.ts";
+import { PAGE_SIZE } from "../src/accel/accel.ts";
 
 /** Pages filled with a distinct byte pattern each, keyed by `tag`. */
 function pagesOf(tags: number[]): Uint8Array {

@@ -6,6 +6,9 @@
  */
 import type { CpuState, PlatformState } from "./cpu_state.ts";
 
+/** Size of a guest page: the unit of memory regions, dirty tracking, paging and checkpoints. */
+export const PAGE_SIZE = 4096;
+
 /** The accelerators dcres has. */
 export const ACCEL_KINDS = ["kvm", "emu"] as const;
 /** An accelerator's name. */
@@ -63,7 +66,7 @@ export interface AccelVcpu {
  * guest wrote first was copied aside and is saved from the copy.
  */
 export interface AccelCow {
-  /** Host address of the copies set aside: page g at `asideAddr + g * 4096`. */
+  /** Host address of the copies set aside: page g at `asideAddr + g * PAGE_SIZE`. */
   readonly asideAddr: bigint;
   /** Pages copied aside so far. */
   readonly copiedAside: number;

@@ -6,8 +6,12 @@
 import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
+import { DCRES_VERSION } from "../ckpt/format.ts";
+import { DEFAULT_CHECKPOINT_MODE } from "../ckpt/manifest.ts";
+import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
 import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
+import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
@@ -18,15 +22,13 @@ import { pageHandlers } from "./pages.ts";
 import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
 import type { SplitSpec } from "../paging/remote_pager.ts";
-import { hostAvailableMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import { hostAvailableMemory } from "../memory/guest_memory.ts";
 import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
 import { AGENT_ACCESS } from "./access.ts";
-
-/** dcres version the agent reports. */
-export const AGENT_VERSION = "0.1.0";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {
@@ -95,12 +97,11 @@ export class Agent {
     if (!me.ok) throw new RpcError("unauthenticated", `${cfg.identityDir}: ${me.reason}`);
     Deno.mkdirSync(join(cfg.dataDir, "run"), { recursive: true, mode: 0o700 });
     Deno.mkdirSync(join(cfg.dataDir, "ckpt"), { recursive: true, mode: 0o700 });
-    const m = /^(.+):(\d+)$/.exec(cfg.listen);
-    if (!m) {
-      throw new RpcError(
-        "bad-request",
-        `--listen ${cfg.listen}: use HOST:PORT, e.g. 127.0.0.2:7400`,
-      );
+    let listen: HostPort;
+    try {
+      listen = parseHostPort(cfg.listen, { anyPort: true });
+    } catch (e) {
+      throw new RpcError("bad-request", `--listen ${(e as Error).message}, e.g. 127.0.0.2:7400`);
     }
     const t0 = performance.now();
     const stores = new PageStores(
@@ -119,16 +120,16 @@ export class Agent {
     const quic = new RpcServer(
       identity,
       handlers,
-      { hostname: m[1], port: Number(m[2]) },
+      listen,
       (msg, p) => log.warn(msg, p),
       AGENT_ACCESS,
     );
     quic.start();
     handlers.status = async () => ({
       host: me.host,
-      version: AGENT_VERSION,
+      version: DCRES_VERSION,
       accel: cfg.accel ?? accelChoice(),
-      addr: `${quic.addr.hostname}:${quic.addr.port}`,
+      addr: formatHostPort(quic.addr),
       uptimeMs: Math.round(performance.now() - t0),
       vms: await listVms(Agent.stateDir(cfg)),
       checkpoints: storeUsage(cfg),
@@ -151,7 +152,7 @@ export class Agent {
     }
     log.info("agent {host} listening on {addr}, data in {dir}", {
       host: me.host,
-      addr: `${quic.addr.hostname}:${quic.addr.port}`,
+      addr: formatHostPort(quic.addr),
       dir: cfg.dataDir,
     });
     return agent;
@@ -159,7 +160,7 @@ export class Agent {
 
   /** The bound QUIC address. */
   get addr(): string {
-    return `${this.quic.addr.hostname}:${this.quic.addr.port}`;
+    return formatHostPort(this.quic.addr);
   }
 
   /** Milliseconds since start. */
@@ -195,7 +196,7 @@ export function agentHandlers(
   return {
     health: async () => ({
       ok: true,
-      version: AGENT_VERSION,
+      version: DCRES_VERSION,
       host,
       uptimeMs: Math.round(performance.now() - t0),
       vms: (await listVms(stateDir)).length,
@@ -269,10 +270,10 @@ export function agentHandlers(
       return request(stateDir, name, {
         op: "checkpoint",
         dir,
-        mode: args.mode ?? "precopy",
+        mode: args.mode ?? DEFAULT_CHECKPOINT_MODE,
         incremental: !!args.incremental,
         compress: !!args.compress,
-        maxDowntimeMs: args.maxDowntimeMs ?? 50,
+        maxDowntimeMs: args.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS,
         traditional: !!args.traditional,
         host,
       }, ctx.progress);
@@ -346,7 +347,7 @@ function splitArg(v: unknown): SplitSpec {
   if (
     typeof s !== "object" || s === null || !Number.isSafeInteger(s.mainMemBytes) ||
     !Array.isArray(s.subs) || s.subs.length === 0 ||
-    !s.subs.every((a) => typeof a === "string" && /^.+:\d+$/.test(a))
+    !s.subs.every((a) => typeof a === "string" && isHostPort(a))
   ) {
     throw new RpcError("bad-request", "split needs mainMemBytes and subs (HOST:PORT addresses)");
   }

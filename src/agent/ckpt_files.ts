@@ -6,7 +6,8 @@
  */
 import { basename, dirname, join, normalize } from "node:path";
 import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/store.ts";
-import { commitManifest, decodeManifest, fsyncDir } from "../ckpt/manifest.ts";
+import { placeFile } from "../ffi/atomic_file.ts";
+import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import { mergeHostPart } from "../ckpt/merge.ts";
 import { removeGeneration } from "../ckpt/transaction.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
@@ -155,8 +156,7 @@ export function ckptFileHandlers(
           `${args.file}: got ${bytes} bytes, expected ${args.bytes}`,
         );
       }
-      Deno.renameSync(tmp, path);
-      fsyncDir(dirname(path));
+      placeFile(tmp, path);
       return { bytes };
     },
   };

@@ -3,12 +3,12 @@
  * host are loaded from its local copies into a fresh page store of the VM, which main then pages
  * from.
  */
-import { PAGE } from "../ckpt/format.ts";
 import * as libc from "../ffi/libc.ts";
 import { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { PageStores } from "../paging/page_store.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const BATCH = 1024;
 
@@ -29,7 +29,7 @@ export function pageLoadHandlers(
       const t0 = performance.now();
       const ck = OpenCheckpoint.open(resolve(args.ckpt), new Set(frags as number[]));
       try {
-        if (ck.manifest.machine.spec.memSize !== pages * PAGE) {
+        if (ck.manifest.machine.spec.memSize !== pages * PAGE_SIZE) {
           throw new RpcError(
             "bad-request",
             `checkpoint ${ck.manifest.id} is not of a ${pages}-page VM`,
@@ -39,12 +39,12 @@ export function pageLoadHandlers(
         stores.drop(vm);
         stores.reserve(gfns.length);
         const store = stores.store(vm, pages, true);
-        const buf = new Uint8Array(BATCH * PAGE);
+        const buf = new Uint8Array(BATCH * PAGE_SIZE);
         const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
         for (let i = 0; i < gfns.length; i += BATCH) {
           const part = gfns.slice(i, i + BATCH);
-          ck.loadTo(part, buf, base, part.map((_, k) => k * PAGE));
-          store.put(part, buf.subarray(0, part.length * PAGE));
+          ck.loadTo(part, buf, base, part.map((_, k) => k * PAGE_SIZE));
+          store.put(part, buf.subarray(0, part.length * PAGE_SIZE));
           ctx.progress({ done: i + part.length, total: gfns.length });
           // The agent's other work (page channels of running VMs) gets a turn between batches.
           await new Promise((r) => setTimeout(r, 0));

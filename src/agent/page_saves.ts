@@ -5,7 +5,6 @@
  */
 import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
-import { PAGE } from "../ckpt/format.ts";
 import { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import { removeGeneration } from "../ckpt/transaction.ts";
@@ -16,6 +15,7 @@ import { gather } from "../net/chunks.ts";
 import type { PageStores } from "../paging/page_store.ts";
 import { type SaveSessionBase, SaveSessionError, SaveSessions } from "../paging/save_sessions.ts";
 import { SubSaver } from "../paging/sub_saver.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** One checkpoint under way of one VM on this host. */
 interface SaveSession extends SaveSessionBase {
@@ -135,7 +135,7 @@ export class PageSaves {
               await writer.append(gfns, {
                 bytes: data as Uint8Array<ArrayBuffer>,
                 base: libc.ptrValue(Deno.UnsafePointer.of(data as Uint8Array<ArrayBuffer>)),
-              }, gfns.map((_, i) => i * PAGE));
+              }, gfns.map((_, i) => i * PAGE_SIZE));
               await writer.flush();
             },
           }),

@@ -2,11 +2,14 @@
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
-import type { CheckpointMode } from "./manifest.ts";
+import { CHECKPOINT_MODES, type CheckpointMode, isCheckpointMode } from "./manifest.ts";
 import { takeCheckpoint } from "./save.ts";
-import { CheckpointError, type CheckpointOptions, type CheckpointReport } from "./transaction.ts";
-
-const MODES: CheckpointMode[] = ["stop", "precopy", "cow"];
+import {
+  CheckpointError,
+  type CheckpointOptions,
+  type CheckpointReport,
+  DEFAULT_MAX_DOWNTIME_MS,
+} from "./transaction.ts";
 
 /** Request fields of `checkpoint`. */
 export interface CheckpointRequest {
@@ -52,8 +55,8 @@ export function checkpointHandlers(
       if (typeof r.dir !== "string" || !r.dir.startsWith("/")) {
         throw new CheckpointError("checkpoint: dir must be an absolute path");
       }
-      if (!MODES.includes(r.mode)) {
-        throw new CheckpointError(`checkpoint: mode must be one of ${MODES.join(", ")}`);
+      if (!isCheckpointMode(r.mode)) {
+        throw new CheckpointError(`checkpoint: mode must be one of ${CHECKPOINT_MODES.join(", ")}`);
       }
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
@@ -66,7 +69,7 @@ export function checkpointHandlers(
           mode: r.mode,
           incremental: !!r.incremental,
           compress: !!r.compress,
-          maxDowntimeMs: Number(r.maxDowntimeMs) || 50,
+          maxDowntimeMs: Number(r.maxDowntimeMs) || DEFAULT_MAX_DOWNTIME_MS,
           onProgress: (done, total) => {
             const now = performance.now();
             if (now - last < 100 && done < total) return;

@@ -8,8 +8,8 @@ import { gfnRuns } from "../memory/runs.ts";
 import * as libc from "../ffi/libc.ts";
 import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { PAGE } from "./format.ts";
 import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const PROTECT_STEP = 64 << 20;
 
@@ -92,7 +92,7 @@ export class CowSession implements CowSaver {
       }
     }
     for (const g of this.touched) {
-      if (this.wanted[g]) this.uffd.writeProtect(this.addr(g), PAGE, true, false);
+      if (this.wanted[g]) this.uffd.writeProtect(this.addr(g), PAGE_SIZE, true, false);
     }
     this.touched.clear();
     this.armed = true;
@@ -102,14 +102,14 @@ export class CowSession implements CowSaver {
   serve(): void {
     for (let evs = this.uffd.readEvents(); evs.length; evs = this.uffd.readEvents()) {
       for (const ev of evs) {
-        const g = Number((ev.address - this.mem.hostAddr) / BigInt(PAGE));
+        const g = Number((ev.address - this.mem.hostAddr) / BigInt(PAGE_SIZE));
         if (!this.armed) this.touched.add(g);
         else if (this.wanted[g] && !this.saved[g]) {
-          this.copies.push({ gfn: g, page: this.mem.view(g * PAGE, PAGE).slice() });
+          this.copies.push({ gfn: g, page: this.mem.view(g * PAGE_SIZE, PAGE_SIZE).slice() });
           this.saved[g] = 1;
           this.copiedAside++;
         }
-        this.uffd.writeProtect(this.addr(g), PAGE, false);
+        this.uffd.writeProtect(this.addr(g), PAGE_SIZE, false);
       }
     }
   }
@@ -129,10 +129,10 @@ export class CowSession implements CowSaver {
       await w.flush();
       for (const g of pages) this.saved[g] = 1;
       for (const [start, count] of gfnRuns(pages)) {
-        this.uffd.writeProtect(this.addr(start), count * PAGE, false);
+        this.uffd.writeProtect(this.addr(start), count * PAGE_SIZE, false);
       }
       await this.writeCopies(w);
-      onProgress?.(Math.min(i + batch, todo.length) * PAGE, todo.length * PAGE);
+      onProgress?.(Math.min(i + batch, todo.length) * PAGE_SIZE, todo.length * PAGE_SIZE);
     }
     this.serve();
     await this.writeCopies(w);
@@ -140,9 +140,9 @@ export class CowSession implements CowSaver {
 
   private async writeCopies(w: FragmentWriter) {
     if (!this.copies.length) return;
-    const buf = new Uint8Array(this.copies.length * PAGE);
-    this.copies.forEach((c, k) => buf.set(c.page, k * PAGE));
-    const offsets = this.copies.map((_, k) => k * PAGE);
+    const buf = new Uint8Array(this.copies.length * PAGE_SIZE);
+    this.copies.forEach((c, k) => buf.set(c.page, k * PAGE_SIZE));
+    const offsets = this.copies.map((_, k) => k * PAGE_SIZE);
     await w.append(this.copies.map((c) => c.gfn), {
       bytes: buf,
       base: libc.ptrValue(Deno.UnsafePointer.of(buf)),
@@ -152,7 +152,7 @@ export class CowSession implements CowSaver {
   }
 
   private addr(g: number): bigint {
-    return this.mem.hostAddr + BigInt(g * PAGE);
+    return this.mem.hostAddr + BigInt(g * PAGE_SIZE);
   }
 
   /** Removes all protection and closes the userfaultfd. */

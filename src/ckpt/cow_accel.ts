@@ -9,8 +9,8 @@ import * as libc from "../ffi/libc.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { Vm } from "../vmm/vm.ts";
 import type { CowSaver } from "./cow.ts";
-import { PAGE } from "./format.ts";
 import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const KIND = { CLAIMED: 0, ASIDE: 1, NONE: 2 } as const;
 
@@ -66,7 +66,7 @@ export class AccelCowSession implements CowSaver {
         await w.append(copied, aside);
         await w.flush();
       }
-      onProgress?.(Math.min(i + batch, todo.length) * PAGE, todo.length * PAGE);
+      onProgress?.(Math.min(i + batch, todo.length) * PAGE_SIZE, todo.length * PAGE_SIZE);
     }
     // Pages the guest wrote after the saver had passed them were copied aside but never claimed:
     // every wanted page was in `todo`, so nothing is left.

@@ -3,6 +3,10 @@
  * compatibility rule, checksums, and the one error type every reader raises.
  */
 import zlib from "node:zlib";
+import denoConfig from "../../deno.json" with { type: "json" };
+
+/** The dcres release, from deno.json: recorded in every manifest and reported by the agent. */
+export const DCRES_VERSION: string = denoConfig.version;
 
 /** A semantic version of a file format. */
 export interface FormatVersion {
@@ -18,9 +22,6 @@ export interface FormatVersion {
 export const FRAGMENT_VERSION: FormatVersion = { major: 1, minor: 0, patch: 0 };
 /** Manifest format version written by this build. */
 export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 2, patch: 0 };
-
-/** The unit of saving. */
-export const PAGE = 4096;
 
 /** A checkpoint file is malformed; names the file, the byte offset and the problem. */
 export class CheckpointFormatError extends Error {

@@ -11,7 +11,6 @@ import {
   crc32,
   FRAGMENT_VERSION,
   hasMagic,
-  PAGE,
 } from "./format.ts";
 import {
   CHUNK_FLAG,
@@ -26,6 +25,7 @@ import {
   PAGE_FLAG,
   pageEntry,
 } from "./fragment_layout.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** A chunk as indexed. */
 export interface ChunkInfo {
@@ -101,7 +101,7 @@ export class FragmentReader {
     if (crc32(header.subarray(0, HEADER_CRC_OFFSET)) !== hcrc) {
       bad(HEADER_CRC_OFFSET, "header checksum mismatch");
     }
-    if (h.header_size !== HEADER_SIZE || h.page_size !== PAGE) {
+    if (h.header_size !== HEADER_SIZE || h.page_size !== PAGE_SIZE) {
       bad(16, `unsupported header size ${h.header_size} or page size ${h.page_size}`);
     }
 
@@ -144,7 +144,7 @@ export class FragmentReader {
         );
       }
       const compressed = (c.flags & CHUNK_FLAG.ZSTD) !== 0;
-      if (!compressed && c.stored_len !== c.pages * PAGE) {
+      if (!compressed && c.stored_len !== c.pages * PAGE_SIZE) {
         bad(
           indexOff + i * chunkEntry.size,
           `chunk ${i} length ${c.stored_len} is not ${c.pages} pages`,
@@ -219,7 +219,7 @@ export class FragmentReader {
 
   /** File offset of page `i` (uncompressed chunks only). */
   pageOffset(i: number): number {
-    return this.chunks[this.pageChunk[i]].offset + this.pageSlot[i] * PAGE;
+    return this.chunks[this.pageChunk[i]].offset + this.pageSlot[i] * PAGE_SIZE;
   }
 
   /**
@@ -250,9 +250,9 @@ export class FragmentReader {
     };
     for (let k = 0; k < idx.length; k++) {
       const i = idx[k];
-      const off = dstOffsets ? dstOffsets[k] : this.gfns[i] * PAGE;
+      const off = dstOffsets ? dstOffsets[k] : this.gfns[i] * PAGE_SIZE;
       if (this.pageFlags[i] & PAGE_FLAG.ZERO) {
-        dst.fill(0, off, off + PAGE);
+        dst.fill(0, off, off + PAGE_SIZE);
         continue;
       }
       const chunk = this.chunks[this.pageChunk[i]];
@@ -262,28 +262,31 @@ export class FragmentReader {
           raw = this.inflate(this.pageChunk[i]);
           inflated.set(this.pageChunk[i], raw);
         }
-        dst.set(raw.subarray(this.pageSlot[i] * PAGE, (this.pageSlot[i] + 1) * PAGE), off);
+        dst.set(
+          raw.subarray(this.pageSlot[i] * PAGE_SIZE, (this.pageSlot[i] + 1) * PAGE_SIZE),
+          off,
+        );
         continue;
       }
       const fo = this.pageOffset(i);
       const addr = dstBase + BigInt(off);
       if (iov.length > 0 && fo === fileOff + runBytes && iov.length < 1024) {
         const last = iov[iov.length - 1];
-        if (libc.ptrValue(last[0]) + BigInt(last[1]) === addr) last[1] += PAGE;
-        else iov.push([libc.ptrOf(addr), PAGE]);
+        if (libc.ptrValue(last[0]) + BigInt(last[1]) === addr) last[1] += PAGE_SIZE;
+        else iov.push([libc.ptrOf(addr), PAGE_SIZE]);
       } else {
         flush();
         fileOff = fo;
-        iov.push([libc.ptrOf(addr), PAGE]);
+        iov.push([libc.ptrOf(addr), PAGE_SIZE]);
       }
-      runBytes += PAGE;
+      runBytes += PAGE_SIZE;
     }
     flush();
     for (let k = 0; k < idx.length; k++) {
       const i = idx[k];
       if (this.pageFlags[i] & PAGE_FLAG.ZERO) continue;
-      const off = dstOffsets ? dstOffsets[k] : this.gfns[i] * PAGE;
-      if (crc32(dst.subarray(off, off + PAGE)) !== this.pageCrc[i]) {
+      const off = dstOffsets ? dstOffsets[k] : this.gfns[i] * PAGE_SIZE;
+      if (crc32(dst.subarray(off, off + PAGE_SIZE)) !== this.pageCrc[i]) {
         const at = this.chunks[this.pageChunk[i]].compressed
           ? this.chunks[this.pageChunk[i]].offset
           : this.pageOffset(i);
@@ -312,7 +315,7 @@ export class FragmentReader {
         `chunk ${c} does not decompress: ${(e as Error).message}`,
       );
     }
-    if (raw.length !== ch.pages * PAGE) {
+    if (raw.length !== ch.pages * PAGE_SIZE) {
       throw new CheckpointFormatError(
         this.path,
         ch.offset,

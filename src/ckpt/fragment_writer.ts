@@ -7,7 +7,7 @@
  */
 import zlib from "node:zlib";
 import * as libc from "../ffi/libc.ts";
-import { crc32, FRAGMENT_VERSION, PAGE } from "./format.ts";
+import { crc32, FRAGMENT_VERSION } from "./format.ts";
 import {
   CHUNK_FLAG,
   chunkEntry,
@@ -22,6 +22,7 @@ import {
   PAGE_FLAG,
   pageEntry,
 } from "./fragment_layout.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Where pages are read from: a byte view and the host address of its first byte. */
 export interface PageSource {
@@ -123,7 +124,7 @@ export class FragmentWriter {
       magic: [...FRAGMENT_MAGIC],
       ...FRAGMENT_VERSION,
       header_size: HEADER_SIZE,
-      page_size: PAGE,
+      page_size: PAGE_SIZE,
       checkpoint_id: [...opts.checkpointId],
       generation: BigInt(opts.generation),
       flags: opts.compress ? FRAGMENT_FLAG.ZSTD : 0,
@@ -161,25 +162,25 @@ export class FragmentWriter {
     const base = Number(src.base);
     for (let i = 0; i < gfns.length; i++) {
       const g = gfns[i];
-      const off = offsets ? offsets[i] : g * PAGE;
+      const off = offsets ? offsets[i] : g * PAGE_SIZE;
       if (isZero(words, off >>> 2)) {
         this.record(g, NO_CHUNK, 0, 0);
         continue;
       }
-      const page = src.bytes.subarray(off, off + PAGE);
+      const page = src.bytes.subarray(off, off + PAGE_SIZE);
       this.record(g, this.chunks.length, this.chunkPages, crc32(page));
       this.chunkPages++;
-      this.chunkBytes += PAGE;
+      this.chunkBytes += PAGE_SIZE;
       if (this.compress) {
         this.staged.push(page.slice());
       } else {
         if (this.sources[this.sources.length - 1] !== src.bytes) this.sources.push(src.bytes);
         const addr = base + off;
         const n = this.iovAddr.length;
-        if (n && this.iovAddr[n - 1] + this.iovLen[n - 1] === addr) this.iovLen[n - 1] += PAGE;
+        if (n && this.iovAddr[n - 1] + this.iovLen[n - 1] === addr) this.iovLen[n - 1] += PAGE_SIZE;
         else {
           this.iovAddr.push(addr);
-          this.iovLen.push(PAGE);
+          this.iovLen.push(PAGE_SIZE);
         }
       }
       if (this.iovAddr.length >= MAX_IOV || this.chunkBytes >= MAX_CHUNK_BYTES) await this.submit();
@@ -202,8 +203,8 @@ export class FragmentWriter {
     let len: number, flags = 0, crc = 0;
     let write: Promise<unknown>;
     if (this.compress) {
-      const raw = new Uint8Array(this.staged.length * PAGE);
-      this.staged.forEach((p, i) => raw.set(p, i * PAGE));
+      const raw = new Uint8Array(this.staged.length * PAGE_SIZE);
+      this.staged.forEach((p, i) => raw.set(p, i * PAGE_SIZE));
       const z = new Uint8Array(zlib.zstdCompressSync(raw));
       len = z.length;
       crc = crc32(z);
@@ -212,7 +213,7 @@ export class FragmentWriter {
       write = writeAllAsync(this.fd, [[Deno.UnsafePointer.of(z), len]], offset, this.fd, z);
     } else {
       len = this.chunkBytes;
-      const aligned = this.directFd >= 0 && this.iovAddr.every((a) => a % PAGE === 0);
+      const aligned = this.directFd >= 0 && this.iovAddr.every((a) => a % PAGE_SIZE === 0);
       const iov = this.iovAddr.map((a, i) =>
         [libc.ptrOf(a), this.iovLen[i]] as [Deno.PointerValue, number]
       );
@@ -327,7 +328,7 @@ export class FragmentWriter {
 }
 
 function isZero(words: Uint32Array, start: number): boolean {
-  for (let i = start, end = start + PAGE / 4; i < end; i++) if (words[i] !== 0) return false;
+  for (let i = start, end = start + PAGE_SIZE / 4; i < end; i++) if (words[i] !== 0) return false;
   return true;
 }
 

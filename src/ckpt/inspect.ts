@@ -1,10 +1,10 @@
 /** Looking into checkpoint stores without a VM: list generations, describe one, verify every checksum. */
 import { join } from "node:path";
 import * as libc from "../ffi/libc.ts";
-import { PAGE } from "./format.ts";
 import { type Manifest, readManifest } from "./manifest.ts";
 import { OpenCheckpoint } from "./open_checkpoint.ts";
 import { CheckpointStore, resolveCheckpoint } from "./store.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** One generation as `ckpt ls` shows it. */
 export interface GenerationRow {
@@ -101,14 +101,14 @@ export function verifyCheckpoint(
   const ck = OpenCheckpoint.open(path, only);
   try {
     for (const r of ck.readers) r?.verifyChunks();
-    const all = ck.manifest.machine.spec.memSize / PAGE;
+    const all = ck.manifest.machine.spec.memSize / PAGE_SIZE;
     const gfns = only ? ck.pagesOf(only) : Array.from({ length: all }, (_, g) => g);
     const batch = 4096;
-    const buf = new Uint8Array(batch * PAGE);
+    const buf = new Uint8Array(batch * PAGE_SIZE);
     const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
     for (let s = 0; s < gfns.length; s += batch) {
       const part = gfns.slice(s, s + batch);
-      ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE));
+      ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE_SIZE));
     }
     return {
       dir: ck.dir,

@@ -6,8 +6,8 @@
 import * as libc from "../ffi/libc.ts";
 import type { Userfaultfd } from "../ffi/uffd.ts";
 import { copyPages, zeroPages } from "../memory/page_install.ts";
-import { PAGE } from "./format.ts";
 import type { OpenCheckpoint } from "./open_checkpoint.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Pages installed per step (2 MiB): bounds how long a guest fault waits behind one. */
 const BATCH_PAGES = 512;
@@ -32,7 +32,7 @@ export class LazyFill {
   /** 1: the page's bytes are still only in the checkpoint. */
   readonly #pending: Uint8Array;
   #left = 0;
-  readonly #staging = new Uint8Array(BATCH_PAGES * PAGE);
+  readonly #staging = new Uint8Array(BATCH_PAGES * PAGE_SIZE);
   /** Next position in the prefetch order, then in the scan by address. */
   #next = 0;
   #scan = 0;
@@ -95,7 +95,7 @@ export class LazyFill {
     const ck = this.#ck;
     const from = libc.ptrValue(Deno.UnsafePointer.of(this.#staging));
     const stored = gfns.filter((g) => !ck.isZero(g));
-    ck.loadTo(stored, this.#staging, from, stored.map((_, k) => k * PAGE));
+    ck.loadTo(stored, this.#staging, from, stored.map((_, k) => k * PAGE_SIZE));
     copyPages(this.#uffd, this.#base, stored, from);
     zeroPages(this.#uffd, this.#base, gfns.filter((g) => ck.isZero(g)));
   }

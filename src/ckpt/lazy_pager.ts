@@ -5,9 +5,9 @@
  */
 import { REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { PAGE } from "./format.ts";
 import { LazyFill } from "./lazy_fill.ts";
 import type { OpenCheckpoint } from "./open_checkpoint.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /**
  * Least time between two turns given to the event loop (control socket, vCPU messages) while
@@ -51,7 +51,7 @@ export class LazyPager {
         stopped: () => this.#stopped,
         between: () => this.#serveFaults(),
         yieldMs: YIELD_MS,
-        onYield: () => this.#onProgress?.((mem.pages - this.#fill.left) * PAGE, mem.size),
+        onYield: () => this.#onProgress?.((mem.pages - this.#fill.left) * PAGE_SIZE, mem.size),
       });
     } finally {
       this.#serveFaults();
@@ -74,10 +74,10 @@ export class LazyPager {
     const base = this.#mem.hostAddr;
     for (let evs = this.#uffd.readEvents(); evs.length; evs = this.#uffd.readEvents()) {
       for (const ev of evs) {
-        const g = Number((ev.address - base) / BigInt(PAGE));
+        const g = Number((ev.address - base) / BigInt(PAGE_SIZE));
         this.faults++;
         if (this.#fill.isPending(g)) this.#fill.install([g]);
-        else this.#uffd.wake(base + BigInt(g * PAGE), PAGE);
+        else this.#uffd.wake(base + BigInt(g * PAGE_SIZE), PAGE_SIZE);
       }
     }
   }

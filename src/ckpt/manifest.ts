@@ -5,7 +5,7 @@
  */
 import { ACCEL_KINDS } from "../accel/accel.ts";
 import { decodeCbor, encodeCbor } from "../codec/cbor.ts";
-import * as libc from "../ffi/libc.ts";
+import { writeFileAtomic } from "../ffi/atomic_file.ts";
 import type { MachineState } from "../vmm/machine.ts";
 import {
   CheckpointFormatError,
@@ -25,8 +25,17 @@ export const MANIFEST_END: Uint8Array = magic("DCRMEND");
 export const MANIFEST_FILE = "MANIFEST";
 const HEADER = 24;
 
+/** The ways a checkpoint can be taken: paused, live pre-copy, live copy-on-write. */
+export const CHECKPOINT_MODES = ["stop", "precopy", "cow"] as const;
 /** How a checkpoint was taken. */
-export type CheckpointMode = "stop" | "precopy" | "cow";
+export type CheckpointMode = typeof CHECKPOINT_MODES[number];
+/** The mode a checkpoint is taken in when none is asked for. */
+export const DEFAULT_CHECKPOINT_MODE: CheckpointMode = "precopy";
+
+/** True when `x` names one of {@link CHECKPOINT_MODES}. */
+export function isCheckpointMode(x: unknown): x is CheckpointMode {
+  return (CHECKPOINT_MODES as readonly unknown[]).includes(x);
+}
 
 /** One fragment a checkpoint uses. */
 export interface FragmentRef {
@@ -151,7 +160,7 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     ["id", (x) => typeof x === "string", "a string"],
     ["vm", (x) => typeof x === "string", "a string"],
     ["generation", (x) => Number.isSafeInteger(x), "an integer"],
-    ["mode", (x) => x === "stop" || x === "precopy" || x === "cow", "stop, precopy or cow"],
+    ["mode", isCheckpointMode, "stop, precopy or cow"],
     [
       "machine",
       (x) =>
@@ -207,33 +216,7 @@ export function readManifest(dir: string): Manifest {
 
 /** Commits `m` into `dir`: MANIFEST.tmp written and fsynced, renamed to MANIFEST, `dir` fsynced. */
 export function commitManifest(dir: string, m: Manifest): void {
-  const tmp = `${dir}/${MANIFEST_FILE}.tmp`;
-  const bytes = encodeManifest(m);
-  const fd = libc.open(tmp, libc.O.WRONLY | libc.O.CREAT | libc.O.TRUNC, 0o600);
-  try {
-    let off = 0;
-    while (off < bytes.length) {
-      off += libc.pwrite(
-        fd,
-        libc.ptrAdd(Deno.UnsafePointer.of(bytes)!, off),
-        bytes.length - off,
-        off,
-      );
-    }
-    libc.fsync(fd);
-  } finally {
-    libc.close(fd);
-  }
-  Deno.renameSync(tmp, `${dir}/${MANIFEST_FILE}`);
-  fsyncDir(dir);
-}
-
-/** fsync(2) of a directory, making renames and new entries in it durable. */
-export function fsyncDir(dir: string): void {
-  const fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
-  try {
-    libc.fsync(fd);
-  } finally {
-    libc.close(fd);
-  }
+  writeFileAtomic(`${dir}/${MANIFEST_FILE}`, encodeManifest(m), {
+    tmp: `${dir}/${MANIFEST_FILE}.tmp`,
+  });
 }

@@ -1,22 +1,22 @@
 /** Squashes an incremental chain into one full checkpoint, without the VM. */
 import { join, relative } from "node:path";
 import * as libc from "../ffi/libc.ts";
-import { PAGE } from "./format.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import { commitManifest, type Manifest } from "./manifest.ts";
 import { buildPageMap, compressPageMap, expandPageMap } from "./page_map.ts";
 import { OpenCheckpoint } from "./open_checkpoint.ts";
 import { CheckpointStore, resolveCheckpoint } from "./store.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const BATCH = 4096;
 
 /** Copies pages `gfns` of an open checkpoint into `w`, in batches. */
 async function copyPages(ck: OpenCheckpoint, gfns: number[], w: FragmentWriter): Promise<void> {
-  const buf = new Uint8Array(BATCH * PAGE);
+  const buf = new Uint8Array(BATCH * PAGE_SIZE);
   const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
   for (let i = 0; i < gfns.length; i += BATCH) {
     const part = gfns.slice(i, i + BATCH);
-    const offs = part.map((_, k) => k * PAGE);
+    const offs = part.map((_, k) => k * PAGE_SIZE);
     ck.loadTo(part, buf, base, offs);
     await w.append(part, { bytes: buf, base }, offs);
     await w.flush();
@@ -73,7 +73,7 @@ export async function mergeChain(
     compress: ck.manifest.compressed,
   });
   try {
-    const pages = ck.manifest.machine.spec.memSize / PAGE;
+    const pages = ck.manifest.machine.spec.memSize / PAGE_SIZE;
     await copyPages(ck, Array.from({ length: pages }, (_, g) => g), w);
     const sum = await w.finish();
     const src = ck.manifest;
@@ -140,7 +140,7 @@ export function mergedManifest(
   generation: number,
   id: string,
 ): Manifest {
-  const pages = src.machine.spec.memSize / PAGE;
+  const pages = src.machine.spec.memSize / PAGE_SIZE;
   const to = src.fragments.map((f) => hosts.indexOf(f.host));
   return {
     ...src,

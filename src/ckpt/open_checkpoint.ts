@@ -4,12 +4,13 @@
  */
 import { join } from "node:path";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { CheckpointFormatError, PAGE } from "./format.ts";
+import { CheckpointFormatError } from "./format.ts";
 import { PAGE_FLAG } from "./fragment_layout.ts";
 import { FragmentReader } from "./fragment_reader.ts";
 import type { Manifest } from "./manifest.ts";
 import { coversAll, expandPageMap } from "./page_map.ts";
 import { resolveCheckpoint } from "./store.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** An opened checkpoint: manifest, its fragments, and for each page the fragment and index holding it. */
 export class OpenCheckpoint {
@@ -32,7 +33,7 @@ export class OpenCheckpoint {
    */
   static open(path: string, only?: ReadonlySet<number>): OpenCheckpoint {
     const { root, dir, manifest } = resolveCheckpoint(path);
-    const pages = manifest.machine.spec.memSize / PAGE;
+    const pages = manifest.machine.spec.memSize / PAGE_SIZE;
     const mfile = join(dir, "MANIFEST");
     if (!coversAll(manifest.pageMap, pages)) {
       throw new CheckpointFormatError(
@@ -101,7 +102,7 @@ export class OpenCheckpoint {
       let e = byFrag.get(f);
       if (!e) byFrag.set(f, e = { idx: [], off: [] });
       e.idx.push(this.indexOf[g]);
-      e.off.push(offsets ? offsets[k] : g * PAGE);
+      e.off.push(offsets ? offsets[k] : g * PAGE_SIZE);
     }
     for (const [f, e] of byFrag) this.readers[f].readInto(e.idx, dst, base, e.off);
   }

@@ -6,9 +6,9 @@
 import type { Accelerator } from "../accel/accel.ts";
 import { GuestMemory } from "../memory/guest_memory.ts";
 import { Machine, type MachineIo, type MachineState } from "../vmm/machine.ts";
-import { PAGE } from "./format.ts";
 import { LazyPager } from "./lazy_pager.ts";
 import { OpenCheckpoint } from "./open_checkpoint.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** How to restore. */
 export interface RestoreOptions {
@@ -71,7 +71,7 @@ export function restoreCheckpoint(opts: RestoreOptions): Restored {
       for (let i = 0; i < pages; i += step) {
         const n = Math.min(step, pages - i);
         ck.load(memory, gfns ? gfns.slice(i, i + n) : Array.from({ length: n }, (_, k) => i + k));
-        opts.onProgress?.((i + n) * PAGE, pages * PAGE);
+        opts.onProgress?.((i + n) * PAGE_SIZE, pages * PAGE_SIZE);
       }
     }
     const machine = Machine.restore({ memory, io: opts.io, accel: opts.accel }, state);

@@ -6,7 +6,6 @@
  */
 import { DirtyTracker, type DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { Machine } from "../vmm/machine.ts";
-import { PAGE } from "./format.ts";
 import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
 import type { Manifest } from "./manifest.ts";
 import { allGfns, coldestFirst } from "./order.ts";
@@ -14,18 +13,18 @@ import { buildPageMap, overlayPageMap } from "./page_map.ts";
 import {
   type CheckpointOptions,
   type CheckpointReport,
+  fitsPause,
   localParticipant,
   runCheckpoint,
   type SavedPages,
 } from "./transaction.ts";
 import { type CowSaver, CowSession } from "./cow.ts";
 import { AccelCowSession } from "./cow_accel.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const HOST = "main";
 const BATCH = 16384;
 const MAX_ROUNDS = 30;
-/** Pause cost besides page writes (stop vCPUs, read the dirty log, capture state), in the estimate. */
-const PAUSE_OVERHEAD_MS = 10;
 
 /** Takes one checkpoint of `m` on this host; on any failure removes the partial generation. */
 export async function takeCheckpoint(
@@ -120,7 +119,7 @@ async function saveLocal(
         const secs = (performance.now() - tr) / 1000;
         if (writer.bytesWritten > before && secs > 0) rate = (writer.bytesWritten - before) / secs;
         const dirty = DirtyTracker.gfns(tracker.sample(), pages);
-        const fits = PAUSE_OVERHEAD_MS + (dirty.length * PAGE) / rate * 1000 <= opts.maxDowntimeMs;
+        const fits = fitsPause(dirty.length, rate, opts.maxDowntimeMs);
         if (fits || rounds >= MAX_ROUNDS || dirty.length >= todo.length) {
           const tp = performance.now();
           await m.vm.pause();
@@ -155,10 +154,10 @@ async function writeAll(
   src: PageSource,
   opts: CheckpointOptions,
 ): Promise<void> {
-  const total = gfns.length * PAGE;
+  const total = gfns.length * PAGE_SIZE;
   for (let i = 0; i < gfns.length; i += BATCH) {
     await w.append(gfns.slice(i, i + BATCH), src);
-    opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE, total);
+    opts.onProgress?.(Math.min(i + BATCH, gfns.length) * PAGE_SIZE, total);
   }
   await w.flush();
 }

@@ -5,7 +5,7 @@
  */
 import { join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
-import { fsyncDir } from "./manifest.ts";
+import { fsyncDir } from "../ffi/atomic_file.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 
 /** A generation directory as found on disk. */

@@ -6,7 +6,7 @@
  * checkpoint as it was. A single host is the one-participant case.
  */
 import { join, relative } from "node:path";
-import { errnoName, SyscallError } from "../ffi/errors.ts";
+import { Errno, SyscallError } from "../ffi/errors.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import {
@@ -19,15 +19,24 @@ import {
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
 import { CheckpointStore } from "./store.ts";
+import { DCRES_VERSION } from "./format.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
-/** dcres version recorded in every manifest. */
-export const DCRES_VERSION = "0.1.0";
+/** The pause a precopy checkpoint aims at when none is asked for. */
+export const DEFAULT_MAX_DOWNTIME_MS = 50;
+/** Pause cost besides page writes (stop vCPUs, read the dirty log, capture state), in the estimate. */
+const PAUSE_OVERHEAD_MS = 10;
+
+/** True when writing `pages` more pages at `bytesPerSec` fits a pause of `maxDowntimeMs`. */
+export function fitsPause(pages: number, bytesPerSec: number, maxDowntimeMs: number): boolean {
+  return PAUSE_OVERHEAD_MS + (pages * PAGE_SIZE) / bytesPerSec * 1000 <= maxDowntimeMs;
+}
 
 /** What to checkpoint and how. */
 export interface CheckpointOptions {
   /** Store directory. */
   dir: string;
-  /** Mode (default precopy). */
+  /** Mode (callers default to DEFAULT_CHECKPOINT_MODE). */
   mode: CheckpointMode;
   /** Save only pages written since the previous checkpoint in this store. */
   incremental: boolean;
@@ -178,7 +187,7 @@ export function removeGeneration(dir: string): void {
 
 /** The error to report for a failed save: a full disk is named, with what to do. */
 export function saveError(e: unknown, store: string, generation: number): unknown {
-  if (e instanceof SyscallError && errnoName(e.errno) === "ENOSPC") {
+  if (e instanceof SyscallError && e.errno === Errno.ENOSPC) {
     return new CheckpointError(
       `${store}: disk full while writing generation ${generation}; free space and retry (the previous checkpoint is intact)`,
     );

@@ -4,6 +4,7 @@
  * command's flags. Runtime authentication (loading and checking identities) is `net/identity.ts`.
  */
 import { join, resolve } from "node:path";
+import { writeFileAtomic } from "../ffi/atomic_file.ts";
 import type * as X509 from "@peculiar/x509";
 import {
   CERT_PEM,
@@ -202,43 +203,15 @@ function makeDir(dir: string, flag: string): void {
 }
 
 /**
- * Writes `text` to `path` through a new temporary file created with `mode` (so a secret is never
- * readable by others, whatever was there before), then links it into place: without `replace` the
- * link fails if `path` exists, with `replace` it is renamed over it.
+ * Writes `text` to `path` atomically (a new temporary file created with `mode`, so a secret is
+ * never readable by others); without `replace` it fails if `path` exists.
  */
-function writeFileAtomic(path: string, text: string, mode: number, replace: boolean): void {
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  const f = Deno.openSync(tmp, { write: true, createNew: true, mode });
-  try {
-    const data = new TextEncoder().encode(text);
-    let off = 0;
-    while (off < data.length) off += f.writeSync(data.subarray(off));
-    f.syncSync();
-  } finally {
-    f.close();
-  }
-  try {
-    if (replace) {
-      Deno.renameSync(tmp, path);
-    } else {
-      try {
-        Deno.linkSync(tmp, path);
-      } catch (e) {
-        if (e instanceof Deno.errors.AlreadyExists) {
-          throw new IdentityError(`${path} exists; pass --force to replace it`);
-        }
-        throw e;
-      }
-      Deno.removeSync(tmp);
-    }
-  } catch (e) {
-    try {
-      Deno.removeSync(tmp);
-    } catch {
-      // already renamed or gone
-    }
-    throw e;
-  }
+function writeIdentityFile(path: string, text: string, mode: number, replace: boolean): void {
+  writeFileAtomic(path, new TextEncoder().encode(text), {
+    mode,
+    replace,
+    exists: () => new IdentityError(`${path} exists; pass --force to replace it`),
+  });
 }
 
 function randomSerial(): string {
@@ -287,8 +260,8 @@ export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<CaI
     ],
   });
   const keyPem = keyToPem(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
-  writeFileAtomic(keyFile, keyPem, 0o600, opts.force ?? false);
-  writeFileAtomic(certFile, cert.toString("pem") + "\n", 0o644, opts.force ?? false);
+  writeIdentityFile(keyFile, keyPem, 0o600, opts.force ?? false);
+  writeIdentityFile(certFile, cert.toString("pem") + "\n", 0o644, opts.force ?? false);
   return {
     dir: abs,
     certFile,
@@ -429,9 +402,9 @@ export async function issueHost(opts: IssueHostOptions): Promise<HostInfo> {
   });
   const keyPem = keyToPem(await crypto.subtle.exportKey("pkcs8", keys.privateKey));
   const force = opts.force ?? false;
-  writeFileAtomic(keyFile, keyPem, 0o600, force);
-  writeFileAtomic(certFile, cert.toString("pem") + "\n", 0o644, force);
-  if (writeCa) writeFileAtomic(caFile, ca.certPem, 0o644, force);
+  writeIdentityFile(keyFile, keyPem, 0o600, force);
+  writeIdentityFile(certFile, cert.toString("pem") + "\n", 0o644, force);
+  if (writeCa) writeIdentityFile(caFile, ca.certPem, 0o644, force);
   return {
     dir: out,
     certFile,

@@ -4,7 +4,7 @@ import { request } from "../vmm/control/client.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import type { CheckpointReport } from "../ckpt/transaction.ts";
 import type { SplitCheckpointReport } from "../paging/split_checkpoint.ts";
-import type { CheckpointMode } from "../ckpt/manifest.ts";
+import { CHECKPOINT_MODES, isCheckpointMode } from "../ckpt/manifest.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
 import { progressBar } from "./progress.ts";
@@ -19,16 +19,15 @@ export interface CheckpointFlags {
   traditional?: boolean;
 }
 
-const MODES = ["stop", "precopy", "cow"];
-
 /** Runs `dcres checkpoint`. */
 export async function checkpointCommand(
   g: GlobalOptions,
   name: string,
   f: CheckpointFlags,
 ): Promise<number> {
-  if (!MODES.includes(f.mode)) {
-    throw new UsageError(`--mode ${f.mode}: use one of: ${MODES.join(", ")}`);
+  const mode = f.mode;
+  if (!isCheckpointMode(mode)) {
+    throw new UsageError(`--mode ${mode}: use one of: ${CHECKPOINT_MODES.join(", ")}`);
   }
   if (f.compress !== undefined && f.compress !== "zstd") {
     throw new UsageError(`--compress ${f.compress}: only zstd is supported`);
@@ -42,7 +41,7 @@ export async function checkpointCommand(
   }
   const bar = progressBar(g, `checkpoint ${name}`);
   const args = {
-    mode: f.mode as CheckpointMode,
+    mode,
     incremental: !!f.incremental,
     compress: f.compress === "zstd",
     maxDowntimeMs,

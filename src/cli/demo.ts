@@ -5,6 +5,7 @@
  */
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { takeCheckpoint } from "../ckpt/save.ts";
+import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
 import { restoreCheckpoint } from "../ckpt/restore.ts";
 import { Machine, type MachineSpec } from "../vmm/machine.ts";
 import { noteSlowGuestKernel, openAcceleratorFlag } from "./accel_flag.ts";
@@ -46,7 +47,7 @@ export async function demoCommand(
     mode: "precopy",
     incremental: false,
     compress: false,
-    maxDowntimeMs: 50,
+    maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS,
   });
   say(
     `2. live precopy checkpoint: ${fmtBytes(full.stats.bytesWritten)} in ${
@@ -59,7 +60,7 @@ export async function demoCommand(
     mode: "cow",
     incremental: true,
     compress: false,
-    maxDowntimeMs: 50,
+    maxDowntimeMs: DEFAULT_MAX_DOWNTIME_MS,
     onConsistencyPoint: () => (ticksAtPoint = m.memstamp!.statuses().map((s) => s.ticks)),
   });
   say(

@@ -3,6 +3,7 @@ import { request } from "../vmm/control/client.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import type { VerifyResult } from "../vmm/guests/memstamp/memstamp.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Runs the verification; exit 1 when a page is bad. */
 export async function guestVerify(
@@ -19,7 +20,7 @@ export async function guestVerify(
     () =>
       r.ok
         ? `OK: ${name}: all ${r.pages} pages verified`
-        : `BAD: ${name}: page gfn ${r.bad!.gfn} (0x${(r.bad!.gfn * 4096).toString(16)}) is ${
+        : `BAD: ${name}: page gfn ${r.bad!.gfn} (0x${(r.bad!.gfn * PAGE_SIZE).toString(16)}) is ${
           r.bad!.reason
         }: expected ${r.bad!.expected}, found ${r.bad!.found}`,
   );

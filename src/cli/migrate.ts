@@ -5,11 +5,12 @@
  * to D while the VM runs.
  */
 import type { SplitReport } from "../paging/remote_pager.ts";
-import { UsageError } from "./units.ts";
+import { checkAddress, UsageError } from "./units.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { splitTarget } from "./split_flags.ts";
 import { fmtBytes } from "./units.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Flags of `dcres migrate`. */
 export interface MigrateFlags {
@@ -43,15 +44,17 @@ export async function migrateCommand(
       g,
       { name, to: f.to, ...r },
       () =>
-        `${name} gathered onto ${f.to}: ${fmtBytes(r.pagesIn * 4096)} brought back in ${
+        `${name} gathered onto ${f.to}: ${fmtBytes(r.pagesIn * PAGE_SIZE)} brought back in ${
           (r.ms / 1000).toFixed(1)
         } s`,
     );
     return EXIT.OK;
   }
   if (f.moveSub) {
-    const m = /^([^=]+:\d+)=([^=]+:\d+)$/.exec(f.moveSub);
+    const m = /^([^=]+)=([^=]+)$/.exec(f.moveSub);
     if (!m) throw new UsageError(`--move-sub ${f.moveSub}: use OLD=NEW, both HOST:PORT`);
+    checkAddress("--move-sub", m[1]);
+    checkAddress("--move-sub", m[2]);
     if (f.sub || f.mainMem) {
       throw new UsageError("--move-sub does not combine with --sub or --main-mem");
     }
@@ -66,7 +69,7 @@ export async function migrateCommand(
       g,
       { name, from: m[1], to: m[2], ...r },
       () =>
-        `${name}: ${fmtBytes(r.pages * 4096)} moved from ${m[1]} to ${m[2]} in ${
+        `${name}: ${fmtBytes(r.pages * PAGE_SIZE)} moved from ${m[1]} to ${m[2]} in ${
           (r.ms / 1000).toFixed(1)
         } s`,
     );
@@ -88,8 +91,8 @@ export async function migrateCommand(
     () =>
       `${name} split in ${(r.ms / 1000).toFixed(1)} s (downtime ${
         r.downtimeMs.toFixed(1)
-      } ms, ${r.rounds} rounds): ${fmtBytes(r.keptOnMain * 4096)} kept on ${split.main}, ${
-        fmtBytes(r.pagesSent * 4096)
+      } ms, ${r.rounds} rounds): ${fmtBytes(r.keptOnMain * PAGE_SIZE)} kept on ${split.main}, ${
+        fmtBytes(r.pagesSent * PAGE_SIZE)
       } copied to ${split.subs.join(", ")}`,
   );
   return EXIT.OK;

@@ -10,6 +10,7 @@ import { fmtBytes, parseDuration, UsageError } from "./units.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { restoreSplit, type SplitTargets } from "./restore_split.ts";
 import { noteSlowGuestKernel, openAcceleratorFlag, remoteAccel } from "./accel_flag.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Flags of `dcres restore`. */
 export interface RestoreFlags {
@@ -74,7 +75,9 @@ export async function restoreCommand(
           `restored ${r.name} from checkpoint ${plan.id.slice(0, 12)} on ${r.main}${
             Object.keys(r.subs).length
               ? ` with sub-hosts ${
-                Object.entries(r.subs).map(([h, n]) => `${h} (${fmtBytes(n * 4096)})`).join(", ")
+                Object.entries(r.subs).map(([h, n]) => `${h} (${fmtBytes(n * PAGE_SIZE)})`).join(
+                  ", ",
+                )
               }`
               : ""
           } in ${r.totalMs.toFixed(0)} ms`,

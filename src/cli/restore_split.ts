@@ -10,10 +10,10 @@ import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { Inbox } from "../rpc/inbox.ts";
 import { RpcClient } from "../net/quic.ts";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import type { GlobalOptions } from "./context.ts";
 import { clientIdentity, remoteCall } from "./remote.ts";
-import { UsageError } from "./units.ts";
+import { checkAddress, UsageError } from "./units.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Where a split restore puts things. */
 export interface SplitTargets {
@@ -44,8 +44,6 @@ export interface SplitRestoreReport {
   /** The main host's restore timings. */
   restore: Record<string, unknown>;
 }
-
-const HOSTPORT = /^[^\s:]+:\d+$/;
 
 /** Streams `file` of `store` from agent `from` to agent `to`; returns its bytes. */
 async function copyFile(
@@ -95,9 +93,10 @@ function placeFragments(
   const map = new Map<string, string>();
   for (const m of t.map ?? []) {
     const [old, neu] = m.split("=");
-    if (!old || !neu || !HOSTPORT.test(neu)) {
+    if (!old || !neu) {
       throw new UsageError(`--map ${m}: use OLD=NEW, OLD a host name or address, NEW HOST:PORT`);
     }
+    checkAddress("--map", neu);
     const name = names.find((n) => n === old || addrOf(n) === old);
     if (!name) {
       throw new UsageError(
@@ -126,9 +125,7 @@ function placeFragments(
     roleTarget.set(mainName, main);
     subNames.forEach((n, i) => roleTarget.set(n, subs[i]));
   }
-  for (const a of [main, ...subs]) {
-    if (!HOSTPORT.test(a)) throw new UsageError(`${a}: hosts are HOST:PORT`);
-  }
+  for (const a of [main, ...subs]) checkAddress("target host", a);
   if (subs.includes(main)) throw new UsageError(`${main} cannot be both main and a sub-host`);
   if (new Set(subs).size !== subs.length) throw new UsageError("a sub-host is named twice");
   const target = plan.fragments.map((f) => {

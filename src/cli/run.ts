@@ -23,6 +23,7 @@ import {
   remoteAccel,
   vmmAccelArgs,
 } from "./accel_flag.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Flags of `dcres run`. */
 export interface RunFlags {
@@ -57,7 +58,7 @@ export function specFromFlags(f: RunFlags): MachineSpec {
   }
   const guest = f.guest as GuestKind;
   const memSize = parseSize("--mem", f.mem);
-  if (memSize % 4096 !== 0) throw new UsageError(`--mem ${f.mem}: must be a multiple of 4K`);
+  if (memSize % PAGE_SIZE !== 0) throw new UsageError(`--mem ${f.mem}: must be a multiple of 4K`);
   const vcpus = parseCount("--vcpus", f.vcpus);
   const name = f.name ?? `${guest}-${crypto.randomUUID().slice(0, 6)}`;
   if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(name)) {

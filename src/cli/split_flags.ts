@@ -1,5 +1,5 @@
 /** The flags that describe a split (`--main A --sub B,C --main-mem SIZE`), checked once for every command. */
-import { parseSize, UsageError } from "./units.ts";
+import { checkAddress, parseSize, UsageError } from "./units.ts";
 
 /** A split as the CLI asks for it. */
 export interface SplitTarget {
@@ -24,9 +24,8 @@ export function splitTarget(
     throw new UsageError("--sub needs --main HOST:PORT (or --agent): the host running the vCPUs");
   }
   const subs = sub.split(",").map((a) => a.trim()).filter(Boolean);
-  for (const a of [main, ...subs]) {
-    if (!/^.+:\d+$/.test(a)) throw new UsageError(`${a}: an agent address is HOST:PORT`);
-  }
+  checkAddress("--main", main);
+  for (const a of subs) checkAddress("--sub", a);
   if (subs.includes(main)) {
     throw new UsageError(`--sub ${main}: the main host cannot also be a sub-host`);
   }

@@ -1,4 +1,5 @@
-/** Parsing of sizes and durations given on the command line. */
+/** Parsing of sizes, durations and addresses given on the command line. */
+import { parseHostPort } from "../net/address.ts";
 
 /** A command-line value is malformed; the message names the flag and an example. */
 export class UsageError extends Error {
@@ -34,6 +35,16 @@ export function parseDuration(flag: string, text: string): number {
   const ms = Number(m[1]) * DURATION_UNITS[m[2] ?? "s"];
   if (ms <= 0) throw new UsageError(`${flag} ${text}: must be more than zero`);
   return ms;
+}
+
+/** Checks that `addr`, given with `flag`, is HOST:PORT (net/address.ts) and returns it as given. */
+export function checkAddress(flag: string, addr: string): string {
+  try {
+    parseHostPort(addr);
+  } catch (e) {
+    throw new UsageError(`${flag} ${(e as Error).message}`);
+  }
+  return addr;
 }
 
 /** Parses a positive integer flag. */

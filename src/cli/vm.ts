@@ -4,6 +4,7 @@ import type { VmInfo } from "../vmm/control/protocol.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { fmtBytes } from "./units.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** `dcres vm ls`. */
 export async function vmLs(g: GlobalOptions): Promise<number> {
@@ -24,7 +25,9 @@ export async function vmLs(g: GlobalOptions): Promise<number> {
     const notes = vms.flatMap((v) => {
       const p = v.paging;
       if (!p) return [];
-      const where = Object.entries(p.residentPages).map(([h, n]) => `${h} ${fmtBytes(n * 4096)}`);
+      const where = Object.entries(p.residentPages).map(([h, n]) =>
+        `${h} ${fmtBytes(n * PAGE_SIZE)}`
+      );
       return [
         `${v.name}: split: ${where.join(", ")}; ${p.pageIns} page-ins, ${p.pageOuts} page-outs, ` +
         `fault p50 ${p.faultLatencyUs.p50} us, p99 ${p.faultLatencyUs.p99} us`,

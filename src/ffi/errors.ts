@@ -1,24 +1,30 @@
 /** Errors raised by the system-call layer. */
 
-const ERRNO_NAMES: Record<number, string> = {
-  1: "EPERM",
-  2: "ENOENT",
-  4: "EINTR",
-  5: "EIO",
-  9: "EBADF",
-  11: "EAGAIN",
-  12: "ENOMEM",
-  13: "EACCES",
-  14: "EFAULT",
-  16: "EBUSY",
-  17: "EEXIST",
-  19: "ENODEV",
-  22: "EINVAL",
-  25: "ENOTTY",
-  28: "ENOSPC",
-  38: "ENOSYS",
-  95: "EOPNOTSUPP",
-};
+/** The errno values dcres names, by name: the one table errnoName and every errno test use. */
+export const Errno = {
+  EPERM: 1,
+  ENOENT: 2,
+  EINTR: 4,
+  EIO: 5,
+  ENXIO: 6,
+  EBADF: 9,
+  EAGAIN: 11,
+  ENOMEM: 12,
+  EACCES: 13,
+  EFAULT: 14,
+  EBUSY: 16,
+  EEXIST: 17,
+  ENODEV: 19,
+  EINVAL: 22,
+  ENOTTY: 25,
+  ENOSPC: 28,
+  ENOSYS: 38,
+  EOPNOTSUPP: 95,
+} as const;
+
+const ERRNO_NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(Errno).map(([name, value]) => [value, name]),
+);
 
 /** Symbolic name of an errno value, e.g. `EINVAL`. */
 export function errnoName(errno: number): string {
@@ -38,16 +44,3 @@ export class SyscallError extends Error {
     this.errno = errno;
   }
 }
-
-/** errno values the VMM reacts to. */
-export const Errno = {
-  EPERM: 1,
-  ENOENT: 2,
-  EINTR: 4,
-  EAGAIN: 11,
-  ENOMEM: 12,
-  EACCES: 13,
-  EEXIST: 17,
-  EINVAL: 22,
-  ENOSPC: 28,
-} as const;

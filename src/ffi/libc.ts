@@ -1,5 +1,5 @@
 /** Thin bindings to the libc calls the VMM needs; every failing call throws {@link SyscallError}. */
-import { SyscallError } from "./errors.ts";
+import { Errno, SyscallError } from "./errors.ts";
 
 const lib = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
@@ -174,12 +174,12 @@ export function ftruncate(fd: number, length: number): void {
  * for a memfd, the pages that are present.
  */
 export function dataRuns(fd: number, size: number): Array<[number, number]> {
-  const SEEK_DATA = 3, SEEK_HOLE = 4, ENXIO = 6;
+  const SEEK_DATA = 3, SEEK_HOLE = 4;
   const out: Array<[number, number]> = [];
   for (let at = 0; at < size;) {
     const data = Number(s.lseek(fd, BigInt(at), SEEK_DATA));
     if (data < 0) {
-      if (errno() === ENXIO) break;
+      if (errno() === Errno.ENXIO) break;
       throw new SyscallError("lseek(SEEK_DATA)", errno());
     }
     const hole = Math.min(size, check("lseek(SEEK_HOLE)", s.lseek(fd, BigInt(data), SEEK_HOLE)));
@@ -258,7 +258,7 @@ export function read(fd: number, buf: Uint8Array<ArrayBuffer>): number {
   const r = Number(s.read(fd, buf, BigInt(buf.length)));
   if (r < 0) {
     const e = errno();
-    if (e === 11) return -e;
+    if (e === Errno.EAGAIN) return -e;
     throw new SyscallError("read", e);
   }
   return r;

@@ -1,7 +1,7 @@
 /** userfaultfd(2): the API handshake, registration, and the resolving ioctls (linux/userfaultfd.h). */
 import { ior, iowr } from "./ioctl.ts";
 import * as libc from "./libc.ts";
-import { SyscallError } from "./errors.ts";
+import { Errno, SyscallError } from "./errors.ts";
 import { type Decoded, i64, pad, struct, u32, u64, u8 } from "./struct.ts";
 
 const UFFDIO = 0xaa;
@@ -136,7 +136,7 @@ export class Userfaultfd {
     try {
       libc.ioctlBuf(this.fd, UFFDIO_IOCTL.COPY, buf, "UFFDIO_COPY");
     } catch (e) {
-      if (e instanceof SyscallError && e.errno === 17) return 0; // EEXIST: already populated
+      if (e instanceof SyscallError && e.errno === Errno.EEXIST) return 0; // already populated
       throw e;
     }
     return Number(uffdioCopy.decode(buf).copy);

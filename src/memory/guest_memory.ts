@@ -1,9 +1,7 @@
 /** Guest RAM: one memfd mapped shared, so other processes and checkpoints can map the same pages. */
 import * as libc from "../ffi/libc.ts";
 import type { Persist } from "../codec/persist.ts";
-
-/** The unit of paging, dirty tracking and saving. */
-export const PAGE_SIZE = 4096;
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Guest memory cannot be had; says how much was asked and what is free. */
 export class GuestMemoryError extends Error {

@@ -3,8 +3,8 @@
  * UFFDIO_ZEROPAGE per run of consecutive pages, page by page where a racing install got there first.
  */
 import { installRun, type Userfaultfd } from "../ffi/uffd.ts";
-import { PAGE_SIZE } from "./guest_memory.ts";
 import { indexRuns } from "./runs.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Installs `gfns` into memory mapped at `base` from the buffer at `src`, page k of it for gfns[k]. */
 export function copyPages(uffd: Userfaultfd, base: bigint, gfns: number[], src: bigint): void {

@@ -8,6 +8,7 @@
  */
 import { encodeCbor } from "../codec/cbor.ts";
 import type { Role } from "../rpc/roles.ts";
+import { isHostPort, parseHostPort } from "./address.ts";
 import type { PeerIdentity } from "./identity.ts";
 
 /** What one proof covers. */
@@ -43,14 +44,14 @@ export function proofBytes(side: ProofSide, t: Transcript): Uint8Array<ArrayBuff
   return new Uint8Array(enc);
 }
 
-/** The host part of a dialed HOST:PORT (brackets of an IPv6 address removed), lower-cased. */
+/** The host part of a dialed HOST:PORT, lower-cased; the whole text when it is not one. */
 export function dialedHost(dialed: string): string {
-  const m = /^(.*):\d+$/.exec(dialed);
-  return (m ? m[1] : dialed).replace(/^\[(.*)\]$/, "$1").toLowerCase();
+  return (isHostPort(dialed) ? parseHostPort(dialed).hostname : dialed).toLowerCase();
 }
 
-/** True when a certificate with subjectAltNames `names` answers to the dialed address. */
+/** True when a certificate with subjectAltNames `names` answers to the dialed HOST:PORT. */
 export function answersTo(names: readonly string[], dialed: string): boolean {
+  if (!isHostPort(dialed)) return false;
   const host = dialedHost(dialed);
   return names.some((n) => n.toLowerCase() === host);
 }

@@ -10,6 +10,7 @@
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
 import { withTimeout } from "../rpc/deadline.ts";
 import { RpcError } from "../rpc/errors.ts";
+import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
 import { FrameReader } from "./frame_reader.ts";
 import {
@@ -112,7 +113,7 @@ export class RpcServer {
     } catch (e) {
       this.refused++;
       this.#log("refused {addr}: {reason}", {
-        addr: `${conn.remoteAddr.hostname}:${conn.remoteAddr.port}`,
+        addr: formatHostPort(conn.remoteAddr),
         reason: (e as Error).message,
       });
       // Let the refusal reach the client before the connection goes.
@@ -254,15 +255,19 @@ export class RpcClient {
     serverName?: string,
     transport: Deno.QuicTransportOptions = { keepAliveInterval: 5000 },
   ): Promise<RpcClient> {
-    const m = /^(.+):(\d+)$/.exec(addr);
-    if (!m) throw new RpcError("bad-request", `agent address "${addr}" is not HOST:PORT`);
-    const hostname = m[1].replace(/^\[|\]$/g, "");
+    let at: HostPort;
+    try {
+      at = parseHostPort(addr);
+    } catch (e) {
+      throw new RpcError("bad-request", `agent address ${(e as Error).message}`);
+    }
+    const { hostname, port } = at;
     let conn: Deno.QuicConn;
     try {
       conn = await withTimeout(
         Promise.resolve(Deno.connectQuic({
           hostname,
-          port: Number(m[2]),
+          port,
           alpnProtocols: [ALPN],
           caCerts: [identity.caPem],
           serverName: serverName ?? hostname,

@@ -2,9 +2,10 @@
  * Bulk page transfers between main and its sub-hosts: lists of pages cut into wire-sized batches,
  * grouped by the host they go to, with their contents, and sent several requests at a time.
  */
-import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
 import { MAX_BATCH } from "./wire.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** PUT/GET requests in flight during bulk copies. */
 const COPY_STREAMS = 8;

@@ -5,13 +5,13 @@
  * them to their sub-host; pages that cannot leave are put back into main's memory.
  */
 import { getLogger } from "@logtape/logtape";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import { hostBatches } from "./batches.ts";
 import type { FaultServer } from "./fault_server.ts";
 import { MAIN } from "./ownership.ts";
 import type { PagerContext } from "./pager_context.ts";
 import { SubHostDownError } from "./sub_link.ts";
 import { MAX_BATCH, PageOp } from "./wire.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Paging out starts above the budget and stops this far below it. */
 const LOW_WATER = 0.97;

@@ -8,12 +8,12 @@
 import { getLogger } from "@logtape/logtape";
 import * as libc from "../ffi/libc.ts";
 import { PAGEFAULT_FLAG, type Userfaultfd } from "../ffi/uffd.ts";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import { batches } from "./batches.ts";
 import { MAIN } from "./ownership.ts";
 import type { PagerContext } from "./pager_context.ts";
 import { SubHostDownError } from "./sub_link.ts";
 import { PageOp } from "./wire.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Pages fetched after a fault that continues a sequential run. */
 const READ_AHEAD = 127;

@@ -5,9 +5,10 @@
  */
 import * as libc from "../ffi/libc.ts";
 import type { Userfaultfd } from "../ffi/uffd.ts";
-import { type GuestMemory, PAGE_SIZE } from "../memory/guest_memory.ts";
+import type { GuestMemory } from "../memory/guest_memory.ts";
 import { copyPages, zeroPages } from "../memory/page_install.ts";
 import { indexRuns } from "../memory/runs.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** 1 for each page present in main's memory. */
 export function presentPages(mem: GuestMemory): Uint8Array {

@@ -9,8 +9,8 @@
  */
 import { join } from "node:path";
 import { crc32, hasMagic, magic, writeHead } from "../ckpt/format.ts";
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
 import { indexRuns } from "../memory/runs.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** The store refused: full, unknown VM, a page it does not hold, or a damaged file. */
 export class PageStoreError extends Error {

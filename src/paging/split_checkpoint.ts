@@ -7,7 +7,6 @@
  * keep the checkpoint the memory of one instant, and SaveLedger keeps them.
  */
 import { getLogger } from "@logtape/logtape";
-import { PAGE } from "../ckpt/format.ts";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
 import { generationName } from "../ckpt/store.ts";
@@ -29,6 +28,7 @@ import { saveSplitPages } from "./split_save.ts";
 import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
 import type { SubLink } from "./sub_link.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
 
@@ -177,7 +177,7 @@ export async function takeSplitCheckpoint(
     extend: (plain) => ({
       ...plain,
       split: {
-        mainMemBytes: pager.stats().mainBudgetPages * PAGE,
+        mainMemBytes: pager.stats().mainBudgetPages * PAGE_SIZE,
         hosts: { [opts.host]: "main", ...Object.fromEntries(subs.map((l) => [l.host, l.addr])) },
       },
     }),

@@ -5,17 +5,16 @@
  * hosts through `SplitCheckpoint`'s I/O, so the simulation (tests/helpers/split_sim.ts) runs this
  * very loop.
  */
-import { PAGE } from "../ckpt/format.ts";
 import type { CheckpointMode } from "../ckpt/manifest.ts";
+import { fitsPause } from "../ckpt/transaction.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import type { SplitCheckpoint } from "./split_session.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Rounds of precopy before the pause, and of saving after the point, at most. */
 export const MAX_ROUNDS = 10;
 /** Waits for pages on the move to land, after a round that saved nothing, at most. */
 const MAX_WAITS = 10_000;
-/** Pause cost besides page writes, in the precopy estimate. */
-const PAUSE_OVERHEAD_MS = 10;
 /** Write rate assumed before the first round measured one. */
 const FIRST_RATE = 200e6;
 
@@ -77,11 +76,11 @@ export async function saveSplitPages(
         const tr = run.now();
         await c.round(tracker.lastDirty);
         const secs = (run.now() - tr) / 1000;
-        if (secs > 0 && before) rate = Math.max(rate / 4, (before * PAGE) / secs);
+        if (secs > 0 && before) rate = Math.max(rate / 4, (before * PAGE_SIZE) / secs);
         tracker.sample();
         const left = c.book.missing();
         run.onProgress?.(pages - left, pages);
-        const fits = PAUSE_OVERHEAD_MS + (left * PAGE) / rate * 1000 <= run.maxDowntimeMs;
+        const fits = fitsPause(left, rate, run.maxDowntimeMs);
         if (fits || rounds >= MAX_ROUNDS || left >= before) break;
       }
     }

@@ -4,12 +4,12 @@
  * calls.
  */
 import * as libc from "../ffi/libc.ts";
-import { PAGE } from "../ckpt/format.ts";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { gfnRuns } from "../memory/runs.ts";
 import { presentPages, type RemotePager } from "./remote_pager.ts";
 import type { MainFragmentIo, SplitSaveIo, SubSaveLink } from "./split_session.ts";
 import type { SubLink } from "./sub_link.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Gfns from a sub-host's [first, count] runs, each checked to lie inside the VM's `pages`. */
 function fromRuns(host: string, runs: unknown, pages: number): number[] {
@@ -32,7 +32,7 @@ function sourceOf(bytes: Uint8Array) {
 
 /** Main's fragment written by `w`; every append is flushed before it resolves. */
 function mainFragment(pager: RemotePager, w: FragmentWriter): MainFragmentIo {
-  const zero = new Uint8Array(PAGE);
+  const zero = new Uint8Array(PAGE_SIZE);
   return {
     async appendMemory(gfns) {
       if (!gfns.length) return;
@@ -47,7 +47,7 @@ function mainFragment(pager: RemotePager, w: FragmentWriter): MainFragmentIo {
     },
     async appendPages(gfns, data, offsets) {
       if (!gfns.length) return;
-      await w.append(gfns, sourceOf(data), offsets ?? gfns.map((_, i) => i * PAGE));
+      await w.append(gfns, sourceOf(data), offsets ?? gfns.map((_, i) => i * PAGE_SIZE));
       await w.flush();
     },
     finish: () => w.finish(),
@@ -96,7 +96,7 @@ export function pagerSaveIo(
     fragment: mainFragment(pager, w),
     withMemory: (fn) => pager.withMemory(fn),
     present: () => presentPages(pager.memory),
-    readPage: (g) => pager.memory.view(g * PAGE, PAGE).slice(),
+    readPage: (g) => pager.memory.view(g * PAGE_SIZE, PAGE_SIZE).slice(),
     protect: (runs, on) => pager.protect(runs, on),
     onWriteProtected(fn) {
       pager.onWriteProtected = fn;

@@ -8,10 +8,10 @@
 import type { FragmentSummary } from "../ckpt/fragment_writer.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { gfnRuns } from "../memory/runs.ts";
-import { PAGE } from "../ckpt/format.ts";
 import { coldestFirst } from "../ckpt/order.ts";
 import { MAIN, type PageOwnership } from "./ownership.ts";
 import { SaveLedger } from "./save_ledger.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Pages main reads from memory per batch unless the I/O says otherwise. */
 const BATCH = 4096;
@@ -168,7 +168,7 @@ export class SplitCheckpoint {
     if (!idx.length) return;
     const part = idx.map((i) => gfns[i]);
     const ticket = this.#ledger.ticket(part);
-    await this.#io.fragment.appendPages(part, data, idx.map((i) => i * PAGE));
+    await this.#io.fragment.appendPages(part, data, idx.map((i) => i * PAGE_SIZE));
     this.#ledger.saved(MAIN, part, ticket);
     this.#savedOn(MAIN, part);
   }
@@ -228,8 +228,8 @@ export class SplitCheckpoint {
     if (!this.#copies.length) return;
     const list = this.#copies;
     this.#copies = [];
-    const buf = new Uint8Array(list.length * PAGE);
-    list.forEach((c, k) => buf.set(c.page, k * PAGE));
+    const buf = new Uint8Array(list.length * PAGE_SIZE);
+    list.forEach((c, k) => buf.set(c.page, k * PAGE_SIZE));
     await this.#io.fragment.appendPages(list.map((c) => c.gfn), buf);
   }
 

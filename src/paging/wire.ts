@@ -6,7 +6,7 @@
  * then `count` u32 gfns (requests), then `count` pages (PUT requests and GET replies), or an error
  * message of `extra` bytes (replies with status 1).
  */
-import { PAGE_SIZE } from "../memory/guest_memory.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Operations. */
 export const PageOp = { GET: 1, PUT: 2, RELEASE: 3 } as const;

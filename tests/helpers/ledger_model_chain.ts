@@ -2,10 +2,10 @@
  * The consistency model's checkpoints (tests/helpers/ledger_model.ts): fragments as they were
  * written, committed chains and their restore, the merge of a chain, and the counts a run prints.
  */
-import { PAGE } from "../../src/ckpt/format.ts";
 import type { Manifest } from "../../src/ckpt/manifest.ts";
 import { mergedManifest, type MergePart } from "../../src/ckpt/merge.ts";
 import { coversAll, expandPageMap } from "../../src/ckpt/page_map.ts";
+import { PAGE_SIZE as PAGE } from "../../src/accel/accel.ts";
 
 /** A failure of the consistency property, of what was saved, or of the model's own bookkeeping. */
 export class ModelFailure extends Error {

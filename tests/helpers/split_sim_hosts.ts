@@ -6,7 +6,6 @@
  * version numbers (the guest never stores one twice), written into the first word of a page where a
  * page's bytes are asked for.
  */
-import { PAGE } from "../../src/ckpt/format.ts";
 import { DirtyTracker } from "../../src/memory/dirty_tracker.ts";
 import { MAIN, PageOwnership } from "../../src/paging/ownership.ts";
 import type { PageOutSaver } from "../../src/paging/remote_pager.ts";
@@ -16,6 +15,7 @@ import { SaveSessionError } from "../../src/paging/save_sessions.ts";
 import { SubSaver } from "../../src/paging/sub_saver.ts";
 import { type Scheduler, SimFault } from "./sim_scheduler.ts";
 import { type SimFragment, type SimSession, SimSub, VM } from "./split_sim_store.ts";
+import { PAGE_SIZE as PAGE } from "../../src/accel/accel.ts";
 
 /** Knobs of a simulated cluster. */
 export interface SimConfig {

@@ -18,6 +18,7 @@ import {
 import type { PlatformState } from "../cpu_state.ts";
 import { EmuVcpu } from "./emu_vcpu.ts";
 import { ensureEmuShim } from "./shim_build.ts";
+import { PAGE_SIZE } from "../accel.ts";
 
 /** The write hook's copy-on-write over one VM. */
 class EmuCow implements AccelCow {
@@ -71,7 +72,7 @@ class EmuVm implements AccelVm {
     this.#shim = shim;
     this.#shimPath = shimPath;
     this.#ram = ram;
-    this.#pages = Math.ceil(ram.size / 4096);
+    this.#pages = Math.ceil(ram.size / PAGE_SIZE);
     const vm = shim.dcres_emu_vm_alloc(libc.ptrOf(ram.hostAddr), BigInt(this.#pages));
     if (!vm) throw new Error("out of memory for the emulated CPU's dirty-page bytes");
     this.#vm = vm;

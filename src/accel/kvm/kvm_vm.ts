@@ -8,6 +8,7 @@ import type { AccelVcpu, AccelVm, RamRegion } from "../accel.ts";
 import type { PlatformState } from "../cpu_state.ts";
 import { KvmVcpu } from "./kvm_vcpu.ts";
 import { chipOf, kvmClockOf, kvmPitOf, platformOf } from "./kvm_state.ts";
+import { PAGE_SIZE } from "../accel.ts";
 
 // Three pages Intel VMX needs below 4 GiB, and the identity-mapped page table page below them.
 const TSS_ADDR = 0xfffbd000;
@@ -41,7 +42,7 @@ export class KvmVm implements AccelVm {
     this.#kvm = args.kvm;
     this.#cpuid = args.cpuid;
     this.#msrIndices = args.msrIndices;
-    this.#dirty = new Uint8Array(Math.ceil(args.ram.size / 4096 / 64) * 8);
+    this.#dirty = new Uint8Array(Math.ceil(args.ram.size / PAGE_SIZE / 64) * 8);
     const fd = args.kvm.createVm();
     try {
       fd.setTssAddr(TSS_ADDR);

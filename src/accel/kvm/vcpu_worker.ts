@@ -3,6 +3,7 @@
  * One vCPU's thread: a synchronous KVM_RUN loop (a thread-pool hop per call would cost 5x), port
  * accesses to claimed ports forwarded to the VMM thread, and pause/stop through the control word.
  */
+import { Errno } from "../../ffi/errors.ts";
 import * as libc from "../../ffi/libc.ts";
 import {
   EXIT,
@@ -15,8 +16,6 @@ import {
 import { RunState, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
 import type { KvmWorkerInit } from "./kvm_vcpu.ts";
 
-const EINTR = 4;
-const EAGAIN = 11;
 const IMMEDIATE_EXIT = kvmRunHeader.offsets.immediate_exit;
 const EXIT_REASON = kvmRunHeader.offsets.exit_reason;
 const IO = KVM_RUN_EXIT_UNION;
@@ -54,7 +53,7 @@ function runLoop(init: VcpuInit) {
     }
     const r = libc.ioctlRaw(fd, IOCTL.RUN, 0n);
     if (r < 0) {
-      if (-r === EINTR || -r === EAGAIN) continue;
+      if (-r === Errno.EINTR || -r === Errno.EAGAIN) continue;
       fail(ctl, index, `KVM_RUN failed: errno ${-r}`);
       return;
     }

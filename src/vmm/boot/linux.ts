@@ -28,11 +28,11 @@ import {
 } from "./bzimage.ts";
 import { type Elf64, loadElfSegments, loadSpan, parseElf64, physicalEntry } from "./elf.ts";
 import { extractVmlinux, type PayloadFormat, payloadFormatOf } from "./vmlinux.ts";
+import { PAGE_SIZE } from "../../accel/accel.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
-const PAGE = 4 * KiB;
 
 /** Below this a Debian cloud kernel cannot decompress itself and still boot userspace. */
 export const MIN_LINUX_MEMORY = 64 * MiB;
@@ -313,14 +313,14 @@ function writeGdt(ram: Uint8Array): number {
 
 function writePageTables(ram: Uint8Array): void {
   const L = LINUX_LAYOUT;
-  const pml4 = view(ram, L.pml4, PAGE);
-  const pdpt = view(ram, L.pdpt, PAGE);
-  ram.fill(0, L.pml4, L.pd + PAGE_DIRECTORIES * PAGE);
+  const pml4 = view(ram, L.pml4, PAGE_SIZE);
+  const pdpt = view(ram, L.pdpt, PAGE_SIZE);
+  ram.fill(0, L.pml4, L.pd + PAGE_DIRECTORIES * PAGE_SIZE);
   pml4.setBigUint64(0, BigInt(L.pdpt) | PT_PRESENT | PT_WRITABLE, true);
   for (let d = 0; d < PAGE_DIRECTORIES; d++) {
-    const pdAddr = L.pd + d * PAGE;
+    const pdAddr = L.pd + d * PAGE_SIZE;
     pdpt.setBigUint64(d * 8, BigInt(pdAddr) | PT_PRESENT | PT_WRITABLE, true);
-    const pd = view(ram, pdAddr, PAGE);
+    const pd = view(ram, pdAddr, PAGE_SIZE);
     for (let i = 0; i < ENTRIES_PER_TABLE; i++) {
       const phys = BigInt(d * ENTRIES_PER_TABLE + i) * BigInt(LARGE_PAGE);
       pd.setBigUint64(i * 8, phys | PT_PRESENT | PT_WRITABLE | PT_LARGE, true);
@@ -424,9 +424,9 @@ function placeElf(
     );
   }
   const initrdTop = Math.min(top, hdr.initrdAddrMax + 1);
-  const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE) : top;
+  const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE_SIZE) : top;
   if (end <= initrdAddr) return { kernelAddr: start, kernelEnd: end, initrdAddr };
-  const want = mib(alignUp(end + alignUp(initrdSize, PAGE), MiB));
+  const want = mib(alignUp(end + alignUp(initrdSize, PAGE_SIZE), MiB));
   if (end > top) {
     throw new BootImageError(
       opts.kernelPath,
@@ -457,13 +457,13 @@ function placeImages(
     ? [pref, high]
     : [high];
   const initrdTop = Math.min(top, hdr.initrdAddrMax + 1);
-  const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE) : top;
+  const initrdAddr = initrdSize ? alignDown(initrdTop - initrdSize, PAGE_SIZE) : top;
   for (const addr of candidates) {
     const end = kernelEnd(hdr, addr);
     if (end <= initrdAddr) return { kernelAddr: addr, kernelEnd: end, initrdAddr };
   }
   const end = kernelEnd(hdr, high);
-  const want = mib(alignUp(end + alignUp(initrdSize, PAGE), MiB));
+  const want = mib(alignUp(end + alignUp(initrdSize, PAGE_SIZE), MiB));
   if (end > top) {
     throw new BootImageError(
       opts.kernelPath,

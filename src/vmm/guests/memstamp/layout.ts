@@ -3,7 +3,7 @@
  * (GDT, IDT, TSS, 2 MiB identity page tables). Offsets of the config page and status blocks are
  * shared with memstamp.S; tests/memstamp_test.ts checks the two agree.
  */
-import { PAGE_SIZE } from "../../../memory/guest_memory.ts";
+import { PAGE_SIZE } from "../../../accel/accel.ts";
 
 /** Where each structure lives. */
 export const LAYOUT = {

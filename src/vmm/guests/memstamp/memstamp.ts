@@ -8,6 +8,7 @@ import {
   type Registers,
   type SpecialRegisters,
 } from "../../../accel/cpu_state.ts";
+import { PAGE_SIZE } from "../../../accel/accel.ts";
 import type { GuestMemory } from "../../../memory/guest_memory.ts";
 import { CODE_BASE, CODE_BASE64, SYMBOLS } from "./code.ts";
 import {
@@ -123,7 +124,7 @@ export function resolveOptions(o: MemstampOptions): Required<MemstampOptions> {
   if (!Number.isInteger(o.vcpus) || o.vcpus < 1 || o.vcpus > MAX_VCPUS) {
     throw new MemstampConfigError(`--vcpus must be 1..${MAX_VCPUS}, got ${o.vcpus}`);
   }
-  const share = Math.floor(dataRegion(o.memSize).pages / o.vcpus) * 4096;
+  const share = Math.floor(dataRegion(o.memSize).pages / o.vcpus) * PAGE_SIZE;
   return {
     memSize: o.memSize,
     vcpus: o.vcpus,
@@ -155,7 +156,7 @@ export function setupMemory(mem: GuestMemory, opts: Required<MemstampOptions>): 
   cfg[CFG.TABLE / 8] = BigInt(LAYOUT.TABLE);
   cfg[CFG.BASEGFN / 8] = BigInt(baseGfn);
   cfg[CFG.PAGES / 8] = BigInt(pages);
-  cfg[CFG.WS / 8] = BigInt(Math.max(1, Math.floor(opts.workingSet / 4096)));
+  cfg[CFG.WS / 8] = BigInt(Math.max(1, Math.floor(opts.workingSet / PAGE_SIZE)));
   cfg[CFG.PATTERN / 8] = BigInt(PATTERNS[opts.pattern]);
   cfg[CFG.STRIDE / 8] = BigInt(opts.stride);
   cfg[CFG.INTERVAL / 8] = BigInt(opts.reportInterval);
