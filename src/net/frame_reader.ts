@@ -30,18 +30,24 @@ export class FrameReader {
         this.#decoder.end();
         return undefined;
       }
-      this.#queue.push(...this.#decoder.push(value));
+      // One by one: spreading a chunk of many tiny frames into push() overflows the stack.
+      for (const f of this.#decoder.push(value)) this.#queue.push(f);
     }
     return this.#queue.shift();
   }
 
-  /** The next frame as a control message (a CBOR map), or undefined where the stream ends. */
+  /** The next frame as a control message (a CBOR map), or undefined at the end; throws FrameError or RpcError. */
   async message(): Promise<Record<string, unknown> | undefined> {
     const f = await this.next();
     if (!f) return undefined;
     if (f.kind !== FrameKind.CONTROL) throw new FrameError("bad-kind", "expected a control frame");
-    const m = decodeCbor(f.payload);
-    if (typeof m !== "object" || m === null) {
+    let m: unknown;
+    try {
+      m = decodeCbor(f.payload);
+    } catch (e) {
+      throw new RpcError("bad-request", `malformed message: ${(e as Error).message}`);
+    }
+    if (typeof m !== "object" || m === null || Array.isArray(m)) {
       throw new RpcError("bad-request", "message is not a map");
     }
     return m as Record<string, unknown>;
