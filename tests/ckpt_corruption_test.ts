@@ -1122,7 +1122,11 @@ Deno.test("restore refuses a checkpoint whose fragment lacks a page the page map
   withTempDir(async (root) => {
     const { dir, manifest } = await committedStore(root);
     const machine = machineState(9 * PAGE); // one page more than the fragment holds
-    commitManifest(dir, { ...manifest, machine, pageMap: Uint32Array.of(0, 9, 0) });
+    // Named twice, the fragment's 8 pages are enough for either share, so the per-page check is
+    // what finds gfn 8 missing (a share larger than its file is refused before, by count).
+    const fragments = [manifest.fragments[0], manifest.fragments[0]];
+    const pageMap = Uint32Array.of(0, 8, 0, 8, 1, 1);
+    commitManifest(dir, { ...manifest, machine, fragments, pageMap });
     assertThrows(
       () => OpenCheckpoint.open(root),
       CheckpointFormatError,

@@ -12,6 +12,7 @@ import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
+import { checkRuns, expandRuns } from "../memory/runs.ts";
 import type { PageStores } from "../paging/page_store.ts";
 import { type SaveSessionBase, SaveSessionError, SaveSessions } from "../paging/save_sessions.ts";
 import { SubSaver } from "../paging/sub_saver.ts";
@@ -30,20 +31,11 @@ interface SaveSession extends SaveSessionBase {
   committed: boolean;
 }
 
-/** Gfns from [start, count] runs, each inside a VM of `pages` pages. */
+/** Gfns from [start, count] runs, all inside a VM of `pages` pages. */
 function gfnsArg(runs: unknown, pages: number): number[] {
-  const gfns: number[] = [];
-  for (const run of (Array.isArray(runs) ? runs : []) as unknown[]) {
-    const [start, count] = Array.isArray(run) ? run : [];
-    if (
-      !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 ||
-      start + count > pages
-    ) {
-      throw new RpcError("bad-request", `gfns run ${JSON.stringify(run)} is outside the VM`);
-    }
-    for (let g = start; g < start + count; g++) gfns.push(g);
-  }
-  return gfns;
+  return expandRuns(
+    checkRuns(runs, pages, (why) => new RpcError("bad-request", `gfns: ${why}`)).runs,
+  );
 }
 
 /** A session's refusal as the RPC error the caller sees. */

@@ -2,6 +2,7 @@
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
+import { checkRuns, expandRuns } from "../memory/runs.ts";
 import { PageSaves } from "./page_saves.ts";
 import { pageLoadHandlers } from "./page_loads.ts";
 import { PageOwners } from "./page_owners.ts";
@@ -97,25 +98,16 @@ function pageMethods(
     ...pageLoadHandlers(stores, resolve, vmArgs),
     "pages.open": (args) => {
       const { vm, pages } = vmArgs(args);
-      const hold = args.hold;
+      const hold = args.hold === undefined ? undefined : checkRuns(
+        args.hold,
+        pages,
+        (why) => new RpcError("bad-request", `hold: ${why}`),
+      );
       const store = stores.store(vm, pages, hold !== undefined);
-      if (hold !== undefined) {
-        if (!Array.isArray(hold)) {
-          throw new RpcError("bad-request", "hold must be [start, count] runs");
-        }
-        const gfns: number[] = [];
-        for (const run of hold) {
-          const [start, count] = Array.isArray(run) ? run : [];
-          if (
-            !Number.isSafeInteger(start) || !Number.isSafeInteger(count) || start < 0 ||
-            count < 0 || start + count > pages
-          ) {
-            throw new RpcError("bad-request", `hold run ${JSON.stringify(run)} is outside the VM`);
-          }
-          for (let g = start; g < start + count; g++) gfns.push(g);
-        }
-        stores.reserve(gfns.length);
-        store.holdZero(gfns);
+      if (hold) {
+        // Reserved before the runs become a list, so a refused request costs no memory.
+        stores.reserve(hold.total);
+        store.holdZero(expandRuns(hold.runs));
       }
       return Promise.resolve({ host: stores.host, heldPages: store.heldPages });
     },

@@ -16,6 +16,7 @@ import {
   MANIFEST_VERSION,
   writeHead,
 } from "./format.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** "DCRMANIF" */
 export const MANIFEST_MAGIC: Uint8Array = magic("DCRMANIF");
@@ -24,6 +25,11 @@ export const MANIFEST_END: Uint8Array = magic("DCRMEND");
 /** File name of a committed manifest. */
 export const MANIFEST_FILE = "MANIFEST";
 const HEADER = 24;
+/**
+ * Largest guest memory a manifest may describe: 1 TiB, the agents' page-store bound (2^28 pages). A
+ * reader allocates per page, so a bigger claim is refused before anything proportional is made.
+ */
+export const MAX_MEM_SIZE = 2 ** 28 * PAGE_SIZE;
 
 /** The ways a checkpoint can be taken: paused, live pre-copy, live copy-on-write. */
 export const CHECKPOINT_MODES = ["stop", "precopy", "cow"] as const;
@@ -169,7 +175,9 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     ],
     [
       "fragments",
-      (x) => Array.isArray(x) && x.every((f) => isObj(f) && typeof f.path === "string"),
+      (x) =>
+        Array.isArray(x) &&
+        x.every((f) => isObj(f) && typeof f.path === "string" && isCount(f.pages)),
       "a list of fragments",
     ],
     ["pageMap", (x) => x instanceof Uint32Array && x.length % 3 === 0, "runs of three u32"],
@@ -179,6 +187,10 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   if (!isObj(m)) bad(HEADER, "body is not a map");
   for (const [k, ok, what] of checks) {
     if (!ok(m[k])) bad(HEADER, `field "${k}" is missing or not ${what}`);
+  }
+  const mem = m.machine.spec.memSize;
+  if (!isCount(mem) || mem % PAGE_SIZE) {
+    bad(HEADER, `field "machine.spec.memSize" is not whole pages`);
   }
   // Manifests before 1.2 name no accelerator: they were all taken on KVM.
   m.machine.vm.accel ??= "kvm";
@@ -194,6 +206,47 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     }
   }
   return m;
+}
+
+function isCount(x: unknown): x is number {
+  return Number.isSafeInteger(x) && (x as number) >= 0;
+}
+
+/**
+ * The guest pages `m` describes, once its page map is checked to cover them exactly once and to give
+ * no fragment more pages than it says it holds; returns the pages the map gives each fragment, so a
+ * reader can hold them against the fragment files. Work is in the map's runs, never in pages, so a
+ * hostile memory size costs nothing. `file` names the manifest in errors.
+ */
+export function checkPageMap(file: string, m: Manifest): { pages: number; perFragment: number[] } {
+  const bad = (what: string): never => {
+    throw new CheckpointFormatError(file, 0, what);
+  };
+  const mem = m.machine.spec.memSize;
+  if (mem > MAX_MEM_SIZE) {
+    bad(`guest memory of ${mem} bytes exceeds the ${MAX_MEM_SIZE}-byte limit`);
+  }
+  const pages = mem / PAGE_SIZE;
+  const perFragment = m.fragments.map(() => 0);
+  const map = m.pageMap;
+  let next = 0;
+  for (let i = 0; i < map.length; i += 3) {
+    const [first, count, frag] = [map[i], map[i + 1], map[i + 2]];
+    if (first !== next || count === 0 || first + count > pages) {
+      bad(`page map does not cover guest memory exactly once (run ${i / 3}: ${first}+${count})`);
+    }
+    perFragment[frag] += count;
+    if (perFragment[frag] > m.fragments[frag].pages) {
+      bad(
+        `page map gives fragment ${frag} more than the ${m.fragments[frag].pages} pages it holds`,
+      );
+    }
+    next = first + count;
+  }
+  if (next !== pages) {
+    bad(`page map does not cover guest memory exactly once (${next} of ${pages} pages)`);
+  }
+  return { pages, perFragment };
 }
 
 /** Reads and checks `dir/MANIFEST`. */

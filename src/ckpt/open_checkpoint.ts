@@ -7,8 +7,8 @@ import type { GuestMemory } from "../memory/guest_memory.ts";
 import { CheckpointFormatError } from "./format.ts";
 import { PAGE_FLAG } from "./fragment_layout.ts";
 import { FragmentReader } from "./fragment_reader.ts";
-import type { Manifest } from "./manifest.ts";
-import { coversAll, expandPageMap } from "./page_map.ts";
+import { checkPageMap, type Manifest } from "./manifest.ts";
+import { expandPageMap } from "./page_map.ts";
 import { resolveCheckpoint } from "./store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
@@ -33,15 +33,7 @@ export class OpenCheckpoint {
    */
   static open(path: string, only?: ReadonlySet<number>): OpenCheckpoint {
     const { root, dir, manifest } = resolveCheckpoint(path);
-    const pages = manifest.machine.spec.memSize / PAGE_SIZE;
-    const mfile = join(dir, "MANIFEST");
-    if (!coversAll(manifest.pageMap, pages)) {
-      throw new CheckpointFormatError(
-        mfile,
-        0,
-        "page map does not cover guest memory exactly once",
-      );
-    }
+    const { pages, perFragment } = checkPageMap(join(dir, "MANIFEST"), manifest);
     const readers: FragmentReader[] = [];
     try {
       for (const [k, f] of manifest.fragments.entries()) {
@@ -58,6 +50,14 @@ export class OpenCheckpoint {
             `fragment does not belong to this checkpoint (footer CRC ${
               r.footerCrc.toString(16)
             }, manifest expects ${f.footerCrc.toString(16)})`,
+          );
+        }
+        // Held against the real file before the per-page tables below are sized by the manifest.
+        if (r.pages < perFragment[k]) {
+          throw new CheckpointFormatError(
+            r.path,
+            0,
+            `fragment indexes ${r.pages} pages, the manifest's page map gives it ${perFragment[k]}`,
           );
         }
       }

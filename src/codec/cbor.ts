@@ -1,8 +1,9 @@
 /**
  * A small CBOR (RFC 8949) codec for state and control messages: integers, bigints (tags 2/3, so they
  * decode as bigints), floats, strings, byte strings, typed arrays (RFC 8746 tags), arrays, maps with
- * string keys, booleans and null. The decoder bounds every length by the bytes present, so malformed
- * input fails with CborError instead of allocating or recursing without limit.
+ * string keys, booleans and null. The decoder bounds every length by the bytes present, nesting by
+ * MAX_DEPTH and bignums by MAX_BIGNUM_BYTES, so malformed or hostile input fails with CborError in
+ * time linear in its size instead of allocating, recursing or computing without limit.
  */
 
 /** Malformed CBOR input. */
@@ -15,6 +16,11 @@ export class CborError extends Error {
 
 const TYPED_TAGS = { u16: 69, u32: 70, u64: 71, f64: 86 } as const;
 const MAX_DEPTH = 64;
+/**
+ * Longest bignum magnitude, in bytes, either way. dcres's bigints are 64-bit registers and counters
+ * (8 bytes); 64 leaves room for wider values while a hostile bignum cannot cost an agent real work.
+ */
+export const MAX_BIGNUM_BYTES = 64;
 
 /** Encodes a value. */
 export function encodeCbor(value: unknown): Uint8Array<ArrayBuffer> {
@@ -104,14 +110,20 @@ class Writer {
       if (depth + 1 > MAX_DEPTH) throw new CborError("nesting too deep to encode", this.len);
       const neg = v < 0n;
       let mag = neg ? -1n - v : v;
-      const bytes: number[] = [];
-      while (mag > 0n) {
-        bytes.unshift(Number(mag & 0xffn));
-        mag >>= 8n;
+      const hex = mag ? mag.toString(16) : "";
+      const n = Math.ceil(hex.length / 2);
+      // Refused here too, so no writer produces a file or message its own reader refuses.
+      if (n > MAX_BIGNUM_BYTES) {
+        throw new CborError(
+          `bignum of ${n} bytes exceeds the ${MAX_BIGNUM_BYTES}-byte limit`,
+          this.len,
+        );
       }
+      const bytes = new Uint8Array(n);
+      for (let i = n - 1; i >= 0; i--, mag >>= 8n) bytes[i] = Number(mag & 0xffn);
       this.head(6, neg ? 3 : 2);
-      this.head(2, bytes.length);
-      return this.raw(Uint8Array.from(bytes));
+      this.head(2, n);
+      return this.raw(bytes);
     }
     if (typeof v === "string") {
       const b = new TextEncoder().encode(v);
@@ -185,6 +197,19 @@ class Reader {
     return n;
   }
 
+  /** Refuses a bignum longer than MAX_BIGNUM_BYTES from its head, before its bytes are read. */
+  private checkBignumHead() {
+    this.need(1);
+    const ib = this.buf[this.pos];
+    if (ib >> 5 !== 2) return; // not a byte string: tagged() names the flaw
+    const at = this.pos++;
+    const n = this.length(ib & 31);
+    this.pos = at;
+    if (n > MAX_BIGNUM_BYTES) {
+      throw new CborError(`bignum of ${n} bytes exceeds the ${MAX_BIGNUM_BYTES}-byte limit`, at);
+    }
+  }
+
   private bytes(n: number): Uint8Array {
     this.need(n);
     const b = this.buf.slice(this.pos, this.pos + n);
@@ -223,6 +248,13 @@ class Reader {
       }
       case 5: {
         const n = this.length(info);
+        // A key and a value take a byte each at least.
+        if (n * 2 > this.buf.length - this.pos) {
+          throw new CborError(
+            `map of ${n} entries exceeds the ${this.buf.length - this.pos} bytes left`,
+            this.pos,
+          );
+        }
         const out: Record<string, unknown> = {};
         for (let i = 0; i < n; i++) {
           const k = this.value(depth + 1);
@@ -250,6 +282,7 @@ class Reader {
   }
 
   private tagged(tag: number, depth: number, start: number): unknown {
+    if (tag === 2 || tag === 3) this.checkBignumHead();
     const inner = this.value(depth + 1);
     if (!(inner instanceof Uint8Array)) {
       throw new CborError(`tag ${tag} needs a byte string`, start);
@@ -264,8 +297,10 @@ class Reader {
     switch (tag) {
       case 2:
       case 3: {
-        let v = 0n;
-        for (const b of inner) v = (v << 8n) | BigInt(b);
+        // One hex parse is linear; shifting in byte by byte was quadratic in the bignum's length.
+        let hex = "0x0";
+        for (const b of inner) hex += b.toString(16).padStart(2, "0");
+        const v = BigInt(hex);
         return tag === 2 ? v : -1n - v;
       }
       case TYPED_TAGS.u16:

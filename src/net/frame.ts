@@ -58,10 +58,15 @@ export function encodeControl(message: unknown): Uint8Array<ArrayBuffer> {
   return encodeFrame(FrameKind.CONTROL, encodeCbor(message));
 }
 
+/** The payload of every empty frame: it has no bytes to change, so one serves all. */
+const EMPTY = new Uint8Array(0);
+
 /** Incremental frame decoder for one stream. */
 export class FrameDecoder {
   /** Received bytes not yet decoded, as chunks (joined only when a frame is complete). */
   private chunks: Uint8Array[] = [];
+  /** Bytes of chunks[0] already decoded: read by offset, so a frame costs no subarray of it. */
+  private off = 0;
   private buffered = 0;
   /** Header of the frame being received, once its 8 bytes are in. */
   private want?: { kind: FrameKind; len: number };
@@ -78,23 +83,35 @@ export class FrameDecoder {
   private take(n: number): Uint8Array {
     const first = this.chunks[0];
     let out: Uint8Array;
-    if (first.length >= n) {
-      out = first.subarray(0, n);
-      if (first.length === n) this.chunks.shift();
-      else this.chunks[0] = first.subarray(n);
+    if (first.length - this.off >= n) {
+      out = first.subarray(this.off, this.off + n);
+      this.off += n;
     } else {
       out = new Uint8Array(n);
       for (let o = 0; o < n;) {
         const c = this.chunks[0];
-        const k = Math.min(c.length, n - o);
-        out.set(c.subarray(0, k), o);
+        const k = Math.min(c.length - this.off, n - o);
+        out.set(c.subarray(this.off, this.off + k), o);
         o += k;
-        if (k === c.length) this.chunks.shift();
-        else this.chunks[0] = c.subarray(k);
+        this.off += k;
+        if (this.off === c.length) this.#next();
       }
     }
+    if (this.chunks.length && this.off === this.chunks[0].length) this.#next();
     this.buffered -= n;
     return out;
+  }
+
+  /** Drops `n` bytes of chunks[0], all there. */
+  private skip(n: number) {
+    this.off += n;
+    this.buffered -= n;
+    if (this.off === this.chunks[0].length) this.#next();
+  }
+
+  #next() {
+    this.chunks.shift();
+    this.off = 0;
   }
 
   /** Adds received bytes; returns every frame completed by them. Throws FrameError on bad input. */
@@ -107,22 +124,26 @@ export class FrameDecoder {
     for (;;) {
       if (!this.want) {
         if (this.buffered < FRAME_HEADER) break;
-        const h = this.take(FRAME_HEADER);
-        const dv = new DataView(h.buffer, h.byteOffset, h.byteLength);
-        if (dv.getUint16(0) !== FRAME_MAGIC) {
+        // Read in place when whole in one chunk: an array per header was most of a tiny frame's cost.
+        const c = this.chunks[0];
+        const inPlace = c.length - this.off >= FRAME_HEADER;
+        const h = inPlace ? c : this.take(FRAME_HEADER);
+        const at = inPlace ? this.off : 0;
+        if (inPlace) this.skip(FRAME_HEADER);
+        if (((h[at] << 8) | h[at + 1]) !== FRAME_MAGIC) {
           throw new FrameError("bad-magic", "not a dcres frame (wrong magic)");
         }
-        const version = dv.getUint8(2);
+        const version = h[at + 2];
         if (version !== FRAME_VERSION) {
           throw new FrameError(
             "unsupported-version",
             `frame version ${version} is not supported (this agent speaks ${FRAME_VERSION})`,
           );
         }
-        const kind = dv.getUint8(3) as FrameKind;
+        const kind = h[at + 3] as FrameKind;
         const limit = this.limits[kind];
         if (limit === undefined) throw new FrameError("bad-kind", `unknown frame kind ${kind}`);
-        const len = dv.getUint32(4);
+        const len = ((h[at + 4] << 24) | (h[at + 5] << 16) | (h[at + 6] << 8) | h[at + 7]) >>> 0;
         if (len > limit) {
           throw new FrameError(
             "too-large",
@@ -132,7 +153,7 @@ export class FrameDecoder {
         this.want = { kind, len };
       }
       if (this.buffered < this.want.len) break;
-      const payload = this.want.len ? this.take(this.want.len) : new Uint8Array(0);
+      const payload = this.want.len ? this.take(this.want.len) : EMPTY;
       frames.push({ kind: this.want.kind, payload });
       this.want = undefined;
     }

@@ -15,7 +15,9 @@ export interface ByteStream {
 export class FrameReader {
   readonly #reader: ReadableStreamDefaultReader<Uint8Array>;
   readonly #decoder: FrameDecoder;
-  readonly #queue: Frame[] = [];
+  /** Frames decoded, not yet returned: those of one chunk, taken from `#head` on. */
+  #queue: Frame[] = [];
+  #head = 0;
 
   constructor(readable: ReadableStream<Uint8Array>, limits?: Record<FrameKind, number>) {
     this.#reader = readable.getReader();
@@ -24,24 +26,32 @@ export class FrameReader {
 
   /** The next frame, or undefined where the stream ends; throws FrameError on bad input. */
   async next(): Promise<Frame | undefined> {
-    while (this.#queue.length === 0) {
+    while (this.#head === this.#queue.length) {
       const { value, done } = await this.#reader.read();
       if (done) {
         this.#decoder.end();
         return undefined;
       }
-      this.#queue.push(...this.#decoder.push(value));
+      // Replaced, not appended to, and read by index: shift() on the 131072 frames of one 1 MiB
+      // chunk of empty frames was quadratic (6 s), and push(...frames) overflowed the stack.
+      this.#queue = this.#decoder.push(value);
+      this.#head = 0;
     }
-    return this.#queue.shift();
+    return this.#queue[this.#head++];
   }
 
-  /** The next frame as a control message (a CBOR map), or undefined where the stream ends. */
+  /** The next frame as a control message (a CBOR map), or undefined at the end; throws FrameError or RpcError. */
   async message(): Promise<Record<string, unknown> | undefined> {
     const f = await this.next();
     if (!f) return undefined;
     if (f.kind !== FrameKind.CONTROL) throw new FrameError("bad-kind", "expected a control frame");
-    const m = decodeCbor(f.payload);
-    if (typeof m !== "object" || m === null) {
+    let m: unknown;
+    try {
+      m = decodeCbor(f.payload);
+    } catch (e) {
+      throw new RpcError("bad-request", `malformed message: ${(e as Error).message}`);
+    }
+    if (typeof m !== "object" || m === null || Array.isArray(m)) {
       throw new RpcError("bad-request", "message is not a map");
     }
     return m as Record<string, unknown>;

@@ -69,17 +69,26 @@ export class VmPageStore {
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const indexPath = join(dir, `${vm}.held`);
     const index = Deno.openSync(indexPath, { read: true, write: true, create: true });
-    const layout = indexLayout(pages);
-    const held = new Uint8Array(layout.bitmap);
-    const crcs = new Uint32Array(pages);
+    let held: Uint8Array, crcs: Uint32Array;
     let created = false;
     try {
       if (fresh) index.truncateSync(0);
-      if (index.statSync().size === 0) {
+      const size = index.statSync().size;
+      if (size === 0) {
+        const layout = indexLayout(pages);
         index.truncateSync(layout.size);
+        held = new Uint8Array(layout.bitmap);
+        crcs = new Uint32Array(pages);
         created = true;
       } else {
-        readIndex(index, indexPath, pages, held, crcs);
+        const head = new Uint8Array(HEADER);
+        readFull(index, 0, head);
+        // The header is checked before the rest is read, so the allocation is this VM's index.
+        const bytes = new Uint8Array(decodeIndexHeader(indexPath, head, pages, size));
+        if (readFull(index, 0, bytes) < bytes.length) {
+          throw indexFlaw(indexPath, "index shrank while it was read");
+        }
+        ({ held, crcs } = decodeIndex(indexPath, bytes, pages));
       }
     } catch (e) {
       index.close();
@@ -199,23 +208,28 @@ export class VmPageStore {
   }
 }
 
-/** Reads and checks an existing index into `held` and `crcs`; throws PageStoreError naming the flaw. */
-function readIndex(
-  f: Deno.FsFile,
+function indexFlaw(path: string, why: string): PageStoreError {
+  return new PageStoreError(
+    `${path}: ${why}; its pages cannot be trusted (stop the VM, or delete the file if it is gone)`,
+  );
+}
+
+/**
+ * Checks an index's header (its first HEADER bytes, of a file of `fileSize` bytes) against a VM of
+ * `pages` pages; returns how many bytes of the file are the index, so no more is read.
+ */
+export function decodeIndexHeader(
   path: string,
+  h: Uint8Array,
   pages: number,
-  held: Uint8Array,
-  crcs: Uint32Array,
-) {
-  const bad = (why: string) =>
-    new PageStoreError(
-      `${path}: ${why}; its pages cannot be trusted (stop the VM, or delete the file if it is gone)`,
-    );
-  const h = new Uint8Array(HEADER);
-  if (readFull(f, 0, h) < HEADER) throw bad("index is too short for its header");
-  const dv = new DataView(h.buffer);
+  fileSize: number,
+): number {
+  if (h.length < HEADER || fileSize < HEADER) {
+    throw indexFlaw(path, "index is too short for its header");
+  }
+  const dv = new DataView(h.buffer, h.byteOffset, HEADER);
   if (!hasMagic(h, 0, STORE_MAGIC)) {
-    throw bad("not a dcres page store index (wrong magic)");
+    throw indexFlaw(path, "not a dcres page store index (wrong magic)");
   }
   const major = dv.getUint16(8, true);
   if (major > STORE_VERSION.major) {
@@ -226,7 +240,7 @@ function readIndex(
     );
   }
   if (crc32(h.subarray(0, 20)) !== dv.getUint32(20, true)) {
-    throw bad("index header checksum mismatch");
+    throw indexFlaw(path, "index header checksum mismatch");
   }
   const had = dv.getUint32(12, true);
   if (had !== pages) {
@@ -234,12 +248,31 @@ function readIndex(
       `this host's page store ${path} has ${had} pages, the request says ${pages}`,
     );
   }
-  const layout = indexLayout(pages);
-  if (readFull(f, HEADER, held) < held.length) throw bad("index is truncated in its bitmap");
-  if (crc32(held) !== dv.getUint32(16, true)) throw bad("held bitmap checksum mismatch");
-  if (readFull(f, layout.crcs, new Uint8Array(crcs.buffer)) < crcs.byteLength) {
-    throw bad("index is truncated in its page checksums");
+  const { bitmap, size } = indexLayout(pages);
+  if (fileSize < HEADER + bitmap) throw indexFlaw(path, "index is truncated in its bitmap");
+  if (fileSize < size) throw indexFlaw(path, "index is truncated in its page checksums");
+  return size;
+}
+
+/**
+ * Decodes a whole index (`bytes`, from its first byte) of a VM of `pages` pages into the held bitmap
+ * and the page checksums, views of `bytes`; throws PageStoreError naming the flaw.
+ */
+export function decodeIndex(
+  path: string,
+  bytes: Uint8Array,
+  pages: number,
+): { held: Uint8Array; crcs: Uint32Array } {
+  decodeIndexHeader(path, bytes, pages, bytes.length);
+  const { bitmap, crcs } = indexLayout(pages);
+  const held = bytes.slice(HEADER, HEADER + bitmap);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, HEADER);
+  if (crc32(held) !== dv.getUint32(16, true)) {
+    throw indexFlaw(path, "held bitmap checksum mismatch");
   }
+  const table = new Uint32Array(pages);
+  new Uint8Array(table.buffer).set(bytes.subarray(crcs, crcs + pages * 4));
+  return { held, crcs: table };
 }
 
 /** Deletes the store files of `vm` under `dir`. */

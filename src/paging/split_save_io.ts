@@ -5,23 +5,17 @@
  */
 import * as libc from "../ffi/libc.ts";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
-import { gfnRuns } from "../memory/runs.ts";
+import { checkRuns, expandRuns, gfnRuns } from "../memory/runs.ts";
 import { presentPages, type RemotePager } from "./remote_pager.ts";
 import type { MainFragmentIo, SplitSaveIo, SubSaveLink } from "./split_session.ts";
 import type { SubLink } from "./sub_link.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
-/** Gfns from a sub-host's [first, count] runs, each checked to lie inside the VM's `pages`. */
+/** Gfns from a sub-host's [first, count] runs, all inside the VM's `pages`. */
 function fromRuns(host: string, runs: unknown, pages: number): number[] {
-  const out: number[] = [];
-  for (const run of Array.isArray(runs) ? runs : [runs]) {
-    const [s, n] = Array.isArray(run) ? run : [];
-    if (!Number.isSafeInteger(s) || !Number.isSafeInteger(n) || s < 0 || n < 0 || s + n > pages) {
-      throw new Error(`${host} answered a save with pages ${JSON.stringify(run)} outside the VM`);
-    }
-    for (let g = s; g < s + n; g++) out.push(g);
-  }
-  return out;
+  const refuse = (why: string) =>
+    new Error(`${host} answered a save with pages outside the VM: ${why}`);
+  return expandRuns(checkRuns(runs, pages, refuse).runs);
 }
 
 /** Where `bytes` are, for a FragmentWriter. */

@@ -130,10 +130,17 @@ export function encodePageReply(r: PageReply): Uint8Array {
 export function decodePageReply(b: Uint8Array): PageReply {
   if (b.length < HEADER) throw new PageWireError(`page reply of ${b.length} bytes is too short`);
   const dv = new DataView(b.buffer, b.byteOffset, b.byteLength);
-  const op = dv.getUint8(0) as PageOp, seq = dv.getUint32(4, true);
-  if (dv.getUint8(1) !== 0) {
+  const op = dv.getUint8(0) as PageOp, seq = dv.getUint32(4, true), status = dv.getUint8(1);
+  if (op !== PageOp.GET && op !== PageOp.PUT && op !== PageOp.RELEASE) {
+    throw new PageWireError(`unknown page operation ${op} in a reply`);
+  }
+  if (status === 1) {
+    if (b.length !== HEADER + dv.getUint32(12, true)) {
+      throw new PageWireError(`page reply of ${b.length} bytes does not match its error's length`);
+    }
     return { op, seq, error: new TextDecoder().decode(b.subarray(HEADER)) };
   }
+  if (status !== 0) throw new PageWireError(`page reply status ${status} is neither 0 nor 1`);
   const n = dv.getUint32(8, true);
   if (b.length !== HEADER + n * PAGE_SIZE) {
     throw new PageWireError(`page reply of ${b.length} bytes does not match its ${n} pages`);
