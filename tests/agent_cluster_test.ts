@@ -6,12 +6,13 @@
 import { noKvmReason } from "./helpers/accel.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { dcres } from "./helpers/cli.ts";
+import { testPort } from "./helpers/cluster.ts";
 import { encodeFrame, FrameKind } from "../src/net/frame.ts";
 import { selfCommand } from "../src/agent/spawn.ts";
 
 const env: Record<string, string> = {
   DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-cluster-" }),
-  DCRES_CLUSTER_PORT: "7471",
+  DCRES_CLUSTER_PORT: String(testPort(7471)),
   XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-client-" }),
 };
 const cluster = (...args: string[]) =>
@@ -163,7 +164,7 @@ Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it
       "--identity",
       `${dir}/identity`,
       "--metrics-port",
-      "9466",
+      String(testPort(9466)),
     ]);
     const agent = new Deno.Command(self.cmd, { args: self.args, stdout: "piped", stderr: "null" })
       .spawn();
@@ -183,7 +184,7 @@ Deno.test("an agent killed with -9 leaves its VM running; restarted, it lists it
     const st = JSON.parse((await ok(["--json", "status", "--data-dir", `${dir}/data`])).stdout);
     assertEquals(st.vms.map((v: { name: string }) => v.name), ["survivor"]);
     assertEquals(st.checkpoints[0].generations, 1);
-    const metrics = await (await fetch("http://127.0.0.1:9466/metrics")).text();
+    const metrics = await (await fetch(`http://127.0.0.1:${testPort(9466)}/metrics`)).text();
     assert(metrics.includes("dcres_vms 1"), metrics);
     assert(/dcres_checkpoint_store_bytes\{store="survivor"\} \d+/.test(metrics), metrics);
   } finally {

@@ -3,6 +3,14 @@ import { assert, assertEquals } from "./assert.ts";
 import { dcres } from "./cli.ts";
 import type { VmInfo } from "../../src/vmm/control/protocol.ts";
 
+/**
+ * A fixed test port moved by `DCRES_TEST_PORT_OFFSET`, so two checkouts can run their cluster tests
+ * at once on one machine without taking each other's ports.
+ */
+export function testPort(base: number): number {
+  return base + Number(Deno.env.get("DCRES_TEST_PORT_OFFSET") ?? "0");
+}
+
 /** One test's cluster: its own directory, port and client identity. */
 export class TestCluster {
   /** Environment of every command run against it. */
@@ -11,7 +19,7 @@ export class TestCluster {
   constructor(port: number) {
     this.env = {
       DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-cluster-" }),
-      DCRES_CLUSTER_PORT: String(port),
+      DCRES_CLUSTER_PORT: String(testPort(port)),
       XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-client-" }),
     };
   }
