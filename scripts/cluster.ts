@@ -27,18 +27,51 @@ function nodes(): string[] {
   }
 }
 
+/** Marks a client identity directory this script made, so a later `up` may replace it. */
+const OURS = ".made-by-dcres-cluster";
+
+/**
+ * Issues this cluster's operator identity into the cluster directory, and into the CLI's default
+ * place too unless an identity this script did not make is there: an operator's own is kept.
+ */
+async function issueClient(): Promise<string> {
+  const ca = join(root, "ca");
+  await issueHost({ caDir: ca, host: "client", role: "operator", outDir: join(root, "client") });
+  const dir = defaultClientIdentityDir();
+  let mine = true;
+  try {
+    Deno.statSync(join(dir, "host.crt"));
+    mine = existsSync(join(dir, OURS));
+  } catch {
+    // No identity there yet.
+  }
+  if (!mine) {
+    say(
+      `kept the client identity in ${dir}; for this cluster use DCRES_CERT=${root}/client/host.crt ` +
+        `DCRES_KEY=${root}/client/host.key DCRES_CA=${root}/client/ca.crt`,
+    );
+    return join(root, "client");
+  }
+  await issueHost({ caDir: ca, host: "client", role: "operator", outDir: dir, force: true });
+  Deno.writeTextFileSync(join(dir, OURS), "");
+  return dir;
+}
+
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 async function up(n: number) {
   if (!Number.isInteger(n) || n < 1 || n > 200) throw new Error(`up N: N must be 1..200, got ${n}`);
   if (nodes().length) await down();
   Deno.mkdirSync(root, { recursive: true, mode: 0o700 });
   await initCa(join(root, "ca"), { force: true });
-  await issueHost({
-    caDir: join(root, "ca"),
-    host: "client",
-    role: "operator",
-    outDir: defaultClientIdentityDir(),
-    force: true,
-  });
+  const client = await issueClient();
   const out: Array<{ name: string; addr: string }> = [];
   for (let i = 1; i <= n; i++) {
     const name = `node${i}`;
@@ -53,7 +86,7 @@ async function up(n: number) {
     out.push({ name, addr: `${ipOf(name)}:${PORT}` });
   }
   await Promise.all(out.map(({ name }) => start(name)));
-  say(`${n} agent(s) up; client identity in ${defaultClientIdentityDir()}`);
+  say(`${n} agent(s) up; client identity in ${client}`);
   console.log(JSON.stringify(out));
 }
 
