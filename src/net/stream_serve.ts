@@ -10,6 +10,9 @@ import { RpcError, toWireError } from "../rpc/errors.ts";
 import { encodeControl, encodeFrame, type Frame, FrameError, FrameKind } from "./frame.ts";
 import { type ByteStream, FrameReader } from "./frame_reader.ts";
 import { parseRequest, RPC_VERSION } from "./rpc_messages.ts";
+import { getLogger } from "@logtape/logtape";
+
+const log = getLogger(["dcres", "rpc"]);
 
 /** Serves the calls that arrive on `stream` from `caller` until it ends, then closes our side. */
 export async function serveFramedCalls(
@@ -22,11 +25,15 @@ export async function serveFramedCalls(
   const writer = stream.writable.getWriter();
   const reply = (id: number, o: CallOutcome) =>
     writer.write(encodeControl({ v: RPC_VERSION, id, ...o }));
-  const refuse = (e: unknown) =>
-    reply(-1, {
-      ok: false,
-      error: toWireError(e instanceof FrameError ? new RpcError("bad-request", e.message) : e),
+  const refuse = (e: unknown) => {
+    const error = toWireError(e instanceof FrameError ? new RpcError("bad-request", e.message) : e);
+    log.warn("refused bytes from {peer} on the {via} socket: {reason}", {
+      peer: caller.peer,
+      via: caller.via,
+      reason: error.message,
     });
+    return reply(-1, { ok: false, error });
+  };
   try {
     let frame = await reader.next();
     while (frame) {
