@@ -1,5 +1,6 @@
 /** The checkpoint operation of a running machine's control socket. */
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
+import { RpcError } from "../rpc/errors.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import type { CheckpointMode } from "./manifest.ts";
@@ -50,10 +51,10 @@ export function checkpointHandlers(
     checkpoint: async (req, ctx) => {
       const r = req as unknown as CheckpointRequest;
       if (typeof r.dir !== "string" || !r.dir.startsWith("/")) {
-        throw new CheckpointError("checkpoint: dir must be an absolute path");
+        throw new RpcError("bad-request", "checkpoint: dir must be an absolute path");
       }
       if (!MODES.includes(r.mode)) {
-        throw new CheckpointError(`checkpoint: mode must be one of ${MODES.join(", ")}`);
+        throw new RpcError("bad-request", `checkpoint: mode must be one of ${MODES.join(", ")}`);
       }
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);

@@ -7,6 +7,7 @@ import type { CheckpointOptions, CheckpointReport } from "../ckpt/transaction.ts
 import type { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
+import { RpcError } from "../rpc/errors.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import { dataRegion } from "../vmm/guests/memstamp/layout.ts";
 import type { Machine } from "../vmm/machine.ts";
@@ -39,7 +40,8 @@ export class SplitControl {
 
   private options(split: SplitRequest): PagerOptions {
     if (this.m.spec.guest !== "memstamp") {
-      throw new Error(
+      throw new RpcError(
+        "bad-request",
         `split VMs run memstamp guests for now; ${this.m.spec.name} runs ${this.m.spec.guest}`,
       );
     }
@@ -157,7 +159,9 @@ export class SplitControl {
     try {
       return await fn();
     } catch (e) {
-      throw new Error(`${what} ${this.m.spec.name}: ${(e as Error).message}`);
+      // The caller is told what failed, and an RPC error keeps its code across the control socket.
+      const message = `${what} ${this.m.spec.name}: ${(e as Error).message}`;
+      throw e instanceof RpcError ? new RpcError(e.code, message) : new Error(message);
     } finally {
       this.busy = false;
     }
@@ -184,7 +188,7 @@ export class SplitControl {
           if (!this.pager) throw new Error("it is not split");
           const { from, to } = req as { from?: unknown; to?: unknown };
           if (typeof from !== "string" || typeof to !== "string") {
-            throw new Error("move-sub needs from and to (HOST:PORT)");
+            throw new RpcError("bad-request", "move-sub needs from and to (HOST:PORT)");
           }
           return this.pager.moveSub(from, to);
         }),
