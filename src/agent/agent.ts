@@ -10,7 +10,7 @@ import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/in
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcServer } from "../net/quic.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
-import { RpcError } from "../rpc/errors.ts";
+import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
@@ -91,15 +91,16 @@ export class Agent {
   static async start(cfg: AgentConfig): Promise<Agent> {
     const identity: Identity = loadIdentity(cfg.identityDir);
     const me = await verifyPeerCertificate(identity.certPem, identity.caPem);
-    if (!me.ok) throw new RpcError("unauthenticated", `${cfg.identityDir}: ${me.reason}`);
+    if (!me.ok) {
+      throw new ConfigError(
+        `${cfg.identityDir}: ${me.reason}; give this agent an identity the cluster CA signed ('dcres ca issue')`,
+      );
+    }
     Deno.mkdirSync(join(cfg.dataDir, "run"), { recursive: true, mode: 0o700 });
     Deno.mkdirSync(join(cfg.dataDir, "ckpt"), { recursive: true, mode: 0o700 });
     const m = /^(.+):(\d+)$/.exec(cfg.listen);
     if (!m) {
-      throw new RpcError(
-        "bad-request",
-        `--listen ${cfg.listen}: use HOST:PORT, e.g. 127.0.0.2:7400`,
-      );
+      throw new ConfigError(`--listen ${cfg.listen}: use HOST:PORT, e.g. 127.0.0.2:7400`);
     }
     const t0 = performance.now();
     const stores = new PageStores(

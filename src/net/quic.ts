@@ -9,7 +9,7 @@
  */
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
 import { withTimeout } from "../rpc/deadline.ts";
-import { RpcError } from "../rpc/errors.ts";
+import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
 import { FrameReader } from "./frame_reader.ts";
 import {
@@ -194,7 +194,11 @@ export class RpcClient {
     transport: Deno.QuicTransportOptions = { keepAliveInterval: 5000 },
   ): Promise<RpcClient> {
     const m = /^(.+):(\d+)$/.exec(addr);
-    if (!m) throw new RpcError("bad-request", `agent address "${addr}" is not HOST:PORT`);
+    if (!m) {
+      throw new ConfigError(
+        `agent address "${addr}" is not HOST:PORT; give it as e.g. 127.0.0.1:7400 or [::1]:7400`,
+      );
+    }
     const hostname = m[1].replace(/^\[|\]$/g, "");
     let conn: Deno.QuicConn;
     try {
