@@ -234,6 +234,7 @@ export class RemotePager {
    */
   withMemory<T>(fn: () => Promise<T> | T): Promise<T> {
     const p = this.#memoryLock.then(fn);
+    // The lock only orders the moves; `p`'s own caller sees its failure.
     this.#memoryLock = p.catch(() => {});
     return p;
   }

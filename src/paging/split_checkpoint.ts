@@ -107,7 +107,16 @@ function subParticipant(l: SubLink, b: CheckpointBegun, opts: CheckpointOptions)
     },
     // A host that cannot be told (it may be why the checkpoint failed) drops the generation at its
     // next begin, and refuses nothing of this one that is committed elsewhere: none is.
-    abort: () => l.call("pages.save.abort", { id }).then(() => {}, () => {}),
+    abort: () =>
+      l.call("pages.save.abort", { id }).then(
+        () => {},
+        (e) =>
+          log.debug("sub-host {host} was not told checkpoint {id} is abandoned: {error}", {
+            host: l.host,
+            id,
+            error: (e as Error).message,
+          }),
+      ),
   } satisfies CheckpointParticipant;
 }
 

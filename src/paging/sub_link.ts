@@ -243,7 +243,14 @@ export class SubLink {
 
   /** Deletes the VM's pages on the sub-host (the VM is gone). */
   async drop(): Promise<void> {
-    await this.client?.call("pages.drop", { vm: this.vm }, { deadlineMs: 10_000 }).catch(() => {});
+    await this.client?.call("pages.drop", { vm: this.vm }, { deadlineMs: 10_000 }).catch((e) =>
+      // Best effort: the VM is gone either way, and a sub-host drops a VM's pages at its next split.
+      log.warn("sub-host {host} did not drop the pages of {vm}: {error}", {
+        host: this.host,
+        vm: this.vm,
+        error: (e as Error).message,
+      })
+    );
   }
 
   /** Closes the link. */
