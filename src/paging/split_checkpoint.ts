@@ -29,6 +29,7 @@ import { saveSplitPages } from "./split_save.ts";
 import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
 import type { SubLink } from "./sub_link.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
 
@@ -174,7 +175,7 @@ export async function takeSplitCheckpoint(
             machine = m.save();
             opts.onConsistencyPoint?.();
           },
-          wait: () => new Promise((r) => setTimeout(r, 5)),
+          wait: () => sleep(5),
           now: () => performance.now(),
           onProgress: opts.onProgress,
         });

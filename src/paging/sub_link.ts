@@ -11,6 +11,7 @@ import { RpcClient } from "../net/quic.ts";
 import { PageStoreError } from "./page_store.ts";
 import { ReleaseQueue } from "./release_queue.ts";
 import { decodePageReply, encodePageRequest, PageOp } from "./wire.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 /** A sub-host cannot be reached; its pages cannot be served until it is back. */
 export class SubHostDownError extends Error {
@@ -172,7 +173,7 @@ export class SubLink {
     this.reconnecting = true;
     try {
       while (!stopped() && this.down) {
-        await new Promise((r) => setTimeout(r, RECONNECT_MS));
+        await sleep(RECONNECT_MS);
         try {
           await this.connect();
         } catch {
