@@ -58,7 +58,7 @@ async function remoteConsole(g: GlobalOptions, name: string, relay: ConsoleRelay
   const keys = new Inbox();
   const leave = new AbortController();
   announce(name);
-  relay.attach((b) => keys.push(b));
+  relay.attach((b) => void keys.push(b));
   void relay.escaped.then(() => {
     keys.end();
     leave.abort();

@@ -75,7 +75,8 @@ class Channel {
         REQUEST_TIMEOUT_MS,
       );
       this.pending.push({ seq, resolve, reject, timer });
-      this.inbox.push(msg);
+      // Requests queue in order; the ones in flight are bounded by the callers, not by waiting here.
+      void this.inbox.push(msg);
     });
   }
 
