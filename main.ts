@@ -21,6 +21,32 @@ import { DCRES_VERSION } from "./src/ckpt/format.ts";
 import { DEFAULT_CHECKPOINT_MODE } from "./src/ckpt/manifest.ts";
 import { DEFAULT_MAX_DOWNTIME_MS } from "./src/ckpt/transaction.ts";
 
+/** Levels `--log-level` takes. */
+const LOG_LEVELS = ["debug", "info", "warning", "error"] as const;
+
+/** A level `--log-level` takes. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** Sends dcres's log records at `level` and above to stderr as JSON lines. */
+async function configureLogging(level: LogLevel): Promise<void> {
+  await configure({
+    sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter: jsonLinesFormatter }) },
+    loggers: [
+      { category: ["dcres"], lowestLevel: level, sinks: ["stderr"] },
+      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
+    ],
+  });
+}
+
+/**
+ * The level a command logs at: the long-running processes (the top-level `vmm` and `agent`
+ * commands) log info and up, for their log files; any other command what --log-level says.
+ */
+function logLevelOf(action: Command, level: LogLevel): LogLevel {
+  const topLevel = action.parent !== null && action.parent.parent === null;
+  return topLevel && (action.name() === "vmm" || action.name() === "agent") ? "info" : level;
+}
+
 /** Options every command that starts a VM takes. */
 function machineOptions(c: Command): Command {
   return c
@@ -36,7 +62,14 @@ function machineOptions(c: Command): Command {
     .option("--timer-hz <hz>", "memstamp: LAPIC timer frequency (0: off)");
 }
 
-function program(exit: (code: number) => void): Command {
+/**
+ * The dcres command line; `exit` receives a command's exit code, `logAt` the level its logging
+ * starts at, before the command runs.
+ */
+export function program(
+  exit: (code: number) => void,
+  logAt: (level: LogLevel) => Promise<void> = configureLogging,
+): Command {
   const p = new Command("dcres")
     .description(
       "KVM VMs with memory split across hosts; parallel, consistent, live checkpoint and restore",
@@ -47,7 +80,11 @@ function program(exit: (code: number) => void): Command {
       "--state-dir <dir>",
       "directory of VM control sockets (default $XDG_RUNTIME_DIR/dcres or /run/dcres)",
     )
-    .option("--log-level <level>", "debug, info, warning or error", "warning")
+    .addOption(
+      new Option("--log-level <level>", "debug, info, warning or error")
+        .choices(LOG_LEVELS)
+        .default("warning"),
+    )
     .option(
       "--agent <addr>",
       "talk to the agent at HOST:PORT (or $DCRES_AGENT) instead of local VMs",
@@ -57,7 +94,8 @@ function program(exit: (code: number) => void): Command {
     .option("--ca <file>", "cluster CA certificate for --agent (or $DCRES_CA)")
     .enablePositionalOptions()
     .exitOverride()
-    .configureOutput({ writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) });
+    .configureOutput({ writeErr: (s) => Deno.stderr.writeSync(new TextEncoder().encode(s)) })
+    .hook("preAction", (_p, action) => logAt(logLevelOf(action, p.opts().logLevel)));
   const g = (): GlobalOptions => p.opts();
   const act = <A extends unknown[]>(fn: (...a: A) => Promise<number>) => async (...a: A) =>
     exit(await fn(...a));
@@ -248,23 +286,6 @@ function program(exit: (code: number) => void): Command {
 }
 
 async function main(argv: string[]): Promise<number> {
-  const levelArg = argv.indexOf("--log-level");
-  const level = (levelArg >= 0 ? argv[levelArg + 1] : "warning") as
-    | "debug"
-    | "info"
-    | "warning"
-    | "error";
-  await configure({
-    sinks: { stderr: getStreamSink(Deno.stderr.writable, { formatter: jsonLinesFormatter }) },
-    loggers: [
-      {
-        category: ["dcres"],
-        lowestLevel: argv.includes("vmm") || argv.includes("agent") ? "info" : level,
-        sinks: ["stderr"],
-      },
-      { category: ["logtape", "meta"], lowestLevel: "error", sinks: ["stderr"] },
-    ],
-  });
   let code: number = EXIT.OK;
   const p = program((c) => (code = c));
   try {

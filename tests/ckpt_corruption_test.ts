@@ -1143,3 +1143,20 @@ Deno.test("restore refuses a committed generation whose manifest is damaged, nam
     Deno.writeFileSync(file, bytes);
     assertThrows(() => OpenCheckpoint.open(root), CheckpointFormatError, `${file}: at byte `);
   }));
+
+Deno.test("restore of part of a checkpoint whose fragment is bad fails with that fragment's error, not a TypeError from the cleanup", () =>
+  withTempDir(async (root) => {
+    const { dir, manifest } = await committedStore(root);
+    // Fragment 0 is another host's (left out by `only`); fragment 1, ours, is not this checkpoint's.
+    const ours = {
+      ...manifest.fragments[0],
+      host: "sub1",
+      footerCrc: manifest.fragments[0].footerCrc ^ 1,
+    };
+    commitManifest(dir, { ...manifest, fragments: [manifest.fragments[0], ours] });
+    assertThrows(
+      () => OpenCheckpoint.open(root, new Set([1])),
+      CheckpointFormatError,
+      "fragment does not belong to this checkpoint",
+    );
+  }));

@@ -1,8 +1,9 @@
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
-import { loadIdentity } from "../src/net/identity.ts";
+import { type Identity, loadIdentity } from "../src/net/identity.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { RpcClient, RpcServer } from "../src/net/quic.ts";
 import { RpcError } from "../src/net/rpc_messages.ts";
+import { ConfigError } from "../src/rpc/errors.ts";
 
 async function identities() {
   const d = Deno.makeTempDirSync({ prefix: "dcres-quic-" });
@@ -279,4 +280,13 @@ Deno.test("over QUIC a thousand random frames on an authenticated connection get
     c.close();
     server.close();
   }
+});
+
+Deno.test("an agent address that is not HOST:PORT is a local configuration error, not a peer's bad-request", async () => {
+  const e = await assertRejects(
+    () => RpcClient.connect("agent1", {} as Identity),
+    ConfigError,
+    `agent address "agent1" has no port; write HOST:PORT`,
+  );
+  assert(!(e instanceof RpcError), "no peer refused anything");
 });

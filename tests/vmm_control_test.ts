@@ -4,6 +4,10 @@ import { RpcError } from "../src/rpc/errors.ts";
 import { UnixSocketServer } from "../src/rpc/unix_server.ts";
 import { ControlError, openConsole, request, socketPath } from "../src/vmm/control/client.ts";
 import { serveControlConnection } from "../src/vmm/control/transport.ts";
+import { checkpointHandlers } from "../src/ckpt/control.ts";
+import type { DirtyTracker } from "../src/memory/dirty_tracker.ts";
+import { SplitControl } from "../src/paging/control.ts";
+import type { Machine } from "../src/vmm/machine.ts";
 
 /** A control socket for VM "vm1" in a fresh state directory, serving `handlers`. */
 function serve(handlers: Record<string, RpcHandler>, afterReply = {}) {
@@ -103,6 +107,31 @@ Deno.test("on a VMM's control socket the console streams raw bytes both ways", a
     }
     assertEquals(seen, "login: ROOT\n");
     conn.close();
+  } finally {
+    server.close();
+  }
+});
+
+Deno.test("a checkpoint or split request that cannot apply reaches the caller as bad-request, not a flat failure", async () => {
+  const vm = { onClose: () => {}, isStopped: false };
+  const machine = { vm, spec: { name: "vm1", guest: "linux" } } as unknown as Machine;
+  const { stateDir, server } = serve({
+    ...checkpointHandlers(machine, {} as DirtyTracker),
+    ...new SplitControl(machine, {} as DirtyTracker).handlers(),
+  });
+  try {
+    const refused = (req: Parameters<typeof request>[2]) =>
+      assertRejects(() => request(stateDir, "vm1", req), ControlError);
+    const rel = await refused({ op: "checkpoint", dir: "ckpt", mode: "stop" });
+    assertEquals((rel as RpcError).code, "bad-request");
+    assertEquals(rel.message, "VM vm1: checkpoint: dir must be an absolute path");
+    const mode = await refused({ op: "checkpoint", dir: "/tmp/x", mode: "fast" });
+    assertEquals((mode as RpcError).code, "bad-request");
+    const split = await refused({ op: "split", mainMemBytes: 1, subs: ["h:1"] });
+    assertEquals((split as RpcError).code, "bad-request", split.message);
+    assert(split.message.includes("split vm1: split VMs run memstamp guests"), split.message);
+    const check = await refused({ op: "paging.check" });
+    assertEquals((check as RpcError).code, "failed", "an operation that failed stays a failure");
   } finally {
     server.close();
   }

@@ -14,7 +14,7 @@ import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/ident
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
-import { RpcError } from "../rpc/errors.ts";
+import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
@@ -94,14 +94,18 @@ export class Agent {
   static async start(cfg: AgentConfig): Promise<Agent> {
     const identity: Identity = loadIdentity(cfg.identityDir);
     const me = await verifyPeerCertificate(identity.certPem, identity.caPem);
-    if (!me.ok) throw new RpcError("unauthenticated", `${cfg.identityDir}: ${me.reason}`);
+    if (!me.ok) {
+      throw new ConfigError(
+        `${cfg.identityDir}: ${me.reason}; give this agent an identity the cluster CA signed ('dcres ca issue')`,
+      );
+    }
     Deno.mkdirSync(join(cfg.dataDir, "run"), { recursive: true, mode: 0o700 });
     Deno.mkdirSync(join(cfg.dataDir, "ckpt"), { recursive: true, mode: 0o700 });
     let listen: HostPort;
     try {
       listen = parseHostPort(cfg.listen, { anyPort: true });
     } catch (e) {
-      throw new RpcError("bad-request", `--listen ${(e as Error).message}, e.g. 127.0.0.2:7400`);
+      throw new ConfigError(`--listen ${(e as Error).message}, e.g. 127.0.0.2:7400`);
     }
     const t0 = performance.now();
     const stores = new PageStores(

@@ -9,6 +9,7 @@ import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { PageStores } from "../paging/page_store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { nextTurn } from "../rpc/deadline.ts";
 
 const BATCH = 1024;
 
@@ -47,7 +48,7 @@ export function pageLoadHandlers(
           store.put(part, buf.subarray(0, part.length * PAGE_SIZE));
           ctx.progress({ done: i + part.length, total: gfns.length });
           // The agent's other work (page channels of running VMs) gets a turn between batches.
-          await new Promise((r) => setTimeout(r, 0));
+          await nextTurn();
         }
         return { heldPages: store.heldPages, ms: performance.now() - t0 };
       } finally {

@@ -7,6 +7,7 @@ import type { MachineSpec } from "../vmm/machine.ts";
 import { VmmStartError } from "./errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
 import { targetSpecOf } from "../ckpt/store.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 /** Deno permission flags the VMM process needs. */
 export const VMM_PERMISSIONS = [
@@ -86,7 +87,7 @@ export async function spawnVmm(
         throw new VmmStartError(`${spec.name}: the VMM process exited at start: ${lastLine(log)}`);
       }
     }
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
   }
   throw new VmmStartError(`${spec.name}: the VMM did not answer within 60 s; see ${log}`);
 }
@@ -120,7 +121,7 @@ export async function spawnRestore(
   ]);
   const deadline = performance.now() + 120_000;
   while (info.restore?.residentMs === undefined && performance.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 50));
+    await sleep(50);
     info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
   }
   return { name: spec.name, pid: info.pid, ...info.restore };

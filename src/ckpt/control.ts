@@ -1,5 +1,6 @@
 /** The checkpoint operation of a running machine's control socket. */
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
+import { RpcError } from "../rpc/errors.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { CHECKPOINT_MODES, type CheckpointMode, isCheckpointMode } from "./manifest.ts";
@@ -53,10 +54,13 @@ export function checkpointHandlers(
     checkpoint: async (req, ctx) => {
       const r = req as unknown as CheckpointRequest;
       if (typeof r.dir !== "string" || !r.dir.startsWith("/")) {
-        throw new CheckpointError("checkpoint: dir must be an absolute path");
+        throw new RpcError("bad-request", "checkpoint: dir must be an absolute path");
       }
       if (!isCheckpointMode(r.mode)) {
-        throw new CheckpointError(`checkpoint: mode must be one of ${CHECKPOINT_MODES.join(", ")}`);
+        throw new RpcError(
+          "bad-request",
+          `checkpoint: mode must be one of ${CHECKPOINT_MODES.join(", ")}`,
+        );
       }
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);

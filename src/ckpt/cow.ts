@@ -10,6 +10,7 @@ import { FEATURE, REGISTER_MODE, Userfaultfd } from "../ffi/uffd.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
 import type { FragmentWriter, PageSource } from "./fragment_writer.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { nextTurn } from "../rpc/deadline.ts";
 
 const PROTECT_STEP = 64 << 20;
 
@@ -60,7 +61,7 @@ export class CowSession implements CowSaver {
           false,
         );
         s.serve();
-        await new Promise((r) => setTimeout(r, 0));
+        await nextTurn();
       }
     } catch (e) {
       s.close();

@@ -8,6 +8,7 @@ import type { Userfaultfd } from "../ffi/uffd.ts";
 import { copyPages, zeroPages } from "../memory/page_install.ts";
 import type { OpenCheckpoint } from "./open_checkpoint.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { nextTurn } from "../rpc/deadline.ts";
 
 /** Pages installed per step (2 MiB): bounds how long a guest fault waits behind one. */
 const BATCH_PAGES = 512;
@@ -81,7 +82,7 @@ export class LazyFill {
       this.install(this.#nextBatch());
       if (performance.now() - lastYield >= (pass.yieldMs ?? 0)) {
         pass.onYield?.();
-        await new Promise((r) => setTimeout(r, 0));
+        await nextTurn();
         lastYield = performance.now();
       }
     }

@@ -19,8 +19,8 @@ export class OpenCheckpoint {
     readonly dir: string,
     /** Its manifest. */
     readonly manifest: Manifest,
-    /** Readers, by the manifest's fragment index. */
-    readonly readers: FragmentReader[],
+    /** Readers, by the manifest's fragment index (none for a fragment left out by `only`). */
+    readonly readers: (FragmentReader | undefined)[],
     /** Fragment index of each gfn. */
     readonly fragmentOf: Uint32Array,
     /** Index of each gfn in its fragment's page table. */
@@ -34,53 +34,52 @@ export class OpenCheckpoint {
   static open(path: string, only?: ReadonlySet<number>): OpenCheckpoint {
     const { root, dir, manifest } = resolveCheckpoint(path);
     const { pages, perFragment } = checkPageMap(join(dir, "MANIFEST"), manifest);
-    const readers: FragmentReader[] = [];
-    try {
-      for (const [k, f] of manifest.fragments.entries()) {
-        if (only && !only.has(k)) {
-          readers.push(undefined as unknown as FragmentReader);
-          continue;
-        }
-        const r = FragmentReader.open(join(root, f.path));
-        readers.push(r);
-        if (r.footerCrc !== f.footerCrc) {
-          throw new CheckpointFormatError(
-            r.path,
-            r.size - 4,
-            `fragment does not belong to this checkpoint (footer CRC ${
-              r.footerCrc.toString(16)
-            }, manifest expects ${f.footerCrc.toString(16)})`,
-          );
-        }
-        // Held against the real file before the per-page tables below are sized by the manifest.
-        if (r.pages < perFragment[k]) {
-          throw new CheckpointFormatError(
-            r.path,
-            0,
-            `fragment indexes ${r.pages} pages, the manifest's page map gives it ${perFragment[k]}`,
-          );
-        }
+    // Every reader opened is closed if anything below fails, and the failure is what the caller
+    // sees; once the checkpoint is open, its readers are its own to close.
+    using opened = new DisposableStack();
+    const readers: (FragmentReader | undefined)[] = [];
+    for (const [k, f] of manifest.fragments.entries()) {
+      if (only && !only.has(k)) {
+        readers.push(undefined);
+        continue;
       }
-      const fragmentOf = expandPageMap(manifest.pageMap, pages);
-      const indexOf = new Uint32Array(pages);
-      for (let g = 0; g < pages; g++) {
-        const r = readers[fragmentOf[g]];
-        if (!r) continue;
-        const i = r.find(g);
-        if (i < 0) {
-          throw new CheckpointFormatError(
-            r.path,
-            0,
-            `page gfn ${g} is missing from this fragment, which the manifest says holds it`,
-          );
-        }
-        indexOf[g] = i;
+      const r = opened.adopt(FragmentReader.open(join(root, f.path)), (r) => r.close());
+      readers.push(r);
+      if (r.footerCrc !== f.footerCrc) {
+        throw new CheckpointFormatError(
+          r.path,
+          r.size - 4,
+          `fragment does not belong to this checkpoint (footer CRC ${
+            r.footerCrc.toString(16)
+          }, manifest expects ${f.footerCrc.toString(16)})`,
+        );
       }
-      return new OpenCheckpoint(dir, manifest, readers, fragmentOf, indexOf);
-    } catch (e) {
-      for (const r of readers) r.close();
-      throw e;
+      // Held against the real file before the per-page tables below are sized by the manifest.
+      if (r.pages < perFragment[k]) {
+        throw new CheckpointFormatError(
+          r.path,
+          0,
+          `fragment indexes ${r.pages} pages, the manifest's page map gives it ${perFragment[k]}`,
+        );
+      }
     }
+    const fragmentOf = expandPageMap(manifest.pageMap, pages);
+    const indexOf = new Uint32Array(pages);
+    for (let g = 0; g < pages; g++) {
+      const r = readers[fragmentOf[g]];
+      if (!r) continue;
+      const i = r.find(g);
+      if (i < 0) {
+        throw new CheckpointFormatError(
+          r.path,
+          0,
+          `page gfn ${g} is missing from this fragment, which the manifest says holds it`,
+        );
+      }
+      indexOf[g] = i;
+    }
+    opened.move();
+    return new OpenCheckpoint(dir, manifest, readers, fragmentOf, indexOf);
   }
 
   /** Loads pages `gfns` (ascending within each fragment for sequential reads) into guest memory. */
@@ -104,12 +103,12 @@ export class OpenCheckpoint {
       e.idx.push(this.indexOf[g]);
       e.off.push(offsets ? offsets[k] : g * PAGE_SIZE);
     }
-    for (const [f, e] of byFrag) this.readers[f].readInto(e.idx, dst, base, e.off);
+    for (const [f, e] of byFrag) this.#reader(f).readInto(e.idx, dst, base, e.off);
   }
 
   /** True when page `g` is recorded as zero. */
   isZero(g: number): boolean {
-    return (this.readers[this.fragmentOf[g]].pageFlags[this.indexOf[g]] & PAGE_FLAG.ZERO) !== 0;
+    return (this.#reader(this.fragmentOf[g]).pageFlags[this.indexOf[g]] & PAGE_FLAG.ZERO) !== 0;
   }
 
   /** Gfns whose copy is in one of the fragments `only` names. */
@@ -117,6 +116,13 @@ export class OpenCheckpoint {
     const out: number[] = [];
     for (let g = 0; g < this.fragmentOf.length; g++) if (only.has(this.fragmentOf[g])) out.push(g);
     return out;
+  }
+
+  /** The reader of fragment `f`, which must be one this host opened. */
+  #reader(f: number): FragmentReader {
+    const r = this.readers[f];
+    if (!r) throw new Error(`fragment ${f} of ${this.dir} is not opened on this host`);
+    return r;
   }
 
   /** Closes the fragments. */

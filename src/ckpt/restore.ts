@@ -49,36 +49,36 @@ export interface Restored {
 /** Opens a checkpoint and builds the machine from it (memory loaded unless lazy). */
 export function restoreCheckpoint(opts: RestoreOptions): Restored {
   const t0 = performance.now();
-  const ck = OpenCheckpoint.open(opts.path, opts.only);
+  // If building fails, what was opened is closed and the failure itself reaches the caller.
+  using opened = new DisposableStack();
+  const ck = opened.adopt(OpenCheckpoint.open(opts.path, opts.only), (c) => c.close());
   const state: MachineState = structuredClone(ck.manifest.machine);
   if (opts.name) {
     state.spec.name = opts.name;
     state.vm.config.name = opts.name;
   }
-  const memory = GuestMemory.create(state.spec.memSize, `dcres-${state.spec.name}`);
-  try {
-    let pager: LazyPager | undefined;
-    if (opts.lazy && opts.only) {
-      // The split's pager installs main's pages from the checkpoint on demand.
-    } else if (opts.lazy) {
-      pager = new LazyPager(ck, memory, opts.onProgress);
-      // The VMM itself reads the low pages (guest status, boot structures); fault-free, they must be in.
-      pager.preload(Math.min(memory.pages, HOST_READ_PAGES));
-    } else {
-      const gfns = opts.only ? ck.pagesOf(opts.only) : undefined;
-      const pages = gfns ? gfns.length : memory.pages;
-      const step = 16384;
-      for (let i = 0; i < pages; i += step) {
-        const n = Math.min(step, pages - i);
-        ck.load(memory, gfns ? gfns.slice(i, i + n) : Array.from({ length: n }, (_, k) => i + k));
-        opts.onProgress?.((i + n) * PAGE_SIZE, pages * PAGE_SIZE);
-      }
+  const memory = opened.adopt(
+    GuestMemory.create(state.spec.memSize, `dcres-${state.spec.name}`),
+    (m) => m.close(),
+  );
+  let pager: LazyPager | undefined;
+  if (opts.lazy && opts.only) {
+    // The split's pager installs main's pages from the checkpoint on demand.
+  } else if (opts.lazy) {
+    pager = new LazyPager(ck, memory, opts.onProgress);
+    // The VMM itself reads the low pages (guest status, boot structures); fault-free, they must be in.
+    pager.preload(Math.min(memory.pages, HOST_READ_PAGES));
+  } else {
+    const gfns = opts.only ? ck.pagesOf(opts.only) : undefined;
+    const pages = gfns ? gfns.length : memory.pages;
+    const step = 16384;
+    for (let i = 0; i < pages; i += step) {
+      const n = Math.min(step, pages - i);
+      ck.load(memory, gfns ? gfns.slice(i, i + n) : Array.from({ length: n }, (_, k) => i + k));
+      opts.onProgress?.((i + n) * PAGE_SIZE, pages * PAGE_SIZE);
     }
-    const machine = Machine.restore({ memory, io: opts.io, accel: opts.accel }, state);
-    return { machine, checkpoint: ck, pager, loadMs: performance.now() - t0 };
-  } catch (e) {
-    memory.close();
-    ck.close();
-    throw e;
   }
+  const machine = Machine.restore({ memory, io: opts.io, accel: opts.accel }, state);
+  opened.move();
+  return { machine, checkpoint: ck, pager, loadMs: performance.now() - t0 };
 }

@@ -38,10 +38,16 @@ export async function consoleCommand(
 async function localConsole(g: GlobalOptions, name: string, relay: ConsoleRelay) {
   const { conn, output } = await openConsole(stateDirOf(g), name);
   announce(name);
-  relay.attach((b) => void conn.write(b).catch(() => {}));
+  relay.attach((b) =>
+    void conn.write(b).catch(() => {
+      // The VMM closed the console: the output pump below ends and so does the session.
+    })
+  );
   const pump = (async () => {
     for await (const chunk of output) relay.write(chunk);
-  })().catch(() => {});
+  })().catch(() => {
+    // The connection broke: the console session ends as when the VMM closes it.
+  });
   await Promise.race([relay.escaped, pump]);
   closeQuietly(conn);
 }
@@ -52,7 +58,7 @@ async function remoteConsole(g: GlobalOptions, name: string, relay: ConsoleRelay
   const keys = new Inbox();
   const leave = new AbortController();
   announce(name);
-  relay.attach((b) => keys.push(b));
+  relay.attach((b) => void keys.push(b));
   void relay.escaped.then(() => {
     keys.end();
     leave.abort();

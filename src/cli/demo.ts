@@ -11,8 +11,7 @@ import { Machine, type MachineSpec } from "../vmm/machine.ts";
 import { noteSlowGuestKernel, openAcceleratorFlag } from "./accel_flag.ts";
 import { CommandFailed, EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, parseSize } from "./units.ts";
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import { sleep } from "../rpc/deadline.ts";
 
 /** Runs the demo; `out` keeps the checkpoint store (default: a temporary directory, removed). */
 export async function demoCommand(

@@ -9,7 +9,7 @@
  */
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
 import { withTimeout } from "../rpc/deadline.ts";
-import { RpcError } from "../rpc/errors.ts";
+import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
 import { FrameReader } from "./frame_reader.ts";
@@ -259,7 +259,7 @@ export class RpcClient {
     try {
       at = parseHostPort(addr);
     } catch (e) {
-      throw new RpcError("bad-request", `agent address ${(e as Error).message}`);
+      throw new ConfigError(`agent address ${(e as Error).message}`);
     }
     const { hostname, port } = at;
     let conn: Deno.QuicConn;

@@ -16,8 +16,11 @@ export interface CallOptions {
   deadlineMs?: number;
   /** Receives progress messages. */
   onProgress?: (p: unknown) => void;
-  /** Receives the handler's DATA frames. */
-  onData?: (bytes: Uint8Array) => void;
+  /**
+   * Receives the handler's DATA frames; when it returns a promise (a bounded inbox's push), the next
+   * frame is read once that has settled.
+   */
+  onData?: (bytes: Uint8Array) => unknown;
   /** Sent to the handler as DATA frames, then the end of the upload. */
   upload?: AsyncIterable<Uint8Array>;
   /** Cancels the call: the agent is told, and the call rejects with code "cancelled". */
@@ -62,7 +65,7 @@ export async function callOnStream<T>(
         throw new RpcError("failed", `the agent closed the stream without answering ${method}`);
       }
       if (f.kind === FrameKind.DATA) {
-        opts.onData?.(f.payload);
+        await opts.onData?.(f.payload);
         continue;
       }
       const m = decodeCbor(f.payload) as Record<string, unknown>;

@@ -108,7 +108,7 @@ async function pumpInbound(
       return undefined;
     }
     if (f.kind === FrameKind.DATA) {
-      call.data(f.payload);
+      await call.data(f.payload);
       continue;
     }
     let m: ReturnType<typeof parseRequest>;

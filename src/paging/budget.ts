@@ -12,6 +12,7 @@ import type { PagerContext } from "./pager_context.ts";
 import { SubHostDownError } from "./sub_link.ts";
 import { MAX_BATCH, PageOp } from "./wire.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 /** Paging out starts above the budget and stops this far below it. */
 const LOW_WATER = 0.97;
@@ -96,7 +97,7 @@ export class PageBudget {
     const ctx = this.#ctx;
     let lastSample = 0;
     while (!ctx.stopped()) {
-      await new Promise((r) => setTimeout(r, 2));
+      await sleep(2);
       if (ctx.stopped()) break;
       const now = performance.now();
       if (now - lastSample > DIRTY_SAMPLE_MS) {

@@ -7,8 +7,9 @@ import type { CheckpointOptions, CheckpointReport } from "../ckpt/transaction.ts
 import type { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { loadIdentity } from "../net/identity.ts";
+import { RpcError } from "../rpc/errors.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
-import type { Machine } from "../vmm/machine.ts";
+import { type Machine, pinnedPages, splitRefusal } from "../vmm/machine.ts";
 import { type PagerOptions, RemotePager, type SplitSpec } from "./remote_pager.ts";
 import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpoint.ts";
 import { chainLength, MERGE_AFTER, mergeSplitChain } from "./split_merge.ts";
@@ -37,8 +38,8 @@ export class SplitControl {
   }
 
   private options(split: SplitRequest): PagerOptions {
-    const refusal = this.m.splitRefusal;
-    if (refusal) throw new Error(refusal);
+    const refusal = splitRefusal(this.m.spec);
+    if (refusal) throw new RpcError("bad-request", refusal);
     return {
       name: this.m.spec.name,
       mem: this.m.vm.memory,
@@ -46,7 +47,7 @@ export class SplitControl {
       tracker: this.tracker,
       split,
       identity: loadIdentity(split.identityDir),
-      pinnedPages: this.m.pinnedPages,
+      pinnedPages: pinnedPages(this.m.spec),
     };
   }
 
@@ -153,7 +154,9 @@ export class SplitControl {
     try {
       return await fn();
     } catch (e) {
-      throw new Error(`${what} ${this.m.spec.name}: ${(e as Error).message}`);
+      // The caller is told what failed, and an RPC error keeps its code across the control socket.
+      const message = `${what} ${this.m.spec.name}: ${(e as Error).message}`;
+      throw e instanceof RpcError ? new RpcError(e.code, message) : new Error(message);
     } finally {
       this.busy = false;
     }
@@ -180,7 +183,7 @@ export class SplitControl {
           if (!this.pager) throw new Error("it is not split");
           const { from, to } = req as { from?: unknown; to?: unknown };
           if (typeof from !== "string" || typeof to !== "string") {
-            throw new Error("move-sub needs from and to (HOST:PORT)");
+            throw new RpcError("bad-request", "move-sub needs from and to (HOST:PORT)");
           }
           return this.pager.moveSub(from, to);
         }),

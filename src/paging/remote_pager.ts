@@ -27,6 +27,7 @@ import { planSplit, SplitMigration, type SplitReport } from "./split_migration.t
 import { stripeHome, SubHosts, type SubHostsOptions } from "./sub_hosts.ts";
 import { SubHostDownError, type SubLink } from "./sub_link.ts";
 import type { PagingStats } from "../memory/paging_stats.ts";
+import { sleep, within } from "../rpc/deadline.ts";
 
 export { presentPages } from "./main_memory.ts";
 export type { PageOutSaver } from "./budget.ts";
@@ -213,6 +214,7 @@ export class RemotePager {
    */
   withMemory<T>(fn: () => Promise<T> | T): Promise<T> {
     const p = this.#memoryLock.then(fn);
+    // The lock only orders the moves; `p`'s own caller sees its failure.
     this.#memoryLock = p.catch(() => {});
     return p;
   }
@@ -253,7 +255,7 @@ export class RemotePager {
     const deadline = performance.now() + timeoutMs;
     for (const l of links.active()) if (l.down) void this.#faults.reconnect(l.index);
     while (links.active().some((l) => l.down) && performance.now() < deadline) {
-      await new Promise((r) => setTimeout(r, 100));
+      await sleep(100);
     }
     const down = links.active().filter((l) => l.down);
     if (down.length) {
@@ -355,7 +357,7 @@ export class RemotePager {
     while (busy() && performance.now() < deadline) {
       // A timer, not only the moves in flight: with none tracked (page-outs are awaited by the
       // budget loop) Promise.all([]) would resolve at once and starve the replies they wait for.
-      const tick = new Promise((r) => setTimeout(r, 10));
+      const tick = sleep(10);
       await (links.inFlight ? Promise.race([links.settled(), tick]) : tick);
     }
   }
@@ -367,12 +369,7 @@ export class RemotePager {
     const links = this.#ctx.links;
     links.stop();
     // A page-out waiting to pause vCPUs that are already gone never finishes: do not wait for it.
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    await Promise.race([
-      Promise.all(this.#loops),
-      new Promise((r) => timer = setTimeout(r, STOP_WAIT_MS)),
-    ]);
-    clearTimeout(timer);
+    await within(Promise.all(this.#loops), STOP_WAIT_MS);
     const mem = this.#ctx.memory.guest;
     this.#uffd.teardown(mem.hostAddr, mem.size);
     if (drop) await links.drop();

@@ -29,6 +29,7 @@ import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
 import type { SubLink } from "./sub_link.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
 
@@ -107,7 +108,16 @@ function subParticipant(l: SubLink, b: CheckpointBegun, opts: CheckpointOptions)
     },
     // A host that cannot be told (it may be why the checkpoint failed) drops the generation at its
     // next begin, and refuses nothing of this one that is committed elsewhere: none is.
-    abort: () => l.call("pages.save.abort", { id }).then(() => {}, () => {}),
+    abort: () =>
+      l.call("pages.save.abort", { id }).then(
+        () => {},
+        (e) =>
+          log.debug("sub-host {host} was not told checkpoint {id} is abandoned: {error}", {
+            host: l.host,
+            id,
+            error: (e as Error).message,
+          }),
+      ),
   } satisfies CheckpointParticipant;
 }
 
@@ -165,7 +175,7 @@ export async function takeSplitCheckpoint(
             machine = m.save();
             opts.onConsistencyPoint?.();
           },
-          wait: () => new Promise((r) => setTimeout(r, 5)),
+          wait: () => sleep(5),
           now: () => performance.now(),
           onProgress: opts.onProgress,
         });

@@ -65,7 +65,16 @@ export async function mergeOnHosts(
     });
     return manifest;
   } catch (e) {
-    await Promise.all(names.map((h) => hosts.abort(h).catch(() => {})));
+    await Promise.all(names.map((h) =>
+      hosts.abort(h).catch((a) =>
+        // The merge's own failure is what the caller must see; a host not told drops the
+        // generation at its next begin.
+        log.warn("host {host} could not be told the merge was abandoned: {error}", {
+          host: h,
+          error: (a as Error).message,
+        })
+      )
+    ));
     throw e;
   }
 }

@@ -11,6 +11,7 @@ import { RpcClient } from "../net/quic.ts";
 import { PageStoreError } from "./page_store.ts";
 import { ReleaseQueue } from "./release_queue.ts";
 import { decodePageReply, encodePageRequest, PageOp } from "./wire.ts";
+import { sleep } from "../rpc/deadline.ts";
 
 /** A sub-host cannot be reached; its pages cannot be served until it is back. */
 export class SubHostDownError extends Error {
@@ -74,7 +75,8 @@ class Channel {
         REQUEST_TIMEOUT_MS,
       );
       this.pending.push({ seq, resolve, reject, timer });
-      this.inbox.push(msg);
+      // Requests queue in order; the ones in flight are bounded by the callers, not by waiting here.
+      void this.inbox.push(msg);
     });
   }
 
@@ -172,7 +174,7 @@ export class SubLink {
     this.reconnecting = true;
     try {
       while (!stopped() && this.down) {
-        await new Promise((r) => setTimeout(r, RECONNECT_MS));
+        await sleep(RECONNECT_MS);
         try {
           await this.connect();
         } catch {
@@ -243,7 +245,14 @@ export class SubLink {
 
   /** Deletes the VM's pages on the sub-host (the VM is gone). */
   async drop(): Promise<void> {
-    await this.client?.call("pages.drop", { vm: this.vm }, { deadlineMs: 10_000 }).catch(() => {});
+    await this.client?.call("pages.drop", { vm: this.vm }, { deadlineMs: 10_000 }).catch((e) =>
+      // Best effort: the VM is gone either way, and a sub-host drops a VM's pages at its next split.
+      log.warn("sub-host {host} did not drop the pages of {vm}: {error}", {
+        host: this.host,
+        vm: this.vm,
+        error: (e as Error).message,
+      })
+    );
   }
 
   /** Closes the link. */

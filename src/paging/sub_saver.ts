@@ -44,6 +44,7 @@ export class SubSaver {
   /** Runs `fn` after every write before it: the fragment is appended to by one writer at a time. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const p = this.chain.then(fn);
+    // The chain only orders the writes; `p`'s own caller sees its failure.
     this.chain = p.catch(() => {});
     return p;
   }

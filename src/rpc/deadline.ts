@@ -1,5 +1,35 @@
-/** Deadlines and cancellation as typed RPC errors: a promise raced against a timer or a signal. */
+/**
+ * Waiting in time, the one place dcres does it: sleeps, a turn of the event loop, a wait bounded by a
+ * timer, and deadlines and cancellation as typed RPC errors (a promise raced against a timer or a
+ * signal). It sits at the bottom of src/ and imports nothing but the RPC errors.
+ */
 import { RpcError } from "./errors.ts";
+
+/** Resolves after `ms` milliseconds. */
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Resolves after the I/O and timers that are due have had their turn (a yield to the event loop). */
+export function nextTurn(): Promise<void> {
+  return sleep(0);
+}
+
+/**
+ * `p`'s value, or undefined once `ms` have passed while `p` runs on (nobody waits for it any more);
+ * rejects when `p` does in time.
+ */
+export async function within<T>(p: Promise<T>, ms: number): Promise<T | undefined> {
+  let t: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<undefined>((r) => t = setTimeout(() => r(undefined), ms)),
+    ]);
+  } finally {
+    clearTimeout(t);
+  }
+}
 
 /**
  * A promise that rejects when `signal` aborts: with its reason when that is an RpcError (a deadline,

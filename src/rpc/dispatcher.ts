@@ -136,9 +136,13 @@ export class OpenCall {
     return this.#settled;
   }
 
-  /** A DATA chunk from the caller; once the call has ended, it is dropped. */
-  data(chunk: Uint8Array): void {
-    if (!this.#settled) this.#inbox.push(chunk);
+  /**
+   * A DATA chunk from the caller; resolves once the handler's inbox has room for it, which a
+   * transport awaits before it reads the next frame (backpressure to the caller). Once the call
+   * has ended, it is dropped.
+   */
+  data(chunk: Uint8Array): Promise<void> {
+    return this.#settled ? Promise.resolve() : this.#inbox.push(chunk);
   }
 
   /** The caller has sent all its DATA. */
@@ -172,6 +176,8 @@ export class OpenCall {
       clearTimeout(timer);
       this.#settled = true;
       this.#inbox.end();
+      // Nobody reads the call's DATA any more: a transport waiting for room goes on.
+      this.#inbox.discard();
       // Tells a handler still running (one that lost the race) that nobody waits for it any more.
       this.#abort.abort();
     }

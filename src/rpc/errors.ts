@@ -34,6 +34,18 @@ export class RpcError extends Error {
   }
 }
 
+/**
+ * A setting of this process is wrong (a flag, a configuration file, an address it was given): the
+ * person who set it must change it, as the message says. No peer refused anything, so it is not an
+ * RpcError and has no wire code of its own (thrown inside a handler, its caller sees "failed").
+ */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ConfigError";
+  }
+}
+
 /** An error as it crosses a wire. */
 export interface WireError {
   /** What kind of failure. */

@@ -143,24 +143,6 @@ export class Machine {
     return this.spec.guest === "memstamp" ? new MemstampControl(this.vm.memory) : undefined;
   }
 
-  /**
-   * Why this machine's memory cannot be split across hosts, or undefined when it can: the guest
-   * must keep some pages on the main host (see `pinnedPages`), and only memstamp says which.
-   */
-  get splitRefusal(): string | undefined {
-    return this.spec.guest === "memstamp"
-      ? undefined
-      : `split VMs run memstamp guests for now; ${this.spec.name} runs ${this.spec.guest}`;
-  }
-
-  /**
-   * How many pages from guest physical 0 a split keeps on the main host: the guest's code, tables
-   * and stacks, which its vCPUs touch on every entry and which no sub-host round trip may delay.
-   */
-  get pinnedPages(): number {
-    return this.spec.guest === "memstamp" ? dataRegion(this.spec.memSize).baseGfn : 0;
-  }
-
   /** Saves the machine; the VM must be paused. */
   save(): MachineState {
     return { spec: structuredClone(this.spec), vm: this.vm.save() };
@@ -286,4 +268,23 @@ function guestDevices(
     });
   const s = saved?.["memstamp-report"] as ReportPortState | undefined;
   return [s ? MemstampReportPort.restore({ onFault }, s) : new MemstampReportPort(onFault)];
+}
+
+/**
+ * Why a machine of `spec` cannot have its memory split across hosts, or undefined when it can: the
+ * guest must keep some pages on the main host (see `pinnedPages`), and only memstamp says which.
+ */
+export function splitRefusal(spec: MachineSpec): string | undefined {
+  return spec.guest === "memstamp"
+    ? undefined
+    : `split VMs run memstamp guests for now; ${spec.name} runs ${spec.guest}`;
+}
+
+/**
+ * How many pages from guest physical 0 a split of a machine of `spec` keeps on the main host: the
+ * guest's code, tables and stacks, which its vCPUs touch on every entry and which no sub-host round
+ * trip may delay.
+ */
+export function pinnedPages(spec: MachineSpec): number {
+  return spec.guest === "memstamp" ? dataRegion(spec.memSize).baseGfn : 0;
 }

@@ -6,7 +6,8 @@ import type { AccelVcpu, AccelVm } from "../accel/accel.ts";
 import type { CpuState } from "../accel/cpu_state.ts";
 import {
   CONTROL_BYTES,
-  RunState,
+  type RunState,
+  RunStateWord,
   SLOT,
   type VcpuInit,
   type VcpuMessage,
@@ -21,11 +22,12 @@ export class Vcpu implements Persist<CpuState> {
   readonly #backend: AccelVcpu;
   readonly #control = new SharedArrayBuffer(CONTROL_BYTES);
   readonly #ctl = new Int32Array(this.#control);
+  readonly #state = new RunStateWord(this.#control);
   #worker?: Worker;
 
   private constructor(backend: AccelVcpu) {
     this.#backend = backend;
-    Atomics.store(this.#ctl, SLOT.STATE, RunState.PAUSED);
+    this.#state.init("paused");
   }
 
   /** Creates vCPU `index` of `vm` in its reset state. */
@@ -65,9 +67,9 @@ export class Vcpu implements Persist<CpuState> {
     return Atomics.load(this.#ctl, SLOT.FORWARDED) >>> 0;
   }
 
-  /** Current loop state (see `RunState`). */
-  get state(): number {
-    return Atomics.load(this.#ctl, SLOT.STATE);
+  /** Current loop state. */
+  get state(): RunState {
+    return this.#state.get();
   }
 
   /** Starts the accelerator's Worker, paused; resolves once it is ready (and attached). */
@@ -104,34 +106,20 @@ export class Vcpu implements Persist<CpuState> {
     await ready.promise;
   }
 
-  /** Lets the vCPU run. */
+  /** Lets the vCPU run (a paused one, or one asked to pause; never one asked to stop). */
   resume(): void {
-    const st = this.state;
-    if (st === RunState.STOPPED || st === RunState.STOP_REQUESTED) return;
-    Atomics.store(this.#ctl, SLOT.STATE, RunState.RUNNING);
-    Atomics.notify(this.#ctl, SLOT.STATE);
+    this.#state.move("running");
   }
 
-  /** Asks the vCPU to leave guest code and park; `waitParked` resolves when it has. */
+  /** Asks a running vCPU to leave guest code and park; `waitParked` resolves when it has. */
   requestPause(): void {
-    if (
-      Atomics.compareExchange(
-        this.#ctl,
-        SLOT.STATE,
-        RunState.RUNNING,
-        RunState.PAUSE_REQUESTED,
-      ) === RunState.RUNNING
-    ) {
-      this.#backend.kick();
-    }
+    if (this.#state.move("pause-requested") === "running") this.#backend.kick();
   }
 
   /** Asks the vCPU thread to exit. */
   requestStop(): void {
-    const st = this.state;
-    if (st === RunState.STOPPED) return;
-    Atomics.store(this.#ctl, SLOT.STATE, RunState.STOP_REQUESTED);
-    Atomics.notify(this.#ctl, SLOT.STATE);
+    if (this.#state.get() === "stopped") return;
+    this.#state.move("stop-requested");
     this.#backend.kick();
   }
 
@@ -139,15 +127,14 @@ export class Vcpu implements Persist<CpuState> {
   async waitParked(timeoutMs = 5000): Promise<void> {
     const deadline = performance.now() + timeoutMs;
     for (;;) {
-      const st = Atomics.load(this.#ctl, SLOT.STATE);
-      if (st === RunState.PAUSED || st === RunState.STOPPED) return;
+      const st = this.#state.get();
+      if (st === "paused" || st === "stopped") return;
       const left = deadline - performance.now();
       if (left <= 0) {
         throw new Error(`vCPU ${this.index} did not stop running within ${timeoutMs} ms`);
       }
-      const w = Atomics.waitAsync(this.#ctl, SLOT.STATE, st, Math.min(left, 50));
-      if (w.async) await w.value;
-      if (st === RunState.PAUSE_REQUESTED || st === RunState.STOP_REQUESTED) this.#backend.kick();
+      await this.#state.waitWhileAsync(st, Math.min(left, 50));
+      if (st === "pause-requested" || st === "stop-requested") this.#backend.kick();
     }
   }
 

@@ -2,6 +2,7 @@
  * A virtual machine on one accelerator: guest RAM, the accelerator's VM (memory, interrupt
  * controllers, dirty tracking), vCPU Workers and port devices.
  */
+import { getLogger } from "@logtape/logtape";
 import type { AccelCow, Accelerator, AccelKind, AccelVm, Capabilities } from "../accel/accel.ts";
 import type { CpuState, PlatformState } from "../accel/cpu_state.ts";
 import { openAccelerator } from "../accel/select.ts";
@@ -10,6 +11,8 @@ import { GuestMemory, type GuestMemoryState } from "../memory/guest_memory.ts";
 import { PioBus, type PioDevice } from "./devices/bus.ts";
 import type { Persist } from "../codec/persist.ts";
 import { Vcpu } from "./vcpu.ts";
+
+const log = getLogger(["dcres", "vm"]);
 
 /** Identity and shape of a VM. */
 export interface VmConfig {
@@ -23,10 +26,21 @@ export interface VmConfig {
 
 /** Why a VM stopped running. */
 export interface VmExit {
-  /** What ended it. */
-  reason: "shutdown" | "reset" | "error" | "stopped";
+  /**
+   * What ended it: the guest shut the machine down, reset it, or halted a vCPU that nothing can
+   * wake (not a shutdown: the guest did not ask to end); a vCPU failed; or the VMM stopped it.
+   */
+  reason: "shutdown" | "reset" | "halted" | "error" | "stopped";
   /** Details for people. */
   detail: string;
+}
+
+/**
+ * How the VM ends when a vCPU ends on its own, each way by its own name: the guest's shutdown, a
+ * vCPU's failure, or (once every vCPU has) a halt nothing can wake.
+ */
+export function vcpuExit(m: Extract<VcpuMessage, { t: "shutdown" | "halted" | "error" }>): VmExit {
+  return { reason: m.t, detail: `vCPU ${m.index}: ${m.reason}` };
 }
 
 /**
@@ -89,6 +103,8 @@ export class Vm implements Persist<VmState> {
   readonly #closeHooks: Array<() => void | Promise<void>> = [];
   #resolveExit!: (e: VmExit) => void;
   #exit?: VmExit;
+  /** vCPUs that halted with nothing to wake them. */
+  readonly #halted = new Set<number>();
   #ownsMemory: boolean;
   #started = false;
   #pauses = 0;
@@ -187,11 +203,15 @@ export class Vm implements Persist<VmState> {
       case "in":
         this.vcpus[m.index].answerIn(this.bus.read(m.port, m.size));
         break;
-      case "shutdown":
-        void this.#finish({ reason: "shutdown", detail: `vCPU ${m.index}: ${m.reason}` });
+      case "halted":
+        // One vCPU that halts for good (an offlined CPU's `cli; hlt`) leaves the others running.
+        this.#halted.add(m.index);
+        log.info("vCPU {index} halted for good: {reason}", { index: m.index, reason: m.reason });
+        if (this.#halted.size === this.vcpus.length) void this.#finish(vcpuExit(m));
         break;
+      case "shutdown":
       case "error":
-        void this.#finish({ reason: "error", detail: `vCPU ${m.index}: ${m.reason}` });
+        void this.#finish(vcpuExit(m));
         break;
     }
   }

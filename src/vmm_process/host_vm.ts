@@ -2,6 +2,7 @@
  * Hosts one VM in this process: boots a spec or restores a checkpoint, serves its control socket with
  * the checkpoint operation, and for lazy restores runs the pager once the vCPUs run.
  */
+import { getLogger } from "@logtape/logtape";
 import type { Accelerator } from "../accel/accel.ts";
 import { checkpointHandlers } from "../ckpt/control.ts";
 import { restoreCheckpoint, type Restored } from "../ckpt/restore.ts";
@@ -11,6 +12,8 @@ import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { SplitControl, type SplitRequest } from "../paging/control.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
+
+const log = getLogger(["dcres", "restore"]);
 
 /** What to host. */
 export type HostTarget =
@@ -140,7 +143,13 @@ export async function hostVm(
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }
-          }).catch(() => {}).finally(() => ck.close());
+          }).catch((e) =>
+            // Nobody awaits the pager: its failure (pages it could not read) is said here.
+            log.error("lazy restore of {vm} failed: {error}", {
+              vm: m.spec.name,
+              error: (e as Error).message,
+            })
+          ).finally(() => ck.close());
         } else if (paging.pager?.localDone) {
           // A lazy split restore: the pager installs main's pages from the checkpoint, then closes it.
           void paging.pager.localDone.then(() => {

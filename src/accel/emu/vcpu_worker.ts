@@ -5,7 +5,7 @@
  * hooks, delivers timer interrupts, and at every park leaves a snapshot of its state for `save()`.
  */
 import { EMU_IO_CALLBACK, loadEmuShim } from "../../ffi/emu_shim.ts";
-import { RunState, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
+import { RunStateWord, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
 import { EmuCpu } from "./emu_cpu.ts";
 import { type EmuWorkerInit, writeSnapshot } from "./snapshot.ts";
 
@@ -30,28 +30,24 @@ function portCallback(ctl: Int32Array, index: number): Deno.UnsafeCallback<typeo
   });
 }
 
-function park(ctl: Int32Array, state: number) {
-  Atomics.store(ctl, SLOT.STATE, state);
-  Atomics.notify(ctl, SLOT.STATE);
-}
-
 /** Runs until the vCPU stops for good; returns the message that says why. */
 function runLoop(init: VcpuInit, cpu: EmuCpu, snapshot: SharedArrayBuffer): VcpuMessage {
   const ctl = new Int32Array(init.control);
+  const state = new RunStateWord(init.control);
   const { index } = init;
   for (;;) {
     cpu.clearKick();
-    const st = Atomics.load(ctl, SLOT.STATE);
-    if (st !== RunState.RUNNING) {
-      if (st === RunState.STOP_REQUESTED) {
+    const st = state.get();
+    if (st !== "running") {
+      if (st === "stop-requested") {
         writeSnapshot(snapshot, cpu.save());
         return { t: "stopped", index };
       }
-      if (st === RunState.PAUSE_REQUESTED) {
+      if (st === "pause-requested") {
         writeSnapshot(snapshot, cpu.save());
-        park(ctl, RunState.PAUSED);
+        state.move("paused");
       }
-      Atomics.wait(ctl, SLOT.STATE, RunState.PAUSED);
+      state.waitWhile("paused");
       continue;
     }
     const timer = cpu.timer;
@@ -66,9 +62,9 @@ function runLoop(init: VcpuInit, cpu: EmuCpu, snapshot: SharedArrayBuffer): Vcpu
     if (stop.kind === "halt") {
       if (timer.deadline === 0n || !cpu.interruptsEnabled) {
         writeSnapshot(snapshot, cpu.save());
-        return { t: "shutdown", index, reason: "the guest halted with no interrupt to wake it" };
+        return { t: "halted", index, reason: "the guest halted with no interrupt to wake it" };
       }
-      Atomics.wait(ctl, SLOT.STATE, RunState.RUNNING, HALT_POLL_MS);
+      state.waitWhile("running", HALT_POLL_MS);
     }
   }
 }
@@ -77,6 +73,7 @@ self.onmessage = (e: MessageEvent<VcpuInit>) => {
   const init = e.data;
   const b = init.backend as unknown as EmuWorkerInit;
   const ctl = new Int32Array(init.control);
+  const state = new RunStateWord(init.control);
   let cpu: EmuCpu;
   const io = portCallback(ctl, init.index);
   try {
@@ -92,7 +89,7 @@ self.onmessage = (e: MessageEvent<VcpuInit>) => {
     cpu.load(b.state);
     writeSnapshot(b.snapshot, cpu.save());
   } catch (err) {
-    park(ctl, RunState.STOPPED);
+    state.move("stopped");
     post({ t: "error", index: init.index, reason: (err as Error).message });
     self.close();
     return;
@@ -108,7 +105,7 @@ self.onmessage = (e: MessageEvent<VcpuInit>) => {
   // VM's dirty bytes and open new engines as soon as it sees that state.
   cpu.close();
   io.close();
-  park(ctl, RunState.STOPPED);
+  state.move("stopped");
   post(last);
   self.close();
 };

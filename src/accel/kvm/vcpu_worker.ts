@@ -13,7 +13,7 @@ import {
   kvmRunHeader,
   kvmRunIo,
 } from "../../ffi/kvm_abi.ts";
-import { RunState, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
+import { RunStateWord, SLOT, type VcpuInit, type VcpuMessage } from "../vcpu_control.ts";
 import type { KvmWorkerInit } from "./kvm_vcpu.ts";
 
 const IMMEDIATE_EXIT = kvmRunHeader.offsets.immediate_exit;
@@ -27,6 +27,7 @@ function post(m: VcpuMessage) {
 function runLoop(init: VcpuInit) {
   const { fd, runAddr, runSize } = init.backend as unknown as KvmWorkerInit;
   const ctl = new Int32Array(init.control);
+  const state = new RunStateWord(init.control);
   const run = libc.bytesAt(libc.ptrOf(runAddr), runSize);
   const dv = new DataView(run.buffer);
   const claimed = new Uint8Array(65536);
@@ -36,25 +37,21 @@ function runLoop(init: VcpuInit) {
   for (;;) {
     // Clear the kick before reading the state: a kick that lands after this is seen by KVM_RUN.
     Atomics.store(run, IMMEDIATE_EXIT, 0);
-    const st = Atomics.load(ctl, SLOT.STATE);
-    if (st !== RunState.RUNNING) {
-      if (st === RunState.STOP_REQUESTED) {
-        Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
-        Atomics.notify(ctl, SLOT.STATE);
+    const st = state.get();
+    if (st !== "running") {
+      if (st === "stop-requested") {
+        state.move("stopped");
         post({ t: "stopped", index });
         return;
       }
-      if (st === RunState.PAUSE_REQUESTED) {
-        Atomics.store(ctl, SLOT.STATE, RunState.PAUSED);
-        Atomics.notify(ctl, SLOT.STATE);
-      }
-      Atomics.wait(ctl, SLOT.STATE, RunState.PAUSED);
+      if (st === "pause-requested") state.move("paused");
+      state.waitWhile("paused");
       continue;
     }
     const r = libc.ioctlRaw(fd, IOCTL.RUN, 0n);
     if (r < 0) {
       if (-r === Errno.EINTR || -r === Errno.EAGAIN) continue;
-      fail(ctl, index, `KVM_RUN failed: errno ${-r}`);
+      fail(state, index, `KVM_RUN failed: errno ${-r}`);
       return;
     }
     Atomics.add(ctl, SLOT.EXITS, 1);
@@ -98,20 +95,25 @@ function runLoop(init: VcpuInit) {
       // No MMIO devices outside the kernel's irqchip: reads see all ones (the run area keeps 0xff).
       continue;
     }
-    if (reason === EXIT.SHUTDOWN || reason === EXIT.SYSTEM_EVENT || reason === EXIT.HLT) {
-      Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
-      Atomics.notify(ctl, SLOT.STATE);
+    if (reason === EXIT.SHUTDOWN || reason === EXIT.SYSTEM_EVENT) {
+      state.move("stopped");
       post({ t: "shutdown", index, reason: exitName(reason) });
       return;
     }
-    fail(ctl, index, `unexpected exit ${exitName(reason)}`);
+    if (reason === EXIT.HLT) {
+      // The in-kernel LAPIC keeps a HLT that an interrupt can end inside KVM_RUN; one that reaches
+      // here has nothing that will ever wake it. The vCPU stops; the guest did not shut down.
+      state.move("stopped");
+      post({ t: "halted", index, reason: `${exitName(reason)}: nothing can wake the vCPU` });
+      return;
+    }
+    fail(state, index, `unexpected exit ${exitName(reason)}`);
     return;
   }
 }
 
-function fail(ctl: Int32Array, index: number, reason: string) {
-  Atomics.store(ctl, SLOT.STATE, RunState.STOPPED);
-  Atomics.notify(ctl, SLOT.STATE);
+function fail(state: RunStateWord, index: number, reason: string) {
+  state.move("stopped");
   post({ t: "error", index, reason });
 }
 

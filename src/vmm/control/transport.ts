@@ -80,7 +80,7 @@ export async function serveControlConnection(
 /** Gives a streaming call everything the caller writes after its request line. */
 function feedRaw(lines: LineReader, call: OpenCall) {
   void (async () => {
-    for await (const b of lines.raw()) call.data(b);
+    for await (const b of lines.raw()) await call.data(b);
     call.endOfData();
   })().catch((e) => call.cancel(new RpcError("cancelled", (e as Error).message)));
 }

@@ -32,6 +32,7 @@ import {
   writePageTables,
   writeTss,
 } from "./layout.ts";
+import { sleep } from "../../../rpc/deadline.ts";
 
 /** How the writer picks the next page of its working set. */
 export type AccessPattern = "seq" | "random" | "hotcold";
@@ -326,7 +327,7 @@ export class MemstampControl {
       if (performance.now() > deadline) {
         throw new Error(`memstamp: timed out after ${timeoutMs} ms waiting for ${what}`);
       }
-      await new Promise((r) => setTimeout(r, 2));
+      await sleep(2);
     }
   }
 }
