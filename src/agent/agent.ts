@@ -9,7 +9,7 @@ import { getLogger } from "@logtape/logtape";
 import { DCRES_VERSION } from "../ckpt/format.ts";
 import { DEFAULT_CHECKPOINT_MODE } from "../ckpt/manifest.ts";
 import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
-import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/inspect.ts";
+import { inspectCheckpoint, listGenerations } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
@@ -29,6 +29,7 @@ import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../ac
 import { accelChoice } from "../accel/select.ts";
 import { AGENT_ACCESS } from "./access.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { verifyOffLoop } from "./verify.ts";
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {
@@ -308,8 +309,10 @@ export function agentHandlers(
         prefetchOrder: undefined,
       });
     },
-    "ckpt.verify": (args) =>
-      Promise.resolve({ ok: true, ...verifyCheckpoint(inData(str(args, "path")), true) }),
+    "ckpt.verify": async (args, ctx) => ({
+      ok: true,
+      ...await verifyOffLoop(inData(str(args, "path")), true, ctx.signal),
+    }),
   };
 }
 
