@@ -13,6 +13,7 @@ import { inspectCheckpoint, listGenerations, verifyCheckpoint } from "../ckpt/in
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
+import { Revocations } from "../net/revocation.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { listVms, request } from "../vmm/control/client.ts";
@@ -44,6 +45,8 @@ export interface AgentConfig {
   pageStoreBytes?: number;
   /** The accelerator of the VMs it starts when a request names none (default: `accelChoice()`). */
   accel?: AccelChoice;
+  /** Milliseconds between re-reads of ca.crl and re-checks of connected peers (default 60 s). */
+  recheckMs?: number;
 }
 
 const log = getLogger(["dcres", "agent"]);
@@ -117,13 +120,12 @@ export class Agent {
         (arg) => checkpointPath(cfg, arg, "generation"),
       ),
     };
-    const quic = new RpcServer(
-      identity,
-      handlers,
-      listen,
-      (msg, p) => log.warn(msg, p),
-      AGENT_ACCESS,
-    );
+    const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
+    const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
+    const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
+      revocations,
+      ...(cfg.recheckMs ? { limits: { recheckMs: cfg.recheckMs } } : {}),
+    });
     quic.start();
     handlers.status = async () => ({
       host: me.host,
