@@ -28,7 +28,7 @@ import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
-import { AGENT_ACCESS } from "./access.ts";
+import { AGENT_ACCESS, AGENT_CHANNELS } from "./access.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Agent settings (flags or a JSON config file). */
@@ -124,6 +124,7 @@ export class Agent {
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
     const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
       revocations,
+      channels: AGENT_CHANNELS,
       ...(cfg.recheckMs ? { limits: { recheckMs: cfg.recheckMs } } : {}),
     });
     quic.start();

@@ -8,7 +8,7 @@
  * optional progress and DATA frames, one reply frame.
  */
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
-import { withTimeout } from "../rpc/deadline.ts";
+import { MAX_DEADLINE_MS, withTimeout } from "../rpc/deadline.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
@@ -49,6 +49,8 @@ export interface ServerOptions {
   limits?: Partial<ServerLimits>;
   /** Revoked certificates, refused at the handshake and cut off at the next re-check. */
   revocations?: Revocations;
+  /** Methods whose calls may outlive the deadline cap (MAX_DEADLINE_MS), with their own cap. */
+  channels?: Readonly<Record<string, number>>;
 }
 
 /** A QUIC RPC server with mutual authentication. */
@@ -81,6 +83,7 @@ export class RpcServer {
       handlers,
       access,
       (r) => log("refused {method} to {peer}: role {role} may not call it", r),
+      { maxMs: MAX_DEADLINE_MS, longer: opts.channels },
     );
     this.#endpoint = new Deno.QuicEndpoint(addr);
     this.#log = log;

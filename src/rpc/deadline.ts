@@ -1,6 +1,9 @@
 /** Deadlines and cancellation as typed RPC errors: a promise raced against a timer or a signal. */
 import { RpcError } from "./errors.ts";
 
+/** The longest deadline a peer's call gets; a longer one is cut to it (docs/SECURITY.md, "Bounds"). */
+export const MAX_DEADLINE_MS = 3_600_000;
+
 /**
  * A promise that rejects when `signal` aborts: with its reason when that is an RpcError (a deadline,
  * the caller's cancel), else with RpcError("cancelled"). Without a signal it never settles.
