@@ -45,6 +45,8 @@ export interface AgentConfig {
   pageStoreBytes?: number;
   /** The accelerator of the VMs it starts when a request names none (default: `accelChoice()`). */
   accel?: AccelChoice;
+  /** Bytes of checkpoint files uploads may fill the store to (default: only the disk's free space). */
+  storeQuotaBytes?: number;
   /** Milliseconds between re-reads of ca.crl and re-checks of connected peers (default 60 s). */
   recheckMs?: number;
 }
@@ -292,7 +294,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData),
+    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData, cfg.storeQuotaBytes),
     "ckpt.ls": (args) =>
       Promise.resolve(listGenerations(checkpointPath(cfg, str(args, "path"), "store"))),
     "ckpt.inspect": (args) => {

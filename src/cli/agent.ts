@@ -34,6 +34,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     pageStoreBytes: f.pageStore ? parseSize("--page-store", f.pageStore) : file.pageStoreBytes,
     accel: accelFlag(f.accel ?? file.accel),
     recheckMs: file.recheckMs,
+    storeQuotaBytes: file.storeQuotaBytes,
   };
   const agent = await Agent.start(cfg);
   console.log(
