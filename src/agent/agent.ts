@@ -29,6 +29,7 @@ import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
 import { AGENT_ACCESS, AGENT_CHANNELS } from "./access.ts";
+import { validated } from "./schemas.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** Agent settings (flags or a JSON config file). */
@@ -114,14 +115,14 @@ export class Agent {
       Math.floor((cfg.pageStoreBytes ?? hostAvailableMemory() / 2) / PAGE_SIZE),
       me.host,
     );
-    const handlers = {
+    const handlers = validated({
       ...agentHandlers(cfg, me.host, t0),
       ...pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg) => checkpointPath(cfg, arg, "generation"),
       ),
-    };
+    });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
     const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
