@@ -16,6 +16,7 @@ import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
 import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
+import { caRevoke, type CaRevokeFlags } from "./src/cli/ca_revoke.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
 import { DCRES_VERSION } from "./src/ckpt/format.ts";
 import { DEFAULT_CHECKPOINT_MODE } from "./src/ckpt/manifest.ts";
@@ -270,6 +271,12 @@ export function program(
     .requiredOption("--out <dir>", "directory for host.crt, host.key and ca.crt (made 0700)")
     .option("--force", "replace an existing host identity in --out")
     .action(act((f: CaIssueFlags) => caIssue(g(), f)));
+  ca.command("revoke")
+    .description("revoke a host certificate: add its serial to the CA's CRL (ca.crl beside ca.crt)")
+    .requiredOption("--ca <dir>", "CA directory made by ca init")
+    .option("--serial <hex>", "serial number to revoke (dcres ca issue prints it)")
+    .option("--cert <file>", "or the certificate whose serial to revoke")
+    .action(act((f: CaRevokeFlags) => caRevoke(g(), f)));
 
   p.command("demo")
     .description(

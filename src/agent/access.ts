@@ -53,3 +53,9 @@ export const AGENT_ACCESS: AccessPolicy = {
   "pages.save.commit": AGENTS,
   "pages.save.abort": AGENTS,
 };
+
+/** Calls that last as long as their use (a split VM's page channel, a console), capped at a day, not an hour. */
+export const AGENT_CHANNELS: Readonly<Record<string, number>> = {
+  "pages.channel": 24 * 3600_000,
+  "vm.console": 24 * 3600_000,
+};

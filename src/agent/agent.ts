@@ -13,6 +13,7 @@ import { inspectCheckpoint, listGenerations } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcServer } from "../net/quic.ts";
+import { Revocations } from "../net/revocation.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { listVms, request } from "../vmm/control/client.ts";
@@ -27,7 +28,8 @@ import { spawnRestore, spawnVmm } from "./spawn.ts";
 import { LocalRpcServer } from "./local.ts";
 import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../accel/accel.ts";
 import { accelChoice } from "../accel/select.ts";
-import { AGENT_ACCESS } from "./access.ts";
+import { AGENT_ACCESS, AGENT_CHANNELS } from "./access.ts";
+import { validated } from "./schemas.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
 
@@ -45,6 +47,10 @@ export interface AgentConfig {
   pageStoreBytes?: number;
   /** The accelerator of the VMs it starts when a request names none (default: `accelChoice()`). */
   accel?: AccelChoice;
+  /** Bytes of checkpoint files uploads may fill the store to (default: only the disk's free space). */
+  storeQuotaBytes?: number;
+  /** Milliseconds between re-reads of ca.crl and re-checks of connected peers (default 60 s). */
+  recheckMs?: number;
 }
 
 const log = getLogger(["dcres", "agent"]);
@@ -114,21 +120,21 @@ export class Agent {
       Math.floor((cfg.pageStoreBytes ?? hostAvailableMemory() / 2) / PAGE_SIZE),
       me.host,
     );
-    const handlers = {
+    const handlers = validated({
       ...agentHandlers(cfg, me.host, t0),
       ...pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg) => checkpointPath(cfg, arg, "generation"),
       ),
-    };
-    const quic = new RpcServer(
-      identity,
-      handlers,
-      listen,
-      (msg, p) => log.warn(msg, p),
-      AGENT_ACCESS,
-    );
+    });
+    const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
+    const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
+    const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
+      revocations,
+      channels: AGENT_CHANNELS,
+      ...(cfg.recheckMs ? { limits: { recheckMs: cfg.recheckMs } } : {}),
+    });
     quic.start();
     handlers.status = async () => ({
       host: me.host,
@@ -294,7 +300,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData),
+    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData, cfg.storeQuotaBytes),
     "ckpt.ls": (args) =>
       Promise.resolve(listGenerations(checkpointPath(cfg, str(args, "path"), "store"))),
     "ckpt.inspect": (args) => {

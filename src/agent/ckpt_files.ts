@@ -13,6 +13,7 @@ import { removeGeneration } from "../ckpt/transaction.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
+import { UploadSpace } from "./upload_space.ts";
 
 /** What a restore needs to know of a checkpoint. */
 export interface CheckpointPlan {
@@ -49,11 +50,16 @@ function inStore(root: string, store: unknown, file: unknown): string {
   return join(root, store, normalize(file));
 }
 
-/** Handlers over the checkpoint root `root`; `resolve` turns a path or id into a generation dir. */
+/**
+ * Handlers over the checkpoint root `root`; `resolve` turns a path or id into a generation dir;
+ * uploads stay within `quotaBytes` of store files when set, and always within the disk's free space.
+ */
 export function ckptFileHandlers(
   root: string,
   resolve: (arg: string) => string,
+  quotaBytes?: number,
 ): Record<string, RpcHandler> {
+  const space = new UploadSpace(root, quotaBytes);
   return {
     "ckpt.plan": (args) => {
       if (typeof args.path !== "string") throw new RpcError("bad-request", "path is required");
@@ -138,23 +144,38 @@ export function ckptFileHandlers(
     },
     "ckpt.put": async (args, ctx) => {
       const path = inStore(root, args.store, args.file);
+      const declared = args.bytes;
+      if (!Number.isSafeInteger(declared) || (declared as number) < 0) {
+        throw new RpcError("bad-request", `${args.file}: bytes (the size to upload) is required`);
+      }
+      const bytes = declared as number;
       Deno.mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+      // Every byte is reserved before the first is written, so a refusal never comes mid-write,
+      // and an upload that ends the disk's space ends in its own .part file, never another's.
+      const release = space.reserve(args.file as string, bytes);
       const tmp = `${path}.part`;
-      let bytes = 0;
-      {
+      let got = 0;
+      try {
         using f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
         for await (const b of ctx.data) {
+          got += b.length;
+          if (got > bytes) {
+            throw new RpcError(
+              "bad-request",
+              `${args.file}: more than the ${bytes} bytes declared`,
+            );
+          }
           for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
-          bytes += b.length;
+        }
+        if (got !== bytes) {
+          throw new RpcError("bad-request", `${args.file}: got ${got} bytes, expected ${bytes}`);
         }
         await f.syncData();
-      }
-      if (args.bytes !== undefined && args.bytes !== bytes) {
+      } catch (e) {
         Deno.removeSync(tmp);
-        throw new RpcError(
-          "bad-request",
-          `${args.file}: got ${bytes} bytes, expected ${args.bytes}`,
-        );
+        throw e;
+      } finally {
+        release();
       }
       placeFile(tmp, path);
       return { bytes };

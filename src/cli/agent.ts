@@ -33,6 +33,8 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     metricsPort: f.metricsPort ? Number(f.metricsPort) : file.metricsPort,
     pageStoreBytes: f.pageStore ? parseSize("--page-store", f.pageStore) : file.pageStoreBytes,
     accel: accelFlag(f.accel ?? file.accel),
+    recheckMs: file.recheckMs,
+    storeQuotaBytes: file.storeQuotaBytes,
   };
   const agent = await Agent.start(cfg);
   console.log(

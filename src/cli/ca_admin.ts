@@ -274,13 +274,15 @@ export async function initCa(dir: string, opts: InitCaOptions = {}): Promise<CaI
   };
 }
 
-interface LoadedCa {
-  cert: X509.X509Certificate;
-  certPem: string;
-  key: CryptoKey;
+/** The cluster CA loaded for signing: its certificate and its key, checked to match. */
+export interface LoadedCa {
+  /** The CA certificate. */ cert: X509.X509Certificate;
+  /** It as PEM. */ certPem: string;
+  /** Its private key. */ key: CryptoKey;
 }
 
-async function loadCa(x: Lib, dir: string, now: Date): Promise<LoadedCa> {
+/** Loads and checks the CA in `dir` for signing; throws an IdentityError naming the file at fault. */
+export async function loadCa(x: Lib, dir: string, now: Date): Promise<LoadedCa> {
   const hint = `make one with: dcres ca init --dir ${dir}`;
   checkDirExists(dir, "--ca", hint);
   const certFile = join(dir, FILES.caCert);

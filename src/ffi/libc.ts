@@ -42,6 +42,7 @@ const lib = Deno.dlopen("libc.so.6", {
   getpid: { parameters: [], result: "i32" },
   gettid: { parameters: [], result: "i32" },
   memcpy: { parameters: ["pointer", "pointer", "usize"], result: "pointer" },
+  statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
 });
 
 const s = lib.symbols;
@@ -267,6 +268,21 @@ export function read(fd: number, buf: Uint8Array<ArrayBuffer>): number {
 /** write(2) of a buffer; returns bytes written. */
 export function write(fd: number, buf: Uint8Array<ArrayBuffer>): number {
   return check("write", s.write(fd, buf, BigInt(buf.length)));
+}
+
+/** struct statvfs on x86_64 and aarch64 glibc: eleven unsigned longs, then six ints of padding. */
+const STATVFS = { size: 112, frsize: 8, blocks: 16, bavail: 32 } as const;
+
+/** statvfs(3) of the file system holding `path`: its size and the bytes an unprivileged writer may still use. */
+export function statvfs(path: string): { totalBytes: number; availBytes: number } {
+  const buf = new Uint8Array(STATVFS.size);
+  check("statvfs", s.statvfs(cstring(path), buf));
+  const v = new DataView(buf.buffer);
+  const frsize = Number(v.getBigUint64(STATVFS.frsize, true));
+  return {
+    totalBytes: Number(v.getBigUint64(STATVFS.blocks, true)) * frsize,
+    availBytes: Number(v.getBigUint64(STATVFS.bavail, true)) * frsize,
+  };
 }
 
 /** eventfd(2) with EFD_CLOEXEC. */

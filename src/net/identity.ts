@@ -46,6 +46,10 @@ export interface PeerIdentity {
   names: string[];
   /** SHA-256 of its DER, for binding it into a proof. */
   sha256: Uint8Array<ArrayBuffer>;
+  /** Its serial number (hex), which a CRL names to revoke it. */
+  serial: string;
+  /** When it expires, which a long-lived connection re-checks. */
+  notAfter: Date;
 }
 
 /** The verdict on a peer's certificate. */
@@ -196,6 +200,8 @@ export async function verifyPeerCertificate(
     role: roles[0] as Role | undefined,
     names: items.filter((n) => n.type === "dns" || n.type === "ip").map((n) => n.value),
     sha256: new Uint8Array(await cert.getThumbprint("SHA-256")),
+    serial: cert.serialNumber,
+    notAfter: cert.notAfter,
   };
 }
 

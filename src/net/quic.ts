@@ -8,7 +8,7 @@
  * optional progress and DATA frames, one reply frame.
  */
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
-import { withTimeout } from "../rpc/deadline.ts";
+import { MAX_DEADLINE_MS, withTimeout } from "../rpc/deadline.ts";
 import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
@@ -28,6 +28,8 @@ import {
   type Transcript,
 } from "./peer_proof.ts";
 import { IdentityError } from "./x509.ts";
+import { Admission, DEFAULT_LIMITS, type ServerLimits, Slots } from "./conn_guard.ts";
+import type { Revocations } from "./revocation.ts";
 import type { AccessPolicy, Role } from "../rpc/roles.ts";
 import { RPC_VERSION } from "./rpc_messages.ts";
 import { callOnStream, type CallOptions } from "./stream_call.ts";
@@ -37,9 +39,19 @@ import { serveFramedCalls } from "./stream_serve.ts";
 export const ALPN = "dcres/1";
 /** The version of the peer proof a hello offers; a peer of another version is refused by name. */
 const PROOF_VERSION = 2;
-const AUTH_TIMEOUT_MS = 10_000;
+const AUTH_TIMEOUT_MS = DEFAULT_LIMITS.handshakeTimeoutMs;
 /** Frame limits while authenticating: small control messages, no DATA. */
 const AUTH_LIMITS = { [FrameKind.CONTROL]: 16 << 10, [FrameKind.DATA]: 0 };
+
+/** What an RpcServer is given besides its identity and methods. */
+export interface ServerOptions {
+  /** Bounds on connections and calls (defaults: DEFAULT_LIMITS). */
+  limits?: Partial<ServerLimits>;
+  /** Revoked certificates, refused at the handshake and cut off at the next re-check. */
+  revocations?: Revocations;
+  /** Methods whose calls may outlive the deadline cap (MAX_DEADLINE_MS), with their own cap. */
+  channels?: Readonly<Record<string, number>>;
+}
 
 /** A QUIC RPC server with mutual authentication. */
 export class RpcServer {
@@ -47,11 +59,15 @@ export class RpcServer {
   readonly #dispatcher: Dispatcher;
   readonly #endpoint: Deno.QuicEndpoint;
   readonly #log: (msg: string, props: Record<string, unknown>) => void;
+  readonly #limits: ServerLimits;
+  readonly #admission: Admission;
+  readonly #revocations?: Revocations;
   #listener?: Deno.QuicListener;
+  #recheck?: ReturnType<typeof setInterval>;
   readonly #conns = new Set<Deno.QuicConn>();
-  readonly #peerNames = new Map<Deno.QuicConn, string>();
+  readonly #peers = new Map<Deno.QuicConn, PeerIdentity>();
   #selfIdentity?: Promise<PeerIdentity>;
-  /** Connections refused at authentication (for metrics and tests). */
+  /** Connections refused at admission or authentication (for metrics and tests). */
   refused = 0;
 
   constructor(
@@ -60,20 +76,25 @@ export class RpcServer {
     addr: { hostname: string; port: number },
     log: (msg: string, props: Record<string, unknown>) => void = () => {},
     access?: AccessPolicy,
+    opts: ServerOptions = {},
   ) {
     this.#identity = identity;
     this.#dispatcher = new Dispatcher(
       handlers,
       access,
       (r) => log("refused {method} to {peer}: role {role} may not call it", r),
+      { maxMs: MAX_DEADLINE_MS, longer: opts.channels },
     );
     this.#endpoint = new Deno.QuicEndpoint(addr);
     this.#log = log;
+    this.#limits = { ...DEFAULT_LIMITS, ...opts.limits };
+    this.#admission = new Admission(this.#limits);
+    this.#revocations = opts.revocations;
   }
 
   /** Authenticated peers connected now. */
   peers(): string[] {
-    return [...new Set(this.#peerNames.values())].sort();
+    return [...new Set([...this.#peers.values()].map((p) => p.host))].sort();
   }
 
   /** The bound address. */
@@ -81,7 +102,7 @@ export class RpcServer {
     return this.#endpoint.addr;
   }
 
-  /** Starts accepting connections. */
+  /** Starts accepting connections, and re-checking connected peers' certificates. */
   start(): void {
     const listener = this.#endpoint.listen({
       cert: this.#identity.certPem,
@@ -90,27 +111,91 @@ export class RpcServer {
     });
     this.#listener = listener;
     void (async () => {
-      for await (const incoming of listener) {
-        void this.#accept(incoming).catch(() => {
-          // A connection that failed before or during authentication: nothing to serve.
-        });
-      }
+      for await (const incoming of listener) this.#admit(incoming);
     })().catch(() => {
       // The listener was stopped.
     });
+    const timer = setInterval(() => void this.recheck(), this.#limits.recheckMs);
+    Deno.unrefTimer(timer);
+    this.#recheck = timer;
   }
 
-  async #accept(incoming: Deno.QuicIncoming) {
+  /**
+   * Re-reads the CRL if it changed and closes every connection whose peer's certificate expired or
+   * was revoked since it authenticated: page channels live for days, longer than a revocation may
+   * wait. Runs every `recheckMs`; returns the number closed.
+   */
+  async recheck(now = new Date()): Promise<number> {
+    await this.#revocations?.refresh().catch((e) =>
+      this.#log("cannot re-read the CRL: {reason}", { reason: (e as Error).message })
+    );
+    let cut = 0;
+    for (const [conn, peer] of this.#peers) {
+      const why = this.#unfit(peer, now);
+      if (!why) continue;
+      this.#log("closing the connection of {peer}: {reason}", { peer: peer.host, reason: why });
+      this.#peers.delete(conn);
+      conn.close({ closeCode: 2, reason: why.slice(0, 100) });
+      cut++;
+    }
+    return cut;
+  }
+
+  /** Why `peer`'s certificate no longer admits it, or undefined. */
+  #unfit(peer: PeerIdentity, now: Date): string | undefined {
+    if (now > peer.notAfter) return `certificate expired on ${peer.notAfter.toISOString()}`;
+    const at = this.#revocations?.revoked(peer.serial);
+    if (at) return `certificate ${peer.serial} revoked on ${at.toISOString()}`;
+    return undefined;
+  }
+
+  /** Counts a new connection as a handshake under way, or refuses it at once. */
+  #admit(incoming: Deno.QuicIncoming): void {
+    const refusal = this.#admission.begin();
+    if (refusal) {
+      this.refused++;
+      incoming.refuse();
+      this.#log("refused a connection: {reason}", { reason: refusal });
+      return;
+    }
+    let authenticating = true;
+    const done = () => {
+      if (authenticating) this.#admission.authenticated();
+      authenticating = false;
+    };
+    void this.#accept(incoming, done).catch(() => {
+      // A connection that failed before or during authentication: nothing to serve.
+    }).finally(done);
+  }
+
+  async #accept(incoming: Deno.QuicIncoming, authenticated: () => void) {
     const conn = await incoming.accept();
+    const address = conn.remoteAddr.hostname;
+    const refusal = this.#admission.address(address);
+    if (refusal) {
+      this.refused++;
+      this.#log("refused a connection: {reason}", { reason: refusal });
+      conn.close({ closeCode: 3, reason: "too many connections from this address" });
+      return;
+    }
     this.#conns.add(conn);
-    conn.closed.finally(() => this.#conns.delete(conn)).catch(() => {
+    conn.closed.finally(() => {
+      this.#conns.delete(conn);
+      this.#peers.delete(conn);
+      this.#admission.closed(address);
+    }).catch(() => {
       // Closed with an error code: it is gone either way.
     });
     const streams = conn.incomingBidirectionalStreams.getReader();
     let peer: PeerIdentity & { role: Role };
     try {
-      peer = await withTimeout(this.#authenticate(streams), AUTH_TIMEOUT_MS, "authentication");
+      peer = await withTimeout(
+        this.#authenticate(streams),
+        this.#limits.handshakeTimeoutMs,
+        "authentication",
+      );
     } catch (e) {
+      authenticated();
       this.refused++;
       this.#log("refused {addr}: {reason}", {
         addr: formatHostPort(conn.remoteAddr),
@@ -120,11 +205,12 @@ export class RpcServer {
       setTimeout(() => conn.close({ closeCode: 1, reason: "unauthenticated" }), 200);
       return;
     }
-    this.#peerNames.set(conn, peer.host);
-    conn.closed.finally(() => this.#peerNames.delete(conn)).catch(() => {
-      // Closed with an error code: it is gone either way.
-    });
+    authenticated();
+    this.#peers.set(conn, peer);
+    // A call holds a slot until it ends; while all are held, further streams wait unread.
+    const slots = new Slots(this.#limits.streamsPerConnection);
     for (;;) {
+      await slots.acquire();
       const { value: stream, done } = await streams.read();
       if (done) break;
       void serveFramedCalls(
@@ -134,7 +220,7 @@ export class RpcServer {
         false,
       ).catch(() => {
         // The stream broke under the call; the caller sees its connection fail.
-      });
+      }).finally(() => slots.release());
     }
   }
 
@@ -179,6 +265,12 @@ export class RpcServer {
     }
     const client = await verifyPeerCertificate(cert, this.#identity.caPem);
     if (!client.ok) return fail(`client certificate refused: ${client.reason}`);
+    const revoked = this.#revocations?.revoked(client.serial);
+    if (revoked) {
+      return fail(
+        `client certificate of ${client.host} (serial ${client.serial}) was revoked on ${revoked.toISOString()}`,
+      );
+    }
     if (!client.role) {
       return fail(
         `client certificate of ${client.host} states no role; issue it again with dcres ca issue --role`,
@@ -231,6 +323,7 @@ export class RpcServer {
     } catch {
       // Already stopped.
     }
+    clearInterval(this.#recheck);
     for (const c of this.#conns) c.close();
     this.#endpoint.close();
   }

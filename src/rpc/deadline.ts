@@ -31,6 +31,9 @@ export async function within<T>(p: Promise<T>, ms: number): Promise<T | undefine
   }
 }
 
+/** The longest deadline a peer's call gets; a longer one is cut to it (docs/SECURITY.md, "Bounds"). */
+export const MAX_DEADLINE_MS = 3_600_000;
+
 /**
  * A promise that rejects when `signal` aborts: with its reason when that is an RpcError (a deadline,
  * the caller's cancel), else with RpcError("cancelled"). Without a signal it never settles.

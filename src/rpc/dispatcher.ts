@@ -56,6 +56,14 @@ export interface CallPort {
 /** How a call ended, ready for the wire. */
 export type CallOutcome = { ok: true; result: unknown } | { ok: false; error: WireError };
 
+/** The longest deadline a caller may set, and longer ones for channels that live as long as their use. */
+export interface DeadlineCap {
+  /** Milliseconds; a longer deadline is cut to this. */
+  maxMs: number;
+  /** Methods with a cap of their own (a page channel, a console). */
+  longer?: Readonly<Record<string, number>>;
+}
+
 /** Refusals of callers whose role may not call a method, as the dispatcher reports them. */
 export type RefusalLog = (refusal: { method: string; peer: string; role: CallerRole }) => void;
 
@@ -67,19 +75,30 @@ export class Dispatcher {
   readonly #handlers: Record<string, RpcHandler>;
   readonly #access?: AccessPolicy;
   readonly #onRefusal?: RefusalLog;
+  readonly #cap?: DeadlineCap;
 
   constructor(
     handlers: Record<string, RpcHandler>,
     access?: AccessPolicy,
     onRefusal?: RefusalLog,
+    cap?: DeadlineCap,
   ) {
     this.#handlers = handlers;
     this.#access = access;
     this.#onRefusal = onRefusal;
+    this.#cap = cap;
   }
 
   /** Starts `call` from `caller`; the transport feeds it DATA and cancellation, then sends its outcome. */
   open(call: IncomingCall, caller: Caller, port: CallPort): OpenCall {
+    const cap = this.#cap &&
+      (Object.hasOwn(this.#cap.longer ?? {}, call.method)
+        ? this.#cap.longer![call.method]
+        : this.#cap.maxMs);
+    // A deadline holds the call's handler and its connection's call slot; a peer may not hold them for days.
+    if (cap !== undefined && (call.deadlineMs === undefined || call.deadlineMs > cap)) {
+      call = { ...call, deadlineMs: cap };
+    }
     return new OpenCall(
       call,
       caller,
