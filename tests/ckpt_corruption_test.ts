@@ -1018,7 +1018,10 @@ Deno.test("a checksummed manifest lacking a required field is refused naming the
 });
 
 Deno.test("a checksummed manifest whose page map names a fragment it does not list is refused", () => {
-  const m = { ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1), pageMap: Uint32Array.of(0, 8, 1) };
+  const m = {
+    ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1),
+    pageMap: Uint32Array.of(0, 8, 1),
+  };
   refusesManifest(encodeManifest(m), 24, "pageMap run 0 names fragment 1 of 1");
   const ragged = { ...m, pageMap: Uint32Array.of(0, 8) };
   refusesManifest(
