@@ -137,6 +137,10 @@ export function program(
       "split VMs' pages this host may hold (default: half its free RAM)",
     )
     .option("--accel <kind>", `the VMs it starts, unless a request says: ${ACCEL_HELP}`)
+    .option(
+      "--guest-dir <dir>",
+      "the only place Linux guests' kernels and initrds are read from (default /var/lib/dcres/guests)",
+    )
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   p.command("status")

@@ -5,7 +5,8 @@
  * fails a host (SIGKILL to its agent and its VMs) and `start NAME` starts its agent again on its
  * data.
  */
-import { join, resolve } from "node:path";
+import { basename, join, resolve } from "node:path";
+import { findGuestKernel } from "../src/vmm/boot/initramfs.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { selfCommand, spawnDetached } from "../src/agent/spawn.ts";
 import { defaultClientIdentityDir } from "../src/cli/remote.ts";
@@ -94,6 +95,30 @@ function ipOf(name: string): string {
   return `127.0.0.${Number(name.slice(4)) + 1}`;
 }
 
+/**
+ * The cluster's guest directory: copies of this host's newest kernel and of the repo's initramfs,
+ * the only guest files its agents will load (copies, as a symlink out of the directory is refused).
+ */
+function guestDir(): string {
+  const dir = join(root, "guests");
+  Deno.mkdirSync(dir, { recursive: true });
+  const kernel = findGuestKernel();
+  const initrd = new URL("../target/guest/initramfs.cpio.gz", import.meta.url).pathname;
+  for (const src of kernel ? [kernel, initrd] : [initrd]) {
+    const to = join(dir, basename(src));
+    try {
+      Deno.statSync(to);
+    } catch {
+      try {
+        Deno.copyFileSync(src, to);
+      } catch {
+        // Not there (no kernel installed, no initramfs built): Linux guests cannot start here.
+      }
+    }
+  }
+  return dir;
+}
+
 /** Starts the agent of `name` on its address, data and identity; resolves once it is ready. */
 async function start(name: string) {
   const dir = join(root, name);
@@ -114,6 +139,8 @@ async function start(name: string) {
     join(dir, "data"),
     "--identity",
     join(dir, "identity"),
+    "--guest-dir",
+    guestDir(),
   ]);
   const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));

@@ -36,7 +36,7 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
     { name: string; addr: string }
   >;
   assertEquals(agents.map((a) => a.name), ["node1", "node2", "node3"]);
-  const [a1, a2] = agents.map((a) => ["--agent", a.addr]);
+  const [a1, a2, a3] = agents.map((a) => ["--agent", a.addr]);
   try {
     await ok([...a1, "vm", "start", "--name", "v1", "--mem", "128M", "--vcpus", "2", "--ws", "8M"]);
     await ok([...a1, "guest", "verify", "v1"]);
@@ -44,7 +44,8 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
       (await ok([...a1, "--json", "checkpoint", "v1", "--mode", "cow"])).stdout,
     );
     assertEquals(ck.generation, 1);
-    const copy = Deno.makeTempDirSync({ prefix: "dcres-copy-" });
+    // Paths do not cross the network: the copy goes into agent 2's store and is named by its store.
+    const copy = `${env.DCRES_CLUSTER_DIR}/node2/data/ckpt`;
     await new Deno.Command("cp", { args: ["-r", ck.dir, `${copy}/v1`] }).output();
     for (const lazy of [false, true]) {
       const name = lazy ? "v2lazy" : "v2";
@@ -53,7 +54,7 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
           ...a2,
           "--json",
           "restore",
-          `${copy}/v1`,
+          "v1",
           "--name",
           name,
           ...(lazy ? ["--lazy"] : []),
@@ -68,7 +69,7 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
     ) => v.name);
     assertEquals(ls, ["v2", "v2lazy"]);
     assertEquals(JSON.parse((await ok([...a1, "--json", "vm", "ls"])).stdout).length, 1);
-    await ok([...a2, "ckpt", "verify", `${copy}/v1`]);
+    await ok([...a2, "ckpt", "verify", "v1"]);
     // On the agent whose store holds it, the checkpoint is named by its id (or 8+ digits of it).
     assert(/^[0-9a-f]{32}$/.test(ck.checkpoint), ck.checkpoint);
     const inspected = JSON.parse(
@@ -81,7 +82,7 @@ Deno.test("three agents: a VM started through agent 1 and checkpointed is restor
     assertEquals(listed.map((g: { id: string }) => g.id), [ck.checkpoint]);
     await ok([...a1, "restore", ck.checkpoint, "--name", "v3"]);
     assert((await ok([...a1, "guest", "verify", "v3"])).stdout.startsWith("OK"));
-    const unknown = await dcres([...a2, "restore", ck.checkpoint], { env });
+    const unknown = await dcres([...a3, "restore", ck.checkpoint], { env });
     assertEquals(unknown.code, 1);
     assert(unknown.stderr.includes(`no checkpoint with id ${ck.checkpoint}`), unknown.stderr);
   } finally {

@@ -23,7 +23,7 @@ async function setup(quotaBytes?: number) {
   Deno.mkdirSync(root);
   const server = new RpcServer(
     loadIdentity(`${d}/a`),
-    ckptFileHandlers(root, (p) => p, quotaBytes),
+    ckptFileHandlers(root, (p) => String(p), quotaBytes),
     { hostname: "127.0.0.1", port: 0 },
   );
   server.start();

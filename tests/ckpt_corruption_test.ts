@@ -1011,14 +1011,17 @@ Deno.test("a checksummed manifest whose body is not CBOR is refused at the body"
 });
 
 Deno.test("a checksummed manifest lacking a required field is refused naming the field", () => {
-  const m: Record<string, unknown> = { ...manifestFor(FRAG_PAGES, "g/main.frag", 1) };
+  const m: Record<string, unknown> = { ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1) };
   delete m.pageMap;
   refusesManifest(manifestWithBody(encodeCbor(m)), 24, `field "pageMap" is missing`);
   refusesManifest(manifestWithBody(encodeCbor(7)), 24, "body is not a map");
 });
 
 Deno.test("a checksummed manifest whose page map names a fragment it does not list is refused", () => {
-  const m = { ...manifestFor(FRAG_PAGES, "g/main.frag", 1), pageMap: Uint32Array.of(0, 8, 1) };
+  const m = {
+    ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1),
+    pageMap: Uint32Array.of(0, 8, 1),
+  };
   refusesManifest(encodeManifest(m), 24, "pageMap run 0 names fragment 1 of 1");
   const ragged = { ...m, pageMap: Uint32Array.of(0, 8) };
   refusesManifest(
@@ -1031,7 +1034,7 @@ Deno.test("a checksummed manifest whose page map names a fragment it does not li
 Deno.test("a checksummed manifest whose fragments field is null is refused with a format error", () => {
   // decodeManifest checks fields with `=== undefined`, so null passes the presence check and then
   // `m.fragments.length` throws a TypeError.
-  const m = { ...manifestFor(FRAG_PAGES, "g/main.frag", 1), fragments: null };
+  const m = { ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1), fragments: null };
   refusesManifest(encodeManifest(m as unknown as Manifest), 24, "fragments");
 });
 

@@ -140,7 +140,7 @@ const chip = fc.uint8Array({ minLength: 512, maxLength: 512 });
 
 /** A MachineState: every KVM structure, device states, and a spec with optional parts. */
 const machineState: fc.Arbitrary<MachineState> = fc.record({
-  name: fc.string({ minLength: 1, maxLength: 16 }),
+  name: fc.stringMatching(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$/),
   guest: fc.constantFrom("memstamp" as const, "linux" as const),
   memSize: fc.nat({ max: 2 ** 40 }).map((n) => n * PAGE),
   vcpus: fc.array(vcpuState, { minLength: 1, maxLength: 3 }),

@@ -243,7 +243,7 @@ Deno.test("an operator's certificate cannot serve as an agent's, nor an agent's 
 Deno.test("a third agent's page call about a VM whose main host it is not is refused", async () => {
   const c = await cluster();
   const stores = new PageStores(`${c.d}/pages`, 1024, "victim");
-  const sub = serve(c.v, "127.0.0.21", pageHandlers(stores, `${c.d}/ckpt`, (p) => p));
+  const sub = serve(c.v, "127.0.0.21", pageHandlers(stores, `${c.d}/ckpt`, (p) => String(p)));
   try {
     const main = await RpcClient.connect(addrOf(sub), c.m);
     assertEquals(

@@ -3,7 +3,6 @@
  * a unix socket for the local CLI, VMs as their own `dcres vmm` processes in its data directory
  * (so a restarted agent finds them again), and the host's checkpoint store.
  */
-import { existsSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import { DCRES_VERSION } from "../ckpt/format.ts";
@@ -30,6 +29,8 @@ import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../ac
 import { accelChoice } from "../accel/select.ts";
 import { AGENT_ACCESS, AGENT_CHANNELS } from "./access.ts";
 import { validated } from "./schemas.ts";
+import { checkpointPath, guestFile, nameArg, safeReadDir, storeArg } from "./paths.ts";
+import type { CallerRole } from "../rpc/roles.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
 
@@ -51,7 +52,12 @@ export interface AgentConfig {
   storeQuotaBytes?: number;
   /** Milliseconds between re-reads of ca.crl and re-checks of connected peers (default 60 s). */
   recheckMs?: number;
+  /** The only directory kernels and initrds of Linux guests it starts are read from. */
+  guestDir?: string;
 }
+
+/** The guest directory of an agent without one configured. */
+export const DEFAULT_GUEST_DIR = "/var/lib/dcres/guests";
 
 const log = getLogger(["dcres", "agent"]);
 
@@ -125,7 +131,8 @@ export class Agent {
       ...pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
-        (arg) => checkpointPath(cfg, arg, "generation"),
+        (arg, role, field) =>
+          checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
       ),
     });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
@@ -197,12 +204,13 @@ export function agentHandlers(
   t0: number,
 ): Record<string, RpcHandler> {
   const stateDir = Agent.stateDir(cfg);
-  const storeOf = (name: string) => join(cfg.dataDir, "ckpt", name);
-  const inData = (p: string) => checkpointPath(cfg, p, "generation");
+  const root = join(cfg.dataDir, "ckpt");
+  const inData = (p: unknown, role: CallerRole) => checkpointPath(root, p, "generation", role);
+  const vmName = (args: Record<string, unknown>) => nameArg(args, "name", "vm");
   const vm = (op: "stop" | "pause" | "resume") => async (args: Record<string, unknown>) => ({
-    name: str(args, "name"),
+    name: vmName(args),
     op,
-    ...(await request<Record<string, unknown> | null>(stateDir, str(args, "name"), { op }) ?? {}),
+    ...(await request<Record<string, unknown> | null>(stateDir, vmName(args), { op }) ?? {}),
   });
   return {
     health: async () => ({
@@ -214,10 +222,7 @@ export function agentHandlers(
     }),
     "vm.ls": () => listVms(stateDir),
     "vm.start": async (args) => {
-      const spec = args.spec as MachineSpec;
-      if (typeof spec !== "object" || spec === null || typeof spec.name !== "string") {
-        throw new RpcError("bad-request", "vm.start needs a machine spec");
-      }
+      const spec = specArg(cfg, args.spec);
       return await spawnVmm(
         spec,
         stateDir,
@@ -238,7 +243,7 @@ export function agentHandlers(
     "guest.verify": (args, ctx) =>
       request(
         stateDir,
-        str(args, "name"),
+        vmName(args),
         {
           op: "verify",
           timeoutMs: args.timeoutMs as number | undefined,
@@ -246,16 +251,16 @@ export function agentHandlers(
         undefined,
         ctx.signal,
       ),
-    "vm.check": (args) => request(stateDir, str(args, "name"), { op: "paging.check" }),
+    "vm.check": (args) => request(stateDir, vmName(args), { op: "paging.check" }),
     "vm.split": (args) =>
-      request(stateDir, str(args, "name"), {
+      request(stateDir, vmName(args), {
         op: "split",
         ...splitArg(args.split),
         identityDir: resolve(cfg.identityDir),
       }),
-    "vm.gather": (args) => request(stateDir, str(args, "name"), { op: "gather" }),
+    "vm.gather": (args) => request(stateDir, vmName(args), { op: "gather" }),
     "vm.movesub": (args) =>
-      request(stateDir, str(args, "name"), {
+      request(stateDir, vmName(args), {
         op: "move-sub",
         from: str(args, "from"),
         to: str(args, "to"),
@@ -263,7 +268,7 @@ export function agentHandlers(
     "vm.exec": (args, ctx) =>
       request(
         stateDir,
-        str(args, "name"),
+        vmName(args),
         {
           op: "exec",
           cmd: str(args, "cmd"),
@@ -272,12 +277,10 @@ export function agentHandlers(
         undefined,
         ctx.signal,
       ),
-    "vm.console": (args, ctx) => relayConsole(stateDir, str(args, "name"), ctx),
+    "vm.console": (args, ctx) => relayConsole(stateDir, vmName(args), ctx),
     checkpoint: (args, ctx) => {
-      const name = str(args, "name");
-      const dir = typeof args.dir === "string"
-        ? resolve(cfg.dataDir, "ckpt", args.dir)
-        : storeOf(name);
+      const name = vmName(args);
+      const dir = storeArg(root, args.dir ?? name, ctx.role);
       return request(stateDir, name, {
         op: "checkpoint",
         dir,
@@ -289,9 +292,9 @@ export function agentHandlers(
         host,
       }, ctx.progress);
     },
-    restore: (args) =>
-      spawnRestore(inData(str(args, "path")), stateDir, {
-        name: typeof args.name === "string" ? args.name : undefined,
+    restore: (args, ctx) =>
+      spawnRestore(inData(args.path, ctx.role), stateDir, {
+        name: args.name === undefined ? undefined : vmName(args),
         lazy: !!args.lazy,
         accel: accelArg(cfg, args),
         split: args.split === undefined ? undefined : JSON.stringify({
@@ -300,11 +303,11 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(join(cfg.dataDir, "ckpt"), inData, cfg.storeQuotaBytes),
-    "ckpt.ls": (args) =>
-      Promise.resolve(listGenerations(checkpointPath(cfg, str(args, "path"), "store"))),
-    "ckpt.inspect": (args) => {
-      const i = inspectCheckpoint(inData(str(args, "path")));
+    ...ckptFileHandlers(root, inData, cfg.storeQuotaBytes),
+    "ckpt.ls": (args, ctx) =>
+      Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
+    "ckpt.inspect": (args, ctx) => {
+      const i = inspectCheckpoint(inData(args.path, ctx.role));
       return Promise.resolve({
         dir: i.dir,
         chain: i.chain,
@@ -317,41 +320,31 @@ export function agentHandlers(
     },
     "ckpt.verify": async (args, ctx) => ({
       ok: true,
-      ...await verifyOffLoop(inData(str(args, "path")), true, ctx.signal),
+      ...await verifyOffLoop(inData(args.path, ctx.role), true, ctx.signal),
     }),
   };
 }
 
 /**
- * What a checkpoint argument names on this agent: a path (relative ones under its store root), or a
- * checkpoint id (its hex, or a unique prefix of at least 8 digits) found in its stores, as that
- * generation's directory or (`store`) the store holding it.
+ * The machine spec of vm.start: its name of the VM grammar (it names the VM's socket and log), and
+ * a Linux guest's kernel and initrd from the agent's guest directory only.
  */
-export function checkpointPath(
-  cfg: AgentConfig,
-  arg: string,
-  want: "generation" | "store",
-): string {
-  const root = join(cfg.dataDir, "ckpt");
-  const path = resolve(root, arg);
-  if (!/^[0-9a-f]{8,32}$/.test(arg) || existsSync(path)) return path;
-  const hits: Array<{ store: string; dir: string }> = [];
-  for (const e of safeReadDir(root)) {
-    if (!e.isDirectory) continue;
-    for (const g of listGenerations(join(root, e.name))) {
-      if (g.id?.startsWith(arg)) hits.push({ store: join(root, e.name), dir: g.dir });
-    }
+function specArg(cfg: AgentConfig, v: unknown): MachineSpec {
+  if (typeof v !== "object" || v === null) {
+    throw new RpcError("bad-request", "vm.start needs a machine spec");
   }
-  if (hits.length === 0) {
-    throw new RpcError(
-      "bad-request",
-      `no checkpoint with id ${arg} in this agent's stores ('dcres status' lists them)`,
-    );
+  const spec = { ...v } as MachineSpec;
+  nameArg(spec as unknown as Record<string, unknown>, "name", "vm");
+  if (spec.linux !== undefined) {
+    const dir = cfg.guestDir ?? DEFAULT_GUEST_DIR;
+    const l = spec.linux;
+    spec.linux = {
+      ...l,
+      kernel: guestFile(dir, "kernel", l?.kernel),
+      ...(l?.initrd === undefined ? {} : { initrd: guestFile(dir, "initrd", l.initrd) }),
+    };
   }
-  if (hits.length > 1) {
-    throw new RpcError("bad-request", `checkpoint id ${arg} is ambiguous here; give more digits`);
-  }
-  return want === "store" ? hits[0].store : hits[0].dir;
+  return spec;
 }
 
 /** Validates the `split` argument of vm.start. */
@@ -398,14 +391,6 @@ export function storeUsage(
     });
   }
   return out;
-}
-
-function safeReadDir(dir: string): Deno.DirEntry[] {
-  try {
-    return [...Deno.readDirSync(dir)];
-  } catch {
-    return [];
-  }
 }
 
 async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promise<string> {

@@ -7,6 +7,7 @@ import * as libc from "../ffi/libc.ts";
 import { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
+import type { CallerRole } from "../rpc/roles.ts";
 import type { PageStores } from "../paging/page_store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { nextTurn } from "../rpc/deadline.ts";
@@ -16,7 +17,7 @@ const BATCH = 1024;
 /** `pages.load`: fill the store of `vm` with the pages of fragments `fragments` of checkpoint `ckpt`. */
 export function pageLoadHandlers(
   stores: PageStores,
-  resolve: (arg: string) => string,
+  resolve: (arg: unknown, role: CallerRole, field?: string) => string,
   vmArgs: (a: Record<string, unknown>) => { vm: string; pages: number },
 ): Record<string, RpcHandler> {
   return {
@@ -26,9 +27,11 @@ export function pageLoadHandlers(
       if (!Array.isArray(frags) || !frags.every((f) => Number.isSafeInteger(f) && f >= 0)) {
         throw new RpcError("bad-request", "fragments must be fragment indices");
       }
-      if (typeof args.ckpt !== "string") throw new RpcError("bad-request", "ckpt is required");
       const t0 = performance.now();
-      const ck = OpenCheckpoint.open(resolve(args.ckpt), new Set(frags as number[]));
+      const ck = OpenCheckpoint.open(
+        resolve(args.ckpt, ctx.role, "ckpt"),
+        new Set(frags as number[]),
+      );
       try {
         if (ck.manifest.machine.spec.memSize !== pages * PAGE_SIZE) {
           throw new RpcError(

@@ -1,6 +1,8 @@
 /** The agent's page-store methods: what a split VM's main host calls on its sub-hosts. */
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
+import type { CallerRole } from "../rpc/roles.ts";
+import { nameArg } from "./paths.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { checkRuns, expandRuns } from "../memory/runs.ts";
 import { PageSaves } from "./page_saves.ts";
@@ -9,10 +11,7 @@ import { PageOwners } from "./page_owners.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
 function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
-  const vm = args.vm, pages = args.pages;
-  if (typeof vm !== "string" || !/^[A-Za-z0-9._-]{1,64}$/.test(vm)) {
-    throw new RpcError("bad-request", "vm must be a VM name");
-  }
+  const vm = nameArg(args, "vm", "vm"), pages = args.pages;
   if (!Number.isSafeInteger(pages) || (pages as number) <= 0 || (pages as number) > 1 << 28) {
     throw new RpcError("bad-request", "pages must be the VM's page count");
   }
@@ -56,7 +55,7 @@ async function serve(
 export function pageHandlers(
   stores: PageStores,
   ckptRoot: string,
-  resolve: (arg: string) => string,
+  resolve: (arg: unknown, role: CallerRole, field?: string) => string,
 ): Record<string, RpcHandler> {
   const owners = new PageOwners(stores.dir);
   return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve));
@@ -90,7 +89,7 @@ function ownedByMain(
 function pageMethods(
   stores: PageStores,
   ckptRoot: string,
-  resolve: (arg: string) => string,
+  resolve: (arg: unknown, role: CallerRole, field?: string) => string,
 ): Record<string, RpcHandler> {
   const saves = new PageSaves(stores, ckptRoot);
   return {

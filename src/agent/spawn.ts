@@ -8,6 +8,7 @@ import { VmmStartError } from "./errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
 import { targetSpecOf } from "../ckpt/store.ts";
 import { sleep } from "../rpc/deadline.ts";
+import { checkName } from "../codec/names.ts";
 
 /** Deno permission flags the VMM process needs. */
 export const VMM_PERMISSIONS = [
@@ -57,6 +58,8 @@ export async function spawnVmm(
   forMs?: number,
   extraArgs: string[] = [],
 ): Promise<VmInfo> {
+  // The name makes the socket's and the log's paths: refused here before anything is created.
+  checkName("vm", "VM name", spec.name);
   Deno.mkdirSync(stateDir, { recursive: true });
   try {
     await request<VmInfo>(stateDir, spec.name, { op: "info" });

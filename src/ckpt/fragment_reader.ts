@@ -5,6 +5,7 @@
  */
 import zlib from "node:zlib";
 import * as libc from "../ffi/libc.ts";
+import { openRegular } from "../ffi/regular_file.ts";
 import {
   CheckpointFormatError,
   checkVersion,
@@ -71,22 +72,21 @@ export class FragmentReader {
 
   /** Opens and validates `path`. */
   static open(path: string): FragmentReader {
-    let fd: number;
+    let fd: number, size: number;
     try {
-      fd = libc.open(path, libc.O.RDONLY);
+      ({ fd, size } = openRegular(path));
     } catch (e) {
-      throw new CheckpointFormatError(path, 0, `cannot open: ${(e as Error).message}`);
+      throw new CheckpointFormatError(path, 0, (e as Error).message.replace(`${path}: `, ""));
     }
     try {
-      return FragmentReader.parse(path, fd);
+      return FragmentReader.parse(path, fd, size);
     } catch (e) {
       libc.close(fd);
       throw e;
     }
   }
 
-  private static parse(path: string, fd: number): FragmentReader {
-    const size = Deno.statSync(path).size;
+  private static parse(path: string, fd: number, size: number): FragmentReader {
     const bad = (off: number, what: string): never => {
       throw new CheckpointFormatError(path, off, what);
     };

@@ -84,7 +84,9 @@ export function verifyCheckpoint(
   const { root, manifest } = resolveCheckpoint(path);
   const here = (f: { path: string }) => {
     try {
-      return Deno.statSync(join(root, f.path)).isFile;
+      // lstat: a planted symlink counts as here, so the reader refuses it instead of skipping it.
+      Deno.lstatSync(join(root, f.path));
+      return true;
     } catch {
       return false;
     }

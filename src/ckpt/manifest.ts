@@ -6,6 +6,8 @@
 import { ACCEL_KINDS } from "../accel/accel.ts";
 import { decodeCbor, encodeCbor } from "../codec/cbor.ts";
 import { writeFileAtomic } from "../ffi/atomic_file.ts";
+import { readRegular } from "../ffi/regular_file.ts";
+import { isName, NameError } from "../codec/names.ts";
 import type { MachineState } from "../vmm/machine.ts";
 import {
   CheckpointFormatError,
@@ -197,6 +199,18 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   if (!(ACCEL_KINDS as readonly unknown[]).includes(m.machine.vm.accel)) {
     bad(HEADER, `field "machine.vm.accel" is not one of ${ACCEL_KINDS.join(", ")}`);
   }
+  if (!isName("vm", m.machine.spec.name)) {
+    bad(HEADER, new NameError(`field "machine.spec.name"`, m.machine.spec.name, "vm").message);
+  }
+  for (const [k, f] of m.fragments.entries()) {
+    // A fragment path is joined to the store: only gNNNNNN/HOST.frag, never absolute nor `..`.
+    if (!isName("fragment-path", f.path)) {
+      bad(HEADER, new NameError(`field "fragments[${k}].path"`, f.path, "fragment-path").message);
+    }
+    if (!isName("host", f.host)) {
+      bad(HEADER, new NameError(`field "fragments[${k}].host"`, f.host, "host").message);
+    }
+  }
   for (let i = 0; i < m.pageMap.length; i += 3) {
     if (m.pageMap[i + 2] >= m.fragments.length) {
       bad(
@@ -249,19 +263,21 @@ export function checkPageMap(file: string, m: Manifest): { pages: number; perFra
   return { pages, perFragment };
 }
 
-/** Reads and checks `dir/MANIFEST`. */
+/** The largest manifest read (1 GiB): far above any real one, below what would exhaust memory. */
+const MAX_MANIFEST_BYTES = 2 ** 30;
+
+/** Reads and checks `dir/MANIFEST` (a regular file only: a FIFO or symlink is refused, not waited on). */
 export function readManifest(dir: string): Manifest {
   const file = `${dir}/${MANIFEST_FILE}`;
   let buf: Uint8Array;
   try {
-    buf = Deno.readFileSync(file);
+    buf = readRegular(file, MAX_MANIFEST_BYTES);
   } catch (e) {
+    const why = (e as Error).message.replace(`${file}: `, "");
     throw new CheckpointFormatError(
       file,
       0,
-      e instanceof Deno.errors.NotFound
-        ? "missing: the checkpoint was never committed"
-        : (e as Error).message,
+      why.includes("ENOENT") ? "missing: the checkpoint was never committed" : why,
     );
   }
   return decodeManifest(file, buf);

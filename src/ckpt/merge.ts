@@ -5,7 +5,9 @@ import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
 import { commitManifest, type Manifest } from "./manifest.ts";
 import { buildPageMap, compressPageMap, expandPageMap } from "./page_map.ts";
 import { OpenCheckpoint } from "./open_checkpoint.ts";
-import { CheckpointStore, resolveCheckpoint } from "./store.ts";
+import { CheckpointStore, generationName, resolveCheckpoint } from "./store.ts";
+import { CheckpointFormatError } from "./format.ts";
+import { checkName, shown } from "../codec/names.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
 const BATCH = 4096;
@@ -36,6 +38,7 @@ export async function mergeHostPart(
   generation: number,
   idBytes: Uint8Array,
 ): Promise<FragmentSummary & { dir: string }> {
+  checkName("host", "host", host);
   const { manifest } = resolveCheckpoint(dir);
   const mine = new Set(manifest.fragments.flatMap((f, k) => f.host === host ? [k] : []));
   const ck = OpenCheckpoint.open(dir, mine);
@@ -142,13 +145,26 @@ export function mergedManifest(
 ): Manifest {
   const pages = src.machine.spec.memSize / PAGE_SIZE;
   const to = src.fragments.map((f) => hosts.indexOf(f.host));
+  // A part's path comes from another host: only the one its host and generation give is taken.
+  const paths = hosts.map((h) =>
+    `${generationName(generation)}/${checkName("host", "host", h)}.frag`
+  );
+  parts.forEach((p, k) => {
+    if (p.path !== paths[k]) {
+      throw new CheckpointFormatError(
+        `${hosts[k]}'s merge part`,
+        0,
+        `field "path" is ${shown(p.path)}, not ${paths[k]}`,
+      );
+    }
+  });
   return {
     ...src,
     id,
     generation,
     parent: null,
     fragments: parts.map((p, k) => ({
-      path: p.path,
+      path: paths[k],
       host: hosts[k],
       generation,
       footerCrc: p.footerCrc,

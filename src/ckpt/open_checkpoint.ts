@@ -9,7 +9,7 @@ import { PAGE_FLAG } from "./fragment_layout.ts";
 import { FragmentReader } from "./fragment_reader.ts";
 import { checkPageMap, type Manifest } from "./manifest.ts";
 import { expandPageMap } from "./page_map.ts";
-import { resolveCheckpoint } from "./store.ts";
+import { fragmentFile, resolveCheckpoint } from "./store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** An opened checkpoint: manifest, its fragments, and for each page the fragment and index holding it. */
@@ -43,7 +43,7 @@ export class OpenCheckpoint {
         readers.push(undefined);
         continue;
       }
-      const r = opened.adopt(FragmentReader.open(join(root, f.path)), (r) => r.close());
+      const r = opened.adopt(FragmentReader.open(fragmentFile(root, f.path)), (r) => r.close());
       readers.push(r);
       if (r.footerCrc !== f.footerCrc) {
         throw new CheckpointFormatError(

@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
 import { fsyncDir } from "../ffi/atomic_file.ts";
+import { CheckpointFormatError } from "./format.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 
 /** A generation directory as found on disk. */
@@ -107,6 +108,29 @@ export class CheckpointStore {
     fsyncDir(this.root);
     return { generation, dir };
   }
+}
+
+/**
+ * The file of a manifest's fragment path `rel` (already of the fragment-path grammar) in store
+ * `root`; refused when its generation directory is a symlink, which could lead anywhere.
+ */
+export function fragmentFile(root: string, rel: string): string {
+  const file = join(root, rel);
+  const gen = rel.slice(0, rel.indexOf("/"));
+  let st: Deno.FileInfo;
+  try {
+    st = Deno.lstatSync(join(root, gen));
+  } catch {
+    return file; // missing: the reader's open says so
+  }
+  if (!st.isDirectory) {
+    throw new CheckpointFormatError(
+      file,
+      0,
+      `fragment path: generation ${gen} is not a directory of the store (a symlink?)`,
+    );
+  }
+  return file;
 }
 
 /** Resolves a restore target: a store (its latest generation) or one generation directory. */

@@ -1,6 +1,6 @@
 /** `dcres agent`: the per-host daemon, until SIGTERM or SIGINT; VMs keep running when it stops. */
 import { getLogger } from "@logtape/logtape";
-import { Agent, type AgentConfig } from "../agent/agent.ts";
+import { Agent, type AgentConfig, DEFAULT_GUEST_DIR } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
 import { parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
@@ -14,6 +14,7 @@ export interface AgentFlags {
   metricsPort?: string;
   pageStore?: string;
   accel?: string;
+  guestDir?: string;
 }
 
 /** Runs the agent. */
@@ -35,6 +36,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     accel: accelFlag(f.accel ?? file.accel),
     recheckMs: file.recheckMs,
     storeQuotaBytes: file.storeQuotaBytes,
+    guestDir: f.guestDir ?? file.guestDir ?? DEFAULT_GUEST_DIR,
   };
   const agent = await Agent.start(cfg);
   console.log(

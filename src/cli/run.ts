@@ -3,6 +3,8 @@ import { checkGuestSupported, type GuestKind, GUESTS, type MachineSpec } from ".
 import { hostVm } from "../vmm_process/host_vm.ts";
 import type { AccessPattern } from "../vmm/guests/memstamp/memstamp.ts";
 import { findGuestKernel } from "../vmm/boot/initramfs.ts";
+import { basename } from "node:path";
+import { checkName } from "../codec/names.ts";
 import {
   CommandFailed,
   EXIT,
@@ -61,8 +63,10 @@ export function specFromFlags(f: RunFlags): MachineSpec {
   if (memSize % PAGE_SIZE !== 0) throw new UsageError(`--mem ${f.mem}: must be a multiple of 4K`);
   const vcpus = parseCount("--vcpus", f.vcpus);
   const name = f.name ?? `${guest}-${crypto.randomUUID().slice(0, 6)}`;
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(name)) {
-    throw new UsageError(`--name ${name}: use letters, digits, '.', '_' and '-' (at most 63)`);
+  try {
+    checkName("vm", "--name", name);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
   }
   const spec: MachineSpec = { name, guest, memSize, vcpus };
   if (guest === "memstamp") {
@@ -87,6 +91,23 @@ export function specFromFlags(f: RunFlags): MachineSpec {
     spec.linux = { kernel, initrd, cmdline: f.cmdline ?? DEFAULT_CMDLINE };
   }
   return spec;
+}
+
+/**
+ * `spec` as an agent takes it: a kernel or initrd this CLI chose by default goes by its file name,
+ * which the agent finds in its guest directory (it reads guest files from nowhere else).
+ */
+function agentSpec(spec: MachineSpec, f: RunFlags): MachineSpec {
+  if (!spec.linux) return spec;
+  const l = spec.linux;
+  return {
+    ...spec,
+    linux: {
+      ...l,
+      kernel: f.kernel ?? basename(l.kernel),
+      initrd: f.initrd ?? (l.initrd === undefined ? undefined : basename(l.initrd)),
+    },
+  };
 }
 
 function defaultInitrd(): string | undefined {
@@ -139,7 +160,7 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
   const split = splitFromFlags(g, f, spec);
   if (split) {
     const info = await remoteCall<VmInfo>({ ...g, agent: split.main }, "vm.start", {
-      spec,
+      spec: agentSpec(spec, f),
       forMs,
       split: { mainMemBytes: split.mainMemBytes, subs: split.subs },
       ...remoteAccel(f.accel),
@@ -157,7 +178,11 @@ export async function runCommand(g: GlobalOptions, f: RunFlags): Promise<number>
     return EXIT.OK;
   }
   if (agentAddr(g)) {
-    const info = await remoteCall<VmInfo>(g, "vm.start", { spec, forMs, ...remoteAccel(f.accel) });
+    const info = await remoteCall<VmInfo>(g, "vm.start", {
+      spec: agentSpec(spec, f),
+      forMs,
+      ...remoteAccel(f.accel),
+    });
     reportStarted(g, spec, info);
     return EXIT.OK;
   }

@@ -4,6 +4,7 @@ import { Errno, SyscallError } from "./errors.ts";
 const lib = Deno.dlopen("libc.so.6", {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   close: { parameters: ["i32"], result: "i32" },
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
   ioctl_ptr: { name: "ioctl", parameters: ["i32", "u64", "pointer"], result: "i32" },
   ioctl_buf: { name: "ioctl", parameters: ["i32", "u64", "buffer"], result: "i32" },
   ioctl_int: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
@@ -68,6 +69,7 @@ export const O = {
   DIRECTORY: 0o200000,
   TRUNC: 0o1000,
   NONBLOCK: 0o4000,
+  NOFOLLOW: 0o400000,
   CLOEXEC: 0o2000000,
 } as const;
 
@@ -107,6 +109,19 @@ export function open(path: string, flags: number, mode = 0o600): number {
   if (fd < 0) throw new SyscallError(`open(${path})`, errno());
   return fd;
 }
+
+/** fstat(2) of `fd` (x86-64 struct stat): its file type bits (S_IFMT of st_mode) and size. */
+export function fstat(fd: number): { type: number; size: number } {
+  const st = new Uint8Array(144);
+  check("fstat", s.fstat(fd, st));
+  const dv = new DataView(st.buffer);
+  return { type: dv.getUint32(24, true) & S_IFMT, size: Number(dv.getBigInt64(48, true)) };
+}
+
+/** File type bits of st_mode. */
+export const S_IFMT = 0o170000;
+/** st_mode type of a regular file. */
+export const S_IFREG = 0o100000;
 
 /** close(2); errors are ignored because there is nothing a caller can do about them. */
 export function close(fd: number): void {

@@ -27,6 +27,7 @@ import { dataRegion } from "./guests/memstamp/layout.ts";
 import { MemstampReportPort, type ReportPortState } from "./guests/memstamp/report_port.ts";
 import { type DeviceContext, Vm, type VmState } from "./vm.ts";
 
+import { isName, NameError } from "../codec/names.ts";
 /** The guests dcres can run. */
 export const GUESTS = ["memstamp", "linux"] as const;
 /** A guest kind. */
@@ -160,6 +161,10 @@ export function checkGuestSupported(guest: GuestKind, accel: Accelerator): void 
 }
 
 function validate(spec: MachineSpec) {
+  // The name becomes the control socket's and the log's file names: one grammar, no `..`, no `/`.
+  if (!isName("vm", spec.name)) {
+    throw new MachineSpecError(new NameError("VM name", spec.name, "vm").message);
+  }
   if (!(GUESTS as readonly string[]).includes(spec.guest)) {
     throw new MachineSpecError(`unknown guest "${spec.guest}"; use one of: ${GUESTS.join(", ")}`);
   }

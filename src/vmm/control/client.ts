@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { fromWireError, RpcError, type RpcErrorCode } from "../../rpc/errors.ts";
 import { closeQuietly } from "../../rpc/unix_server.ts";
 import { LineReader } from "./lines.ts";
+import { checkName } from "../../codec/names.ts";
 import {
   CONTROL_VERSION,
   type ControlReply,
@@ -18,9 +19,9 @@ export function defaultStateDir(): string {
   return xdg ? join(xdg, "dcres") : "/run/dcres";
 }
 
-/** Path of a VM's control socket. */
+/** Path of a VM's control socket; a name outside the VM grammar is refused, never joined. */
 export function socketPath(stateDir: string, name: string): string {
-  return join(stateDir, `${name}.sock`);
+  return join(stateDir, `${checkName("vm", "VM name", name)}.sock`);
 }
 
 /** A VMM refused or failed a request; the message is the VMM's, the code its typed reason. */
@@ -35,8 +36,9 @@ type Req = ControlRequest extends infer R ? R extends { v: number } ? Omit<R, "v
 
 /** Connects to a VM's control socket, or throws VmNotFoundError. */
 export async function connectVm(stateDir: string, name: string): Promise<Deno.UnixConn> {
+  const path = socketPath(stateDir, name);
   try {
-    return await Deno.connect({ transport: "unix", path: socketPath(stateDir, name) });
+    return await Deno.connect({ transport: "unix", path });
   } catch {
     throw new VmNotFoundError(name, stateDir);
   }
