@@ -14,6 +14,7 @@ import { encodeControl } from "../src/net/frame.ts";
 import type { Role } from "../src/rpc/roles.ts";
 import { AGENT_ACCESS } from "../src/agent/access.ts";
 import { pageHandlers } from "../src/agent/pages.ts";
+import { mergesFromMain, PageOwners } from "../src/agent/page_owners.ts";
 import { PageStores } from "../src/paging/page_store.ts";
 import type { RpcHandler } from "../src/rpc/dispatcher.ts";
 
@@ -240,10 +241,14 @@ Deno.test("an operator's certificate cannot serve as an agent's, nor an agent's 
   }
 });
 
-Deno.test("a third agent's page call about a VM whose main host it is not is refused", async () => {
+Deno.test("a third agent's page or merge call about a VM whose main host it is not is refused", async () => {
   const c = await cluster();
   const stores = new PageStores(`${c.d}/pages`, 1024, "victim");
-  const sub = serve(c.v, "127.0.0.21", pageHandlers(stores, `${c.d}/ckpt`, (p) => String(p)));
+  const owners = new PageOwners(stores.dir);
+  const sub = serve(c.v, "127.0.0.21", {
+    ...pageHandlers(stores, `${c.d}/ckpt`, (p) => String(p), owners),
+    ...mergesFromMain(owners, { "ckpt.abort": () => Promise.resolve("aborted") }, ["ckpt.abort"]),
+  });
   try {
     const main = await RpcClient.connect(addrOf(sub), c.m);
     assertEquals(
@@ -260,6 +265,13 @@ Deno.test("a third agent's page call about a VM whose main host it is not is ref
       assertEquals(e.code, "permission-denied", method);
       assert(e.message.includes("belong to its main host member; third may not"), e.message);
     }
+    const merge = await assertRejects(
+      () => third.call("ckpt.abort", { store: "vm1", generation: "g000002" }),
+      RpcError,
+    ) as RpcError;
+    assertEquals(merge.code, "permission-denied");
+    assert(merge.message.includes("is its main host member's; third may not"), merge.message);
+    assertEquals(await main.call("ckpt.abort", { store: "vm1", generation: "g000002" }), "aborted");
     // Its own VM's pages are its own; once main drops vm1, another host may take it up.
     await third.call("pages.open", { vm: "vm2", pages: 8 });
     await main.call("pages.drop", { vm: "vm1" });

@@ -33,6 +33,10 @@ import { checkpointPath, guestFile, nameArg, safeReadDir, storeArg } from "./pat
 import type { CallerRole } from "../rpc/roles.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
+import { mergesFromMain, PageOwners } from "./page_owners.ts";
+
+/** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
+const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort"] as const;
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {
@@ -126,13 +130,15 @@ export class Agent {
       Math.floor((cfg.pageStoreBytes ?? hostAvailableMemory() / 2) / PAGE_SIZE),
       me.host,
     );
+    const owners = new PageOwners(stores.dir);
     const handlers = validated({
-      ...agentHandlers(cfg, me.host, t0),
+      ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0), MERGE_METHODS),
       ...pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg, role, field) =>
           checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
+        owners,
       ),
     });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);

@@ -6,7 +6,7 @@
  * operator's act) and dropping them end it, and the next main host to open them takes it.
  */
 import { join } from "node:path";
-import type { Caller } from "../rpc/dispatcher.ts";
+import type { Caller, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 
 /** The main host of each VM whose pages this agent holds. */
@@ -73,4 +73,34 @@ export class PageOwners {
   #path(vm: string): string {
     return join(this.#dir, `${vm}.main`);
   }
+}
+
+/**
+ * `handlers` where an agent calling one of `methods` about store S (a split VM's checkpoint files
+ * here) must be the main host of VM S, as its pages here say: a split VM's main host merges its
+ * chain on its sub-hosts, and no other agent may write or remove that VM's generations. People
+ * (operators, the coordinator) and root are not bound. Where this host holds none of S's pages
+ * there is no main host to check against, and the call goes through.
+ */
+export function mergesFromMain(
+  owners: PageOwners,
+  handlers: Record<string, RpcHandler>,
+  methods: readonly string[],
+): Record<string, RpcHandler> {
+  const out = { ...handlers };
+  for (const method of methods) {
+    const h = handlers[method];
+    if (!h) continue;
+    out[method] = (args, ctx) => {
+      const main = typeof args.store === "string" ? owners.mainOf(args.store) : undefined;
+      if (ctx.role === "agent" && main !== undefined && main !== ctx.peer) {
+        throw new RpcError(
+          "permission-denied",
+          `${method}: the checkpoint of VM ${args.store} here is its main host ${main}'s; ${ctx.peer} may not change it`,
+        );
+      }
+      return h(args, ctx);
+    };
+  }
+  return out;
 }

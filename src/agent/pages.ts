@@ -56,8 +56,8 @@ export function pageHandlers(
   stores: PageStores,
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
+  owners: PageOwners = new PageOwners(stores.dir),
 ): Record<string, RpcHandler> {
-  const owners = new PageOwners(stores.dir);
   return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve));
 }
 
