@@ -1,6 +1,7 @@
 /** Agent RPC arguments are validated against valibot schemas before a handler runs (issue 14 item 4). */
 import { assertEquals, assertRejects } from "./helpers/assert.ts";
 import { AGENT_SCHEMAS, validated } from "../src/agent/schemas.ts";
+import { AGENT_ACCESS } from "../src/agent/access.ts";
 import type { RpcContext } from "../src/rpc/dispatcher.ts";
 import { RpcError } from "../src/rpc/errors.ts";
 
@@ -22,7 +23,9 @@ Deno.test("malformed arguments of ckpt, page and vm.start methods are refused in
     ],
     ["ckpt.have", { store: "s", files: [1] }, "ckpt.have: files.0:"],
     ["pages.open", { vm: "v", pages: 1.5 }, "pages.open: pages:"],
-    ["pages.channel", { vm: "", pages: 1 }, "pages.channel: vm:"],
+    ["pages.channel", { vm: 7, pages: 1 }, "pages.channel: vm:"],
+    ["checkpoint", { name: "v", mode: "fast" }, "checkpoint: mode:"],
+    ["vm.exec", { name: "v" }, "vm.exec: cmd:"],
     ["vm.start", { spec: "linux" }, "vm.start: spec:"],
     ["vm.start", { spec: { name: "a" }, forMs: "soon" }, "vm.start: forMs:"],
   ];
@@ -37,4 +40,9 @@ Deno.test("malformed arguments of ckpt, page and vm.start methods are refused in
   await h["vm.start"]({ spec: { name: "a", memSize: 1 << 20, kernel: "k" }, accel: "emu" }, ctx);
   await h["pages.open"]({ vm: "v", pages: 4, hold: [[0, 1]] }, ctx);
   assertEquals(ran, 3);
+});
+
+Deno.test("every method an agent serves over the network has an argument schema", () => {
+  const missing = Object.keys(AGENT_ACCESS).filter((m) => !(m in AGENT_SCHEMAS));
+  assertEquals(missing, [], `methods without a schema: ${missing.join(", ")}`);
 });

@@ -1,27 +1,71 @@
 /**
  * The shape of agent RPC arguments, checked with valibot before a handler runs (issue 14 item 4):
  * types, lengths and ranges at the boundary, so a handler's own checks (names, paths, page runs)
- * see well-formed input. Methods not listed here are still checked by their handlers alone.
+ * see well-formed input. Every method the agent serves has one (a test holds the table to
+ * `agent/access.ts`).
  */
 import * as v from "valibot";
+import { CHECKPOINT_MODES } from "../ckpt/manifest.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 
-const name = v.pipe(v.string(), v.minLength(1), v.maxLength(255));
+// Names are only bounded here: each kind's grammar (codec/names.ts) checks them where they are used,
+// with a message that names the grammar.
+const name = v.pipe(v.string(), v.maxLength(65536));
 const file = v.pipe(v.string(), v.minLength(1), v.maxLength(4096));
 const count = v.pipe(v.number(), v.safeInteger(), v.minValue(0));
 const ms = v.pipe(v.number(), v.minValue(0), v.maxValue(30 * 86400_000));
 const store = { store: name };
 const generation = { ...store, generation: name };
+const vm = { name };
+const flag = v.optional(v.boolean());
+const split = v.optional(v.looseObject({
+  mainMemBytes: count,
+  subs: v.pipe(v.array(v.pipe(v.string(), v.maxLength(300))), v.minLength(1), v.maxLength(64)),
+  holders: v.optional(v.pipe(v.array(count), v.maxLength(1 << 20))),
+}));
+const accel = v.optional(v.picklist(["auto", "kvm", "emu"]));
+const pagesOf = { vm: name, pages: count };
+const saveId = v.pipe(v.string(), v.minLength(1), v.maxLength(64));
 
 /** Argument schemas by method. */
 export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
+  health: v.object({}),
+  status: v.object({}),
+  "vm.ls": v.object({}),
   "vm.start": v.object({
     spec: v.looseObject({ name, memSize: v.optional(count) }),
     forMs: v.optional(ms),
-    split: v.optional(v.unknown()),
-    accel: v.optional(v.string()),
+    split,
+    accel,
   }),
+  "vm.stop": v.object(vm),
+  "vm.pause": v.object(vm),
+  "vm.resume": v.object(vm),
+  "vm.check": v.object(vm),
+  "vm.gather": v.object(vm),
+  "vm.console": v.object(vm),
+  "vm.split": v.object({ ...vm, split: v.nonOptional(split) }),
+  "vm.movesub": v.object({ ...vm, from: file, to: file }),
+  "vm.exec": v.object({
+    ...vm,
+    cmd: v.pipe(v.string(), v.maxLength(65536)),
+    timeoutMs: v.optional(ms),
+  }),
+  "guest.verify": v.object({ ...vm, timeoutMs: v.optional(ms) }),
+  checkpoint: v.object({
+    ...vm,
+    dir: v.optional(file),
+    mode: v.optional(v.picklist(CHECKPOINT_MODES)),
+    incremental: flag,
+    compress: flag,
+    traditional: flag,
+    maxDowntimeMs: v.optional(ms),
+  }),
+  restore: v.object({ path: file, name: v.optional(name), lazy: flag, accel, split }),
+  "ckpt.ls": v.object({ path: file }),
+  "ckpt.inspect": v.object({ path: file }),
+  "ckpt.verify": v.object({ path: file }),
   "ckpt.plan": v.object({ path: file }),
   "ckpt.have": v.object({ ...store, files: v.optional(v.pipe(v.array(file), v.maxLength(65536))) }),
   "ckpt.get": v.object({ ...store, file }),
@@ -38,6 +82,18 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "pages.channel": v.looseObject({ vm: name, pages: count }),
   "pages.held": v.looseObject({ vm: name, pages: count }),
   "pages.drop": v.looseObject({ vm: name }),
+  "pages.load": v.object({
+    ...pagesOf,
+    ckpt: file,
+    fragments: v.pipe(v.array(count), v.maxLength(65536)),
+  }),
+  "pages.save.begin": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save.owe": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save.point": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save.finish": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save.commit": v.looseObject({ ...pagesOf, id: saveId }),
+  "pages.save.abort": v.looseObject({ vm: name, id: v.optional(saveId) }),
 };
 
 /** `handlers` with each listed method's arguments validated first; a failure is one bad-request line. */
