@@ -115,3 +115,20 @@ Deno.test("a CRL another CA signed, or one older than the CRL held, is not taken
   assertEquals(await revocations.refresh(), false);
   assert(revocations.revoked(alice.serial), "an older CRL un-revoked a certificate");
 });
+
+Deno.test("a client holding the CA's revocation list refuses an agent whose certificate was revoked", async () => {
+  const { d, server, connect } = await setup();
+  try {
+    const agent = loadIdentity(`${d}/agent1`);
+    const { inspectCertificate } = await import("../src/cli/ca_admin.ts");
+    const serial = (await inspectCertificate(agent.certPem)).serial;
+    await revokeSerial(`${d}/ca`, serial);
+    // Bob has not been given the list yet: he still reaches the agent.
+    (await connect("bob")).close();
+    Deno.copyFileSync(`${d}/ca/${CRL_FILE}`, `${d}/alice/${CRL_FILE}`);
+    const e = await assertRejects(() => connect("alice"), RpcError);
+    assert(e.message.includes(`(serial ${serial}) was revoked on`), e.message);
+  } finally {
+    server.close();
+  }
+});

@@ -24,6 +24,7 @@ import {
   SIGNING,
   toPem,
 } from "./x509.ts";
+import { CRL_FILE } from "./revocation.ts";
 import { isRole, type Role, ROLES } from "../rpc/roles.ts";
 
 /** A host identity as PEM text, ready for `Deno.listenTls`, `Deno.connectTls` or QUIC. */
@@ -34,6 +35,8 @@ export interface Identity {
   keyPem: string;
   /** Cluster CA certificate (PEM). */
   caPem: string;
+  /** The cluster CA's revocation list (`ca.crl`, PEM), when the directory holds one. */
+  crlPem?: string;
 }
 
 /** A certificate the cluster CA issued, as a peer presented it. */
@@ -87,7 +90,18 @@ export function loadIdentity(dir: string): Identity {
     throw new IdentityError(`${keyFile}: not a PKCS#8 PEM private key; ${hint}`);
   }
   checkKeyMode(keyFile);
-  return { certPem, keyPem, caPem };
+  const crlFile = join(dir, CRL_FILE);
+  let crlPem: string | undefined;
+  try {
+    crlPem = Deno.readTextFileSync(crlFile);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      throw new IdentityError(
+        `${crlFile}: cannot read the revocation list: ${(e as Error).message}`,
+      );
+    }
+  }
+  return crlPem === undefined ? { certPem, keyPem, caPem } : { certPem, keyPem, caPem, crlPem };
 }
 
 /**

@@ -29,7 +29,7 @@ import {
 } from "./peer_proof.ts";
 import { IdentityError } from "./x509.ts";
 import { Admission, DEFAULT_LIMITS, type ServerLimits, Slots } from "./conn_guard.ts";
-import type { Revocations } from "./revocation.ts";
+import { readCrl, type Revocations, serialKey } from "./revocation.ts";
 import type { AccessPolicy, Role } from "../rpc/roles.ts";
 import { RPC_VERSION } from "./rpc_messages.ts";
 import { callOnStream, type CallOptions } from "./stream_call.ts";
@@ -454,6 +454,13 @@ async function proveToAgent(
   if (!server.ok) throw fake(`its certificate is refused: ${server.reason}`);
   const mismatch = serverMismatch(server, addr);
   if (mismatch) throw fake(`it ${mismatch}`);
+  if (identity.crlPem) {
+    const crl = await readCrl(identity.crlPem, identity.caPem, "our ca.crl");
+    const at = crl.revoked.get(serialKey(server.serial));
+    if (at) {
+      throw fake(`its certificate (serial ${server.serial}) was revoked on ${at.toISOString()}`);
+    }
+  }
   const ours = await verifyPeerCertificate(identity.certPem, identity.caPem);
   if (!ours.ok) throw new IdentityError(`our own certificate is refused: ${ours.reason}`);
   const t: Transcript = {
