@@ -86,7 +86,10 @@ Deno.test("a split memstamp VM pages heavily over three sub-hosts, verifies, kee
     const ck = JSON.parse(
       await ok([...a, "--json", "checkpoint", "sv", "--traditional", "--mode", "stop"]),
     );
-    await ok(["--agent", subs[0], "restore", ck.dir, "--name", "svone"]);
+    // Paths do not cross the network: a copy goes into that agent's store, named by its store.
+    const into = `${env.DCRES_CLUSTER_DIR}/${agents[1].name}/data/ckpt/sv`;
+    await new Deno.Command("cp", { args: ["-r", ck.dir, into] }).output();
+    await ok(["--agent", subs[0], "restore", "sv", "--name", "svone"]);
     assert((await ok(["--agent", subs[0], "guest", "verify", "svone"])).startsWith("OK"));
     await ok(["--agent", subs[0], "vm", "stop", "svone"]);
     assert((await ok([...a, "vm", "check", "sv"])).startsWith("OK"));

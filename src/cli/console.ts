@@ -73,7 +73,7 @@ async function remoteConsole(g: GlobalOptions, name: string, relay: ConsoleRelay
   } catch (e) {
     if (!(e instanceof RpcError && e.code === "cancelled")) throw e;
   } finally {
-    client.close();
+    await client.close();
   }
 }
 

@@ -45,7 +45,7 @@ async function stream(
       upload: upload && piecesOf(upload),
     });
   } finally {
-    client.close();
+    await client.close();
   }
   return await gather(parts);
 }

@@ -50,6 +50,6 @@ export async function remoteCall<T>(
   try {
     return await client.call<T>(method, args, { onProgress });
   } finally {
-    client.close();
+    await client.close();
   }
 }

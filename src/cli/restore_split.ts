@@ -74,8 +74,7 @@ async function copyFile(
   } catch (e) {
     throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
   } finally {
-    src.close();
-    dst.close();
+    await Promise.all([src.close(), dst.close()]);
   }
 }
 

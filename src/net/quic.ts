@@ -8,7 +8,7 @@
  * optional progress and DATA frames, one reply frame.
  */
 import { Dispatcher, type RpcHandler } from "../rpc/dispatcher.ts";
-import { MAX_DEADLINE_MS, withTimeout } from "../rpc/deadline.ts";
+import { MAX_DEADLINE_MS, within, withTimeout } from "../rpc/deadline.ts";
 import { ConfigError, RpcError } from "../rpc/errors.ts";
 import { formatHostPort, type HostPort, parseHostPort } from "./address.ts";
 import { encodeControl, FrameKind } from "./frame.ts";
@@ -378,7 +378,12 @@ export class RpcClient {
     try {
       return new RpcClient(conn, await proveToAgent(conn, addr, identity));
     } catch (e) {
+      // An agent that turns a connection away (too many from this address) says why as it closes.
+      const info = await within(conn.closed.catch(() => undefined), 100);
       conn.close();
+      if (info?.reason) {
+        throw new RpcError("unauthenticated", `the agent at ${addr} refused us: ${info.reason}`);
+      }
       if (e instanceof RpcError) throw e;
       throw new RpcError(
         "unauthenticated",
@@ -404,8 +409,13 @@ export class RpcClient {
   }
 
   /** Closes the connection. */
-  close(): void {
+  /**
+   * Closes the connection; the promise settles once the close is sent (or after a second), so a
+   * process that exits next does not leave the agent counting a connection until it times out.
+   */
+  async close(): Promise<void> {
     this.conn.close();
+    await within(this.conn.closed.catch(() => undefined), 1000);
   }
 }
 
