@@ -19,6 +19,7 @@ import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
 import { pageHandlers } from "./pages.ts";
+import { heldAsData } from "./page_held.ts";
 import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
 import type { SplitSpec } from "../paging/remote_pager.ts";
@@ -111,11 +112,11 @@ export class Agent {
     );
     const handlers = {
       ...agentHandlers(cfg, me.host, t0),
-      ...pageHandlers(
+      ...heldAsData(pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg) => checkpointPath(cfg, arg, "generation"),
-      ),
+      )),
     };
     const quic = new RpcServer(
       identity,
