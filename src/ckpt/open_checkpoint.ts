@@ -78,7 +78,9 @@ export class OpenCheckpoint {
       }
       return new OpenCheckpoint(dir, manifest, readers, fragmentOf, indexOf);
     } catch (e) {
-      for (const r of readers) r.close();
+      // Fragments left out by `only` have no reader: closing them hid the real error (a damaged
+      // fragment on a sub-host read as "Cannot read properties of undefined").
+      for (const r of readers) r?.close();
       throw e;
     }
   }
