@@ -8,6 +8,8 @@ import { dcres, tempStateDir } from "./helpers/cli.ts";
 import { selfCommand } from "../src/agent/spawn.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Longest a checkpoint CLI may take to end once its VMM or itself was killed. */
+const CHILD_MS = 120_000;
 
 async function ok(args: string[], dir: string) {
   const r = await dcres(["--state-dir", dir, ...args], { timeoutMs: 120_000 });
@@ -34,6 +36,7 @@ Deno.test("checkpoints killed at random points (VM process or CLI, kill -9) alwa
   let vmKills = 0, cliKills = 0, committedDuringTrials = 0;
   try {
     for (let i = 1; i <= trials; i++) {
+      const trialStart = performance.now();
       const before = (await ok(["--json", "ckpt", "ls", store], state)).stdout;
       const mode = ["stop", "precopy", "cow"][i % 3];
       const self = selfCommand([
@@ -62,7 +65,24 @@ Deno.test("checkpoints killed at random points (VM process or CLI, kill -9) alwa
         }
         cliKills++;
       }
-      await child.status;
+      // The one wait here with no bound of its own: a checkpoint CLI whose VMM is alive and never
+      // answers (or never closes the socket) would stall the whole test, so it is killed and the
+      // trial fails naming it instead.
+      const timer = setTimeout(() => {
+        try {
+          child.kill("SIGKILL");
+        } catch {
+          // Already finished.
+        }
+      }, CHILD_MS);
+      const t0 = performance.now();
+      const st = await child.status;
+      clearTimeout(timer);
+      assert(
+        performance.now() - t0 < CHILD_MS,
+        `trial ${i} (${mode}, kill ${killVm ? "VMM" : "CLI"}): the checkpoint CLI did not end ` +
+          `within ${CHILD_MS} ms of the kill (exit ${st.code}, signal ${st.signal})`,
+      );
       if (!killVm) await sleep(1500); // the VMM finishes the checkpoint on its own
       const ls = JSON.parse((await ok(["--json", "ckpt", "ls", store], state)).stdout) as Array<
         { status: string }
@@ -82,6 +102,12 @@ Deno.test("checkpoints killed at random points (VM process or CLI, kill -9) alwa
       }
       const v = await ok(["guest", "verify", name], state);
       assert(v.stdout.startsWith("OK"), v.stdout);
+      // Each trial's time, so a run that overruns its budget shows which trials were slow.
+      console.log(
+        `trial ${i}: ${mode}, kill ${killVm ? "VMM" : "CLI"}, ${
+          ((performance.now() - trialStart) / 1000).toFixed(1)
+        } s`,
+      );
     }
     // The next checkpoint cleans the interrupted ones and is itself good.
     await ok(["checkpoint", name, "--out", store, "--mode", "stop"], state);

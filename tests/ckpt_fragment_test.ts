@@ -64,3 +64,32 @@ Deno.test("a fragment without a footer (writer killed) is refused by name", asyn
   assert(e.message.startsWith(`${path}: at byte `), e.message);
   assert(/footer|truncated/.test(e.message), e.message);
 });
+
+Deno.test("two appends at once (a round and a page-out's save on a split VM's main) leave no empty chunk and lose no write", async () => {
+  const dir = Deno.makeTempDirSync();
+  const path = `${dir}/f.frag`;
+  const pages = 6 * 1024;
+  const src = memoryImage(pages);
+  const w = FragmentWriter.create(path, { checkpointId: new Uint8Array(16), generation: 1 });
+  // Every other non-zero page: one iovec each, so 1024 of them fill a chunk.
+  const sparse = Array.from({ length: pages / 2 }, (_, i) => 2 * i + 1).filter((g) => g % 5);
+  const [first, a, b] = [sparse.slice(0, 1024), sparse.slice(1024, 2048), sparse.slice(2048)];
+  await w.append(first, src); // its chunk is being written when the next two come
+  // The second waits for that write with a full chunk; the third finds the chunk still full and
+  // waits too. Once the write lands the second submits every pending page, and the third used to
+  // submit an empty chunk after it and drop the second's write from what it waited for.
+  await Promise.all([w.append(a, src), w.append(b, src)]);
+  const sum = await w.finish();
+  assertEquals(sum.pages, sparse.length);
+  const r = FragmentReader.open(path);
+  const dst = new Uint8Array(pages * PAGE);
+  const idx = sparse.map((_, i) => i); // readInto takes page positions; sparse is ascending
+  r.readInto(idx, dst, libc.ptrValue(Deno.UnsafePointer.of(dst)));
+  for (const g of sparse) {
+    const at = g * PAGE;
+    assert(dst.subarray(at, at + PAGE).every((x, i) => x === src.bytes[at + i]), `page ${g}`);
+  }
+  r.verifyChunks();
+  r.close();
+  Deno.removeSync(dir, { recursive: true });
+});

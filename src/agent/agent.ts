@@ -19,6 +19,7 @@ import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
 import { pageHandlers } from "./pages.ts";
+import { heldAsData } from "./page_held.ts";
 import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
 import type { SplitSpec } from "../paging/remote_pager.ts";
@@ -133,13 +134,13 @@ export class Agent {
     const owners = new PageOwners(stores.dir);
     const handlers = validated({
       ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0), MERGE_METHODS),
-      ...pageHandlers(
+      ...heldAsData(pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg, role, field) =>
           checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
         owners,
-      ),
+      )),
     });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);

@@ -167,6 +167,11 @@ export class FragmentWriter {
         this.record(g, NO_CHUNK, 0, 0);
         continue;
       }
+      // Checked before adding, and again after each wait: another append may fill the chunk while
+      // this one waits, and one iovec more than MAX_IOV fails the whole write (EINVAL).
+      while (this.iovAddr.length >= MAX_IOV || this.chunkBytes >= MAX_CHUNK_BYTES) {
+        await this.submit();
+      }
       const page = src.bytes.subarray(off, off + PAGE_SIZE);
       this.record(g, this.chunks.length, this.chunkPages, crc32(page));
       this.chunkPages++;
@@ -183,7 +188,6 @@ export class FragmentWriter {
           this.iovLen.push(PAGE_SIZE);
         }
       }
-      if (this.iovAddr.length >= MAX_IOV || this.chunkBytes >= MAX_CHUNK_BYTES) await this.submit();
     }
   }
 
@@ -196,9 +200,11 @@ export class FragmentWriter {
 
   /** Starts writing the pending chunk (waiting for the previous one first). */
   private async submit(): Promise<void> {
+    await this.settle();
+    // Two appends may wait here at once (a split VM's round and a page-out's save): the first to
+    // resume submits every pending page, and the other finds nothing left and must not write an
+    // empty chunk (which a reader refuses) nor replace the first one's write in `inflight`.
     if (this.chunkPages === 0) return;
-    await this.inflight;
-    this.inflight = undefined;
     const offset = this.offset;
     let len: number, flags = 0, crc = 0;
     let write: Promise<unknown>;
@@ -232,8 +238,15 @@ export class FragmentWriter {
   /** Writes everything appended so far; after this the appended source bytes may change. */
   async flush(): Promise<void> {
     await this.submit();
-    await this.inflight;
-    this.inflight = undefined;
+    await this.settle();
+  }
+
+  /** Waits until no chunk write is under way, also one another append started meanwhile. */
+  private async settle(): Promise<void> {
+    for (let w = this.inflight; w; w = this.inflight) {
+      await w;
+      if (this.inflight === w) this.inflight = undefined;
+    }
   }
 
   /** Writes index and footer, syncs, closes; returns what the fragment holds. */

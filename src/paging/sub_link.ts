@@ -8,6 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { Inbox } from "../rpc/inbox.ts";
 import type { Identity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
+import { gather } from "../net/chunks.ts";
 import { PageStoreError } from "./page_store.ts";
 import { ReleaseQueue } from "./release_queue.ts";
 import { decodePageReply, encodePageRequest, PageOp } from "./wire.ts";
@@ -233,14 +234,28 @@ export class SubLink {
     }
   }
 
-  /** The sub-host's bitmap of the pages it holds. */
+  /**
+   * The sub-host's bitmap of the pages it holds, as DATA frames: from 32 GiB of guest on it is over
+   * the limit of one control frame. An agent that sends it in its reply instead is still understood.
+   */
   async held(): Promise<Uint8Array> {
     if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");
-    const r = await this.client.call<{ bitmap: Uint8Array }>("pages.held", {
+    const parts: Uint8Array[] = [];
+    const r = await this.client.call<{ bitmap?: Uint8Array; bytes?: number }>("pages.held", {
       vm: this.vm,
       pages: this.pages,
-    });
-    return r.bitmap;
+      data: true,
+    }, { onData: (b) => parts.push(b) });
+    if (r.bitmap) return r.bitmap;
+    const bitmap = await gather(parts);
+    if (bitmap.length !== r.bytes || bitmap.length !== Math.ceil(this.pages / 8)) {
+      throw new Error(
+        `sub-host ${this.host}: held bitmap of ${bitmap.length} bytes, expected ${
+          Math.ceil(this.pages / 8)
+        }`,
+      );
+    }
+    return bitmap;
   }
 
   /** Deletes the VM's pages on the sub-host (the VM is gone). */
