@@ -11,6 +11,7 @@ import { type Identity, loadIdentity } from "../src/net/identity.ts";
 import { RpcClient, RpcServer } from "../src/net/quic.ts";
 import { RpcError } from "../src/rpc/errors.ts";
 import { encodeControl } from "../src/net/frame.ts";
+import { helloReply } from "./helpers/raw_hello.ts";
 import type { Role } from "../src/rpc/roles.ts";
 import { AGENT_ACCESS } from "../src/agent/access.ts";
 import { pageHandlers } from "../src/agent/pages.ts";
@@ -128,30 +129,16 @@ Deno.test("an agent refuses a hello that names an address it does not answer to"
   try {
     // What a relay would have to forward once it rewrote the hello to name the victim's address
     // instead of its own is the other half: the victim refuses a hello naming any other.
-    const conn = await Deno.connectQuic({
-      hostname: "127.0.0.21",
-      port: victim.addr.port,
-      alpnProtocols: ["dcres/1"],
-      caCerts: [c.op.caPem],
-      serverName: "127.0.0.21",
-    });
-    const s = await conn.createBidirectionalStream();
-    await s.writable.getWriter().write(encodeControl({
-      v: 1,
-      hello: 1,
-      proof: 2,
-      nonce: new Uint8Array(32),
-      cert: c.op.certPem,
-      dialed: "127.0.0.22:7400",
-    }));
-    let reply = "";
-    try {
-      for await (const b of s.readable) reply += new TextDecoder().decode(b);
-    } catch {
-      // The agent closes the connection after refusing.
-    }
+    const reply = await helloReply(
+      {
+        hostname: "127.0.0.21",
+        port: victim.addr.port,
+        serverName: "127.0.0.21",
+        caPem: c.op.caPem,
+      },
+      { proof: 2, nonce: new Uint8Array(32), cert: c.op.certPem, dialed: "127.0.0.22:7400" },
+    );
     assert(reply.includes("the client dialed 127.0.0.22:7400, which this agent"), reply);
-    conn.close();
   } finally {
     victim.close();
   }

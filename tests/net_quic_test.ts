@@ -2,6 +2,7 @@ import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { type Identity, loadIdentity } from "../src/net/identity.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { RpcClient, RpcServer } from "../src/net/quic.ts";
+import { helloReply } from "./helpers/raw_hello.ts";
 import { RpcError } from "../src/net/rpc_messages.ts";
 import { ConfigError } from "../src/rpc/errors.ts";
 
@@ -204,47 +205,16 @@ Deno.test("over QUIC an expired cluster certificate, and a client that presents 
     assert(e.message.includes("expired"), e.message);
 
     // A raw client whose hello carries no certificate at all, and one of the old proof.
-    const { encodeControl } = await import("../src/net/frame.ts");
-    const conn = await Deno.connectQuic({
+    const to = {
       hostname: "127.0.0.1",
       port: server.addr.port,
-      alpnProtocols: ["dcres/1"],
-      caCerts: [ids.cli.caPem],
       serverName: "agent1",
-    });
-    const refusal = async (hello: Record<string, unknown>) => {
-      const s = await conn.createBidirectionalStream();
-      const w = s.writable.getWriter();
-      await w.write(encodeControl({ v: 1, hello: 1, ...hello }));
-      let reply = "";
-      try {
-        for await (const c of s.readable) reply += new TextDecoder().decode(c);
-      } catch {
-        // The agent closes the connection after refusing.
-      }
-      return reply;
+      caPem: ids.cli.caPem,
     };
-    const none = await refusal({ proof: 2, nonce: new Uint8Array(32), dialed: "agent1:1" });
+    const none = await helloReply(to, { proof: 2, nonce: new Uint8Array(32), dialed: "agent1:1" });
     assert(none.includes("lacks its nonce, certificate"), JSON.stringify(none));
-    conn.close();
-    const again = await Deno.connectQuic({
-      hostname: "127.0.0.1",
-      port: server.addr.port,
-      alpnProtocols: ["dcres/1"],
-      caCerts: [ids.cli.caPem],
-      serverName: "agent1",
-    });
-    const s = await again.createBidirectionalStream();
-    const w = s.writable.getWriter();
-    await w.write(encodeControl({ v: 1, hello: 1 }));
-    let old = "";
-    try {
-      for await (const c of s.readable) old += new TextDecoder().decode(c);
-    } catch {
-      // The agent closes the connection after refusing.
-    }
+    const old = await helloReply(to, {});
     assert(old.includes("peer proof of version 2; upgrade"), JSON.stringify(old));
-    again.close();
   } finally {
     server.close();
   }
