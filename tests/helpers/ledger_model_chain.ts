@@ -6,6 +6,7 @@ import type { Manifest } from "../../src/ckpt/manifest.ts";
 import { mergedManifest, type MergePart } from "../../src/ckpt/merge.ts";
 import { coversAll, expandPageMap } from "../../src/ckpt/page_map.ts";
 import { PAGE_SIZE as PAGE } from "../../src/accel/accel.ts";
+import { generationName } from "../../src/ckpt/store.ts";
 
 /** A failure of the consistency property, of what was saved, or of the model's own bookkeeping. */
 export class ModelFailure extends Error {
@@ -91,7 +92,7 @@ export function mergeChain(src: Committed, gen: number): Committed {
     stats: {},
   } as unknown as Manifest;
   const parts = frags.map((f): MergePart => ({
-    path: `g${gen}/h${f.host}.frag`,
+    path: `${generationName(gen)}/h${f.host}.frag`,
     pages: f.pages.size,
     zeroPages: 0,
     dataBytes: 0,
