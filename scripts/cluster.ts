@@ -11,6 +11,7 @@ import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { selfCommand, spawnDetached } from "../src/agent/spawn.ts";
 import { defaultClientIdentityDir } from "../src/cli/remote.ts";
 import { listVms, request } from "../src/vmm/control/client.ts";
+import { existsSync } from "node:fs";
 
 const root = resolve(
   Deno.env.get("DCRES_CLUSTER_DIR") ?? new URL("../.cluster", import.meta.url).pathname,
@@ -56,15 +57,6 @@ async function issueClient(): Promise<string> {
   await issueHost({ caDir: ca, host: "client", role: "operator", outDir: dir, force: true });
   Deno.writeTextFileSync(join(dir, OURS), "");
   return dir;
-}
-
-function existsSync(path: string): boolean {
-  try {
-    Deno.statSync(path);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 async function up(n: number) {

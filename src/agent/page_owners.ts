@@ -6,6 +6,7 @@
  * operator's act) and dropping them end it, and the next main host to open them takes it.
  */
 import { join } from "node:path";
+import { writeFileAtomic } from "../ffi/atomic_file.ts";
 import type { Caller, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 
@@ -64,9 +65,7 @@ export class PageOwners {
 
   #write(vm: string, main: string): void {
     Deno.mkdirSync(this.#dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.#path(vm)}.tmp`;
-    Deno.writeTextFileSync(tmp, `${main}\n`, { mode: 0o600 });
-    Deno.renameSync(tmp, this.#path(vm));
+    writeFileAtomic(this.#path(vm), new TextEncoder().encode(`${main}\n`));
     this.#mains.set(vm, main);
   }
 
