@@ -11,7 +11,6 @@ import { placeFile } from "../ffi/atomic_file.ts";
 import { commitManifest, decodeManifest, MANIFEST_FILE } from "../ckpt/manifest.ts";
 import * as libc from "../ffi/libc.ts";
 import { openRegular } from "../ffi/regular_file.ts";
-import { isName, shown } from "../codec/names.ts";
 import type { CallerRole } from "../rpc/roles.ts";
 import { asBadRequest, confine, nameArg } from "./paths.ts";
 import { mergeHostPart } from "../ckpt/merge.ts";
@@ -20,6 +19,7 @@ import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
 import { UploadSpace } from "./upload_space.ts";
+import { inStore, isCommitted, STORE_CHUNK } from "./store_files.ts";
 
 /** What a restore needs to know of a checkpoint. */
 export interface CheckpointPlan {
@@ -41,42 +41,6 @@ export interface CheckpointPlan {
   fragments: Array<{ path: string; host: string; bytes: number }>;
   /** The split it was taken with, for a split VM. */
   split?: { mainMemBytes: number; hosts: Record<string, string> };
-}
-
-const CHUNK = 512 * 1024;
-
-/** A file a peer may name in a store: a generation's fragment or its MANIFEST. */
-function isStoreFile(f: unknown): f is string {
-  if (isName("fragment-path", f)) return true;
-  const [gen, name, ...rest] = String(f).split("/");
-  return typeof f === "string" && rest.length === 0 && isName("generation", gen) &&
-    name === MANIFEST_FILE;
-}
-
-/**
- * `file` (`gNNNNNN`, `gNNNNNN/HOST.frag` or `gNNNNNN/MANIFEST`) of store `store` under `root`: by
- * the grammars, then by the real path of the store, which must stay inside `root`.
- */
-function inStore(root: string, args: Record<string, unknown>, field: string): string {
-  const store = nameArg(args, "store", "store"), file = args[field];
-  if (!isStoreFile(file) && !isName("generation", file)) {
-    throw new RpcError(
-      "bad-request",
-      `${field} ${shown(file)} is not gNNNNNN, gNNNNNN/HOST.frag nor gNNNNNN/MANIFEST`,
-    );
-  }
-  const dir = confine(root, join(root, store), "store", store);
-  return join(dir, file);
-}
-
-/** True when generation directory `dir` holds a committed MANIFEST. */
-function isCommitted(dir: string): boolean {
-  try {
-    Deno.lstatSync(join(dir, MANIFEST_FILE));
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /**
@@ -128,10 +92,10 @@ export function ckptFileHandlers(
         throw new RpcError("bad-request", (e as Error).message);
       }
       try {
-        const buf = new Uint8Array(CHUNK);
+        const buf = new Uint8Array(STORE_CHUNK);
         let bytes = 0;
         for (;;) {
-          const n = libc.pread(file.fd, Deno.UnsafePointer.of(buf), CHUNK, bytes);
+          const n = libc.pread(file.fd, Deno.UnsafePointer.of(buf), STORE_CHUNK, bytes);
           if (n <= 0) break;
           await ctx.send(buf.slice(0, n));
           bytes += n;
@@ -140,6 +104,11 @@ export function ckptFileHandlers(
       } finally {
         libc.close(file.fd);
       }
+    },
+    "ckpt.newest": (args) => {
+      const store = nameArg(args, "store", "store");
+      const dir = confine(root, join(root, store), "store", store);
+      return Promise.resolve({ generation: new CheckpointStore(dir).newestCommitted() });
     },
     "ckpt.merge.part": async (args) => {
       const src = inStore(
