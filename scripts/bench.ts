@@ -5,6 +5,7 @@ const benches: Record<string, (args: string[]) => Promise<unknown>> = {
   checkpoint: async () => (await import("./bench/checkpoint.ts")).benchCheckpoint(),
   paging: async (args) => (await import("./bench/paging.ts")).benchPaging(args),
   dcres: async (args) => (await import("./bench/dcres.ts")).benchDcres(args),
+  durable: async () => (await import("./bench/durable.ts")).benchDurable(),
 };
 
 const name = Deno.args[0];

@@ -1,5 +1,5 @@
 /**
- * `ckpt.put` (issue 14 items 4 and 5): an upload declares its size and is refused before any byte
+ * `ckpt.put` and `ckpt.push` (issue 14 items 4 and 5, issue 15 item 2): an upload declares its size and is refused before any byte
  * is written when that exceeds the store quota or the disk's free space; one that sends more than
  * it declared is cut off and leaves nothing; a large upload goes to disk as it arrives, and the
  * process's RSS is sampled throughout and printed.
@@ -14,22 +14,86 @@ import { RpcError } from "../src/rpc/errors.ts";
 
 const MiB = 1 << 20;
 
-async function setup(quotaBytes?: number) {
-  const d = Deno.makeTempDirSync({ prefix: "dcres-upload-" });
-  await initCa(`${d}/ca`);
-  await issueHost({ caDir: `${d}/ca`, host: "agent1", ips: ["127.0.0.1"], outDir: `${d}/a` });
-  await issueHost({ caDir: `${d}/ca`, host: "alice", role: "operator", outDir: `${d}/op` });
-  const root = `${d}/ckpt`;
+/** An agent's checkpoint-file methods alone, as `host`, on a store under `d`. */
+async function agentAt(d: string, host: string, quotaBytes?: number) {
+  await issueHost({ caDir: `${d}/ca`, host, ips: ["127.0.0.1"], outDir: `${d}/${host}` });
+  const id = loadIdentity(`${d}/${host}`);
+  const root = `${d}/${host}-ckpt`;
   Deno.mkdirSync(root);
+  const connect = (addr: string) => RpcClient.connect(addr, id);
   const server = new RpcServer(
-    loadIdentity(`${d}/a`),
-    ckptFileHandlers(root, (p) => String(p), quotaBytes),
+    id,
+    ckptFileHandlers(root, (p) => String(p), connect, quotaBytes),
     { hostname: "127.0.0.1", port: 0 },
   );
   server.start();
+  return { root, server, addr: `127.0.0.1:${server.addr.port}` };
+}
+
+async function setup(quotaBytes?: number) {
+  const d = Deno.makeTempDirSync({ prefix: "dcres-upload-" });
+  await initCa(`${d}/ca`);
+  await issueHost({ caDir: `${d}/ca`, host: "alice", role: "operator", outDir: `${d}/op` });
+  const { root, server } = await agentAt(d, "agent1", quotaBytes);
   const c = await RpcClient.connect(`127.0.0.1:${server.addr.port}`, loadIdentity(`${d}/op`));
   return { d, root, server, c };
 }
+
+Deno.test("a store file pushed agent to agent arrives whole; a push that broke resumes from what arrived; a committed generation is never replaced", async () => {
+  const { d, root, server, c } = await setup();
+  const b = await agentAt(d, "agent2");
+  try {
+    const total = 3 * MiB + 12345;
+    const bytes = new Uint8Array(total).map((_, i) => (i * 31) >>> 3);
+    const file = "g000001/agent1.frag";
+    Deno.mkdirSync(`${root}/s/g000001`, { recursive: true });
+    Deno.writeFileSync(`${root}/s/${file}`, bytes);
+    // A push that broke after 1 MiB left it aside; the target says so, and the next push resumes.
+    Deno.mkdirSync(`${b.root}/s/g000001`, { recursive: true });
+    Deno.writeFileSync(`${b.root}/s/${file}.part`, bytes.subarray(0, MiB));
+    const target = await RpcClient.connect(b.addr, loadIdentity(`${d}/op`));
+    try {
+      const have = await target.call<{ partial: Record<string, number> }>("ckpt.have", {
+        store: "s",
+        files: [file],
+      });
+      assertEquals(have.partial, { [file]: MiB });
+      const wrong = await assertRejects(
+        () => c.call("ckpt.push", { store: "s", file, to: b.addr, offset: 5 }),
+        RpcError,
+      );
+      assert(/push from 1048576/.test(wrong.message), wrong.message);
+      const r = await c.call<{ bytes: number }>("ckpt.push", {
+        store: "s",
+        file,
+        to: b.addr,
+        offset: MiB,
+      });
+      assertEquals(r.bytes, total - MiB);
+      assertEquals(Deno.readFileSync(`${b.root}/s/${file}`), bytes);
+      assertEquals(files(`${b.root}/s/g000001`), ["agent1.frag"]);
+      // Once its generation is committed there, the copy never changes.
+      Deno.writeFileSync(`${b.root}/s/g000001/MANIFEST`, new Uint8Array(1));
+      const again = await assertRejects(
+        () => c.call("ckpt.push", { store: "s", file, to: b.addr }),
+        RpcError,
+      );
+      assert(/committed generation/.test(again.message), again.message);
+      assertEquals(Deno.readFileSync(`${b.root}/s/${file}`), bytes);
+      const escape = await assertRejects(
+        () => c.call("ckpt.push", { store: "s", file: "../../etc/passwd", to: b.addr }),
+        RpcError,
+      );
+      assert(/is not gNNNNNN/.test(escape.message), escape.message);
+    } finally {
+      await target.close();
+    }
+  } finally {
+    await c.close();
+    server.close();
+    b.server.close();
+  }
+});
 
 async function* chunks(total: number, size = 256 * 1024): AsyncIterable<Uint8Array> {
   const b = new Uint8Array(size).fill(7);

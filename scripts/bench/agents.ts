@@ -22,6 +22,16 @@ export class BenchAgents {
     return new TextDecoder().decode(r.stdout);
   }
 
+  /** The cluster's directory: the CA, each node's data and identity. */
+  get dir(): string {
+    return this.env.DCRES_CLUSTER_DIR;
+  }
+
+  /** The operator identity scripts/cluster issued for this cluster. */
+  get clientIdentityDir(): string {
+    return `${this.env.DCRES_CLUSTER_DIR}/client`;
+  }
+
   /** `scripts/cluster ARGS`. */
   cluster(...args: string[]): Promise<string> {
     return this.run(new URL("../cluster", import.meta.url).pathname, args);

@@ -37,6 +37,8 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.have": PEOPLE,
   "ckpt.get": PEOPLE,
   "ckpt.put": PEOPLE,
+  "ckpt.push": PEOPLE,
+  "ckpt.receive": AGENTS,
   "ckpt.newest": AGENTS_AND_PEOPLE,
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,

@@ -11,7 +11,7 @@ import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
 import { inspectCheckpoint, listGenerations } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
-import { RpcServer } from "../net/quic.ts";
+import { RpcClient, RpcServer } from "../net/quic.ts";
 import { Revocations } from "../net/revocation.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { ConfigError, RpcError } from "../rpc/errors.ts";
@@ -133,7 +133,11 @@ export class Agent {
     );
     const owners = new PageOwners(stores.dir);
     const handlers = validated({
-      ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0), MERGE_METHODS),
+      ...mergesFromMain(
+        owners,
+        agentHandlers(cfg, me.host, t0, (addr) => RpcClient.connect(addr, identity)),
+        MERGE_METHODS,
+      ),
       ...heldAsData(pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
@@ -209,6 +213,7 @@ export function agentHandlers(
   cfg: AgentConfig,
   host: string,
   t0: number,
+  connect: (addr: string) => Promise<RpcClient>,
 ): Record<string, RpcHandler> {
   const stateDir = Agent.stateDir(cfg);
   const root = join(cfg.dataDir, "ckpt");
@@ -310,7 +315,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(root, inData, cfg.storeQuotaBytes),
+    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
     "ckpt.inspect": (args, ctx) => {

@@ -1,16 +1,12 @@
 /**
  * The agent's checkpoint-file methods, with which a restore gathers a split checkpoint's files where
  * they are needed: what a checkpoint consists of (`ckpt.plan`), which of its files this agent lacks
- * (`ckpt.have`), and a file streamed out (`ckpt.get`) or in (`ckpt.put`, written aside, fsynced and
- * renamed into place, so a broken copy never looks like a fragment).
+ * or holds in part (`ckpt.have`), the newest generation of a store (`ckpt.newest`), merges and
+ * commits; files move in and out through `store_transfer.ts`.
  */
 import { basename, dirname, join } from "node:path";
-import { existsSync } from "node:fs";
 import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/store.ts";
-import { placeFile } from "../ffi/atomic_file.ts";
-import { commitManifest, decodeManifest, MANIFEST_FILE } from "../ckpt/manifest.ts";
-import * as libc from "../ffi/libc.ts";
-import { openRegular } from "../ffi/regular_file.ts";
+import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import type { CallerRole } from "../rpc/roles.ts";
 import { asBadRequest, confine, nameArg } from "./paths.ts";
 import { mergeHostPart } from "../ckpt/merge.ts";
@@ -19,7 +15,9 @@ import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
 import { UploadSpace } from "./upload_space.ts";
-import { inStore, isCommitted, STORE_CHUNK } from "./store_files.ts";
+import { transferHandlers } from "./store_transfer.ts";
+import type { RpcClient } from "../net/quic.ts";
+import { inStore, isCommitted } from "./store_files.ts";
 
 /** What a restore needs to know of a checkpoint. */
 export interface CheckpointPlan {
@@ -43,6 +41,16 @@ export interface CheckpointPlan {
   split?: { mainMemBytes: number; hosts: Record<string, string> };
 }
 
+/** The size of regular file `path`, or undefined when it is missing or not a regular file. */
+function fileSize(path: string): number | undefined {
+  try {
+    const st = Deno.lstatSync(path);
+    return st.isFile ? st.size : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
  * Handlers over the checkpoint root `root`; `resolve` turns a path or id into a generation dir;
  * uploads stay within `quotaBytes` of store files when set, and always within the disk's free space.
@@ -50,6 +58,7 @@ export interface CheckpointPlan {
 export function ckptFileHandlers(
   root: string,
   resolve: (arg: unknown, role: CallerRole) => string,
+  connect: (addr: string) => Promise<RpcClient>,
   quotaBytes?: number,
 ): Record<string, RpcHandler> {
   const space = new UploadSpace(root, quotaBytes);
@@ -72,38 +81,17 @@ export function ckptFileHandlers(
     "ckpt.have": (args) => {
       const files = Array.isArray(args.files) ? args.files : [];
       const missing: string[] = [], sizes: Record<string, number> = {};
+      const partial: Record<string, number> = {};
       for (const f of files) {
-        try {
-          const st = Deno.lstatSync(inStore(root, { store: args.store, file: f }, "file"));
-          if (st.isFile) sizes[f] = st.size;
-          else missing.push(f);
-        } catch {
-          missing.push(f);
-        }
+        const path = inStore(root, { store: args.store, file: f }, "file");
+        const size = fileSize(path);
+        if (size !== undefined) sizes[f] = size;
+        else missing.push(f);
+        // What a push that broke left aside: the next one resumes from there.
+        const part = fileSize(`${path}.part`);
+        if (size === undefined && part !== undefined) partial[f] = part;
       }
-      return Promise.resolve({ missing, sizes });
-    },
-    "ckpt.get": async (args, ctx) => {
-      const path = inStore(root, args, "file");
-      let file: { fd: number; size: number };
-      try {
-        file = openRegular(path);
-      } catch (e) {
-        throw new RpcError("bad-request", (e as Error).message);
-      }
-      try {
-        const buf = new Uint8Array(STORE_CHUNK);
-        let bytes = 0;
-        for (;;) {
-          const n = libc.pread(file.fd, Deno.UnsafePointer.of(buf), STORE_CHUNK, bytes);
-          if (n <= 0) break;
-          await ctx.send(buf.slice(0, n));
-          bytes += n;
-        }
-        return { bytes };
-      } finally {
-        libc.close(file.fd);
-      }
+      return Promise.resolve({ missing, sizes, partial });
     },
     "ckpt.newest": (args) => {
       const store = nameArg(args, "store", "store");
@@ -165,52 +153,6 @@ export function ckptFileHandlers(
       if (!committed) removeGeneration(dir);
       return Promise.resolve({ removed: !committed });
     },
-    "ckpt.put": async (args, ctx) => {
-      const path = inStore(root, args, "file");
-      const gen = dirname(path);
-      // Committed generations are immutable: nothing in one is replaced, and a MANIFEST never is.
-      const keep = isCommitted(gen) || basename(path) === MANIFEST_FILE;
-      const refuse = () =>
-        new RpcError(
-          "bad-request",
-          `${args.file} exists in a committed generation; it never changes`,
-        );
-      if (keep && existsSync(path)) throw refuse();
-      const declared = args.bytes;
-      if (!Number.isSafeInteger(declared) || (declared as number) < 0) {
-        throw new RpcError("bad-request", `${args.file}: bytes (the size to upload) is required`);
-      }
-      const bytes = declared as number;
-      Deno.mkdirSync(gen, { recursive: true, mode: 0o700 });
-      // Every byte is reserved before the first is written, so a refusal never comes mid-write,
-      // and an upload that ends the disk's space ends in its own .part file, never another's.
-      const release = space.reserve(args.file as string, bytes);
-      const tmp = `${path}.part`;
-      let got = 0;
-      try {
-        using f = await Deno.open(tmp, { write: true, create: true, truncate: true, mode: 0o600 });
-        for await (const b of ctx.data) {
-          got += b.length;
-          if (got > bytes) {
-            throw new RpcError(
-              "bad-request",
-              `${args.file}: more than the ${bytes} bytes declared`,
-            );
-          }
-          for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
-        }
-        if (got !== bytes) {
-          throw new RpcError("bad-request", `${args.file}: got ${got} bytes, expected ${bytes}`);
-        }
-        await f.syncData();
-      } catch (e) {
-        Deno.removeSync(tmp);
-        throw e;
-      } finally {
-        release();
-      }
-      placeFile(tmp, path, keep ? { replace: false, exists: refuse } : {});
-      return { bytes };
-    },
+    ...transferHandlers(root, space, connect),
   };
 }

@@ -14,6 +14,8 @@ import { RpcError } from "../rpc/errors.ts";
 const name = v.pipe(v.string(), v.maxLength(65536));
 const file = v.pipe(v.string(), v.minLength(1), v.maxLength(4096));
 const count = v.pipe(v.number(), v.safeInteger(), v.minValue(0));
+/** An agent address, HOST:PORT (net/address.ts parses it when it is dialed). */
+const address = v.pipe(v.string(), v.minLength(3), v.maxLength(300));
 const ms = v.pipe(v.number(), v.minValue(0), v.maxValue(30 * 86400_000));
 const store = { store: name };
 const generation = { ...store, generation: name };
@@ -70,6 +72,8 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "ckpt.have": v.object({ ...store, files: v.optional(v.pipe(v.array(file), v.maxLength(65536))) }),
   "ckpt.get": v.object({ ...store, file }),
   "ckpt.put": v.object({ ...store, file, bytes: count }),
+  "ckpt.push": v.object({ ...store, file, to: address, offset: v.optional(count) }),
+  "ckpt.receive": v.object({ ...store, file, bytes: count, offset: count }),
   "ckpt.newest": v.object(store),
   "ckpt.merge.part": v.object({
     ...generation,

@@ -1,17 +1,15 @@
 /**
  * `dcres restore CKPT` of a split VM's checkpoint, coordinated from the CLI: every target host gets
- * the fragments it will load (copied from the hosts that saved them, all at once, when it lacks
- * them), the sub-hosts load theirs into page stores, and the main host restores the machine with
+ * the fragments it will load (pushed agent to agent by the hosts that saved them, all at once, when
+ * it lacks them), the sub-hosts load theirs into page stores, and the main host restores the machine with
  * its own pages and pages the rest from the sub-hosts. `--single` restores onto one host instead,
  * `--main/--sub` onto another split, `--map OLD=NEW` has NEW play OLD's part.
  */
 import { dirname } from "node:path";
 import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
-import { Inbox } from "../rpc/inbox.ts";
-import { RpcClient } from "../net/quic.ts";
 import type { GlobalOptions } from "./context.ts";
-import { clientIdentity, remoteCall } from "./remote.ts";
+import { remoteCall } from "./remote.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
@@ -45,36 +43,41 @@ export interface SplitRestoreReport {
   restore: Record<string, unknown>;
 }
 
-/** Streams `file` of `store` from agent `from` to agent `to`; returns its bytes. */
-async function copyFile(
+/** Attempts at one file before a restore gives up: each resumes from what arrived. */
+const PUSH_ATTEMPTS = 3;
+
+/**
+ * Has agent `from` push `file` of `store` to agent `to`, agent to agent (never through this
+ * process); a push that breaks is resumed from what `to` kept of it. Returns the bytes sent.
+ */
+async function pushFile(
   g: GlobalOptions,
   from: string,
   to: string,
   store: string,
   file: string,
-  bytes: number,
+  offset: number,
 ): Promise<number> {
-  const id = clientIdentity(g);
-  const [src, dst] = await Promise.all([RpcClient.connect(from, id), RpcClient.connect(to, id)]);
-  try {
-    const pipe = new Inbox();
-    const get = src.call("ckpt.get", { store, file }, {
-      onData: (b) => pipe.push(b),
-      deadlineMs: 3_600_000,
-    }).then(() => pipe.end(), (e) => {
-      pipe.end(e);
-      throw e;
-    });
-    const put = dst.call("ckpt.put", { store, file, bytes }, {
-      upload: pipe,
-      deadlineMs: 3_600_000,
-    });
-    await Promise.all([get, put]);
-    return bytes;
-  } catch (e) {
-    throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
-  } finally {
-    await Promise.all([src.close(), dst.close()]);
+  for (let attempt = 1;; attempt++) {
+    try {
+      const r = await remoteCall<{ bytes: number }>({ ...g, agent: from }, "ckpt.push", {
+        store,
+        file,
+        to,
+        offset,
+      });
+      return r.bytes;
+    } catch (e) {
+      if (attempt >= PUSH_ATTEMPTS) {
+        throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
+      }
+      const have = await remoteCall<{ partial: Record<string, number> }>(
+        { ...g, agent: to },
+        "ckpt.have",
+        { store, files: [file] },
+      );
+      offset = have.partial[file] ?? 0;
+    }
   }
 }
 
@@ -150,22 +153,24 @@ export async function restoreSplit(
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied
   // generation is a committed one there), the restored generation's last.
-  const wants = new Map<string, Map<string, { from: string; bytes: number }>>();
-  const want = (host: string, file: string, from: string, bytes: number) => {
+  const wants = new Map<string, Map<string, { from: string }>>();
+  const want = (host: string, file: string, from: string) => {
     const m = wants.get(host) ?? new Map();
-    m.set(file, { from, bytes });
+    m.set(file, { from });
     wants.set(host, m);
   };
   plan.fragments.forEach((f, k) => {
-    want(target[k], f.path, origin[k], f.bytes);
-    want(target[k], `${dirname(f.path)}/MANIFEST`, source, -1);
+    want(target[k], f.path, origin[k]);
+    want(target[k], `${dirname(f.path)}/MANIFEST`, source);
   });
-  want(main, `${plan.generation}/MANIFEST`, source, -1);
+  want(main, `${plan.generation}/MANIFEST`, source);
   const tc = performance.now();
   let files = 0, bytes = 0;
   await Promise.all([...wants].map(async ([host, files_]) => {
     const list = [...files_.keys()];
-    const { missing } = await remoteCall<{ missing: string[] }>(
+    const { missing, partial } = await remoteCall<
+      { missing: string[]; partial: Record<string, number> }
+    >(
       { ...g, agent: host },
       "ckpt.have",
       { store: plan.store, files: list },
@@ -178,9 +183,7 @@ export async function restoreSplit(
     const mans = order.filter((f) => f.endsWith("MANIFEST"));
     const copy = async (f: string) => {
       const w = files_.get(f)!;
-      const size = w.bytes >= 0 ? w.bytes : await fileSize(g, w.from, plan.store, f);
-      const n = await copyFile(g, w.from, host, plan.store, f, size);
-      bytes += n;
+      bytes += await pushFile(g, w.from, host, plan.store, f, partial?.[f] ?? 0);
       files++;
     };
     await Promise.all(frags.map(copy));
@@ -226,16 +229,4 @@ export async function restoreSplit(
     totalMs: performance.now() - t0,
     restore,
   };
-}
-
-async function fileSize(g: GlobalOptions, host: string, store: string, file: string) {
-  const r = await remoteCall<{ sizes: Record<string, number> }>(
-    { ...g, agent: host },
-    "ckpt.have",
-    {
-      store,
-      files: [file],
-    },
-  );
-  return r.sizes[file];
 }

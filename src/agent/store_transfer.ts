@@ -1,0 +1,184 @@
+/**
+ * Store files moving in and out of an agent: streamed out of a store, written into one, and pushed
+ * agent to agent. Data moves only by push from a host that holds it, on an operator's request, so no
+ * agent can read another's checkpoints; the receiving agent checks its sender is a cluster agent,
+ * confines the name, reserves the space before the first byte, and keeps an interrupted copy aside
+ * (`FILE.part`) so the next push resumes where this one broke.
+ */
+import { basename, dirname } from "node:path";
+import { existsSync } from "node:fs";
+import { MANIFEST_FILE } from "../ckpt/manifest.ts";
+import { placeFile } from "../ffi/atomic_file.ts";
+import * as libc from "../ffi/libc.ts";
+import { openRegular } from "../ffi/regular_file.ts";
+import type { RpcClient } from "../net/quic.ts";
+import type { RpcHandler } from "../rpc/dispatcher.ts";
+import { RpcError } from "../rpc/errors.ts";
+import { inStore, isCommitted, STORE_CHUNK } from "./store_files.ts";
+import type { UploadSpace } from "./upload_space.ts";
+
+/** A store file opened to be read: its descriptor and size, or a bad-request naming why not. */
+function openStoreFile(path: string): { fd: number; size: number } {
+  try {
+    return openRegular(path);
+  } catch (e) {
+    throw new RpcError("bad-request", (e as Error).message);
+  }
+}
+
+/** The bytes of open file `fd` from `from` to `size`, in pieces; the caller closes `fd`. */
+export async function* fileChunks(
+  fd: number,
+  from: number,
+  size: number,
+): AsyncGenerator<Uint8Array> {
+  for (let at = from; at < size;) {
+    const buf = new Uint8Array(Math.min(STORE_CHUNK, size - at));
+    const n = libc.pread(fd, Deno.UnsafePointer.of(buf), buf.length, at);
+    if (n <= 0) throw new RpcError("failed", `the file ended at ${at} of ${size} bytes`);
+    at += n;
+    yield n === buf.length ? buf : buf.subarray(0, n);
+  }
+}
+
+/** How a store file is written: from scratch (an upload) or resumed (a push). */
+interface ReceiveOptions {
+  /** Bytes already in `FILE.part` from a push that broke; absent for an upload from scratch. */
+  resumeAt?: number;
+}
+
+/**
+ * Writes the store file `path` (named `name` to the caller, `bytes` long) from `data`: aside in
+ * `FILE.part`, fdatasynced, then placed. Nothing in a committed generation is replaced, and a
+ * MANIFEST never is. Every byte is reserved before the first is written, so a refusal never comes
+ * mid-write and a full disk ends in this file's `.part`, never in another's.
+ */
+export async function receiveStoreFile(
+  space: UploadSpace,
+  path: string,
+  name: string,
+  bytes: number,
+  data: AsyncIterable<Uint8Array>,
+  opts: ReceiveOptions = {},
+): Promise<number> {
+  const gen = dirname(path);
+  const keep = isCommitted(gen) || basename(path) === MANIFEST_FILE;
+  const refuse = () =>
+    new RpcError("bad-request", `${name} exists in a committed generation; it never changes`);
+  if (keep && existsSync(path)) throw refuse();
+  Deno.mkdirSync(gen, { recursive: true, mode: 0o700 });
+  const tmp = `${path}.part`;
+  const from = opts.resumeAt ?? 0;
+  if (opts.resumeAt !== undefined) {
+    const have = existsSync(tmp) ? Deno.lstatSync(tmp).size : 0;
+    if (have !== from) {
+      throw new RpcError(
+        "bad-request",
+        `${name}: resuming at byte ${from}, but ${have} bytes of it are here; push from ${have}`,
+      );
+    }
+  }
+  if (from > bytes) throw new RpcError("bad-request", `${name}: resumes past its ${bytes} bytes`);
+  const release = space.reserve(name, bytes - from);
+  let got = from;
+  try {
+    using f = await Deno.open(tmp, {
+      write: true,
+      create: true,
+      truncate: from === 0,
+      mode: 0o600,
+    });
+    await f.seek(from, Deno.SeekMode.Start);
+    for await (const b of data) {
+      got += b.length;
+      if (got > bytes) {
+        throw new RpcError("bad-request", `${name}: more than the ${bytes} bytes declared`);
+      }
+      for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
+    }
+    if (got !== bytes) {
+      throw new RpcError("bad-request", `${name}: got ${got} bytes, expected ${bytes}`);
+    }
+    await f.syncData();
+  } catch (e) {
+    // A push that broke keeps what arrived, to be resumed; anything else starts again.
+    if (opts.resumeAt === undefined || got > bytes) Deno.removeSync(tmp);
+    throw e;
+  } finally {
+    release();
+  }
+  placeFile(tmp, path, keep ? { replace: false, exists: refuse } : {});
+  return bytes - from;
+}
+
+/** `args[field]` as a whole, non-negative number, or a bad-request naming it. */
+function count(args: Record<string, unknown>, field: string, what: string): number {
+  const v = args[field];
+  if (!Number.isSafeInteger(v) || (v as number) < 0) {
+    throw new RpcError("bad-request", `${args.file}: ${field} (${what}) is required`);
+  }
+  return v as number;
+}
+
+/**
+ * Handlers over checkpoint root `root`: `ckpt.get` streams a store file out, `ckpt.put` writes an
+ * upload in, `ckpt.push` sends a file to another agent (through `connect`, as this agent) and
+ * `ckpt.receive` takes one from an agent, resumable.
+ */
+export function transferHandlers(
+  root: string,
+  space: UploadSpace,
+  connect: (addr: string) => Promise<RpcClient>,
+): Record<string, RpcHandler> {
+  return {
+    "ckpt.get": async (args, ctx) => {
+      const file = openStoreFile(inStore(root, args, "file"));
+      try {
+        for await (const b of fileChunks(file.fd, 0, file.size)) await ctx.send(b);
+        return { bytes: file.size };
+      } finally {
+        libc.close(file.fd);
+      }
+    },
+    "ckpt.put": async (args, ctx) => {
+      const bytes = count(args, "bytes", "the size to upload");
+      const path = inStore(root, args, "file");
+      return { bytes: await receiveStoreFile(space, path, String(args.file), bytes, ctx.data) };
+    },
+    "ckpt.receive": async (args, ctx) => {
+      const bytes = count(args, "bytes", "the file's size");
+      const offset = count(args, "offset", "where this push starts");
+      const path = inStore(root, args, "file");
+      const n = await receiveStoreFile(space, path, String(args.file), bytes, ctx.data, {
+        resumeAt: offset,
+      });
+      return { bytes: n };
+    },
+    "ckpt.push": async (args) => {
+      const offset = args.offset === undefined ? 0 : count(args, "offset", "where to start");
+      const to = args.to;
+      if (typeof to !== "string") throw new RpcError("bad-request", "to (HOST:PORT) is required");
+      const file = openStoreFile(inStore(root, args, "file"));
+      const t0 = performance.now();
+      try {
+        if (offset > file.size) {
+          throw new RpcError("bad-request", `${args.file}: offset ${offset} is past its end`);
+        }
+        const client = await connect(to);
+        try {
+          await client.call("ckpt.receive", {
+            store: args.store,
+            file: args.file,
+            bytes: file.size,
+            offset,
+          }, { upload: fileChunks(file.fd, offset, file.size), deadlineMs: 3_600_000 });
+        } finally {
+          await client.close();
+        }
+        return { bytes: file.size - offset, ms: performance.now() - t0 };
+      } finally {
+        libc.close(file.fd);
+      }
+    },
+  };
+}
