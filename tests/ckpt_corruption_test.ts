@@ -961,7 +961,7 @@ Deno.test("a manifest with a newer patch version decodes", () => {
   assertEquals(decodeManifest(MFILE, bytes).vm, "vm1");
 });
 
-Deno.test("a 1.0 manifest (before the split field) is read by this 1.2 dcres", () => {
+Deno.test("a 1.0 manifest (before the split field) is read by this 1.3 dcres", () => {
   const { bytes, dv, bodyLen } = manifestBytes();
   dv.setUint16(10, 0, true);
   rewriteManifestCrc(bytes, dv, bodyLen);
@@ -969,7 +969,7 @@ Deno.test("a 1.0 manifest (before the split field) is read by this 1.2 dcres", (
   assertEquals([m.vm, m.split], ["vm1", undefined]);
 });
 
-Deno.test("a 1.1 manifest (before machine.vm.accel) is read by this 1.2 dcres as taken on KVM", () => {
+Deno.test("a 1.1 manifest (before machine.vm.accel) is read by this 1.3 dcres as taken on KVM", () => {
   const old = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
   const { accel: _, ...vm } = old.machine.vm;
   const bytes = manifestWithBody(encodeCbor({ ...old, machine: { ...old.machine, vm } }));
@@ -987,6 +987,39 @@ Deno.test("a checksummed manifest naming an unknown accelerator is refused namin
   const vm = { ...m.machine.vm, accel: "xen\nforged line" };
   const bytes = manifestWithBody(encodeCbor({ ...m, machine: { ...m.machine, vm } }));
   assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, "machine.vm.accel");
+});
+
+Deno.test("a 1.2 manifest (before fragments[].copies) is read by this 1.3 dcres as one copy each", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const bytes = manifestWithBody(encodeCbor(m));
+  const dv = new DataView(bytes.buffer);
+  dv.setUint16(10, 2, true);
+  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
+  assertEquals(decodeManifest(MFILE, bytes).fragments.map((f) => f.copies), [undefined]);
+});
+
+for (
+  const [what, copies, expect] of [
+    ["not a list", "node2", "is not a list"],
+    ["a host that is not a host name", ["../node2"], "copies"],
+    ["the writer's own host", ["main"], "names a host twice"],
+    ["one host twice", ["node2", "node2"], "names a host twice"],
+    ["more than 15 hosts", Array.from({ length: 16 }, (_, i) => `n${i}`), "at most 15"],
+  ] as const
+) {
+  Deno.test(`a checksummed manifest whose fragment copies name ${what} is refused naming the field`, () => {
+    const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+    const fragments = [{ ...m.fragments[0], host: "main", copies }];
+    const bytes = manifestWithBody(encodeCbor({ ...m, fragments }));
+    assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, expect);
+  });
+}
+
+Deno.test("a manifest listing a fragment's copies decodes with them", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const fragments = [{ ...m.fragments[0], host: "main", copies: ["node2", "node3"] }];
+  const got = decodeManifest(MFILE, manifestWithBody(encodeCbor({ ...m, fragments })));
+  assertEquals(got.fragments[0].copies, ["node2", "node3"]);
 });
 
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */

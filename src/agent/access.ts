@@ -39,6 +39,7 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.put": PEOPLE,
   "ckpt.push": PEOPLE,
   "ckpt.receive": AGENTS,
+  "ckpt.replicate": AGENTS,
   "ckpt.newest": AGENTS_AND_PEOPLE,
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,

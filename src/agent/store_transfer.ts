@@ -45,6 +45,8 @@ export async function* fileChunks(
 interface ReceiveOptions {
   /** Bytes already in `FILE.part` from a push that broke; absent for an upload from scratch. */
   resumeAt?: number;
+  /** `bytes` is an upper bound (a replica streamed while it is written), not the exact size. */
+  atMost?: boolean;
 }
 
 /**
@@ -96,7 +98,7 @@ export async function receiveStoreFile(
       }
       for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
     }
-    if (got !== bytes) {
+    if (got !== bytes && !opts.atMost) {
       throw new RpcError("bad-request", `${name}: got ${got} bytes, expected ${bytes}`);
     }
     await f.syncData();
@@ -107,8 +109,8 @@ export async function receiveStoreFile(
   } finally {
     release();
   }
-  placeFile(tmp, path, keep ? { replace: false, exists: refuse } : {});
-  return bytes - from;
+  placeFile(tmp, path, keep || opts.atMost ? { replace: false, exists: refuse } : {});
+  return got - from;
 }
 
 /** `args[field]` as a whole, non-negative number, or a bad-request naming it. */
@@ -122,8 +124,9 @@ function count(args: Record<string, unknown>, field: string, what: string): numb
 
 /**
  * Handlers over checkpoint root `root`: `ckpt.get` streams a store file out, `ckpt.put` writes an
- * upload in, `ckpt.push` sends a file to another agent (through `connect`, as this agent) and
- * `ckpt.receive` takes one from an agent, resumable.
+ * upload in, `ckpt.push` sends a file to another agent (through `connect`, as this agent),
+ * `ckpt.receive` takes one from an agent, resumable, and `ckpt.replicate` takes a fragment's
+ * replica streamed while the fragment is written.
  */
 export function transferHandlers(
   root: string,
@@ -151,6 +154,14 @@ export function transferHandlers(
       const path = inStore(root, args, "file");
       const n = await receiveStoreFile(space, path, String(args.file), bytes, ctx.data, {
         resumeAt: offset,
+      });
+      return { bytes: n };
+    },
+    "ckpt.replicate": async (args, ctx) => {
+      const maxBytes = count(args, "maxBytes", "an upper bound on the file's size");
+      const path = inStore(root, args, "file");
+      const n = await receiveStoreFile(space, path, String(args.file), maxBytes, ctx.data, {
+        atMost: true,
       });
       return { bytes: n };
     },

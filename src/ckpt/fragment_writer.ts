@@ -23,6 +23,7 @@ import {
   pageEntry,
 } from "./fragment_layout.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import type { FragmentSink } from "./fragment_sink.ts";
 
 /** Where pages are read from: a byte view and the host address of its first byte. */
 export interface PageSource {
@@ -60,6 +61,8 @@ export interface FragmentOptions {
   generation: number;
   /** zstd-compress each chunk. */
   compress?: boolean;
+  /** A replica the file is copied to as it is written. */
+  sink?: FragmentSink;
 }
 
 const MAX_IOV = 1024;
@@ -99,12 +102,15 @@ export class FragmentWriter {
   private closed = false;
   /** Buffers the pending chunk's pages are in, kept alive until it is written. */
   private sources: Uint8Array[] = [];
+  /** The pending chunk's pages, in file order, for the replica (uncompressed chunks). */
+  private replicaPages: Uint8Array[] = [];
 
   private constructor(
     readonly path: string,
     private readonly fd: number,
     private readonly directFd: number,
     private readonly compress: boolean,
+    private readonly sink?: FragmentSink,
   ) {}
 
   /** Creates the file (it must not exist) and writes its header. */
@@ -118,7 +124,7 @@ export class FragmentWriter {
         direct = -1; // The filesystem has no O_DIRECT (tmpfs): buffered writes.
       }
     }
-    const w = new FragmentWriter(path, fd, direct, !!opts.compress);
+    const w = new FragmentWriter(path, fd, direct, !!opts.compress, opts.sink);
     const header = new Uint8Array(HEADER_SIZE);
     header.set(fragmentHeader.encode({
       magic: [...FRAGMENT_MAGIC],
@@ -135,6 +141,7 @@ export class FragmentWriter {
       true,
     );
     writeAll(fd, [[Deno.UnsafePointer.of(header), HEADER_SIZE]], 0);
+    if (opts.sink) w.inflight = opts.sink.write(header);
     return w;
   }
 
@@ -180,6 +187,7 @@ export class FragmentWriter {
         this.staged.push(page.slice());
       } else {
         if (this.sources[this.sources.length - 1] !== src.bytes) this.sources.push(src.bytes);
+        if (this.sink) this.replicaPages.push(page);
         const addr = base + off;
         const n = this.iovAddr.length;
         if (n && this.iovAddr[n - 1] + this.iovLen[n - 1] === addr) this.iovLen[n - 1] += PAGE_SIZE;
@@ -217,6 +225,7 @@ export class FragmentWriter {
       flags = CHUNK_FLAG.ZSTD;
       this.staged = [];
       write = writeAllAsync(this.fd, [[Deno.UnsafePointer.of(z), len]], offset, this.fd, z);
+      if (this.sink) write = Promise.all([write, this.sink.write(z)]);
     } else {
       len = this.chunkBytes;
       const aligned = this.directFd >= 0 && this.iovAddr.every((a) => a % PAGE_SIZE === 0);
@@ -227,6 +236,14 @@ export class FragmentWriter {
       this.iovLen = [];
       write = writeAllAsync(aligned ? this.directFd : this.fd, iov, offset, this.fd, this.sources);
       this.sources = [];
+      if (this.sink) {
+        // The replica gets the pages as they are now; a page that changes before the disk write
+        // differs only in a record a later copy of the page supersedes, as on this host.
+        const copy = new Uint8Array(len);
+        this.replicaPages.forEach((p, i) => copy.set(p, i * PAGE_SIZE));
+        this.replicaPages = [];
+        write = Promise.all([write, this.sink.write(copy)]);
+      }
     }
     this.chunks.push({ offset, len, pages: this.chunkPages, flags, crc });
     this.offset += len;
@@ -303,8 +320,19 @@ export class FragmentWriter {
     const footerCrc = crc32(footer.subarray(0, footer.length - 4));
     new DataView(footer.buffer).setUint32(footer.length - 4, footerCrc, true);
     writeAll(this.fd, [[Deno.UnsafePointer.of(footer), footer.length]], indexOffset + index.length);
-    libc.fdatasync(this.fd);
+    const replicated = this.sink && (async (sink: FragmentSink) => {
+      await sink.write(index);
+      await sink.write(footer);
+      await sink.finish();
+    })(this.sink);
+    try {
+      libc.fdatasync(this.fd);
+    } catch (e) {
+      replicated?.catch(() => {}); // This host's failure is the one to report.
+      throw e;
+    }
     this.close();
+    await replicated;
     return {
       path: this.path,
       pages: keep.length,
@@ -331,6 +359,7 @@ export class FragmentWriter {
     } catch {
       // The failed write is why we abort.
     }
+    await this.sink?.abort();
     this.close();
     try {
       Deno.removeSync(this.path);

@@ -45,6 +45,9 @@ export function isCheckpointMode(x: unknown): x is CheckpointMode {
   return (CHECKPOINT_MODES as readonly unknown[]).includes(x);
 }
 
+/** Most copies one fragment may list besides its writer's. */
+export const MAX_COPIES = 15;
+
 /** One fragment a checkpoint uses. */
 export interface FragmentRef {
   /** Path relative to the checkpoint store root. */
@@ -59,6 +62,11 @@ export interface FragmentRef {
   pages: number;
   /** File size. */
   bytes: number;
+  /**
+   * Other hosts holding a byte-equivalent copy at the same path of their store (manifest 1.3);
+   * absent in older manifests, which had one copy each.
+   */
+  copies?: string[];
 }
 
 /** Timings and counts of the checkpoint, for `ckpt inspect` and reports. */
@@ -209,6 +217,21 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     }
     if (!isName("host", f.host)) {
       bad(HEADER, new NameError(`field "fragments[${k}].host"`, f.host, "host").message);
+    }
+    if (f.copies === undefined) continue;
+    const copies: unknown = f.copies;
+    if (!Array.isArray(copies) || copies.length > MAX_COPIES) {
+      bad(HEADER, `field "fragments[${k}].copies" is not a list of at most ${MAX_COPIES} hosts`);
+    }
+    const list = copies as unknown[];
+    for (const h of list) {
+      if (!isName("host", h)) {
+        bad(HEADER, new NameError(`field "fragments[${k}].copies"`, h, "host").message);
+      }
+    }
+    // Copies on distinct hosts, none on the writer's: one host lost never takes two of them.
+    if (new Set([f.host, ...list]).size !== list.length + 1) {
+      bad(HEADER, `field "fragments[${k}].copies" names a host twice`);
     }
   }
   for (let i = 0; i < m.pageMap.length; i += 3) {

@@ -9,6 +9,7 @@ import { join, relative } from "node:path";
 import { Errno, SyscallError } from "../ffi/errors.ts";
 import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts";
 import { type FragmentSummary, FragmentWriter } from "./fragment_writer.ts";
+import type { FragmentSink } from "./fragment_sink.ts";
 import {
   type CheckpointMode,
   type CheckpointStats,
@@ -80,6 +81,8 @@ export type ParticipantFragment = Omit<FragmentSummary, "gfns"> & {
   path: string;
   /** The gfns it indexes (the local fragment's, for its page map). */
   gfns?: FragmentSummary["gfns"];
+  /** Hosts that hold a durable copy of it besides its writer. */
+  copies?: string[];
 };
 
 /** One host writing a fragment of the checkpoint. */
@@ -253,6 +256,7 @@ export async function runCheckpoint(
       footerCrc: s.footerCrc,
       pages: s.pages,
       bytes: s.fileBytes,
+      ...(s.copies?.length ? { copies: s.copies } : {}),
     }));
     const stats = statsOf(frags, pageMap, base, saved);
     stats.totalMs = performance.now() - t0;
@@ -301,25 +305,39 @@ async function settleAll<T>(ps: Promise<T>[]): Promise<T[]> {
   return rs.map((r) => (r as PromiseFulfilledResult<T>).value);
 }
 
+/** Where a participant's fragment is copied as it is written: the sink, and the hosts it reaches. */
+export interface FragmentReplicas {
+  /** Receives the file's bytes (every replica at once). */
+  sink: FragmentSink;
+  /** Host names of the copies, for the manifest. */
+  hosts: string[];
+}
+
 /**
  * This host's participant in checkpoint `b`: its fragment `HOST.frag`, which the strategy writes
- * through the writer returned, and its copy of the manifest.
+ * through the writer returned (and copies to `replicas` meanwhile), and its copy of the manifest.
  */
 export function localParticipant(
   host: string,
   opts: Pick<CheckpointOptions, "dir" | "compress">,
   b: CheckpointBegun,
+  replicas?: FragmentReplicas,
 ): { participant: CheckpointParticipant; writer: FragmentWriter } {
   const path = join(b.dir, `${host}.frag`);
   const writer = FragmentWriter.create(path, {
     checkpointId: b.idBytes,
     generation: b.generation,
     compress: opts.compress,
+    sink: replicas?.sink,
   });
   const participant: CheckpointParticipant = {
     host,
     begin: () => Promise.resolve(),
-    finish: async () => ({ ...(await writer.finish()), path: relative(opts.dir, path) }),
+    finish: async () => ({
+      ...(await writer.finish()),
+      path: relative(opts.dir, path),
+      copies: replicas?.hosts,
+    }),
     commit: (_bytes, manifest) => Promise.resolve(commitManifest(b.dir, manifest)),
     abort: () => writer.abort(),
   };
