@@ -222,6 +222,10 @@ export function program(
       "--traditional",
       "split VM: pause, pull every page to the main host, save as one host (with --mode stop)",
     )
+    .option(
+      "--replicas <n>",
+      "split VM: copies of every fragment, each on another host of the VM, streamed while written",
+    )
     .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
 
   p.command("restore <checkpoint>")

@@ -61,6 +61,16 @@ export interface AgentConfig {
   guestDir?: string;
 }
 
+/** True when other agents can dial `listen`: its host is an address, not a wildcard. */
+function dialable(listen: string): boolean {
+  try {
+    const { hostname } = parseHostPort(listen);
+    return hostname !== "0.0.0.0" && hostname !== "::";
+  } catch {
+    return false;
+  }
+}
+
 /** The guest directory of an agent without one configured. */
 export const DEFAULT_GUEST_DIR = "/var/lib/dcres/guests";
 
@@ -132,18 +142,17 @@ export class Agent {
       me.host,
     );
     const owners = new PageOwners(stores.dir);
+    // This agent's own calls to others (pushes, copies of fragments) authenticate as itself.
+    const connect = (addr: string) => RpcClient.connect(addr, identity);
     const handlers = validated({
-      ...mergesFromMain(
-        owners,
-        agentHandlers(cfg, me.host, t0, (addr) => RpcClient.connect(addr, identity)),
-        MERGE_METHODS,
-      ),
+      ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
       ...heldAsData(pageHandlers(
         stores,
         join(cfg.dataDir, "ckpt"),
         (arg, role, field) =>
           checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
         owners,
+        connect,
       )),
     });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
@@ -302,6 +311,8 @@ export function agentHandlers(
         maxDowntimeMs: args.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS,
         traditional: !!args.traditional,
         host,
+        ...(args.replicas === undefined ? {} : { replicas: args.replicas }),
+        ...(dialable(cfg.listen) ? { self: cfg.listen } : {}),
       }, ctx.progress);
     },
     restore: (args, ctx) =>
@@ -315,7 +326,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes),
+    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
     "ckpt.inspect": (args, ctx) => {

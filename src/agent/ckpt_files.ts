@@ -35,8 +35,10 @@ export interface CheckpointPlan {
   vm: string;
   /** Guest memory size. */
   memSize: number;
-  /** Fragments, in manifest order. */
-  fragments: Array<{ path: string; host: string; bytes: number }>;
+  /** Fragments, in manifest order, with the other hosts holding copies of each. */
+  fragments: Array<{ path: string; host: string; bytes: number; copies?: string[] }>;
+  /** The name of the agent that answered (it holds this generation's manifest). */
+  host?: string;
   /** The split it was taken with, for a split VM. */
   split?: { mainMemBytes: number; hosts: Record<string, string> };
 }
@@ -60,6 +62,7 @@ export function ckptFileHandlers(
   resolve: (arg: unknown, role: CallerRole) => string,
   connect: (addr: string) => Promise<RpcClient>,
   quotaBytes?: number,
+  host?: string,
 ): Record<string, RpcHandler> {
   const space = new UploadSpace(root, quotaBytes);
   return {
@@ -73,8 +76,14 @@ export function ckptFileHandlers(
         id: m.id,
         vm: m.vm,
         memSize: m.machine.spec.memSize,
-        fragments: m.fragments.map((f) => ({ path: f.path, host: f.host, bytes: f.bytes })),
+        fragments: m.fragments.map((f) => ({
+          path: f.path,
+          host: f.host,
+          bytes: f.bytes,
+          ...(f.copies ? { copies: f.copies } : {}),
+        })),
         ...(m.split ? { split: m.split } : {}),
+        ...(host ? { host } : {}),
       };
       return Promise.resolve(plan);
     },

@@ -17,6 +17,13 @@ import type { PageStores } from "../paging/page_store.ts";
 import { type SaveSessionBase, SaveSessionError, SaveSessions } from "../paging/save_sessions.ts";
 import { SubSaver } from "../paging/sub_saver.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { teeSinks } from "../ckpt/fragment_sink.ts";
+import { MAX_COPIES } from "../ckpt/manifest.ts";
+import { isName } from "../codec/names.ts";
+import { parseHostPort } from "../net/address.ts";
+import type { RpcClient } from "../net/quic.ts";
+import { ReplicaSink } from "../net/replica_sink.ts";
+import { fragmentBound, type ReplicaHost } from "../paging/split_replicas.ts";
 
 /** One checkpoint under way of one VM on this host. */
 interface SaveSession extends SaveSessionBase {
@@ -38,6 +45,26 @@ function gfnsArg(runs: unknown, pages: number): number[] {
   );
 }
 
+/** The hosts main asks this fragment to be copied to, checked: names, addresses, how many. */
+function replicasArg(v: unknown): ReplicaHost[] {
+  if (v === undefined) return [];
+  if (!Array.isArray(v) || v.length > MAX_COPIES) {
+    throw new RpcError("bad-request", `replicas: a list of at most ${MAX_COPIES} hosts`);
+  }
+  return v.map((r) => {
+    const { host, addr } = (r ?? {}) as Record<string, unknown>;
+    if (!isName("host", host) || typeof addr !== "string") {
+      throw new RpcError("bad-request", "replicas: each is { host: NAME, addr: HOST:PORT }");
+    }
+    try {
+      parseHostPort(addr);
+    } catch (e) {
+      throw new RpcError("bad-request", `replicas: ${(e as Error).message}`);
+    }
+    return { host, addr };
+  });
+}
+
 /** A session's refusal as the RPC error the caller sees. */
 function asRpcError(e: unknown): unknown {
   if (!(e instanceof SaveSessionError)) return e;
@@ -48,7 +75,11 @@ function asRpcError(e: unknown): unknown {
 export class PageSaves {
   private readonly sessions = new SaveSessions<SaveSession>();
 
-  constructor(private readonly stores: PageStores, private readonly ckptRoot: string) {}
+  constructor(
+    private readonly stores: PageStores,
+    private readonly ckptRoot: string,
+    private readonly connect: (addr: string) => Promise<RpcClient>,
+  ) {}
 
   /** Rule 1: owed pages of `vm` are saved before they leave (GET, RELEASE). */
   async beforeLeaving(vm: string, gfns: ArrayLike<number>): Promise<void> {
@@ -108,10 +139,20 @@ export class PageSaves {
         const store = this.stores.store(vm, pages);
         const { dir } = new CheckpointStore(join(this.ckptRoot, vm)).beginAt(generation as number);
         const idBytes = Uint8Array.from(id.match(/../g)!.map((h) => parseInt(h, 16)));
+        const file = `${generationName(generation as number)}/${this.stores.host}.frag`;
+        const copies = replicasArg(args.replicas).map((r) =>
+          ReplicaSink.overConnection(this.connect, r.addr, {
+            host: r.host,
+            store: vm,
+            file,
+            maxBytes: fragmentBound(pages),
+          })
+        );
         const writer = FragmentWriter.create(join(dir, `${this.stores.host}.frag`), {
           checkpointId: idBytes,
           generation: generation as number,
           compress: !!args.compress,
+          sink: copies.length ? teeSinks(copies) : undefined,
         });
         const s: SaveSession = {
           id,

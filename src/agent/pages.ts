@@ -1,4 +1,5 @@
 /** The agent's page-store methods: what a split VM's main host calls on its sub-hosts. */
+import type { RpcClient } from "../net/quic.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { CallerRole } from "../rpc/roles.ts";
@@ -57,8 +58,14 @@ export function pageHandlers(
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
   owners: PageOwners = new PageOwners(stores.dir),
+  connect: (addr: string) => Promise<RpcClient> = noPeers,
 ): Record<string, RpcHandler> {
-  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve));
+  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve, connect));
+}
+
+/** The connector of a page service that reaches no other agent (copies of fragments are refused). */
+function noPeers(addr: string): Promise<RpcClient> {
+  return Promise.reject(new Error(`this service does not connect to other agents (${addr})`));
 }
 
 /**
@@ -90,8 +97,9 @@ function pageMethods(
   stores: PageStores,
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
+  connect: (addr: string) => Promise<RpcClient>,
 ): Record<string, RpcHandler> {
-  const saves = new PageSaves(stores, ckptRoot);
+  const saves = new PageSaves(stores, ckptRoot, connect);
   return {
     ...saves.handlers(vmArgs),
     ...pageLoadHandlers(stores, resolve, vmArgs),

@@ -63,6 +63,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
     compress: flag,
     traditional: flag,
     maxDowntimeMs: v.optional(ms),
+    replicas: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(16))),
   }),
   restore: v.object({ path: file, name: v.optional(name), lazy: flag, accel, split }),
   "ckpt.ls": v.object({ path: file }),

@@ -41,6 +41,9 @@ export async function* fileChunks(
   }
 }
 
+/** Room a replica reserves at a time, ahead of what has arrived. */
+const REPLICA_STEP = 64 << 20;
+
 /** How a store file is written: from scratch (an upload) or resumed (a push). */
 interface ReceiveOptions {
   /** Bytes already in `FILE.part` from a push that broke; absent for an upload from scratch. */
@@ -81,7 +84,12 @@ export async function receiveStoreFile(
     }
   }
   if (from > bytes) throw new RpcError("bad-request", `${name}: resumes past its ${bytes} bytes`);
-  const release = space.reserve(name, bytes - from);
+  // A replica's size is known only at its end: room is reserved a step ahead of what arrived, so a
+  // refusal fails this copy (and its checkpoint), never one committed before it.
+  const step = opts.atMost ? Math.min(bytes, REPLICA_STEP) : bytes - from;
+  const releases = [space.reserve(name, step)];
+  let reserved = step;
+  const release = () => releases.forEach((r) => r());
   let got = from;
   try {
     using f = await Deno.open(tmp, {
@@ -95,6 +103,11 @@ export async function receiveStoreFile(
       got += b.length;
       if (got > bytes) {
         throw new RpcError("bad-request", `${name}: more than the ${bytes} bytes declared`);
+      }
+      if (got - from > reserved) {
+        const more = Math.min(bytes - from - reserved, REPLICA_STEP);
+        releases.push(space.reserve(name, more));
+        reserved += more;
       }
       for (let o = 0; o < b.length;) o += await f.write(b.subarray(o));
     }

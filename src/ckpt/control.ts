@@ -28,6 +28,10 @@ export interface CheckpointRequest {
   traditional?: boolean;
   /** Name of the host taking it (names a split VM's main fragment). */
   host?: string;
+  /** Copies of every fragment on distinct hosts (a split VM's; default 1). */
+  replicas?: number;
+  /** The address of the agent of the host taking it, where other hosts send copies. */
+  self?: string;
 }
 
 /** Takes a checkpoint: `local` is the one-host checkpoint of this machine. */

@@ -104,6 +104,8 @@ export class FragmentWriter {
   private sources: Uint8Array[] = [];
   /** The pending chunk's pages, in file order, for the replica (uncompressed chunks). */
   private replicaPages: Uint8Array[] = [];
+  /** The header, until the replica has been sent it. */
+  private header?: Uint8Array;
 
   private constructor(
     readonly path: string,
@@ -141,7 +143,9 @@ export class FragmentWriter {
       true,
     );
     writeAll(fd, [[Deno.UnsafePointer.of(header), HEADER_SIZE]], 0);
-    if (opts.sink) w.inflight = opts.sink.write(header);
+    // The replica gets the header with the first chunk: a copy is opened only once the
+    // checkpoint's every participant has begun, so none clears another's copy at its begin.
+    w.header = header;
     return w;
   }
 
@@ -225,7 +229,7 @@ export class FragmentWriter {
       flags = CHUNK_FLAG.ZSTD;
       this.staged = [];
       write = writeAllAsync(this.fd, [[Deno.UnsafePointer.of(z), len]], offset, this.fd, z);
-      if (this.sink) write = Promise.all([write, this.sink.write(z)]);
+      if (this.sink) write = Promise.all([write, this.replicate(z)]);
     } else {
       len = this.chunkBytes;
       const aligned = this.directFd >= 0 && this.iovAddr.every((a) => a % PAGE_SIZE === 0);
@@ -242,7 +246,7 @@ export class FragmentWriter {
         const copy = new Uint8Array(len);
         this.replicaPages.forEach((p, i) => copy.set(p, i * PAGE_SIZE));
         this.replicaPages = [];
-        write = Promise.all([write, this.sink.write(copy)]);
+        write = Promise.all([write, this.replicate(copy)]);
       }
     }
     this.chunks.push({ offset, len, pages: this.chunkPages, flags, crc });
@@ -250,6 +254,14 @@ export class FragmentWriter {
     this.chunkPages = 0;
     this.chunkBytes = 0;
     this.inflight = write;
+  }
+
+  /** Sends the replica `bytes`, after the header if it has not had it yet. */
+  private async replicate(bytes: Uint8Array): Promise<void> {
+    const header = this.header;
+    this.header = undefined;
+    if (header) await this.sink!.write(header);
+    await this.sink!.write(bytes);
   }
 
   /** Writes everything appended so far; after this the appended source bytes may change. */
@@ -321,7 +333,7 @@ export class FragmentWriter {
     new DataView(footer.buffer).setUint32(footer.length - 4, footerCrc, true);
     writeAll(this.fd, [[Deno.UnsafePointer.of(footer), footer.length]], indexOffset + index.length);
     const replicated = this.sink && (async (sink: FragmentSink) => {
-      await sink.write(index);
+      await this.replicate(index);
       await sink.write(footer);
       await sink.finish();
     })(this.sink);

@@ -17,6 +17,7 @@ export interface CheckpointFlags {
   compress?: string;
   maxDowntime: string;
   traditional?: boolean;
+  replicas?: string;
 }
 
 /** Runs `dcres checkpoint`. */
@@ -39,6 +40,12 @@ export async function checkpointCommand(
       "--out DIR is required (through --agent it defaults to the agent's store)",
     );
   }
+  const replicas = f.replicas === undefined ? undefined : Number(f.replicas);
+  if (
+    replicas !== undefined && !(Number.isSafeInteger(replicas) && replicas >= 1 && replicas <= 16)
+  ) {
+    throw new UsageError(`--replicas ${f.replicas}: give a whole number of copies from 1 to 16`);
+  }
   const bar = progressBar(g, `checkpoint ${name}`);
   const args = {
     mode,
@@ -46,6 +53,7 @@ export async function checkpointCommand(
     compress: f.compress === "zstd",
     maxDowntimeMs,
     traditional: !!f.traditional,
+    ...(replicas === undefined ? {} : { replicas }),
   };
   const onProgress = (p: unknown) => {
     const q = p as { done: number; total: number };

@@ -10,6 +10,7 @@ import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
+import { chooseHolders } from "./restore_copies.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
@@ -86,11 +87,14 @@ function placeFragments(
   plan: CheckpointPlan,
   source: string,
   t: SplitTargets,
-): { main: string; subs: string[]; target: string[]; origin: string[] } {
+): { main: string; subs: string[]; target: string[]; holders: string[][] } {
   const hosts = plan.split!.hosts;
   const names = Object.keys(hosts);
   const mainName = names.find((n) => hosts[n] === "main")!;
-  const addrOf = (n: string) => hosts[n] === "main" ? source : hosts[n];
+  // The manifest records main as "main": its address is the source's when the source is main.
+  const mainAddr = plan.host === undefined || plan.host === mainName ? source : undefined;
+  const addrOf = (n: string) => hosts[n] === "main" ? mainAddr ?? source : hosts[n];
+  const known = (n: string) => hosts[n] === "main" ? mainAddr : hosts[n];
   const subNames = names.filter((n) => n !== mainName);
   const map = new Map<string, string>();
   for (const m of t.map ?? []) {
@@ -135,8 +139,10 @@ function placeFragments(
     if (!r) throw new Error(`fragment ${f.path} was saved by ${f.host}, not a host of the split`);
     return r;
   });
-  const origin = plan.fragments.map((f) => addrOf(f.host));
-  return { main, subs, target, origin };
+  const holders = plan.fragments.map((f) =>
+    [f.host, ...(f.copies ?? [])].map(known).filter((a): a is string => a !== undefined)
+  );
+  return { main, subs, target, holders };
 }
 
 /** Restores split checkpoint `path` (found through the agent `source`) onto `t`'s hosts. */
@@ -149,7 +155,8 @@ export async function restoreSplit(
 ): Promise<SplitRestoreReport> {
   const t0 = performance.now();
   const name = opts.name ?? plan.vm;
-  const { main, subs, target, origin } = placeFragments(plan, source, t);
+  const { main, subs, target, holders: copiesAt } = placeFragments(plan, source, t);
+  const origin = await chooseHolders(g, plan, copiesAt, target);
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied
   // generation is a committed one there), the restored generation's last.

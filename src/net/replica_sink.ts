@@ -7,6 +7,7 @@
 import type { FragmentSink } from "../ckpt/fragment_sink.ts";
 import { Inbox } from "../rpc/inbox.ts";
 import type { CallOptions } from "./stream_call.ts";
+import type { RpcClient } from "./quic.ts";
 
 /** How a replica is reached: a call on a connection to its agent. */
 export type ReplicaCall = (
@@ -34,45 +35,90 @@ export interface ReplicaTarget {
 export class ReplicaSink implements FragmentSink {
   readonly #inbox = new Inbox();
   readonly #abort = new AbortController();
-  readonly #done: Promise<void>;
+  readonly #call: ReplicaCall;
+  #done?: Promise<void>;
   #error?: Error;
 
+  /** A replica reached through `call`; the call is made with the first bytes. */
   constructor(call: ReplicaCall, readonly target: ReplicaTarget) {
-    const { store, file, maxBytes } = target;
-    this.#done = call("ckpt.replicate", { store, file, maxBytes }, {
+    this.#call = call;
+  }
+
+  /**
+   * A replica on the agent at `addr`, over a connection of its own made with the first bytes
+   * (`connect` authenticates as this agent) and closed when the copy is done or abandoned.
+   */
+  static overConnection(
+    connect: (addr: string) => Promise<RpcClient>,
+    addr: string,
+    target: ReplicaTarget,
+  ): FragmentSink {
+    let client: Promise<RpcClient> | undefined;
+    const close = async () => {
+      const c = await client?.catch(() => undefined);
+      await c?.close();
+    };
+    const sink = new ReplicaSink(async (m, a, o) => {
+      client = connect(addr);
+      return await (await client).call(m, a, o);
+    }, target);
+    return {
+      write: (b) => sink.write(b),
+      finish: async () => {
+        try {
+          await sink.finish();
+        } finally {
+          await close();
+        }
+      },
+      abort: async () => {
+        await sink.abort();
+        await close();
+      },
+    };
+  }
+
+  /** The call, started once. */
+  #started(): Promise<void> {
+    if (this.#done) return this.#done;
+    const { store, file, maxBytes, host } = this.target;
+    this.#done = this.#call("ckpt.replicate", { store, file, maxBytes }, {
       upload: this.#inbox,
       deadlineMs: 3_600_000,
       signal: this.#abort.signal,
     }).then(
       () => {},
       (e) => {
-        this.#error = new Error(`copy of ${file} on ${target.host}: ${(e as Error).message}`);
+        this.#error = new Error(`copy of ${file} on ${host}: ${(e as Error).message}`);
         throw this.#error;
       },
     );
     // Seen by write() and finish(); a rejection nobody awaits yet is not unhandled.
     this.#done.catch(() => {});
+    return this.#done;
   }
 
   /** Queues `bytes` for the replica; rejects once the replica has failed. */
   async write(bytes: Uint8Array): Promise<void> {
+    const done = this.#started();
     for (let o = 0; o < bytes.length; o += PIECE) {
       if (this.#error) throw this.#error;
-      await Promise.race([this.#inbox.push(bytes.slice(o, o + PIECE)), this.#done]);
+      await Promise.race([this.#inbox.push(bytes.slice(o, o + PIECE)), done]);
     }
     if (this.#error) throw this.#error;
   }
 
   /** Ends the stream; resolves once the replica is durable. */
   async finish(): Promise<void> {
+    const done = this.#started();
     this.#inbox.end();
-    await this.#done;
+    await done;
   }
 
-  /** Cancels the stream: the agent there removes what it wrote. */
+  /** Cancels the stream (if it began): the agent there removes what it wrote. */
   async abort(): Promise<void> {
     this.#inbox.end(new Error("the fragment was abandoned"));
     this.#abort.abort();
-    await this.#done.catch(() => {});
+    await this.#done?.catch(() => {});
   }
 }

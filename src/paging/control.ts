@@ -80,6 +80,11 @@ export class SplitControl {
       if (r.traditional) {
         throw new Error(`--traditional is for split VMs; ${name} runs on one host`);
       }
+      if ((r.replicas ?? 1) > 1) {
+        throw new Error(
+          `--replicas ${r.replicas}: ${name} runs on one host, and copies of a one-host VM's checkpoint are not built yet; use --replicas 1`,
+        );
+      }
       return await local();
     }
     if (this.busy) throw new Error(`${name}: another paging operation is under way`);
@@ -89,7 +94,12 @@ export class SplitControl {
     if (!r.traditional) {
       this.busy = true;
       try {
-        const rep = await takeSplitCheckpoint(this.m, this.tracker, pager, { ...opts, host });
+        const rep = await takeSplitCheckpoint(this.m, this.tracker, pager, {
+          ...opts,
+          host,
+          replicas: r.replicas,
+          self: r.self,
+        });
         this.mergeLater(join(opts.dir, generationName(rep.generation)), host, pager);
         return rep;
       } finally {

@@ -25,6 +25,14 @@ import { piecesOf } from "../net/chunks.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
 import { newestOnSubs } from "./split_merge.ts";
+import {
+  fragmentBound,
+  type ReplicaHost,
+  ReplicaPlacementError,
+  ringPlacement,
+} from "./split_replicas.ts";
+import { ReplicaSink } from "../net/replica_sink.ts";
+import { teeSinks } from "../ckpt/fragment_sink.ts";
 import { saveSplitPages } from "./split_save.ts";
 import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
@@ -48,6 +56,10 @@ export interface SplitCheckpointReport extends CheckpointReport {
 export interface SplitCheckpointOptions extends CheckpointOptions {
   /** This (main) host's name, naming its fragment. */
   host: string;
+  /** Copies of every fragment, on distinct hosts (default 1: the writer's own). */
+  replicas?: number;
+  /** This host's agent address, where sub-hosts send copies of their fragments. */
+  self?: string;
 }
 
 /**
@@ -90,19 +102,31 @@ function fragmentFrom(
  * Sub-host `l`'s part of checkpoint `b`, over its `pages.save*` calls (each names the checkpoint,
  * so a late one is refused there).
  */
-function subParticipant(l: SubLink, b: CheckpointBegun, opts: CheckpointOptions) {
+function subParticipant(
+  l: SubLink,
+  b: CheckpointBegun,
+  opts: CheckpointOptions,
+  replicas: ReplicaHost[],
+) {
   const id = b.id;
   return {
     host: l.host,
     async begin() {
-      await l.call("pages.save.begin", { id, generation: b.generation, compress: opts.compress });
+      await l.call("pages.save.begin", {
+        id,
+        generation: b.generation,
+        compress: opts.compress,
+        ...(replicas.length ? { replicas } : {}),
+      });
     },
     async finish(): Promise<ParticipantFragment> {
-      return fragmentFrom(
+      // The sub-host answers once its fragment and every copy of it are durable.
+      const f = fragmentFrom(
         l.host,
         b,
         await l.call<Record<string, unknown>>("pages.save.finish", { id }),
       );
+      return replicas.length ? { ...f, copies: replicas.map((r) => r.host) } : f;
     },
     async commit(bytes: Uint8Array) {
       await l.call("pages.save.commit", { id }, { upload: piecesOf(bytes) });
@@ -131,6 +155,8 @@ export async function takeSplitCheckpoint(
 ): Promise<SplitCheckpointReport> {
   const mem = m.vm.memory;
   let subs: SubLink[] = [];
+  let hosts: ReplicaHost[] = [];
+  let placement: number[][] = [];
   const moves0 = pager.stats().pageIns + pager.stats().pageOuts;
   let writer: FragmentWriter | undefined;
   let c: SplitCheckpoint | undefined;
@@ -143,15 +169,42 @@ export async function takeSplitCheckpoint(
     ready: async () => {
       await pager.ensureLinks();
       subs = pager.subLinks();
+      hosts = [
+        { host: opts.host, addr: opts.self ?? "" },
+        ...subs.map((l) => ({ host: l.host, addr: l.addr })),
+      ];
+      placement = ringPlacement(hosts.length, opts.replicas ?? 1);
+      if (!opts.self && placement.some((to) => to.includes(0))) {
+        throw new ReplicaPlacementError(
+          `--replicas ${opts.replicas}: this host's agent address is unknown, so no sub-host can copy its fragment here`,
+        );
+      }
       // Sub-hosts keep their fragments in the store named after the VM.
       return await newestOnSubs(subs, m.spec.name);
     },
     participants: (b) => {
-      const local = localParticipant(opts.host, opts, b);
+      const file = `${generationName(b.generation)}/${opts.host}.frag`;
+      const sinks = placement[0].map((j) => {
+        const l = subs[j - 1];
+        return new ReplicaSink((method, args, o) => l.call(method, args, o), {
+          host: l.host,
+          store: m.spec.name,
+          file,
+          maxBytes: fragmentBound(mem.pages),
+        });
+      });
+      const local = localParticipant(
+        opts.host,
+        opts,
+        b,
+        sinks.length
+          ? { sink: teeSinks(sinks), hosts: placement[0].map((j) => hosts[j].host) }
+          : undefined,
+      );
       writer = local.writer;
       return [
         local.participant,
-        ...subs.map((l) => subParticipant(l, b, opts)),
+        ...subs.map((l, k) => subParticipant(l, b, opts, placement[k + 1].map((j) => hosts[j]))),
       ];
     },
     save: async (b) => {

@@ -221,13 +221,14 @@ export class SubLink {
   async call<T>(
     method: string,
     args: Record<string, unknown>,
-    opts: { deadlineMs?: number; upload?: AsyncIterable<Uint8Array> } = {},
+    opts: { deadlineMs?: number; upload?: AsyncIterable<Uint8Array>; signal?: AbortSignal } = {},
   ): Promise<T> {
     if (!this.client) throw new SubHostDownError(this.addr, this.down ?? "not connected");
     try {
       return await this.client.call<T>(method, { vm: this.vm, pages: this.pages, ...args }, {
         deadlineMs: opts.deadlineMs ?? 600_000,
         upload: opts.upload,
+        signal: opts.signal,
       });
     } catch (e) {
       throw new Error(`sub-host ${this.host} (${this.addr}): ${(e as Error).message}`);

@@ -1,0 +1,73 @@
+/**
+ * Which copy of each fragment a restore reads: every host the manifest names as holding it (its
+ * writer and its copies) is asked what it has, and the fragment comes from one whose copy is whole
+ * (the size the manifest records), the least loaded so far, so the pushes spread over the holders.
+ * A host that does not answer, or holds a partial or missing copy, is passed over; a fragment no
+ * holder has whole fails the restore in one line naming every holder and what it said.
+ */
+import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import type { GlobalOptions } from "./context.ts";
+import { remoteCall } from "./remote.ts";
+
+/** What one holder said about the fragments asked of it. */
+type Answer = { sizes: Record<string, number> } | { error: string };
+
+/**
+ * For each fragment of `plan`, the address to copy it from, among `holders[k]` (the addresses of
+ * the hosts holding fragment k, the writer's first); `prefer[k]` is taken when it holds a whole
+ * copy (the target itself: nothing moves).
+ */
+export async function chooseHolders(
+  g: GlobalOptions,
+  plan: CheckpointPlan,
+  holders: string[][],
+  prefer: string[],
+): Promise<string[]> {
+  const asked = new Map<string, string[]>();
+  plan.fragments.forEach((f, k) => {
+    for (const a of new Set([prefer[k], ...holders[k]])) {
+      asked.set(a, [...(asked.get(a) ?? []), f.path]);
+    }
+  });
+  const answers = new Map<string, Answer>(
+    await Promise.all(
+      [...asked].map(async ([addr, files]): Promise<[string, Answer]> => {
+        try {
+          const r = await remoteCall<{ sizes: Record<string, number> }>(
+            { ...g, agent: addr },
+            "ckpt.have",
+            { store: plan.store, files },
+          );
+          return [addr, { sizes: r.sizes ?? {} }];
+        } catch (e) {
+          return [addr, { error: (e as Error).message }];
+        }
+      }),
+    ),
+  );
+  const load = new Map<string, number>();
+  return plan.fragments.map((f, k) => {
+    const whole = (a: string) => {
+      const r = answers.get(a);
+      return r !== undefined && "sizes" in r && r.sizes[f.path] === f.bytes;
+    };
+    if (whole(prefer[k])) return prefer[k];
+    const ok = holders[k].filter(whole);
+    if (!ok.length) {
+      const said = holders[k].map((a) => {
+        const r = answers.get(a)!;
+        if ("error" in r) return `${a}: ${r.error}`;
+        const size = r.sizes[f.path];
+        return `${a}: ${size === undefined ? "missing" : `${size} of ${f.bytes} bytes`}`;
+      });
+      throw new Error(
+        `fragment ${f.path} of checkpoint ${plan.id} has no whole copy on any host that held one (${
+          said.join("; ") || "no holder's address is known"
+        }); restore an older checkpoint`,
+      );
+    }
+    const pick = ok.reduce((a, b) => (load.get(b) ?? 0) < (load.get(a) ?? 0) ? b : a);
+    load.set(pick, (load.get(pick) ?? 0) + f.bytes);
+    return pick;
+  });
+}

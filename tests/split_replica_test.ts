@@ -1,0 +1,75 @@
+/**
+ * A split VM's checkpoint with two copies of every fragment (issue 15 items 1 and 2), on agents of
+ * this machine: each fragment is copied to the next host round the ring while it is written, the
+ * manifest lists the copies, and after a sub-host and then the main host lose their data
+ * directories for good (agent killed, directory removed, agent started empty), the checkpoint
+ * restores onto the hosts left, from the copies, and the guest verifies page by page.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { TestCluster } from "./helpers/cluster.ts";
+
+interface Fragment {
+  path: string;
+  host: string;
+  copies?: string[];
+}
+
+Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from the copies after a sub-host and the main host lost their disks", async () => {
+  const c = new TestCluster(7493);
+  const hosts = await c.up(5);
+  const [main, s1, s2, s3, spare] = hosts;
+  try {
+    await c.ok([
+      ...["--agent", main, "vm", "start", "--main", main, "--sub", `${s1},${s2},${s3}`],
+      ...["--name", "rv", "--mem", "256M", "--main-mem", "64M", "--ws", "96M"],
+    ]);
+    await c.until(main, "rv", (v) => (v.paging?.pageOuts ?? 0) > 5_000, 300_000);
+    await c.fails(
+      ["--agent", main, "checkpoint", "rv", "--replicas", "5"],
+      /--replicas 5: this VM's checkpoint has 4 hosts/,
+    );
+    const r = JSON.parse(
+      await c.ok([
+        ...["--agent", main, "--json", "checkpoint", "rv", "--mode", "precopy", "--replicas", "2"],
+      ]),
+    );
+    const info = JSON.parse(
+      await c.ok(["--agent", main, "--json", "ckpt", "inspect", r.checkpoint]),
+    );
+    const frags = info.fragments as Fragment[];
+    // Round the ring: node1 → node2 → node3 → node4 → node1.
+    assertEquals(
+      frags.map((f) => [f.host, f.copies]),
+      [["node1", ["node2"]], ["node2", ["node3"]], ["node3", ["node4"]], ["node4", ["node1"]]],
+    );
+    for (const f of frags) {
+      for (const h of [f.host, ...f.copies!]) {
+        const file = `${c.env.DCRES_CLUSTER_DIR}/${h}/data/ckpt/rv/${f.path}`;
+        assert(Deno.statSync(file).isFile, `${file}: the copy is missing`);
+        assert(
+          Deno.statSync(`${c.env.DCRES_CLUSTER_DIR}/${h}/data/ckpt/rv/g000001/MANIFEST`).isFile,
+        );
+      }
+    }
+    // node3 (a sub-host) and then node1 (main) lose everything.
+    for (const node of ["node3", "node1"]) {
+      await c.run("kill", node);
+      Deno.removeSync(`${c.env.DCRES_CLUSTER_DIR}/${node}/data`, { recursive: true });
+      await c.run("start", node);
+    }
+    // Through a sub-host that kept the manifest: main's part onto the spare host, the sub-hosts'
+    // onto node2 and node4, each fragment from a whole copy.
+    const out = JSON.parse(
+      await c.ok([
+        ...["--agent", s1, "--json", "restore", r.checkpoint],
+        ...["--main", spare, "--sub", `${s1},${s3}`],
+      ]),
+    );
+    assert(out.copied.files > 0, JSON.stringify(out));
+    const verify = await c.ok(["--agent", spare, "guest", "verify", "rv"]);
+    assert(verify.startsWith("OK"), verify);
+    assert((await c.ok(["--agent", spare, "vm", "check", "rv"])).startsWith("OK"));
+  } finally {
+    await c.down();
+  }
+});
