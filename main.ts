@@ -14,7 +14,7 @@ import { statusCommand } from "./src/cli/status.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
-import { ckptInspect, ckptLs, ckptMerge, ckptVerify } from "./src/cli/ckpt.ts";
+import { ckptInspect, ckptLs, ckptMerge, ckptRepair, ckptVerify } from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { caRevoke, type CaRevokeFlags } from "./src/cli/ca_revoke.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
@@ -262,6 +262,9 @@ export function program(
   );
   ckpt.command("merge <dir>").description("squash the latest chain into one full generation")
     .action(act((d: string) => ckptMerge(g(), d)));
+  ckpt.command("repair <checkpoint>")
+    .description("push every missing copy of a checkpoint's fragments back from a whole one")
+    .action(act((d: string) => ckptRepair(g(), d)));
 
   const ca = p.command("ca").description("cluster CA and host certificates for mutual TLS");
   ca.command("init")

@@ -1015,6 +1015,13 @@ for (
   });
 }
 
+Deno.test("a checksummed manifest whose split.mainAddr is not an address is refused naming the field", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const split = { mainMemBytes: 4096, hosts: { main: "main" }, mainAddr: 7 };
+  const bytes = manifestWithBody(encodeCbor({ ...m, split }));
+  assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, "split.mainAddr");
+});
+
 Deno.test("a manifest listing a fragment's copies decodes with them", () => {
   const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
   const fragments = [{ ...m.fragments[0], host: "main", copies: ["node2", "node3"] }];

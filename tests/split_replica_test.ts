@@ -3,7 +3,8 @@
  * this machine: each fragment is copied to the next host round the ring while it is written, the
  * manifest lists the copies, and after a sub-host and then the main host lose their data
  * directories for good (agent killed, directory removed, agent started empty), the checkpoint
- * restores onto the hosts left, from the copies, and the guest verifies page by page.
+ * restores onto the hosts left, from the copies, and the guest verifies page by page; then
+ * `ckpt repair` puts every copy back on the host the manifest names.
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
@@ -14,7 +15,7 @@ interface Fragment {
   copies?: string[];
 }
 
-Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from the copies after a sub-host and the main host lost their disks", async () => {
+Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from the copies after a sub-host and the main host lost their disks, and repair puts every copy back", async () => {
   const c = new TestCluster(7493);
   const hosts = await c.up(5);
   const [main, s1, s2, s3, spare] = hosts;
@@ -69,6 +70,24 @@ Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from
     const verify = await c.ok(["--agent", spare, "guest", "verify", "rv"]);
     assert(verify.startsWith("OK"), verify);
     assert((await c.ok(["--agent", spare, "vm", "check", "rv"])).startsWith("OK"));
+    // Repair puts every copy back where the manifest says it is: the two emptied hosts get theirs.
+    const rep = JSON.parse(await c.ok(["--agent", s1, "--json", "ckpt", "repair", r.checkpoint]));
+    assertEquals([rep.copiesWanted, rep.copiesWhole, rep.failed], [8, 4, []], JSON.stringify(rep));
+    assertEquals(
+      (rep.repaired as Array<{ file: string; to: string }>).map((x) => `${x.file} ${x.to}`).sort(),
+      [
+        `g000001/node1.frag ${main}`,
+        `g000001/node2.frag ${s2}`,
+        `g000001/node3.frag ${s2}`,
+        `g000001/node4.frag ${main}`,
+      ],
+    );
+    const again = JSON.parse(
+      await c.ok(["--agent", main, "--json", "ckpt", "repair", r.checkpoint]),
+    );
+    assertEquals([again.copiesWhole, again.repaired.length], [8, 0], JSON.stringify(again));
+    const verified = await c.ok(["--agent", main, "ckpt", "verify", r.checkpoint]);
+    assert(verified.startsWith("OK"), verified);
   } finally {
     await c.down();
   }

@@ -40,7 +40,7 @@ export interface CheckpointPlan {
   /** The name of the agent that answered (it holds this generation's manifest). */
   host?: string;
   /** The split it was taken with, for a split VM. */
-  split?: { mainMemBytes: number; hosts: Record<string, string> };
+  split?: { mainMemBytes: number; hosts: Record<string, string>; mainAddr?: string };
 }
 
 /** The size of regular file `path`, or undefined when it is missing or not a regular file. */

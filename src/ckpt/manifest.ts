@@ -121,8 +121,12 @@ export interface Manifest {
   mergedFrom?: number;
   /** For a merged checkpoint: the id of the checkpoint it stands for (the same consistency point). */
   mergedFromId?: string;
-  /** For a split VM: main's memory budget and every participant (name → agent address, "main"). */
-  split?: { mainMemBytes: number; hosts: Record<string, string> };
+  /**
+   * For a split VM: main's memory budget, every participant (name → agent address, "main"), and
+   * from 1.3 main's own agent address when it was known (where its copies are found once main is
+   * no longer the host a restore goes through).
+   */
+  split?: { mainMemBytes: number; hosts: Record<string, string>; mainAddr?: string };
 }
 
 /** Encodes a manifest into its file bytes. */
@@ -209,6 +213,10 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   }
   if (!isName("vm", m.machine.spec.name)) {
     bad(HEADER, new NameError(`field "machine.spec.name"`, m.machine.spec.name, "vm").message);
+  }
+  const mainAddr: unknown = m.split?.mainAddr;
+  if (mainAddr !== undefined && (typeof mainAddr !== "string" || mainAddr.length > 300)) {
+    bad(HEADER, `field "split.mainAddr" is not an address (HOST:PORT)`);
   }
   for (const [k, f] of m.fragments.entries()) {
     // A fragment path is joined to the store: only gNNNNNN/HOST.frag, never absolute nor `..`.

@@ -1,4 +1,4 @@
-/** `dcres ckpt ls|inspect|verify|merge DIR`: look into and maintain checkpoint stores, without a VM. */
+/** `dcres ckpt ls|inspect|verify|merge|repair DIR`: look into and maintain checkpoint stores, without a VM. */
 import { resolve } from "node:path";
 import {
   type GenerationRow,
@@ -11,7 +11,8 @@ import { mergeChain } from "../ckpt/merge.ts";
 import { mergeSplit } from "./merge_split.ts";
 import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
-import { fmtBytes } from "./units.ts";
+import { fmtBytes, UsageError } from "./units.ts";
+import { repairCheckpoint } from "./repair.ts";
 import { table } from "./vm.ts";
 
 /** `ckpt ls DIR`: every generation, committed or interrupted. */
@@ -108,6 +109,22 @@ export async function ckptVerify(g: GlobalOptions, path: string): Promise<number
         : ""),
   );
   return EXIT.OK;
+}
+
+/** `ckpt repair ID` (through an agent): every copy of a checkpoint's fragments back in place. */
+export async function ckptRepair(g: GlobalOptions, path: string): Promise<number> {
+  const source = agentAddr(g);
+  if (!source) throw new UsageError("ckpt repair works through an agent: give --agent HOST:PORT");
+  const r = await repairCheckpoint(g, source, path);
+  report(g, r, () =>
+    [
+      `checkpoint ${r.id}: ${r.copiesWhole} of ${r.copiesWanted} copies of ${r.fragments} fragment(s) were whole; ${r.repaired.length} repaired (${
+        fmtBytes(r.repaired.reduce((a, x) => a + x.bytes, 0))
+      }) in ${r.ms.toFixed(0)} ms`,
+      ...r.repaired.map((x) => `  ${x.file}: copied from ${x.from} to ${x.to}`),
+      ...r.failed.map((x) => `  not repaired: ${x}`),
+    ].join("\n"));
+  return r.failed.length ? EXIT.FAILURE : EXIT.OK;
 }
 
 /** `ckpt merge DIR`: squash the latest chain into one full generation. */

@@ -11,6 +11,7 @@ import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
 import { chooseHolders } from "./restore_copies.ts";
+import { pushFile } from "./store_push.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
@@ -44,44 +45,6 @@ export interface SplitRestoreReport {
   restore: Record<string, unknown>;
 }
 
-/** Attempts at one file before a restore gives up: each resumes from what arrived. */
-const PUSH_ATTEMPTS = 3;
-
-/**
- * Has agent `from` push `file` of `store` to agent `to`, agent to agent (never through this
- * process); a push that breaks is resumed from what `to` kept of it. Returns the bytes sent.
- */
-async function pushFile(
-  g: GlobalOptions,
-  from: string,
-  to: string,
-  store: string,
-  file: string,
-  offset: number,
-): Promise<number> {
-  for (let attempt = 1;; attempt++) {
-    try {
-      const r = await remoteCall<{ bytes: number }>({ ...g, agent: from }, "ckpt.push", {
-        store,
-        file,
-        to,
-        offset,
-      });
-      return r.bytes;
-    } catch (e) {
-      if (attempt >= PUSH_ATTEMPTS) {
-        throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
-      }
-      const have = await remoteCall<{ partial: Record<string, number> }>(
-        { ...g, agent: to },
-        "ckpt.have",
-        { store, files: [file] },
-      );
-      offset = have.partial[file] ?? 0;
-    }
-  }
-}
-
 /** Which host each fragment's pages go to, and the restored split's hosts. */
 function placeFragments(
   plan: CheckpointPlan,
@@ -92,7 +55,9 @@ function placeFragments(
   const names = Object.keys(hosts);
   const mainName = names.find((n) => hosts[n] === "main")!;
   // The manifest records main as "main": its address is the source's when the source is main.
-  const mainAddr = plan.host === undefined || plan.host === mainName ? source : undefined;
+  const mainAddr = plan.host === undefined || plan.host === mainName
+    ? source
+    : plan.split!.mainAddr;
   const addrOf = (n: string) => hosts[n] === "main" ? mainAddr ?? source : hosts[n];
   const known = (n: string) => hosts[n] === "main" ? mainAddr : hosts[n];
   const subNames = names.filter((n) => n !== mainName);
@@ -126,7 +91,7 @@ function placeFragments(
     roleTarget.set(mainName, main);
     subNames.forEach((n, i) => roleTarget.set(n, subs[i % subs.length]));
   } else {
-    main = map.get(mainName) ?? source;
+    main = map.get(mainName) ?? addrOf(mainName);
     subs = subNames.map((n) => map.get(n) ?? addrOf(n));
     roleTarget.set(mainName, main);
     subNames.forEach((n, i) => roleTarget.set(n, subs[i]));

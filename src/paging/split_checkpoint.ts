@@ -245,6 +245,7 @@ export async function takeSplitCheckpoint(
       split: {
         mainMemBytes: pager.stats().mainBudgetPages * PAGE_SIZE,
         hosts: { [opts.host]: "main", ...Object.fromEntries(subs.map((l) => [l.host, l.addr])) },
+        ...(opts.self ? { mainAddr: opts.self } : {}),
       },
     }),
   }).catch((e) => {

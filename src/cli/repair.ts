@@ -1,0 +1,139 @@
+/**
+ * `dcres ckpt repair ID`: every copy of a split checkpoint's fragments back where its manifest says
+ * it is. Each host the manifest names as holding a fragment (its writer and its copies) is asked
+ * what it has; a copy that is missing or was cut short is pushed there again, agent to agent, from a
+ * whole one, and then the manifest of its generation, so the copy is part of a committed generation
+ * there. Committed manifests never change, so a copy goes back to the host that held it.
+ */
+import { dirname } from "node:path";
+import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import type { GlobalOptions } from "./context.ts";
+import { remoteCall } from "./remote.ts";
+import { pushFile } from "./store_push.ts";
+
+/** What a repair found and did. */
+export interface RepairReport {
+  /** Checkpoint id. */
+  id: string;
+  /** Fragments checked. */
+  fragments: number;
+  /** Copies each fragment should have (its holders in the manifest). */
+  copiesWanted: number;
+  /** Copies that were whole already. */
+  copiesWhole: number;
+  /** Copies pushed back, and their bytes. */
+  repaired: Array<{ file: string; to: string; from: string; bytes: number }>;
+  /** Copies that could not be repaired, each with why. */
+  failed: string[];
+  /** Wall time. */
+  ms: number;
+}
+
+/** What a holder said: sizes of what it has, and what a broken push left of the rest. */
+type Have = { sizes: Record<string, number>; partial: Record<string, number> } | { error: string };
+
+/** Repairs checkpoint `path` (found through agent `source`). */
+export async function repairCheckpoint(
+  g: GlobalOptions,
+  source: string,
+  path: string,
+): Promise<RepairReport> {
+  const t0 = performance.now();
+  const plan = await remoteCall<CheckpointPlan>({ ...g, agent: source }, "ckpt.plan", { path });
+  const hosts = plan.split?.hosts ?? {};
+  const mainName = Object.keys(hosts).find((n) => hosts[n] === "main");
+  // The manifest records main as "main", and from 1.3 its address beside.
+  const addrOf = (n: string): string | undefined =>
+    hosts[n] === "main" || !plan.split
+      ? (plan.host === undefined || plan.host === (mainName ?? n) ? source : plan.split?.mainAddr)
+      : hosts[n];
+  const want = new Map<string, Set<string>>();
+  for (const f of plan.fragments) {
+    for (const h of [f.host, ...(f.copies ?? [])]) {
+      const a = addrOf(h);
+      if (!a) continue;
+      const files = want.get(a) ?? new Set();
+      files.add(f.path).add(`${dirname(f.path)}/MANIFEST`);
+      want.set(a, files);
+    }
+  }
+  const have = new Map<string, Have>(
+    await Promise.all([...want].map(async ([a, files]): Promise<[string, Have]> => {
+      try {
+        const r = await remoteCall<
+          { sizes: Record<string, number>; partial?: Record<string, number> }
+        >(
+          { ...g, agent: a },
+          "ckpt.have",
+          { store: plan.store, files: [...files] },
+        );
+        return [a, { sizes: r.sizes ?? {}, partial: r.partial ?? {} }];
+      } catch (e) {
+        return [a, { error: (e as Error).message }];
+      }
+    })),
+  );
+  const sizeAt = (a: string, file: string) => {
+    const h = have.get(a);
+    return h && "sizes" in h ? h.sizes[file] : undefined;
+  };
+  const report: RepairReport = {
+    id: plan.id,
+    fragments: plan.fragments.length,
+    copiesWanted: 0,
+    copiesWhole: 0,
+    repaired: [],
+    failed: [],
+    ms: 0,
+  };
+  const manifestsTo = new Map<string, Set<string>>();
+  await Promise.all(plan.fragments.map(async (f) => {
+    const holders = [f.host, ...(f.copies ?? [])].map((h) => ({ h, a: addrOf(h) }));
+    report.copiesWanted += holders.length;
+    const whole = holders.filter(({ a }) => a && sizeAt(a, f.path) === f.bytes).map(({ a }) => a!);
+    report.copiesWhole += whole.length;
+    for (const { h, a } of holders) {
+      if (a && sizeAt(a, f.path) === f.bytes) continue;
+      const h_ = a ? have.get(a) : undefined;
+      if (!a || !h_ || "error" in h_) {
+        report.failed.push(
+          `${f.path} on ${h}: ${
+            a ? (h_ as { error: string }).error : "address unknown (repair through the main host)"
+          }`,
+        );
+        continue;
+      }
+      if (h_.sizes[f.path] !== undefined) {
+        report.failed.push(
+          `${f.path} on ${h}: a damaged copy of ${
+            h_.sizes[f.path]
+          } bytes (not ${f.bytes}) is in the way; 'dcres ckpt scrub' sets it aside`,
+        );
+        continue;
+      }
+      const from = whole[report.repaired.length % Math.max(1, whole.length)];
+      if (!from) {
+        report.failed.push(`${f.path} on ${h}: no whole copy is left anywhere`);
+        continue;
+      }
+      const bytes = await pushFile(g, from, a, plan.store, f.path, h_.partial[f.path] ?? 0);
+      report.repaired.push({ file: f.path, to: a, from, bytes });
+      const m = manifestsTo.get(a) ?? new Set();
+      manifestsTo.set(a, m.add(`${dirname(f.path)}/MANIFEST`));
+    }
+  }));
+  // Manifests last: a copy is complete before its generation is committed there.
+  for (const [a, files] of manifestsTo) {
+    for (const file of files) {
+      if (sizeAt(a, file) !== undefined) continue;
+      const from = [...have.keys()].find((b) => b !== a && sizeAt(b, file) !== undefined);
+      if (!from) {
+        report.failed.push(`${file} on ${a}: no host has this manifest to copy`);
+        continue;
+      }
+      await pushFile(g, from, a, plan.store, file, 0);
+    }
+  }
+  report.ms = performance.now() - t0;
+  return report;
+}

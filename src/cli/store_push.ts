@@ -1,0 +1,42 @@
+/** Checkpoint files moved between agents on the CLI's request: the holder pushes, the target keeps. */
+import type { GlobalOptions } from "./context.ts";
+import { remoteCall } from "./remote.ts";
+
+/** Attempts at one file before a restore gives up: each resumes from what arrived. */
+const PUSH_ATTEMPTS = 3;
+
+/**
+ * Has agent `from` push `file` of `store` to agent `to`, agent to agent (never through this
+ * process), starting at `offset` (what `to` already kept of it); a push that breaks is resumed from
+ * what `to` kept. Returns the bytes sent.
+ */
+export async function pushFile(
+  g: GlobalOptions,
+  from: string,
+  to: string,
+  store: string,
+  file: string,
+  offset: number,
+): Promise<number> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      const r = await remoteCall<{ bytes: number }>({ ...g, agent: from }, "ckpt.push", {
+        store,
+        file,
+        to,
+        offset,
+      });
+      return r.bytes;
+    } catch (e) {
+      if (attempt >= PUSH_ATTEMPTS) {
+        throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
+      }
+      const have = await remoteCall<{ partial: Record<string, number> }>(
+        { ...g, agent: to },
+        "ckpt.have",
+        { store, files: [file] },
+      );
+      offset = have.partial[file] ?? 0;
+    }
+  }
+}
