@@ -14,7 +14,14 @@ import { statusCommand } from "./src/cli/status.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
 import { restoreCommand, type RestoreFlags } from "./src/cli/restore.ts";
-import { ckptInspect, ckptLs, ckptMerge, ckptRepair, ckptVerify } from "./src/cli/ckpt.ts";
+import {
+  ckptInspect,
+  ckptLs,
+  ckptMerge,
+  ckptRepair,
+  ckptScrub,
+  ckptVerify,
+} from "./src/cli/ckpt.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { caRevoke, type CaRevokeFlags } from "./src/cli/ca_revoke.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
@@ -265,6 +272,12 @@ export function program(
   ckpt.command("repair <checkpoint>")
     .description("push every missing copy of a checkpoint's fragments back from a whole one")
     .action(act((d: string) => ckptRepair(g(), d)));
+  ckpt.command("scrub")
+    .description(
+      "re-read every fragment copy on --agent; replace each damaged one from a whole copy",
+    )
+    .option("--store <store>", "only this store (a VM's name)")
+    .action(act((f: { store?: string }) => ckptScrub(g(), f.store)));
 
   const ca = p.command("ca").description("cluster CA and host certificates for mutual TLS");
   ca.command("init")

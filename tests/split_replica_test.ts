@@ -4,7 +4,8 @@
  * manifest lists the copies, and after a sub-host and then the main host lose their data
  * directories for good (agent killed, directory removed, agent started empty), the checkpoint
  * restores onto the hosts left, from the copies, and the guest verifies page by page; then
- * `ckpt repair` puts every copy back on the host the manifest names.
+ * `ckpt repair` puts every copy back on the host the manifest names, and a byte flipped in one
+ * copy is found by `ckpt scrub` and replaced from another.
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
@@ -88,6 +89,21 @@ Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from
     assertEquals([again.copiesWhole, again.repaired.length], [8, 0], JSON.stringify(again));
     const verified = await c.ok(["--agent", main, "ckpt", "verify", r.checkpoint]);
     assert(verified.startsWith("OK"), verified);
+    // A byte flipped in node2's copy of main's fragment: the scrub there finds it, sets it aside,
+    // and a whole copy from main takes its place.
+    const copy = `${c.env.DCRES_CLUSTER_DIR}/node2/data/ckpt/rv/g000001/node1.frag`;
+    const bytes = Deno.readFileSync(copy);
+    bytes[bytes.length - 40] ^= 0x10;
+    Deno.writeFileSync(copy, bytes);
+    const scrub = JSON.parse(await c.ok(["--agent", s1, "--json", "ckpt", "scrub"]));
+    assertEquals(
+      scrub.damaged.map((d: { file: string }) => d.file),
+      ["g000001/node1.frag"],
+      JSON.stringify(scrub),
+    );
+    assertEquals(scrub.repairs[0].repaired.map((x: { to: string }) => x.to), [s1]);
+    const clean = JSON.parse(await c.ok(["--agent", s1, "--json", "ckpt", "scrub"]));
+    assertEquals([clean.files, clean.damaged], [3, []], JSON.stringify(clean));
   } finally {
     await c.down();
   }

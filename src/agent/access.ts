@@ -38,6 +38,7 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.get": PEOPLE,
   "ckpt.put": PEOPLE,
   "ckpt.push": PEOPLE,
+  "ckpt.scrub": PEOPLE,
   "ckpt.receive": AGENTS,
   "ckpt.replicate": AGENTS,
   "ckpt.newest": AGENTS_AND_PEOPLE,

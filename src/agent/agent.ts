@@ -34,6 +34,7 @@ import { checkpointPath, guestFile, nameArg, safeReadDir, storeArg } from "./pat
 import type { CallerRole } from "../rpc/roles.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
+import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
@@ -327,6 +328,7 @@ export function agentHandlers(
         }),
       }),
     ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host),
+    ...scrubHandlers(root, scrubs),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
     "ckpt.inspect": (args, ctx) => {
@@ -416,6 +418,9 @@ export function storeUsage(
   return out;
 }
 
+/** This agent's scrub counters (one agent per process). */
+const scrubs = new ScrubCounters();
+
 async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promise<string> {
   const vms = await listVms(Agent.stateDir(cfg));
   const paged = vms.filter((v) => v.paging);
@@ -457,6 +462,7 @@ async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promi
     "# HELP dcres_checkpoint_store_bytes Bytes held per checkpoint store.",
     "# TYPE dcres_checkpoint_store_bytes gauge",
     ...storeUsage(cfg).map((s) => `dcres_checkpoint_store_bytes{store="${s.store}"} ${s.bytes}`),
+    ...scrubs.metrics(),
   ];
   return lines.join("\n") + "\n";
 }

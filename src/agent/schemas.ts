@@ -76,6 +76,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "ckpt.push": v.object({ ...store, file, to: address, offset: v.optional(count) }),
   "ckpt.receive": v.object({ ...store, file, bytes: count, offset: count }),
   "ckpt.replicate": v.looseObject({ ...store, file, maxBytes: count }),
+  "ckpt.scrub": v.object({ store: v.optional(name) }),
   "ckpt.newest": v.object(store),
   "ckpt.merge.part": v.object({
     ...generation,

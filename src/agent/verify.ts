@@ -1,7 +1,8 @@
-/** Verifying a checkpoint off the agent's event loop, in a Worker of its own. */
+/** Verifying a checkpoint, or scrubbing stores, off the agent's event loop, in a Worker of its own. */
 import type { verifyCheckpoint } from "../ckpt/inspect.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { VerifyAnswer, VerifyJob } from "./verify_worker.ts";
+import type { ScrubbedFile } from "../ckpt/scrub.ts";
 
 /** A verification that failed, as the Worker reported it: the checkpoint's own error, by name. */
 export class VerifyError extends Error {
@@ -21,8 +22,24 @@ export function verifyOffLoop(
   localOnly: boolean,
   signal?: AbortSignal,
 ): Promise<ReturnType<typeof verifyCheckpoint>> {
+  return offLoop({ kind: "verify", path, localOnly }, signal) as Promise<
+    ReturnType<typeof verifyCheckpoint>
+  >;
+}
+
+/** `scrubStores(root, store)` run in a Worker, as {@link verifyOffLoop}. */
+export function scrubOffLoop(
+  root: string,
+  store?: string,
+  signal?: AbortSignal,
+): Promise<ScrubbedFile[]> {
+  return offLoop({ kind: "scrub", root, store }, signal) as Promise<ScrubbedFile[]>;
+}
+
+/** Runs `job` in a Worker of its own; `signal` stops it. */
+function offLoop(job: VerifyJob, signal?: AbortSignal): Promise<unknown> {
   const worker = new Worker(new URL("./verify_worker.ts", import.meta.url), { type: "module" });
-  const { promise, resolve, reject } = Promise.withResolvers<ReturnType<typeof verifyCheckpoint>>();
+  const { promise, resolve, reject } = Promise.withResolvers<unknown>();
   const stop = () => {
     worker.terminate();
     reject(signal?.reason ?? new RpcError("cancelled", "the verification was cancelled"));
@@ -41,7 +58,6 @@ export function verifyOffLoop(
     worker.terminate();
     reject(new VerifyError("Error", `the verification Worker failed: ${e.message}`));
   };
-  const job: VerifyJob = { path, localOnly };
   worker.postMessage(job);
   return promise;
 }

@@ -102,23 +102,27 @@ export function verifyCheckpoint(
   }));
   const ck = OpenCheckpoint.open(path, only);
   try {
-    for (const r of ck.readers) r?.verifyChunks();
-    const all = ck.manifest.machine.spec.memSize / PAGE_SIZE;
-    const gfns = only ? ck.pagesOf(only) : Array.from({ length: all }, (_, g) => g);
-    const batch = 4096;
-    const buf = new Uint8Array(batch * PAGE_SIZE);
-    const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
-    for (let s = 0; s < gfns.length; s += batch) {
-      const part = gfns.slice(s, s + batch);
-      ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE_SIZE));
-    }
-    return {
-      dir: ck.dir,
-      pages: gfns.length,
-      fragments: ck.readers.filter((r) => r).length,
-      elsewhere,
-    };
+    const pages = readEveryPage(ck, only);
+    return { dir: ck.dir, pages, fragments: ck.readers.filter((r) => r).length, elsewhere };
   } finally {
     ck.close();
   }
+}
+
+/**
+ * Reads and checks every page of `ck` (of the fragments `only`, when given) and every chunk's
+ * checksum; throws the first damage found. Returns the pages read.
+ */
+export function readEveryPage(ck: OpenCheckpoint, only?: ReadonlySet<number>): number {
+  for (const r of ck.readers) r?.verifyChunks();
+  const all = ck.manifest.machine.spec.memSize / PAGE_SIZE;
+  const gfns = only ? ck.pagesOf(only) : Array.from({ length: all }, (_, g) => g);
+  const batch = 4096;
+  const buf = new Uint8Array(batch * PAGE_SIZE);
+  const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
+  for (let s = 0; s < gfns.length; s += batch) {
+    const part = gfns.slice(s, s + batch);
+    ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE_SIZE));
+  }
+  return gfns.length;
 }

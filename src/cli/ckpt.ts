@@ -1,4 +1,4 @@
-/** `dcres ckpt ls|inspect|verify|merge|repair DIR`: look into and maintain checkpoint stores, without a VM. */
+/** `dcres ckpt ls|inspect|verify|merge|repair|scrub`: look into and maintain checkpoint stores, without a VM. */
 import { resolve } from "node:path";
 import {
   type GenerationRow,
@@ -12,7 +12,7 @@ import { mergeSplit } from "./merge_split.ts";
 import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, UsageError } from "./units.ts";
-import { repairCheckpoint } from "./repair.ts";
+import { type RepairReport, repairCheckpoint } from "./repair.ts";
 import { table } from "./vm.ts";
 
 /** `ckpt ls DIR`: every generation, committed or interrupted. */
@@ -125,6 +125,29 @@ export async function ckptRepair(g: GlobalOptions, path: string): Promise<number
       ...r.failed.map((x) => `  not repaired: ${x}`),
     ].join("\n"));
   return r.failed.length ? EXIT.FAILURE : EXIT.OK;
+}
+
+/** `ckpt scrub` (through an agent): re-read its copies; replace each damaged one from a whole copy. */
+export async function ckptScrub(g: GlobalOptions, store?: string): Promise<number> {
+  const source = agentAddr(g);
+  if (!source) throw new UsageError("ckpt scrub works through an agent: give --agent HOST:PORT");
+  const r = await remoteCall<
+    { files: number; bytes: number; damaged: Array<{ store: string; file: string; error: string }> }
+  >(g, "ckpt.scrub", store === undefined ? {} : { store }, undefined, 3_600_000);
+  const generations = [...new Set(r.damaged.map((d) => `${d.store}/${d.file.split("/")[0]}`))];
+  const repairs: RepairReport[] = [];
+  for (const gen of generations) repairs.push(await repairCheckpoint(g, source, gen));
+  const failed = repairs.flatMap((x) => x.failed);
+  report(g, { ...r, repairs }, () =>
+    [
+      `scrubbed ${r.files} fragment copies (${
+        fmtBytes(r.bytes)
+      }) on ${source}: ${r.damaged.length} damaged`,
+      ...r.damaged.map((d) => `  damaged, set aside: ${d.store}/${d.file}: ${d.error}`),
+      ...repairs.flatMap((x) => x.repaired.map((c) => `  repaired ${c.file} from ${c.from}`)),
+      ...failed.map((x) => `  not repaired: ${x}`),
+    ].join("\n"));
+  return failed.length ? EXIT.FAILURE : EXIT.OK;
 }
 
 /** `ckpt merge DIR`: squash the latest chain into one full generation. */

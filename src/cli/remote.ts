@@ -38,17 +38,18 @@ export function clientIdentity(g: GlobalOptions): Identity {
   return loadIdentity(defaultClientIdentityDir());
 }
 
-/** Calls one method on the agent named by --agent. */
+/** Calls one method on the agent named by --agent, giving it `deadlineMs` (default 10 min). */
 export async function remoteCall<T>(
   g: GlobalOptions,
   method: string,
   args: Record<string, unknown> = {},
   onProgress?: (p: unknown) => void,
+  deadlineMs?: number,
 ): Promise<T> {
   const addr = agentAddr(g)!;
   const client = await RpcClient.connect(addr, clientIdentity(g));
   try {
-    return await client.call<T>(method, args, { onProgress });
+    return await client.call<T>(method, args, { onProgress, deadlineMs });
   } finally {
     await client.close();
   }

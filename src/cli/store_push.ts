@@ -20,12 +20,13 @@ export async function pushFile(
 ): Promise<number> {
   for (let attempt = 1;; attempt++) {
     try {
-      const r = await remoteCall<{ bytes: number }>({ ...g, agent: from }, "ckpt.push", {
-        store,
-        file,
-        to,
-        offset,
-      });
+      const r = await remoteCall<{ bytes: number }>(
+        { ...g, agent: from },
+        "ckpt.push",
+        { store, file, to, offset },
+        undefined,
+        3_600_000,
+      );
       return r.bytes;
     } catch (e) {
       if (attempt >= PUSH_ATTEMPTS) {

@@ -1,0 +1,55 @@
+/**
+ * The agent's scrub (`ckpt.scrub`): every fragment copy in its stores read again in a Worker and
+ * checked against the manifest naming it; a damaged copy is set aside (`FILE.damaged`, never
+ * deleted) so a repair pushes a whole one in its place. Its counters feed `/metrics`.
+ */
+import { join } from "node:path";
+import type { RpcHandler } from "../rpc/dispatcher.ts";
+import type { ScrubbedFile } from "../ckpt/scrub.ts";
+import { nameArg } from "./paths.ts";
+import { scrubOffLoop } from "./verify.ts";
+
+/** What this agent's scrubs have done since it started. */
+export class ScrubCounters {
+  /** Bytes of fragment copies read and checked. */
+  bytes = 0;
+  /** Damaged copies found. */
+  damaged = 0;
+  /** Of those, set aside for a repair to replace. */
+  setAside = 0;
+
+  /** The counters in Prometheus text form. */
+  metrics(): string[] {
+    return [
+      "# HELP dcres_scrub_bytes_total Bytes of stored fragment copies scrubbed.",
+      "# TYPE dcres_scrub_bytes_total counter",
+      `dcres_scrub_bytes_total ${this.bytes}`,
+      "# HELP dcres_scrub_damaged_total Damaged fragment copies scrubs found.",
+      "# TYPE dcres_scrub_damaged_total counter",
+      `dcres_scrub_damaged_total ${this.damaged}`,
+      "# HELP dcres_scrub_set_aside_total Damaged copies set aside for a repair to replace.",
+      "# TYPE dcres_scrub_set_aside_total counter",
+      `dcres_scrub_set_aside_total ${this.setAside}`,
+    ];
+  }
+}
+
+/** `ckpt.scrub {store?}` over the checkpoint root `root`. */
+export function scrubHandlers(root: string, counters: ScrubCounters): Record<string, RpcHandler> {
+  return {
+    "ckpt.scrub": async (args, ctx) => {
+      const store = args.store === undefined ? undefined : nameArg(args, "store", "store");
+      const files: ScrubbedFile[] = await scrubOffLoop(root, store, ctx.signal);
+      const damaged = files.filter((f) => f.error);
+      counters.bytes += files.reduce((a, f) => a + f.bytes, 0);
+      counters.damaged += damaged.length;
+      for (const f of damaged) {
+        if (!f.file.endsWith(".frag")) continue;
+        const path = join(root, f.store, f.file);
+        Deno.renameSync(path, `${path}.damaged`);
+        counters.setAside++;
+      }
+      return { files: files.length, bytes: files.reduce((a, f) => a + f.bytes, 0), damaged };
+    },
+  };
+}
