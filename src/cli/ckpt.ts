@@ -12,7 +12,7 @@ import { mergeSplit } from "./merge_split.ts";
 import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, UsageError } from "./units.ts";
-import { type RepairReport, repairCheckpoint } from "./repair.ts";
+import { repairCheckpoint, type RepairReport } from "./repair.ts";
 import { table } from "./vm.ts";
 
 /** `ckpt ls DIR`: every generation, committed or interrupted. */
