@@ -4,11 +4,13 @@
  * manifest lists the copies, and after a sub-host and then the main host lose their data
  * directories for good (agent killed, directory removed, agent started empty), the checkpoint
  * restores onto the hosts left, from the copies, and the guest verifies page by page; then
+ * a replica host killed mid-checkpoint fails that checkpoint in one line or lets it complete;
  * `ckpt repair` puts every copy back on the host the manifest names, and a byte flipped in one
  * copy is found by `ckpt scrub` and replaced from another.
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
+import { dcres } from "./helpers/cli.ts";
 
 interface Fragment {
   path: string;
@@ -53,6 +55,26 @@ Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from
         );
       }
     }
+    // A replica host killed while a checkpoint streams copies to it: the checkpoint completes, or
+    // fails in one line naming that host; the first checkpoint stays whole either way (below).
+    const during = dcres(
+      ["--agent", main, "checkpoint", "rv", "--mode", "precopy", "--replicas", "2"],
+      { env: c.env },
+    );
+    await new Promise((r) => setTimeout(r, 300));
+    await c.run("kill", "node4");
+    const second = await during;
+    assert(
+      second.code === 0 || /node4|127\.0\.0\.5/.test(second.stderr) &&
+          second.stderr.trim().split("\n").length === 1,
+      `${second.code}: ${second.stderr}`,
+    );
+    console.log(
+      `  checkpoint with its replica host killed: ${
+        second.code === 0 ? "completed" : second.stderr.trim()
+      }`,
+    );
+    await c.run("start", "node4");
     // node3 (a sub-host) and then node1 (main) lose everything.
     for (const node of ["node3", "node1"]) {
       await c.run("kill", node);
