@@ -3,8 +3,9 @@
  * machine (scripts/cluster); one fragment-sized store file moved from one to the other the way a
  * restore did until now (streamed out to this CLI process and uploaded again) and agent to agent
  * (`ckpt.push`), against the raw disk write of the same bytes and plain TCP on loopback, all in one
- * run. No guest runs; the header names the accelerator this host's guests run on all the same.
- * The replicated checkpoint's figures (issue 15 item 1) come with replication.
+ * run; then a split VM's checkpoint with one and with two copies of every fragment, the time the
+ * copies add set against the time the link needs for their bytes. The header names the
+ * accelerator the guest runs on.
  */
 import { join } from "node:path";
 import { loadIdentity } from "../../src/net/identity.ts";
@@ -63,13 +64,54 @@ async function throughCli(
   ]);
 }
 
+/** What `checkpoint --json` reports that this bench reads. */
+interface Taken {
+  checkpoint: string;
+  stats: { totalMs: number };
+}
+
+/**
+ * A split VM over the two agents (main and one sub-host): a stop-mode checkpoint with one copy of
+ * each fragment, then with two (each fragment streamed to the other host while written), and the
+ * bytes the copies moved (every fragment once more).
+ */
+async function replicated(agents: BenchAgents, ba: BenchAccel, a: string, b: string) {
+  const mem = ba.pick({ full: "1G", emu: "256M" });
+  await agents.dcres(
+    ...["--agent", a, "vm", "start", "--main", a, "--sub", b, "--name", "dv"],
+    ...["--mem", mem, "--main-mem", ba.pick({ full: "256M", emu: "64M" })],
+    ...["--ws", ba.pick({ full: "512M", emu: "96M" }), "--pattern", "seq"],
+  );
+  for (;;) {
+    const v = await agents.info(a, "dv");
+    if (v.memstamp!.phase.every((p) => p >= 2)) break;
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+  const take = async (replicas: number) =>
+    JSON.parse(
+      await agents.dcres(
+        ...["--agent", a, "--json", "checkpoint", "dv", "--mode", "stop"],
+        ...["--replicas", String(replicas)],
+      ),
+    ) as Taken;
+  const one = await take(1);
+  const two = await take(2);
+  const info = JSON.parse(
+    await agents.dcres("--agent", a, "--json", "ckpt", "inspect", two.checkpoint),
+  ) as { fragments: Array<{ bytes: number; generation: number }>; generation: number };
+  const extra = info.fragments.filter((f) => f.generation === info.generation)
+    .reduce((n, f) => n + f.bytes, 0);
+  await agents.dcres("--agent", a, "vm", "stop", "dv");
+  return { mem, oneMs: one.stats.totalMs, twoMs: two.stats.totalMs, extraBytes: extra };
+}
+
 /** Runs the durability benchmark and returns its JSON report. */
 export async function benchDurable(): Promise<unknown> {
   const ba = BenchAccel.open();
   const bytes = Number(Deno.env.get("DCRES_BENCH_FILE_MIB") ?? 1024) * MiB;
   console.log(
-    `dcres bench durable: two agents on loopback, a ${bytes / MiB} MiB store file, no guest ` +
-      `(this host's guests: ${ba.describe(false)})`,
+    `dcres bench durable: two agents on loopback, a ${bytes / MiB} MiB store file, then a ` +
+      `split VM over both; ${ba.describe()}`,
   );
   const agents = new BenchAgents("durable", 7600);
   const [a, b] = await agents.up(2);
@@ -100,16 +142,27 @@ export async function benchDurable(): Promise<unknown> {
         x: push / cli,
         of: "through the CLI (aim >= 2)",
       });
-      console.log(
-        "replicated checkpoint (1 vs 2 copies): not measured yet; replication is to come",
+      const r = await replicated(agents, ba, a, b);
+      // What the link needs for the copies' bytes, at the rate one agent pushes to another here.
+      const linkMs = r.extraBytes / MiB / push * 1000;
+      line(`split VM (${r.mem}) checkpoint, stop, 1 copy`, `${r.oneMs.toFixed(0)} ms`);
+      line(`split VM (${r.mem}) checkpoint, stop, 2 copies`, `${r.twoMs.toFixed(0)} ms`, {
+        x: r.twoMs / r.oneMs,
+        of: "1 copy",
+      });
+      line(
+        `  time the copies added (${(r.extraBytes / MiB).toFixed(0)} MiB copied)`,
+        `${(r.twoMs - r.oneMs).toFixed(0)} ms`,
+        { x: (r.twoMs - r.oneMs) / linkMs, of: `the link's time for those bytes (aim <= 1.1)` },
       );
       return {
         bench: "durable",
         accel: ba.info,
-        guestDependent: false,
+        guestDependent: true,
         date: new Date().toISOString(),
         fileBytes: bytes,
         mibPerSec: { rawDisk: disk.mibPerSec, plainTcp: tcp, throughCli: cli, agentPush: push },
+        replicated: { ...r, linkMs },
       };
     } finally {
       await Promise.all([ca.close(), cb.close()]);
