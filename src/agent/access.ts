@@ -37,6 +37,7 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.have": PEOPLE,
   "ckpt.get": PEOPLE,
   "ckpt.put": PEOPLE,
+  "ckpt.newest": AGENTS_AND_PEOPLE,
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,
   "ckpt.abort": AGENTS_AND_PEOPLE,

@@ -141,6 +141,11 @@ export function ckptFileHandlers(
         libc.close(file.fd);
       }
     },
+    "ckpt.newest": (args) => {
+      const store = nameArg(args, "store", "store");
+      const dir = confine(root, join(root, store), "store", store);
+      return Promise.resolve({ generation: new CheckpointStore(dir).newestCommitted() });
+    },
     "ckpt.merge.part": async (args) => {
       const src = inStore(
         root,

@@ -70,6 +70,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "ckpt.have": v.object({ ...store, files: v.optional(v.pipe(v.array(file), v.maxLength(65536))) }),
   "ckpt.get": v.object({ ...store, file }),
   "ckpt.put": v.object({ ...store, file, bytes: count }),
+  "ckpt.newest": v.object(store),
   "ckpt.merge.part": v.object({
     ...generation,
     newGeneration: count,

@@ -34,6 +34,20 @@ export function generationName(n: number): string {
   return `g${String(n).padStart(6, "0")}`;
 }
 
+/**
+ * The newest generation `host` reported holding (its `ckpt.newest`), checked before it sets the
+ * next generation's number. A checkpoint or merge killed after another host committed and before
+ * this one did leaves such a generation there, named by no manifest here: it is passed by, never
+ * reused, so nothing already on disk is overwritten or refused.
+ */
+export function reportedGeneration(host: string, r: { generation?: unknown }): number {
+  const g = r.generation;
+  if (!Number.isSafeInteger(g) || (g as number) < 0 || (g as number) > 999_999_999) {
+    throw new Error(`${host} reported its newest generation as ${JSON.stringify(g)}`);
+  }
+  return g as number;
+}
+
 /** A store directory. */
 export class CheckpointStore {
   constructor(
@@ -82,12 +96,20 @@ export class CheckpointStore {
     return removed;
   }
 
-  /** Creates the directory of the next generation (after cleaning interrupted ones). */
-  begin(): { generation: number; dir: string } {
+  /**
+   * Creates the directory of the next generation (after cleaning interrupted ones), above `after`
+   * too: the newest generation another participant already holds.
+   */
+  begin(after = 0): { generation: number; dir: string } {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const gens = this.generations();
-    return this.beginAt((gens[gens.length - 1]?.generation ?? 0) + 1);
+    return this.beginAt(Math.max(gens[gens.length - 1]?.generation ?? 0, after) + 1);
+  }
+
+  /** The newest committed generation, or 0. */
+  newestCommitted(): number {
+    return this.generations().filter((g) => g.committed).pop()?.generation ?? 0;
   }
 
   /**

@@ -130,8 +130,13 @@ export interface CheckpointPlan {
   /** The VM's name and memory. */
   vm: string;
   memSize: number;
-  /** Runs once the parent is known, before anything is written (every participant reachable). */
-  ready?(): Promise<void>;
+  /**
+   * Runs once the parent is known, before anything is written (every participant reachable);
+   * returns the newest generation any other participant holds, which the new one must pass. A
+   * checkpoint killed between the other participants' commits and the local one leaves such a
+   * generation behind, which no manifest here names; it is left alone, never reused.
+   */
+  ready?(): Promise<number>;
   /** The participants; the first is this host's, whose manifest commits last. */
   participants(begun: CheckpointBegun): CheckpointParticipant[];
   /** Saves the pages; on failure it cleans up its own (resumes the VM, gives back its bits). */
@@ -227,8 +232,7 @@ export async function runCheckpoint(
   const { opts, tracker } = plan;
   const store = new CheckpointStore(opts.dir);
   const parent = checkParent(store, tracker, opts, plan.memSize);
-  await plan.ready?.();
-  const { generation, dir } = store.begin();
+  const { generation, dir } = store.begin((await plan.ready?.()) ?? 0);
   const { id, idBytes } = newCheckpointId();
   const base = parent ? parent.manifest.fragments.length : 0;
   const begun: CheckpointBegun = { generation, dir, id, idBytes, parent, base };

@@ -8,6 +8,7 @@ import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { decodeManifest, type Manifest } from "../ckpt/manifest.ts";
 import { gather, piecesOf } from "../net/chunks.ts";
 import { mergeOnHosts } from "../paging/split_merge.ts";
+import { reportedGeneration } from "../ckpt/store.ts";
 import type { MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/transaction.ts";
 import { generationName } from "../ckpt/store.ts";
@@ -68,7 +69,16 @@ export async function mergeSplit(
   );
   const hosts = src.split?.hosts ?? { main: "main" };
   const addrOf = (h: string) => hosts[h] === "main" || hosts[h] === undefined ? source : hosts[h];
-  const generation = plan.next;
+  const others = [...new Set(src.fragments.map((f) => addrOf(f.host)))].filter((a) => a !== source);
+  const newest = await Promise.all(
+    others.map(async (a) =>
+      reportedGeneration(
+        a,
+        await remoteCall({ ...g, agent: a }, "ckpt.newest", { store: plan.store }),
+      )
+    ),
+  );
+  const generation = Math.max(plan.next - 1, ...newest) + 1;
   const genName = generationName(generation);
   const { id } = newCheckpointId();
   const last = src.fragments.map((f) => f.host).find((h) => addrOf(h) === source) ?? "main";

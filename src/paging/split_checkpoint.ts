@@ -24,6 +24,7 @@ import type { Machine } from "../vmm/machine.ts";
 import { piecesOf } from "../net/chunks.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
+import { newestOnSubs } from "./split_merge.ts";
 import { saveSplitPages } from "./split_save.ts";
 import { pagerSaveIo } from "./split_save_io.ts";
 import { SplitCheckpoint } from "./split_session.ts";
@@ -142,6 +143,8 @@ export async function takeSplitCheckpoint(
     ready: async () => {
       await pager.ensureLinks();
       subs = pager.subLinks();
+      // Sub-hosts keep their fragments in the store named after the VM.
+      return await newestOnSubs(subs, m.spec.name);
     },
     participants: (b) => {
       const local = localParticipant(opts.host, opts, b);

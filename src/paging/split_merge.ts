@@ -11,7 +11,7 @@ import { commitManifest, decodeManifest, encodeManifest, type Manifest } from ".
 import { piecesOf } from "../net/chunks.ts";
 import { mergedManifest, mergeHostPart, type MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/transaction.ts";
-import { CheckpointStore, generationName } from "../ckpt/store.ts";
+import { CheckpointStore, generationName, reportedGeneration } from "../ckpt/store.ts";
 import type { SubLink } from "./sub_link.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
@@ -79,6 +79,14 @@ export async function mergeOnHosts(
   }
 }
 
+/** The newest generation any of `subs` holds in store `store`. */
+export async function newestOnSubs(subs: SubLink[], store: string): Promise<number> {
+  const newest = await Promise.all(
+    subs.map((l) => l.call<{ generation?: unknown }>("ckpt.newest", { store })),
+  );
+  return Math.max(0, ...newest.map((r, k) => reportedGeneration(subs[k].host, r)));
+}
+
 /**
  * Merges the chain ending at generation directory `dir` (main's copy, whose manifest is `src`) on
  * main (`self`, locally) and on the sub-hosts `subs`; returns the merged manifest.
@@ -90,7 +98,8 @@ export async function mergeSplitChain(
   subs: SubLink[],
 ): Promise<Manifest> {
   const root = dirname(dir), store = basename(root);
-  const generation = (new CheckpointStore(root).generations().pop()?.generation ?? 0) + 1;
+  const here = new CheckpointStore(root).generations().pop()?.generation ?? 0;
+  const generation = Math.max(here, await newestOnSubs(subs, store)) + 1;
   const genName = generationName(generation);
   const { id, idBytes } = newCheckpointId();
   const link = (h: string) => {
