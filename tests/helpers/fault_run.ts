@@ -63,6 +63,8 @@ export class FaultRun {
   unclean: string[] = [];
   /** Trials run, by kind. */
   readonly trials: Map<string, number> = new Map();
+  /** Sub-host agents killed so far (they are killed in turn). */
+  subKills = 0;
   /** CLI commands retried because an agent did not take the connection in time. */
   slowConnects = 0;
 
@@ -119,7 +121,8 @@ export class FaultRun {
     while (performance.now() < deadline) {
       last = (await this.vms()).find((v) => v.name === name);
       if (last && pred(last)) return last;
-      await sleep(500);
+      // Each poll is a CLI process of its own: on a 2-core machine fewer leave the VMs more CPU.
+      await sleep(1000);
     }
     throw new Error(`${name} never reached the expected state: ${JSON.stringify(last)}`);
   }

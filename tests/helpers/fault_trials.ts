@@ -60,7 +60,8 @@ async function killDuring(
     if (v) Deno.kill(v.pid, "SIGKILL");
     else hit = `vmm (no ${vm} yet)`;
   } else {
-    const node = victim === "main-agent" ? "node1" : run.pick(["node2", "node3"]);
+    // Sub-hosts in turn, node3 first: its agent runs in the namespace and comes back through it.
+    const node = victim === "main-agent" ? "node1" : `node${3 - (run.subKills++ % 2)}`;
     await run.c.run("kill", node);
     hit = `${victim} ${node}`;
   }
