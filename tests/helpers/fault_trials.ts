@@ -177,12 +177,13 @@ function generationsIn(sv: string): { gens: string[]; interrupted: number } {
  * in one line naming ENOSPC, and the checkpoints before it stay whole.
  *
  * A good checkpoint comes first. A checkpoint killed before (its VMM or main agent killed) leaves
- * its uncommitted generation on node3, and node3's save session with that fragment open (a merge
- * that began there since may have removed the directory, not the open file). The next checkpoint
- * of the VM there ends the session and removes the generation before it writes: that is the
- * design (docs: "removed by the next writer"), and it frees a whole fragment, which is why a store
- * filled to 1 MiB after the kills still took a checkpoint. Filled after a good checkpoint, nothing
- * is left to reclaim, which is checked.
+ * its uncommitted generation on node3, and node3's save session with that fragment open. The next
+ * checkpoint of the VM there ends the session and removes the generation before it writes: that is
+ * the design (docs: "removed by the next writer"), and it frees a whole fragment, which is why a
+ * store filled to 1 MiB after the kills still took a checkpoint. (The session also outlived a
+ * restore of the VM, holding the space after a merge removed its directory; since fixed, see
+ * tests/agent_stale_save_test.ts.) Filled after a good checkpoint, nothing is left to reclaim,
+ * which is checked.
  */
 export async function fullStoreTrial(run: FaultRun, store: string, what: string): Promise<void> {
   const a = ["--agent", run.main];
