@@ -106,6 +106,16 @@ export class PageSaves {
     }
   }
 
+  /**
+   * Ends the checkpoint session of `vm` an earlier life of the VM left here (its main host died
+   * mid-checkpoint and never aborted it), as the VM's pages here start afresh or go. Kept, it held
+   * its fragment open until the VM's next checkpoint here, and the fragment's space with it, even
+   * once a merge's start had removed its uncommitted directory.
+   */
+  async endStale(vm: string): Promise<void> {
+    await this.abort(vm, true);
+  }
+
   /** Drops the session of `vm`; its generation too unless it was committed and `keepCommitted`. */
   private async abort(vm: string, keepCommitted: boolean, id?: string) {
     const s = id === undefined ? this.sessions.end(vm) : this.sessions.abort(vm, id);

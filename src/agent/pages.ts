@@ -100,23 +100,31 @@ function pageMethods(
   connect: (addr: string) => Promise<RpcClient>,
 ): Record<string, RpcHandler> {
   const saves = new PageSaves(stores, ckptRoot, connect);
+  const loads = pageLoadHandlers(stores, resolve, vmArgs);
   return {
     ...saves.handlers(vmArgs),
-    ...pageLoadHandlers(stores, resolve, vmArgs),
-    "pages.open": (args) => {
+    ...loads,
+    // A restore's pages replace the store: a checkpoint session of the VM before is stale.
+    "pages.load": async (args, ctx) => {
+      await saves.endStale(vmArgs(args).vm);
+      return await loads["pages.load"](args, ctx);
+    },
+    "pages.open": async (args) => {
       const { vm, pages } = vmArgs(args);
       const hold = args.hold === undefined ? undefined : checkRuns(
         args.hold,
         pages,
         (why) => new RpcError("bad-request", `hold: ${why}`),
       );
+      // With `hold` the VM starts afresh here (not a reconnect, which keeps a checkpoint going).
+      if (hold) await saves.endStale(vm);
       const store = stores.store(vm, pages, hold !== undefined);
       if (hold) {
         // Reserved before the runs become a list, so a refused request costs no memory.
         stores.reserve(hold.total);
         store.holdZero(expandRuns(hold.runs));
       }
-      return Promise.resolve({ host: stores.host, heldPages: store.heldPages });
+      return { host: stores.host, heldPages: store.heldPages };
     },
     "pages.channel": async (args, ctx) => {
       const { vm, pages } = vmArgs(args);
@@ -145,10 +153,11 @@ function pageMethods(
       const store = stores.store(vm, pages);
       return Promise.resolve({ heldPages: store.heldPages, bitmap: store.bitmap() });
     },
-    "pages.drop": (args) => {
+    "pages.drop": async (args) => {
       const { vm } = vmArgs({ ...args, pages: 1 });
+      await saves.endStale(vm);
       stores.drop(vm);
-      return Promise.resolve({ dropped: vm });
+      return { dropped: vm };
     },
   };
 }
