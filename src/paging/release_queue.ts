@@ -59,6 +59,11 @@ export class ReleaseQueue {
     }
   }
 
+  /** Releases not acknowledged yet: queued, in flight, or waiting for the link to be back. */
+  get unacknowledged(): number {
+    return this.#unreleased.size;
+  }
+
   /** The link is back: every release not acknowledged goes out again. */
   resend(): void {
     this.#queued.clear();
