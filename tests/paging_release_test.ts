@@ -1,9 +1,10 @@
 /**
  * Releases a sub-host is owed (issue 14 item 6): `vm check` waits for every release to be
- * acknowledged, also one whose link failed. It runs a real RemotePager on real guest memory and userfaultfd, against a sub-host
+ * acknowledged, also one whose link failed, and a release held back for a PUT that fails is owed
+ * again. The first runs a real RemotePager on real guest memory and userfaultfd, against a sub-host
  * agent's page handlers and store over real QUIC in this process.
  */
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import { loadIdentity } from "../src/net/identity.ts";
 import { RpcServer } from "../src/net/quic.ts";
@@ -13,6 +14,7 @@ import { PageStores } from "../src/paging/page_store.ts";
 import { GuestMemory } from "../src/memory/guest_memory.ts";
 import { DirtyTracker } from "../src/memory/dirty_tracker.ts";
 import { RemotePager } from "../src/paging/remote_pager.ts";
+import { ReleaseQueue } from "../src/paging/release_queue.ts";
 import { MAX_BATCH } from "../src/paging/wire.ts";
 
 const PAGE = 4096;
@@ -74,5 +76,30 @@ Deno.test("vm check waits for a release whose link failed: it brings the link ba
     server.close();
     mem.close();
     Deno.removeSync(d, { recursive: true });
+  }
+});
+
+Deno.test("a release held back for a PUT that fails is owed again, and one for a PUT that lands is not", async () => {
+  const sent: number[][] = [];
+  const q = new ReleaseQueue((gfns) => {
+    sent.push(gfns);
+    return Promise.resolve();
+  }, () => {});
+  try {
+    q.queue([7, 8]);
+    // A page-out of 7 and 8 to the same sub-host: their releases must not follow the PUT.
+    await assertRejects(() =>
+      q.replacing([7, 8], () => Promise.reject(new Error("test: the link failed")))
+    );
+    // The PUT failed: the sub-host may still hold its old copies, main holds the pages again.
+    assertEquals(q.unacknowledged, 2);
+    await q.replacing([8], () => Promise.resolve());
+    assertEquals(q.unacknowledged, 1);
+    q.flush();
+    await Promise.resolve();
+    assertEquals(sent, [[7]]);
+    assertEquals(q.unacknowledged, 0);
+  } finally {
+    q.stop();
   }
 });

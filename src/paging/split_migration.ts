@@ -265,8 +265,8 @@ export class SplitMigration {
     try {
       const list = Uint32Array.from(gfns);
       const data = await links.link(from).request(PageOp.GET, list);
-      links.link(to).releases.cancel(gfns);
-      await links.link(to).request(PageOp.PUT, list, { data });
+      const dest = links.link(to);
+      await dest.releases.replacing(gfns, () => dest.request(PageOp.PUT, list, { data }));
       for (const g of gfns) {
         own.endAcross(g);
         this.#ctx.zero[g] = 0;
