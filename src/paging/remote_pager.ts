@@ -351,9 +351,9 @@ export class RemotePager {
   async drain(timeoutMs = 30_000, acknowledged = false): Promise<void> {
     const links = this.#ctx.links;
     const deadline = performance.now() + timeoutMs;
-    // A release whose link failed is sent again only once the link is back, and nothing else may
-    // bring it back (no fault or page-out needs that sub-host): the audit found the sub-host still
-    // holding pages main held, a false alarm that a later check did not repeat.
+    // A release whose link failed is sent again only once the link is back, which nothing else may
+    // bring about (no fault or page-out needs that sub-host). Not waited for, it made the audit
+    // report the sub-host holding pages main held, though the release was only late.
     const owed = () => {
       let any = false;
       for (const l of links.active()) {
