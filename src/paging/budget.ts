@@ -194,8 +194,10 @@ export class PageBudget {
     const { ownership: own, links } = this.#ctx;
     const link = links.link(host);
     try {
-      link.releases.cancel(gfns);
-      await link.request(PageOp.PUT, Uint32Array.from(gfns), { data });
+      await link.releases.replacing(
+        gfns,
+        () => link.request(PageOp.PUT, Uint32Array.from(gfns), { data }),
+      );
       for (const g of gfns) {
         own.endOut(g);
         this.#ctx.zero[g] = 0;

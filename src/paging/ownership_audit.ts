@@ -33,6 +33,12 @@ export async function auditOwnership(
     const problems: string[] = [];
     if (moving) problems.push(`${moving} pages still moving`);
     const active = links.active();
+    for (const l of active) {
+      const n = l.releases.unacknowledged;
+      if (n) {
+        problems.push(`${n} releases to ${l.host} not acknowledged${l.down ? `: ${l.down}` : ""}`);
+      }
+    }
     const bitmaps = await Promise.all(active.map((l) => l.held()));
     const present = presentPages(memory.guest);
     const has = (b: Uint8Array, g: number) => (b[g >> 3] & (1 << (g & 7))) !== 0;

@@ -59,6 +59,27 @@ export class ReleaseQueue {
     }
   }
 
+  /**
+   * Runs `put`, which PUTs `gfns` on the sub-host again, with their releases not sent yet held back
+   * (see `cancel`). If it fails, the releases are owed again: the sub-host may still hold a copy,
+   * the one whose release was held back, or the PUT's own if it landed before the link failed.
+   * Dropped with the failed PUT, such a release left the sub-host holding a page main held.
+   */
+  async replacing<T>(gfns: ArrayLike<number>, put: () => Promise<T>): Promise<T> {
+    this.cancel(gfns);
+    try {
+      return await put();
+    } catch (e) {
+      this.queue(Array.from(gfns));
+      throw e;
+    }
+  }
+
+  /** Releases not acknowledged yet: queued, in flight, or waiting for the link to be back. */
+  get unacknowledged(): number {
+    return this.#unreleased.size;
+  }
+
   /** The link is back: every release not acknowledged goes out again. */
   resend(): void {
     this.#queued.clear();

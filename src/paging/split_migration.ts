@@ -141,8 +141,9 @@ export class SplitMigration {
   }
 
   /**
-   * The paused switchover of a split migration: sent pages the guest wrote since (`dirty`) and
-   * written zero pages stay on main; the rest now belong to their sub-hosts. Resumes the VM.
+   * The paused switchover of a split migration: `arm` registers userfaultfd and starts paging,
+   * before anything else; sent pages the guest wrote since (`dirty`) and written zero pages stay on
+   * main; the rest now belong to their sub-hosts and are dropped from main. Resumes the VM.
    */
   #switchOver(
     out: number[],
@@ -155,6 +156,16 @@ export class SplitMigration {
     let rewritten: number[];
     let handed = 0;
     try {
+      // Armed before main's memory is read or any page dropped. The vCPU pause stops guest code,
+      // not every thread that touches guest memory: KVM's async page-fault worker, which faults a
+      // page in for a vCPU halted on it, runs on after the vCPU has left KVM_RUN. With the arm
+      // after the hole punch, such a touch of a departing page in between made it a fresh zero page
+      // in the memfd: present, so it never faulted again, and the guest read zeros (or its write on
+      // them) where the sub-host held the page; `guest verify` reported a bad page. Armed first,
+      // the touch faults and waits for the fault loop, which fetches the page from its sub-host (or
+      // zero-fills a page handed over as a zero page). The loops start here but run only once this
+      // synchronous switchover is over.
+      arm();
       const present = presentPages(memory.guest);
       const stay = new Set(todo);
       for (const g of out) if (dirty[g >> 3] & (1 << (g & 7))) stay.add(g);
@@ -170,7 +181,6 @@ export class SplitMigration {
       for (const g of zero) if (!present[g]) this.#ctx.zero[g] = 1;
       handed = leaving.length;
       memory.punch(sentAndClean);
-      arm();
     } finally {
       this.#ctx.vm.resume();
     }
@@ -255,8 +265,8 @@ export class SplitMigration {
     try {
       const list = Uint32Array.from(gfns);
       const data = await links.link(from).request(PageOp.GET, list);
-      links.link(to).releases.cancel(gfns);
-      await links.link(to).request(PageOp.PUT, list, { data });
+      const dest = links.link(to);
+      await dest.releases.replacing(gfns, () => dest.request(PageOp.PUT, list, { data }));
       for (const g of gfns) {
         own.endAcross(g);
         this.#ctx.zero[g] = 0;
