@@ -177,11 +177,15 @@ export class FaultRun {
     return Number(Deno.readTextFileSync(`${this.c.env.DCRES_CLUSTER_DIR}/node${i}/agent.pid`));
   }
 
-  /** Whether node `i`'s agent (1-based) is alive. */
+  /**
+   * Whether node `i`'s agent (1-based) is alive. A killed agent whose parent has not reaped it yet
+   * (PID 1 here reaps late) is a zombie that still takes signals: it counts as down.
+   */
   agentUp(i: number): boolean {
     try {
-      Deno.kill(this.agentPid(i), "SIGCONT");
-      return true;
+      const stat = Deno.readTextFileSync(`/proc/${this.agentPid(i)}/stat`);
+      const state = stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3);
+      return state !== "Z" && state !== "X";
     } catch {
       return false;
     }
