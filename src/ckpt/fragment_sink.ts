@@ -9,7 +9,10 @@
  * the previous one resolved, so a slow copy holds the writer back instead of piling up.
  */
 export interface FragmentSink {
-  /** The next bytes of the file; resolves once they are on their way and may be reused. */
+  /**
+   * The next bytes of the file; resolves once they are on their way. The writer hands each array
+   * over for good (it never changes one afterwards), so a sink may keep it without copying.
+   */
   write(bytes: Uint8Array): Promise<void>;
   /** The file is complete: resolves once the copy is durable there. */
   finish(): Promise<void>;

@@ -103,7 +103,7 @@ export class ReplicaSink implements FragmentSink {
     const done = this.#started();
     for (let o = 0; o < bytes.length; o += PIECE) {
       if (this.#error) throw this.#error;
-      await Promise.race([this.#inbox.push(bytes.slice(o, o + PIECE)), done]);
+      await Promise.race([this.#inbox.push(bytes.subarray(o, o + PIECE)), done]);
     }
     if (this.#error) throw this.#error;
   }
