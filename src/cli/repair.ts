@@ -9,6 +9,7 @@ import { dirname } from "node:path";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
+import { askHolders, mainAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 
 /** What a repair found and did. */
@@ -29,9 +30,6 @@ export interface RepairReport {
   ms: number;
 }
 
-/** What a holder said: sizes of what it has, and what a broken push left of the rest. */
-type Have = { sizes: Record<string, number>; partial: Record<string, number> } | { error: string };
-
 /** Repairs checkpoint `path` (found through agent `source`). */
 export async function repairCheckpoint(
   g: GlobalOptions,
@@ -41,12 +39,8 @@ export async function repairCheckpoint(
   const t0 = performance.now();
   const plan = await remoteCall<CheckpointPlan>({ ...g, agent: source }, "ckpt.plan", { path });
   const hosts = plan.split?.hosts ?? {};
-  const mainName = Object.keys(hosts).find((n) => hosts[n] === "main");
-  // The manifest records main as "main", and from 1.3 its address beside.
   const addrOf = (n: string): string | undefined =>
-    hosts[n] === "main" || !plan.split
-      ? (plan.host === undefined || plan.host === (mainName ?? n) ? source : plan.split?.mainAddr)
-      : hosts[n];
+    hosts[n] === "main" || !plan.split ? mainAddress(plan, source) : hosts[n];
   const want = new Map<string, Set<string>>();
   for (const f of plan.fragments) {
     for (const h of [f.host, ...(f.copies ?? [])]) {
@@ -57,22 +51,7 @@ export async function repairCheckpoint(
       want.set(a, files);
     }
   }
-  const have = new Map<string, Have>(
-    await Promise.all([...want].map(async ([a, files]): Promise<[string, Have]> => {
-      try {
-        const r = await remoteCall<
-          { sizes: Record<string, number>; partial?: Record<string, number> }
-        >(
-          { ...g, agent: a },
-          "ckpt.have",
-          { store: plan.store, files: [...files] },
-        );
-        return [a, { sizes: r.sizes ?? {}, partial: r.partial ?? {} }];
-      } catch (e) {
-        return [a, { error: (e as Error).message }];
-      }
-    })),
-  );
+  const have = await askHolders(g, plan.store, want);
   const sizeAt = (a: string, file: string) => {
     const h = have.get(a);
     return h && "sizes" in h ? h.sizes[file] : undefined;

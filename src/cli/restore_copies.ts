@@ -9,8 +9,42 @@ import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
 
-/** What one holder said about the fragments asked of it. */
-type Answer = { sizes: Record<string, number> } | { error: string };
+/** What one holder said about the files asked of it: what it has whole and in part, or why not. */
+export type HolderAnswer =
+  | { sizes: Record<string, number>; partial: Record<string, number> }
+  | { error: string };
+
+/** Asks every holder in `asked` (address → files of `store`) what it has, all at once. */
+export async function askHolders(
+  g: GlobalOptions,
+  store: string,
+  asked: Map<string, Iterable<string>>,
+): Promise<Map<string, HolderAnswer>> {
+  return new Map(
+    await Promise.all(
+      [...asked].map(async ([addr, files]): Promise<[string, HolderAnswer]> => {
+        try {
+          const r = await remoteCall<
+            { sizes?: Record<string, number>; partial?: Record<string, number> }
+          >({ ...g, agent: addr }, "ckpt.have", { store, files: [...files] });
+          return [addr, { sizes: r.sizes ?? {}, partial: r.partial ?? {} }];
+        } catch (e) {
+          return [addr, { error: (e as Error).message }];
+        }
+      }),
+    ),
+  );
+}
+
+/**
+ * The address of split checkpoint `plan`'s main host, found through agent `source`: the source's
+ * own when it is main (the manifest records main as "main"), else the one manifest 1.3 records.
+ */
+export function mainAddress(plan: CheckpointPlan, source: string): string | undefined {
+  const hosts = plan.split?.hosts ?? {};
+  const mainName = Object.keys(hosts).find((n) => hosts[n] === "main");
+  return plan.host === undefined || plan.host === mainName ? source : plan.split?.mainAddr;
+}
 
 /**
  * For each fragment of `plan`, the address to copy it from, among `holders[k]` (the addresses of
@@ -29,22 +63,7 @@ export async function chooseHolders(
       asked.set(a, [...(asked.get(a) ?? []), f.path]);
     }
   });
-  const answers = new Map<string, Answer>(
-    await Promise.all(
-      [...asked].map(async ([addr, files]): Promise<[string, Answer]> => {
-        try {
-          const r = await remoteCall<{ sizes: Record<string, number> }>(
-            { ...g, agent: addr },
-            "ckpt.have",
-            { store: plan.store, files },
-          );
-          return [addr, { sizes: r.sizes ?? {} }];
-        } catch (e) {
-          return [addr, { error: (e as Error).message }];
-        }
-      }),
-    ),
-  );
+  const answers = await askHolders(g, plan.store, asked);
   const load = new Map<string, number>();
   return plan.fragments.map((f, k) => {
     const whole = (a: string) => {

@@ -10,7 +10,7 @@ import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
-import { chooseHolders } from "./restore_copies.ts";
+import { chooseHolders, mainAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
@@ -54,10 +54,7 @@ function placeFragments(
   const hosts = plan.split!.hosts;
   const names = Object.keys(hosts);
   const mainName = names.find((n) => hosts[n] === "main")!;
-  // The manifest records main as "main": its address is the source's when the source is main.
-  const mainAddr = plan.host === undefined || plan.host === mainName
-    ? source
-    : plan.split!.mainAddr;
+  const mainAddr = mainAddress(plan, source);
   const addrOf = (n: string) => hosts[n] === "main" ? mainAddr ?? source : hosts[n];
   const known = (n: string) => hosts[n] === "main" ? mainAddr : hosts[n];
   const subNames = names.filter((n) => n !== mainName);
