@@ -1,6 +1,15 @@
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import * as libc from "../src/ffi/libc.ts";
-import { EVENT, FEATURE, PAGEFAULT_FLAG, REGISTER_MODE, Userfaultfd } from "../src/ffi/uffd.ts";
+import {
+  EVENT,
+  FEATURE,
+  installRun,
+  PAGEFAULT_FLAG,
+  REGISTER_MODE,
+  Userfaultfd,
+} from "../src/ffi/uffd.ts";
+import { Errno, SyscallError } from "../src/ffi/errors.ts";
+import { GuestMemory } from "../src/memory/guest_memory.ts";
 import { Vm } from "../src/vmm/vm.ts";
 import { bootMemstamp } from "../src/vmm/guests/memstamp/boot.ts";
 import { MemstampControl } from "../src/vmm/guests/memstamp/memstamp.ts";
@@ -138,5 +147,27 @@ Deno.test("userfaultfd WP: a guest's writes to protected pages fault, are unprot
   } finally {
     await vm.stop();
     uffd.close();
+  }
+});
+
+Deno.test("installRun skips pages a racing install populated and throws on any other error, so no page is left absent unnoticed", () => {
+  const mem = GuestMemory.create(8 * PAGE, "uffd-install");
+  const uffd = Userfaultfd.open(0n);
+  try {
+    const base = mem.hostAddr;
+    uffd.register(base, 4 * PAGE, REGISTER_MODE.MISSING);
+    const page = new Uint8Array(PAGE).fill(0x5a);
+    const src = libc.ptrValue(Deno.UnsafePointer.of(page));
+    const copy = (dst: bigint, len: number) => uffd.copy(dst, src, len);
+    assertEquals(uffd.copy(base + BigInt(PAGE), src, PAGE), PAGE);
+    installRun(base, PAGE, [0, 1, 2, 3], copy);
+    assert(mem.view(0, 4 * PAGE).every((b) => b === 0x5a), "every page of the run is in");
+    installRun(base, PAGE, [0, 1], (dst, len) => uffd.zeropage(dst, len));
+    assert(mem.view(0, 2 * PAGE).every((b) => b === 0x5a), "populated pages are left as they are");
+    const e = assertThrows(() => installRun(base, PAGE, [3, 4], copy), SyscallError);
+    assertEquals((e as SyscallError).errno, Errno.ENOENT, "page 4 is outside the registered range");
+  } finally {
+    uffd.close();
+    mem.close();
   }
 });

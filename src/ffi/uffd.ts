@@ -130,7 +130,10 @@ export class Userfaultfd {
     );
   }
 
-  /** UFFDIO_COPY: atomically fills missing pages at `dst` from `src` and wakes the faulting threads. */
+  /**
+   * UFFDIO_COPY: atomically fills missing pages at `dst` from `src` and wakes the faulting threads;
+   * 0 when part of the range is populated already.
+   */
   copy(dst: bigint, src: bigint, len: number, mode = 0n): number {
     const buf = uffdioCopy.encode({ dst, src, len: BigInt(len), mode, copy: 0n });
     try {
@@ -142,10 +145,15 @@ export class Userfaultfd {
     return Number(uffdioCopy.decode(buf).copy);
   }
 
-  /** UFFDIO_ZEROPAGE: maps zero pages at a missing range. */
+  /** UFFDIO_ZEROPAGE: maps zero pages at a missing range; 0 when part of it is populated. */
   zeropage(start: bigint, len: number, mode = 0n): number {
     const buf = uffdioZeropage.encode({ range: { start, len: BigInt(len) }, mode, zeropage: 0n });
-    libc.ioctlBuf(this.fd, UFFDIO_IOCTL.ZEROPAGE, buf, "UFFDIO_ZEROPAGE");
+    try {
+      libc.ioctlBuf(this.fd, UFFDIO_IOCTL.ZEROPAGE, buf, "UFFDIO_ZEROPAGE");
+    } catch (e) {
+      if (e instanceof SyscallError && e.errno === Errno.EEXIST) return 0;
+      throw e;
+    }
     return Number(uffdioZeropage.decode(buf).zeropage);
   }
 
@@ -198,10 +206,15 @@ export class Userfaultfd {
   }
 }
 
+/** How often one page's install is retried while the kernel answers EAGAIN (its mm is changing). */
+const INSTALL_RETRIES = 100;
+
 /**
  * Installs the pages of `run` (consecutive page numbers, page `p` at `base + p * pageSize`) with
- * `op(dst, len, indexInRun)` (UFFDIO_COPY or ZEROPAGE); when a racing fault or install populated
- * part of it first (EEXIST), falls back to one page at a time and skips those.
+ * `op(dst, len, indexInRun)` (UFFDIO_COPY or ZEROPAGE, which return 0 for "already there"). When
+ * the whole run does not go in at once, each page goes in on its own: pages a racing fault or
+ * install populated first (EEXIST) are skipped, and any other error is thrown, because a page
+ * left absent would later fault in as a fresh zero page instead of its contents.
  */
 export function installRun(
   base: bigint,
@@ -213,14 +226,20 @@ export function installRun(
   try {
     done = op(base + BigInt(run[0] * pageSize), run.length * pageSize, 0);
   } catch {
-    done = 0;
+    // Installed page by page below, where an error is kept.
   }
   if (done === run.length * pageSize) return;
   run.forEach((p, i) => {
-    try {
-      op(base + BigInt(p * pageSize), pageSize, i);
-    } catch {
-      // Already there.
+    for (let attempt = 0;; attempt++) {
+      try {
+        op(base + BigInt(p * pageSize), pageSize, i);
+        return;
+      } catch (e) {
+        if (e instanceof SyscallError && e.errno === Errno.EAGAIN && attempt < INSTALL_RETRIES) {
+          continue;
+        }
+        throw e;
+      }
     }
   });
 }
