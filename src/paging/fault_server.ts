@@ -245,7 +245,14 @@ export class FaultServer {
       this.#blocked = `paused: sub-host ${l.host} (${l.addr}) cannot serve its pages ` +
         `(${reason}); the VM resumes when it is back`;
       log.error("{reason}", { reason: this.#blocked });
-      void this.#ctx.vm.pause();
+      // A vCPU held in a fault on the missing page parks only once that page comes: the pause
+      // stays requested, so its timing out is no failure of the VM.
+      this.#ctx.vm.pause().catch((e) =>
+        log.warn("a vCPU waits on a page of {host} before it parks: {error}", {
+          host: l.host,
+          error: (e as Error).message,
+        })
+      );
     }
     l.fail(reason);
     void this.reconnect(host);
