@@ -202,8 +202,7 @@ export class RemotePager {
       const report = await pager.#migration.precopy(plan, t0, () => pager.#run("migrated"));
       return { pager, report };
     } catch (e) {
-      await links.drop();
-      links.close();
+      await pager.stop(true);
       throw e;
     }
   }

@@ -114,7 +114,12 @@ export async function killTrial(
     const args = ["migrate", "mv", "--main", main, "--sub", `${s1},${s2}`, "--main-mem", "8M"];
     outcome = await killDuring(run, what, args, victim, "mv", delayMs);
     await run.agentsUp();
-    if ((await run.vms()).some((v) => v.name === "mv")) {
+    const mv = (await run.vms()).find((v) => v.name === "mv");
+    if (mv) {
+      if (!mv.paging) {
+        // A migration that failed leaves a one-host VM: nothing of the pager may stay behind.
+        assertEquals(userfaultfds(mv.pid), 0, `${what}: the VMM kept a failed pager's userfaultfd`);
+      }
       await run.verifyLive("mv", what);
       await run.cli([...a, "vm", "stop", "mv"]);
     }
@@ -135,6 +140,19 @@ function du(dir: string): number {
     }
   } catch {
     // Gone meanwhile.
+  }
+  return n;
+}
+
+/** How many userfaultfds process `pid` holds open. */
+function userfaultfds(pid: number): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (Deno.readLinkSync(`/proc/${pid}/fd/${e.name}`) === "anon_inode:[userfaultfd]") n++;
+    } catch {
+      // Closed meanwhile.
+    }
   }
   return n;
 }
