@@ -132,3 +132,63 @@ Deno.test("a client holding the CA's revocation list refuses an agent whose cert
     server.close();
   }
 });
+
+Deno.test("an identity issued after a revocation gets the CA's revocation list and refuses the revoked peer from its first start", async () => {
+  const { d, server, alice } = await setup();
+  server.close();
+  await revokeSerial(`${d}/ca`, alice.serial);
+  const cli = async (...args: string[]) => {
+    const p = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        "--unstable-net",
+        new URL("../main.ts", import.meta.url).pathname,
+        ...args,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return {
+      code: p.code,
+      out: new TextDecoder().decode(p.stdout),
+      err: new TextDecoder().decode(p.stderr),
+    };
+  };
+  const issued = await cli(
+    "ca",
+    "issue",
+    "--ca",
+    `${d}/ca`,
+    "--host",
+    "agent2",
+    "--ip",
+    "127.0.0.1",
+    "--out",
+    `${d}/agent2`,
+  );
+  assertEquals(issued.code, 0, issued.err);
+  assert(issued.out.includes(`${d}/agent2/${CRL_FILE}`), issued.out);
+  const held = await Revocations.load(`${d}/agent2`, loadIdentity(`${d}/agent2`).caPem);
+  assert(held.revoked(alice.serial), "the new identity does not know alice was revoked");
+  // A list the CA did not sign is refused in one line, and nothing is copied.
+  await initCa(`${d}/other`);
+  await revokeSerial(`${d}/other`, "0abc");
+  Deno.copyFileSync(`${d}/other/${CRL_FILE}`, `${d}/ca/${CRL_FILE}`);
+  const bad = await cli(
+    "ca",
+    "issue",
+    "--ca",
+    `${d}/ca`,
+    "--host",
+    "agent3",
+    "--out",
+    `${d}/agent3`,
+  );
+  assert(bad.code !== 0, bad.out);
+  assert(
+    bad.err.trim().split("\n").length === 1 && bad.err.includes(`${d}/ca/${CRL_FILE}`),
+    bad.err,
+  );
+  await assertRejects(() => Deno.stat(`${d}/agent3`), Deno.errors.NotFound);
+});

@@ -1,6 +1,7 @@
 /** `dcres ca init|issue`: the cluster CA and host certificates for mutual TLS between agents. */
 import { IdentityError } from "../net/x509.ts";
 import { DEFAULT_HOST_DAYS, initCa, issueHost, MAX_HOST_DAYS } from "./ca_admin.ts";
+import { caCrl, shareCrl } from "./ca_revoke.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { UsageError } from "./units.ts";
 import { isRole, type Role, ROLES } from "../rpc/roles.ts";
@@ -89,6 +90,8 @@ export async function caIssue(g: GlobalOptions, f: CaIssueFlags): Promise<number
     throw new UsageError("--out: empty; give the directory for the host identity");
   }
   const days = parseDays(f.days);
+  // A bad list in the CA directory stops the issue before anything is written.
+  const crl = await caCrl(f.ca);
   const info = await usageErrors(() =>
     issueHost({
       caDir: f.ca,
@@ -100,8 +103,9 @@ export async function caIssue(g: GlobalOptions, f: CaIssueFlags): Promise<number
       force: f.force,
     })
   );
+  const crlFile = crl && await shareCrl(crl, info.dir);
   const names = [`DNS:${info.host}`, ...info.ips.map((ip) => `IP:${ip}`)].join(", ");
-  report(g, info, () =>
+  report(g, { ...info, ...(crlFile ? { crlFile } : {}) }, () =>
     [
       `${info.role} certificate for ${names}, signed by "${info.issuer}", valid until ${
         info.notAfter.slice(0, 10)
@@ -109,6 +113,7 @@ export async function caIssue(g: GlobalOptions, f: CaIssueFlags): Promise<number
       `  ${info.certFile}  certificate (TLS server and client)`,
       `  ${info.keyFile}  private key (0600)`,
       `  ${info.caFile}  cluster CA certificate`,
+      ...(crlFile ? [`  ${crlFile}  the CA's revocation list`] : []),
       `  serial ${info.serial}  sha256 ${info.sha256}`,
     ].join("\n"));
   return EXIT.OK;

@@ -5,9 +5,9 @@
  * (docs/SECURITY.md, "Revocation"). The CRL is cumulative: each revocation rewrites it whole with
  * every earlier entry and a later thisUpdate, so an agent never takes an older one.
  */
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { writeFileAtomic } from "../ffi/atomic_file.ts";
-import { IdentityError, lib, parseCert, readText, SIGNING, toPem } from "../net/x509.ts";
+import { FILES, IdentityError, lib, parseCert, readText, SIGNING, toPem } from "../net/x509.ts";
 import { CRL_FILE, readCrl, serialKey } from "../net/revocation.ts";
 import { loadCa } from "./ca_admin.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
@@ -33,6 +33,49 @@ export interface RevokeInfo {
   added: boolean;
   /** Every serial the CRL now lists. */
   revoked: string[];
+}
+
+/** The CA's revocation list as read from its directory: the PEM and when it was signed. */
+export interface CaCrl {
+  /** The file it came from. */
+  file: string;
+  /** The list, PEM. */
+  pem: string;
+  /** When the CA signed it. */
+  thisUpdate: Date;
+}
+
+/** The revocation list in CA directory `caDir`, checked against the CA; undefined when none. */
+export async function caCrl(caDir: string): Promise<CaCrl | undefined> {
+  const file = join(caDir, CRL_FILE);
+  let pem: string;
+  try {
+    pem = Deno.readTextFileSync(file);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+  const caPem = Deno.readTextFileSync(join(caDir, FILES.caCert));
+  return { file, pem, thisUpdate: (await readCrl(pem, caPem, file)).thisUpdate };
+}
+
+/**
+ * Gives identity directory `outDir` the CA's revocation list `crl`, so a host or client issued after
+ * a revocation refuses the revoked peer from its first start. A list already there that is as new
+ * or newer stays. Returns the file written, if any.
+ */
+export async function shareCrl(crl: CaCrl, outDir: string): Promise<string | undefined> {
+  const to = join(outDir, CRL_FILE);
+  if (resolve(crl.file) === resolve(to)) return undefined;
+  try {
+    const caPem = Deno.readTextFileSync(join(outDir, FILES.caCert));
+    const held = await readCrl(Deno.readTextFileSync(to), caPem, to);
+    if (held.thisUpdate >= crl.thisUpdate) return undefined;
+  } catch {
+    // None there, or not a list of this CA: the CA's own replaces it.
+  }
+  writeFileAtomic(to, new TextEncoder().encode(crl.pem), { mode: 0o644 });
+  return to;
 }
 
 /** Revokes `serial` (hex) in the CA of `caDir`: the CRL there, rewritten with it, signed and atomic. */
