@@ -3,6 +3,7 @@ import { Machine, type MachineSpec } from "../src/vmm/machine.ts";
 import { dataRegion } from "../src/vmm/guests/memstamp/layout.ts";
 import { SYMBOLS } from "../src/vmm/guests/memstamp/code.ts";
 import { perAccel, TEST_ACCEL } from "./helpers/accel.ts";
+import { within } from "../src/rpc/deadline.ts";
 
 const GiB = 1024 ** 3;
 /** 1 GiB on KVM; 512 MiB on the emulated CPU, which stamps about 4,000 pages/s per vCPU. */
@@ -141,3 +142,24 @@ Deno.test("a guest exception stops the VM with its vector and never takes the VM
   assertEquals(exit.reason, "error", exit.detail);
   assert(exit.detail.includes("vector 6"), exit.detail);
 });
+
+Deno.test("a stop that comes before or while the vCPUs start (a signal during boot) ends the VM instead of hanging it", async () => {
+  const early = await Machine.create(spec(64 * 2 ** 20, 2, "early"), noIo);
+  await early.vm.stop({ reason: "stopped", detail: "interrupted by signal" });
+  await bounded(early.vm.start(), "start after a stop");
+  assertEquals((await early.vm.exited).detail, "interrupted by signal");
+
+  const racing = await Machine.create(spec(64 * 2 ** 20, 2, "racing"), noIo);
+  const started = racing.vm.start();
+  await bounded(racing.vm.stop({ reason: "stopped", detail: "interrupted by signal" }), "stop");
+  await bounded(started, "start under a stop");
+  assertEquals((await racing.vm.exited).detail, "interrupted by signal");
+  assert(racing.vm.isStopped);
+});
+
+/** `p`, or a failure naming `what` when it hangs past 30 s. */
+async function bounded<T>(p: Promise<T>, what: string): Promise<T> {
+  const r = await within(p.then((v) => ({ v })), 30_000);
+  if (!r) throw new Error(`${what} hung`);
+  return r.v;
+}

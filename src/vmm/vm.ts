@@ -106,7 +106,8 @@ export class Vm implements Persist<VmState> {
   /** vCPUs that halted with nothing to wake them. */
   readonly #halted = new Set<number>();
   #ownsMemory: boolean;
-  #started = false;
+  /** The vCPU threads starting, once `start` was called: a stop meanwhile waits for them. */
+  #starting?: Promise<void>;
   #pauses = 0;
 
   private constructor(
@@ -188,10 +189,14 @@ export class Vm implements Persist<VmState> {
 
   /** Starts every vCPU's Worker and lets the vCPUs run. */
   async start(): Promise<void> {
-    if (this.#started) return;
-    this.#started = true;
+    // A stop that came first (a signal while the machine was built) leaves nothing to start.
+    if (this.#starting || this.#exit) return;
     const ports = this.bus.claimedPorts();
-    await Promise.all(this.vcpus.map((v) => v.start(ports, (m) => this.#onVcpuMessage(m))));
+    this.#starting = Promise.all(
+      this.vcpus.map((v) => v.start(ports, (m) => this.#onVcpuMessage(m))),
+    ).then(() => {});
+    await this.#starting;
+    if (this.#exit) return;
     for (const v of this.vcpus) v.resume();
   }
 
@@ -288,6 +293,7 @@ export class Vm implements Persist<VmState> {
   async #finish(exit: VmExit): Promise<void> {
     if (this.#exit) return;
     this.#exit = exit;
+    await this.#starting?.catch(() => {});
     await Promise.all(this.vcpus.map((v) => v.close()));
     for (const hook of this.#closeHooks) await hook();
     this.#avm.close();
