@@ -182,3 +182,33 @@ Deno.test("a disk that fills mid-checkpoint fails it with one clear line; the pr
     await new Deno.Command("umount", { args: ["-l", mnt] }).output();
   }
 });
+
+Deno.test("a lazy restore that meets a damaged page stops the VM naming it, instead of running on with zero pages", async () => {
+  const state = tempStateDir();
+  const store = Deno.makeTempDirSync({ prefix: "dcres-lazybad-" });
+  try {
+    await ok(["run", "--detach", "--name", "lz", "--mem", "64M", "--ws", "48M"], state);
+    await sleep(3000);
+    await ok(["checkpoint", "lz", "--out", store, "--mode", "stop"], state);
+    await ok(["vm", "stop", "lz"], state);
+    // A byte of a page the restore does not read before the guest runs (past its first MiB).
+    const gen = [...Deno.readDirSync(store)].find((e) => e.name.startsWith("g"))!.name;
+    const frag = [...Deno.readDirSync(`${store}/${gen}`)].find((e) => e.name.endsWith(".frag"))!;
+    const file = `${store}/${gen}/${frag.name}`;
+    const bytes = Deno.readFileSync(file);
+    bytes[Math.floor(bytes.length * 0.6)] ^= 0xff;
+    Deno.writeFileSync(file, bytes);
+    const r = await dcres(
+      ["--state-dir", state, "restore", store, "--lazy", "--name", "lz", "--for", "60s"],
+      { timeoutMs: 120_000 },
+    );
+    assertEquals(r.code, 1, `the restored VM ran on: ${r.stdout} ${r.stderr}`);
+    assert(
+      r.stdout.includes("lazy restore from") && r.stdout.includes("restore it again"),
+      r.stdout,
+    );
+  } finally {
+    await dcres(["--state-dir", state, "vm", "stop", "lz"]);
+    Deno.removeSync(store, { recursive: true });
+  }
+});

@@ -19,14 +19,18 @@ const YIELD_MS = 20;
 export class LazyPager {
   /** Faults served. */
   faults = 0;
-  /** Resolves when every page is resident (or the VM went away), with the time it took from `run`. */
+  /**
+   * Resolves when every page is resident (or the VM went away), with the time it took from `run`;
+   * rejects when a page could not be loaded, so nothing reads the incomplete memory as whole.
+   */
   readonly done: Promise<number>;
   readonly #mem: GuestMemory;
   readonly #uffd: Userfaultfd;
   readonly #fill: LazyFill;
   readonly #onProgress?: (done: number, total: number) => void;
-  #resolveDone!: (ms: number) => void;
+  readonly #settle: PromiseWithResolvers<number>;
   #stopped = false;
+  #closed = false;
 
   /** Arms userfaultfd on `mem`, none of whose pages is in yet; `onProgress` hears of bytes loaded. */
   constructor(
@@ -39,10 +43,17 @@ export class LazyPager {
     this.#uffd = Userfaultfd.open(0n);
     this.#uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.MISSING);
     this.#fill = new LazyFill(ck, this.#uffd, mem.hostAddr, new Uint8Array(mem.pages).fill(1));
-    this.done = new Promise((r) => (this.#resolveDone = r));
+    this.#settle = Promise.withResolvers<number>();
+    this.done = this.#settle.promise;
+    // `run`'s caller hears of a failure; a caller that only waits on `done` may come later.
+    this.done.catch(() => {});
   }
 
-  /** Serves faults and prefetches until every page is resident, then unregisters. */
+  /**
+   * Serves faults and prefetches until every page is resident, then unregisters. When a page
+   * cannot be loaded it throws and stays registered: a page still missing must keep blocking the
+   * vCPU that touches it, where unregistered it would read as a fresh zero page.
+   */
   async run(): Promise<void> {
     const t0 = performance.now();
     const mem = this.#mem;
@@ -53,11 +64,13 @@ export class LazyPager {
         yieldMs: YIELD_MS,
         onYield: () => this.#onProgress?.((mem.pages - this.#fill.left) * PAGE_SIZE, mem.size),
       });
-    } finally {
-      this.#serveFaults();
-      this.#uffd.teardown(mem.hostAddr, mem.size);
-      this.#resolveDone(performance.now() - t0);
+    } catch (e) {
+      this.#settle.reject(e);
+      throw e;
     }
+    this.#serveFaults();
+    this.close();
+    this.#settle.resolve(performance.now() - t0);
   }
 
   /** Installs pages 0..count-1 now (before the vCPUs run). */
@@ -68,6 +81,13 @@ export class LazyPager {
   /** Stops prefetching (the VM is going away). */
   stop(): void {
     this.#stopped = true;
+  }
+
+  /** Lets go of guest memory: the VM's teardown would otherwise wait on a fault nobody serves. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#uffd.teardown(this.#mem.hostAddr, this.#mem.size);
   }
 
   #serveFaults() {

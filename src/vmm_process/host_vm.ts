@@ -136,20 +136,22 @@ export async function hostVm(
           const pager = restored.pager;
           m.vm.onClose(async () => {
             pager.stop();
-            await pager.done;
+            await pager.done.catch(() => {});
+            pager.close();
           });
           void pager.run().then(() => {
             if (!m.vm.isStopped && times) {
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }
-          }).catch((e) =>
-            // Nobody awaits the pager: its failure (pages it could not read) is said here.
-            log.error("lazy restore of {vm} failed: {error}", {
-              vm: m.spec.name,
-              error: (e as Error).message,
-            })
-          ).finally(() => ck.close());
+          }).catch((e) => {
+            // Pages it could not read are missing for good: the guest must not run on without them.
+            const detail = `lazy restore from ${ck.dir} failed: ${
+              (e as Error).message
+            }; its memory is incomplete, so it was stopped: restore it again`;
+            log.error("{vm}: {detail}", { vm: m.spec.name, detail });
+            void m.vm.stop({ reason: "error", detail });
+          }).finally(() => ck.close());
         } else if (paging.pager?.localDone) {
           // A lazy split restore: the pager installs main's pages from the checkpoint, then closes it.
           void paging.pager.localDone.then(() => {
