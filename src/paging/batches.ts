@@ -48,21 +48,30 @@ export function byHost(gfns: number[], hostOf: (g: number) => number): Map<numbe
   return groups;
 }
 
-/** `gfns` grouped by sub-host (`hostOf`) in batches, with their contents read from `mem`. */
+/** `gfns` grouped by sub-host (`hostOf`) in batches, their contents not read yet. */
+export function hostJobs(
+  gfns: number[],
+  hostOf: (g: number) => number,
+): Array<Omit<HostBatch, "data">> {
+  return [...byHost(gfns, hostOf)].flatMap(([host, list]) =>
+    batches(list).map((part) => ({ host, gfns: part }))
+  );
+}
+
+/** The contents of `gfns` in `mem`, one page after another. */
+export function readPages(mem: GuestMemory, gfns: number[]): Uint8Array {
+  const data = new Uint8Array(gfns.length * PAGE_SIZE);
+  for (const [k, n] of indexRuns(gfns)) {
+    data.set(mem.view(gfns[k] * PAGE_SIZE, n * PAGE_SIZE), k * PAGE_SIZE);
+  }
+  return data;
+}
+
+/** `gfns` grouped by sub-host (`hostOf`) in batches, with their contents read from `mem` now. */
 export function hostBatches(
   mem: GuestMemory,
   gfns: number[],
   hostOf: (g: number) => number,
 ): HostBatch[] {
-  const out: HostBatch[] = [];
-  for (const [host, list] of byHost(gfns, hostOf)) {
-    for (const part of batches(list)) {
-      const data = new Uint8Array(part.length * PAGE_SIZE);
-      for (const [k, n] of indexRuns(part)) {
-        data.set(mem.view(part[k] * PAGE_SIZE, n * PAGE_SIZE), k * PAGE_SIZE);
-      }
-      out.push({ host, gfns: part, data });
-    }
-  }
-  return out;
+  return hostJobs(gfns, hostOf).map((j) => ({ ...j, data: readPages(mem, j.gfns) }));
 }

@@ -6,7 +6,7 @@
 import { getLogger } from "@logtape/logtape";
 import type { DirtyTracker } from "../memory/dirty_tracker.ts";
 import type { GuestMemory } from "../memory/guest_memory.ts";
-import { batches, byHost, hostBatches, inParallel } from "./batches.ts";
+import { batches, byHost, hostJobs, inParallel, readPages } from "./batches.ts";
 import { lowWater } from "./budget.ts";
 import type { FaultServer } from "./fault_server.ts";
 import { presentPages } from "./main_memory.ts";
@@ -190,10 +190,14 @@ export class SplitMigration {
   /** Sends `gfns` (still main's) to their home sub-hosts without changing their holder. */
   async #copyOut(gfns: number[]) {
     const { memory, links } = this.#ctx;
-    await inParallel(hostBatches(memory.guest, gfns, (g) => links.homeOf(g)), async (b) => {
+    // Each batch is read just before it is sent: reading a whole round first held the event loop
+    // (and a copy of the round) long enough under load for the page links to time out. A write
+    // after the read is in the dirty log, so the next round sends the page again.
+    await inParallel(hostJobs(gfns, (g) => links.homeOf(g)), async (b) => {
       const link = links.link(b.host);
       link.releases.cancel(b.gfns);
-      await link.request(PageOp.PUT, Uint32Array.from(b.gfns), { data: b.data });
+      const data = readPages(memory.guest, b.gfns);
+      await link.request(PageOp.PUT, Uint32Array.from(b.gfns), { data });
     });
   }
 
