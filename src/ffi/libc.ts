@@ -42,6 +42,7 @@ const lib = Deno.dlopen("libc.so.6", {
   sysconf: { parameters: ["i32"], result: "i64" },
   getpid: { parameters: [], result: "i32" },
   gettid: { parameters: [], result: "i32" },
+  clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   memcpy: { parameters: ["pointer", "pointer", "usize"], result: "pointer" },
   statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
 });
@@ -361,6 +362,20 @@ export function syscall(nr: number, a = 0n, b = 0n, c = 0n): bigint {
 /** memcpy(3) between raw addresses. */
 export function memcpy(dst: Deno.PointerValue, src: Deno.PointerValue, n: number): void {
   s.memcpy(dst, src, BigInt(n));
+}
+
+/** CLOCK_BOOTTIME: monotonic, counts time suspended, and the same for every process of the host. */
+const CLOCK_BOOTTIME = 7;
+
+/**
+ * The host's boot time clock in ms (clock_gettime(2), CLOCK_BOOTTIME): unlike `performance.now()`
+ * it is one clock for every process, so a deadline one process sets another can check.
+ */
+export function bootTimeMs(): number {
+  const ts = new BigInt64Array(2);
+  const r = s.clock_gettime(CLOCK_BOOTTIME, new Uint8Array(ts.buffer));
+  if (r !== 0) throw new SyscallError("clock_gettime", errno());
+  return Number(ts[0]) * 1000 + Number(ts[1]) / 1e6;
 }
 
 /** gettid(2) of the calling thread. */

@@ -12,6 +12,7 @@ import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { SplitControl, type SplitRequest } from "../paging/control.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
+import { Fence } from "./fence.ts";
 
 const log = getLogger(["dcres", "restore"]);
 
@@ -68,6 +69,7 @@ export async function hostVm(
   let times: RestoreTimes | undefined;
   let tracker!: DirtyTracker;
   let paging!: SplitControl;
+  let fence: Fence | undefined;
   const split = opts.split;
   const holders = split?.holders;
   if (split && t.kind !== "boot" && !holders) {
@@ -120,8 +122,15 @@ export async function hostVm(
       ),
       ...paging.handlers(),
     }),
-    info: () => ({ ...(times ? { restore: times } : {}), ...paging.info() }),
+    info: () => ({
+      ...(times ? { restore: times } : {}),
+      ...paging.info(),
+      ...(fence?.reason ? { state: "paused", pausedReason: fence.reason } : {}),
+    }),
     onStarted: async (m, server) => {
+      const watch = new Fence(m.vm, opts.stateDir);
+      fence = watch;
+      m.vm.onClose(() => watch[Symbol.dispose]());
       if (restored) {
         const resumeMs = performance.now() - t0;
         times = {

@@ -11,7 +11,7 @@ import {
   HeldLease,
   type LeaseTerms,
   LeaseTermsError,
-} from "../src/coord/lease.ts";
+} from "../src/agent/lease.ts";
 
 /** One renewal: sent by the agent at real time `sent`, granted `toCoord` ms later, answered after `back` ms, or lost. */
 interface Renewal {
