@@ -45,9 +45,9 @@ export class SqliteState implements CoordState {
     this.where = `sqlite:${path}`;
     this.#db = openStateFile(path, this.where);
     this.#election = new Election({
-      tryLead: (id, ttlMs) => Promise.resolve(this.#tryLead(id, ttlMs)),
-      renew: (lead, ttlMs) => Promise.resolve(this.#renew(lead, ttlMs)),
-      release: (lead) => Promise.resolve(this.#release(lead)),
+      tryLead: (id, ttlMs) => Promise.try(() => this.#tryLead(id, ttlMs)),
+      renew: (lead, ttlMs) => Promise.try(() => this.#renew(lead, ttlMs)),
+      release: (lead) => Promise.try(() => this.#release(lead)),
     }, this.where);
   }
 
@@ -58,22 +58,28 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.get}. */
   get<K extends RecordKind>(kind: K, key: string): Promise<Versioned<RecordOf[K]> | undefined> {
-    const row = this.#open.prepare("SELECT key, value, rev FROM records WHERE kind = ? AND key = ?")
-      .get(kind, key) as Row | undefined;
-    return Promise.resolve(row && this.#decode(kind, row));
+    return Promise.try(() => {
+      const row = this.#open.prepare(
+        "SELECT key, value, rev FROM records WHERE kind = ? AND key = ?",
+      ).get(kind, key) as Row | undefined;
+      return row && this.#decode(kind, row);
+    });
   }
 
   /** See {@link CoordState.list}. */
   list<K extends RecordKind>(kind: K, vm?: string): Promise<Versioned<RecordOf[K]>[]> {
-    checkListVm(kind, vm);
-    const rows =
-      (vm === undefined
+    return Promise.try(() => {
+      checkListVm(kind, vm);
+      const rows = (vm === undefined
         ? this.#open.prepare("SELECT key, value, rev FROM records WHERE kind = ? ORDER BY key")
           .all(kind)
         : this.#open.prepare(
           "SELECT key, value, rev FROM records WHERE kind = ? AND substr(key, 1, ?) = ? ORDER BY key",
         ).all(kind, vm.length + 1, `${vm}/`)) as unknown as Row[];
-    return Promise.resolve(rows.map((r) => this.#decode(kind, r)));
+      return rows.map((r) =>
+        this.#decode(kind, r)
+      );
+    });
   }
 
   #decode<K extends RecordKind>(kind: K, row: Row): Versioned<RecordOf[K]> {
@@ -85,9 +91,13 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.commit}. */
   commit(ops: StateOp[], opts: { asLeader?: boolean } = {}): Promise<number> {
+    return Promise.try(() => this.#commit(ops, opts.asLeader === true));
+  }
+
+  #commit(ops: StateOp[], asLeader: boolean): number {
     const steps = checkOps(ops, MAX_OPS);
-    return Promise.resolve(this.#transaction(() => {
-      if (opts.asLeader) this.#checkLeader();
+    return this.#transaction(() => {
+      if (asLeader) this.#checkLeader();
       const db = this.#open;
       const revOf = db.prepare("SELECT rev FROM records WHERE kind = ? AND key = ?");
       for (const s of steps) {
@@ -106,32 +116,31 @@ export class SqliteState implements CoordState {
         else event.run(s.json);
       }
       return rev;
-    }));
+    });
   }
 
   /** See {@link CoordState.events}. */
   events(query: EventQuery = {}): Promise<CoordEvent[]> {
-    const limit = Math.min(query.limit ?? MAX_EVENTS_READ, MAX_EVENTS_READ);
-    const rows = this.#open.prepare(
-      "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
-    ).all(query.after ?? 0, limit) as unknown as { seq: number; value: string }[];
-    return Promise.resolve(
-      rows.reverse().map((r) => ({
+    return Promise.try(() => {
+      const limit = Math.min(query.limit ?? MAX_EVENTS_READ, MAX_EVENTS_READ);
+      const rows = this.#open.prepare(
+        "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
+      ).all(query.after ?? 0, limit) as unknown as { seq: number; value: string }[];
+      return rows.reverse().map((r) => ({
         ...decodeEvent(r.value, this.where, Number(r.seq)),
         seq: Number(r.seq),
-      })),
-    );
+      }));
+    });
   }
 
   /** See {@link CoordState.revision}. */
   revision(): Promise<number> {
-    return Promise.resolve(this.#meta("revision"));
+    return Promise.try(() => this.#meta("revision"));
   }
 
   /** See {@link CoordState.campaign}. */
   campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
-    this.#open;
-    return this.#election.campaign(id, ttlMs, signal);
+    return Promise.try(() => this.#open).then(() => this.#election.campaign(id, ttlMs, signal));
   }
 
   /** See {@link CoordState.resign}. */
@@ -146,10 +155,10 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.leader}. */
   leader(): Promise<LeaderInfo | undefined> {
-    const row = this.#leaderRow();
-    return Promise.resolve(
-      row && row.expires_ms > Date.now() ? { id: row.holder, term: row.term } : undefined,
-    );
+    return Promise.try(() => {
+      const row = this.#leaderRow();
+      return row && row.expires_ms > Date.now() ? { id: row.holder, term: row.term } : undefined;
+    });
   }
 
   /** See {@link CoordState.close}. */
