@@ -36,7 +36,7 @@ function contract(
   behaviour: string,
   body: (s: CoordState, f: StoreFixture) => Promise<void>,
 ): void {
-  if (b.skip) console.log(`skipping ${b.name}: ${behaviour}: ${b.skip}`);
+  if (b.skip) console.log(`skipped: ${b.name}: ${behaviour}: ${b.skip}`);
   Deno.test({
     name: `${b.name}: ${behaviour}`,
     ignore: b.skip !== undefined,
