@@ -6,7 +6,7 @@
  */
 import { getLogger } from "@logtape/logtape";
 import { rejectOnAbort, within } from "../rpc/deadline.ts";
-import type { LeaderInfo, Leadership } from "./state.ts";
+import { type LeaderInfo, type Leadership, StateStoreError } from "./state.ts";
 
 const log = getLogger(["dcres", "coord"]);
 
@@ -50,20 +50,32 @@ export class Election {
     | { info: LeaderInfo; ttlMs: number; validUntil: number; abort: AbortController }
     | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
+  #closed = false;
 
   constructor(ops: ElectionOps, where: string) {
     this.#ops = ops;
     this.#where = where;
   }
 
-  /** Tries every {@link pollMs} until this candidate leads or `signal` aborts. */
+  /**
+   * Tries every {@link pollMs} until this candidate leads or `signal` aborts; a store that cannot be
+   * reached ({@link StateStoreError}) is tried again, anything else rejects.
+   */
   async campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
     checkCandidate(id, ttlMs);
     if (this.#lead) throw new Error(`${this.#where}: already campaigned as ${this.#lead.info.id}`);
     for (;;) {
       signal?.throwIfAborted();
+      if (this.#closed) throw new StateStoreError(this.#where, "the state was closed");
       const sent = performance.now();
-      const term = await this.#ops.tryLead(id, ttlMs);
+      let term: number | undefined;
+      try {
+        term = await this.#ops.tryLead(id, ttlMs);
+      } catch (e) {
+        // A standby outlives a store that is down for a while; anything else is not transient.
+        if (!(e instanceof StateStoreError)) throw e;
+        log.warn("{where}: campaigning failed, trying again: {e}", { where: this.#where, e });
+      }
       if (term !== undefined) {
         const abort = new AbortController();
         this.#lead = { info: { id, term }, ttlMs, validUntil: sent + ttlMs, abort };
@@ -92,6 +104,12 @@ export class Election {
     if (!l) return;
     this.#stop("resigned");
     await this.#ops.release(l.info);
+  }
+
+  /** Resigns and ends every campaign: for the store's close. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    await this.resign();
   }
 
   async #renew(): Promise<void> {

@@ -17,23 +17,9 @@ import {
   parseEtcdUrl,
   prefixEnd,
 } from "./etcd_client.ts";
-import { checkListVm, checkOps, decodeEvent, decodeRecord, isKey } from "./records.ts";
-import {
-  type CoordEvent,
-  type CoordState,
-  type EventQuery,
-  type LeaderInfo,
-  type Leadership,
-  MAX_EVENTS_READ,
-  MAX_OPS,
-  NotLeaderError,
-  type RecordKind,
-  type RecordOf,
-  StaleRevisionError,
-  StateCorruptError,
-  type StateOp,
-  type Versioned,
-} from "./state.ts";
+import { checkListVm, checkOps, decodeEvent, decodeRecord, eventLimit, isKey } from "./records.ts";
+import type * as S from "./state.ts";
+import { NotLeaderError, StaleRevisionError, StateCorruptError } from "./state.ts";
 
 const ROOT = "/dcres/coord/";
 const SCHEMA_KEY = `${ROOT}schema`;
@@ -42,12 +28,12 @@ const EVENTS = `${ROOT}e/`;
 /** The etcd layout's version: the key names above and the records' fields (records.ts). */
 export const ETCD_SCHEMA_VERSION = 1;
 
-const recordPrefix = (kind: RecordKind) => `${ROOT}r/${kind}/`;
+const recordPrefix = (kind: S.RecordKind) => `${ROOT}r/${kind}/`;
 const LEADER = v.strictObject({ id: v.pipe(v.string(), v.maxLength(128)) });
 const SCHEMA = v.looseObject({ version: v.pipe(v.number(), v.safeInteger(), v.minValue(1)) });
 
 /** {@link CoordState} in etcd. */
-export class EtcdState implements CoordState {
+export class EtcdState implements S.CoordState {
   /** `etcd://HOSTS`. */
   readonly where: string;
   #etcd: EtcdClient;
@@ -96,24 +82,24 @@ export class EtcdState implements CoordState {
   }
 
   /** See {@link CoordState.get}. */
-  async get<K extends RecordKind>(
+  async get<K extends S.RecordKind>(
     kind: K,
     key: string,
-  ): Promise<Versioned<RecordOf[K]> | undefined> {
+  ): Promise<S.Versioned<S.RecordOf[K]> | undefined> {
     if (!isKey(kind, key)) return undefined;
     const [kv] = await this.#etcd.range(recordPrefix(kind) + key);
     return kv && this.#decode(kind, kv);
   }
 
   /** See {@link CoordState.list}. */
-  async list<K extends RecordKind>(kind: K, vm?: string): Promise<Versioned<RecordOf[K]>[]> {
+  async list<K extends S.RecordKind>(kind: K, vm?: string): Promise<S.Versioned<S.RecordOf[K]>[]> {
     checkListVm(kind, vm);
     const prefix = recordPrefix(kind) + (vm === undefined ? "" : `${vm}/`);
     const kvs = await this.#etcd.range(prefix, { end: prefixEnd(prefix) });
     return kvs.map((kv) => this.#decode(kind, kv));
   }
 
-  #decode<K extends RecordKind>(kind: K, kv: EtcdKv): Versioned<RecordOf[K]> {
+  #decode<K extends S.RecordKind>(kind: K, kv: EtcdKv): S.Versioned<S.RecordOf[K]> {
     const key = kv.key.slice(recordPrefix(kind).length);
     if (!kv.key.startsWith(recordPrefix(kind)) || !isKey(kind, key)) {
       throw new StateCorruptError(this.where, `a ${kind} is stored under the bad key ${kv.key}`);
@@ -122,8 +108,8 @@ export class EtcdState implements CoordState {
   }
 
   /** See {@link CoordState.commit}. */
-  async commit(ops: StateOp[], opts: { asLeader?: boolean } = {}): Promise<number> {
-    const steps = checkOps(ops, MAX_OPS);
+  async commit(ops: S.StateOp[], opts: { asLeader?: boolean } = {}): Promise<number> {
+    const steps = checkOps(ops);
     const compare: EtcdCompare[] = [];
     const success: EtcdRequest[] = [];
     const failure: EtcdRequest[] = [];
@@ -167,8 +153,8 @@ export class EtcdState implements CoordState {
   }
 
   /** See {@link CoordState.events}. */
-  async events(query: EventQuery = {}): Promise<CoordEvent[]> {
-    const limit = Math.min(query.limit ?? MAX_EVENTS_READ, MAX_EVENTS_READ);
+  async events(query: S.EventQuery = {}): Promise<S.CoordEvent[]> {
+    const limit = eventLimit(query);
     const kvs = await this.#etcd.range(EVENTS, {
       end: prefixEnd(EVENTS),
       limit,
@@ -187,7 +173,7 @@ export class EtcdState implements CoordState {
   }
 
   /** See {@link CoordState.campaign}; etcd counts leases in whole seconds, so `ttlMs` rounds up. */
-  campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
+  campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<S.Leadership> {
     return this.#election.campaign(id, ttlMs, signal);
   }
 
@@ -202,7 +188,7 @@ export class EtcdState implements CoordState {
   }
 
   /** See {@link CoordState.leader}. */
-  async leader(): Promise<LeaderInfo | undefined> {
+  async leader(): Promise<S.LeaderInfo | undefined> {
     const [kv] = await this.#etcd.range(LEADER_KEY);
     if (!kv) return undefined;
     const r = v.safeParse(LEADER, parseJson(kv.value));
@@ -212,7 +198,7 @@ export class EtcdState implements CoordState {
 
   /** See {@link CoordState.close}. */
   async close(): Promise<void> {
-    await this.#election.resign();
+    await this.#election.close();
   }
 
   async #tryLead(id: string, ttlMs: number): Promise<number | undefined> {
@@ -230,14 +216,14 @@ export class EtcdState implements CoordState {
     return r.revision;
   }
 
-  async #renew(lead: LeaderInfo): Promise<boolean> {
+  async #renew(lead: S.LeaderInfo): Promise<boolean> {
     const lease = this.#lease;
     if (lease?.term !== lead.term || !await this.#etcd.keepAlive(lease.id)) return false;
     const [kv] = await this.#etcd.range(LEADER_KEY);
     return kv?.createRev === lead.term;
   }
 
-  async #release(lead: LeaderInfo): Promise<void> {
+  async #release(lead: S.LeaderInfo): Promise<void> {
     const lease = this.#lease;
     this.#lease = undefined;
     if (lease?.term === lead.term) await this.#etcd.revoke(lease.id);

@@ -8,6 +8,9 @@ import { CHECKPOINT_MODES } from "../ckpt/manifest.ts";
 import { isName, type NameKind, shown } from "../codec/names.ts";
 import {
   type CoordEventInput,
+  type EventQuery,
+  MAX_EVENTS_READ,
+  MAX_OPS,
   type RecordKind,
   type RecordOf,
   StateCorruptError,
@@ -120,7 +123,7 @@ function encode(x: unknown, what: string): string {
 }
 
 /** `ops` checked (shapes, names, sizes, count), each value encoded; throws {@link RecordError}. */
-export function checkOps(ops: StateOp[], max: number): EncodedOp[] {
+export function checkOps(ops: StateOp[], max = MAX_OPS): EncodedOp[] {
   if (ops.length === 0 || ops.length > max) {
     throw new RecordError(`a commit has ${ops.length} steps; give 1 to ${max}`);
   }
@@ -200,6 +203,13 @@ export function decodeRecord<K extends RecordKind>(
     throw new StateCorruptError(where, `${what} holds the record of ${keyOf(kind, value)}`);
   }
   return value;
+}
+
+/** How many events `query` asks for: its limit, at most {@link MAX_EVENTS_READ}. */
+export function eventLimit(query: EventQuery): number {
+  const n = query.limit ?? MAX_EVENTS_READ;
+  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`event limit ${n} is not a count`);
+  return Math.min(n, MAX_EVENTS_READ);
 }
 
 /** A stored event read back. */

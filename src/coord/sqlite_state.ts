@@ -7,7 +7,7 @@
  */
 import type { DatabaseSync } from "node:sqlite";
 import { Election } from "./election.ts";
-import { checkListVm, checkOps, decodeEvent, decodeRecord, isKey } from "./records.ts";
+import { checkListVm, checkOps, decodeEvent, decodeRecord, eventLimit, isKey } from "./records.ts";
 import { openStateFile } from "./sqlite_schema.ts";
 import {
   type CoordEvent,
@@ -15,8 +15,6 @@ import {
   type EventQuery,
   type LeaderInfo,
   type Leadership,
-  MAX_EVENTS_READ,
-  MAX_OPS,
   NotLeaderError,
   type RecordKind,
   type RecordOf,
@@ -95,7 +93,7 @@ export class SqliteState implements CoordState {
   }
 
   #commit(ops: StateOp[], asLeader: boolean): number {
-    const steps = checkOps(ops, MAX_OPS);
+    const steps = checkOps(ops);
     return this.#transaction(() => {
       if (asLeader) this.#checkLeader();
       const db = this.#open;
@@ -122,7 +120,7 @@ export class SqliteState implements CoordState {
   /** See {@link CoordState.events}. */
   events(query: EventQuery = {}): Promise<CoordEvent[]> {
     return Promise.try(() => {
-      const limit = Math.min(query.limit ?? MAX_EVENTS_READ, MAX_EVENTS_READ);
+      const limit = eventLimit(query);
       const rows = this.#open.prepare(
         "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
       ).all(query.after ?? 0, limit) as unknown as { seq: number; value: string }[];
@@ -164,7 +162,7 @@ export class SqliteState implements CoordState {
   /** See {@link CoordState.close}. */
   async close(): Promise<void> {
     if (!this.#db) return;
-    await this.#election.resign();
+    await this.#election.close();
     this.#db.close();
     this.#db = undefined;
   }
