@@ -192,6 +192,15 @@ for (const b of BACKENDS) {
     },
   );
 
+  contract(b, "events before a time are pruned and later ones kept", async (s) => {
+    for (const timeMs of [5, 1000, 999, 20, 1001]) {
+      await s.commit([{ op: "event", event: { kind: "restored", timeMs } }]);
+    }
+    assertEquals(await s.pruneEvents(1000), 3);
+    assertEquals((await s.events()).map((e) => e.timeMs), [1000, 1001]);
+    assertEquals(await s.pruneEvents(1000), 0);
+  });
+
   contract(b, "a reopened store continues from what was committed", async (s, f) => {
     const r1 = await s.commit([
       { op: "put", kind: "policy", value: POLICY },

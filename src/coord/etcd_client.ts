@@ -6,6 +6,7 @@
  */
 import * as v from "valibot";
 import { AddressError, formatHostPort, type HostPort, parseHostPort } from "../net/address.ts";
+import { MAX_LIST } from "./records.ts";
 import { StateCorruptError, StateStoreError } from "./state.ts";
 
 /** Most endpoints in one `--store etcd://...`. */
@@ -66,6 +67,7 @@ const TXN = v.looseObject({
 });
 const GRANT = v.looseObject({ ID: int64, TTL: v.optional(int64) });
 const KEEPALIVE = v.looseObject({ result: v.looseObject({ TTL: v.optional(int64) }) });
+const DELETED = v.looseObject({ deleted: v.optional(int64) });
 const ANY = v.looseObject({ header: v.optional(HEADER) });
 
 /** A key as read: bytes, and its revisions as numbers. */
@@ -121,7 +123,7 @@ export class EtcdClient {
     key: string,
     opts: { end?: string; limit?: number; newestFirst?: boolean; minCreateRev?: number } = {},
   ): Promise<EtcdKv[]> {
-    const limit = opts.limit ?? 10_000;
+    const limit = opts.limit ?? MAX_LIST;
     const r = this.#parse(
       RANGE,
       await this.call("/v3/kv/range", {
@@ -152,6 +154,16 @@ export class EtcdClient {
     const read = (r.responses ?? []).flatMap((x) => x.response_range?.kvs ?? [])
       .map((kv) => this.#kv(kv));
     return { succeeded: r.succeeded === true, revision: num(r.header.revision), read };
+  }
+
+  /** Deletes the keys in [key, end); how many. */
+  async deleteRange(key: string, end: string): Promise<number> {
+    const r = this.#parse(
+      DELETED,
+      await this.call("/v3/kv/deleterange", { key: b64(key), range_end: end }),
+      "deleterange",
+    );
+    return num(r.deleted);
   }
 
   /** The cluster's current revision. */

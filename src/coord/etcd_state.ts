@@ -1,7 +1,7 @@
 /**
  * The coordinator's state in etcd (`--store etcd://HOST:PORT,...`), shared by several coordinators
  * of which one leads. Records live under `/dcres/coord/r/KIND/KEY`, events under
- * `/dcres/coord/e/` ordered by the revision that created them, the schema version at
+ * `/dcres/coord/e/TIME-UUID` ordered by the revision that created them, the schema version at
  * `/dcres/coord/schema`. A commit is one etcd txn comparing each record's mod revision; the leader
  * holds `/dcres/coord/leader`, created only if absent and bound to its lease (etcd's own election
  * recipe), and its commits compare that key's create revision, which is also its term.
@@ -17,7 +17,15 @@ import {
   parseEtcdUrl,
   prefixEnd,
 } from "./etcd_client.ts";
-import { checkListVm, checkOps, decodeEvent, decodeRecord, eventLimit, isKey } from "./records.ts";
+import {
+  checkListVm,
+  checkOps,
+  checkTime,
+  decodeEvent,
+  decodeRecord,
+  eventLimit,
+  isKey,
+} from "./records.ts";
 import type * as S from "./state.ts";
 import { NotLeaderError, StaleRevisionError, StateCorruptError } from "./state.ts";
 
@@ -28,6 +36,8 @@ const EVENTS = `${ROOT}e/`;
 /** The etcd layout's version: the key names above and the records' fields (records.ts). */
 export const ETCD_SCHEMA_VERSION = 1;
 
+/** Events are keyed by time first, so old ones go in one range; `seq` is their create revision. */
+const eventKey = (timeMs: number) => `${EVENTS}${String(timeMs).padStart(16, "0")}-`;
 const recordPrefix = (kind: S.RecordKind) => `${ROOT}r/${kind}/`;
 const LEADER = v.strictObject({ id: v.pipe(v.string(), v.maxLength(128)) });
 const SCHEMA = v.looseObject({ version: v.pipe(v.number(), v.safeInteger(), v.minValue(1)) });
@@ -122,7 +132,7 @@ export class EtcdState implements S.CoordState {
     }
     for (const s of steps) {
       if (s.op === "event") {
-        const key = b64(EVENTS + crypto.randomUUID());
+        const key = b64(eventKey(s.timeMs) + crypto.randomUUID());
         success.push({ request_put: { key, value: b64(s.json) } });
         continue;
       }
@@ -165,6 +175,11 @@ export class EtcdState implements S.CoordState {
       ...decodeEvent(kv.value, this.where, kv.createRev),
       seq: kv.createRev,
     }));
+  }
+
+  /** See {@link CoordState.pruneEvents}. */
+  pruneEvents(beforeMs: number): Promise<number> {
+    return this.#etcd.deleteRange(EVENTS, b64(eventKey(checkTime(beforeMs))));
   }
 
   /** See {@link CoordState.revision}. */

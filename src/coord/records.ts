@@ -130,7 +130,7 @@ export function checkOps(ops: StateOp[], max = MAX_OPS): EncodedOp[] {
   return ops.map((op): EncodedOp => {
     if (op.op === "event") {
       const e = parse(EVENT, op.event, `event ${op.event?.kind}`);
-      return { op: "event", json: encode(e, `event ${e.kind}`) };
+      return { op: "event", timeMs: e.timeMs, json: encode(e, `event ${e.kind}`) };
     }
     if (!RECORD_KINDS.includes(op.kind)) throw new RecordError(`no record kind "${op.kind}"`);
     if (op.expect !== undefined && !(Number.isSafeInteger(op.expect) && op.expect >= 0)) {
@@ -156,7 +156,7 @@ export function checkOps(ops: StateOp[], max = MAX_OPS): EncodedOp[] {
 export type EncodedOp =
   | { op: "put"; kind: RecordKind; key: string; json: string; expect?: number }
   | { op: "delete"; kind: RecordKind; key: string; expect?: number }
-  | { op: "event"; json: string };
+  | { op: "event"; timeMs: number; json: string };
 
 function decodeJson(bytes: Uint8Array | string, where: string, what: string): unknown {
   const n = typeof bytes === "string" ? new TextEncoder().encode(bytes).length : bytes.length;
@@ -203,6 +203,17 @@ export function decodeRecord<K extends RecordKind>(
     throw new StateCorruptError(where, `${what} holds the record of ${keyOf(kind, value)}`);
   }
   return value;
+}
+
+/** Most records one `list` returns; a store holding more is refused rather than read whole. */
+export const MAX_LIST = 10_000;
+
+/** `beforeMs` if it is a time, else a RangeError. */
+export function checkTime(beforeMs: number): number {
+  if (!Number.isSafeInteger(beforeMs) || beforeMs < 0) {
+    throw new RangeError(`${beforeMs} is not a time in ms since the epoch`);
+  }
+  return beforeMs;
 }
 
 /** How many events `query` asks for: its limit, at most {@link MAX_EVENTS_READ}. */

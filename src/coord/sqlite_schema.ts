@@ -14,7 +14,9 @@ const MIGRATIONS: readonly string[] = [
    CREATE TABLE records (
      kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, rev INTEGER NOT NULL,
      PRIMARY KEY (kind, key)) WITHOUT ROWID;
-   CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, value TEXT NOT NULL);
+   CREATE TABLE events (
+     seq INTEGER PRIMARY KEY AUTOINCREMENT, time_ms INTEGER NOT NULL, value TEXT NOT NULL);
+   CREATE INDEX events_time ON events (time_ms);
    CREATE TABLE leader (
      one INTEGER PRIMARY KEY CHECK (one = 1), holder TEXT NOT NULL, term INTEGER NOT NULL,
      expires_ms INTEGER NOT NULL);`,

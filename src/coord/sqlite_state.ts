@@ -7,7 +7,16 @@
  */
 import type { DatabaseSync } from "node:sqlite";
 import { Election } from "./election.ts";
-import { checkListVm, checkOps, decodeEvent, decodeRecord, eventLimit, isKey } from "./records.ts";
+import {
+  checkListVm,
+  checkOps,
+  checkTime,
+  decodeEvent,
+  decodeRecord,
+  eventLimit,
+  isKey,
+  MAX_LIST,
+} from "./records.ts";
 import { openStateFile } from "./sqlite_schema.ts";
 import {
   type CoordEvent,
@@ -69,14 +78,16 @@ export class SqliteState implements CoordState {
     return Promise.try(() => {
       checkListVm(kind, vm);
       const rows = (vm === undefined
-        ? this.#open.prepare("SELECT key, value, rev FROM records WHERE kind = ? ORDER BY key")
-          .all(kind)
+        ? this.#open.prepare(
+          "SELECT key, value, rev FROM records WHERE kind = ? ORDER BY key LIMIT ?",
+        ).all(kind, MAX_LIST + 1)
         : this.#open.prepare(
-          "SELECT key, value, rev FROM records WHERE kind = ? AND substr(key, 1, ?) = ? ORDER BY key",
-        ).all(kind, vm.length + 1, `${vm}/`)) as unknown as Row[];
-      return rows.map((r) =>
-        this.#decode(kind, r)
-      );
+          "SELECT key, value, rev FROM records WHERE kind = ? AND substr(key, 1, ?) = ? ORDER BY key LIMIT ?",
+        ).all(kind, vm.length + 1, `${vm}/`, MAX_LIST + 1)) as unknown as Row[];
+      if (rows.length > MAX_LIST) {
+        throw new StateCorruptError(this.where, `more than ${MAX_LIST} ${kind} records`);
+      }
+      return rows.map((r) => this.#decode(kind, r));
     });
   }
 
@@ -107,11 +118,11 @@ export class SqliteState implements CoordState {
       db.prepare("UPDATE meta SET value = ? WHERE name = 'revision'").run(rev);
       const put = db.prepare("INSERT OR REPLACE INTO records VALUES (?, ?, ?, ?)");
       const del = db.prepare("DELETE FROM records WHERE kind = ? AND key = ?");
-      const event = db.prepare("INSERT INTO events (value) VALUES (?)");
+      const event = db.prepare("INSERT INTO events (time_ms, value) VALUES (?, ?)");
       for (const s of steps) {
         if (s.op === "put") put.run(s.kind, s.key, s.json, rev);
         else if (s.op === "delete") del.run(s.kind, s.key);
-        else event.run(s.json);
+        else event.run(s.timeMs, s.json);
       }
       return rev;
     });
@@ -129,6 +140,15 @@ export class SqliteState implements CoordState {
         seq: Number(r.seq),
       }));
     });
+  }
+
+  /** See {@link CoordState.pruneEvents}. */
+  pruneEvents(beforeMs: number): Promise<number> {
+    return Promise.try(() =>
+      Number(
+        this.#open.prepare("DELETE FROM events WHERE time_ms < ?").run(checkTime(beforeMs)).changes,
+      )
+    );
   }
 
   /** See {@link CoordState.revision}. */

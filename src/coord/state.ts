@@ -184,6 +184,8 @@ export interface CoordState {
   commit(ops: StateOp[], opts?: { asLeader?: boolean }): Promise<number>;
   /** Events in commit order (the newest `limit` of them). */
   events(query?: EventQuery): Promise<CoordEvent[]>;
+  /** Removes the events of before `beforeMs` (their `timeMs`); returns how many went. */
+  pruneEvents(beforeMs: number): Promise<number>;
   /** The store's current revision. */
   revision(): Promise<number>;
   /**
