@@ -52,9 +52,9 @@ export class SqliteState implements CoordState {
     this.where = `sqlite:${path}`;
     this.#db = openStateFile(path, this.where);
     this.#election = new Election({
-      tryLead: (id, ttlMs) => Promise.try(() => this.#tryLead(id, ttlMs)),
-      renew: (lead, ttlMs) => Promise.try(() => this.#renew(lead, ttlMs)),
-      release: (lead) => Promise.try(() => this.#release(lead)),
+      tryLead: (id, ttlMs) => this.#run(() => this.#tryLead(id, ttlMs)),
+      renew: (lead, ttlMs) => this.#run(() => this.#renew(lead, ttlMs)),
+      release: (lead) => this.#run(() => this.#release(lead)),
     }, this.where);
   }
 
@@ -65,7 +65,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.get}. */
   get<K extends RecordKind>(kind: K, key: string): Promise<Versioned<RecordOf[K]> | undefined> {
-    return Promise.try(() => {
+    return this.#run(() => {
       const row = this.#open.prepare(
         "SELECT key, value, rev FROM records WHERE kind = ? AND key = ?",
       ).get(kind, key) as Row | undefined;
@@ -75,7 +75,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.list}. */
   list<K extends RecordKind>(kind: K, vm?: string): Promise<Versioned<RecordOf[K]>[]> {
-    return Promise.try(() => {
+    return this.#run(() => {
       checkListVm(kind, vm);
       const rows = (vm === undefined
         ? this.#open.prepare(
@@ -100,7 +100,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.commit}. */
   commit(ops: StateOp[], opts: { asLeader?: boolean } = {}): Promise<number> {
-    return Promise.try(() => this.#commit(ops, opts.asLeader === true));
+    return this.#run(() => this.#commit(ops, opts.asLeader === true));
   }
 
   #commit(ops: StateOp[], asLeader: boolean): number {
@@ -130,7 +130,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.events}. */
   events(query: EventQuery = {}): Promise<CoordEvent[]> {
-    return Promise.try(() => {
+    return this.#run(() => {
       const limit = eventLimit(query);
       const rows = this.#open.prepare(
         "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
@@ -144,7 +144,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.pruneEvents}. */
   pruneEvents(beforeMs: number): Promise<number> {
-    return Promise.try(() =>
+    return this.#run(() =>
       Number(
         this.#open.prepare("DELETE FROM events WHERE time_ms < ?").run(checkTime(beforeMs)).changes,
       )
@@ -153,12 +153,12 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.revision}. */
   revision(): Promise<number> {
-    return Promise.try(() => this.#meta("revision"));
+    return this.#run(() => this.#meta("revision"));
   }
 
   /** See {@link CoordState.campaign}. */
   campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
-    return Promise.try(() => this.#open).then(() => this.#election.campaign(id, ttlMs, signal));
+    return this.#run(() => this.#open).then(() => this.#election.campaign(id, ttlMs, signal));
   }
 
   /** See {@link CoordState.resign}. */
@@ -173,7 +173,7 @@ export class SqliteState implements CoordState {
 
   /** See {@link CoordState.leader}. */
   leader(): Promise<LeaderInfo | undefined> {
-    return Promise.try(() => {
+    return this.#run(() => {
       const row = this.#leaderRow();
       return row && row.expires_ms > Date.now() ? { id: row.holder, term: row.term } : undefined;
     });
@@ -191,7 +191,9 @@ export class SqliteState implements CoordState {
     const row = this.#open.prepare("SELECT value FROM meta WHERE name = ?").get(name) as
       | { value: number }
       | undefined;
-    if (!row) throw new StateStoreError(this.where, `the state file has no ${name}; it is damaged`);
+    if (!row) {
+      throw new StateCorruptError(this.where, `the state file has no ${name}; it is damaged`);
+    }
     return Number(row.value);
   }
 
@@ -235,6 +237,14 @@ export class SqliteState implements CoordState {
 
   #release(lead: LeaderInfo): void {
     this.#db?.prepare("DELETE FROM leader WHERE holder = ? AND term = ?").run(lead.id, lead.term);
+  }
+
+  /** `fn` as a promise; SQLite's own failures (busy, I/O, a full disk) as {@link StateStoreError}. */
+  #run<T>(fn: () => T): Promise<T> {
+    return Promise.try(fn).catch((e) => {
+      if ((e as { code?: unknown }).code !== "ERR_SQLITE_ERROR") throw e;
+      throw new StateStoreError(this.where, `SQLite: ${(e as Error).message}`);
+    });
   }
 
   #transaction<T>(fn: () => T): T {
