@@ -17,15 +17,7 @@ import {
   parseEtcdUrl,
   prefixEnd,
 } from "./etcd_client.ts";
-import {
-  checkListVm,
-  checkOps,
-  checkTime,
-  decodeEvent,
-  decodeRecord,
-  eventLimit,
-  isKey,
-} from "./records.ts";
+import * as records from "./records.ts";
 import type * as S from "./state.ts";
 import { NotLeaderError, StaleRevisionError, StateCorruptError } from "./state.ts";
 
@@ -96,14 +88,14 @@ export class EtcdState implements S.CoordState {
     kind: K,
     key: string,
   ): Promise<S.Versioned<S.RecordOf[K]> | undefined> {
-    if (!isKey(kind, key)) return undefined;
+    if (!records.isKey(kind, key)) return undefined;
     const [kv] = await this.#etcd.range(recordPrefix(kind) + key);
     return kv && this.#decode(kind, kv);
   }
 
   /** See {@link CoordState.list}. */
   async list<K extends S.RecordKind>(kind: K, vm?: string): Promise<S.Versioned<S.RecordOf[K]>[]> {
-    checkListVm(kind, vm);
+    records.checkListVm(kind, vm);
     const prefix = recordPrefix(kind) + (vm === undefined ? "" : `${vm}/`);
     const kvs = await this.#etcd.range(prefix, { end: prefixEnd(prefix) });
     return kvs.map((kv) => this.#decode(kind, kv));
@@ -111,15 +103,15 @@ export class EtcdState implements S.CoordState {
 
   #decode<K extends S.RecordKind>(kind: K, kv: EtcdKv): S.Versioned<S.RecordOf[K]> {
     const key = kv.key.slice(recordPrefix(kind).length);
-    if (!kv.key.startsWith(recordPrefix(kind)) || !isKey(kind, key)) {
+    if (!kv.key.startsWith(recordPrefix(kind)) || !records.isKey(kind, key)) {
       throw new StateCorruptError(this.where, `a ${kind} is stored under the bad key ${kv.key}`);
     }
-    return { value: decodeRecord(kind, key, kv.value, this.where), rev: kv.modRev };
+    return { value: records.decodeRecord(kind, key, kv.value, this.where), rev: kv.modRev };
   }
 
   /** See {@link CoordState.commit}. */
   async commit(ops: S.StateOp[], opts: { asLeader?: boolean } = {}): Promise<number> {
-    const steps = checkOps(ops);
+    const steps = records.checkOps(ops);
     const compare: EtcdCompare[] = [];
     const success: EtcdRequest[] = [];
     const failure: EtcdRequest[] = [];
@@ -164,7 +156,7 @@ export class EtcdState implements S.CoordState {
 
   /** See {@link CoordState.events}. */
   async events(query: S.EventQuery = {}): Promise<S.CoordEvent[]> {
-    const limit = eventLimit(query);
+    const limit = records.eventLimit(query);
     const kvs = await this.#etcd.range(EVENTS, {
       end: prefixEnd(EVENTS),
       limit,
@@ -172,14 +164,14 @@ export class EtcdState implements S.CoordState {
       minCreateRev: (query.after ?? 0) + 1,
     });
     return kvs.reverse().map((kv) => ({
-      ...decodeEvent(kv.value, this.where, kv.createRev),
+      ...records.decodeEvent(kv.value, this.where, kv.createRev),
       seq: kv.createRev,
     }));
   }
 
   /** See {@link CoordState.pruneEvents}. */
   pruneEvents(beforeMs: number): Promise<number> {
-    return this.#etcd.deleteRange(EVENTS, b64(eventKey(checkTime(beforeMs))));
+    return this.#etcd.deleteRange(EVENTS, b64(eventKey(records.checkTime(beforeMs))));
   }
 
   /** See {@link CoordState.revision}. */
