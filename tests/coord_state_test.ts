@@ -16,6 +16,8 @@ import {
   StateStoreError,
 } from "../src/coord/state.ts";
 import { SqliteState } from "../src/coord/sqlite_state.ts";
+import { EtcdState } from "../src/coord/etcd_state.ts";
+import { testPort } from "./helpers/cluster.ts";
 import { assert, assertEquals, assertRejects, assertThrows } from "./helpers/assert.ts";
 import { type Backend, BACKENDS, type StoreFixture } from "./helpers/coord_backends.ts";
 
@@ -348,6 +350,47 @@ for (const b of BACKENDS) {
   });
 }
 
+const etcd = BACKENDS.find((b) => b.name === "EtcdState")!;
+
+contract(
+  etcd,
+  "a dead endpoint is passed over, and none answering is one clear line",
+  async (s, f) => {
+    const dead = `127.0.0.201:${testPort(2381)}`;
+    const both = await EtcdState.open(`etcd://${dead},${f.store.slice("etcd://".length)}`);
+    try {
+      await both.commit([{ op: "put", kind: "policy", value: POLICY }]);
+      assertEquals((await s.get("policy", "vm1"))?.value, POLICY);
+    } finally {
+      await both.close();
+    }
+    const e = await assertRejects(() => EtcdState.open(`etcd://${dead}`), StateStoreError);
+    assert(/no etcd endpoint answered .*is etcd running there\?$/.test(e.message), e.message);
+    assertEquals(e.message.split("\n").length, 1);
+  },
+);
+
+contract(
+  etcd,
+  "a standby keeps campaigning while etcd is down and leads once it is back",
+  async (s, f) => {
+    await s.commit([{ op: "put", kind: "policy", value: POLICY }]);
+    await f.etcd!.kill();
+    const standby = s.campaign("coord-patient", TTL_MS, AbortSignal.timeout(30_000));
+    await new Promise((r) => setTimeout(r, TTL_MS));
+    assert(!s.isLeader());
+    await assertRejects(() => s.get("policy", "vm1"), StateStoreError, "no etcd endpoint answered");
+    await f.etcd!.restart();
+    const lead = await standby;
+    assert(s.isLeader() && lead.term > 0);
+    assertEquals(
+      (await s.get("policy", "vm1"))?.value,
+      POLICY,
+      "etcd kept the state over its restart",
+    );
+  },
+);
+
 Deno.test("etcd endpoints are HOST:PORT only: no path, user or query", () => {
   assertEquals(parseEtcdUrl("etcd://127.0.0.1:2379,[::1]:2379,etcd-a:2379").length, 3);
   for (
@@ -361,6 +404,19 @@ Deno.test("etcd endpoints are HOST:PORT only: no path, user or query", () => {
       "etcd://::1:2379",
     ]
   ) assertThrows(() => parseEtcdUrl(bad), StateStoreError);
+});
+
+Deno.test("SqliteState: the state file is created owner-only and kept in WAL mode", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "dcres-coord-" });
+  try {
+    const s = new SqliteState(`${dir}/coord.db`);
+    await s.commit([{ op: "put", kind: "policy", value: POLICY }]);
+    assertEquals(Deno.statSync(`${dir}/coord.db`).mode! & 0o777, 0o600);
+    assert(Deno.statSync(`${dir}/coord.db-wal`).isFile, "a write-ahead log beside the file");
+    await s.close();
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
 });
 
 Deno.test("SqliteState: a file that is not a state file is refused in one line", () => {

@@ -17,6 +17,8 @@ export interface StoreFixture {
   setSchema(version: number): Promise<void>;
   /** Removes it (and stops what serves it). */
   remove(): Promise<void>;
+  /** The etcd serving it, for outage tests. */
+  etcd?: TestEtcd;
 }
 
 /** A backend the contract runs against. */
@@ -68,6 +70,7 @@ const etcd: Backend = {
       setSchema: (version) =>
         server.putRaw("/dcres/coord/schema", new TextEncoder().encode(JSON.stringify({ version }))),
       remove: () => server.stop(),
+      etcd: server,
     };
   },
 };

@@ -23,53 +23,80 @@ export class TestEtcd {
   readonly url: string;
   /** The client URL, for raw requests. */
   readonly http: string;
-  #child: Deno.ChildProcess;
   #dir: string;
+  #child: Deno.ChildProcess | undefined;
   #stderr = "";
-  #logged: Promise<void>;
+  #logged: Promise<void> = Promise.resolve();
 
-  private constructor(child: Deno.ChildProcess, dir: string, port: number) {
-    this.#child = child;
+  private constructor(dir: string) {
     this.#dir = dir;
-    this.#logged = this.#drain(child.stderr);
-    this.url = `etcd://${HOST}:${port}`;
-    this.http = `http://${HOST}:${port}`;
+    this.url = `etcd://${HOST}:${testPort(2379)}`;
+    this.http = `http://${HOST}:${testPort(2379)}`;
   }
 
-  /** Starts etcd on 127.0.0.201 (ports 2379/2380 moved by DCRES_TEST_PORT_OFFSET); waits until it answers. */
+  /**
+   * Starts etcd on 127.0.0.201 (ports 2379/2380 moved by DCRES_TEST_PORT_OFFSET) in a new data
+   * directory; waits until it answers.
+   */
   static async start(): Promise<TestEtcd> {
+    const etcd = new TestEtcd(Deno.makeTempDirSync({ prefix: "dcres-etcd-" }));
+    try {
+      await etcd.restart();
+    } catch (e) {
+      await etcd.stop();
+      throw e;
+    }
+    return etcd;
+  }
+
+  /** Kills etcd (if it runs) and starts it again on the same data; waits until it answers. */
+  async restart(): Promise<void> {
+    await this.kill();
     const bin = etcdBinary();
     if (!bin) throw new Error("etcd is not installed (apt-get install etcd-server)");
-    const dir = Deno.makeTempDirSync({ prefix: "dcres-etcd-" });
-    const client = testPort(2379), peer = testPort(2380);
+    const client = `http://${HOST}:${testPort(2379)}`, peer = `http://${HOST}:${testPort(2380)}`;
     const child = new Deno.Command(bin, {
       args: [
         "--name=dcres-test",
-        `--data-dir=${dir}/data`,
-        `--listen-client-urls=http://${HOST}:${client}`,
-        `--advertise-client-urls=http://${HOST}:${client}`,
-        `--listen-peer-urls=http://${HOST}:${peer}`,
-        `--initial-advertise-peer-urls=http://${HOST}:${peer}`,
-        `--initial-cluster=dcres-test=http://${HOST}:${peer}`,
+        `--data-dir=${this.#dir}/data`,
+        `--listen-client-urls=${client}`,
+        `--advertise-client-urls=${client}`,
+        `--listen-peer-urls=${peer}`,
+        `--initial-advertise-peer-urls=${peer}`,
+        `--initial-cluster=dcres-test=${peer}`,
       ],
       stdin: "null",
       stdout: "null",
       stderr: "piped",
     }).spawn();
-    const etcd = new TestEtcd(child, dir, client);
+    this.#child = child;
+    this.#logged = this.#drain(child.stderr);
     const deadline = performance.now() + START_MS;
     for (;;) {
       const exited = await Promise.race([child.status, sleep(200).then(() => undefined)]);
       if (exited) {
-        await etcd.#logged;
-        throw new Error(`etcd exited (${exited.code}) at start: ${etcd.#tail()}`);
+        await this.#logged;
+        throw new Error(`etcd exited (${exited.code}) at start: ${this.#tail()}`);
       }
-      if (await etcd.#answers()) return etcd;
+      if (await this.#answers()) return;
       if (performance.now() > deadline) {
-        await etcd.stop();
-        throw new Error(`etcd did not answer within ${START_MS} ms: ${etcd.#tail()}`);
+        throw new Error(`etcd did not answer within ${START_MS} ms: ${this.#tail()}`);
       }
     }
+  }
+
+  /** Kills etcd with SIGKILL, keeping its data. */
+  async kill(): Promise<void> {
+    const child = this.#child;
+    if (!child) return;
+    this.#child = undefined;
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already exited
+    }
+    await child.status;
+    await this.#logged;
   }
 
   /** POSTs `body` to the gateway at `path`; the answer's JSON. */
@@ -88,13 +115,7 @@ export class TestEtcd {
 
   /** Kills etcd and removes its directory. */
   async stop(): Promise<void> {
-    try {
-      this.#child.kill("SIGKILL");
-    } catch {
-      // already exited
-    }
-    await this.#child.status;
-    await this.#logged;
+    await this.kill();
     Deno.removeSync(this.#dir, { recursive: true });
   }
 
