@@ -6,11 +6,11 @@
  */
 import { pollMs } from "../src/coord/election.ts";
 import { parseEtcdUrl } from "../src/coord/etcd_client.ts";
-import { RecordError } from "../src/coord/records.ts";
 import {
   type CoordState,
   NotLeaderError,
   type Policy,
+  RecordError,
   StaleRevisionError,
   StateCorruptError,
   StateStoreError,
@@ -159,6 +159,15 @@ for (const b of BACKENDS) {
         }]),
       RecordError,
       "detail",
+    );
+    await assertRejects(
+      () =>
+        s.commit([
+          { op: "put", kind: "policy", value: POLICY },
+          { op: "delete", kind: "policy", key: "vm1" },
+        ]),
+      RecordError,
+      "twice",
     );
     assertEquals(await s.list("policy"), []);
   });

@@ -11,6 +11,7 @@ import {
   type EventQuery,
   MAX_EVENTS_READ,
   MAX_OPS,
+  RecordError,
   type RecordKind,
   type RecordOf,
   StateCorruptError,
@@ -107,14 +108,6 @@ function parse<T>(schema: v.GenericSchema<T>, x: unknown, what: string): T {
   }
 }
 
-/** A record or event handed to a commit that the store would not accept back. */
-export class RecordError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "RecordError";
-  }
-}
-
 function encode(x: unknown, what: string): string {
   const json = JSON.stringify(x);
   const n = new TextEncoder().encode(json).length;
@@ -127,17 +120,19 @@ export function checkOps(ops: StateOp[], max = MAX_OPS): EncodedOp[] {
   if (ops.length === 0 || ops.length > max) {
     throw new RecordError(`a commit has ${ops.length} steps; give 1 to ${max}`);
   }
-  return ops.map((op): EncodedOp => {
+  const steps = ops.map((op): EncodedOp => {
     if (op.op === "event") {
-      const e = parse(EVENT, op.event, `event ${op.event?.kind}`);
+      const e = parse(EVENT, op.event, `event ${shown(op.event?.kind)}`);
       return { op: "event", timeMs: e.timeMs, json: encode(e, `event ${e.kind}`) };
     }
-    if (!RECORD_KINDS.includes(op.kind)) throw new RecordError(`no record kind "${op.kind}"`);
+    if (!RECORD_KINDS.includes(op.kind)) throw new RecordError(`no record kind ${shown(op.kind)}`);
     if (op.expect !== undefined && !(Number.isSafeInteger(op.expect) && op.expect >= 0)) {
       throw new RecordError(`expect ${op.expect} is not a revision`);
     }
     if (op.op === "delete") {
-      if (!isKey(op.kind, op.key)) throw new RecordError(`${op.kind} key "${op.key}" is not valid`);
+      if (!isKey(op.kind, op.key)) {
+        throw new RecordError(`${op.kind} key ${shown(op.key)} is not valid`);
+      }
       return { op: "delete", kind: op.kind, key: op.key, expect: op.expect };
     }
     const value = parse(SCHEMAS[op.kind] as v.GenericSchema, op.value, op.kind);
@@ -150,6 +145,16 @@ export function checkOps(ops: StateOp[], max = MAX_OPS): EncodedOp[] {
       expect: op.expect,
     };
   });
+  // etcd refuses a txn that touches a key twice; the stores agree by refusing it here.
+  const seen = new Set<string>();
+  for (const s of steps) {
+    if (s.op === "event") continue;
+    if (seen.has(`${s.kind} ${s.key}`)) {
+      throw new RecordError(`a commit touches ${s.kind} ${s.key} twice; merge those steps`);
+    }
+    seen.add(`${s.kind} ${s.key}`);
+  }
+  return steps;
 }
 
 /** A checked step, its value as JSON. */

@@ -241,6 +241,14 @@ export class StateCorruptError extends Error {
   }
 }
 
+/** A record or event handed to a commit that breaks its rules (names, ranges, size); nothing is written. */
+export class RecordError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RecordError";
+  }
+}
+
 /** The store could not be opened or reached. */
 export class StateStoreError extends Error {
   constructor(where: string, problem: string) {
