@@ -187,6 +187,7 @@ for (const b of BACKENDS) {
       assert(all.every((e, i) => i === 0 || e.seq > all[i - 1].seq), "seq rises");
       assertEquals((await s.events({ limit: 3 })).map((e) => e.vm), ["vm9", "vm10", "vm11"]);
       assertEquals((await s.events({ after: all[9].seq })).map((e) => e.vm), ["vm10", "vm11"]);
+      await assertRejects(() => s.events({ limit: 0 }), RangeError, "limit");
       const restored = {
         kind: "restored",
         timeMs: 5,
@@ -219,6 +220,7 @@ for (const b of BACKENDS) {
     ]);
     await s.close();
     await assertRejects(() => s.campaign("coord-closed", TTL_MS), StateStoreError, "closed");
+    await assertRejects(() => s.get("policy", "vm1"), StateStoreError, "closed");
     const again = await f.open();
     try {
       assertEquals(await again.get("policy", "vm1"), { value: POLICY, rev: r1 });

@@ -111,6 +111,7 @@ export class EtcdClient {
   readonly where: string;
   #endpoints: string[];
   #next = 0;
+  #closed = false;
 
   /** `endpoints` as {@link parseEtcdUrl} gives them. */
   constructor(endpoints: HostPort[]) {
@@ -197,8 +198,14 @@ export class EtcdClient {
     await this.call("/v3/lease/revoke", { ID: id });
   }
 
+  /** Refuses every request from now on. */
+  close(): void {
+    this.#closed = true;
+  }
+
   /** POSTs `body` to `path` on an endpoint that answers; the answer's JSON, bounded. */
   async call(path: string, body: unknown): Promise<unknown> {
+    if (this.#closed) throw new StateStoreError(this.where, "the state is closed");
     const problems: string[] = [];
     for (let i = 0; i < this.#endpoints.length; i++) {
       const base = this.#endpoints[(this.#next + i) % this.#endpoints.length];

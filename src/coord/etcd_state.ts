@@ -156,12 +156,12 @@ export class EtcdState implements S.CoordState {
 
   /** See {@link CoordState.events}. */
   async events(query: S.EventQuery = {}): Promise<S.CoordEvent[]> {
-    const limit = records.eventLimit(query);
+    const { after, limit } = records.eventQuery(query);
     const kvs = await this.#etcd.range(EVENTS, {
       end: prefixEnd(EVENTS),
       limit,
       newestFirst: true,
-      minCreateRev: (query.after ?? 0) + 1,
+      minCreateRev: after + 1,
     });
     return kvs.reverse().map((kv) => ({
       ...records.decodeEvent(kv.value, this.where, kv.createRev),
@@ -206,6 +206,7 @@ export class EtcdState implements S.CoordState {
   /** See {@link CoordState.close}. */
   async close(): Promise<void> {
     await this.#election.close();
+    this.#etcd.close();
   }
 
   async #tryLead(id: string, ttlMs: number): Promise<number | undefined> {

@@ -221,11 +221,16 @@ export function checkTime(beforeMs: number): number {
   return beforeMs;
 }
 
-/** How many events `query` asks for: its limit, at most {@link MAX_EVENTS_READ}. */
-export function eventLimit(query: EventQuery): number {
-  const n = query.limit ?? MAX_EVENTS_READ;
-  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`event limit ${n} is not a count`);
-  return Math.min(n, MAX_EVENTS_READ);
+/** `query` checked, with its defaults: after seq 0, at most {@link MAX_EVENTS_READ}. */
+export function eventQuery(query: EventQuery): Required<EventQuery> {
+  const { after = 0, limit = MAX_EVENTS_READ } = query;
+  if (!Number.isSafeInteger(after) || after < 0) {
+    throw new RangeError(`event seq ${after} is not a seq`);
+  }
+  if (!Number.isSafeInteger(limit) || limit < 1) {
+    throw new RangeError(`event limit ${limit} is not a count`);
+  }
+  return { after, limit: Math.min(limit, MAX_EVENTS_READ) };
 }
 
 /** A stored event read back. */

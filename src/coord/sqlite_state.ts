@@ -13,7 +13,7 @@ import {
   checkTime,
   decodeEvent,
   decodeRecord,
-  eventLimit,
+  eventQuery,
   isKey,
   MAX_LIST,
 } from "./records.ts";
@@ -131,10 +131,10 @@ export class SqliteState implements CoordState {
   /** See {@link CoordState.events}. */
   events(query: EventQuery = {}): Promise<CoordEvent[]> {
     return this.#run(() => {
-      const limit = eventLimit(query);
+      const { after, limit } = eventQuery(query);
       const rows = this.#open.prepare(
         "SELECT seq, value FROM events WHERE seq > ? ORDER BY seq DESC LIMIT ?",
-      ).all(query.after ?? 0, limit) as unknown as { seq: number; value: string }[];
+      ).all(after, limit) as unknown as { seq: number; value: string }[];
       return rows.reverse().map((r) => ({
         ...decodeEvent(r.value, this.where, Number(r.seq)),
         seq: Number(r.seq),
