@@ -247,6 +247,11 @@ for (const b of BACKENDS) {
         const first = await s.campaign("coord-a", TTL_MS);
         assert(s.isLeader());
         assertEquals(await s.leader(), { id: "coord-a", term: first.term });
+        await assertRejects(
+          () => s.campaign("coord-a2", TTL_MS),
+          StateStoreError,
+          "one campaign at a time",
+        );
         const standby = other.campaign("coord-b", TTL_MS, AbortSignal.timeout(20_000));
         await new Promise((r) => setTimeout(r, TTL_MS * 1.5));
         assert(!other.isLeader(), "the standby waits while the leader renews");

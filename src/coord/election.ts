@@ -51,6 +51,7 @@ export class Election {
     | undefined;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #closed = false;
+  #campaigning = false;
 
   constructor(ops: ElectionOps, where: string) {
     this.#ops = ops;
@@ -63,7 +64,21 @@ export class Election {
    */
   async campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
     checkCandidate(id, ttlMs);
-    if (this.#lead) throw new Error(`${this.#where}: already campaigned as ${this.#lead.info.id}`);
+    if (this.#lead || this.#campaigning) {
+      throw new StateStoreError(
+        this.#where,
+        "this store already campaigns or leads; one campaign at a time",
+      );
+    }
+    this.#campaigning = true;
+    try {
+      return await this.#campaign(id, ttlMs, signal);
+    } finally {
+      this.#campaigning = false;
+    }
+  }
+
+  async #campaign(id: string, ttlMs: number, signal?: AbortSignal): Promise<Leadership> {
     for (;;) {
       signal?.throwIfAborted();
       if (this.#closed) throw new StateStoreError(this.#where, "the state was closed");
