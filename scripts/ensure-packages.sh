@@ -6,7 +6,7 @@ emu_pkgs=(gcc libc6-dev libunicorn2 libunicorn-dev)
 if [ "${1:-}" = emu ]; then
   pkgs=("${emu_pkgs[@]}")
 else
-  pkgs=(linux-image-cloud-amd64 busybox-static binutils strace systemd logrotate "${emu_pkgs[@]}")
+  pkgs=(linux-image-cloud-amd64 busybox-static binutils strace systemd logrotate etcd-server "${emu_pkgs[@]}")
 fi
 missing=()
 for p in "${pkgs[@]}"; do
