@@ -12,6 +12,7 @@ import { Machine, type MachineSpec, MachineSpecError } from "../vmm/machine.ts";
 import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { SplitControl, type SplitRequest } from "../paging/control.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
+import { checkpointWithCopies } from "./host_copies.ts";
 
 const log = getLogger(["dcres", "restore"]);
 
@@ -116,7 +117,8 @@ export async function hostVm(
         m,
         tracker,
         restored?.pager?.done ?? paging.pager?.localDone,
-        (r, o, local) => paging.checkpoint(r, o, local),
+        (r, o, local) =>
+          paging.checkpoint(r, o, () => checkpointWithCopies(r, m.vm.memory.pages, local)),
       ),
       ...paging.handlers(),
     }),
