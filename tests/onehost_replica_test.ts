@@ -1,0 +1,96 @@
+/**
+ * A one-host VM's checkpoints copied to another host while they are written (issue 15 item 5), on
+ * agents of this machine that know each other (`--peers`): by default every checkpoint has 2
+ * copies, the manifest names the holder, the copy is the same bytes on disk and its manifest is
+ * there; an incremental goes to the same holder; `--replicas 1` keeps one copy; more copies than
+ * peers is refused in one line. After the VM's host dies and loses its data directory, the holder
+ * restores the checkpoint itself (eagerly), and has it pushed to the third host, which restores it
+ * lazily; both guests verify page by page.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { TestCluster } from "./helpers/cluster.ts";
+
+interface Fragment {
+  path: string;
+  host: string;
+  copies?: string[];
+}
+
+Deno.test("a one-host VM's checkpoint has 2 copies by default and restores on another host after its own host lost its disk", async () => {
+  const c = new TestCluster(7495);
+  const hosts = await c.up(3, { peers: true });
+  const [node1] = hosts;
+  const a = ["--agent", node1];
+  const dir = (n: string) => `${c.env.DCRES_CLUSTER_DIR}/${n}/data/ckpt`;
+  try {
+    await c.ok([...a, "vm", "start", "--name", "ov", "--mem", "256M", "--ws", "96M"]);
+    await c.until(node1, "ov", (v) => (v.memstamp?.written ?? 0) > 20_000, 120_000);
+    await c.fails(
+      [...a, "checkpoint", "ov", "--replicas", "4"],
+      /--replicas 4: only 2 of this host's peers can take a copy/,
+    );
+    const full = JSON.parse(await c.ok([...a, "--json", "checkpoint", "ov", "--mode", "stop"]));
+    const inc = JSON.parse(
+      await c.ok([...a, "--json", "checkpoint", "ov", "--mode", "precopy", "--incremental"]),
+    );
+    assertEquals([full.generation, inc.generation], [1, 2]);
+    const info = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", inc.checkpoint]));
+    const frags = info.fragments as Fragment[];
+    assertEquals(frags.length, 2);
+    const holder = frags[0].copies?.[0];
+    assert(holder === "node2" || holder === "node3", JSON.stringify(frags));
+    // Both generations went to the same holder, so it holds the whole chain.
+    assertEquals(frags.map((f) => [f.host, f.copies]), [["main", [holder]], ["main", [holder]]]);
+    // Saved paused, the copy is the same bytes; saved while the guest ran (precopy), a page
+    // written between its copy and its disk write differs only in a record a later one supersedes.
+    for (const f of frags) {
+      const mine = Deno.readFileSync(`${dir("node1")}/ov/${f.path}`);
+      const copy = Deno.readFileSync(`${dir(holder)}/ov/${f.path}`);
+      assertEquals(copy.length, mine.length, `${f.path}: the copy's size`);
+      if (f.path.startsWith("g000001/")) {
+        assert(copy.every((b, i) => b === mine[i]), `${f.path}: the copy differs from the original`);
+      }
+    }
+    for (const g of ["g000001", "g000002"]) {
+      assert(Deno.statSync(`${dir(holder)}/ov/${g}/MANIFEST`).isFile, `${g}: no manifest there`);
+    }
+    // One copy on request: nothing of this store reaches another host.
+    const one = JSON.parse(
+      await c.ok([...a, "--json", "checkpoint", "ov", "--out", "solo", "--replicas", "1"]),
+    );
+    const soloInfo = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", one.checkpoint]));
+    assertEquals((soloInfo.fragments as Fragment[]).map((f) => f.copies), [undefined]);
+    for (const n of ["node2", "node3"]) {
+      assert(!existsDir(`${dir(n)}/solo`), `${n} got a copy of a --replicas 1 checkpoint`);
+    }
+    // node1 dies for good.
+    await c.run("kill", "node1");
+    Deno.removeSync(`${c.env.DCRES_CLUSTER_DIR}/node1/data`, { recursive: true });
+    const holderAddr = hosts[Number(holder.slice(4)) - 1];
+    const other = hosts.find((h) => h !== node1 && h !== holderAddr)!;
+    const verified = await c.ok(["--agent", holderAddr, "ckpt", "verify", inc.checkpoint]);
+    assert(verified.startsWith("OK"), verified);
+    await c.ok(["--agent", holderAddr, "restore", inc.checkpoint]);
+    const v1 = await c.ok(["--agent", holderAddr, "guest", "verify", "ov"]);
+    assert(v1.startsWith("OK"), v1);
+    const pushed = JSON.parse(
+      await c.ok([
+        ...["--agent", holderAddr, "--json", "restore", inc.checkpoint],
+        ...["--single", other, "--lazy", "--name", "ov2"],
+      ]),
+    );
+    assertEquals(pushed.copied.files, 4, JSON.stringify(pushed));
+    const v2 = await c.ok(["--agent", other, "guest", "verify", "ov2"]);
+    assert(v2.startsWith("OK"), v2);
+  } finally {
+    await c.down();
+  }
+});
+
+function existsDir(p: string): boolean {
+  try {
+    return Deno.statSync(p).isDirectory;
+  } catch {
+    return false;
+  }
+}
