@@ -94,3 +94,22 @@ function existsDir(p: string): boolean {
     return false;
   }
 }
+
+Deno.test("with zones labelled, a one-host VM's copy goes to a host in another zone", async () => {
+  const c = new TestCluster(7497);
+  const [node1] = await c.up(3, { peers: true, zones: ["a", "a", "b"] });
+  const a = ["--agent", node1];
+  try {
+    await c.ok([...a, "vm", "start", "--name", "zv", "--mem", "64M", "--ws", "16M"]);
+    const r = JSON.parse(await c.ok([...a, "--json", "checkpoint", "zv", "--mode", "stop"]));
+    const info = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", r.checkpoint]));
+    assertEquals((info.fragments as Fragment[]).map((f) => f.copies), [["node3"]]);
+    const two = JSON.parse(
+      await c.ok([...a, "--json", "checkpoint", "zv", "--out", "both", "--replicas", "3"]),
+    );
+    const both = JSON.parse(await c.ok([...a, "--json", "ckpt", "inspect", two.checkpoint]));
+    assertEquals((both.fragments as Fragment[]).map((f) => f.copies), [["node3", "node2"]]);
+  } finally {
+    await c.down();
+  }
+});
