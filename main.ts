@@ -148,7 +148,10 @@ export function program(
       "--guest-dir <dir>",
       "the only place Linux guests' kernels and initrds are read from (default /var/lib/dcres/guests)",
     )
-    .option("--peers <addrs>", "the cluster's other agents (HOST:PORT,...): where checkpoint copies may go")
+    .option(
+      "--peers <addrs>",
+      "the cluster's other agents (HOST:PORT,...): where checkpoint copies may go",
+    )
     .option("--zone <label>", "this host's zone: copies of checkpoints go to other zones first")
     .option(
       "--replicas <n>",

@@ -215,11 +215,12 @@ try {
       peers: rest.includes("--peers"),
       zones: z >= 0 ? (rest[z + 1] ?? "").split(",").filter(Boolean) : [],
     });
-  }
-  else if (cmd === "down") await down();
+  } else if (cmd === "down") await down();
   else if (cmd === "kill") await kill(known(arg));
   else if (cmd === "start") await start(known(arg));
-  else throw new Error("usage: scripts/cluster up N [--peers] [--zones A,B,...] | down | kill NAME | start NAME");
+  else {throw new Error(
+      "usage: scripts/cluster up N [--peers] [--zones A,B,...] | down | kill NAME | start NAME",
+    );}
 } catch (e) {
   console.error(`cluster: ${(e as Error).message}`);
   Deno.exit(1);

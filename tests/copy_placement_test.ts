@@ -56,18 +56,21 @@ Deno.test("a split VM's copies go round the ring without zones, and to other zon
 
 Deno.test("an agent's bad --peers, --zone or --replicas is refused in one line naming it", () => {
   const where = { peers: "--peers", zone: "--zone", replicas: "--replicas" };
-  assertEquals(membershipOf({ peers: "10.0.0.2:7400,h3:7400", zone: "rack-1", replicas: "3" }, where), {
-    peers: ["10.0.0.2:7400", "h3:7400"],
-    zone: "rack-1",
-    replicas: 3,
-  });
+  assertEquals(
+    membershipOf({ peers: "10.0.0.2:7400,h3:7400", zone: "rack-1", replicas: "3" }, where),
+    {
+      peers: ["10.0.0.2:7400", "h3:7400"],
+      zone: "rack-1",
+      replicas: 3,
+    },
+  );
   const bad: Array<[Record<string, unknown>, string]> = [
-    [{ peers: "10.0.0.2" }, "--peers: peer \"10.0.0.2\" has no port"],
+    [{ peers: "10.0.0.2" }, '--peers: peer "10.0.0.2" has no port'],
     [{ peers: { a: 1 } }, "--peers: give the other agents as HOST:PORT"],
-    [{ peers: ["h:1", 7] }, "--peers: peer \"7\" has no port"],
-    [{ zone: "../x" }, "--zone \"../x\" is not a zone"],
+    [{ peers: ["h:1", 7] }, '--peers: peer "7" has no port'],
+    [{ zone: "../x" }, '--zone "../x" is not a zone'],
     [{ zone: 5 }, "--zone (a number) is not a zone"],
-    [{ replicas: "0" }, "--replicas \"0\": give a whole number of copies from 1 to 16"],
+    [{ replicas: "0" }, '--replicas "0": give a whole number of copies from 1 to 16'],
     [{ replicas: 2.5 }, "--replicas 2.5: give a whole number"],
   ];
   for (const [v, msg] of bad) {

@@ -3,12 +3,14 @@
  * agents of this machine that know each other (`--peers`): by default every checkpoint has 2
  * copies, the manifest names the holder, the copy is the same bytes on disk and its manifest is
  * there; an incremental goes to the same holder; `--replicas 1` keeps one copy; more copies than
- * peers is refused in one line. After the VM's host dies and loses its data directory, the holder
+ * peers is refused in one line; a holder killed mid-checkpoint fails that checkpoint in one line
+ * naming it, or lets it complete. After the VM's host dies and loses its data directory, the holder
  * restores the checkpoint itself (eagerly), and has it pushed to the third host, which restores it
  * lazily; both guests verify page by page.
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
+import { dcres } from "./helpers/cli.ts";
 
 interface Fragment {
   path: string;
@@ -48,7 +50,10 @@ Deno.test("a one-host VM's checkpoint has 2 copies by default and restores on an
       const copy = Deno.readFileSync(`${dir(holder)}/ov/${f.path}`);
       assertEquals(copy.length, mine.length, `${f.path}: the copy's size`);
       if (f.path.startsWith("g000001/")) {
-        assert(copy.every((b, i) => b === mine[i]), `${f.path}: the copy differs from the original`);
+        assert(
+          copy.every((b, i) => b === mine[i]),
+          `${f.path}: the copy differs from the original`,
+        );
       }
     }
     for (const g of ["g000001", "g000002"]) {
@@ -63,10 +68,29 @@ Deno.test("a one-host VM's checkpoint has 2 copies by default and restores on an
     for (const n of ["node2", "node3"]) {
       assert(!existsDir(`${dir(n)}/solo`), `${n} got a copy of a --replicas 1 checkpoint`);
     }
+    // The holder killed while a checkpoint streams its copy there: the checkpoint completes (with
+    // the other peer, when the holder was gone before it began) or fails in one line naming the
+    // holder; either way the incremental above restores below.
+    const holderAddr = hosts[Number(holder.slice(4)) - 1];
+    const during = dcres([...a, "checkpoint", "ov", "--mode", "precopy"], { env: c.env });
+    await new Promise((r) => setTimeout(r, 300));
+    await c.run("kill", holder);
+    const third = await during;
+    assert(
+      third.code === 0 ||
+        (third.stderr.includes(holder) || third.stderr.includes(holderAddr)) &&
+          third.stderr.trim().split("\n").length === 1,
+      `${third.code}: ${third.stderr}`,
+    );
+    console.log(
+      `  checkpoint with its copy's holder killed: ${
+        third.code === 0 ? "completed" : third.stderr.trim()
+      }`,
+    );
+    await c.run("start", holder);
     // node1 dies for good.
     await c.run("kill", "node1");
     Deno.removeSync(`${c.env.DCRES_CLUSTER_DIR}/node1/data`, { recursive: true });
-    const holderAddr = hosts[Number(holder.slice(4)) - 1];
     const other = hosts.find((h) => h !== node1 && h !== holderAddr)!;
     const verified = await c.ok(["--agent", holderAddr, "ckpt", "verify", inc.checkpoint]);
     assert(verified.startsWith("OK"), verified);

@@ -66,7 +66,8 @@ export async function restoreCommand(
         {
           ...plan,
           // A one-host checkpoint's fragments come from the agent that answered (a holder).
-          split: plan.split ?? { mainMemBytes: plan.memSize, hosts: { main: "main" }, mainAddr: source },
+          split: plan.split ??
+            { mainMemBytes: plan.memSize, hosts: { main: "main" }, mainAddr: source },
         },
         { name: f.name, lazy: f.lazy, ...remoteAccel(f.accel) },
         targets,

@@ -12,7 +12,6 @@ function before(a: number[], b: number[]): boolean {
   return d >= 0 && a[d] < b[d];
 }
 
-
 /**
  * The `n` hosts among `candidates` to copy a one-host VM's fragment to (this host, `self` in zone
  * `zone`, excluded): the holders of the previous generation's copies first (`sticky`, so each

@@ -25,11 +25,7 @@ import { piecesOf } from "../net/chunks.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
 import { newestOnSubs } from "./split_merge.ts";
-import {
-  fragmentBound,
-  type ReplicaHost,
-  ReplicaPlacementError,
-} from "./split_replicas.ts";
+import { fragmentBound, type ReplicaHost, ReplicaPlacementError } from "./split_replicas.ts";
 import { zonedPlacement } from "./copy_placement.ts";
 import { ReplicaSink } from "../net/replica_sink.ts";
 import { teeSinks } from "../ckpt/fragment_sink.ts";

@@ -12,7 +12,11 @@ import { teeSinks } from "../ckpt/fragment_sink.ts";
 import { type Manifest, MANIFEST_FILE } from "../ckpt/manifest.ts";
 import { type HostCopies, ONE_HOST } from "../ckpt/save.ts";
 import { CheckpointStore, generationName, reportedGeneration } from "../ckpt/store.ts";
-import { type CheckpointBegun, CheckpointError, type CheckpointReport } from "../ckpt/transaction.ts";
+import {
+  type CheckpointBegun,
+  CheckpointError,
+  type CheckpointReport,
+} from "../ckpt/transaction.ts";
 import { piecesOf } from "../net/chunks.ts";
 import { loadIdentity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
@@ -97,7 +101,11 @@ async function reach(
   try {
     const r = await client.call<{ generation?: unknown }>("ckpt.newest", { store });
     // The name the manifest records is the one its certificate proves, not the one it told.
-    return { peer: { ...peer, host: client.host }, client, newest: reportedGeneration(client.host, r) };
+    return {
+      peer: { ...peer, host: client.host },
+      client,
+      newest: reportedGeneration(client.host, r),
+    };
   } catch (e) {
     await client.close();
     throw e;
@@ -152,26 +160,30 @@ function hostCopies(store: string, pages: number, holders: Holder[]): HostCopies
   return {
     ready: () => Promise.resolve(Math.max(0, ...holders.map((h) => h.newest))),
     replicas: (b) => ({
-      sink: teeSinks(holders.map((h) =>
-        new ReplicaSink((method, args, o) => h.client.call(method, args, o), {
-          host: h.peer.host,
-          store,
-          file: `${generationName(b.generation)}/${ONE_HOST}.frag`,
-          maxBytes: fragmentBound(pages),
-        })
-      )),
+      sink: teeSinks(
+        holders.map((h) =>
+          new ReplicaSink((method, args, o) => h.client.call(method, args, o), {
+            host: h.peer.host,
+            store,
+            file: `${generationName(b.generation)}/${ONE_HOST}.frag`,
+            maxBytes: fragmentBound(pages),
+          })
+        ),
+      ),
       hosts: holders.map((h) => h.peer.host),
     }),
     commit: async (b, bytes) => {
-      await Promise.all(holders.map((h) =>
-        h.client.call("ckpt.commit", generation(b), { upload: piecesOf(bytes) }).catch((e) => {
-          throw new CheckpointError(
-            `committing checkpoint ${b.id} on ${h.peer.host} (${h.peer.addr}) failed, so it was removed everywhere (the previous one is intact): ${
-              (e as Error).message
-            }`,
-          );
-        })
-      ));
+      await Promise.all(
+        holders.map((h) =>
+          h.client.call("ckpt.commit", generation(b), { upload: piecesOf(bytes) }).catch((e) => {
+            throw new CheckpointError(
+              `committing checkpoint ${b.id} on ${h.peer.host} (${h.peer.addr}) failed, so it was removed everywhere (the previous one is intact): ${
+                (e as Error).message
+              }`,
+            );
+          })
+        ),
+      );
     },
     abort: async (b) => {
       await Promise.all(holders.map((h) =>
