@@ -56,7 +56,13 @@ export async function checkpointWithCopies(
     );
   }
   const store = basename(r.dir);
-  const parent = new CheckpointStore(r.dir).latest()?.manifest;
+  let parent: Manifest | undefined;
+  try {
+    parent = new CheckpointStore(r.dir).latest()?.manifest;
+  } catch (e) {
+    // A full checkpoint does not build on it; an incremental is refused on it anyway.
+    if (r.incremental) throw e;
+  }
   const order = pickCopyHosts(r.peers, r.peers.length, { host: r.host, zone: r.zone }, [
     ...(parent?.fragments.at(-1)?.copies ?? []),
   ]);
@@ -84,7 +90,7 @@ export async function checkpointWithCopies(
         }); start more agents, add --peers, or ask for --replicas ${holders.length + 1}`,
       );
     }
-    if (parent) await backfillChain(r.dir, store, parent, holders);
+    if (parent && r.incremental) await backfillChain(r.dir, store, parent, holders);
     return await local(hostCopies(store, pages, holders));
   } finally {
     await Promise.all(holders.map((h) => h.client.close()));
