@@ -134,7 +134,7 @@ export function program(
 
   p.command("agent")
     .description("run the per-host agent (QUIC RPC with mutual authentication, VM supervision)")
-    .option("--config <file>", "JSON settings: listen, dataDir, identityDir")
+    .option("--config <file>", "JSON settings: listen, dataDir, identityDir, peers, zone, replicas")
     .option("--listen <addr>", "QUIC address HOST:PORT (default 127.0.0.1:7400)")
     .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
     .option("--identity <dir>", "host.crt, host.key, ca.crt (default /etc/dcres/identity)")
@@ -147,6 +147,15 @@ export function program(
     .option(
       "--guest-dir <dir>",
       "the only place Linux guests' kernels and initrds are read from (default /var/lib/dcres/guests)",
+    )
+    .option(
+      "--peers <addrs>",
+      "the cluster's other agents (HOST:PORT,...): where checkpoint copies may go",
+    )
+    .option("--zone <label>", "this host's zone: copies of checkpoints go to other zones first")
+    .option(
+      "--replicas <n>",
+      "copies of every checkpoint fragment unless the request says (default 2 with other hosts)",
     )
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
@@ -231,7 +240,7 @@ export function program(
     )
     .option(
       "--replicas <n>",
-      "split VM: copies of every fragment, each on another host of the VM, streamed while written",
+      "copies of every fragment, each on another host (a split VM's or the agent's peers), streamed while written; default: the agent's policy, else 2 where there are other hosts",
     )
     .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
 

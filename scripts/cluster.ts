@@ -3,7 +3,8 @@
  * certificate, port and data directory), leaves a client identity where the CLI finds it by default,
  * and prints `[{"name", "addr"}]` on stdout; `down` stops the agents and their VMs; `kill NAME`
  * fails a host (SIGKILL to its agent and its VMs) and `start NAME` starts its agent again on its
- * data.
+ * data. `up N --peers` gives every agent the others as its peers, `--zones A,B,...` gives node K
+ * the K-th zone label (round the list).
  */
 import { basename, join, resolve } from "node:path";
 import { findGuestKernel } from "../src/vmm/boot/initramfs.ts";
@@ -59,7 +60,13 @@ async function issueClient(): Promise<string> {
   return dir;
 }
 
-async function up(n: number) {
+/** Membership flags of `up`: every other agent as a peer, and zone labels handed round. */
+interface UpOptions {
+  peers: boolean;
+  zones: string[];
+}
+
+async function up(n: number, o: UpOptions) {
   if (!Number.isInteger(n) || n < 1 || n > 200) throw new Error(`up N: N must be 1..200, got ${n}`);
   if (nodes().length) await down();
   Deno.mkdirSync(root, { recursive: true, mode: 0o700 });
@@ -78,6 +85,15 @@ async function up(n: number) {
     });
     out.push({ name, addr: `${ipOf(name)}:${PORT}` });
   }
+  // Kept with each node, so `start NAME` starts it again as it was.
+  out.forEach(({ name }, i) => {
+    const peers = out.filter((p) => p.name !== name).map((p) => p.addr).join(",");
+    const args = [
+      ...(o.peers ? ["--peers", peers] : []),
+      ...(o.zones.length ? ["--zone", o.zones[i % o.zones.length]] : []),
+    ];
+    Deno.writeTextFileSync(join(root, name, "agent-args.json"), JSON.stringify(args));
+  });
   await Promise.all(out.map(({ name }) => start(name)));
   say(`${n} agent(s) up; client identity in ${client}`);
   console.log(JSON.stringify(out));
@@ -111,6 +127,15 @@ function guestDir(): string {
   return dir;
 }
 
+/** The membership flags `up` gave node `name`. */
+function extraArgs(name: string): string[] {
+  try {
+    return JSON.parse(Deno.readTextFileSync(join(root, name, "agent-args.json")));
+  } catch {
+    return [];
+  }
+}
+
 /** Starts the agent of `name` on its address, data and identity; resolves once it is ready. */
 async function start(name: string) {
   const dir = join(root, name);
@@ -133,6 +158,7 @@ async function start(name: string) {
     join(dir, "identity"),
     "--guest-dir",
     guestDir(),
+    ...extraArgs(name),
   ]);
   const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));
@@ -181,13 +207,20 @@ async function down() {
   Deno.removeSync(root, { recursive: true });
 }
 
-const [cmd, arg] = Deno.args;
+const [cmd, arg, ...rest] = Deno.args;
 try {
-  if (cmd === "up") await up(Number(arg ?? 3));
-  else if (cmd === "down") await down();
+  if (cmd === "up") {
+    const z = rest.indexOf("--zones");
+    await up(Number(arg ?? 3), {
+      peers: rest.includes("--peers"),
+      zones: z >= 0 ? (rest[z + 1] ?? "").split(",").filter(Boolean) : [],
+    });
+  } else if (cmd === "down") await down();
   else if (cmd === "kill") await kill(known(arg));
   else if (cmd === "start") await start(known(arg));
-  else throw new Error("usage: scripts/cluster up N | down | kill NAME | start NAME");
+  else {throw new Error(
+      "usage: scripts/cluster up N [--peers] [--zones A,B,...] | down | kill NAME | start NAME",
+    );}
 } catch (e) {
   console.error(`cluster: ${(e as Error).message}`);
   Deno.exit(1);

@@ -110,3 +110,21 @@ Deno.test("a command on a VM that does not exist points at vm ls", async () => {
   assertEquals(r.code, 1);
   oneLineError(r.stderr, `no running VM named "ghost"`);
 });
+
+Deno.test("an agent's bad --peers, --zone, --replicas or config values fail in one line before it starts", async () => {
+  const dir = Deno.makeTempDirSync();
+  const config = `${dir}/agent.json`;
+  Deno.writeTextFileSync(config, JSON.stringify({ peers: ["h2:7400", "h3"], dataDir: dir }));
+  const cases: Array<[string[], string]> = [
+    [["--peers", "10.0.0.2:7400,10.0.0.3"], `--peers: peer "10.0.0.3" has no port`],
+    [["--zone", "rack/1"], `--zone "rack/1" is not a zone`],
+    [["--replicas", "0"], `--replicas "0": give a whole number of copies from 1 to 16`],
+    [["--config", config], `${config}: peers: peer "h3" has no port`],
+  ];
+  for (const [args, what] of cases) {
+    const r = await dcres(["agent", "--data-dir", dir, ...args]);
+    assertEquals(r.code === 0, false, r.stdout);
+    oneLineError(r.stderr, what);
+  }
+  assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["agent.json"]);
+});

@@ -8,7 +8,8 @@
  * between checkpoint and restore. After each trial the hosts come back and the VM is verified,
  * restored from its latest committed checkpoint if it is gone. It prints the trials by kind and the
  * number in which a committed checkpoint was lost or a restored guest failed to verify: 0, or the
- * test fails.
+ * test fails. Its checkpoints keep one copy (`--replicas 1`): these are the faults of a fragment
+ * held once; copies under faults are tests/split_replica_test.ts's.
  *
  * Small by default, so CI runs it (4 to 6 minutes on these 2-core machines, depending on their
  * load): DCRES_FAULT_SEED picks the seed (printed, 14 by default), DCRES_FAULT_TRIALS the kill
@@ -71,7 +72,7 @@ Deno.test({
     }
     await run.startSv();
     const a = ["--agent", run.main];
-    await run.ok([...a, "checkpoint", "sv", "--mode", "stop"]);
+    await run.ok([...a, "checkpoint", "sv", "--replicas", "1", "--mode", "stop"]);
     await run.audit("the first checkpoint");
 
     const ops: Op[] = ["checkpoint", "restore", "merge", "migrate"];

@@ -36,6 +36,7 @@ import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
 import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
+import { answeringPeers, selfDescription } from "./peers.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
 const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort"] as const;
@@ -60,6 +61,12 @@ export interface AgentConfig {
   recheckMs?: number;
   /** The only directory kernels and initrds of Linux guests it starts are read from. */
   guestDir?: string;
+  /** The cluster's other agents (HOST:PORT): where its one-host VMs' checkpoint copies may go. */
+  peers?: string[];
+  /** Its zone label: copies go to other zones first. */
+  zone?: string;
+  /** Copies of every checkpoint fragment unless a request says (default: 2 with other hosts). */
+  replicas?: number;
 }
 
 /** True when other agents can dial `listen`: its host is an address, not a wildcard. */
@@ -241,6 +248,7 @@ export function agentHandlers(
       host,
       uptimeMs: Math.round(performance.now() - t0),
       vms: (await listVms(stateDir)).length,
+      ...selfDescription(cfg.zone, root),
     }),
     "vm.ls": () => listVms(stateDir),
     "vm.start": async (args) => {
@@ -300,10 +308,11 @@ export function agentHandlers(
         ctx.signal,
       ),
     "vm.console": (args, ctx) => relayConsole(stateDir, vmName(args), ctx),
-    checkpoint: (args, ctx) => {
+    checkpoint: async (args, ctx) => {
       const name = vmName(args);
       const dir = storeArg(root, args.dir ?? name, ctx.role);
-      return request(stateDir, name, {
+      const replicas = args.replicas ?? cfg.replicas;
+      return await request(stateDir, name, {
         op: "checkpoint",
         dir,
         mode: args.mode ?? DEFAULT_CHECKPOINT_MODE,
@@ -312,8 +321,15 @@ export function agentHandlers(
         maxDowntimeMs: args.maxDowntimeMs ?? DEFAULT_MAX_DOWNTIME_MS,
         traditional: !!args.traditional,
         host,
-        ...(args.replicas === undefined ? {} : { replicas: args.replicas }),
+        ...(replicas === undefined ? {} : { replicas }),
         ...(dialable(cfg.listen) ? { self: cfg.listen } : {}),
+        ...(cfg.peers
+          ? {
+            peers: replicas === 1 ? [] : await answeringPeers(cfg.peers, host, connect),
+            identityDir: resolve(cfg.identityDir),
+          }
+          : {}),
+        ...(cfg.zone === undefined ? {} : { zone: cfg.zone }),
       }, ctx.progress);
     },
     restore: (args, ctx) =>

@@ -4,7 +4,7 @@ import { RpcError } from "../rpc/errors.ts";
 import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { CHECKPOINT_MODES, type CheckpointMode, isCheckpointMode } from "./manifest.ts";
-import { takeCheckpoint } from "./save.ts";
+import { type HostCopies, takeCheckpoint } from "./save.ts";
 import {
   CheckpointError,
   type CheckpointOptions,
@@ -28,17 +28,41 @@ export interface CheckpointRequest {
   traditional?: boolean;
   /** Name of the host taking it (names a split VM's main fragment). */
   host?: string;
-  /** Copies of every fragment on distinct hosts (a split VM's; default 1). */
+  /**
+   * Copies of every fragment on distinct hosts (absent: 2 where there are two hosts or more, a
+   * split VM's or a one-host VM's with peers, else 1).
+   */
   replicas?: number;
   /** The address of the agent of the host taking it, where other hosts send copies. */
   self?: string;
+  /** The agent's peers that answered (a one-host VM's copies go to some of them); absent: none configured. */
+  peers?: PeerInfo[];
+  /** This host's zone label. */
+  zone?: string;
+  /** The identity the VMM reaches copy holders with (the agent's). */
+  identityDir?: string;
 }
 
-/** Takes a checkpoint: `local` is the one-host checkpoint of this machine. */
+/** An agent among this one's peers, as it described itself (`health`). */
+export interface PeerInfo {
+  /** Its name, from its certificate. */
+  host: string;
+  /** Its address. */
+  addr: string;
+  /** Its zone label, if it has one. */
+  zone?: string;
+  /** Bytes free on its store's disk. */
+  freeBytes: number;
+}
+
+/**
+ * Takes a checkpoint: `local` is the one-host checkpoint of this machine, its fragment copied by
+ * `copies` when given.
+ */
 export type CheckpointRunner = (
   r: CheckpointRequest,
   opts: CheckpointOptions,
-  local: () => Promise<CheckpointReport>,
+  local: (copies?: HostCopies) => Promise<CheckpointReport>,
 ) => Promise<CheckpointReport>;
 
 /**
@@ -85,7 +109,7 @@ export function checkpointHandlers(
             ctx.progress({ done, total });
           },
         };
-        return await run(r, opts, () => takeCheckpoint(m, tracker, opts));
+        return await run(r, opts, (copies) => takeCheckpoint(m, tracker, opts, copies));
       } finally {
         busy = false;
       }

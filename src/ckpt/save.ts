@@ -11,9 +11,11 @@ import type { Manifest } from "./manifest.ts";
 import { allGfns, coldestFirst } from "./order.ts";
 import { buildPageMap, overlayPageMap } from "./page_map.ts";
 import {
+  type CheckpointBegun,
   type CheckpointOptions,
   type CheckpointReport,
   fitsPause,
+  type FragmentReplicas,
   localParticipant,
   runCheckpoint,
   type SavedPages,
@@ -22,15 +24,35 @@ import { type CowSaver, CowSession } from "./cow.ts";
 import { AccelCowSession } from "./cow_accel.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
-const HOST = "main";
+/** The host name of a one-host VM's fragment (`gNNNNNN/main.frag`), whichever host wrote it. */
+export const ONE_HOST = "main";
 const BATCH = 16384;
 const MAX_ROUNDS = 30;
 
-/** Takes one checkpoint of `m` on this host; on any failure removes the partial generation. */
+/**
+ * Copies of a one-host VM's fragment on other hosts, streamed while it is written, and copies of its
+ * manifest there, committed before this host's.
+ */
+export interface HostCopies {
+  /** The newest generation any holder has of this store (the new one must pass it). */
+  ready(): Promise<number>;
+  /** The sink and the holders' names for checkpoint `b`'s fragment. */
+  replicas(b: CheckpointBegun): FragmentReplicas;
+  /** Commits checkpoint `b`'s manifest on every holder. */
+  commit(b: CheckpointBegun, bytes: Uint8Array): Promise<void>;
+  /** Drops checkpoint `b` on every holder; never rejects. */
+  abort(b: CheckpointBegun): Promise<void>;
+}
+
+/**
+ * Takes one checkpoint of `m` on this host (its fragment copied to other hosts by `copies`, when
+ * given); on any failure removes the partial generation, here and on every holder.
+ */
 export async function takeCheckpoint(
   m: Machine,
   tracker: DirtyTracker,
   opts: CheckpointOptions,
+  copies?: HostCopies,
 ): Promise<CheckpointReport> {
   let writer: FragmentWriter | undefined;
   const { report } = await runCheckpoint({
@@ -38,10 +60,22 @@ export async function takeCheckpoint(
     tracker,
     vm: m.spec.name,
     memSize: m.spec.memSize,
+    ready: copies && (() => copies.ready()),
     participants: (b) => {
-      const local = localParticipant(HOST, opts, b);
+      const local = localParticipant(ONE_HOST, opts, b, copies?.replicas(b));
       writer = local.writer;
-      return [local.participant];
+      if (!copies) return [local.participant];
+      const p = local.participant;
+      return [{
+        ...p,
+        commit: async (bytes, manifest) => {
+          await copies.commit(b, bytes);
+          await p.commit(bytes, manifest);
+        },
+        abort: async () => {
+          await Promise.all([p.abort(), copies.abort(b)]);
+        },
+      }];
     },
     save: (b) => saveLocal(m, tracker, writer!, !!b.parent, opts),
     localPageMap: (b, local) =>

@@ -4,6 +4,7 @@ import { Agent, type AgentConfig, DEFAULT_GUEST_DIR } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
 import { parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
+import { membershipOf } from "../agent/peers.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
 export interface AgentFlags {
@@ -15,6 +16,9 @@ export interface AgentFlags {
   pageStore?: string;
   accel?: string;
   guestDir?: string;
+  peers?: string;
+  zone?: string;
+  replicas?: string;
 }
 
 /** Runs the agent. */
@@ -37,6 +41,18 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     recheckMs: file.recheckMs,
     storeQuotaBytes: file.storeQuotaBytes,
     guestDir: f.guestDir ?? file.guestDir ?? DEFAULT_GUEST_DIR,
+    ...membershipOf(
+      {
+        peers: f.peers ?? file.peers,
+        zone: f.zone ?? file.zone,
+        replicas: f.replicas ?? file.replicas,
+      },
+      {
+        peers: f.peers !== undefined ? "--peers" : `${f.config}: peers`,
+        zone: f.zone !== undefined ? "--zone" : `${f.config}: zone`,
+        replicas: f.replicas !== undefined ? "--replicas" : `${f.config}: replicas`,
+      },
+    ),
   };
   const agent = await Agent.start(cfg);
   console.log(

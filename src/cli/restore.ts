@@ -65,7 +65,9 @@ export async function restoreCommand(
         source,
         {
           ...plan,
-          split: plan.split ?? { mainMemBytes: plan.memSize, hosts: { main: "main" } },
+          // A one-host checkpoint's fragments come from the agent that answered (a holder).
+          split: plan.split ??
+            { mainMemBytes: plan.memSize, hosts: { main: "main" }, mainAddr: source },
         },
         { name: f.name, lazy: f.lazy, ...remoteAccel(f.accel) },
         targets,

@@ -1,12 +1,19 @@
 /**
  * The one grammar of each name that becomes part of a path or crosses a wire: VM names, checkpoint
- * ids, store names, host labels, generation directories and a manifest's fragment paths. Every
+ * ids, store names, host labels, zone labels, generation directories and a manifest's fragment paths. Every
  * grammar starts with a letter or digit and has no '/', so no name can be `..` or climb out of the
  * directory it is joined to. Imports nothing else from src/, so every layer may check names with it.
  */
 
 /** The kinds of name, each with one grammar. */
-export type NameKind = "vm" | "checkpoint-id" | "store" | "host" | "generation" | "fragment-path";
+export type NameKind =
+  | "vm"
+  | "checkpoint-id"
+  | "store"
+  | "host"
+  | "zone"
+  | "generation"
+  | "fragment-path";
 
 const GRAMMARS: Record<NameKind, { re: RegExp; text: string }> = {
   vm: {
@@ -21,6 +28,10 @@ const GRAMMARS: Record<NameKind, { re: RegExp; text: string }> = {
   host: {
     re: /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}$/,
     text: "a letter or digit, then [A-Za-z0-9_.:-], 1-253 in all",
+  },
+  zone: {
+    re: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
+    text: "a letter or digit, then [A-Za-z0-9_.-], 1-63 in all",
   },
   generation: { re: /^g[0-9]{6}$/, text: "g and six digits" },
   "fragment-path": {

@@ -26,6 +26,14 @@ const log = getLogger(["dcres", "checkpoint"]);
  */
 export type SplitRequest = SplitSpec & { identityDir: string; holders?: number[] };
 
+/** The zones of the hosts `r` knows by address: its peers' and this host's own. */
+function zonesOf(r: CheckpointRequest): Record<string, string> {
+  const zones: Record<string, string> = {};
+  for (const p of r.peers ?? []) if (p.zone !== undefined) zones[p.addr] = p.zone;
+  if (r.self && r.zone !== undefined) zones[r.self] = r.zone;
+  return zones;
+}
+
 /** Paging state of one machine: split or not, and the operations that change it. */
 export class SplitControl {
   /** The pager while the VM is split. */
@@ -80,11 +88,6 @@ export class SplitControl {
       if (r.traditional) {
         throw new Error(`--traditional is for split VMs; ${name} runs on one host`);
       }
-      if ((r.replicas ?? 1) > 1) {
-        throw new Error(
-          `--replicas ${r.replicas}: ${name} runs on one host, and copies of a one-host VM's checkpoint are not built yet; use --replicas 1`,
-        );
-      }
       return await local();
     }
     if (this.busy) throw new Error(`${name}: another paging operation is under way`);
@@ -97,8 +100,10 @@ export class SplitControl {
         const rep = await takeSplitCheckpoint(this.m, this.tracker, pager, {
           ...opts,
           host,
-          replicas: r.replicas,
+          // Two copies by default: a split VM always spans two hosts or more.
+          replicas: r.replicas ?? (r.self ? 2 : 1),
           self: r.self,
+          zones: zonesOf(r),
         });
         this.mergeLater(join(opts.dir, generationName(rep.generation)), host, pager);
         return rep;

@@ -25,12 +25,8 @@ import { piecesOf } from "../net/chunks.ts";
 import { MAIN } from "./ownership.ts";
 import type { RemotePager } from "./remote_pager.ts";
 import { newestOnSubs } from "./split_merge.ts";
-import {
-  fragmentBound,
-  type ReplicaHost,
-  ReplicaPlacementError,
-  ringPlacement,
-} from "./split_replicas.ts";
+import { fragmentBound, type ReplicaHost, ReplicaPlacementError } from "./split_replicas.ts";
+import { zonedPlacement } from "./copy_placement.ts";
 import { ReplicaSink } from "../net/replica_sink.ts";
 import { teeSinks } from "../ckpt/fragment_sink.ts";
 import { saveSplitPages } from "./split_save.ts";
@@ -60,6 +56,8 @@ export interface SplitCheckpointOptions extends CheckpointOptions {
   replicas?: number;
   /** This host's agent address, where sub-hosts send copies of their fragments. */
   self?: string;
+  /** Zone labels of hosts by address, where known: copies go to other zones first. */
+  zones?: Record<string, string>;
 }
 
 /**
@@ -173,7 +171,7 @@ export async function takeSplitCheckpoint(
         { host: opts.host, addr: opts.self ?? "" },
         ...subs.map((l) => ({ host: l.host, addr: l.addr })),
       ];
-      placement = ringPlacement(hosts.length, opts.replicas ?? 1);
+      placement = zonedPlacement(hosts.map((h) => opts.zones?.[h.addr]), opts.replicas ?? 1);
       if (!opts.self && placement.some((to) => to.includes(0))) {
         throw new ReplicaPlacementError(
           `--replicas ${opts.replicas}: this host's agent address is unknown, so no sub-host can copy its fragment here`,

@@ -13,6 +13,7 @@ import { DirtyTracker } from "../memory/dirty_tracker.ts";
 import { SplitControl, type SplitRequest } from "../paging/control.ts";
 import { runMachine, type RunReport } from "../vmm/runner.ts";
 import { Fence } from "./fence.ts";
+import { checkpointWithCopies } from "./host_copies.ts";
 
 const log = getLogger(["dcres", "restore"]);
 
@@ -118,7 +119,8 @@ export async function hostVm(
         m,
         tracker,
         restored?.pager?.done ?? paging.pager?.localDone,
-        (r, o, local) => paging.checkpoint(r, o, local),
+        (r, o, local) =>
+          paging.checkpoint(r, o, () => checkpointWithCopies(r, m.vm.memory.pages, local)),
       ),
       ...paging.handlers(),
     }),

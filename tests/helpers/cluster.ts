@@ -48,9 +48,19 @@ export class TestCluster {
     return new TextDecoder().decode(r.stdout);
   }
 
-  /** Starts `n` agents; returns their addresses. */
-  async up(n: number): Promise<string[]> {
-    const agents = JSON.parse(await this.run("up", String(n))) as Array<{ addr: string }>;
+  /**
+   * Starts `n` agents; returns their addresses. With `peers` each has the others as its peers;
+   * `zones` labels node K with the K-th zone (round the list).
+   */
+  async up(n: number, o: { peers?: boolean; zones?: string[] } = {}): Promise<string[]> {
+    const agents = JSON.parse(
+      await this.run(
+        "up",
+        String(n),
+        ...(o.peers ? ["--peers"] : []),
+        ...(o.zones ? ["--zones", o.zones.join(",")] : []),
+      ),
+    ) as Array<{ addr: string }>;
     return agents.map((a) => a.addr);
   }
 

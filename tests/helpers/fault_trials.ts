@@ -94,7 +94,7 @@ export async function killTrial(
   if (op === "checkpoint") {
     const mode = run.pick(["stop", "precopy", "cow"]);
     const inc = run.rand() < 0.5 ? ["--incremental"] : [];
-    const args = [...a, "checkpoint", "sv", "--mode", mode, ...inc];
+    const args = [...a, "checkpoint", "sv", "--replicas", "1", "--mode", mode, ...inc];
     outcome = await killDuring(run, what, args, victim, "sv", delayMs);
     outcome = `${mode}${inc.length ? " incremental" : ""}, ${outcome}`;
   } else if (op === "restore") {
@@ -207,7 +207,7 @@ export async function fullStoreTrial(run: FaultRun, store: string, what: string)
   const a = ["--agent", run.main];
   const before = generationsIn(join(store, "sv"));
   const heldBefore = heldDeleted(run.agentPid(3), store);
-  await run.ok([...a, "checkpoint", "sv", "--mode", "stop"]);
+  await run.ok([...a, "checkpoint", "sv", "--replicas", "1", "--mode", "stop"]);
   await run.audit(`the checkpoint before ${what}`);
   const { gens, interrupted } = generationsIn(join(store, "sv"));
   const held = heldDeleted(run.agentPid(3), store);
@@ -230,7 +230,7 @@ export async function fullStoreTrial(run: FaultRun, store: string, what: string)
     f.writeSync(chunk.subarray(0, Math.min(left, chunk.length)));
   }
   f.close();
-  const r = await run.cli([...a, "checkpoint", "sv", "--mode", "precopy"]);
+  const r = await run.cli([...a, "checkpoint", "sv", "--replicas", "1", "--mode", "precopy"]);
   Deno.removeSync(filler);
   assertEquals(r.code, 1, `a checkpoint into a full store succeeded: ${r.stdout}`);
   assertEquals(r.stderr.trim().split("\n").length, 1, r.stderr);
@@ -240,7 +240,7 @@ export async function fullStoreTrial(run: FaultRun, store: string, what: string)
   await run.recover(what);
   await run.audit(what);
   // The next checkpoint, with the space back, is good.
-  await run.ok([...a, "checkpoint", "sv", "--mode", "stop"]);
+  await run.ok([...a, "checkpoint", "sv", "--replicas", "1", "--mode", "stop"]);
   await run.audit(`the checkpoint after ${what}`);
 }
 
@@ -290,7 +290,7 @@ export async function cutDuringCheckpoint(
     inc.length ? " incremental" : ""
   } checkpoint`;
   const t0 = performance.now();
-  const ckpt = run.cli([...a, "checkpoint", "sv", "--mode", mode, ...inc]);
+  const ckpt = run.cli([...a, "checkpoint", "sv", "--replicas", "1", "--mode", mode, ...inc]);
   await sleep(delayMs);
   await run.netns!.cut();
   try {
@@ -320,7 +320,7 @@ export async function cutDuringCheckpoint(
 export async function damagedFragmentTrial(run: FaultRun): Promise<void> {
   const a = ["--agent", run.main];
   // A fresh checkpoint, so the damaged one is the newest.
-  await run.ok([...a, "checkpoint", "sv", "--mode", "stop"]);
+  await run.ok([...a, "checkpoint", "sv", "--replicas", "1", "--mode", "stop"]);
   await run.audit("the checkpoint before damage");
   const id = run.latest();
   const gen = String(run.committed.get(id)!).padStart(6, "0");
