@@ -4,23 +4,12 @@
  * (statvfs), less what uploads under way have reserved and a margin kept for checkpoints this host
  * writes itself.
  */
-import { join } from "node:path";
+import { bytesUnder } from "../ckpt/store.ts";
 import { statvfs } from "../ffi/libc.ts";
 import { RpcError } from "../rpc/errors.ts";
 
 /** Free space an upload must leave, so a local checkpoint or a manifest commit still fits. */
 export const FREE_SPACE_MARGIN = 256 << 20;
-
-/** Bytes of regular files under `dir`, not following links. */
-export function bytesUnder(dir: string): number {
-  let n = 0;
-  for (const e of Deno.readDirSync(dir)) {
-    const p = join(dir, e.name);
-    if (e.isDirectory) n += bytesUnder(p);
-    else if (e.isFile) n += Deno.lstatSync(p).size;
-  }
-  return n;
-}
 
 /** Reservations of uploads under way in one checkpoint root. */
 export class UploadSpace {

@@ -42,20 +42,26 @@ export async function mergeHostPart(
   const { manifest } = resolveCheckpoint(dir);
   const mine = new Set(manifest.fragments.flatMap((f, k) => f.host === host ? [k] : []));
   const ck = OpenCheckpoint.open(dir, mine);
-  const gen = new CheckpointStore(storeRoot).beginAt(generation);
-  const w = FragmentWriter.create(join(gen.dir, `${host}.frag`), {
-    checkpointId: idBytes,
-    generation,
-    compress: manifest.compressed,
-  });
+  // A host holding copies of others' fragments writes their merged copies into the same directory.
+  const gen = new CheckpointStore(storeRoot).join(generation);
   try {
-    await copyPages(ck, ck.pagesOf(mine), w);
-    return { ...(await w.finish()), dir: gen.dir };
-  } catch (e) {
-    await w.abort();
-    Deno.removeSync(gen.dir, { recursive: true });
-    throw e;
+    const w = FragmentWriter.create(join(gen.dir, `${host}.frag`), {
+      checkpointId: idBytes,
+      generation,
+      compress: manifest.compressed,
+    });
+    try {
+      await copyPages(ck, ck.pagesOf(mine), w);
+      return { ...(await w.finish()), dir: gen.dir };
+    } catch (e) {
+      // Only this part goes: the coordinator's abort removes the generation from every host.
+      await w.abort();
+      throw e;
+    }
   } finally {
+    // Until the commit, another writer's clean-up may take the uncommitted part away; the merge's
+    // commit then fails and the chain stays as it was.
+    gen.release();
     ck.close();
   }
 }
@@ -67,7 +73,7 @@ export async function mergeChain(
 ): Promise<{ generation: number; dir: string; manifest: Manifest }> {
   const ck = OpenCheckpoint.open(path);
   const store = new CheckpointStore(storeRoot);
-  const { generation, dir } = store.begin();
+  const { generation, dir, release } = store.begin();
   const idBytes = crypto.getRandomValues(new Uint8Array(16));
   const fragPath = join(dir, "main.frag");
   const w = FragmentWriter.create(fragPath, {
@@ -111,6 +117,7 @@ export async function mergeChain(
     Deno.removeSync(dir, { recursive: true });
     throw e;
   } finally {
+    release();
     ck.close();
   }
 }

@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
 import { fsyncDir } from "../ffi/atomic_file.ts";
+import * as libc from "../ffi/libc.ts";
 import { CheckpointFormatError } from "./format.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 
@@ -48,6 +49,69 @@ export function reportedGeneration(host: string, r: { generation?: unknown }): n
   return g as number;
 }
 
+/**
+ * Marks generation directory `dir` as being written until the returned release is called (or the
+ * process ends): a shared flock on the directory, which every writer of it (a checkpoint, a
+ * fragment copy coming in, a merge part; in this process or another) takes, so that no other
+ * writer's clean-up removes it as interrupted. Refused when `dir` was removed meanwhile.
+ */
+export function holdGeneration(dir: string): () => void {
+  const fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  libc.flock(fd, libc.LOCK.SH);
+  try {
+    Deno.statSync(dir);
+  } catch {
+    libc.close(fd);
+    throw new NoCheckpointError(`${dir} was removed as interrupted while it was begun; retry`);
+  }
+  let held = true;
+  return () => {
+    if (held) libc.close(fd);
+    held = false;
+  };
+}
+
+/**
+ * Removes generation directory `dir` unless a writer holds it (holdGeneration); true when removed.
+ * The exclusive lock is held while removing, so no writer takes it up meanwhile.
+ */
+export function removeUnheld(dir: string): boolean {
+  let fd: number;
+  try {
+    fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  } catch {
+    return false;
+  }
+  try {
+    if (!libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB)) return false;
+    Deno.removeSync(dir, { recursive: true });
+    return true;
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/** Bytes of regular files under `dir`, not following links. */
+export function bytesUnder(dir: string): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) n += bytesUnder(p);
+    else if (e.isFile) n += Deno.lstatSync(p).size;
+  }
+  return n;
+}
+
+/** A generation directory begun here, held (holdGeneration) until `release`. */
+export interface BegunGeneration {
+  /** Its number. */
+  generation: number;
+  /** Its directory. */
+  dir: string;
+  /** Lets other writers' clean-up remove it again, once it is committed or abandoned. */
+  release: () => void;
+}
+
 /** A store directory. */
 export class CheckpointStore {
   constructor(
@@ -85,22 +149,21 @@ export class CheckpointStore {
     return last && { dir: last.dir, manifest: readManifest(last.dir) };
   }
 
-  /** Removes interrupted generations; returns their directories. */
+  /**
+   * Removes interrupted generations: uncommitted ones no writer holds (one being written by a
+   * checkpoint, a merge or an incoming copy is left alone); returns their directories.
+   */
   cleanIncomplete(): string[] {
-    const removed: string[] = [];
-    for (const g of this.generations()) {
-      if (g.committed) continue;
-      Deno.removeSync(g.dir, { recursive: true });
-      removed.push(g.dir);
-    }
-    return removed;
+    return this.generations().filter((g) => !g.committed && removeUnheld(g.dir)).map((g) =>
+      g.dir
+    );
   }
 
   /**
    * Creates the directory of the next generation (after cleaning interrupted ones), above `after`
    * too: the newest generation another participant already holds.
    */
-  begin(after = 0): { generation: number; dir: string } {
+  begin(after = 0): BegunGeneration {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const gens = this.generations();
@@ -116,7 +179,7 @@ export class CheckpointStore {
    * Creates the directory of generation `generation`, which a split VM's main host chose for every
    * participant; refused when this store already has it or a later one.
    */
-  beginAt(generation: number): { generation: number; dir: string } {
+  beginAt(generation: number): BegunGeneration {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const last = this.generations().pop()?.generation ?? 0;
@@ -127,8 +190,27 @@ export class CheckpointStore {
     }
     const dir = join(this.root, generationName(generation));
     Deno.mkdirSync(dir, { mode: 0o700 });
+    const release = holdGeneration(dir);
     fsyncDir(this.root);
-    return { generation, dir };
+    return { generation, dir, release };
+  }
+
+  /**
+   * Generation `generation`'s directory for one more writer of it (a host writing several merge
+   * parts): created when missing, taken up when it is uncommitted; refused when it is committed or
+   * a later generation exists.
+   */
+  join(generation: number): BegunGeneration {
+    const dir = join(this.root, generationName(generation));
+    const here = this.generations().find((g) => g.generation === generation);
+    if (!here) return this.beginAt(generation);
+    const last = this.generations().pop()!.generation;
+    if (here.committed || last > generation) {
+      throw new NoCheckpointError(
+        `${this.root} already has generation ${last}; cannot write generation ${generation} here (remove the stale store, or checkpoint into another)`,
+      );
+    }
+    return { generation, dir, release: holdGeneration(dir) };
   }
 }
 

@@ -235,7 +235,7 @@ export async function runCheckpoint(
   const { opts, tracker } = plan;
   const store = new CheckpointStore(opts.dir);
   const parent = checkParent(store, tracker, opts, plan.memSize);
-  const { generation, dir } = store.begin((await plan.ready?.()) ?? 0);
+  const { generation, dir, release } = store.begin((await plan.ready?.()) ?? 0);
   const { id, idBytes } = newCheckpointId();
   const base = parent ? parent.manifest.fragments.length : 0;
   const begun: CheckpointBegun = { generation, dir, id, idBytes, parent, base };
@@ -295,6 +295,8 @@ export async function runCheckpoint(
         (e as Error).message
       }`,
     );
+  } finally {
+    release();
   }
 }
 
