@@ -5,6 +5,7 @@ import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { CHECKPOINT_MODES, type CheckpointMode, isCheckpointMode } from "./manifest.ts";
 import { takeCheckpoint } from "./save.ts";
+import { keepArg, retainStore } from "./retention.ts";
 import {
   CheckpointError,
   type CheckpointOptions,
@@ -32,6 +33,8 @@ export interface CheckpointRequest {
   replicas?: number;
   /** The address of the agent of the host taking it, where other hosts send copies. */
   self?: string;
+  /** Generations the store keeps once it commits (retention.ts); absent: every one. */
+  keep?: number;
 }
 
 /** Takes a checkpoint: `local` is the one-host checkpoint of this machine. */
@@ -66,6 +69,11 @@ export function checkpointHandlers(
           `checkpoint: mode must be one of ${CHECKPOINT_MODES.join(", ")}`,
         );
       }
+      try {
+        keepArg(r.keep, "checkpoint: keep");
+      } catch (e) {
+        throw new RpcError("bad-request", (e as Error).message);
+      }
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;
@@ -85,7 +93,16 @@ export function checkpointHandlers(
             ctx.progress({ done, total });
           },
         };
-        return await run(r, opts, () => takeCheckpoint(m, tracker, opts));
+        return await run(r, opts, async () => {
+          const rep = await takeCheckpoint(m, tracker, opts);
+          if (r.keep === undefined) return rep;
+          // Only once it committed: a failed checkpoint removes nothing.
+          const kept = retainStore(opts.dir, r.keep);
+          return {
+            ...rep,
+            retention: { kept: kept.kept, removed: { [r.host ?? "local"]: kept.removed }, failed: {} },
+          };
+        });
       } finally {
         busy = false;
       }

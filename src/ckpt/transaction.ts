@@ -19,6 +19,7 @@ import {
   type Manifest,
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
+import type { RetentionReport } from "./retention.ts";
 import { CheckpointStore } from "./store.ts";
 import { DCRES_VERSION } from "./format.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
@@ -65,6 +66,8 @@ export interface CheckpointReport {
   parent: number | null;
   /** Counts and timings. */
   stats: Manifest["stats"];
+  /** With `--keep`: what the store kept, and removed on each host, once it committed. */
+  retention?: RetentionReport;
 }
 
 /** A checkpoint could not be taken; the previous one is intact. */
