@@ -8,6 +8,7 @@ import * as libc from "../ffi/libc.ts";
 import { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import { removeGeneration } from "../ckpt/transaction.ts";
+import { checkQuota } from "./upload_space.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
@@ -81,6 +82,7 @@ export class PageSaves {
     private readonly stores: PageStores,
     private readonly ckptRoot: string,
     private readonly connect: (addr: string) => Promise<RpcClient>,
+    private readonly quotaBytes?: number,
   ) {}
 
   /** Rule 1: owed pages of `vm` are saved before they leave (GET, RELEASE). */
@@ -150,6 +152,13 @@ export class PageSaves {
         }
         await this.abort(vm, true);
         const store = this.stores.store(vm, pages);
+        // Before anything is written: every page this host holds, saved once, must fit.
+        checkQuota(
+          this.ckptRoot,
+          this.quotaBytes,
+          `checkpoint of ${vm} on ${this.stores.host}`,
+          store.heldPages * PAGE_SIZE,
+        );
         const { dir, release } = new CheckpointStore(join(this.ckptRoot, vm)).beginAt(
           generation as number,
         );

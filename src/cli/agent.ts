@@ -4,6 +4,7 @@ import { Agent, type AgentConfig, DEFAULT_GUEST_DIR } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
 import { parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
+import { keepArg } from "../ckpt/retention.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
 export interface AgentFlags {
@@ -15,6 +16,15 @@ export interface AgentFlags {
   pageStore?: string;
   accel?: string;
   guestDir?: string;
+}
+
+/** The config file's checkpointKeep, checked. */
+function configKeep(path: string | undefined, v: unknown): number | undefined {
+  try {
+    return keepArg(v, "checkpointKeep");
+  } catch (e) {
+    throw new UsageError(`--config ${path}: ${(e as Error).message}`);
+  }
 }
 
 /** Runs the agent. */
@@ -36,6 +46,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     accel: accelFlag(f.accel ?? file.accel),
     recheckMs: file.recheckMs,
     storeQuotaBytes: file.storeQuotaBytes,
+    checkpointKeep: configKeep(f.config, file.checkpointKeep),
     guestDir: f.guestDir ?? file.guestDir ?? DEFAULT_GUEST_DIR,
   };
   const agent = await Agent.start(cfg);
