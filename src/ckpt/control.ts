@@ -100,7 +100,11 @@ export function checkpointHandlers(
           const kept = retainStore(opts.dir, r.keep);
           return {
             ...rep,
-            retention: { kept: kept.kept, removed: { [r.host ?? "local"]: kept.removed }, failed: {} },
+            retention: {
+              kept: kept.kept,
+              removed: { [r.host ?? "local"]: kept.removed },
+              failed: {},
+            },
           };
         });
       } finally {

@@ -140,8 +140,9 @@ export interface MergePart {
 
 /**
  * The manifest of generation `generation` (id `id`) that merges `src`'s chain: one fragment per
- * host (`parts[k]` written by `hosts[k]`), every page mapped to its host's new fragment; the same
- * consistency point, so it records the id it stands for (`mergedFromId`).
+ * host (`parts[k]` written by `hosts[k]`, with copies on `copies[k]`), every page mapped to its
+ * host's new fragment; the same consistency point, so it records the id it stands for
+ * (`mergedFromId`).
  */
 export function mergedManifest(
   src: Manifest,
@@ -149,6 +150,7 @@ export function mergedManifest(
   parts: MergePart[],
   generation: number,
   id: string,
+  copies: string[][] = [],
 ): Manifest {
   const pages = src.machine.spec.memSize / PAGE_SIZE;
   const to = src.fragments.map((f) => hosts.indexOf(f.host));
@@ -177,6 +179,7 @@ export function mergedManifest(
       footerCrc: p.footerCrc,
       pages: p.pages,
       bytes: p.fileBytes,
+      ...(copies[k]?.length ? { copies: copies[k] } : {}),
     })),
     pageMap: compressPageMap(expandPageMap(src.pageMap, pages).map((f) => to[f])),
     stats: {

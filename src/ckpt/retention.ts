@@ -99,7 +99,7 @@ export interface Pruned {
 export function pruneStore(root: string, kept: Iterable<number>, upTo: number): Pruned[] {
   const keep = new Set(kept);
   const views = storeViews(root);
-  for (const v of views) if (keep.has(v.generation)) for (const g of v.refs) keep.add(g);
+  for (const v of views) if (keep.has(v.generation)) { for (const g of v.refs) keep.add(g); }
   const out: Pruned[] = [];
   for (const g of new CheckpointStore(root).generations()) {
     if (g.generation > upTo || keep.has(g.generation)) continue;

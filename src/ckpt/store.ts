@@ -154,9 +154,7 @@ export class CheckpointStore {
    * checkpoint, a merge or an incoming copy is left alone); returns their directories.
    */
   cleanIncomplete(): string[] {
-    return this.generations().filter((g) => !g.committed && removeUnheld(g.dir)).map((g) =>
-      g.dir
-    );
+    return this.generations().filter((g) => !g.committed && removeUnheld(g.dir)).map((g) => g.dir);
   }
 
   /**

@@ -5,7 +5,7 @@
  * from its store (`ckpt.prune`), never anything newer than main had committed.
  */
 import { getLogger } from "@logtape/logtape";
-import { type Pruned, type RetentionReport, retainStore } from "../ckpt/retention.ts";
+import { type Pruned, retainStore, type RetentionReport } from "../ckpt/retention.ts";
 import type { SubLink } from "./sub_link.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
@@ -13,10 +13,11 @@ const log = getLogger(["dcres", "checkpoint"]);
 /** Removed entries of a host's `ckpt.prune` answer, checked. */
 export function prunedOf(host: string, r: { removed?: unknown }): Pruned[] {
   const list = r.removed;
-  const ok = Array.isArray(list) && list.every((p) =>
-    typeof p === "object" && p !== null && Number.isSafeInteger(p.generation) &&
-    Number.isSafeInteger(p.bytes) && typeof p.committed === "boolean"
-  );
+  const ok = Array.isArray(list) &&
+    list.every((p) =>
+      typeof p === "object" && p !== null && Number.isSafeInteger(p.generation) &&
+      Number.isSafeInteger(p.bytes) && typeof p.committed === "boolean"
+    );
   if (!ok) throw new Error(`${host} answered its removals as ${JSON.stringify(list)}`);
   return list as Pruned[];
 }
