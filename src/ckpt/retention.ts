@@ -60,7 +60,7 @@ export function keptGenerations(views: GenerationView[], keep?: number): Set<num
   for (const v of [...views].sort((a, b) => b.generation - a.generation)) {
     if (seen.has(v.point)) continue;
     seen.add(v.point);
-    const more = [v.generation, ...v.refs].filter((g) => !kept.has(g));
+    const more = [...new Set([v.generation, ...v.refs])].filter((g) => !kept.has(g));
     if (keep !== undefined && kept.size > 0 && kept.size + more.length > keep) break;
     for (const g of more) kept.add(g);
   }
