@@ -3,7 +3,7 @@
  * generation exists once its MANIFEST is committed; a directory without one is a checkpoint that was
  * interrupted, ignored by readers and removed by the next writer.
  */
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
 import { fsyncDir } from "../ffi/atomic_file.ts";
 import * as libc from "../ffi/libc.ts";
@@ -71,9 +71,14 @@ export function holdGeneration(dir: string): () => void {
   };
 }
 
+/** Prefix of a generation directory being removed: no longer a generation to any reader. */
+const REMOVING = ".removing-";
+
 /**
  * Removes generation directory `dir` unless a writer holds it (holdGeneration); true when removed.
- * The exclusive lock is held while removing, so no writer takes it up meanwhile.
+ * The exclusive lock is held meanwhile, so no writer takes it up; it is renamed out of the
+ * generations first, so a removal cut short leaves no half generation, only a leftover the next
+ * clean-up removes.
  */
 export function removeUnheld(dir: string): boolean {
   let fd: number;
@@ -84,7 +89,10 @@ export function removeUnheld(dir: string): boolean {
   }
   try {
     if (!libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB)) return false;
-    Deno.removeSync(dir, { recursive: true });
+    const gone = join(dirname(dir), `${REMOVING}${basename(dir)}`);
+    Deno.renameSync(dir, gone);
+    fsyncDir(dirname(dir));
+    Deno.removeSync(gone, { recursive: true });
     return true;
   } finally {
     libc.close(fd);
@@ -112,6 +120,15 @@ export interface BegunGeneration {
   release: () => void;
 }
 
+/** The entries of directory `dir`, none when it cannot be read. */
+function safeEntries(dir: string): Deno.DirEntry[] {
+  try {
+    return [...Deno.readDirSync(dir)];
+  } catch {
+    return [];
+  }
+}
+
 /** A store directory. */
 export class CheckpointStore {
   constructor(
@@ -121,13 +138,7 @@ export class CheckpointStore {
 
   /** Every generation directory, ascending. */
   generations(): GenerationEntry[] {
-    let entries: Deno.DirEntry[];
-    try {
-      entries = [...Deno.readDirSync(this.root)];
-    } catch {
-      return [];
-    }
-    return entries
+    return safeEntries(this.root)
       .filter((e) => e.isDirectory && GEN.test(e.name))
       .map((e) => {
         const dir = join(this.root, e.name);
@@ -154,6 +165,11 @@ export class CheckpointStore {
    * checkpoint, a merge or an incoming copy is left alone); returns their directories.
    */
   cleanIncomplete(): string[] {
+    for (const e of safeEntries(this.root)) {
+      if (e.isDirectory && e.name.startsWith(REMOVING)) {
+        Deno.removeSync(join(this.root, e.name), { recursive: true });
+      }
+    }
     return this.generations().filter((g) => !g.committed && removeUnheld(g.dir)).map((g) => g.dir);
   }
 
