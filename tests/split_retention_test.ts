@@ -36,7 +36,7 @@ Deno.test("50 incremental checkpoints with --keep 5 and background merges: no st
   try {
     await c.ok([
       ...["--agent", main, "vm", "start", "--main", main, "--sub", `${s1},${s2}`],
-      ...["--name", "rt", "--mem", "128M", "--main-mem", "32M", "--ws", "48M"],
+      ...["--name", "rt", "--mem", "64M", "--main-mem", "16M", "--ws", "32M"],
     ]);
     await c.until(main, "rt", (v) => (v.paging?.pageOuts ?? 0) > 2_000, 300_000);
     let most = 0, whileMerging = 0, removed = 0;
