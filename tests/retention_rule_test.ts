@@ -129,6 +129,12 @@ Deno.test("pruning never removes a generation a kept one references, one newer t
     // A host told to keep only 3 still keeps what 3's manifest here references.
     assertEquals(pruneStore(root, [3], 3), []);
     assertEquals(gens(root), [1, 2, 3]);
+    // A generation newer than the decision (its commit was not seen there) keeps what it needs.
+    commitGen(root, 4, [1, 2, 4]);
+    const taken = pruneStore(root, [], 3).map((p) => p.generation);
+    assertEquals(taken, [3]);
+    Deno.removeSync(join(root, "g000004"), { recursive: true });
+    commitGen(root, 3, [1, 2, 3]);
     // Interrupted below the decision: removed; being written (held): left; newer: left.
     Deno.mkdirSync(join(root, "g000004"));
     commitGen(root, 5, [5]);

@@ -93,13 +93,17 @@ export interface Pruned {
 
 /**
  * Removes from store `root` the generations up to `upTo` (the newest the deciding host had
- * committed) that are not in `kept`, nor referenced by a kept generation's manifest here. Newer
- * ones, and any a writer holds, are left alone: they may be a checkpoint or merge under way.
+ * committed) that are not in `kept`, nor referenced by the manifest here of a kept or newer
+ * generation. Newer ones, and any a writer holds, are left alone: they may be a checkpoint or merge
+ * under way.
  */
 export function pruneStore(root: string, kept: Iterable<number>, upTo: number): Pruned[] {
   const keep = new Set(kept);
-  const views = storeViews(root);
-  for (const v of views) if (keep.has(v.generation)) { for (const g of v.refs) keep.add(g); }
+  // What a generation newer than the decision references stays too: the decider may not have
+  // known that generation (a commit it missed), and it is kept.
+  for (const v of storeViews(root)) {
+    if (keep.has(v.generation) || v.generation > upTo) { for (const g of v.refs) keep.add(g); }
+  }
   const out: Pruned[] = [];
   for (const g of new CheckpointStore(root).generations()) {
     if (g.generation > upTo || keep.has(g.generation)) continue;
