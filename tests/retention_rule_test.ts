@@ -5,7 +5,7 @@
  * not remove another's generation under way.
  */
 import { join } from "node:path";
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { sampleManifest } from "./helpers/fuzz_targets.ts";
 import { commitManifest, type Manifest } from "../src/ckpt/manifest.ts";
 import {
@@ -16,6 +16,9 @@ import {
 } from "../src/ckpt/retention.ts";
 import { CheckpointStore, generationName, holdGeneration } from "../src/ckpt/store.ts";
 import { MERGE_AFTER } from "../src/paging/split_merge.ts";
+import { retentionHandlers } from "../src/agent/retention.ts";
+import type { RpcContext } from "../src/rpc/dispatcher.ts";
+import { RpcError } from "../src/rpc/errors.ts";
 
 /** A model store: views of its committed generations, and how checkpoints and merges add to it. */
 class ModelStore {
@@ -198,5 +201,36 @@ Deno.test("a merge or checkpoint starting in a store leaves another writer's gen
     next.release();
   } finally {
     Deno.removeSync(root, { recursive: true });
+  }
+});
+
+Deno.test("ckpt.prune and ckpt.gc take only stores inside the agent's checkpoint root, and gc names the other holders from the manifests", async () => {
+  const d = Deno.makeTempDirSync({ prefix: "dcres-retain-" });
+  const ctx = {} as RpcContext;
+  try {
+    const root = join(d, "ckpt"), outside = join(d, "outside");
+    Deno.mkdirSync(root);
+    commitGen(outside, 1, [1]);
+    Deno.symlinkSync(outside, join(root, "link"));
+    const h = retentionHandlers(root, "node1");
+    for (const store of ["../outside", "link", "a/b"]) {
+      const e = await assertRejects(
+        async () => await h["ckpt.prune"]({ store, keep: [], upTo: 9 }, ctx),
+        RpcError,
+      );
+      assertEquals((e as RpcError).code, "bad-request", e.message);
+    }
+    assertEquals(gens(outside), [1], "nothing outside the root was touched");
+    const m = commitGen(join(root, "vm"), 1, [1]);
+    m.fragments[0] = { ...m.fragments[0], host: "node1", copies: ["node2"] };
+    m.split = { mainMemBytes: 0, hosts: { node1: "main", node2: "127.0.0.3:7400" } };
+    commitManifest(join(root, "vm", "g000001"), m);
+    const r = await h["ckpt.gc"]({ store: "vm", keep: 1 }, ctx) as {
+      stores: Array<{ kept: number[]; others: unknown[] }>;
+    };
+    assertEquals(r.stores[0].kept, [1]);
+    assertEquals(r.stores[0].others, [{ host: "node2", addr: "127.0.0.3:7400" }]);
+  } finally {
+    Deno.removeSync(d, { recursive: true });
   }
 });
