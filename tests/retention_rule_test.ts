@@ -183,18 +183,31 @@ Deno.test("a merge or checkpoint starting in a store leaves another writer's gen
     commitGen(root, 1, [1]);
     const running = new CheckpointStore(root).beginAt(2);
     Deno.writeFileSync(join(running.dir, "main.frag"), new Uint8Array(10));
-    // A merge's part joins generation 3; a sub-host's copy of a fragment arrives meanwhile.
-    const merge = new CheckpointStore(root).join(3);
-    const again = new CheckpointStore(root).join(3);
+    // A merge does not start above a checkpoint under way (it would commit above it).
+    let refused = "";
+    try {
+      new CheckpointStore(root).join(3);
+    } catch (e) {
+      refused = (e as Error).message;
+    }
+    assert(/g000002 is being written/.test(refused), refused);
+    // Another writer starting (a checkpoint into the same store) leaves it alone.
+    const other = new CheckpointStore(root).begin();
+    assertEquals(other.generation, 3);
     assertEquals(gens(root), [1, 2, 3]);
     assert(
       Deno.statSync(join(running.dir, "main.frag")).isFile,
       "the running checkpoint's fragment",
     );
+    other.release();
+    running.release();
+    // Merge parts of one host join one generation; abandoned ones (held by none) go at the next
+    // writer's start.
+    const merge = new CheckpointStore(root).join(4);
+    const again = new CheckpointStore(root).join(4);
+    assertEquals(gens(root), [1, 4]);
     merge.release();
     again.release();
-    running.release();
-    // Abandoned (no writer holds them): the next writer's start removes both.
     const next = new CheckpointStore(root).begin();
     assertEquals(next.generation, 2);
     assertEquals(gens(root), [1, 2]);

@@ -99,6 +99,21 @@ export function removeUnheld(dir: string): boolean {
   }
 }
 
+/** True when a writer holds generation directory `dir` (holdGeneration). */
+export function isHeld(dir: string): boolean {
+  let fd: number;
+  try {
+    fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  } catch {
+    return false;
+  }
+  try {
+    return !libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB);
+  } finally {
+    libc.close(fd);
+  }
+}
+
 /** Bytes of regular files under `dir`, not following links. */
 export function bytesUnder(dir: string): number {
   let n = 0;
@@ -216,6 +231,16 @@ export class CheckpointStore {
    */
   join(generation: number): BegunGeneration {
     const dir = join(this.root, generationName(generation));
+    // A checkpoint under way (its generation, or a copy of one of its fragments, held here) would
+    // commit below the merged generation, which would then pass for the newer checkpoint.
+    const running = this.generations().find((g) =>
+      !g.committed && g.generation < generation && isHeld(g.dir)
+    );
+    if (running) {
+      throw new NoCheckpointError(
+        `${running.dir} is being written (a checkpoint under way); merge once it has committed`,
+      );
+    }
     const here = this.generations().find((g) => g.generation === generation);
     if (!here) return this.beginAt(generation);
     const last = this.generations().pop()!.generation;
