@@ -75,12 +75,10 @@ export function holdGeneration(dir: string): () => void {
 const REMOVING = ".removing-";
 
 /**
- * Removes generation directory `dir` unless a writer holds it (holdGeneration); true when removed.
- * The exclusive lock is held meanwhile, so no writer takes it up; it is renamed out of the
- * generations first, so a removal cut short leaves no half generation, only a leftover the next
- * clean-up removes.
+ * Runs `fn` with generation directory `dir` locked exclusively, when no writer holds it
+ * (holdGeneration) and it exists; returns whether it ran. No writer takes it up meanwhile.
  */
-export function removeUnheld(dir: string): boolean {
+function whileUnheld(dir: string, fn: () => void): boolean {
   let fd: number;
   try {
     fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
@@ -89,29 +87,35 @@ export function removeUnheld(dir: string): boolean {
   }
   try {
     if (!libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB)) return false;
-    const gone = join(dirname(dir), `${REMOVING}${basename(dir)}`);
-    Deno.renameSync(dir, gone);
-    fsyncDir(dirname(dir));
-    Deno.removeSync(gone, { recursive: true });
+    fn();
     return true;
   } finally {
     libc.close(fd);
   }
 }
 
+/**
+ * Removes generation directory `dir` unless a writer holds it; true when removed. It is renamed
+ * out of the generations first, so a removal cut short leaves no half generation, only a leftover
+ * the next clean-up removes.
+ */
+export function removeUnheld(dir: string): boolean {
+  return whileUnheld(dir, () => {
+    const gone = join(dirname(dir), `${REMOVING}${basename(dir)}`);
+    Deno.renameSync(dir, gone);
+    fsyncDir(dirname(dir));
+    Deno.removeSync(gone, { recursive: true });
+  });
+}
+
 /** True when a writer holds generation directory `dir` (holdGeneration). */
 export function isHeld(dir: string): boolean {
-  let fd: number;
   try {
-    fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+    Deno.statSync(dir);
   } catch {
-    return false;
+    return false; // gone: nobody writes it
   }
-  try {
-    return !libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB);
-  } finally {
-    libc.close(fd);
-  }
+  return !whileUnheld(dir, () => {});
 }
 
 /** Bytes of regular files under `dir`, not following links. */
