@@ -152,6 +152,7 @@ Deno.test("50 incremental checkpoints with --keep 5 and background merges: no st
     for (const node of nodes) assertEquals(count(node).committed, two, node);
     for (const node of nodes) assertEquals(count(node).all, two.length, `${node}: leftovers`);
     assert((await c.ok(["--agent", main, "guest", "verify", "rt"])).startsWith("OK"));
+    await c.ok(["--agent", main, "vm", "stop", "rt"]);
   } finally {
     await c.down();
   }
