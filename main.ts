@@ -22,6 +22,7 @@ import {
   ckptScrub,
   ckptVerify,
 } from "./src/cli/ckpt.ts";
+import { ckptGc } from "./src/cli/gc.ts";
 import { caInit, type CaInitFlags, caIssue, type CaIssueFlags, collect } from "./src/cli/ca.ts";
 import { caRevoke, type CaRevokeFlags } from "./src/cli/ca_revoke.ts";
 import { ACCEL_HELP } from "./src/cli/accel_flag.ts";
@@ -242,6 +243,10 @@ export function program(
       "--replicas <n>",
       "copies of every fragment, each on another host (a split VM's or the agent's peers), streamed while written; default: the agent's policy, else 2 where there are other hosts",
     )
+    .option(
+      "--keep <n>",
+      "once it commits, keep the newest checkpoints whose generations number at most N (every host)",
+    )
     .action(act((name: string, f: CheckpointFlags) => checkpointCommand(g(), name, f)));
 
   p.command("restore <checkpoint>")
@@ -277,7 +282,14 @@ export function program(
     act((d: string) => ckptVerify(g(), d)),
   );
   ckpt.command("merge <dir>").description("squash the latest chain into one full generation")
-    .action(act((d: string) => ckptMerge(g(), d)));
+    .option("--keep <n>", "then keep at most N generations (default: every checkpoint)")
+    .action(act((d: string, f: { keep?: string }) => ckptMerge(g(), d, f)));
+  ckpt.command("gc [store]")
+    .description(
+      "remove generations no kept checkpoint references, on every host holding copies (through --agent: all its stores by default)",
+    )
+    .option("--keep <n>", "keep at most N generations (default: every checkpoint)")
+    .action(act((d: string | undefined, f: { keep?: string }) => ckptGc(g(), d, f)));
   ckpt.command("repair <checkpoint>")
     .description("push every missing copy of a checkpoint's fragments back from a whole one")
     .action(act((d: string) => ckptRepair(g(), d)));

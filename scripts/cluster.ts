@@ -159,6 +159,8 @@ async function start(name: string) {
     "--guest-dir",
     guestDir(),
     ...extraArgs(name),
+    // A test's settings for this agent (e.g. a store quota), when it wrote them.
+    ...(existsSync(join(dir, "agent.json")) ? ["--config", join(dir, "agent.json")] : []),
   ]);
   const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));

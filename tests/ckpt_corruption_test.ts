@@ -1107,7 +1107,7 @@ Deno.test("an interrupted generation (fragment and MANIFEST.tmp, no MANIFEST) is
   withTempDir(async (root) => {
     const { dir: first } = await committedStore(root);
     const store = new CheckpointStore(root);
-    const { generation, dir: broken } = store.begin();
+    const { generation, dir: broken, release } = store.begin();
     assertEquals(generation, 2);
     await writeFragment(join(broken, "main.frag"), false);
     Deno.writeFileSync(join(broken, "MANIFEST.tmp"), new Uint8Array(10));
@@ -1117,6 +1117,8 @@ Deno.test("an interrupted generation (fragment and MANIFEST.tmp, no MANIFEST) is
     ]]);
     assertEquals(store.latest()?.dir, first);
     assertEquals(OpenCheckpoint.open(root).dir, first);
+    // Its writer died (which lets go of its hold on the directory).
+    release();
     const next = store.begin();
     assertEquals(next.generation, 2, "the interrupted generation's number is reused");
     assertEquals([...Deno.readDirSync(next.dir)], [], "its files were removed");

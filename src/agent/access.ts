@@ -45,6 +45,8 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,
   "ckpt.abort": AGENTS_AND_PEOPLE,
+  "ckpt.prune": AGENTS_AND_PEOPLE,
+  "ckpt.gc": PEOPLE,
   "pages.load": PEOPLE,
   "pages.open": AGENTS,
   "pages.channel": AGENTS,

@@ -34,12 +34,13 @@ import { checkpointPath, guestFile, nameArg, safeReadDir, storeArg } from "./pat
 import type { CallerRole } from "../rpc/roles.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
+import { checkQuota } from "./upload_space.ts";
 import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
 import { answeringPeers, selfDescription } from "./peers.ts";
 
-/** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
-const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort"] as const;
+/** The checkpoint-file methods a split VM's main host calls to merge and prune its chain on a sub-host. */
+const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort", "ckpt.prune"] as const;
 
 /** Agent settings (flags or a JSON config file). */
 export interface AgentConfig {
@@ -55,8 +56,13 @@ export interface AgentConfig {
   pageStoreBytes?: number;
   /** The accelerator of the VMs it starts when a request names none (default: `accelChoice()`). */
   accel?: AccelChoice;
-  /** Bytes of checkpoint files uploads may fill the store to (default: only the disk's free space). */
+  /**
+   * Bytes of checkpoint files the store may hold: checked before a checkpoint, a copy or an upload
+   * writes (default: only the disk's free space).
+   */
   storeQuotaBytes?: number;
+  /** Generations a checkpoint store keeps when a checkpoint names no `--keep` (default: all). */
+  checkpointKeep?: number;
   /** Milliseconds between re-reads of ca.crl and re-checks of connected peers (default 60 s). */
   recheckMs?: number;
   /** The only directory kernels and initrds of Linux guests it starts are read from. */
@@ -161,6 +167,7 @@ export class Agent {
           checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
         owners,
         connect,
+        cfg.storeQuotaBytes,
       )),
     });
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
@@ -312,6 +319,10 @@ export function agentHandlers(
       const name = vmName(args);
       const dir = storeArg(root, args.dir ?? name, ctx.role);
       const replicas = args.replicas ?? cfg.replicas;
+      // Admission, before anything is written: a full checkpoint of main's memory must fit.
+      const mem = (await listVms(stateDir)).find((v) => v.name === name)?.memSize ?? 0;
+      checkQuota(root, cfg.storeQuotaBytes, `checkpoint of ${name} on ${host}`, mem);
+      const keep = args.keep ?? cfg.checkpointKeep;
       return await request(stateDir, name, {
         op: "checkpoint",
         dir,
@@ -322,6 +333,7 @@ export function agentHandlers(
         traditional: !!args.traditional,
         host,
         ...(replicas === undefined ? {} : { replicas }),
+        ...(keep === undefined ? {} : { keep }),
         ...(dialable(cfg.listen) ? { self: cfg.listen } : {}),
         ...(cfg.peers
           ? {

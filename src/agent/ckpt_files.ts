@@ -16,6 +16,7 @@ import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
 import { UploadSpace } from "./upload_space.ts";
 import { transferHandlers } from "./store_transfer.ts";
+import { retentionHandlers } from "./retention.ts";
 import type { RpcClient } from "../net/quic.ts";
 import { inStore, isCommitted } from "./store_files.ts";
 
@@ -163,5 +164,6 @@ export function ckptFileHandlers(
       return Promise.resolve({ removed: !committed });
     },
     ...transferHandlers(root, space, connect),
+    ...retentionHandlers(root, host),
   };
 }

@@ -8,6 +8,7 @@ import * as libc from "../ffi/libc.ts";
 import { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import { removeGeneration } from "../ckpt/transaction.ts";
+import { checkQuota } from "./upload_space.ts";
 import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
@@ -36,6 +37,8 @@ interface SaveSession extends SaveSessionBase {
   received: number;
   /** Main sent the manifest: the generation exists here. */
   committed: boolean;
+  /** Ends this session's hold on its generation directory. */
+  release: () => void;
 }
 
 /** Gfns from [start, count] runs, all inside a VM of `pages` pages. */
@@ -79,6 +82,7 @@ export class PageSaves {
     private readonly stores: PageStores,
     private readonly ckptRoot: string,
     private readonly connect: (addr: string) => Promise<RpcClient>,
+    private readonly quotaBytes?: number,
   ) {}
 
   /** Rule 1: owed pages of `vm` are saved before they leave (GET, RELEASE). */
@@ -120,6 +124,7 @@ export class PageSaves {
   private async abort(vm: string, keepCommitted: boolean, id?: string) {
     const s = id === undefined ? this.sessions.end(vm) : this.sessions.abort(vm, id);
     if (!s) return;
+    s.release();
     if (s.committed && keepCommitted) return;
     if (!s.committed) await s.writer.abort();
     removeGeneration(s.dir);
@@ -147,7 +152,16 @@ export class PageSaves {
         }
         await this.abort(vm, true);
         const store = this.stores.store(vm, pages);
-        const { dir } = new CheckpointStore(join(this.ckptRoot, vm)).beginAt(generation as number);
+        // Before anything is written: every page this host holds, saved once, must fit.
+        checkQuota(
+          this.ckptRoot,
+          this.quotaBytes,
+          `checkpoint of ${vm} on ${this.stores.host}`,
+          store.heldPages * PAGE_SIZE,
+        );
+        const { dir, release } = new CheckpointStore(join(this.ckptRoot, vm)).beginAt(
+          generation as number,
+        );
         const idBytes = Uint8Array.from(id.match(/../g)!.map((h) => parseInt(h, 16)));
         const file = `${generationName(generation as number)}/${this.stores.host}.frag`;
         const copies = replicasArg(args.replicas).map((r) =>
@@ -158,18 +172,25 @@ export class PageSaves {
             maxBytes: fragmentBound(pages),
           })
         );
-        const writer = FragmentWriter.create(join(dir, `${this.stores.host}.frag`), {
-          checkpointId: idBytes,
-          generation: generation as number,
-          compress: !!args.compress,
-          sink: copies.length ? teeSinks(copies) : undefined,
-        });
+        let writer: FragmentWriter;
+        try {
+          writer = FragmentWriter.create(join(dir, `${this.stores.host}.frag`), {
+            checkpointId: idBytes,
+            generation: generation as number,
+            compress: !!args.compress,
+            sink: copies.length ? teeSinks(copies) : undefined,
+          });
+        } catch (e) {
+          release();
+          throw e;
+        }
         const s: SaveSession = {
           id,
           dir,
           writer,
           received: 0,
           committed: false,
+          release,
           saver: new SubSaver({
             holds: (g) => store.holds(g),
             write: async (gfns) => {
@@ -236,6 +257,7 @@ export class PageSaves {
         }
         commitManifest(s.dir, m);
         s.committed = true;
+        s.release();
         return { committed: s.dir };
       },
       "pages.save.abort": async (args) => {

@@ -59,8 +59,9 @@ export function pageHandlers(
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
   owners: PageOwners = new PageOwners(stores.dir),
   connect: (addr: string) => Promise<RpcClient> = noPeers,
+  quotaBytes?: number,
 ): Record<string, RpcHandler> {
-  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve, connect));
+  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve, connect, quotaBytes));
 }
 
 /** The connector of a page service that reaches no other agent (copies of fragments are refused). */
@@ -98,8 +99,9 @@ function pageMethods(
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
   connect: (addr: string) => Promise<RpcClient>,
+  quotaBytes?: number,
 ): Record<string, RpcHandler> {
-  const saves = new PageSaves(stores, ckptRoot, connect);
+  const saves = new PageSaves(stores, ckptRoot, connect, quotaBytes);
   const loads = pageLoadHandlers(stores, resolve, vmArgs);
   return {
     ...saves.handlers(vmArgs),

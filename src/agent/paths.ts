@@ -82,13 +82,21 @@ export function checkpointPath(
   }
   const path = join(root, arg);
   if (!isName("checkpoint-id", arg) || existsSync(path)) return confine(root, path, field, arg);
-  const hits: Array<{ store: string; dir: string }> = [];
+  const exact: Array<{ store: string; dir: string }> = [];
+  const merged: Array<{ store: string; dir: string }> = [];
   for (const e of safeReadDir(root)) {
     if (!e.isDirectory) continue;
     for (const g of listGenerations(join(root, e.name))) {
-      if (g.id?.startsWith(arg)) hits.push({ store: join(root, e.name), dir: g.dir });
+      if (g.id?.startsWith(arg)) exact.push({ store: join(root, e.name), dir: g.dir });
+      // A checkpoint whose chain was merged (and then removed) restores from the merged one, the
+      // same consistency point: the newest of them, generations ascending.
+      else if (g.mergedFromId?.startsWith(arg)) {
+        merged.push({ store: join(root, e.name), dir: g.dir });
+      }
     }
   }
+  const sameStore = merged.every((h) => h.store === merged[0].store);
+  const hits = exact.length || !sameStore ? [...exact, ...merged] : merged.slice(-1);
   if (hits.length === 0) {
     throw new RpcError(
       "bad-request",

@@ -6,6 +6,7 @@
  */
 import * as v from "valibot";
 import { CHECKPOINT_MODES } from "../ckpt/manifest.ts";
+import { MAX_KEEP } from "../ckpt/retention.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 
@@ -28,6 +29,7 @@ const split = v.optional(v.looseObject({
 }));
 const accel = v.optional(v.picklist(["auto", "kvm", "emu"]));
 const pagesOf = { vm: name, pages: count };
+const keep = v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(MAX_KEEP));
 const saveId = v.pipe(v.string(), v.minLength(1), v.maxLength(64));
 
 /** Argument schemas by method. */
@@ -64,6 +66,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
     traditional: flag,
     maxDowntimeMs: v.optional(ms),
     replicas: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(16))),
+    keep: v.optional(keep),
   }),
   restore: v.object({ path: file, name: v.optional(name), lazy: flag, accel, split }),
   "ckpt.ls": v.object({ path: file }),
@@ -86,6 +89,12 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   }),
   "ckpt.commit": v.object(generation),
   "ckpt.abort": v.object(generation),
+  "ckpt.prune": v.object({
+    ...store,
+    keep: v.pipe(v.array(count), v.maxLength(MAX_KEEP)),
+    upTo: count,
+  }),
+  "ckpt.gc": v.object({ store: v.optional(name), keep: v.optional(keep) }),
   "pages.open": v.looseObject({ vm: name, pages: count }),
   "pages.channel": v.looseObject({ vm: name, pages: count }),
   "pages.held": v.looseObject({ vm: name, pages: count }),

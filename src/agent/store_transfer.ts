@@ -8,6 +8,7 @@
 import { basename, dirname } from "node:path";
 import { existsSync } from "node:fs";
 import { MANIFEST_FILE } from "../ckpt/manifest.ts";
+import { holdGeneration } from "../ckpt/store.ts";
 import { placeFile } from "../ffi/atomic_file.ts";
 import * as libc from "../ffi/libc.ts";
 import { openRegular } from "../ffi/regular_file.ts";
@@ -72,6 +73,8 @@ export async function receiveStoreFile(
     new RpcError("bad-request", `${name} exists in a committed generation; it never changes`);
   if (keep && existsSync(path)) throw refuse();
   Deno.mkdirSync(gen, { recursive: true, mode: 0o700 });
+  // An uncommitted generation is being written by this copy: no writer's clean-up removes it.
+  using _held = { [Symbol.dispose]: holdGeneration(gen) };
   const tmp = `${path}.part`;
   const from = opts.resumeAt ?? 0;
   if (opts.resumeAt !== undefined) {

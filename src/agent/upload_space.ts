@@ -4,22 +4,33 @@
  * (statvfs), less what uploads under way have reserved and a margin kept for checkpoints this host
  * writes itself.
  */
-import { join } from "node:path";
+import { bytesUnder } from "../ckpt/store.ts";
 import { statvfs } from "../ffi/libc.ts";
 import { RpcError } from "../rpc/errors.ts";
 
 /** Free space an upload must leave, so a local checkpoint or a manifest commit still fits. */
 export const FREE_SPACE_MARGIN = 256 << 20;
 
-/** Bytes of regular files under `dir`, not following links. */
-export function bytesUnder(dir: string): number {
-  let n = 0;
-  for (const e of Deno.readDirSync(dir)) {
-    const p = join(dir, e.name);
-    if (e.isDirectory) n += bytesUnder(p);
-    else if (e.isFile) n += Deno.lstatSync(p).size;
+/**
+ * Refuses, in one line, writing up to `bytes` more (for `what`, which names the host) into
+ * checkpoint root `root` when that would pass `quotaBytes` (none: no quota); `reserved` is held
+ * for writes already under way. Checked before the first byte is written.
+ */
+export function checkQuota(
+  root: string,
+  quotaBytes: number | undefined,
+  what: string,
+  bytes: number,
+  reserved = 0,
+): void {
+  if (quotaBytes === undefined) return;
+  const used = bytesUnder(root) + reserved;
+  if (used + bytes > quotaBytes) {
+    throw new RpcError(
+      "bad-request",
+      `${what}: ${bytes} bytes would exceed the agent's store quota (${used} of ${quotaBytes} bytes used); free room with 'dcres ckpt gc' or --keep, or raise storeQuotaBytes`,
+    );
   }
-  return n;
 }
 
 /** Reservations of uploads under way in one checkpoint root. */
@@ -40,15 +51,7 @@ export class UploadSpace {
         } bytes free on the agent's store disk`,
       );
     }
-    if (this.quotaBytes !== undefined) {
-      const used = bytesUnder(this.root) + this.#reserved;
-      if (used + bytes > this.quotaBytes) {
-        throw new RpcError(
-          "bad-request",
-          `${file}: ${bytes} bytes would exceed the agent's store quota (${used} of ${this.quotaBytes} bytes used)`,
-        );
-      }
-    }
+    checkQuota(this.root, this.quotaBytes, file, bytes, this.#reserved);
     this.#reserved += bytes;
     let held = true;
     return () => {

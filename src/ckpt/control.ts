@@ -5,6 +5,7 @@ import type { ExtraHandler } from "../vmm/control/server.ts";
 import type { Machine } from "../vmm/machine.ts";
 import { CHECKPOINT_MODES, type CheckpointMode, isCheckpointMode } from "./manifest.ts";
 import { type HostCopies, takeCheckpoint } from "./save.ts";
+import { keepArg, retainStore } from "./retention.ts";
 import {
   CheckpointError,
   type CheckpointOptions,
@@ -41,6 +42,8 @@ export interface CheckpointRequest {
   zone?: string;
   /** The identity the VMM reaches copy holders with (the agent's). */
   identityDir?: string;
+  /** Generations the store keeps once it commits (retention.ts); absent: every one. */
+  keep?: number;
 }
 
 /** An agent among this one's peers, as it described itself (`health`). */
@@ -90,6 +93,11 @@ export function checkpointHandlers(
           `checkpoint: mode must be one of ${CHECKPOINT_MODES.join(", ")}`,
         );
       }
+      try {
+        keepArg(r.keep, "checkpoint: keep");
+      } catch (e) {
+        throw new RpcError("bad-request", (e as Error).message);
+      }
       if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;
@@ -109,7 +117,20 @@ export function checkpointHandlers(
             ctx.progress({ done, total });
           },
         };
-        return await run(r, opts, (copies) => takeCheckpoint(m, tracker, opts, copies));
+        return await run(r, opts, async (copies) => {
+          const rep = await takeCheckpoint(m, tracker, opts, copies);
+          if (r.keep === undefined) return rep;
+          // Only once it committed: a failed checkpoint removes nothing.
+          const kept = retainStore(opts.dir, r.keep);
+          return {
+            ...rep,
+            retention: {
+              kept: kept.kept,
+              removed: { [r.host ?? "local"]: kept.removed },
+              failed: {},
+            },
+          };
+        });
       } finally {
         busy = false;
       }

@@ -26,6 +26,8 @@ export interface GenerationRow {
   bytes?: number;
   /** Checkpoint id (hex). */
   id?: string;
+  /** For a merged generation: the id of the checkpoint it stands for (the same consistency point). */
+  mergedFromId?: string;
 }
 
 /** Every generation of a store, committed or interrupted. */
@@ -48,6 +50,7 @@ export function listGenerations(dir: string): GenerationRow[] {
         parent: m.parent,
         createdAt: m.createdAt,
         bytes,
+        ...(m.mergedFromId ? { mergedFromId: m.mergedFromId } : {}),
       };
     } catch (err) {
       return { generation: e.generation, dir: e.dir, status: `damaged: ${(err as Error).message}` };

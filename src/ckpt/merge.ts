@@ -42,20 +42,26 @@ export async function mergeHostPart(
   const { manifest } = resolveCheckpoint(dir);
   const mine = new Set(manifest.fragments.flatMap((f, k) => f.host === host ? [k] : []));
   const ck = OpenCheckpoint.open(dir, mine);
-  const gen = new CheckpointStore(storeRoot).beginAt(generation);
-  const w = FragmentWriter.create(join(gen.dir, `${host}.frag`), {
-    checkpointId: idBytes,
-    generation,
-    compress: manifest.compressed,
-  });
+  // A host holding copies of others' fragments writes their merged copies into the same directory.
+  const gen = new CheckpointStore(storeRoot).join(generation);
   try {
-    await copyPages(ck, ck.pagesOf(mine), w);
-    return { ...(await w.finish()), dir: gen.dir };
-  } catch (e) {
-    await w.abort();
-    Deno.removeSync(gen.dir, { recursive: true });
-    throw e;
+    const w = FragmentWriter.create(join(gen.dir, `${host}.frag`), {
+      checkpointId: idBytes,
+      generation,
+      compress: manifest.compressed,
+    });
+    try {
+      await copyPages(ck, ck.pagesOf(mine), w);
+      return { ...(await w.finish()), dir: gen.dir };
+    } catch (e) {
+      // Only this part goes: the coordinator's abort removes the generation from every host.
+      await w.abort();
+      throw e;
+    }
   } finally {
+    // Until the commit, another writer's clean-up may take the uncommitted part away; the merge's
+    // commit then fails and the chain stays as it was.
+    gen.release();
     ck.close();
   }
 }
@@ -67,7 +73,7 @@ export async function mergeChain(
 ): Promise<{ generation: number; dir: string; manifest: Manifest }> {
   const ck = OpenCheckpoint.open(path);
   const store = new CheckpointStore(storeRoot);
-  const { generation, dir } = store.begin();
+  const { generation, dir, release } = store.begin();
   const idBytes = crypto.getRandomValues(new Uint8Array(16));
   const fragPath = join(dir, "main.frag");
   const w = FragmentWriter.create(fragPath, {
@@ -111,6 +117,7 @@ export async function mergeChain(
     Deno.removeSync(dir, { recursive: true });
     throw e;
   } finally {
+    release();
     ck.close();
   }
 }
@@ -133,8 +140,9 @@ export interface MergePart {
 
 /**
  * The manifest of generation `generation` (id `id`) that merges `src`'s chain: one fragment per
- * host (`parts[k]` written by `hosts[k]`), every page mapped to its host's new fragment; the same
- * consistency point, so it records the id it stands for (`mergedFromId`).
+ * host (`parts[k]` written by `hosts[k]`, with copies on `copies[k]`), every page mapped to its
+ * host's new fragment; the same consistency point, so it records the id it stands for
+ * (`mergedFromId`).
  */
 export function mergedManifest(
   src: Manifest,
@@ -142,6 +150,7 @@ export function mergedManifest(
   parts: MergePart[],
   generation: number,
   id: string,
+  copies: string[][] = [],
 ): Manifest {
   const pages = src.machine.spec.memSize / PAGE_SIZE;
   const to = src.fragments.map((f) => hosts.indexOf(f.host));
@@ -170,6 +179,7 @@ export function mergedManifest(
       footerCrc: p.footerCrc,
       pages: p.pages,
       bytes: p.fileBytes,
+      ...(copies[k]?.length ? { copies: copies[k] } : {}),
     })),
     pageMap: compressPageMap(expandPageMap(src.pageMap, pages).map((f) => to[f])),
     stats: {

@@ -3,9 +3,10 @@
  * generation exists once its MANIFEST is committed; a directory without one is a checkpoint that was
  * interrupted, ignored by readers and removed by the next writer.
  */
-import { join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { type Manifest, MANIFEST_FILE, readManifest } from "./manifest.ts";
 import { fsyncDir } from "../ffi/atomic_file.ts";
+import * as libc from "../ffi/libc.ts";
 import { CheckpointFormatError } from "./format.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 
@@ -48,6 +49,105 @@ export function reportedGeneration(host: string, r: { generation?: unknown }): n
   return g as number;
 }
 
+/**
+ * Marks generation directory `dir` as being written until the returned release is called (or the
+ * process ends): a shared flock on the directory, which every writer of it (a checkpoint, a
+ * fragment copy coming in, a merge part; in this process or another) takes, so that no other
+ * writer's clean-up removes it as interrupted. Refused when `dir` was removed meanwhile.
+ */
+export function holdGeneration(dir: string): () => void {
+  const fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  libc.flock(fd, libc.LOCK.SH);
+  try {
+    Deno.statSync(dir);
+  } catch {
+    libc.close(fd);
+    throw new NoCheckpointError(`${dir} was removed as interrupted while it was begun; retry`);
+  }
+  let held = true;
+  return () => {
+    if (held) libc.close(fd);
+    held = false;
+  };
+}
+
+/** Prefix of a generation directory being removed: no longer a generation to any reader. */
+const REMOVING = ".removing-";
+
+/**
+ * Runs `fn` with generation directory `dir` locked exclusively, when no writer holds it
+ * (holdGeneration) and it exists; returns whether it ran. No writer takes it up meanwhile.
+ */
+function whileUnheld(dir: string, fn: () => void): boolean {
+  let fd: number;
+  try {
+    fd = libc.open(dir, libc.O.RDONLY | libc.O.DIRECTORY);
+  } catch {
+    return false;
+  }
+  try {
+    if (!libc.flock(fd, libc.LOCK.EX | libc.LOCK.NB)) return false;
+    fn();
+    return true;
+  } finally {
+    libc.close(fd);
+  }
+}
+
+/**
+ * Removes generation directory `dir` unless a writer holds it; true when removed. It is renamed
+ * out of the generations first, so a removal cut short leaves no half generation, only a leftover
+ * the next clean-up removes.
+ */
+export function removeUnheld(dir: string): boolean {
+  return whileUnheld(dir, () => {
+    const gone = join(dirname(dir), `${REMOVING}${basename(dir)}`);
+    Deno.renameSync(dir, gone);
+    fsyncDir(dirname(dir));
+    Deno.removeSync(gone, { recursive: true });
+  });
+}
+
+/** True when a writer holds generation directory `dir` (holdGeneration). */
+export function isHeld(dir: string): boolean {
+  try {
+    Deno.statSync(dir);
+  } catch {
+    return false; // gone: nobody writes it
+  }
+  return !whileUnheld(dir, () => {});
+}
+
+/** Bytes of regular files under `dir`, not following links. */
+export function bytesUnder(dir: string): number {
+  let n = 0;
+  for (const e of Deno.readDirSync(dir)) {
+    const p = join(dir, e.name);
+    if (e.isDirectory) n += bytesUnder(p);
+    else if (e.isFile) n += Deno.lstatSync(p).size;
+  }
+  return n;
+}
+
+/** A generation directory begun here, held (holdGeneration) until `release`. */
+export interface BegunGeneration {
+  /** Its number. */
+  generation: number;
+  /** Its directory. */
+  dir: string;
+  /** Lets other writers' clean-up remove it again, once it is committed or abandoned. */
+  release: () => void;
+}
+
+/** The entries of directory `dir`, none when it cannot be read. */
+function safeEntries(dir: string): Deno.DirEntry[] {
+  try {
+    return [...Deno.readDirSync(dir)];
+  } catch {
+    return [];
+  }
+}
+
 /** A store directory. */
 export class CheckpointStore {
   constructor(
@@ -57,13 +157,7 @@ export class CheckpointStore {
 
   /** Every generation directory, ascending. */
   generations(): GenerationEntry[] {
-    let entries: Deno.DirEntry[];
-    try {
-      entries = [...Deno.readDirSync(this.root)];
-    } catch {
-      return [];
-    }
-    return entries
+    return safeEntries(this.root)
       .filter((e) => e.isDirectory && GEN.test(e.name))
       .map((e) => {
         const dir = join(this.root, e.name);
@@ -85,22 +179,24 @@ export class CheckpointStore {
     return last && { dir: last.dir, manifest: readManifest(last.dir) };
   }
 
-  /** Removes interrupted generations; returns their directories. */
+  /**
+   * Removes interrupted generations: uncommitted ones no writer holds (one being written by a
+   * checkpoint, a merge or an incoming copy is left alone); returns their directories.
+   */
   cleanIncomplete(): string[] {
-    const removed: string[] = [];
-    for (const g of this.generations()) {
-      if (g.committed) continue;
-      Deno.removeSync(g.dir, { recursive: true });
-      removed.push(g.dir);
+    for (const e of safeEntries(this.root)) {
+      if (e.isDirectory && e.name.startsWith(REMOVING)) {
+        Deno.removeSync(join(this.root, e.name), { recursive: true });
+      }
     }
-    return removed;
+    return this.generations().filter((g) => !g.committed && removeUnheld(g.dir)).map((g) => g.dir);
   }
 
   /**
    * Creates the directory of the next generation (after cleaning interrupted ones), above `after`
    * too: the newest generation another participant already holds.
    */
-  begin(after = 0): { generation: number; dir: string } {
+  begin(after = 0): BegunGeneration {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const gens = this.generations();
@@ -116,7 +212,7 @@ export class CheckpointStore {
    * Creates the directory of generation `generation`, which a split VM's main host chose for every
    * participant; refused when this store already has it or a later one.
    */
-  beginAt(generation: number): { generation: number; dir: string } {
+  beginAt(generation: number): BegunGeneration {
     Deno.mkdirSync(this.root, { recursive: true });
     this.cleanIncomplete();
     const last = this.generations().pop()?.generation ?? 0;
@@ -127,8 +223,37 @@ export class CheckpointStore {
     }
     const dir = join(this.root, generationName(generation));
     Deno.mkdirSync(dir, { mode: 0o700 });
+    const release = holdGeneration(dir);
     fsyncDir(this.root);
-    return { generation, dir };
+    return { generation, dir, release };
+  }
+
+  /**
+   * Generation `generation`'s directory for one more writer of it (a host writing several merge
+   * parts): created when missing, taken up when it is uncommitted; refused when it is committed or
+   * a later generation exists.
+   */
+  join(generation: number): BegunGeneration {
+    const dir = join(this.root, generationName(generation));
+    // A checkpoint under way (its generation, or a copy of one of its fragments, held here) would
+    // commit below the merged generation, which would then pass for the newer checkpoint.
+    const running = this.generations().find((g) =>
+      !g.committed && g.generation < generation && isHeld(g.dir)
+    );
+    if (running) {
+      throw new NoCheckpointError(
+        `${running.dir} is being written (a checkpoint under way); merge once it has committed`,
+      );
+    }
+    const here = this.generations().find((g) => g.generation === generation);
+    if (!here) return this.beginAt(generation);
+    const last = this.generations().pop()!.generation;
+    if (here.committed || last > generation) {
+      throw new NoCheckpointError(
+        `${this.root} already has generation ${last}; cannot write generation ${generation} here (remove the stale store, or checkpoint into another)`,
+      );
+    }
+    return { generation, dir, release: holdGeneration(dir) };
   }
 }
 

@@ -19,6 +19,7 @@ import {
   type Manifest,
 } from "./manifest.ts";
 import { prefetchOrder } from "./order.ts";
+import type { RetentionReport } from "./retention.ts";
 import { CheckpointStore } from "./store.ts";
 import { DCRES_VERSION } from "./format.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
@@ -65,6 +66,8 @@ export interface CheckpointReport {
   parent: number | null;
   /** Counts and timings. */
   stats: Manifest["stats"];
+  /** With `--keep`: what the store kept, and removed on each host, once it committed. */
+  retention?: RetentionReport;
 }
 
 /** A checkpoint could not be taken; the previous one is intact. */
@@ -235,7 +238,7 @@ export async function runCheckpoint(
   const { opts, tracker } = plan;
   const store = new CheckpointStore(opts.dir);
   const parent = checkParent(store, tracker, opts, plan.memSize);
-  const { generation, dir } = store.begin((await plan.ready?.()) ?? 0);
+  const { generation, dir, release } = store.begin((await plan.ready?.()) ?? 0);
   const { id, idBytes } = newCheckpointId();
   const base = parent ? parent.manifest.fragments.length : 0;
   const begun: CheckpointBegun = { generation, dir, id, idBytes, parent, base };
@@ -295,6 +298,8 @@ export async function runCheckpoint(
         (e as Error).message
       }`,
     );
+  } finally {
+    release();
   }
 }
 

@@ -5,6 +5,7 @@ import { EXIT, type GlobalOptions } from "./context.ts";
 import { parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
 import { membershipOf } from "../agent/peers.ts";
+import { keepArg } from "../ckpt/retention.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
 export interface AgentFlags {
@@ -19,6 +20,15 @@ export interface AgentFlags {
   peers?: string;
   zone?: string;
   replicas?: string;
+}
+
+/** The config file's checkpointKeep, checked. */
+function configKeep(path: string | undefined, v: unknown): number | undefined {
+  try {
+    return keepArg(v, "checkpointKeep");
+  } catch (e) {
+    throw new UsageError(`--config ${path}: ${(e as Error).message}`);
+  }
 }
 
 /** Runs the agent. */
@@ -40,6 +50,7 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     accel: accelFlag(f.accel ?? file.accel),
     recheckMs: file.recheckMs,
     storeQuotaBytes: file.storeQuotaBytes,
+    checkpointKeep: configKeep(f.config, file.checkpointKeep),
     guestDir: f.guestDir ?? file.guestDir ?? DEFAULT_GUEST_DIR,
     ...membershipOf(
       {

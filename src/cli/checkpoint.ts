@@ -8,6 +8,7 @@ import { CHECKPOINT_MODES, isCheckpointMode } from "../ckpt/manifest.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
 import { progressBar } from "./progress.ts";
+import { gcLines, keepFlag } from "./gc.ts";
 
 /** Flags of `dcres checkpoint`. */
 export interface CheckpointFlags {
@@ -18,6 +19,7 @@ export interface CheckpointFlags {
   maxDowntime: string;
   traditional?: boolean;
   replicas?: string;
+  keep?: string;
 }
 
 /** Runs `dcres checkpoint`. */
@@ -46,6 +48,7 @@ export async function checkpointCommand(
   ) {
     throw new UsageError(`--replicas ${f.replicas}: give a whole number of copies from 1 to 16`);
   }
+  const keep = keepFlag(f.keep);
   const bar = progressBar(g, `checkpoint ${name}`);
   const args = {
     mode,
@@ -54,6 +57,7 @@ export async function checkpointCommand(
     maxDowntimeMs,
     traditional: !!f.traditional,
     ...(replicas === undefined ? {} : { replicas }),
+    ...(keep === undefined ? {} : { keep }),
   };
   const onProgress = (p: unknown) => {
     const q = p as { done: number; total: number };
@@ -100,6 +104,9 @@ export async function checkpointCommand(
             Object.entries(split.pagesSaved).map(([h, n]) => `${h} ${n}`).join(", ")
           }; ${split.pagesSentToSave} sent over the network to be saved`,
         ]
+        : []),
+      ...(r.retention
+        ? gcLines([{ store: name, ...r.retention }]).map((l) => `  retention: ${l}`)
         : []),
     ].join("\n");
   });

@@ -1,4 +1,4 @@
-/** `dcres ckpt ls|inspect|verify|merge|repair|scrub`: look into and maintain checkpoint stores, without a VM. */
+/** `dcres ckpt ls|inspect|verify|merge|repair|scrub` (`gc` in gc.ts): look into and maintain checkpoint stores, without a VM. */
 import { resolve } from "node:path";
 import {
   type GenerationRow,
@@ -13,6 +13,8 @@ import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, UsageError } from "./units.ts";
 import { repairCheckpoint, type RepairReport } from "./repair.ts";
+import { gcLines, gcThrough, keepFlag } from "./gc.ts";
+import { retainStore } from "../ckpt/retention.ts";
 import { table } from "./vm.ts";
 
 /** `ckpt ls DIR`: every generation, committed or interrupted. */
@@ -150,28 +152,41 @@ export async function ckptScrub(g: GlobalOptions, store?: string): Promise<numbe
   return failed.length ? EXIT.FAILURE : EXIT.OK;
 }
 
-/** `ckpt merge DIR`: squash the latest chain into one full generation. */
-export async function ckptMerge(g: GlobalOptions, path: string): Promise<number> {
+/**
+ * `ckpt merge DIR`: squash the latest chain into one full generation; then what it squashed goes,
+ * unless `--keep` (default: every checkpoint) keeps it.
+ */
+export async function ckptMerge(
+  g: GlobalOptions,
+  path: string,
+  f: { keep?: string } = {},
+): Promise<number> {
+  const keep = keepFlag(f.keep);
   const source = agentAddr(g);
   if (source) {
     const r = await mergeSplit(g, source, path);
+    const gc = await gcThrough(g, source, r.store, keep);
     report(
       g,
-      r,
+      { ...r, gc },
       () =>
-        `merged generation ${r.mergedFrom}'s chain into full generation ${r.generation} (checkpoint ${r.id}) on ${
-          Object.keys(r.pages).length
-        } host(s) in ${r.ms.toFixed(0)} ms`,
+        [
+          `merged generation ${r.mergedFrom}'s chain into full generation ${r.generation} (checkpoint ${r.id}) on ${
+            Object.keys(r.pages).length
+          } host(s) in ${r.ms.toFixed(0)} ms`,
+          ...gcLines(gc),
+        ].join("\n"),
     );
-    return EXIT.OK;
+    return gc.some((s) => Object.keys(s.failed).length) ? EXIT.FAILURE : EXIT.OK;
   }
   const { root, dir } = resolveCheckpoint(resolve(path));
   const r = await mergeChain(dir, root);
+  const gc = retainStore(root, keep);
   report(
     g,
-    { generation: r.generation, dir: r.dir, mergedFrom: r.manifest.mergedFrom },
+    { generation: r.generation, dir: r.dir, mergedFrom: r.manifest.mergedFrom, gc },
     () =>
-      `merged generation ${r.manifest.mergedFrom}'s chain into full generation ${r.generation} (${r.dir})`,
+      `merged generation ${r.manifest.mergedFrom}'s chain into full generation ${r.generation} (${r.dir}); removed ${gc.removed.length} generation(s) no kept checkpoint needs`,
   );
   return EXIT.OK;
 }

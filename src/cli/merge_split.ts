@@ -18,6 +18,8 @@ import { clientIdentity, remoteCall } from "./remote.ts";
 
 /** What a merge did. */
 export interface SplitMergeReport {
+  /** The store (a VM's name) it merged in. */
+  store: string;
   /** The merged generation. */
   generation: number;
   /** Its checkpoint id. */
@@ -69,7 +71,9 @@ export async function mergeSplit(
   );
   const hosts = src.split?.hosts ?? { main: "main" };
   const addrOf = (h: string) => hosts[h] === "main" || hosts[h] === undefined ? source : hosts[h];
-  const others = [...new Set(src.fragments.map((f) => addrOf(f.host)))].filter((a) => a !== source);
+  const others = [
+    ...new Set(src.fragments.flatMap((f) => [f.host, ...(f.copies ?? [])].map(addrOf))),
+  ].filter((a) => a !== source);
   const newest = await Promise.all(
     others.map(async (a) =>
       reportedGeneration(
@@ -83,8 +87,8 @@ export async function mergeSplit(
   const { id } = newCheckpointId();
   const last = src.fragments.map((f) => f.host).find((h) => addrOf(h) === source) ?? "main";
   const merged = await mergeOnHosts(src, generation, id, last, {
-    part: (h) =>
-      remoteCall<MergePart>({ ...g, agent: addrOf(h) }, "ckpt.merge.part", {
+    part: (h, on) =>
+      remoteCall<MergePart>({ ...g, agent: addrOf(on) }, "ckpt.merge.part", {
         store: plan.store,
         generation: plan.generation,
         newGeneration: generation,
@@ -102,6 +106,7 @@ export async function mergeSplit(
     },
   });
   return {
+    store: plan.store,
     generation,
     id,
     mergedFrom: src.generation,

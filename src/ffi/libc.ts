@@ -45,6 +45,7 @@ const lib = Deno.dlopen("libc.so.6", {
   clock_gettime: { parameters: ["i32", "buffer"], result: "i32" },
   memcpy: { parameters: ["pointer", "pointer", "usize"], result: "pointer" },
   statvfs: { parameters: ["buffer", "buffer"], result: "i32" },
+  flock: { parameters: ["i32", "i32"], result: "i32" },
 });
 
 const s = lib.symbols;
@@ -123,6 +124,17 @@ export function fstat(fd: number): { type: number; size: number } {
 export const S_IFMT = 0o170000;
 /** st_mode type of a regular file. */
 export const S_IFREG = 0o100000;
+
+/** flock(2) operations. */
+export const LOCK = { SH: 1, EX: 2, NB: 4 } as const;
+
+/** flock(2) on `fd`; false when LOCK_NB was given and another holder has it. */
+export function flock(fd: number, op: number): boolean {
+  if (s.flock(fd, op) === 0) return true;
+  const e = errno();
+  if (e === Errno.EAGAIN && op & LOCK.NB) return false;
+  throw new SyscallError("flock", e);
+}
 
 /** close(2); errors are ignored because there is nothing a caller can do about them. */
 export function close(fd: number): void {

@@ -15,7 +15,8 @@ import { type SplitCheckpointReport, takeSplitCheckpoint } from "./split_checkpo
 import { chainLength, MERGE_AFTER, mergeSplitChain } from "./split_merge.ts";
 import { readManifest } from "../ckpt/manifest.ts";
 import { generationName } from "../ckpt/store.ts";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
+import { retainOnHosts } from "./split_retention.ts";
 import { getLogger } from "@logtape/logtape";
 
 const log = getLogger(["dcres", "checkpoint"]);
@@ -105,8 +106,12 @@ export class SplitControl {
           self: r.self,
           zones: zonesOf(r),
         });
-        this.mergeLater(join(opts.dir, generationName(rep.generation)), host, pager);
-        return rep;
+        // Only once it committed everywhere: a failed checkpoint removes nothing.
+        const retention = r.keep === undefined
+          ? undefined
+          : await retainOnHosts(opts.dir, name, host, r.keep, pager.subLinks());
+        this.mergeLater(join(opts.dir, generationName(rep.generation)), host, pager, r.keep);
+        return retention ? { ...rep, retention } : rep;
       } finally {
         this.busy = false;
       }
@@ -138,12 +143,23 @@ export class SplitControl {
 
   private merging?: Promise<void>;
 
-  /** Starts merging the chain ending at `dir` in the background once it is long enough. */
-  private mergeLater(dir: string, host: string, pager: RemotePager) {
+  /**
+   * Starts merging the chain ending at `dir` in the background once it is long enough; once the
+   * merged generation is committed everywhere, what it squashed goes, unless `keep` keeps it.
+   */
+  private mergeLater(dir: string, host: string, pager: RemotePager, keep?: number) {
     const m = readManifest(dir);
     if (chainLength(m) < MERGE_AFTER) return;
     this.merging = mergeSplitChain(dir, m, host, pager.subLinks()).then(
-      () => {},
+      () =>
+        retainOnHosts(dirname(dir), this.m.spec.name, host, keep, pager.subLinks()).then(
+          () => {},
+          (e) =>
+            log.warn("removing what the merge of {dir} squashed failed: {error}", {
+              dir,
+              error: (e as Error).message,
+            }),
+        ),
       (e) =>
         log.warn("merging the chain of {dir} failed (it stays as it was): {error}", {
           dir,

@@ -10,7 +10,7 @@ import { basename, dirname } from "node:path";
 import { commitManifest, decodeManifest, encodeManifest, type Manifest } from "../ckpt/manifest.ts";
 import { piecesOf } from "../net/chunks.ts";
 import { mergedManifest, mergeHostPart, type MergePart } from "../ckpt/merge.ts";
-import { newCheckpointId } from "../ckpt/transaction.ts";
+import { newCheckpointId, removeGeneration } from "../ckpt/transaction.ts";
 import { CheckpointStore, generationName, reportedGeneration } from "../ckpt/store.ts";
 import type { SubLink } from "./sub_link.ts";
 
@@ -26,8 +26,11 @@ export function chainLength(m: Manifest): number {
 
 /** How a split merge reaches each host (by its name in the manifest). */
 export interface MergeHosts {
-  /** Host `h` writes one new fragment from its own fragments of the chain. */
-  part(h: string): Promise<MergePart>;
+  /**
+   * Host `on` writes one new fragment from host `h`'s fragments of the chain: its own (`on` is
+   * `h`), or its copies of them.
+   */
+  part(h: string, on: string): Promise<MergePart>;
   /** Host `h` commits the merged manifest `bytes`. */
   commit(h: string, bytes: Uint8Array): Promise<void>;
   /** Host `h` removes the merged generation unless it committed it. */
@@ -35,10 +38,22 @@ export interface MergeHosts {
 }
 
 /**
+ * The hosts holding a copy of every fragment `h` wrote in `src`'s chain: they hold copies of its
+ * merged fragment too, each writing its own from its copies.
+ */
+export function copyHolders(src: Manifest, h: string): string[] {
+  const mine = src.fragments.filter((f) => f.host === h);
+  return (mine[0]?.copies ?? []).filter((c) => mine.every((f) => f.copies?.includes(c)));
+}
+
+/**
  * Merges `src`'s chain into generation `generation` (checkpoint `id`) on every host holding part of
- * it, at once: each writes its part, then the merged manifest is committed on each, `last` (the
- * host whose copy later checkpoints start from) last. A failure removes the merged generation
- * wherever it was not committed; the chain stays as it was.
+ * it, at once: each writes its part, and each host holding copies of a host's fragments writes the
+ * same part from its copies (the writer is deterministic, so the copy must match the original's
+ * size and footer checksum, or the merge fails); so the merged generation has as many copies as
+ * the chain had. Then the merged manifest is committed on each, `last` (the host whose copy later
+ * checkpoints start from) last. A failure removes the merged generation wherever it was not
+ * committed; the chain stays as it was.
  */
 export async function mergeOnHosts(
   src: Manifest,
@@ -48,24 +63,42 @@ export async function mergeOnHosts(
   hosts: MergeHosts,
 ): Promise<Manifest> {
   const names = [...new Set(src.fragments.map((f) => f.host))];
+  const copies = names.map((h) => copyHolders(src, h));
+  const all = [...new Set([...names, ...copies.flat()])];
   try {
-    const parts = await Promise.all(names.map((h) =>
-      hosts.part(h).catch((e) => {
-        throw new Error(`${h}: ${(e as Error).message}`);
+    const written = await Promise.all(
+      names.map((h, k) =>
+        Promise.all([h, ...copies[k]].map((on) =>
+          hosts.part(h, on).catch((e) => {
+            throw new Error(`${on}: ${(e as Error).message}`);
+          })
+        ))
+      ),
+    );
+    written.forEach(([part, ...others], k) =>
+      others.forEach((p, j) => {
+        if (p.footerCrc !== part.footerCrc || p.fileBytes !== part.fileBytes) {
+          throw new Error(
+            `${copies[k][j]}'s merged copy of ${names[k]}'s fragment differs from ${
+              names[k]
+            }'s (${p.fileBytes} bytes, footer CRC ${p.footerCrc}; ${part.fileBytes}, ${part.footerCrc}); the chain stays as it was (run ckpt scrub)`,
+          );
+        }
       })
-    ));
-    const manifest = mergedManifest(src, names, parts, generation, id);
+    );
+    const parts = written.map(([part]) => part);
+    const manifest = mergedManifest(src, names, parts, generation, id, copies);
     const bytes = encodeManifest(manifest);
-    await Promise.all(names.filter((h) => h !== last).map((h) => hosts.commit(h, bytes)));
+    await Promise.all(all.filter((h) => h !== last).map((h) => hosts.commit(h, bytes)));
     await hosts.commit(last, bytes);
     log.info("merged the chain of generation {from} into generation {to} on {hosts} hosts", {
       from: src.generation,
       to: generation,
-      hosts: names.length,
+      hosts: all.length,
     });
     return manifest;
   } catch (e) {
-    await Promise.all(names.map((h) =>
+    await Promise.all(all.map((h) =>
       hosts.abort(h).catch((a) =>
         // The merge's own failure is what the caller must see; a host not told drops the
         // generation at its next begin.
@@ -108,13 +141,13 @@ export async function mergeSplitChain(
     return l;
   };
   return await mergeOnHosts(src, generation, id, self, {
-    part: async (h) =>
-      h === self
+    part: async (h, on) =>
+      on === self
         ? {
-          ...(await mergeHostPart(dir, root, self, generation, idBytes)),
-          path: `${genName}/${self}.frag`,
+          ...(await mergeHostPart(dir, root, h, generation, idBytes)),
+          path: `${genName}/${h}.frag`,
         }
-        : await link(h).call<MergePart>("ckpt.merge.part", {
+        : await link(on).call<MergePart>("ckpt.merge.part", {
           store,
           generation: basename(dir),
           newGeneration: generation,
@@ -128,8 +161,14 @@ export async function mergeSplitChain(
         });}
     },
     abort: async (h) => {
-      if (h === self) new CheckpointStore(root).cleanIncomplete();
-      else await link(h).call("ckpt.abort", { store, generation: genName });
+      if (h !== self) await link(h).call("ckpt.abort", { store, generation: genName });
+      else if (
+        !new CheckpointStore(root).generations().some((g) =>
+          g.committed && g.generation === generation
+        )
+      ) {
+        removeGeneration(`${root}/${genName}`);
+      }
     },
   });
 }
