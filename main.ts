@@ -153,12 +153,13 @@ export function program(
 
   const coord = p.command("coord")
     .description("run the coordinator: heartbeats, host leases and states (docs/COORDINATOR.md)")
-    .requiredOption("--config <file>", "JSON: agents, identityDir, store, timings, lease terms")
+    // Not a required option: commander would demand it of `coord status` too, before its own.
+    .option("--config <file>", "JSON: agents, identityDir, store, timings, lease terms (required)")
     .action(act((f: CoordFlags) => coordCommand(g(), f)));
   coord.command("status")
     .description("hosts, their leases and VMs, and recent events, from the coordinator's store")
     .requiredOption("--config <file>", "the coordinator's config (its agents and store)")
-    .action(act((f: CoordFlags) => coordStatusCommand(g(), f)));
+    .action(act((f: Required<CoordFlags>) => coordStatusCommand(g(), f)));
 
   p.command("status")
     .description("this agent's VMs, checkpoints, disk use and peers (local agent, or --agent)")

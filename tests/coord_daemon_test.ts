@@ -46,6 +46,22 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
   const log = join(dir, "coord.log");
   const startCoord = () => spawnDetached(selfCommand(["coord", "--config", conf]), log);
   let coord = startCoord();
+  /** Stops the coordinator with SIGTERM and waits until it has gone (its child is unref'd). */
+  const stopCoord = async () => {
+    try {
+      coord.kill("SIGTERM");
+    } catch {
+      return;
+    }
+    for (const end = Date.now() + 15_000; Date.now() < end; await sleep(100)) {
+      try {
+        if (/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${coord.pid}/stat`))) return;
+      } catch {
+        return;
+      }
+    }
+    throw new Error(`the coordinator did not stop on SIGTERM; see ${log}`);
+  };
   const status = async (): Promise<CoordStatus> =>
     JSON.parse(await c.ok(["--json", "coord", "status", "--config", conf]));
   const host = (s: CoordStatus, addr: string): HostStatus => s.hosts.find((h) => h.addr === addr)!;
@@ -124,8 +140,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
 
     // A restarted coordinator carries on from its state: events kept, no host re-announced.
     const seqBefore = s.events.at(-1)!.seq;
-    coord.kill("SIGTERM");
-    await coord.status;
+    await stopCoord();
     coord = startCoord();
     await sleep(TTL_MS + 1000);
     s = await until(
@@ -146,12 +161,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     const verify = await c.ok(["--agent", h1, "guest", "verify", "v1"]);
     assert(/ok/i.test(verify), verify);
   } finally {
-    try {
-      coord.kill("SIGTERM");
-    } catch {
-      // Already stopped.
-    }
-    await coord.status;
+    await stopCoord();
     await c.down();
   }
 });

@@ -13,15 +13,17 @@ import { checkIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
 import { ConfigError } from "../rpc/errors.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
+import { UsageError } from "./units.ts";
 
 /** Flags of `dcres coord` and `dcres coord status`. */
 export interface CoordFlags {
   /** The config file. */
-  config: string;
+  config?: string;
 }
 
 /** Runs the coordinator. */
 export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<number> {
+  if (!f.config) throw new UsageError("dcres coord: give --config FILE (docs/COORDINATOR.md)");
   const cfg = loadCoordConfig(f.config);
   let identity;
   try {
@@ -58,7 +60,10 @@ export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<nu
 }
 
 /** Prints the cluster's hosts, leases, VMs and recent events from the coordinator's store. */
-export async function coordStatusCommand(g: GlobalOptions, f: CoordFlags): Promise<number> {
+export async function coordStatusCommand(
+  g: GlobalOptions,
+  f: Required<CoordFlags>,
+): Promise<number> {
   const cfg = loadCoordConfig(f.config);
   if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
     throw new ConfigError(

@@ -101,7 +101,8 @@ export class Coordinator {
   async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
     while (!signal.aborted && this.#state.isLeader()) {
       const t0 = performance.now();
-      await h.beat(term, this.#cfg.lease, this.#dial, this.#cfg.heartbeatMs);
+      // A slow answer is waited for up to the suspect time: by then the host is suspect anyway.
+      await h.beat(term, this.#cfg.lease, this.#dial, this.#cfg.suspectMs);
       await sleep(Math.max(0, this.#cfg.heartbeatMs - (performance.now() - t0)));
     }
   }
@@ -135,7 +136,9 @@ export class Coordinator {
           : `${h.name} silent for ${silentS} s${next === "down" ? ", its lease lapsed" : ""}: ${
             h.lastError ?? "no answer"
           }`.slice(0, 1000);
-        log.warn("host {host} is {state}: {detail}", { host: h.name, state: next, detail });
+        const props = { host: h.name, state: next, detail };
+        if (next === "up") log.info("host {host} is {state}: {detail}", props);
+        else log.warn("host {host} is {state}: {detail}", props);
         ops.push({
           op: "event",
           event: { kind: STATE_EVENT[next], timeMs: wall, host: h.addr, detail },
