@@ -88,7 +88,8 @@ export class Coordinator {
     const beats = this.#hosts.map((h) => this.#beatLoop(h, term, signal));
     while (!signal.aborted) {
       await sleep(this.#cfg.heartbeatMs);
-      if (signal.aborted || !this.#state.isLeader()) break;
+      // A renewal of the leadership that is late pauses the work; a lost one aborts `signal`.
+      if (signal.aborted || !this.#state.isLeader()) continue;
       try {
         await this.#record(placements);
       } catch (e) {
@@ -99,10 +100,12 @@ export class Coordinator {
   }
 
   async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
-    while (!signal.aborted && this.#state.isLeader()) {
+    while (!signal.aborted) {
       const t0 = performance.now();
       // A slow answer is waited for up to the suspect time: by then the host is suspect anyway.
-      await h.beat(term, this.#cfg.lease, this.#dial, this.#cfg.suspectMs);
+      if (this.#state.isLeader()) {
+        await h.beat(term, this.#cfg.lease, this.#dial, this.#cfg.suspectMs);
+      }
       await sleep(Math.max(0, this.#cfg.heartbeatMs - (performance.now() - t0)));
     }
   }
@@ -111,7 +114,7 @@ export class Coordinator {
   async #record(placements: Map<string, Versioned<Placement>>): Promise<void> {
     const now = performance.now();
     const wall = Date.now();
-    const batches: StateOp[][] = [];
+    const batches: Batch[] = [];
     const moves: StateOp[][] = [];
     for (const h of this.#hosts) {
       const ops: StateOp[] = [];
@@ -127,35 +130,46 @@ export class Coordinator {
         now,
         this.#cfg,
       );
+      let apply = () => {};
+      let epoch = h.epoch;
       // A host never heard of stays unknown until it answers or its silence makes it suspect.
       if (!(h.state === undefined && !answered && next === "up") && next !== h.state) {
-        if (next === "down") h.declareDown();
+        if (next === "down") epoch++;
         const silentS = ((now - h.lastOkAt) / 1000).toFixed(1);
         const detail = next === "up"
           ? `${h.name} answers heartbeats`
           : `${h.name} silent for ${silentS} s${next === "down" ? ", its lease lapsed" : ""}: ${
             h.lastError ?? "no answer"
           }`.slice(0, 1000);
-        const props = { host: h.name, state: next, detail };
-        if (next === "up") log.info("host {host} is {state}: {detail}", props);
-        else log.warn("host {host} is {state}: {detail}", props);
         ops.push({
           op: "event",
           event: { kind: STATE_EVENT[next], timeMs: wall, host: h.addr, detail },
         });
-        h.state = next;
+        // Taken on only once committed: a failed commit is judged again at the next tick.
+        apply = () => {
+          if (next === "down") h.declareDown();
+          h.state = next;
+          const props = { host: h.name, state: next, detail };
+          if (next === "up") log.info("host {host} is {state}: {detail}", props);
+          else log.warn("host {host} is {state}: {detail}", props);
+        };
       }
       if (answered || ops.length) {
         // Past once lapsed: the record keeps when that was.
         const expiresMs = Math.round(wall + (h.granted.lapsedAt - now));
-        ops.push({ op: "put", kind: "lease", value: { host: h.addr, expiresMs, epoch: h.epoch } });
+        ops.push({ op: "put", kind: "lease", value: { host: h.addr, expiresMs, epoch } });
       }
-      if (ops.length) batches.push(ops);
+      if (ops.length) batches.push({ ops, apply });
       if (answered) moves.push(...this.#placementOps(h, placements));
     }
-    for (const ops of chunks(batches)) await this.#state.commit(ops, { asLeader: true });
+    for (const group of chunks(batches)) {
+      await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
+      for (const b of group) b.apply();
+    }
     if (!moves.length) return;
-    for (const ops of chunks(moves)) await this.#state.commit(ops, { asLeader: true });
+    for (const group of chunks(moves.map((ops) => ({ ops, apply: () => {} })))) {
+      await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
+    }
     for (const p of await this.#state.list("placement")) placements.set(p.value.vm, p);
   }
 
@@ -183,13 +197,25 @@ export class Coordinator {
   }
 }
 
-/** `batches` packed into commits of at most MAX_OPS steps, each batch whole in one commit. */
-function chunks(batches: StateOp[][]): StateOp[][] {
-  const out: StateOp[][] = [];
+/** Steps to commit together, and what to take on once they are committed. */
+interface Batch {
+  ops: StateOp[];
+  apply: () => void;
+}
+
+/** `batches` grouped into commits of at most MAX_OPS steps, each batch whole in one commit. */
+function chunks(batches: Batch[]): Batch[][] {
+  const out: Batch[][] = [];
+  let size = 0;
   for (const b of batches) {
     const last = out.at(-1);
-    if (last && last.length + b.length <= MAX_OPS) last.push(...b);
-    else out.push([...b]);
+    if (last && size + b.ops.length <= MAX_OPS) {
+      last.push(b);
+      size += b.ops.length;
+    } else {
+      out.push([b]);
+      size = b.ops.length;
+    }
   }
   return out;
 }
