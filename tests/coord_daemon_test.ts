@@ -116,6 +116,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     assert((await localVm("node2", "v2")).memstamp!.written > w0, "v2 did not run while leased");
 
     // node2's agent dies; its VMM lives on and must fence itself.
+    const killedAt = Date.now();
     Deno.kill(Number(Deno.readTextFileSync(join(dir, "node2", "agent.pid"))), "SIGKILL");
     s = await until("node2 declared down", (s) => host(s, h2).state === "down");
     const fenced = await localVm("node2", "v2");
@@ -135,6 +136,13 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
       `down at ${down.timeMs}, before the lease lapsed at ${lease.expiresMs}`,
     );
     assertEquals(lease.epoch, 2, "declaring the host down raises its lease's epoch");
+    console.log(
+      `  killed→suspect ${suspect.timeMs - killedAt} ms, killed→fenced ${
+        fenced.fencedAtMs! - killedAt
+      } ms, killed→down ${down.timeMs - killedAt} ms (fenced ${
+        down.timeMs - fenced.fencedAtMs!
+      } ms before down; lease lapsed ${down.timeMs - lease.expiresMs} ms before down)`,
+    );
     assertEquals(host(s, h1).state, "up");
     assertEquals((await localVm("node1", "v1")).state, "running");
 
