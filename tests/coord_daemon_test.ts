@@ -3,8 +3,9 @@
  * state in SQLite: every host is up and leased; a VM keeps running through many lease periods of
  * renewals; a host whose agent dies (its VMM lives on) goes suspect, then down, and its VM has
  * paused by itself before the coordinator declares the host down, which is never before the
- * host's lease lapsed; a restarted coordinator carries on from its state; the host that comes back
- * is leased again under a new epoch while its fenced VM stays paused.
+ * host's lease lapsed; a second coordinator stands by, and takes over from the state when the first
+ * stops, with nothing lost or announced again; the host that comes back is leased again under a
+ * new epoch while its fenced VM stays paused.
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./helpers/assert.ts";
@@ -19,48 +20,52 @@ import { LEASE_FILE } from "../src/vmm_process/fence.ts";
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TTL_MS = 5000;
 
-Deno.test("the coordinator leases every host, keeps VMs running, and declares a dead host down only after its VM fenced itself and its lease lapsed", async () => {
+Deno.test("the coordinator leases every host, keeps VMs running, and declares a dead host down only after its VM fenced itself and its lease lapsed; a standby takes over from its state", async () => {
   const c = new TestCluster(7495);
   const dir = c.env.DCRES_CLUSTER_DIR;
   const [h1, h2, h3] = await c.up(3);
   const conf = join(dir, "coord.json");
+  const confB = join(dir, "coord-b.json");
   await issueHost({
     caDir: join(dir, "ca"),
     host: "coord",
     role: "coordinator",
     outDir: join(dir, "coord", "identity"),
   });
-  Deno.writeTextFileSync(
-    conf,
-    JSON.stringify({
-      agents: [h1, h2, h3].map((addr, i) => ({ name: `node${i + 1}`, addr })),
-      identityDir: join(dir, "coord", "identity"),
-      dataDir: join(dir, "coord"),
-      id: "coord-a",
-      heartbeatMs: 300,
-      suspectMs: 1000,
-      downMs: 2000,
-      lease: { ttlMs: TTL_MS, drift: 0.01, fenceMs: 1000 },
-    }),
-  );
+  const config = {
+    agents: [h1, h2, h3].map((addr, i) => ({ name: `node${i + 1}`, addr })),
+    identityDir: join(dir, "coord", "identity"),
+    dataDir: join(dir, "coord"),
+    id: "coord-a",
+    heartbeatMs: 300,
+    suspectMs: 1000,
+    downMs: 2000,
+    lease: { ttlMs: TTL_MS, drift: 0.01, fenceMs: 1000 },
+  };
+  Deno.writeTextFileSync(conf, JSON.stringify(config));
+  // A second coordinator on the same store, which must stand by while the first leads.
+  Deno.writeTextFileSync(confB, JSON.stringify({ ...config, id: "coord-b" }));
   const log = join(dir, "coord.log");
-  const startCoord = () => spawnDetached(selfCommand(["coord", "--config", conf]), log);
+  const logB = join(dir, "coord-b.log");
+  const startCoord = (file = conf, to = log) =>
+    spawnDetached(selfCommand(["coord", "--config", file]), to);
   let coord = startCoord();
-  /** Stops the coordinator with SIGTERM and waits until it has gone (its child is unref'd). */
-  const stopCoord = async () => {
+  let standby: Deno.ChildProcess | undefined;
+  /** Stops a coordinator with SIGTERM and waits until it has gone (its child is unref'd). */
+  const stopCoord = async (p: Deno.ChildProcess | undefined) => {
     try {
-      coord.kill("SIGTERM");
+      p?.kill("SIGTERM");
     } catch {
       return;
     }
-    for (const end = Date.now() + 15_000; Date.now() < end; await sleep(100)) {
+    for (const end = Date.now() + 15_000; p && Date.now() < end; await sleep(100)) {
       try {
-        if (/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${coord.pid}/stat`))) return;
+        if (/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${p.pid}/stat`))) return;
       } catch {
         return;
       }
     }
-    throw new Error(`the coordinator did not stop on SIGTERM; see ${log}`);
+    if (p) throw new Error(`a coordinator did not stop on SIGTERM; see ${log}`);
   };
   const status = async (): Promise<CoordStatus> =>
     JSON.parse(await c.ok(["--json", "coord", "status", "--config", conf]));
@@ -93,6 +98,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
         host(s, h2).vms.some((v) => v.vm === "v2"),
     );
     assertEquals(s.leader?.id, "coord-a");
+    standby = startCoord(confB, logB);
     assertEquals(host(s, h1).vms, [{ vm: "v1", subs: [] }]);
     assertEquals(host(s, h3).vms, []);
     for (const n of ["node1", "node2", "node3"]) {
@@ -146,19 +152,26 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     assertEquals(host(s, h1).state, "up");
     assertEquals((await localVm("node1", "v1")).state, "running");
 
-    // A restarted coordinator carries on from its state: events kept, no host re-announced.
+    // The first coordinator stops: the standby takes over from the state, and the first, started
+    // again, stands by; events are kept and no host is announced again.
+    assert(!Deno.readTextFileSync(logB).includes("leads"), "the standby led while the first did");
     const seqBefore = s.events.at(-1)!.seq;
-    await stopCoord();
+    await stopCoord(coord);
     coord = startCoord();
     await sleep(TTL_MS + 1000);
     s = await until(
       "hosts re-learned",
       (s) => s.hosts.filter((h) => h.addr !== h2).every((h) => h.lastHeartbeatAgeMs! < 1000),
     );
-    assert(s.events.some((e) => e.seq === down.seq), "the restarted coordinator lost its events");
-    assertEquals(s.events.filter((e) => e.seq > seqBefore), [], "a restart re-announced hosts");
+    assertEquals(s.leader?.id, "coord-b");
+    assert(s.events.some((e) => e.seq === down.seq), "the new leader lost the events");
+    assertEquals(
+      s.events.filter((e) => e.seq > seqBefore),
+      [],
+      "the new leader re-announced hosts",
+    );
     assertEquals(host(s, h2).state, "down");
-    assertEquals((await localVm("node1", "v1")).state, "running", "v1 fenced across the restart");
+    assertEquals((await localVm("node1", "v1")).state, "running", "v1 fenced across the takeover");
 
     // node2 comes back: leased again under the new epoch; its fenced VM stays paused.
     await c.run("start", "node2");
@@ -166,10 +179,19 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     assertEquals(host(s, h2).lease!.epoch, 2);
     await sleep(TTL_MS);
     assertEquals((await localVm("node2", "v2")).state, "paused", "a fenced VM resumed");
+    const human = (await c.ok(["coord", "status", "--config", conf])).split("\n");
+    for (const [n, state] of [["node1", "up"], ["node2", "up"], ["node3", "up"]]) {
+      assertEquals(
+        human.filter((l) => l.startsWith(`${n} `) && l.includes(` ${state},`)).length,
+        1,
+        human.join("\n"),
+      );
+    }
     const verify = await c.ok(["--agent", h1, "guest", "verify", "v1"]);
     assert(/ok/i.test(verify), verify);
   } finally {
-    await stopCoord();
+    await stopCoord(coord);
+    await stopCoord(standby);
     await c.down();
   }
 });
