@@ -9,7 +9,7 @@ import { loadCoordConfig } from "../coord/config.ts";
 import { Coordinator } from "../coord/daemon.ts";
 import { openState } from "../coord/open_state.ts";
 import { coordStatus, formatCoordStatus } from "../coord/status.ts";
-import { checkIdentity, verifyPeerCertificate } from "../net/identity.ts";
+import { checkIdentity, type Identity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
 import { ConfigError } from "../rpc/errors.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
@@ -25,20 +25,7 @@ export interface CoordFlags {
 export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<number> {
   if (!f.config) throw new UsageError("dcres coord: give --config FILE (docs/COORDINATOR.md)");
   const cfg = loadCoordConfig(f.config);
-  let identity;
-  try {
-    identity = await checkIdentity(cfg.identityDir);
-  } catch (e) {
-    throw new ConfigError(`identityDir ${cfg.identityDir}: ${(e as Error).message}`);
-  }
-  const me = await verifyPeerCertificate(identity.certPem, identity.caPem);
-  if (!me.ok || me.role !== "coordinator") {
-    throw new ConfigError(
-      `${cfg.identityDir}: the certificate's role is ${
-        me.ok ? me.role ?? "none" : "unreadable"
-      }, not coordinator; issue one with 'dcres ca issue --role coordinator'`,
-    );
-  }
+  const identity = await coordinatorIdentity(cfg.identityDir);
   if (!cfg.store.startsWith("etcd://")) {
     Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
   }
@@ -57,6 +44,25 @@ export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<nu
   }
   getLogger(["dcres", "coord"]).info("coordinator {id} stopped", { id: cfg.id });
   return EXIT.OK;
+}
+
+/** The identity in `dir`, which must be whole and of role `coordinator`. */
+async function coordinatorIdentity(dir: string): Promise<Identity> {
+  let identity: Identity;
+  try {
+    identity = await checkIdentity(dir);
+  } catch (e) {
+    throw new ConfigError(`identityDir ${dir}: ${(e as Error).message}`);
+  }
+  const me = await verifyPeerCertificate(identity.certPem, identity.caPem);
+  if (!me.ok || me.role !== "coordinator") {
+    throw new ConfigError(
+      `identityDir ${dir}: the certificate's role is ${
+        me.ok ? me.role ?? "none" : "unreadable"
+      }, not coordinator; issue one with 'dcres ca issue --role coordinator'`,
+    );
+  }
+  return identity;
 }
 
 /** Prints the cluster's hosts, leases, VMs and recent events from the coordinator's store. */
