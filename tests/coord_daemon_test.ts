@@ -157,6 +157,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     assert(!Deno.readTextFileSync(logB).includes("leads"), "the standby led while the first did");
     const seqBefore = s.events.at(-1)!.seq;
     await stopCoord(coord);
+    await until("the standby leads", (s) => s.leader?.id === "coord-b");
     coord = startCoord();
     await sleep(TTL_MS + 1000);
     s = await until(
