@@ -10,6 +10,7 @@ import { consoleCommand } from "./src/cli/console.ts";
 import { migrateCommand, type MigrateFlags } from "./src/cli/migrate.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
+import { coordCommand, type CoordFlags, coordStatusCommand } from "./src/cli/coord.ts";
 import { statusCommand } from "./src/cli/status.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
@@ -48,12 +49,12 @@ async function configureLogging(level: LogLevel): Promise<void> {
 }
 
 /**
- * The level a command logs at: the long-running processes (the top-level `vmm` and `agent`
+ * The level a command logs at: the long-running processes (the top-level `vmm`, `agent`, `coord`
  * commands) log info and up, for their log files; any other command what --log-level says.
  */
 function logLevelOf(action: Command, level: LogLevel): LogLevel {
   const topLevel = action.parent !== null && action.parent.parent === null;
-  return topLevel && (action.name() === "vmm" || action.name() === "agent") ? "info" : level;
+  return topLevel && ["vmm", "agent", "coord"].includes(action.name()) ? "info" : level;
 }
 
 /** Options every command that starts a VM takes. */
@@ -159,6 +160,16 @@ export function program(
       "copies of every checkpoint fragment unless the request says (default 2 with other hosts)",
     )
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
+
+  const coord = p.command("coord")
+    .description("run the coordinator: heartbeats, host leases and states (docs/COORDINATOR.md)")
+    // Not a required option: commander would demand it of `coord status` too, before its own.
+    .option("--config <file>", "JSON: agents, identityDir, store, timings, lease terms (required)")
+    .action(act((f: CoordFlags) => coordCommand(g(), f)));
+  coord.command("status")
+    .description("hosts, their leases and VMs, and recent events, from the coordinator's store")
+    .requiredOption("--config <file>", "the coordinator's config (its agents and store)")
+    .action(act((f: Required<CoordFlags>) => coordStatusCommand(g(), f)));
 
   p.command("status")
     .description("this agent's VMs, checkpoints, disk use and peers (local agent, or --agent)")

@@ -13,7 +13,12 @@ import {
   LeaseTermsError,
 } from "../src/agent/lease.ts";
 
-/** One renewal: sent by the agent at real time `sent`, granted `toCoord` ms later, answered after `back` ms, or lost. */
+/**
+ * One renewal: sent by the agent at real time `sent`, granted `toCoord` ms later, answered after `back` ms, or lost.
+ * With the coordinator calling (`agent.lease`, agent/lease_handler.ts), `sent` is when heartbeat k
+ * reached the agent, `toCoord` the trip of its answer (the grant is the answer's arrival), and
+ * `back` the trip of heartbeat k+1, which carries the grant back.
+ */
 interface Renewal {
   sent: number;
   toCoord: number;

@@ -8,19 +8,13 @@
 import { noGuestReason, skipIf } from "./helpers/accel.ts";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
+import { assertUnitExposure, assertUnitVerifies, run } from "./helpers/systemd_unit.ts";
 import { selfCommand } from "../src/agent/spawn.ts";
 
 const UNIT = new URL("../contrib/systemd/dcres-agent.service", import.meta.url).pathname;
 const LOGROTATE = new URL("../contrib/logrotate/dcres", import.meta.url).pathname;
 /** The most `systemd-analyze security` may rate the unit (issue 14: 4.0 or lower). */
 const MAX_EXPOSURE = 4.0;
-
-/** Runs a command; returns its exit code and output. */
-async function run(cmd: string, args: string[]): Promise<{ code: number; out: string }> {
-  const r = await new Deno.Command(cmd, { args, stdout: "piped", stderr: "piped" }).output();
-  const dec = new TextDecoder();
-  return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
-}
 
 /** The values of `key=` in the unit's [Service] section, in order (a key may repeat). */
 function unitValues(key: string): string[] {
@@ -80,27 +74,12 @@ function tracedCalls(log: string): { calls: Set<string>; succeeded: Set<string> 
   return { calls, succeeded };
 }
 
-Deno.test("systemd-analyze verify accepts the agent's unit", async () => {
-  // verify checks that ExecStart's program exists, so point it at this checkout's launcher.
-  const dir = Deno.makeTempDirSync({ prefix: "dcres-unit-" });
-  const launcher = new URL("../dcres", import.meta.url).pathname;
-  const copy = `${dir}/dcres-agent.service`;
-  Deno.writeTextFileSync(
-    copy,
-    Deno.readTextFileSync(UNIT).replaceAll("/opt/dcres/dcres ", `${launcher} `),
-  );
-  const r = await run("systemd-analyze", ["verify", copy]);
-  assertEquals(r.code, 0, r.out);
-  assertEquals(r.out.split("\n").filter((l) => l.includes("dcres-agent")), [], r.out);
-});
+Deno.test("systemd-analyze verify accepts the agent's unit", () => assertUnitVerifies(UNIT));
 
-Deno.test(`systemd-analyze security rates the agent's unit ${MAX_EXPOSURE.toFixed(1)} or lower`, async () => {
-  const r = await run("systemd-analyze", ["security", "--offline=true", UNIT]);
-  const m = /Overall exposure level for dcres-agent\.service: (\d+\.\d+)/.exec(r.out);
-  assert(m, r.out);
-  console.log(`systemd-analyze security: ${m[1]} (at most ${MAX_EXPOSURE.toFixed(1)})`);
-  assert(Number(m[1]) <= MAX_EXPOSURE, r.out);
-});
+Deno.test(
+  `systemd-analyze security rates the agent's unit ${MAX_EXPOSURE.toFixed(1)} or lower`,
+  () => assertUnitExposure(UNIT, MAX_EXPOSURE),
+);
 
 Deno.test({
   name:

@@ -9,6 +9,8 @@ import type { AccessPolicy, Role } from "../rpc/roles.ts";
 const ANYONE: readonly Role[] = ["agent", "operator", "coordinator"];
 const PEOPLE: readonly Role[] = ["operator", "coordinator"];
 const AGENTS: readonly Role[] = ["agent"];
+/** Only the coordinator leases hosts: its heartbeat decides when their VMs must fence. */
+const COORDINATOR: readonly Role[] = ["coordinator"];
 /** A split VM's main host merges its chain on its sub-hosts; people merge and restore by hand. */
 const AGENTS_AND_PEOPLE: readonly Role[] = ANYONE;
 
@@ -59,6 +61,7 @@ export const AGENT_ACCESS: AccessPolicy = {
   "pages.save.finish": AGENTS,
   "pages.save.commit": AGENTS,
   "pages.save.abort": AGENTS,
+  "agent.lease": COORDINATOR,
 };
 
 /** Calls that last as long as their use (a split VM's page channel, a console), capped at a day, not an hour. */

@@ -38,6 +38,7 @@ import { checkQuota } from "./upload_space.ts";
 import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
 import { answeringPeers, selfDescription } from "./peers.ts";
+import { AgentLease } from "./lease_handler.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge and prune its chain on a sub-host. */
 const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort", "ckpt.prune"] as const;
@@ -159,6 +160,7 @@ export class Agent {
     // This agent's own calls to others (pushes, copies of fragments) authenticate as itself.
     const connect = (addr: string) => RpcClient.connect(addr, identity);
     const handlers = validated({
+      ...new AgentLease(Agent.stateDir(cfg)).handlers(),
       ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
       ...heldAsData(pageHandlers(
         stores,

@@ -111,6 +111,16 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "pages.save.finish": v.looseObject({ ...pagesOf, id: saveId }),
   "pages.save.commit": v.looseObject({ ...pagesOf, id: saveId }),
   "pages.save.abort": v.looseObject({ vm: name, id: v.optional(saveId) }),
+  "agent.lease": v.strictObject({
+    term: count,
+    epoch: count,
+    terms: v.strictObject({
+      ttlMs: v.pipe(v.number(), v.minValue(1), v.maxValue(86400_000)),
+      drift: v.pipe(v.number(), v.minValue(0), v.maxValue(0.5)),
+      fenceMs: ms,
+    }),
+    grant: v.optional(v.pipe(v.string(), v.maxLength(64))),
+  }),
 };
 
 /** `handlers` with each listed method's arguments validated first; a failure is one bad-request line. */

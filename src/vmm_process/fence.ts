@@ -73,6 +73,7 @@ export class Fence implements Disposable {
   readonly #stateDir: string;
   #timer?: ReturnType<typeof setInterval>;
   #reason?: string;
+  #fencedAt?: number;
 
   /** Starts watching for `vm`. */
   constructor(vm: Vm, stateDir: string) {
@@ -87,6 +88,11 @@ export class Fence implements Disposable {
     return this.#reason;
   }
 
+  /** When its vCPUs had all stopped for the fence (ms since the epoch), once they have. */
+  get fencedAtMs(): number | undefined {
+    return this.#fencedAt;
+  }
+
   #check() {
     if (this.#vm.isStopped) return this[Symbol.dispose]();
     const why = fenceReason(this.#stateDir, bootTimeMs());
@@ -94,8 +100,9 @@ export class Fence implements Disposable {
     this.#reason = why;
     this[Symbol.dispose]();
     log.warn("{reason}", { reason: why });
-    this.#vm.pause().catch((e) =>
-      log.warn("a vCPU has not parked yet: {error}", { error: (e as Error).message })
+    this.#vm.pause().then(
+      () => this.#fencedAt = Date.now(),
+      (e) => log.warn("a vCPU has not parked yet: {error}", { error: (e as Error).message }),
     );
   }
 

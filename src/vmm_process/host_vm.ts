@@ -128,6 +128,7 @@ export async function hostVm(
       ...(times ? { restore: times } : {}),
       ...paging.info(),
       ...(fence?.reason ? { state: "paused", pausedReason: fence.reason } : {}),
+      ...(fence?.fencedAtMs ? { fencedAtMs: fence.fencedAtMs } : {}),
     }),
     onStarted: async (m, server) => {
       const watch = new Fence(m.vm, opts.stateDir);

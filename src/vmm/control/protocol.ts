@@ -43,6 +43,8 @@ export interface VmInfo {
   state: "running" | "paused" | "stopped";
   /** Why the VM is paused when nobody asked for it (e.g. a sub-host is unreachable). */
   pausedReason?: string;
+  /** When its host's lapsed lease had stopped all its vCPUs (ms since the epoch), if it has. */
+  fencedAtMs?: number;
   /** Milliseconds since the VM started. */
   uptimeMs: number;
   /** Exits handled per vCPU. */

@@ -1,0 +1,88 @@
+/**
+ * `dcres coord`: the coordinator daemon, until SIGTERM or SIGINT (docs/COORDINATOR.md), and
+ * `dcres coord status`, read from its store whether or not it runs.
+ */
+import { getLogger } from "@logtape/logtape";
+import { dirname } from "node:path";
+import { existsSync } from "node:fs";
+import { loadCoordConfig } from "../coord/config.ts";
+import { Coordinator } from "../coord/daemon.ts";
+import { openState } from "../coord/open_state.ts";
+import { coordStatus, formatCoordStatus } from "../coord/status.ts";
+import { checkIdentity, type Identity, verifyPeerCertificate } from "../net/identity.ts";
+import { RpcClient } from "../net/quic.ts";
+import { ConfigError } from "../rpc/errors.ts";
+import { EXIT, type GlobalOptions, report } from "./context.ts";
+import { UsageError } from "./units.ts";
+
+/** Flags of `dcres coord` and `dcres coord status`. */
+export interface CoordFlags {
+  /** The config file. */
+  config?: string;
+}
+
+/** Runs the coordinator. */
+export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<number> {
+  if (!f.config) throw new UsageError("dcres coord: give --config FILE (docs/COORDINATOR.md)");
+  const cfg = loadCoordConfig(f.config);
+  const identity = await coordinatorIdentity(cfg.identityDir);
+  if (!cfg.store.startsWith("etcd://")) {
+    Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
+  }
+  const state = await openState(cfg.store);
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  console.log(JSON.stringify({ ready: true, id: cfg.id, store: state.where }));
+  try {
+    await new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity)).run(stop.signal);
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+    await state.close();
+  }
+  getLogger(["dcres", "coord"]).info("coordinator {id} stopped", { id: cfg.id });
+  return EXIT.OK;
+}
+
+/** The identity in `dir`, which must be whole and of role `coordinator`. */
+async function coordinatorIdentity(dir: string): Promise<Identity> {
+  let identity: Identity;
+  try {
+    identity = await checkIdentity(dir);
+  } catch (e) {
+    throw new ConfigError(`identityDir ${dir}: ${(e as Error).message}`);
+  }
+  const me = await verifyPeerCertificate(identity.certPem, identity.caPem);
+  if (!me.ok || me.role !== "coordinator") {
+    throw new ConfigError(
+      `identityDir ${dir}: the certificate's role is ${
+        me.ok ? me.role ?? "none" : "unreadable"
+      }, not coordinator; issue one with 'dcres ca issue --role coordinator'`,
+    );
+  }
+  return identity;
+}
+
+/** Prints the cluster's hosts, leases, VMs and recent events from the coordinator's store. */
+export async function coordStatusCommand(
+  g: GlobalOptions,
+  f: Required<CoordFlags>,
+): Promise<number> {
+  const cfg = loadCoordConfig(f.config);
+  if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
+    throw new ConfigError(
+      `store ${cfg.store}: no coordinator state there yet; start 'dcres coord --config ${f.config}' first`,
+    );
+  }
+  const state = await openState(cfg.store);
+  try {
+    const now = Date.now();
+    const s = await coordStatus(cfg, state, now);
+    report(g, s, () => formatCoordStatus(s, now).join("\n"));
+  } finally {
+    await state.close();
+  }
+  return EXIT.OK;
+}

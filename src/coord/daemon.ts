@@ -1,0 +1,221 @@
+/**
+ * The coordinator daemon (`dcres coord`): it campaigns for leadership in its store and, while it
+ * leads, heartbeats every agent of its config, which renews their leases, judges each host up,
+ * suspect or down, and records what changes (host states as events, lease epochs and expiries,
+ * where each VM runs). A standby waits in the campaign. Policies and restores build on this.
+ */
+import { getLogger } from "@logtape/logtape";
+import { isName } from "../codec/names.ts";
+import { sleep } from "../rpc/deadline.ts";
+import type { CoordConfig } from "./config.ts";
+import { type HostState, nextHostState } from "./host_state.ts";
+import { type Dial, HostWatch } from "./host_watch.ts";
+import {
+  type CoordState,
+  type Leadership,
+  MAX_OPS,
+  type Placement,
+  type StateOp,
+  type Versioned,
+} from "./state.ts";
+
+const log = getLogger(["dcres", "coord"]);
+
+/** The kinds of event a host's state change records. */
+const STATE_EVENT: Record<HostState, string> = {
+  up: "host-up",
+  suspect: "host-suspect",
+  down: "host-down",
+};
+
+/** Each host's last recorded state, from the newest events (a restarted coordinator goes on from it). */
+export async function recordedHostStates(state: CoordState): Promise<Map<string, HostState>> {
+  const out = new Map<string, HostState>();
+  for (const e of await state.events()) {
+    const s = (Object.keys(STATE_EVENT) as HostState[]).find((k) => STATE_EVENT[k] === e.kind);
+    if (s && e.host) out.set(e.host, s);
+  }
+  return out;
+}
+
+/** A running coordinator. */
+export class Coordinator {
+  readonly #cfg: CoordConfig;
+  readonly #state: CoordState;
+  readonly #dial: Dial;
+  #hosts: HostWatch[] = [];
+
+  /** A coordinator over `state` that reaches agents with `dial`. */
+  constructor(cfg: CoordConfig, state: CoordState, dial: Dial) {
+    this.#cfg = cfg;
+    this.#state = state;
+    this.#dial = dial;
+  }
+
+  /** Leads whenever elected, until `signal` aborts. */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let lead: Leadership;
+      try {
+        lead = await this.#state.campaign(this.#cfg.id, this.#cfg.leaderTtlMs, signal);
+      } catch (e) {
+        if (signal.aborted) return;
+        throw e;
+      }
+      log.info("coordinator {id} leads, term {term}", { id: this.#cfg.id, term: lead.term });
+      const both = AbortSignal.any([signal, lead.signal]);
+      try {
+        await this.#lead(lead.term, both);
+      } finally {
+        for (const h of this.#hosts) h.close();
+      }
+      if (!signal.aborted) log.warn("coordinator {id} lost the leadership", { id: this.#cfg.id });
+    }
+  }
+
+  async #lead(term: number, signal: AbortSignal): Promise<void> {
+    const now = performance.now();
+    const leases = new Map((await this.#state.list("lease")).map((l) => [l.value.host, l.value]));
+    const states = await recordedHostStates(this.#state);
+    this.#hosts = this.#cfg.agents.map((a) => {
+      const h = new HostWatch(a.name, a.addr, this.#cfg.lease, leases.get(a.addr)?.epoch ?? 1, now);
+      h.state = states.get(a.addr);
+      return h;
+    });
+    const placements = new Map(
+      (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
+    );
+    const beats = this.#hosts.map((h) => this.#beatLoop(h, term, signal));
+    while (!signal.aborted) {
+      await sleep(this.#cfg.heartbeatMs);
+      // A renewal of the leadership that is late pauses the work; a lost one aborts `signal`.
+      if (signal.aborted || !this.#state.isLeader()) continue;
+      try {
+        await this.#record(placements);
+      } catch (e) {
+        log.warn("recording host states failed: {error}", { error: (e as Error).message });
+      }
+    }
+    await Promise.all(beats);
+  }
+
+  async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      const t0 = performance.now();
+      // A slow answer is waited for up to the suspect time: by then the host is suspect anyway.
+      if (this.#state.isLeader()) {
+        await h.beat(term, this.#cfg.lease, this.#dial, this.#cfg.suspectMs);
+      }
+      await sleep(Math.max(0, this.#cfg.heartbeatMs - (performance.now() - t0)));
+    }
+  }
+
+  /** Judges every host and commits what changed. */
+  async #record(placements: Map<string, Versioned<Placement>>): Promise<void> {
+    const now = performance.now();
+    const wall = Date.now();
+    const batches: Batch[] = [];
+    const moves: StateOp[][] = [];
+    for (const h of this.#hosts) {
+      const ops: StateOp[] = [];
+      const answered = h.answered;
+      h.answered = false;
+      const next = nextHostState(
+        {
+          state: h.state ?? "up",
+          lastOkAt: h.lastOkAt,
+          answered,
+          leaseLapsed: h.granted.lapsed(now),
+        },
+        now,
+        this.#cfg,
+      );
+      let apply = () => {};
+      let epoch = h.epoch;
+      // A host never heard of stays unknown until it answers or its silence makes it suspect.
+      if (!(h.state === undefined && !answered && next === "up") && next !== h.state) {
+        if (next === "down") epoch++;
+        const silentS = ((now - h.lastOkAt) / 1000).toFixed(1);
+        const detail = next === "up"
+          ? `${h.name} answers heartbeats`
+          : `${h.name} silent for ${silentS} s${next === "down" ? ", its lease lapsed" : ""}: ${
+            h.lastError ?? "no answer"
+          }`.slice(0, 1000);
+        ops.push({
+          op: "event",
+          event: { kind: STATE_EVENT[next], timeMs: wall, host: h.addr, detail },
+        });
+        // Taken on only once committed: a failed commit is judged again at the next tick.
+        apply = () => {
+          if (next === "down") h.declareDown();
+          h.state = next;
+          const props = { host: h.name, state: next, detail };
+          if (next === "up") log.info("host {host} is {state}: {detail}", props);
+          else log.warn("host {host} is {state}: {detail}", props);
+        };
+      }
+      if (answered || ops.length) {
+        // Past once lapsed: the record keeps when that was.
+        const expiresMs = Math.round(wall + (h.granted.lapsedAt - now));
+        ops.push({ op: "put", kind: "lease", value: { host: h.addr, expiresMs, epoch } });
+      }
+      if (ops.length) batches.push({ ops, apply });
+      if (answered) moves.push(...this.#placementOps(h, placements));
+    }
+    for (const group of chunks(batches)) {
+      await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
+      for (const b of group) b.apply();
+    }
+    if (!moves.length) return;
+    for (const group of chunks(moves.map((ops) => ({ ops, apply: () => {} })))) {
+      await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
+    }
+    for (const p of await this.#state.list("placement")) placements.set(p.value.vm, p);
+  }
+
+  /** Placement changes from `h`'s report: its VMs run there, with their split's hosts as subs. */
+  #placementOps(h: HostWatch, placements: Map<string, Versioned<Placement>>): StateOp[][] {
+    const addrOf = new Map(this.#hosts.filter((x) => x.certHost).map((x) => [x.certHost!, x.addr]));
+    const out: StateOp[][] = [];
+    const reported = new Set<string>();
+    for (const vm of h.vms) {
+      if (!isName("vm", vm.name)) continue;
+      reported.add(vm.name);
+      const subs = (vm.split ?? []).filter((s) => s !== h.certHost)
+        .map((s) => addrOf.get(s) ?? s).filter((s) => isName("host", s));
+      const old = placements.get(vm.name)?.value;
+      if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;
+      out.push([{ op: "put", kind: "placement", value: { vm: vm.name, main: h.addr, subs } }]);
+    }
+    for (const [vm, p] of placements) {
+      if (p.value.main === h.addr && !reported.has(vm)) {
+        out.push([{ op: "delete", kind: "placement", key: vm }]);
+        placements.delete(vm);
+      }
+    }
+    return out;
+  }
+}
+
+/** Steps to commit together, and what to take on once they are committed. */
+interface Batch {
+  ops: StateOp[];
+  apply: () => void;
+}
+
+/** `batches` grouped into commits of at most MAX_OPS steps, each batch whole in one commit. */
+function chunks(batches: Batch[]): Batch[][] {
+  const out: Batch[][] = [];
+  let size = 0;
+  for (const b of batches) {
+    const last = out.at(-1);
+    if (last && size + b.ops.length <= MAX_OPS) {
+      last.push(b);
+      size += b.ops.length;
+    } else {
+      out.push([b]);
+      size = b.ops.length;
+    }
+  }
+  return out;
+}
