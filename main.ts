@@ -148,6 +148,11 @@ export function program(
       "--guest-dir <dir>",
       "the only place Linux guests' kernels and initrds are read from (default /var/lib/dcres/guests)",
     )
+    .option(
+      "--scrub-rate <size/s>",
+      "re-read stored checkpoint copies in the background at this rate, e.g. 32M, or off (default)",
+    )
+    .option("--scrub-every <duration>", "start a background scrub pass this often (default 24h)")
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   p.command("status")

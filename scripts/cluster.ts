@@ -133,6 +133,8 @@ async function start(name: string) {
     join(dir, "identity"),
     "--guest-dir",
     guestDir(),
+    // Extra agent flags for every host (a test's background scrub, say), split at spaces.
+    ...(Deno.env.get("DCRES_CLUSTER_AGENT_FLAGS") ?? "").split(" ").filter(Boolean),
   ]);
   const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));

@@ -41,6 +41,8 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.scrub": PEOPLE,
   "ckpt.receive": AGENTS,
   "ckpt.replicate": AGENTS,
+  /** A holder pushes a fragment only to an agent its manifest names a holder (checked there). */
+  "ckpt.pull": AGENTS,
   "ckpt.newest": AGENTS_AND_PEOPLE,
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,

@@ -36,6 +36,8 @@ import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
 import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
+import { healing, pullHandlers, SelfRepair } from "./self_repair.ts";
+import { BackgroundScrub, DEFAULT_SCRUB_EVERY_MS } from "./scrub_loop.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
 const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort"] as const;
@@ -60,6 +62,10 @@ export interface AgentConfig {
   recheckMs?: number;
   /** The only directory kernels and initrds of Linux guests it starts are read from. */
   guestDir?: string;
+  /** Bytes per second the background scrub reads stored copies at (absent or 0: no background scrub). */
+  scrubRateBytes?: number;
+  /** Milliseconds between the starts of two background scrub passes (default a day). */
+  scrubEveryMs?: number;
 }
 
 /** True when other agents can dial `listen`: its host is an address, not a wildcard. */
@@ -145,17 +151,20 @@ export class Agent {
     const owners = new PageOwners(stores.dir);
     // This agent's own calls to others (pushes, copies of fragments) authenticate as itself.
     const connect = (addr: string) => RpcClient.connect(addr, identity);
-    const handlers = validated({
+    const root = join(cfg.dataDir, "ckpt");
+    const generation = (arg: unknown, role: CallerRole, field?: string) =>
+      checkpointPath(root, arg, "generation", role, field);
+    const repair = new SelfRepair(root, me.host, connect, scrubs);
+    // A restore or verify that met a damaged copy here is tried again once it is replaced.
+    const handlers = validated(healing({
       ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
-      ...heldAsData(pageHandlers(
-        stores,
-        join(cfg.dataDir, "ckpt"),
-        (arg, role, field) =>
-          checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
-        owners,
-        connect,
-      )),
-    });
+      ...heldAsData(pageHandlers(stores, root, generation, owners, connect)),
+      ...pullHandlers(root, connect),
+    }, repair, {
+      restore: (args, ctx) => generation(args.path, ctx.role),
+      "ckpt.verify": (args, ctx) => generation(args.path, ctx.role),
+      "pages.load": (args, ctx) => generation(args.ckpt, ctx.role, "ckpt"),
+    }));
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
     const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
@@ -175,9 +184,14 @@ export class Agent {
       pageStores: { capacityPages: stores.capacityPages, vms: stores.list() },
       refusedConnections: quic.refused,
       peers: quic.peers(),
+      scrub: scrubs.toJSON(),
     });
     const local = new LocalRpcServer(Agent.socketPath(cfg), handlers);
     const agent = new Agent(cfg, quic, local, me.host);
+    if (cfg.scrubRateBytes) {
+      const every = cfg.scrubEveryMs ?? DEFAULT_SCRUB_EVERY_MS;
+      agent.scrub = new BackgroundScrub(root, cfg.scrubRateBytes, every, repair, scrubs);
+    }
     if (cfg.metricsPort) {
       agent.metrics = Deno.serve(
         { hostname: "127.0.0.1", port: cfg.metricsPort, onListen: () => {} },
@@ -210,11 +224,15 @@ export class Agent {
   /** The metrics HTTP server, when enabled. */
   metrics?: Deno.HttpServer;
 
+  /** The background scrub, when enabled. */
+  scrub?: BackgroundScrub;
+
   /** Stops serving; the VMs keep running. */
   stop(): void {
     this.quic.close();
     this.local.close();
     void this.metrics?.shutdown();
+    void this.scrub?.stop();
   }
 }
 
@@ -327,7 +345,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host),
+    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host, () => scrubs.repaired++),
     ...scrubHandlers(root, scrubs),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),

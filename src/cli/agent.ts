@@ -2,7 +2,7 @@
 import { getLogger } from "@logtape/logtape";
 import { Agent, type AgentConfig, DEFAULT_GUEST_DIR } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
-import { parseSize, UsageError } from "./units.ts";
+import { parseDuration, parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
 
 /** Flags of `dcres agent` (each overrides the config file). */
@@ -15,6 +15,13 @@ export interface AgentFlags {
   pageStore?: string;
   accel?: string;
   guestDir?: string;
+  scrubRate?: string;
+  scrubEvery?: string;
+}
+
+/** `--scrub-rate`: SIZE or SIZE/s in bytes per second, or `off` (0). */
+function scrubRate(text: string): number {
+  return text === "off" ? 0 : parseSize("--scrub-rate", text.replace(/\/s$/, ""));
 }
 
 /** Runs the agent. */
@@ -37,6 +44,8 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
     recheckMs: file.recheckMs,
     storeQuotaBytes: file.storeQuotaBytes,
     guestDir: f.guestDir ?? file.guestDir ?? DEFAULT_GUEST_DIR,
+    scrubRateBytes: f.scrubRate ? scrubRate(f.scrubRate) : file.scrubRateBytes,
+    scrubEveryMs: f.scrubEvery ? parseDuration("--scrub-every", f.scrubEvery) : file.scrubEveryMs,
   };
   const agent = await Agent.start(cfg);
   console.log(
