@@ -161,9 +161,10 @@ export class Agent {
       ...heldAsData(pageHandlers(stores, root, generation, owners, connect)),
       ...pullHandlers(root, connect),
     }, repair, {
-      restore: (args, ctx) => generation(args.path, ctx.role),
-      "ckpt.verify": (args, ctx) => generation(args.path, ctx.role),
-      "pages.load": (args, ctx) => generation(args.ckpt, ctx.role, "ckpt"),
+      // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
+      restore: { gen: (a, ctx) => generation(a.path, ctx.role), again: (a) => !(a.lazy && a.split) },
+      "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
+      "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
     }));
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);

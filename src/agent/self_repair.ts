@@ -155,17 +155,25 @@ export class SelfRepair {
   }
 }
 
+/** How `healing` treats one method: the generation a call reads, and whether to try it again. */
+export interface HealingRule {
+  /** The generation directory a call with `args` reads. */
+  gen: (args: Record<string, unknown>, ctx: RpcContext) => string;
+  /** False for a call whose first attempt may have changed other hosts (a lazy split restore). */
+  again?: (args: Record<string, unknown>) => boolean;
+}
+
 /**
- * `handlers` whose methods in `genOf` (each naming the generation a call reads) are tried once
- * more after a failure that a damaged copy here caused, once that copy is replaced.
+ * `handlers` whose methods in `rules` are tried once more after a failure that a damaged copy here
+ * caused, once that copy is replaced (or, when `again` says no, fail naming the copy replaced).
  */
 export function healing(
   handlers: Record<string, RpcHandler>,
   repair: SelfRepair,
-  genOf: Record<string, (args: Record<string, unknown>, ctx: RpcContext) => string>,
+  rules: Record<string, HealingRule>,
 ): Record<string, RpcHandler> {
   const out = { ...handlers };
-  for (const [method, gen] of Object.entries(genOf)) {
+  for (const [method, rule] of Object.entries(rules)) {
     const h = handlers[method];
     out[method] = async (args, ctx) => {
       try {
@@ -174,7 +182,7 @@ export function healing(
         if (e instanceof RpcError && e.code !== "failed") throw e;
         let healed: string[];
         try {
-          healed = await repair.heal(resolveCheckpoint(gen(args, ctx)).dir);
+          healed = await repair.heal(resolveCheckpoint(rule.gen(args, ctx)).dir);
         } catch (why) {
           if (why instanceof RepairError) {
             throw new RpcError("failed", `${(e as Error).message}; ${why.message}`);
@@ -182,6 +190,12 @@ export function healing(
           throw e;
         }
         if (!healed.length) throw e;
+        if (rule.again?.(args) === false) {
+          throw new RpcError(
+            "failed",
+            `${(e as Error).message}; the damaged copy ${healed.join(", ")} was replaced: try again`,
+          );
+        }
         const r = await h(args, ctx);
         return r && typeof r === "object" ? { ...r, replacedDamaged: healed } : r;
       }

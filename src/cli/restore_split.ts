@@ -115,9 +115,27 @@ export async function restoreSplit(
   opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
   t: SplitTargets,
 ): Promise<SplitRestoreReport> {
+  const placed = placeFragments(plan, source, t);
+  try {
+    return await restoreOnce(g, source, plan, opts, t, placed);
+  } catch {
+    // A target that found a damaged copy set it aside (and perhaps could not replace it itself, or
+    // a lazy restore's pages moved): once more, fetching whole copies again; its error stands.
+    return await restoreOnce(g, source, plan, opts, t, placed);
+  }
+}
+
+/** One attempt at {@link restoreSplit}: fetch what the targets lack, load the sub-hosts, restore. */
+async function restoreOnce(
+  g: GlobalOptions,
+  source: string,
+  plan: CheckpointPlan,
+  opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
+  t: SplitTargets,
+  { main, subs, target, holders: copiesAt }: ReturnType<typeof placeFragments>,
+): Promise<SplitRestoreReport> {
   const t0 = performance.now();
   const name = opts.name ?? plan.vm;
-  const { main, subs, target, holders: copiesAt } = placeFragments(plan, source, t);
   const origin = await chooseHolders(g, plan, copiesAt, target);
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied

@@ -30,6 +30,8 @@ export interface RestoreTimes {
   resumeMs: number;
   /** ms from the start until every page was resident (eager: same as resume). */
   residentMs?: number;
+  /** Why a lazy restore could not load every page (the VM was stopped): a damaged copy, say. */
+  failed?: string;
 }
 
 /** Hosting options. */
@@ -132,6 +134,13 @@ export async function hostVm(
         };
         opts.onRestore?.(times);
         const ck = restored.checkpoint;
+        // A page the lazy pass could not read would stall the vCPU touching it for good: the VM
+        // stops, and the agent that asked for the restore hears why (and can try another copy).
+        const fail = (e: Error) => {
+          log.error("lazy restore of {vm} failed: {error}", { vm: m.spec.name, error: e.message });
+          if (times) times.failed = e.message;
+          void m.vm.stop();
+        };
         if (restored.pager) {
           const pager = restored.pager;
           m.vm.onClose(async () => {
@@ -143,17 +152,13 @@ export async function hostVm(
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }
-          }).catch((e) =>
-            // Nobody awaits the pager: its failure (pages it could not read) is said here.
-            log.error("lazy restore of {vm} failed: {error}", {
-              vm: m.spec.name,
-              error: (e as Error).message,
-            })
-          ).finally(() => ck.close());
+          }).catch((e) => fail(e as Error)).finally(() => ck.close());
         } else if (paging.pager?.localDone) {
           // A lazy split restore: the pager installs main's pages from the checkpoint, then closes it.
-          void paging.pager.localDone.then(() => {
-            if (!m.vm.isStopped && times) {
+          const pager = paging.pager;
+          void pager.localDone!.then(() => {
+            if (pager.localError) fail(pager.localError);
+            else if (!m.vm.isStopped && times) {
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }
