@@ -156,16 +156,23 @@ export class Agent {
       checkpointPath(root, arg, "generation", role, field);
     const repair = new SelfRepair(root, me.host, connect, scrubs);
     // A restore or verify that met a damaged copy here is tried again once it is replaced.
-    const handlers = validated(healing({
-      ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
-      ...heldAsData(pageHandlers(stores, root, generation, owners, connect)),
-      ...pullHandlers(root, connect),
-    }, repair, {
-      // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
-      restore: { gen: (a, ctx) => generation(a.path, ctx.role), again: (a) => !(a.lazy && a.split) },
-      "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
-      "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
-    }));
+    const handlers = validated(healing(
+      {
+        ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
+        ...heldAsData(pageHandlers(stores, root, generation, owners, connect)),
+        ...pullHandlers(root, connect),
+      },
+      repair,
+      {
+        // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
+        restore: {
+          gen: (a, ctx) => generation(a.path, ctx.role),
+          again: (a) => !(a.lazy && a.split),
+        },
+        "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
+        "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
+      },
+    ));
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
     const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {

@@ -106,8 +106,8 @@ export class SelfRepair {
           rows.filter((r) => r.file === file),
           this.#counters,
         );
+        // The copy was counted repaired as it arrived (`ckpt.receive`, as for a `ckpt repair`).
         if (bad.length) throw new Error(`its copy is damaged too: ${bad[0].error}`);
-        this.#counters.repaired++;
         log.info("copy {file} of {store} pulled again from {from}", { file, store, from: h });
         return h;
       } catch (e) {
@@ -133,7 +133,9 @@ export class SelfRepair {
         for (const f of m.fragments) {
           if (f.generation !== m.generation) continue;
           if (![f.host, ...(f.copies ?? [])].includes(this.#me)) continue;
-          if (!existsSync(join(this.#root, s.name, f.path))) out.push({ store: s.name, file: f.path });
+          if (!existsSync(join(this.#root, s.name, f.path))) {
+            out.push({ store: s.name, file: f.path });
+          }
         }
       }
     }
@@ -193,7 +195,9 @@ export function healing(
         if (rule.again?.(args) === false) {
           throw new RpcError(
             "failed",
-            `${(e as Error).message}; the damaged copy ${healed.join(", ")} was replaced: try again`,
+            `${(e as Error).message}; the damaged copy ${
+              healed.join(", ")
+            } was replaced: try again`,
           );
         }
         const r = await h(args, ctx);
