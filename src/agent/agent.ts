@@ -36,7 +36,7 @@ import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
 import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
-import { healing, pullHandlers, SelfRepair } from "./self_repair.ts";
+import { SelfRepair, withSelfRepair } from "./self_repair.ts";
 import { BackgroundScrub, DEFAULT_SCRUB_EVERY_MS } from "./scrub_loop.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge its chain on a sub-host. */
@@ -156,22 +156,15 @@ export class Agent {
       checkpointPath(root, arg, "generation", role, field);
     const repair = new SelfRepair(root, me.host, connect, scrubs);
     // A restore or verify that met a damaged copy here is tried again once it is replaced.
-    const handlers = validated(healing(
+    const handlers = validated(withSelfRepair(
       {
         ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
         ...heldAsData(pageHandlers(stores, root, generation, owners, connect)),
-        ...pullHandlers(root, connect),
       },
       repair,
-      {
-        // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
-        restore: {
-          gen: (a, ctx) => generation(a.path, ctx.role),
-          again: (a) => !(a.lazy && a.split),
-        },
-        "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
-        "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
-      },
+      root,
+      connect,
+      generation,
     ));
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);

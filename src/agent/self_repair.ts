@@ -158,7 +158,7 @@ export class SelfRepair {
 }
 
 /** How `healing` treats one method: the generation a call reads, and whether to try it again. */
-export interface HealingRule {
+interface HealingRule {
   /** The generation directory a call with `args` reads. */
   gen: (args: Record<string, unknown>, ctx: RpcContext) => string;
   /** False for a call whose first attempt may have changed other hosts (a lazy split restore). */
@@ -169,7 +169,7 @@ export interface HealingRule {
  * `handlers` whose methods in `rules` are tried once more after a failure that a damaged copy here
  * caused, once that copy is replaced (or, when `again` says no, fail naming the copy replaced).
  */
-export function healing(
+function healing(
   handlers: Record<string, RpcHandler>,
   repair: SelfRepair,
   rules: Record<string, HealingRule>,
@@ -209,12 +209,32 @@ export function healing(
 }
 
 /**
+ * The agent's `handlers` with `ckpt.pull` (over root `root`, pushing through `connect`) added, and
+ * restores, verifies and page loads that meet a damaged copy here healed by `repair`; `generation`
+ * resolves a call's checkpoint argument as the agent does.
+ */
+export function withSelfRepair(
+  handlers: Record<string, RpcHandler>,
+  repair: SelfRepair,
+  root: string,
+  connect: (addr: string) => Promise<RpcClient>,
+  generation: (arg: unknown, role: RpcContext["role"], field?: string) => string,
+): Record<string, RpcHandler> {
+  return healing({ ...handlers, ...pullHandlers(root, connect) }, repair, {
+    // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
+    restore: { gen: (a, ctx) => generation(a.path, ctx.role), again: (a) => !(a.lazy && a.split) },
+    "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
+    "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
+  });
+}
+
+/**
  * `ckpt.pull {store, file, to, offset?}`: an agent asks this holder to push fragment `file` to it.
  * Only for a fragment this host holds whole, whose manifest here names the caller a holder, and
  * only to the caller's own address in that manifest: no agent gets a file it does not hold, nor
  * has one sent to a third host.
  */
-export function pullHandlers(
+function pullHandlers(
   root: string,
   connect: (addr: string) => Promise<RpcClient>,
 ): Record<string, RpcHandler> {
