@@ -110,3 +110,14 @@ Deno.test("a command on a VM that does not exist points at vm ls", async () => {
   assertEquals(r.code, 1);
   oneLineError(r.stderr, `no running VM named "ghost"`);
 });
+
+Deno.test("a background scrub rate or interval that is not one is a usage error naming the flag", async () => {
+  const agent = (flags: string[]) =>
+    dcres(["agent", "--data-dir", tempStateDir(), "--identity", tempStateDir(), ...flags]);
+  const rate = await agent(["--scrub-rate", "fast"]);
+  assertEquals(rate.code, 2);
+  oneLineError(rate.stderr, "--scrub-rate fast: not a size");
+  const every = await agent(["--scrub-rate", "32M/s", "--scrub-every", "soon"]);
+  assertEquals(every.code, 2);
+  oneLineError(every.stderr, "--scrub-every soon: not a duration");
+});

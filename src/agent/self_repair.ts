@@ -12,6 +12,7 @@ import { CheckpointStore, resolveCheckpoint } from "../ckpt/store.ts";
 import type { RpcClient } from "../net/quic.ts";
 import type { RpcContext, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
+import { VmExistsError } from "../vmm/runner.ts";
 import { type ScrubCounters, setAsideDamaged } from "./scrub.ts";
 import { inStore } from "./store_files.ts";
 import { pushStoreFile } from "./store_transfer.ts";
@@ -181,7 +182,8 @@ function healing(
       try {
         return await h(args, ctx);
       } catch (e) {
-        if (e instanceof RpcError && e.code !== "failed") throw e;
+        // Only a read of the checkpoint can have met a damaged copy: no scrub for a refusal.
+        if (e instanceof RpcError && e.code !== "failed" || e instanceof VmExistsError) throw e;
         let healed: string[];
         try {
           healed = await repair.heal(resolveCheckpoint(rule.gen(args, ctx)).dir);
