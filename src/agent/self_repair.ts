@@ -188,15 +188,14 @@ function healing(
         try {
           healed = await repair.heal(resolveCheckpoint(rule.gen(args, ctx)).dir);
         } catch (why) {
-          if (why instanceof RepairError) {
-            throw new RpcError("failed", `${(e as Error).message}; ${why.message}`);
-          }
-          throw e;
+          if (!(why instanceof RepairError)) throw e;
+          // Set aside but not replaced here: a caller that fetches whole copies again may retry.
+          throw new RpcError("damaged-copy", `${(e as Error).message}; ${why.message}`);
         }
         if (!healed.length) throw e;
         if (rule.again?.(args) === false) {
           throw new RpcError(
-            "failed",
+            "damaged-copy",
             `${(e as Error).message}; the damaged copy ${
               healed.join(", ")
             } was replaced: try again`,

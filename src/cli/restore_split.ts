@@ -14,6 +14,7 @@ import { chooseHolders, mainAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { RpcError } from "../rpc/errors.ts";
 
 /** Where a split restore puts things. */
 export interface SplitTargets {
@@ -118,9 +119,11 @@ export async function restoreSplit(
   const placed = placeFragments(plan, source, t);
   try {
     return await restoreOnce(g, source, plan, opts, t, placed);
-  } catch {
-    // A target that found a damaged copy set it aside (and perhaps could not replace it itself, or
-    // a lazy restore's pages moved): once more, fetching whole copies again; its error stands.
+  } catch (e) {
+    // A target that met a damaged copy set it aside (and could not replace it itself, or a lazy
+    // restore's pages moved): once more, fetching whole copies again. Any other failure stands: a
+    // second try could reload the sub-hosts under a VM that did start.
+    if (!(e instanceof RpcError && e.code === "damaged-copy")) throw e;
     return await restoreOnce(g, source, plan, opts, t, placed);
   }
 }
