@@ -34,7 +34,8 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.inspect": PEOPLE,
   "ckpt.verify": PEOPLE,
   "ckpt.plan": PEOPLE,
-  "ckpt.have": PEOPLE,
+  /** An agent hears only what is missing, and sizes of files it holds (checked there). */
+  "ckpt.have": ANYONE,
   "ckpt.get": PEOPLE,
   "ckpt.put": PEOPLE,
   "ckpt.push": PEOPLE,

@@ -44,8 +44,10 @@ export class BackgroundScrub {
     while (!signal.aborted) {
       const t0 = performance.now();
       try {
-        // Lost copies first: finding one takes a stat, reading every copy takes the whole pass.
+        // Lost copies first, here and on the other holders: finding one takes a stat or a
+        // question, reading every copy takes the whole pass.
         for (const { store, file } of repair.missing()) await this.#pull(repair, store, file);
+        await repair.pushLost();
         const files = await scrubOffLoop(root, undefined, signal, rate);
         for (const d of setAsideDamaged(root, files, counters)) {
           log.warn("scrub: damaged copy {store}/{file} set aside: {error}", { ...d });

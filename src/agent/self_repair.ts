@@ -7,32 +7,22 @@
 import { dirname, join } from "node:path";
 import { existsSync } from "node:fs";
 import { getLogger } from "@logtape/logtape";
-import { type Manifest, readManifest } from "../ckpt/manifest.ts";
+import { type Manifest, MANIFEST_FILE, readManifest } from "../ckpt/manifest.ts";
 import { CheckpointStore, resolveCheckpoint } from "../ckpt/store.ts";
 import type { RpcClient } from "../net/quic.ts";
 import type { RpcContext, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
 import { type ScrubCounters, setAsideDamaged } from "./scrub.ts";
-import { inStore } from "./store_files.ts";
 import { pushStoreFile } from "./store_transfer.ts";
+import { addressOf, fragmentEntry, holderHandlers, wholeHere } from "./holder_rules.ts";
 import { safeReadDir } from "./paths.ts";
 import { scrubGenerationOffLoop } from "./verify.ts";
 
 const log = getLogger(["dcres", "agent", "repair"]);
 
-/** The agent address the manifest `m` records for host `name` (main's is `split.mainAddr`). */
-function addressOf(m: Manifest, name: string): string | undefined {
-  const a = m.split?.hosts[name];
-  return a === "main" ? m.split?.mainAddr : a;
-}
-
-/** Fragment `file` of the manifest of its own generation in `store`, and that manifest. */
-function fragmentEntry(root: string, store: string, file: string) {
-  const m = readManifest(join(root, store, dirname(file)));
-  const f = m.fragments.find((x) => x.path === file && x.generation === m.generation);
-  return f && { m, f, holders: [f.host, ...(f.copies ?? [])] };
-}
+/** Age of a generation here before its copies elsewhere are checked (its commit is over by then). */
+const SETTLED_MS = 60_000;
 
 /** A copy this agent could not get back, and why. */
 export class RepairError extends Error {
@@ -118,29 +108,95 @@ export class SelfRepair {
     throw new RepairError(store, file, tried.join("; ") || "it has no other holder");
   }
 
-  /** Fragment copies the manifests here say this host holds that are missing. */
-  missing(): Array<{ store: string; file: string }> {
-    const out: Array<{ store: string; file: string }> = [];
+  /**
+   * Each fragment the committed manifests here say this host holds, with its manifest; with
+   * `settledMs`, only of generations committed here at least that long ago.
+   */
+  *#held(
+    settledMs = 0,
+  ): Generator<{ store: string; m: Manifest; f: Manifest["fragments"][number] }> {
     for (const s of safeReadDir(this.#root)) {
       if (!s.isDirectory) continue;
       for (const g of new CheckpointStore(join(this.#root, s.name)).generations()) {
         if (!g.committed) continue;
         let m: Manifest;
         try {
+          const at = Deno.statSync(join(g.dir, MANIFEST_FILE)).mtime?.getTime() ?? 0;
+          if (Date.now() - at < settledMs) continue;
           m = readManifest(g.dir);
         } catch {
           continue; // a scrub reports a damaged manifest
         }
         for (const f of m.fragments) {
           if (f.generation !== m.generation) continue;
-          if (![f.host, ...(f.copies ?? [])].includes(this.#me)) continue;
-          if (!existsSync(join(this.#root, s.name, f.path))) {
-            out.push({ store: s.name, file: f.path });
-          }
+          if ([f.host, ...(f.copies ?? [])].includes(this.#me)) yield { store: s.name, m, f };
         }
       }
     }
-    return out;
+  }
+
+  /** Fragment copies the manifests here say this host holds that are missing. */
+  missing(): Array<{ store: string; file: string }> {
+    return [...this.#held()].filter(({ store, f }) => !existsSync(join(this.#root, store, f.path)))
+      .map(({ store, f }) => ({ store, file: f.path }));
+  }
+
+  /**
+   * Asks every other holder of a fragment held whole here whether it still has its copy, and
+   * pushes back each one it lost (a host whose disk was replaced), then the generation's manifest
+   * where that is lost too. Returns the copies pushed; a holder that does not answer is passed over.
+   */
+  async pushLost(): Promise<Array<{ store: string; file: string; to: string }>> {
+    // By holder address and store: the files it should have, and where they are here.
+    const ask = new Map<string, Map<string, Set<string>>>();
+    // A generation just committed here may still be committing on the others: left alone a while.
+    for (const { store, m, f } of this.#held(SETTLED_MS)) {
+      if (!wholeHere(join(this.#root, store, f.path), f.bytes)) continue;
+      for (const h of [f.host, ...(f.copies ?? [])]) {
+        const a = h === this.#me ? undefined : addressOf(m, h);
+        if (!a) continue;
+        const stores = ask.get(a) ?? new Map<string, Set<string>>();
+        const files = stores.get(store) ?? new Set<string>();
+        files.add(f.path).add(`${dirname(f.path)}/MANIFEST`);
+        ask.set(a, stores.set(store, files));
+      }
+    }
+    const pushed: Array<{ store: string; file: string; to: string }> = [];
+    for (const [to, stores] of ask) {
+      for (const [store, files] of stores) {
+        try {
+          const client = await this.#connect(to);
+          let r: { missing: string[]; partial: Record<string, number> };
+          try {
+            r = await client.call("ckpt.have", { store, files: [...files] });
+          } finally {
+            await client.close();
+          }
+          // Fragments first, manifests last: a generation there is complete before it commits.
+          const order = r.missing.sort((a, b) =>
+            Number(a.endsWith("MANIFEST")) - Number(b.endsWith("MANIFEST"))
+          );
+          for (const file of order) {
+            await pushStoreFile(this.#connect, join(this.#root, store, file), {
+              store,
+              file,
+              to,
+              offset: r.partial[file] ?? 0,
+              repair: !file.endsWith("MANIFEST"),
+            });
+            pushed.push({ store, file, to });
+            log.info("pushed lost copy {file} of {store} back to {to}", { file, store, to });
+          }
+        } catch (e) {
+          log.warn("could not check or restore {store} copies on {to}: {error}", {
+            store,
+            to,
+            error: (e as Error).message,
+          });
+        }
+      }
+    }
+    return pushed;
   }
 
   /**
@@ -210,7 +266,8 @@ function healing(
 }
 
 /**
- * The agent's `handlers` with `ckpt.pull` (over root `root`, pushing through `connect`) added, and
+ * The agent's `handlers` with a holder's `ckpt.pull` and agents' `ckpt.have` (over root `root`,
+ * pushing through `connect`; `holder_rules.ts`), and
  * restores, verifies and page loads that meet a damaged copy here healed by `repair`; `generation`
  * resolves a call's checkpoint argument as the agent does.
  */
@@ -221,54 +278,10 @@ export function withSelfRepair(
   connect: (addr: string) => Promise<RpcClient>,
   generation: (arg: unknown, role: RpcContext["role"], field?: string) => string,
 ): Record<string, RpcHandler> {
-  return healing({ ...handlers, ...pullHandlers(root, connect) }, repair, {
+  return healing({ ...handlers, ...holderHandlers(root, connect, handlers["ckpt.have"]) }, repair, {
     // A lazy split restore's first try may have moved pages on its sub-hosts: the CLI reloads them.
     restore: { gen: (a, ctx) => generation(a.path, ctx.role), again: (a) => !(a.lazy && a.split) },
     "ckpt.verify": { gen: (a, ctx) => generation(a.path, ctx.role) },
     "pages.load": { gen: (a, ctx) => generation(a.ckpt, ctx.role, "ckpt") },
   });
-}
-
-/**
- * `ckpt.pull {store, file, to, offset?}`: an agent asks this holder to push fragment `file` to it.
- * Only for a fragment this host holds whole, whose manifest here names the caller a holder, and
- * only to the caller's own address in that manifest: no agent gets a file it does not hold, nor
- * has one sent to a third host.
- */
-function pullHandlers(
-  root: string,
-  connect: (addr: string) => Promise<RpcClient>,
-): Record<string, RpcHandler> {
-  return {
-    "ckpt.pull": (args, ctx) => {
-      const path = inStore(root, args, "file");
-      const store = String(args.store), file = String(args.file);
-      const deny = (why: string) =>
-        new RpcError("permission-denied", `ckpt.pull of ${store}/${file} by ${ctx.peer}: ${why}`);
-      let entry;
-      try {
-        entry = fragmentEntry(root, store, file);
-      } catch {
-        throw deny("no committed manifest here names that fragment");
-      }
-      if (!entry) throw deny("no committed manifest here names that fragment");
-      if (!entry.holders.includes(ctx.peer)) {
-        throw deny(`its manifest names ${entry.holders.join(", ")} as holders, not the caller`);
-      }
-      if (args.to !== addressOf(entry.m, ctx.peer)) {
-        throw deny(`pushes go only to the caller's own address in the manifest`);
-      }
-      const size = existsSync(path) ? Deno.lstatSync(path).size : undefined;
-      if (size !== entry.f.bytes) {
-        throw new RpcError("failed", `${store}/${file}: no whole copy here to push`);
-      }
-      return pushStoreFile(connect, path, {
-        store,
-        file,
-        to: String(args.to),
-        offset: typeof args.offset === "number" ? args.offset : 0,
-        repair: true,
-      });
-    },
-  };
 }
