@@ -3,8 +3,9 @@
  * agents of this machine: a restore (eager and lazy) and `ckpt verify`, run before any scrub or
  * repair, meet a flipped byte in the copy they read first, set it aside, pull a whole copy from
  * another holder and go on; agents with a background scrub find a flipped byte and a removed copy
- * by themselves and pull them back; and a holder refuses `ckpt.pull` to an agent its manifest does
- * not name, and to any address but the caller's own.
+ * by themselves and pull them back, and push a host that lost its disk its copies; and a holder
+ * refuses `ckpt.pull` to an agent its manifest does not name, and to any address but the caller's
+ * own, and tells an agent through `ckpt.have` only what is missing and what it holds.
  */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
@@ -105,6 +106,15 @@ Deno.test("fragment copies stay whole by themselves: restores and verify take a 
       await denied(pull(asNode2, "node3", s1), /names node3, node1 as holders, not the caller/);
       await denied(pull(asNode2, "node1", s2), /only to the caller's own address/);
       await denied(pull(asOperator, "node1", s1), /role operator/);
+      // ckpt.have tells an agent what is missing, and sizes only of what it holds.
+      const have = (files: string[]) => asNode2.call("ckpt.have", { store: "hv", files });
+      await denied(have(["g000001/node3.frag"]), /does not name the caller a holder/);
+      const lost = await have(["g000001/node9.frag", "g000001/node1.frag"]) as {
+        missing: string[];
+        sizes: Record<string, number>;
+      };
+      assertEquals(lost.missing, ["g000001/node9.frag"]);
+      assertEquals(Object.keys(lost.sizes), ["g000001/node1.frag"]);
     } finally {
       await asNode2.close();
       await asOperator.close();
@@ -119,14 +129,20 @@ Deno.test("fragment copies stay whole by themselves: restores and verify take a 
     }
     flip(copy("node3", "node2"));
     Deno.removeSync(copy("node1", "node3"));
-    const deadline = performance.now() + 120_000;
-    while (
-      !(same(copy("node3", "node2"), copy("node2", "node2")) &&
-        same(copy("node1", "node3"), copy("node3", "node3")))
-    ) {
-      assert(performance.now() < deadline, "the agents did not repair their copies in 2 min");
-      await new Promise((r) => setTimeout(r, 500));
-    }
+    const until = async (what: string, ok: () => boolean) => {
+      const t0 = performance.now();
+      while (!ok()) {
+        assert(performance.now() - t0 < 180_000, `${what} did not happen within 3 min`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      console.log(`  ${what}: ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    };
+    await until(
+      "node3's damaged and node1's lost copy coming back",
+      () =>
+        same(copy("node3", "node2"), copy("node2", "node2")) &&
+        same(copy("node1", "node3"), copy("node3", "node3")),
+    );
     assert(Deno.statSync(`${copy("node3", "node2")}.damaged`).isFile);
     const s3 = await scrubOf(s2), s0 = await scrubOf(main);
     assert(
@@ -137,6 +153,24 @@ Deno.test("fragment copies stay whole by themselves: restores and verify take a 
     console.log(`  node3's scrub: ${JSON.stringify(s3)}; node1's: ${JSON.stringify(s0)}`);
     const verified = await c.ok(["--agent", main, "ckpt", "verify", r.checkpoint]);
     assert(verified.startsWith("OK"), verified);
+    // node2 loses its disk for good and starts empty: the other holders notice and push back its
+    // copies and the manifest.
+    await c.run("kill", "node2");
+    Deno.removeSync(`${dir}/node2/data`, { recursive: true });
+    await c.run("start", "node2");
+    await until(
+      "node2's copies coming back",
+      () =>
+        same(copy("node2", "node1"), copy("node1", "node1")) &&
+        same(copy("node2", "node2"), copy("node3", "node2")) &&
+        same(
+          `${dir}/node2/data/ckpt/hv/g000001/MANIFEST`,
+          `${dir}/node1/data/ckpt/hv/g000001/MANIFEST`,
+        ),
+    );
+    assert((await scrubOf(s1)).repaired >= 2, JSON.stringify(await scrubOf(s1)));
+    const onNode2 = await c.ok(["--agent", s1, "ckpt", "verify", r.checkpoint]);
+    assert(onNode2.startsWith("OK"), onNode2);
   } finally {
     await c.down();
   }
