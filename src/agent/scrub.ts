@@ -47,16 +47,19 @@ export class ScrubCounters {
 
 /**
  * Counts what a scrub read and sets each damaged fragment copy aside as `FILE.damaged` (one that
- * is gone already, set aside by another scrub, is passed over); returns the damaged ones.
+ * is gone already, set aside by another scrub, is passed over), but only those `replaceable`
+ * allows; returns the damaged ones it set aside, or was allowed to.
  */
 export function setAsideDamaged(
   root: string,
   files: ScrubbedFile[],
   counters: ScrubCounters,
+  replaceable: (f: ScrubbedFile) => boolean = () => true,
 ): ScrubbedFile[] {
-  const damaged = files.filter((f) => f.error);
+  const found = files.filter((f) => f.error);
   counters.bytes += files.reduce((a, f) => a + f.bytes, 0);
-  counters.damaged += damaged.length;
+  counters.damaged += found.length;
+  const damaged = found.filter(replaceable);
   for (const f of damaged) {
     if (!f.file.endsWith(".frag")) continue;
     const path = join(root, f.store, f.file);

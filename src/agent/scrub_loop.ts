@@ -49,7 +49,7 @@ export class BackgroundScrub {
         for (const { store, file } of repair.missing()) await this.#pull(repair, store, file);
         await repair.pushLost();
         const files = await scrubOffLoop(root, undefined, signal, rate);
-        for (const d of setAsideDamaged(root, files, counters)) {
+        for (const d of setAsideDamaged(root, files, counters, (f) => repair.replaceable(f))) {
           log.warn("scrub: damaged copy {store}/{file} set aside: {error}", { ...d });
           if (d.file.endsWith(".frag")) await this.#pull(repair, d.store, d.file);
         }

@@ -14,6 +14,7 @@ import type { RpcContext, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { VmExistsError } from "../vmm/runner.ts";
 import { type ScrubCounters, setAsideDamaged } from "./scrub.ts";
+import type { ScrubbedFile } from "../ckpt/scrub.ts";
 import { pushStoreFile } from "./store_transfer.ts";
 import { addressOf, fragmentEntry, holderHandlers, wholeHere } from "./holder_rules.ts";
 import { safeReadDir } from "./paths.ts";
@@ -201,16 +202,31 @@ export class SelfRepair {
 
   /**
    * Checks the fragments generation `dir` uses here after a read of them failed: sets each
-   * damaged one aside and pulls it again. Resolves with the files replaced (none: the failure was
-   * not a damaged copy here); rejects when one could not be replaced.
+   * damaged one that another host holds aside and pulls it again. Resolves with the files
+   * replaced (none: the failure was not a damaged copy here); rejects when one could not be.
    */
   async heal(dir: string): Promise<string[]> {
-    const bad = setAsideDamaged(this.#root, await scrubGenerationOffLoop(dir), this.#counters);
+    const rows = await scrubGenerationOffLoop(dir);
+    const bad = setAsideDamaged(this.#root, rows, this.#counters, (r) => this.replaceable(r));
     for (const b of bad) {
       log.warn("damaged copy {store}/{file} set aside: {error}", { ...b });
       await this.pull(b.store, b.file);
     }
     return bad.map((b) => `${b.store}/${b.file}`);
+  }
+
+  /**
+   * True when the manifest here names another host holding `r`'s file: a damaged copy no other
+   * host holds stays in place, since set aside, what is left of it would be lost.
+   */
+  replaceable(r: ScrubbedFile): boolean {
+    try {
+      return (fragmentEntry(this.#root, r.store, r.file)?.holders ?? []).some((h) =>
+        h !== this.#me
+      );
+    } catch {
+      return false;
+    }
   }
 }
 
