@@ -92,12 +92,8 @@ export class SelfRepair {
         } finally {
           await client.close();
         }
-        const rows = await scrubGenerationOffLoop(dirname(path));
-        const bad = setAsideDamaged(
-          this.#root,
-          rows.filter((r) => r.file === file),
-          this.#counters,
-        );
+        const rows = await scrubGenerationOffLoop(dirname(path), file);
+        const bad = setAsideDamaged(this.#root, rows, this.#counters);
         // The copy was counted repaired as it arrived (`ckpt.receive`, as for a `ckpt repair`).
         if (bad.length) throw new Error(`its copy is damaged too: ${bad[0].error}`);
         log.info("copy {file} of {store} pulled again from {from}", { file, store, from: h });

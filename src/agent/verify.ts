@@ -37,9 +37,9 @@ export function scrubOffLoop(
   return offLoop({ kind: "scrub", root, store, rate }, signal) as Promise<ScrubbedFile[]>;
 }
 
-/** `scrubGeneration(dir)` run in a Worker, as {@link verifyOffLoop}. */
-export function scrubGenerationOffLoop(dir: string): Promise<ScrubbedFile[]> {
-  return offLoop({ kind: "scrub-generation", dir }) as Promise<ScrubbedFile[]>;
+/** `scrubGeneration(dir, file)` run in a Worker, as {@link verifyOffLoop}. */
+export function scrubGenerationOffLoop(dir: string, file?: string): Promise<ScrubbedFile[]> {
+  return offLoop({ kind: "scrub-generation", dir, file }) as Promise<ScrubbedFile[]>;
 }
 
 /** Runs `job` in a Worker of its own; `signal` stops it. */

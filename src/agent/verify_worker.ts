@@ -29,6 +29,8 @@ export type VerifyJob =
     kind: "scrub-generation";
     /** The generation directory whose fragments here are checked. */
     dir: string;
+    /** Only this fragment of it. */
+    file?: string;
   };
 
 /** What the Worker answers: the result, or the error's name and one-line message. */
@@ -46,7 +48,7 @@ self.onmessage = (e: MessageEvent<VerifyJob>) => {
         ? verifyCheckpoint(job.path, job.localOnly)
         : job.kind === "scrub"
         ? scrubStores(job.root, job.store, { rate: job.rate })
-        : scrubGeneration(job.dir),
+        : scrubGeneration(job.dir, job.file),
     };
   } catch (err) {
     const error = err instanceof Error ? err : new Error(String(err));

@@ -99,13 +99,15 @@ export function scrubStores(root: string, store?: string, pace: ScrubPace = {}):
 }
 
 /**
- * Scrubs every fragment the generation in `dir` uses that is here, its parents' too (what a
- * restore or verify of it reads), at full speed: the check after such a read failed.
+ * Scrubs every fragment the generation in `dir` uses that is here (or only `file`), its parents'
+ * too (what a restore or verify of it reads), at full speed: the check after such a read failed.
  */
-export function scrubGeneration(dir: string): ScrubbedFile[] {
+export function scrubGeneration(dir: string, file?: string): ScrubbedFile[] {
   const m = readManifest(dir);
   const store = dirname(dir);
-  return m.fragments.flatMap((_, k) =>
-    scrubFragment(dirname(store), basename(store), dir, m, k) ?? []
+  return m.fragments.flatMap((f, k) =>
+    file !== undefined && f.path !== file
+      ? []
+      : scrubFragment(dirname(store), basename(store), dir, m, k) ?? []
   );
 }
