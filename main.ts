@@ -159,6 +159,11 @@ export function program(
       "--replicas <n>",
       "copies of every checkpoint fragment unless the request says (default 2 with other hosts)",
     )
+    .option(
+      "--scrub-rate <size/s>",
+      "re-read stored checkpoint copies in the background at this rate, e.g. 32M, or off (default)",
+    )
+    .option("--scrub-every <duration>", "start a background scrub pass this often (default 24h)")
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   const coord = p.command("coord")

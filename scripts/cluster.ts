@@ -161,6 +161,8 @@ async function start(name: string) {
     ...extraArgs(name),
     // A test's settings for this agent (e.g. a store quota), when it wrote them.
     ...(existsSync(join(dir, "agent.json")) ? ["--config", join(dir, "agent.json")] : []),
+    // Extra agent flags for every host (a test's background scrub, say), split at spaces.
+    ...(Deno.env.get("DCRES_CLUSTER_AGENT_FLAGS") ?? "").split(" ").filter(Boolean),
   ]);
   const child = spawnDetached(self, log);
   Deno.writeTextFileSync(join(dir, "agent.pid"), String(child.pid));

@@ -128,3 +128,14 @@ Deno.test("an agent's bad --peers, --zone, --replicas or config values fail in o
   }
   assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["agent.json"]);
 });
+
+Deno.test("a background scrub rate or interval that is not one is a usage error naming the flag", async () => {
+  const agent = (flags: string[]) =>
+    dcres(["agent", "--data-dir", tempStateDir(), "--identity", tempStateDir(), ...flags]);
+  const rate = await agent(["--scrub-rate", "fast"]);
+  assertEquals(rate.code, 2);
+  oneLineError(rate.stderr, "--scrub-rate fast: not a size");
+  const every = await agent(["--scrub-rate", "32M/s", "--scrub-every", "soon"]);
+  assertEquals(every.code, 2);
+  oneLineError(every.stderr, "--scrub-every soon: not a duration");
+});

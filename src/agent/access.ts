@@ -36,13 +36,16 @@ export const AGENT_ACCESS: AccessPolicy = {
   "ckpt.inspect": PEOPLE,
   "ckpt.verify": PEOPLE,
   "ckpt.plan": PEOPLE,
-  "ckpt.have": PEOPLE,
+  /** An agent hears only what is missing, and sizes of files it holds (checked there). */
+  "ckpt.have": ANYONE,
   "ckpt.get": PEOPLE,
   "ckpt.put": PEOPLE,
   "ckpt.push": PEOPLE,
   "ckpt.scrub": PEOPLE,
   "ckpt.receive": AGENTS,
   "ckpt.replicate": AGENTS,
+  /** A holder pushes a fragment only to an agent its manifest names a holder (checked there). */
+  "ckpt.pull": AGENTS,
   "ckpt.newest": AGENTS_AND_PEOPLE,
   "ckpt.merge.part": AGENTS_AND_PEOPLE,
   "ckpt.commit": AGENTS_AND_PEOPLE,

@@ -30,7 +30,8 @@ import { type AccelChoice, AccelUnavailableError, parseAccelChoice } from "../ac
 import { accelChoice } from "../accel/select.ts";
 import { AGENT_ACCESS, AGENT_CHANNELS } from "./access.ts";
 import { validated } from "./schemas.ts";
-import { checkpointPath, guestFile, nameArg, safeReadDir, storeArg } from "./paths.ts";
+import { checkpointPath, guestFile, nameArg, storeArg } from "./paths.ts";
+import { metricsText, storeUsage } from "./metrics.ts";
 import type { CallerRole } from "../rpc/roles.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { verifyOffLoop } from "./verify.ts";
@@ -39,6 +40,8 @@ import { ScrubCounters, scrubHandlers } from "./scrub.ts";
 import { mergesFromMain, PageOwners } from "./page_owners.ts";
 import { answeringPeers, selfDescription } from "./peers.ts";
 import { AgentLease } from "./lease_handler.ts";
+import { SelfRepair, withSelfRepair } from "./self_repair.ts";
+import { BackgroundScrub, DEFAULT_SCRUB_EVERY_MS } from "./scrub_loop.ts";
 
 /** The checkpoint-file methods a split VM's main host calls to merge and prune its chain on a sub-host. */
 const MERGE_METHODS = ["ckpt.merge.part", "ckpt.commit", "ckpt.abort", "ckpt.prune"] as const;
@@ -74,6 +77,10 @@ export interface AgentConfig {
   zone?: string;
   /** Copies of every checkpoint fragment unless a request says (default: 2 with other hosts). */
   replicas?: number;
+  /** Bytes per second the background scrub reads stored copies at (absent or 0: no background scrub). */
+  scrubRateBytes?: number;
+  /** Milliseconds between the starts of two background scrub passes (default a day). */
+  scrubEveryMs?: number;
 }
 
 /** True when other agents can dial `listen`: its host is an address, not a wildcard. */
@@ -159,19 +166,24 @@ export class Agent {
     const owners = new PageOwners(stores.dir);
     // This agent's own calls to others (pushes, copies of fragments) authenticate as itself.
     const connect = (addr: string) => RpcClient.connect(addr, identity);
-    const handlers = validated({
-      ...new AgentLease(Agent.stateDir(cfg)).handlers(),
-      ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
-      ...heldAsData(pageHandlers(
-        stores,
-        join(cfg.dataDir, "ckpt"),
-        (arg, role, field) =>
-          checkpointPath(join(cfg.dataDir, "ckpt"), arg, "generation", role, field),
-        owners,
-        connect,
-        cfg.storeQuotaBytes,
-      )),
-    });
+    const root = join(cfg.dataDir, "ckpt");
+    const generation = (arg: unknown, role: CallerRole, field?: string) =>
+      checkpointPath(root, arg, "generation", role, field);
+    const repair = new SelfRepair(root, me.host, connect, scrubs);
+    // A restore or verify that met a damaged copy here is tried again once it is replaced.
+    const handlers = validated(withSelfRepair(
+      {
+        ...new AgentLease(Agent.stateDir(cfg)).handlers(),
+        ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
+        ...heldAsData(
+          pageHandlers(stores, root, generation, owners, connect, cfg.storeQuotaBytes),
+        ),
+      },
+      repair,
+      root,
+      connect,
+      generation,
+    ));
     const warn = (msg: string, p: Record<string, unknown>) => log.warn(msg, p);
     const revocations = await Revocations.load(cfg.identityDir, identity.caPem, warn);
     const quic = new RpcServer(identity, handlers, listen, warn, AGENT_ACCESS, {
@@ -187,21 +199,35 @@ export class Agent {
       addr: formatHostPort(quic.addr),
       uptimeMs: Math.round(performance.now() - t0),
       vms: await listVms(Agent.stateDir(cfg)),
-      checkpoints: storeUsage(cfg),
+      checkpoints: storeUsage(cfg.dataDir),
       pageStores: { capacityPages: stores.capacityPages, vms: stores.list() },
       refusedConnections: quic.refused,
       peers: quic.peers(),
+      scrub: scrubs.toJSON(),
     });
     const local = new LocalRpcServer(Agent.socketPath(cfg), handlers);
     const agent = new Agent(cfg, quic, local, me.host);
+    if (cfg.scrubRateBytes) {
+      const every = cfg.scrubEveryMs ?? DEFAULT_SCRUB_EVERY_MS;
+      agent.scrub = new BackgroundScrub(root, cfg.scrubRateBytes, every, repair, scrubs);
+    }
     if (cfg.metricsPort) {
       agent.metrics = Deno.serve(
         { hostname: "127.0.0.1", port: cfg.metricsPort, onListen: () => {} },
         async (req) =>
           new URL(req.url).pathname === "/metrics"
-            ? new Response(await metricsText(cfg, quic, t0), {
-              headers: { "content-type": "text/plain; version=0.0.4" },
-            })
+            ? new Response(
+              await metricsText({
+                stateDir: Agent.stateDir(cfg),
+                dataDir: cfg.dataDir,
+                refused: quic.refused,
+                t0,
+                scrubs,
+              }),
+              {
+                headers: { "content-type": "text/plain; version=0.0.4" },
+              },
+            )
             : new Response("not found\n", { status: 404 }),
       );
     }
@@ -226,11 +252,15 @@ export class Agent {
   /** The metrics HTTP server, when enabled. */
   metrics?: Deno.HttpServer;
 
+  /** The background scrub, when enabled. */
+  scrub?: BackgroundScrub;
+
   /** Stops serving; the VMs keep running. */
   stop(): void {
     this.quic.close();
     this.local.close();
     void this.metrics?.shutdown();
+    void this.scrub?.stop();
   }
 }
 
@@ -357,7 +387,7 @@ export function agentHandlers(
           identityDir: resolve(cfg.identityDir),
         }),
       }),
-    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host),
+    ...ckptFileHandlers(root, inData, connect, cfg.storeQuotaBytes, host, () => scrubs.repaired++),
     ...scrubHandlers(root, scrubs),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
@@ -430,69 +460,5 @@ function holdersArg(v: unknown): number[] {
   return h as number[];
 }
 
-/** Bytes each checkpoint store of this agent holds. */
-export function storeUsage(
-  cfg: AgentConfig,
-): Array<{ store: string; generations: number; bytes: number }> {
-  const root = join(cfg.dataDir, "ckpt");
-  const out: Array<{ store: string; generations: number; bytes: number }> = [];
-  for (const e of safeReadDir(root)) {
-    if (!e.isDirectory) continue;
-    const gens = listGenerations(join(root, e.name));
-    out.push({
-      store: e.name,
-      generations: gens.length,
-      bytes: gens.reduce((a, g) => a + (g.bytes ?? 0), 0),
-    });
-  }
-  return out;
-}
-
 /** This agent's scrub counters (one agent per process). */
 const scrubs = new ScrubCounters();
-
-async function metricsText(cfg: AgentConfig, quic: RpcServer, t0: number): Promise<string> {
-  const vms = await listVms(Agent.stateDir(cfg));
-  const paged = vms.filter((v) => v.paging);
-  const lines = [
-    "# HELP dcres_agent_uptime_seconds Seconds since the agent started.",
-    "# TYPE dcres_agent_uptime_seconds gauge",
-    `dcres_agent_uptime_seconds ${((performance.now() - t0) / 1000).toFixed(1)}`,
-    "# HELP dcres_vms VMs this agent supervises.",
-    "# TYPE dcres_vms gauge",
-    `dcres_vms ${vms.length}`,
-    "# HELP dcres_vm_memory_bytes Guest RAM per VM.",
-    "# TYPE dcres_vm_memory_bytes gauge",
-    ...vms.map((v) => `dcres_vm_memory_bytes{vm="${v.name}"} ${v.memSize}`),
-    "# HELP dcres_vm_info A VM's guest and the accelerator it runs on (always 1).",
-    "# TYPE dcres_vm_info gauge",
-    ...vms.map((v) => `dcres_vm_info{vm="${v.name}",guest="${v.guest}",accel="${v.accel}"} 1`),
-    "# HELP dcres_vm_page_ins_total Pages a split VM brought to its main host.",
-    "# TYPE dcres_vm_page_ins_total counter",
-    ...paged.map((v) => `dcres_vm_page_ins_total{vm="${v.name}"} ${v.paging!.pageIns}`),
-    "# HELP dcres_vm_page_outs_total Pages a split VM sent to its sub-hosts.",
-    "# TYPE dcres_vm_page_outs_total counter",
-    ...paged.map((v) => `dcres_vm_page_outs_total{vm="${v.name}"} ${v.paging!.pageOuts}`),
-    "# HELP dcres_vm_resident_pages Pages of a split VM each host holds.",
-    "# TYPE dcres_vm_resident_pages gauge",
-    ...paged.flatMap((v) =>
-      Object.entries(v.paging!.residentPages).map(([h, n]) =>
-        `dcres_vm_resident_pages{vm="${v.name}",host="${h}"} ${n}`
-      )
-    ),
-    "# HELP dcres_vm_fault_latency_us Remote fault service time of a split VM (recent faults).",
-    "# TYPE dcres_vm_fault_latency_us gauge",
-    ...paged.flatMap((v) => [
-      `dcres_vm_fault_latency_us{vm="${v.name}",quantile="0.5"} ${v.paging!.faultLatencyUs.p50}`,
-      `dcres_vm_fault_latency_us{vm="${v.name}",quantile="0.99"} ${v.paging!.faultLatencyUs.p99}`,
-    ]),
-    "# HELP dcres_refused_connections_total Connections refused at authentication.",
-    "# TYPE dcres_refused_connections_total counter",
-    `dcres_refused_connections_total ${quic.refused}`,
-    "# HELP dcres_checkpoint_store_bytes Bytes held per checkpoint store.",
-    "# TYPE dcres_checkpoint_store_bytes gauge",
-    ...storeUsage(cfg).map((s) => `dcres_checkpoint_store_bytes{store="${s.store}"} ${s.bytes}`),
-    ...scrubs.metrics(),
-  ];
-  return lines.join("\n") + "\n";
-}

@@ -56,7 +56,8 @@ function fileSize(path: string): number | undefined {
 
 /**
  * Handlers over the checkpoint root `root`; `resolve` turns a path or id into a generation dir;
- * uploads stay within `quotaBytes` of store files when set, and always within the disk's free space.
+ * uploads stay within `quotaBytes` of store files when set, and always within the disk's free space;
+ * `onRepaired` hears of each copy pushed here in place of a lost or damaged one.
  */
 export function ckptFileHandlers(
   root: string,
@@ -64,6 +65,7 @@ export function ckptFileHandlers(
   connect: (addr: string) => Promise<RpcClient>,
   quotaBytes?: number,
   host?: string,
+  onRepaired?: () => void,
 ): Record<string, RpcHandler> {
   const space = new UploadSpace(root, quotaBytes);
   return {
@@ -163,7 +165,7 @@ export function ckptFileHandlers(
       if (!committed) removeGeneration(dir);
       return Promise.resolve({ removed: !committed });
     },
-    ...transferHandlers(root, space, connect),
+    ...transferHandlers(root, space, connect, onRepaired),
     ...retentionHandlers(root, host),
   };
 }

@@ -9,7 +9,7 @@ import type { ScrubbedFile } from "../ckpt/scrub.ts";
 import { nameArg } from "./paths.ts";
 import { scrubOffLoop } from "./verify.ts";
 
-/** What this agent's scrubs have done since it started. */
+/** What this agent's scrubs and repairs have done since it started. */
 export class ScrubCounters {
   /** Bytes of fragment copies read and checked. */
   bytes = 0;
@@ -17,6 +17,14 @@ export class ScrubCounters {
   damaged = 0;
   /** Of those, set aside for a repair to replace. */
   setAside = 0;
+  /** Copies written here to replace a lost or damaged one (by this agent or a `ckpt repair`). */
+  repaired = 0;
+
+  /** The counters as `status` shows them. */
+  toJSON(): Record<string, number> {
+    const { bytes, damaged, setAside, repaired } = this;
+    return { bytes, damaged, setAside, repaired };
+  }
 
   /** The counters in Prometheus text form. */
   metrics(): string[] {
@@ -30,8 +38,39 @@ export class ScrubCounters {
       "# HELP dcres_scrub_set_aside_total Damaged copies set aside for a repair to replace.",
       "# TYPE dcres_scrub_set_aside_total counter",
       `dcres_scrub_set_aside_total ${this.setAside}`,
+      "# HELP dcres_repair_copies_total Fragment copies written here in place of lost or damaged ones.",
+      "# TYPE dcres_repair_copies_total counter",
+      `dcres_repair_copies_total ${this.repaired}`,
     ];
   }
+}
+
+/**
+ * Counts what a scrub read and sets each damaged fragment copy aside as `FILE.damaged` (one that
+ * is gone already, set aside by another scrub, is passed over), but only those `replaceable`
+ * allows; returns the damaged ones it set aside, or was allowed to.
+ */
+export function setAsideDamaged(
+  root: string,
+  files: ScrubbedFile[],
+  counters: ScrubCounters,
+  replaceable: (f: ScrubbedFile) => boolean = () => true,
+): ScrubbedFile[] {
+  const found = files.filter((f) => f.error);
+  counters.bytes += files.reduce((a, f) => a + f.bytes, 0);
+  counters.damaged += found.length;
+  const damaged = found.filter(replaceable);
+  for (const f of damaged) {
+    if (!f.file.endsWith(".frag")) continue;
+    const path = join(root, f.store, f.file);
+    try {
+      Deno.renameSync(path, `${path}.damaged`);
+      counters.setAside++;
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) throw e;
+    }
+  }
+  return damaged;
 }
 
 /** `ckpt.scrub {store?}` over the checkpoint root `root`. */
@@ -40,15 +79,7 @@ export function scrubHandlers(root: string, counters: ScrubCounters): Record<str
     "ckpt.scrub": async (args, ctx) => {
       const store = args.store === undefined ? undefined : nameArg(args, "store", "store");
       const files: ScrubbedFile[] = await scrubOffLoop(root, store, ctx.signal);
-      const damaged = files.filter((f) => f.error);
-      counters.bytes += files.reduce((a, f) => a + f.bytes, 0);
-      counters.damaged += damaged.length;
-      for (const f of damaged) {
-        if (!f.file.endsWith(".frag")) continue;
-        const path = join(root, f.store, f.file);
-        Deno.renameSync(path, `${path}.damaged`);
-        counters.setAside++;
-      }
+      const damaged = setAsideDamaged(root, files, counters);
       return { files: files.length, bytes: files.reduce((a, f) => a + f.bytes, 0), damaged };
     },
   };

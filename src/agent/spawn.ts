@@ -126,6 +126,24 @@ export async function spawnRestore(
   while (info.restore?.residentMs === undefined && performance.now() < deadline) {
     await sleep(50);
     info = await request<VmInfo>(stateDir, spec.name, { op: "info" });
+    if (info.restore?.failed) {
+      // The VM stops itself; its name is free again once its process has gone.
+      await gone(stateDir, spec.name);
+      throw new VmmStartError(`${spec.name}: the lazy restore failed: ${info.restore.failed}`);
+    }
   }
   return { name: spec.name, pid: info.pid, ...info.restore };
+}
+
+/** Resolves once VM `name`'s control socket stops answering (at most 30 s). */
+async function gone(stateDir: string, name: string): Promise<void> {
+  const deadline = performance.now() + 30_000;
+  while (performance.now() < deadline) {
+    try {
+      await request<VmInfo>(stateDir, name, { op: "info" });
+    } catch {
+      return;
+    }
+    await sleep(50);
+  }
 }

@@ -138,17 +138,76 @@ function count(args: Record<string, unknown>, field: string, what: string): numb
   return v as number;
 }
 
+/** A push of one store file to another agent: where, from which byte, and whether it repairs. */
+export interface PushRequest {
+  /** Store name. */
+  store: string;
+  /** The file, `gNNNNNN/HOST.frag` or `gNNNNNN/MANIFEST`. */
+  file: string;
+  /** The receiving agent, HOST:PORT. */
+  to: string;
+  /** Bytes the receiver kept of it already. */
+  offset: number;
+  /** The copy replaces a lost or damaged one (the receiver counts it). */
+  repair?: boolean;
+}
+
+/** Pushes store file `path` to agent `req.to` (through `connect`, as this agent), from `req.offset`. */
+export async function pushStoreFile(
+  connect: (addr: string) => Promise<RpcClient>,
+  path: string,
+  req: PushRequest,
+): Promise<{ bytes: number; ms: number }> {
+  const file = openStoreFile(path);
+  const t0 = performance.now();
+  try {
+    if (req.offset > file.size) {
+      throw new RpcError("bad-request", `${req.file}: offset ${req.offset} is past its end`);
+    }
+    const client = await connect(req.to);
+    try {
+      await client.call("ckpt.receive", {
+        store: req.store,
+        file: req.file,
+        bytes: file.size,
+        offset: req.offset,
+        ...(req.repair ? { repair: true } : {}),
+      }, { upload: fileChunks(file.fd, req.offset, file.size), deadlineMs: 3_600_000 });
+    } finally {
+      await client.close();
+    }
+    return { bytes: file.size - req.offset, ms: performance.now() - t0 };
+  } finally {
+    libc.close(file.fd);
+  }
+}
+
 /**
  * Handlers over checkpoint root `root`: `ckpt.get` streams a store file out, `ckpt.put` writes an
  * upload in, `ckpt.push` sends a file to another agent (through `connect`, as this agent),
  * `ckpt.receive` takes one from an agent, resumable, and `ckpt.replicate` takes a fragment's
- * replica streamed while the fragment is written.
+ * replica streamed while the fragment is written. One file is written by one call at a time, and
+ * `onRepaired` hears of each copy received in place of a lost or damaged one.
  */
 export function transferHandlers(
   root: string,
   space: UploadSpace,
   connect: (addr: string) => Promise<RpcClient>,
+  onRepaired: () => void = () => {},
 ): Record<string, RpcHandler> {
+  const writing = new Set<string>();
+  // Two writers of one `.part` (a restore's push and an agent's own repair) would interleave.
+  const alone = async <T>(path: string, name: unknown, write: () => Promise<T>): Promise<T> => {
+    if (writing.has(path)) {
+      throw new RpcError("bad-request", `${name} is being written by another call; try again`);
+    }
+    writing.add(path);
+    try {
+      return await write();
+    } finally {
+      writing.delete(path);
+    }
+  };
   return {
     "ckpt.get": async (args, ctx) => {
       const file = openStoreFile(inStore(root, args, "file"));
@@ -162,50 +221,45 @@ export function transferHandlers(
     "ckpt.put": async (args, ctx) => {
       const bytes = count(args, "bytes", "the size to upload");
       const path = inStore(root, args, "file");
-      return { bytes: await receiveStoreFile(space, path, String(args.file), bytes, ctx.data) };
+      return await alone(path, args.file, async () => ({
+        bytes: await receiveStoreFile(space, path, String(args.file), bytes, ctx.data),
+      }));
     },
     "ckpt.receive": async (args, ctx) => {
       const bytes = count(args, "bytes", "the file's size");
       const offset = count(args, "offset", "where this push starts");
       const path = inStore(root, args, "file");
-      const n = await receiveStoreFile(space, path, String(args.file), bytes, ctx.data, {
-        resumeAt: offset,
-      });
+      const n = await alone(
+        path,
+        args.file,
+        () =>
+          receiveStoreFile(space, path, String(args.file), bytes, ctx.data, { resumeAt: offset }),
+      );
+      if (args.repair === true) onRepaired();
       return { bytes: n };
     },
     "ckpt.replicate": async (args, ctx) => {
       const maxBytes = count(args, "maxBytes", "an upper bound on the file's size");
       const path = inStore(root, args, "file");
-      const n = await receiveStoreFile(space, path, String(args.file), maxBytes, ctx.data, {
-        atMost: true,
-      });
+      const n = await alone(
+        path,
+        args.file,
+        () =>
+          receiveStoreFile(space, path, String(args.file), maxBytes, ctx.data, { atMost: true }),
+      );
       return { bytes: n };
     },
-    "ckpt.push": async (args) => {
+    "ckpt.push": (args) => {
       const offset = args.offset === undefined ? 0 : count(args, "offset", "where to start");
       const to = args.to;
       if (typeof to !== "string") throw new RpcError("bad-request", "to (HOST:PORT) is required");
-      const file = openStoreFile(inStore(root, args, "file"));
-      const t0 = performance.now();
-      try {
-        if (offset > file.size) {
-          throw new RpcError("bad-request", `${args.file}: offset ${offset} is past its end`);
-        }
-        const client = await connect(to);
-        try {
-          await client.call("ckpt.receive", {
-            store: args.store,
-            file: args.file,
-            bytes: file.size,
-            offset,
-          }, { upload: fileChunks(file.fd, offset, file.size), deadlineMs: 3_600_000 });
-        } finally {
-          await client.close();
-        }
-        return { bytes: file.size - offset, ms: performance.now() - t0 };
-      } finally {
-        libc.close(file.fd);
-      }
+      return pushStoreFile(connect, inStore(root, args, "file"), {
+        store: String(args.store),
+        file: String(args.file),
+        to,
+        offset,
+        repair: args.repair === true,
+      });
     },
   };
 }

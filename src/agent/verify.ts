@@ -27,13 +27,19 @@ export function verifyOffLoop(
   >;
 }
 
-/** `scrubStores(root, store)` run in a Worker, as {@link verifyOffLoop}. */
+/** `scrubStores(root, store)` run in a Worker (at `rate` bytes/s when given), as {@link verifyOffLoop}. */
 export function scrubOffLoop(
   root: string,
   store?: string,
   signal?: AbortSignal,
+  rate?: number,
 ): Promise<ScrubbedFile[]> {
-  return offLoop({ kind: "scrub", root, store }, signal) as Promise<ScrubbedFile[]>;
+  return offLoop({ kind: "scrub", root, store, rate }, signal) as Promise<ScrubbedFile[]>;
+}
+
+/** `scrubGeneration(dir, file)` run in a Worker, as {@link verifyOffLoop}. */
+export function scrubGenerationOffLoop(dir: string, file?: string): Promise<ScrubbedFile[]> {
+  return offLoop({ kind: "scrub-generation", dir, file }) as Promise<ScrubbedFile[]>;
 }
 
 /** Runs `job` in a Worker of its own; `signal` stops it. */

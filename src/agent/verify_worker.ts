@@ -5,7 +5,7 @@
  */
 /// <reference lib="deno.worker" />
 import { verifyCheckpoint } from "../ckpt/inspect.ts";
-import { type ScrubbedFile, scrubStores } from "../ckpt/scrub.ts";
+import { type ScrubbedFile, scrubGeneration, scrubStores } from "../ckpt/scrub.ts";
 
 /** What the agent asks: one checkpoint verified, or stores scrubbed. */
 export type VerifyJob =
@@ -22,6 +22,15 @@ export type VerifyJob =
     root: string;
     /** Only this store. */
     store?: string;
+    /** Bytes per second to keep to (a background scrub); absent: full speed. */
+    rate?: number;
+  }
+  | {
+    kind: "scrub-generation";
+    /** The generation directory whose fragments here are checked. */
+    dir: string;
+    /** Only this fragment of it. */
+    file?: string;
   };
 
 /** What the Worker answers: the result, or the error's name and one-line message. */
@@ -37,7 +46,9 @@ self.onmessage = (e: MessageEvent<VerifyJob>) => {
       ok: true,
       result: job.kind === "verify"
         ? verifyCheckpoint(job.path, job.localOnly)
-        : scrubStores(job.root, job.store),
+        : job.kind === "scrub"
+        ? scrubStores(job.root, job.store, { rate: job.rate })
+        : scrubGeneration(job.dir, job.file),
     };
   } catch (err) {
     const error = err instanceof Error ? err : new Error(String(err));

@@ -114,9 +114,14 @@ export function verifyCheckpoint(
 
 /**
  * Reads and checks every page of `ck` (of the fragments `only`, when given) and every chunk's
- * checksum; throws the first damage found. Returns the pages read.
+ * checksum; throws the first damage found. Returns the pages read. `pace` hears of each batch's
+ * bytes before it is read (a background scrub waits there to keep to its rate).
  */
-export function readEveryPage(ck: OpenCheckpoint, only?: ReadonlySet<number>): number {
+export function readEveryPage(
+  ck: OpenCheckpoint,
+  only?: ReadonlySet<number>,
+  pace?: (bytes: number) => void,
+): number {
   for (const r of ck.readers) r?.verifyChunks();
   const all = ck.manifest.machine.spec.memSize / PAGE_SIZE;
   const gfns = only ? ck.pagesOf(only) : Array.from({ length: all }, (_, g) => g);
@@ -125,6 +130,7 @@ export function readEveryPage(ck: OpenCheckpoint, only?: ReadonlySet<number>): n
   const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
   for (let s = 0; s < gfns.length; s += batch) {
     const part = gfns.slice(s, s + batch);
+    pace?.(part.length * PAGE_SIZE);
     ck.loadTo(part, buf, base, part.map((_, i) => i * PAGE_SIZE));
   }
   return gfns.length;

@@ -3,8 +3,8 @@
  * each checksum checked against the manifest that names it, so rot is found before an incident
  * needs the copy. Each fragment is checked on its own, so one damaged copy hides no other.
  */
-import { basename, join } from "node:path";
-import { readManifest } from "./manifest.ts";
+import { basename, dirname, join } from "node:path";
+import { type Manifest, readManifest } from "./manifest.ts";
 import { OpenCheckpoint } from "./open_checkpoint.ts";
 import { readEveryPage } from "./inspect.ts";
 import { CheckpointStore } from "./store.ts";
@@ -21,12 +21,63 @@ export interface ScrubbedFile {
   error?: string;
 }
 
+/** How a scrub reads: all at once, or kept to a rate (bytes per second) by a token bucket. */
+export interface ScrubPace {
+  /** Bytes per second; 0 or absent: as fast as the disk goes. */
+  rate?: number;
+}
+
+/** A token bucket over a blocking wait: the Worker a scrub runs in has nothing else to do. */
+function bucket(rate: number | undefined): ((bytes: number) => void) | undefined {
+  if (!rate) return undefined;
+  const nap = new Int32Array(new SharedArrayBuffer(4));
+  let owed = 0, t0 = performance.now();
+  return (bytes) => {
+    owed += bytes;
+    const wait = (owed / rate) * 1000 - (performance.now() - t0);
+    // A scrub that fell behind (a slow disk) does not read faster later to catch up.
+    if (wait < 0) [owed, t0] = [0, performance.now()];
+    else Atomics.wait(nap, 0, 0, wait);
+  };
+}
+
+/** Checks fragment `k` of generation `dir`'s manifest `m`, stored at `root/store`; undefined if absent. */
+function scrubFragment(
+  root: string,
+  store: string,
+  dir: string,
+  m: Manifest,
+  k: number,
+  pace?: (bytes: number) => void,
+): ScrubbedFile | undefined {
+  const f = m.fragments[k];
+  let bytes: number;
+  try {
+    bytes = Deno.lstatSync(join(root, store, f.path)).size;
+  } catch {
+    return undefined; // held elsewhere
+  }
+  const row: ScrubbedFile = { store, file: f.path, bytes };
+  try {
+    const ck = OpenCheckpoint.open(dir, new Set([k]));
+    try {
+      readEveryPage(ck, new Set([k]), pace);
+    } finally {
+      ck.close();
+    }
+  } catch (e) {
+    row.error = (e as Error).message;
+  }
+  return row;
+}
+
 /** Scrubs every store under `root`, or only `store`; returns every fragment read. */
-export function scrubStores(root: string, store?: string): ScrubbedFile[] {
+export function scrubStores(root: string, store?: string, pace: ScrubPace = {}): ScrubbedFile[] {
   const stores = store !== undefined
     ? [store]
     : [...Deno.readDirSync(root)].filter((e) => e.isDirectory).map((e) => e.name).sort();
   const out: ScrubbedFile[] = [];
+  const wait = bucket(pace.rate);
   for (const s of stores) {
     for (const g of new CheckpointStore(join(root, s)).generations()) {
       if (!g.committed) continue;
@@ -39,26 +90,24 @@ export function scrubStores(root: string, store?: string): ScrubbedFile[] {
       }
       m.fragments.forEach((f, k) => {
         if (f.generation !== m.generation) return; // its own generation scrubs it
-        let bytes: number;
-        try {
-          bytes = Deno.lstatSync(join(root, s, f.path)).size;
-        } catch {
-          return; // held elsewhere
-        }
-        const row: ScrubbedFile = { store: s, file: f.path, bytes };
-        try {
-          const ck = OpenCheckpoint.open(g.dir, new Set([k]));
-          try {
-            readEveryPage(ck, new Set([k]));
-          } finally {
-            ck.close();
-          }
-        } catch (e) {
-          row.error = (e as Error).message;
-        }
-        out.push(row);
+        const row = scrubFragment(root, s, g.dir, m, k, wait);
+        if (row) out.push(row);
       });
     }
   }
   return out;
+}
+
+/**
+ * Scrubs every fragment the generation in `dir` uses that is here (or only `file`), its parents'
+ * too (what a restore or verify of it reads), at full speed: the check after such a read failed.
+ */
+export function scrubGeneration(dir: string, file?: string): ScrubbedFile[] {
+  const m = readManifest(dir);
+  const store = dirname(dir);
+  return m.fragments.flatMap((f, k) =>
+    file !== undefined && f.path !== file
+      ? []
+      : scrubFragment(dirname(store), basename(store), dir, m, k) ?? []
+  );
 }

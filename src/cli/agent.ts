@@ -2,7 +2,7 @@
 import { getLogger } from "@logtape/logtape";
 import { Agent, type AgentConfig, DEFAULT_GUEST_DIR } from "../agent/agent.ts";
 import { EXIT, type GlobalOptions } from "./context.ts";
-import { parseSize, UsageError } from "./units.ts";
+import { parseDuration, parseSize, UsageError } from "./units.ts";
 import { accelFlag } from "./accel_flag.ts";
 import { membershipOf } from "../agent/peers.ts";
 import { keepArg } from "../ckpt/retention.ts";
@@ -20,6 +20,8 @@ export interface AgentFlags {
   peers?: string;
   zone?: string;
   replicas?: string;
+  scrubRate?: string;
+  scrubEvery?: string;
 }
 
 /** The config file's checkpointKeep, checked. */
@@ -29,6 +31,11 @@ function configKeep(path: string | undefined, v: unknown): number | undefined {
   } catch (e) {
     throw new UsageError(`--config ${path}: ${(e as Error).message}`);
   }
+}
+
+/** `--scrub-rate`: SIZE or SIZE/s in bytes per second, or `off` (0). */
+function scrubRate(text: string): number {
+  return text === "off" ? 0 : parseSize("--scrub-rate", text.replace(/\/s$/, ""));
 }
 
 /** Runs the agent. */
@@ -64,6 +71,8 @@ export async function agentCommand(_g: GlobalOptions, f: AgentFlags): Promise<nu
         replicas: f.replicas !== undefined ? "--replicas" : `${f.config}: replicas`,
       },
     ),
+    scrubRateBytes: f.scrubRate ? scrubRate(f.scrubRate) : file.scrubRateBytes,
+    scrubEveryMs: f.scrubEvery ? parseDuration("--scrub-every", f.scrubEvery) : file.scrubEveryMs,
   };
   const agent = await Agent.start(cfg);
   console.log(

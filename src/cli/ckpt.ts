@@ -96,8 +96,8 @@ export async function ckptInspect(g: GlobalOptions, path: string): Promise<numbe
 
 /** `ckpt verify DIR`: every checksum of every file the checkpoint uses; fails on the first problem. */
 export async function ckptVerify(g: GlobalOptions, path: string): Promise<number> {
-  const r = agentAddr(g)
-    ? await remoteCall<ReturnType<typeof verifyCheckpoint>>(g, "ckpt.verify", { path })
+  const r: ReturnType<typeof verifyCheckpoint> & { replacedDamaged?: string[] } = agentAddr(g)
+    ? await remoteCall(g, "ckpt.verify", { path })
     : verifyCheckpoint(resolve(path));
   report(
     g,
@@ -107,6 +107,11 @@ export async function ckptVerify(g: GlobalOptions, path: string): Promise<number
       (r.elsewhere.length
         ? `; ${r.elsewhere.length} fragment(s) are on other hosts (verify them there): ${
           r.elsewhere.map((f) => `${f.host} ${f.path}`).join(", ")
+        }`
+        : "") +
+      (r.replacedDamaged?.length
+        ? `; damaged copies set aside and replaced from another holder: ${
+          r.replacedDamaged.join(", ")
         }`
         : ""),
   );

@@ -95,7 +95,7 @@ export async function repairCheckpoint(
         report.failed.push(`${f.path} on ${h}: no whole copy is left anywhere`);
         continue;
       }
-      const bytes = await pushFile(g, from, a, plan.store, f.path, h_.partial[f.path] ?? 0);
+      const bytes = await pushFile(g, from, a, plan.store, f.path, h_.partial[f.path] ?? 0, true);
       report.repaired.push({ file: f.path, to: a, from, bytes });
       const m = manifestsTo.get(a) ?? new Set();
       manifestsTo.set(a, m.add(`${dirname(f.path)}/MANIFEST`));

@@ -14,6 +14,7 @@ import { chooseHolders, mainAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { RpcError } from "../rpc/errors.ts";
 
 /** Where a split restore puts things. */
 export interface SplitTargets {
@@ -115,9 +116,29 @@ export async function restoreSplit(
   opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
   t: SplitTargets,
 ): Promise<SplitRestoreReport> {
+  const placed = placeFragments(plan, source, t);
+  try {
+    return await restoreOnce(g, source, plan, opts, t, placed);
+  } catch (e) {
+    // A target that met a damaged copy set it aside (and could not replace it itself, or a lazy
+    // restore's pages moved): once more, fetching whole copies again. Any other failure stands: a
+    // second try could reload the sub-hosts under a VM that did start.
+    if (!(e instanceof RpcError && e.code === "damaged-copy")) throw e;
+    return await restoreOnce(g, source, plan, opts, t, placed);
+  }
+}
+
+/** One attempt at {@link restoreSplit}: fetch what the targets lack, load the sub-hosts, restore. */
+async function restoreOnce(
+  g: GlobalOptions,
+  source: string,
+  plan: CheckpointPlan,
+  opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
+  t: SplitTargets,
+  { main, subs, target, holders: copiesAt }: ReturnType<typeof placeFragments>,
+): Promise<SplitRestoreReport> {
   const t0 = performance.now();
   const name = opts.name ?? plan.vm;
-  const { main, subs, target, holders: copiesAt } = placeFragments(plan, source, t);
   const origin = await chooseHolders(g, plan, copiesAt, target);
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied

@@ -8,7 +8,8 @@ const PUSH_ATTEMPTS = 3;
 /**
  * Has agent `from` push `file` of `store` to agent `to`, agent to agent (never through this
  * process), starting at `offset` (what `to` already kept of it); a push that breaks is resumed from
- * what `to` kept. Returns the bytes sent.
+ * what `to` kept; `repair` marks a copy that replaces a lost or damaged one (`to` counts it).
+ * Returns the bytes sent.
  */
 export async function pushFile(
   g: GlobalOptions,
@@ -17,13 +18,14 @@ export async function pushFile(
   store: string,
   file: string,
   offset: number,
+  repair = false,
 ): Promise<number> {
   for (let attempt = 1;; attempt++) {
     try {
       const r = await remoteCall<{ bytes: number }>(
         { ...g, agent: from },
         "ckpt.push",
-        { store, file, to, offset },
+        { store, file, to, offset, ...(repair ? { repair } : {}) },
         undefined,
         3_600_000,
       );

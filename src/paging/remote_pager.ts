@@ -99,6 +99,7 @@ export class RemotePager {
   /** A lazy restore's checkpoint, closed once main's pages are all installed from it. */
   readonly #lazy?: OpenCheckpoint;
   #localDone?: Promise<void>;
+  #localError?: Error;
   #memoryLock: Promise<unknown> = Promise.resolve();
   readonly #loops: Promise<void>[] = [];
   #stopped = false;
@@ -221,6 +222,11 @@ export class RemotePager {
   /** Resolves once a lazy restore's pages of main are all installed (undefined: none pending). */
   get localDone(): Promise<void> | undefined {
     return this.#localDone;
+  }
+
+  /** Why the lazy restore's pass over main's pages failed, once it has (a page it could not read). */
+  get localError(): Error | undefined {
+    return this.#localError;
   }
 
   /** The guest memory the pager serves. */
@@ -398,7 +404,9 @@ export class RemotePager {
       const fill = this.#fillLocal(local);
       this.#loops.push(fill);
       // A failed pass is `stop`'s to report (it waits for the loops); the restore is over either way.
-      this.#localDone = fill.catch(() => {});
+      this.#localDone = fill.catch((e) => {
+        this.#localError = e as Error;
+      });
     }
     log.info("split {what}: {pages} pages, main budget {budget}, sub-hosts {subs}", {
       what,

@@ -13,6 +13,8 @@ export type RpcErrorCode =
   | "cancelled"
   | "unauthenticated"
   | "permission-denied"
+  /** The call met a damaged copy of a checkpoint file and set it aside: trying again reads another. */
+  | "damaged-copy"
   | "failed";
 
 const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
@@ -23,6 +25,7 @@ const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
   "cancelled",
   "unauthenticated",
   "permission-denied",
+  "damaged-copy",
   "failed",
 ]);
 

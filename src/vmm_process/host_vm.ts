@@ -32,6 +32,8 @@ export interface RestoreTimes {
   resumeMs: number;
   /** ms from the start until every page was resident (eager: same as resume). */
   residentMs?: number;
+  /** Why a lazy restore could not load every page (the VM was stopped): a damaged copy, say. */
+  failed?: string;
 }
 
 /** Hosting options. */
@@ -144,6 +146,15 @@ export async function hostVm(
         };
         opts.onRestore?.(times);
         const ck = restored.checkpoint;
+        // A page the lazy pass could not read would stall the vCPU touching it for good: the VM
+        // stops, and the agent that asked for the restore hears why (and can try another copy).
+        const fail = (e: Error) => {
+          const detail = `lazy restore from ${ck.dir} failed: ${e.message}; ` +
+            "its memory is incomplete, so it was stopped: restore it again";
+          log.error("{vm}: {detail}", { vm: m.spec.name, detail });
+          if (times) times.failed = e.message;
+          void m.vm.stop({ reason: "error", detail });
+        };
         if (restored.pager) {
           const pager = restored.pager;
           m.vm.onClose(async () => {
@@ -156,18 +167,13 @@ export async function hostVm(
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }
-          }).catch((e) => {
-            // Pages it could not read are missing for good: the guest must not run on without them.
-            const detail = `lazy restore from ${ck.dir} failed: ${
-              (e as Error).message
-            }; its memory is incomplete, so it was stopped: restore it again`;
-            log.error("{vm}: {detail}", { vm: m.spec.name, detail });
-            void m.vm.stop({ reason: "error", detail });
-          }).finally(() => ck.close());
+          }).catch((e) => fail(e as Error)).finally(() => ck.close());
         } else if (paging.pager?.localDone) {
           // A lazy split restore: the pager installs main's pages from the checkpoint, then closes it.
-          void paging.pager.localDone.then(() => {
-            if (!m.vm.isStopped && times) {
+          const pager = paging.pager;
+          void pager.localDone!.then(() => {
+            if (pager.localError) fail(pager.localError);
+            else if (!m.vm.isStopped && times) {
               times.residentMs = performance.now() - t0;
               opts.onRestore?.(times);
             }

@@ -50,7 +50,7 @@ export interface VmInfo {
   /** Exits handled per vCPU. */
   exits: number[];
   /** Restore timings, for VMs restored from a checkpoint. */
-  restore?: { from: string; lazy: boolean; resumeMs: number; residentMs?: number };
+  restore?: { from: string; lazy: boolean; resumeMs: number; residentMs?: number; failed?: string };
   /** Remote paging, for split VMs. */
   paging?: PagingStats;
   /** memstamp progress, for memstamp guests. */
