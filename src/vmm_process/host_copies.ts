@@ -91,7 +91,7 @@ export async function checkpointWithCopies(
       );
     }
     if (parent && r.incremental) await backfillChain(r.dir, store, parent, holders);
-    return await local(hostCopies(store, pages, holders));
+    return await local(hostCopies(r.host, r.self, store, pages, holders));
   } finally {
     await Promise.all(holders.map((h) => h.client.close()));
   }
@@ -160,10 +160,21 @@ async function sendFile(
   }
 }
 
-/** The copies of a checkpoint of `store` on `holders`. */
-function hostCopies(store: string, pages: number, holders: Holder[]): HostCopies {
+/** The copies of a checkpoint of `store` by host `host` (agent at `self`) on `holders`. */
+function hostCopies(
+  host: string,
+  self: string | undefined,
+  store: string,
+  pages: number,
+  holders: Holder[],
+): HostCopies {
   const generation = (b: CheckpointBegun) => ({ store, generation: generationName(b.generation) });
   return {
+    host,
+    addrs: Object.fromEntries([
+      ...(self ? [[ONE_HOST, self]] : []),
+      ...holders.map((h) => [h.peer.host, h.peer.addr]),
+    ]),
     ready: () => Promise.resolve(Math.max(0, ...holders.map((h) => h.newest))),
     replicas: (b) => ({
       sink: teeSinks(
