@@ -12,7 +12,7 @@ import { isName } from "../codec/names.ts";
  * The agent address manifest `m` records for host `name`: its `addrs` entry (1.4), else a split
  * manifest's `split.hosts` (main's is `split.mainAddr`).
  */
-export function addressOf(m: Manifest, name: string): string | undefined {
+export function addressOf(m: Pick<Manifest, "addrs" | "split">, name: string): string | undefined {
   const known = m.addrs?.[name];
   if (known !== undefined) return known;
   const a = m.split?.hosts[name];
