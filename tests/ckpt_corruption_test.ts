@@ -990,12 +990,8 @@ Deno.test("a checksummed manifest naming an unknown accelerator is refused namin
 });
 
 Deno.test("a 1.2 manifest (before fragments[].copies) is read by this dcres as one copy each", () => {
-  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
-  const bytes = manifestWithBody(encodeCbor(m));
-  const dv = new DataView(bytes.buffer);
-  dv.setUint16(10, 2, true);
-  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
-  assertEquals(decodeManifest(MFILE, bytes).fragments.map((f) => f.copies), [undefined]);
+  const got = decodeManifest(MFILE, olderManifest(2));
+  assertEquals(got.fragments.map((f) => f.copies), [undefined]);
 });
 
 for (
@@ -1030,12 +1026,7 @@ Deno.test("a manifest listing a fragment's copies decodes with them", () => {
 });
 
 Deno.test("a 1.3 manifest (before addrs and host) is read by this 1.4 dcres without them", () => {
-  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
-  const bytes = manifestWithBody(encodeCbor(m));
-  const dv = new DataView(bytes.buffer);
-  dv.setUint16(10, 3, true);
-  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
-  const got = decodeManifest(MFILE, bytes);
+  const got = decodeManifest(MFILE, olderManifest(3));
   assertEquals([got.addrs, got.host], [undefined, undefined]);
 });
 
@@ -1068,6 +1059,15 @@ Deno.test("a manifest recording its holders' addresses and its taker decodes wit
   const got = decodeManifest(MFILE, manifestWithBody(encodeCbor({ ...m, addrs, host: "node1" })));
   assertEquals([got.addrs, got.host], [addrs, "node1"]);
 });
+
+/** A plain manifest file that says it is version 1.`minor`, its checksum fixed up. */
+function olderManifest(minor: number): Uint8Array {
+  const bytes = manifestWithBody(encodeCbor(manifestFor(FRAG_PAGES, "g000003/main.frag", 7)));
+  const dv = new DataView(bytes.buffer);
+  dv.setUint16(10, minor, true);
+  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
+  return bytes;
+}
 
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */
 function manifestWithBody(body: Uint8Array): Uint8Array {

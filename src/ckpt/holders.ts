@@ -29,16 +29,6 @@ export function takerOf(m: Manifest): string | undefined {
   return Object.keys(hosts).find((n) => hosts[n] === "main");
 }
 
-/** The hosts of `m`'s own generation's fragments: writers and holders of copies. */
-export function holdersIn(m: Manifest): Set<string> {
-  return new Set(
-    m.fragments.filter((f) => f.generation === m.generation).flatMap((f) => [
-      f.host,
-      ...(f.copies ?? []),
-    ]),
-  );
-}
-
 /** Another host holding part of a store's checkpoints, and its agent's address when known. */
 export interface StoreHolder {
   /** Its name in the manifests. */
