@@ -47,19 +47,13 @@ export async function askHolders(
 export function holderAddress(
   plan: CheckpointPlan,
   source: string,
-  name: string | undefined,
+  name: string,
 ): string | undefined {
-  if (name === undefined) return undefined;
   const taker = plan.taker;
   const isTaker = name === taker || (name === ONE_HOST && !plan.split);
   const here = plan.host === undefined || (taker !== undefined && plan.host === taker);
   if (name === plan.host || (isTaker && here)) return source;
   return addressOf(plan, name);
-}
-
-/** The address of checkpoint `plan`'s taker (a split VM's main), found through agent `source`. */
-export function mainAddress(plan: CheckpointPlan, source: string): string | undefined {
-  return holderAddress(plan, source, plan.taker);
 }
 
 /**
