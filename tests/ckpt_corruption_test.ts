@@ -989,13 +989,9 @@ Deno.test("a checksummed manifest naming an unknown accelerator is refused namin
   assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, "machine.vm.accel");
 });
 
-Deno.test("a 1.2 manifest (before fragments[].copies) is read by this 1.3 dcres as one copy each", () => {
-  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
-  const bytes = manifestWithBody(encodeCbor(m));
-  const dv = new DataView(bytes.buffer);
-  dv.setUint16(10, 2, true);
-  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
-  assertEquals(decodeManifest(MFILE, bytes).fragments.map((f) => f.copies), [undefined]);
+Deno.test("a 1.2 manifest (before fragments[].copies) is read by this dcres as one copy each", () => {
+  const got = decodeManifest(MFILE, olderManifest(2));
+  assertEquals(got.fragments.map((f) => f.copies), [undefined]);
 });
 
 for (
@@ -1028,6 +1024,50 @@ Deno.test("a manifest listing a fragment's copies decodes with them", () => {
   const got = decodeManifest(MFILE, manifestWithBody(encodeCbor({ ...m, fragments })));
   assertEquals(got.fragments[0].copies, ["node2", "node3"]);
 });
+
+Deno.test("a 1.3 manifest (before addrs and host) is read by this 1.4 dcres without them", () => {
+  const got = decodeManifest(MFILE, olderManifest(3));
+  assertEquals([got.addrs, got.host], [undefined, undefined]);
+});
+
+for (
+  const [what, extra, expect] of [
+    ["addrs that is a list", { addrs: ["127.0.0.1:1"] }, "is not a map"],
+    ["addrs naming a host that is not a host name", { addrs: { "../x": "h:1" } }, "addrs"],
+    ["an address that is not text", { addrs: { node2: 7 } }, "addrs.node2"],
+    ["an address without a port", { addrs: { node2: "node2" } }, "addrs.node2"],
+    ["an address with a newline", { addrs: { node2: "a\nb:1" } }, "addrs.node2"],
+    ["an address over 300 characters", { addrs: { node2: `${"a".repeat(300)}:1` } }, "addrs"],
+    [
+      "more than 64 addresses",
+      { addrs: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`n${i}`, "h:1"])) },
+      "more than 64",
+    ],
+    ["a taker that is not a host name", { host: "node1\nforged" }, `field "host"`],
+  ] as const
+) {
+  Deno.test(`a checksummed manifest with ${what} is refused naming the field`, () => {
+    const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+    const bytes = manifestWithBody(encodeCbor({ ...m, ...extra }));
+    assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, expect);
+  });
+}
+
+Deno.test("a manifest recording its holders' addresses and its taker decodes with them", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const addrs = { main: "127.0.0.1:7401", node2: "[::1]:7402", "node3.example": "10.0.0.3:7403" };
+  const got = decodeManifest(MFILE, manifestWithBody(encodeCbor({ ...m, addrs, host: "node1" })));
+  assertEquals([got.addrs, got.host], [addrs, "node1"]);
+});
+
+/** A plain manifest file that says it is version 1.`minor`, its checksum fixed up. */
+function olderManifest(minor: number): Uint8Array {
+  const bytes = manifestWithBody(encodeCbor(manifestFor(FRAG_PAGES, "g000003/main.frag", 7)));
+  const dv = new DataView(bytes.buffer);
+  dv.setUint16(10, minor, true);
+  rewriteManifestCrc(bytes, dv, bytes.length - MANIFEST_HEADER - 12);
+  return bytes;
+}
 
 /** A manifest file whose body is `body` (any CBOR), with a valid header and checksum. */
 function manifestWithBody(body: Uint8Array): Uint8Array {

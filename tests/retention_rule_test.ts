@@ -247,3 +247,36 @@ Deno.test("ckpt.prune and ckpt.gc take only stores inside the agent's checkpoint
     Deno.removeSync(d, { recursive: true });
   }
 });
+
+Deno.test("a holder takes an agent's prune of a one-host VM's copies only from the VM's host, and gc there names the VM's host by its address", async () => {
+  const d = Deno.makeTempDirSync({ prefix: "dcres-retain-" });
+  const as = (peer: string) => ({ role: "agent", peer } as RpcContext);
+  try {
+    const root = join(d, "ckpt");
+    for (const g of [1, 2]) {
+      const m = commitGen(join(root, "vm"), g, [g]);
+      m.fragments[0] = { ...m.fragments[0], copies: ["node3"] };
+      m.host = "node1";
+      m.addrs = { main: "127.0.0.1:7401", node3: "127.0.0.1:7403" };
+      commitManifest(join(root, "vm", generationName(g)), m);
+    }
+    const h = retentionHandlers(root, "node3");
+    const e = await assertRejects(
+      async () => await h["ckpt.prune"]({ store: "vm", keep: [2], upTo: 2 }, as("node2")),
+      RpcError,
+    );
+    assertEquals((e as RpcError).code, "permission-denied", e.message);
+    assert(e.message.includes("node1"), e.message);
+    assertEquals(gens(join(root, "vm")), [1, 2], "a peer's prune removed nothing");
+    const r = await h["ckpt.prune"]({ store: "vm", keep: [2], upTo: 2 }, as("node1")) as {
+      removed: unknown[];
+    };
+    assertEquals([r.removed.length, gens(join(root, "vm"))], [1, [2]]);
+    const gc = await h["ckpt.gc"]({ store: "vm" }, {} as RpcContext) as {
+      stores: Array<{ others: unknown[] }>;
+    };
+    assertEquals(gc.stores[0].others, [{ host: "node1", addr: "127.0.0.1:7401" }]);
+  } finally {
+    Deno.removeSync(d, { recursive: true });
+  }
+});

@@ -5,6 +5,7 @@
  * commits; files move in and out through `store_transfer.ts`.
  */
 import { basename, dirname, join } from "node:path";
+import { takerOf } from "../ckpt/holders.ts";
 import { CheckpointStore, generationName, resolveCheckpoint } from "../ckpt/store.ts";
 import { commitManifest, decodeManifest } from "../ckpt/manifest.ts";
 import type { CallerRole } from "../rpc/roles.ts";
@@ -42,6 +43,10 @@ export interface CheckpointPlan {
   host?: string;
   /** The split it was taken with, for a split VM. */
   split?: { mainMemBytes: number; hosts: Record<string, string>; mainAddr?: string };
+  /** The agent address of each writer and holder the manifest records (1.4). */
+  addrs?: Record<string, string>;
+  /** The host that took the checkpoint (a split VM's main), when the manifest says. */
+  taker?: string;
 }
 
 /** The size of regular file `path`, or undefined when it is missing or not a regular file. */
@@ -71,6 +76,7 @@ export function ckptFileHandlers(
   return {
     "ckpt.plan": (args, ctx) => {
       const { dir, manifest: m } = resolveCheckpoint(resolve(args.path, ctx.role));
+      const taker = takerOf(m);
       const plan: CheckpointPlan = {
         store: basename(dirname(dir)),
         inStore: dirname(dirname(dir)) === root,
@@ -86,6 +92,8 @@ export function ckptFileHandlers(
           ...(f.copies ? { copies: f.copies } : {}),
         })),
         ...(m.split ? { split: m.split } : {}),
+        ...(m.addrs ? { addrs: m.addrs } : {}),
+        ...(taker ? { taker } : {}),
         ...(host ? { host } : {}),
       };
       return Promise.resolve(plan);

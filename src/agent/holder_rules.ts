@@ -6,18 +6,13 @@
  */
 import { dirname, join } from "node:path";
 import { existsSync } from "node:fs";
-import { type Manifest, MANIFEST_FILE, readManifest } from "../ckpt/manifest.ts";
+import { MANIFEST_FILE, readManifest } from "../ckpt/manifest.ts";
+import { addressOf } from "../ckpt/holders.ts";
 import type { RpcClient } from "../net/quic.ts";
 import type { RpcContext, RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { inStore } from "./store_files.ts";
 import { pushStoreFile } from "./store_transfer.ts";
-
-/** The agent address the manifest `m` records for host `name` (main's is `split.mainAddr`). */
-export function addressOf(m: Manifest, name: string): string | undefined {
-  const a = m.split?.hosts[name];
-  return a === "main" ? m.split?.mainAddr : a;
-}
 
 /** Fragment `file` of store `store` in the manifest of its own generation here, with its holders. */
 export function fragmentEntry(root: string, store: string, file: string) {

@@ -5,21 +5,13 @@
  * decision did not keep (a split VM's main host or `dcres ckpt gc` asks it of every holder).
  */
 import { join } from "node:path";
-import { type Manifest, readManifest } from "../ckpt/manifest.ts";
+import { type StoreHolder, storeHolders, takerOf } from "../ckpt/holders.ts";
 import { keepArg, type Pruned, pruneStore, retainStore } from "../ckpt/retention.ts";
 import { CheckpointStore } from "../ckpt/store.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { confine, nameArg, safeReadDir } from "./paths.ts";
 import { isName } from "../codec/names.ts";
-
-/** Another host holding part of a store's checkpoints, and its agent's address when known. */
-export interface StoreHolder {
-  /** Its name in the manifests. */
-  host: string;
-  /** Its agent's address (absent: no manifest records it). */
-  addr?: string;
-}
 
 /** What `ckpt.gc` did in one store. */
 export interface StoreGc {
@@ -43,34 +35,35 @@ function refused(e: unknown): unknown {
 }
 
 /**
- * The hosts other than `self` that store `dir`'s committed manifests name (writers and holders of
- * copies), the newest manifest's address for each.
+ * Refuses an agent's prune of store `store` (at `dir`) unless it is the host that took the newest
+ * checkpoint committed here (a one-host VM's host, a split VM's main): no other member of the
+ * cluster may remove a VM's copies. A store whose manifests name no such host (before 1.4, one-host)
+ * is left to the rule that held then.
  */
-function holdersOf(dir: string, self: string | undefined): StoreHolder[] {
-  const out = new Map<string, string | undefined>();
-  for (const g of new CheckpointStore(dir).generations().filter((g) => g.committed)) {
-    let m: Manifest;
-    try {
-      m = readManifest(g.dir);
-    } catch {
-      continue; // retainStore refuses the store, naming this generation
-    }
-    const hosts = m.split?.hosts ?? {};
-    for (const name of new Set(m.fragments.flatMap((f) => [f.host, ...(f.copies ?? [])]))) {
-      if (name === self || !isName("host", name)) continue;
-      const addr = hosts[name] === "main" ? m.split?.mainAddr : hosts[name];
-      out.set(name, addr ?? out.get(name));
-    }
+function onlyFromTaker(dir: string, store: string, caller: string): void {
+  let taker: string | undefined;
+  try {
+    const m = new CheckpointStore(dir).latest()?.manifest;
+    taker = m && takerOf(m);
+  } catch {
+    // A damaged newest manifest: pruneStore refuses the store, naming it.
   }
-  return [...out].map(([host, addr]) => addr ? { host, addr } : { host });
+  if (taker !== undefined && taker !== caller) {
+    throw new RpcError(
+      "permission-denied",
+      `ckpt.prune of ${store} by ${caller}: its checkpoints here were taken by ${taker}, the only agent that may prune them`,
+    );
+  }
 }
 
 /** Retention handlers over checkpoint root `root` of the agent named `self`. */
 export function retentionHandlers(root: string, self?: string): Record<string, RpcHandler> {
   const storeDir = (store: string) => confine(root, join(root, store), "store", store);
   return {
-    "ckpt.prune": (args) => {
-      const dir = storeDir(nameArg(args, "store", "store"));
+    "ckpt.prune": (args, ctx) => {
+      const store = nameArg(args, "store", "store");
+      const dir = storeDir(store);
+      if (ctx.role === "agent") onlyFromTaker(dir, store, ctx.peer);
       const keep = args.keep, upTo = args.upTo;
       if (!Array.isArray(keep) || !keep.every((g) => Number.isSafeInteger(g) && g > 0)) {
         throw new RpcError("bad-request", "keep must list the generations kept");
@@ -101,7 +94,7 @@ export function retentionHandlers(root: string, self?: string): Record<string, R
         const dir = storeDir(store);
         try {
           // Read before removing: a removed generation's copies are elsewhere too.
-          const others = holdersOf(dir, self);
+          const others = storeHolders(dir, [self]);
           out.push({ store, ...retainStore(dir, keep), others });
         } catch (e) {
           throw refused(e);

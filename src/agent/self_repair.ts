@@ -16,7 +16,8 @@ import { VmExistsError } from "../vmm/runner.ts";
 import { type ScrubCounters, setAsideDamaged } from "./scrub.ts";
 import type { ScrubbedFile } from "../ckpt/scrub.ts";
 import { pushStoreFile } from "./store_transfer.ts";
-import { addressOf, fragmentEntry, holderHandlers, wholeHere } from "./holder_rules.ts";
+import { fragmentEntry, holderHandlers, wholeHere } from "./holder_rules.ts";
+import { addressOf } from "../ckpt/holders.ts";
 import { safeReadDir } from "./paths.ts";
 import { scrubGenerationOffLoop } from "./verify.ts";
 

@@ -21,7 +21,7 @@ export interface FormatVersion {
 /** Fragment format version written by this build. */
 export const FRAGMENT_VERSION: FormatVersion = { major: 1, minor: 0, patch: 0 };
 /** Manifest format version written by this build. */
-export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 3, patch: 0 };
+export const MANIFEST_VERSION: FormatVersion = { major: 1, minor: 4, patch: 0 };
 
 /** A checkpoint file is malformed; names the file, the byte offset and the problem. */
 export class CheckpointFormatError extends Error {

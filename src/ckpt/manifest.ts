@@ -127,7 +127,19 @@ export interface Manifest {
    * no longer the host a restore goes through).
    */
   split?: { mainMemBytes: number; hosts: Record<string, string>; mainAddr?: string };
+  /**
+   * From 1.4: the agent address of each host named as a writer or holder of a copy, when known
+   * (name as in `fragments`, a one-host VM's own host as "main"), so any holder reaches the others.
+   */
+  addrs?: Record<string, string>;
+  /** From 1.4: the name (its certificate's) of the host that took the checkpoint, when known. */
+  host?: string;
 }
+
+/** Most entries `addrs` may hold: every writer and copy of a split VM's largest ring. */
+export const MAX_ADDRS = 64;
+/** An agent address as a manifest records it: HOST:PORT, at most 300 characters. */
+const ADDR = /^[A-Za-z0-9._:[\]-]{1,294}:[0-9]{1,5}$/;
 
 /** Encodes a manifest into its file bytes. */
 export function encodeManifest(m: Manifest): Uint8Array<ArrayBuffer> {
@@ -218,6 +230,7 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   if (mainAddr !== undefined && (typeof mainAddr !== "string" || mainAddr.length > 300)) {
     bad(HEADER, `field "split.mainAddr" is not an address (HOST:PORT)`);
   }
+  checkAddrs(m, bad);
   for (const [k, f] of m.fragments.entries()) {
     // A fragment path is joined to the store: only gNNNNNN/HOST.frag, never absolute nor `..`.
     if (!isName("fragment-path", f.path)) {
@@ -251,6 +264,29 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     }
   }
   return m;
+}
+
+/** Checks the 1.4 fields `addrs` and `host` of `m`, when present; `bad` throws. */
+function checkAddrs(m: Manifest, bad: (off: number, what: string) => never): void {
+  const host: unknown = m.host;
+  if (host !== undefined && !isName("host", host)) {
+    bad(HEADER, new NameError(`field "host"`, host, "host").message);
+  }
+  const addrs: unknown = m.addrs;
+  if (addrs === undefined) return;
+  if (typeof addrs !== "object" || addrs === null || Array.isArray(addrs)) {
+    bad(HEADER, `field "addrs" is not a map of host names to addresses`);
+  }
+  const entries = Object.entries(addrs as Record<string, unknown>);
+  if (entries.length > MAX_ADDRS) {
+    bad(HEADER, `field "addrs" has ${entries.length} entries, more than ${MAX_ADDRS}`);
+  }
+  for (const [name, a] of entries) {
+    if (!isName("host", name)) bad(HEADER, new NameError(`field "addrs"`, name, "host").message);
+    if (typeof a !== "string" || a.length > 300 || !ADDR.test(a)) {
+      bad(HEADER, `field "addrs.${name}" is not an address (HOST:PORT)`);
+    }
+  }
 }
 
 function isCount(x: unknown): x is number {

@@ -40,6 +40,10 @@ export interface HostCopies {
   replicas(b: CheckpointBegun): FragmentReplicas;
   /** Commits checkpoint `b`'s manifest on every holder. */
   commit(b: CheckpointBegun, bytes: Uint8Array): Promise<void>;
+  /** The name of this host (its certificate's), recorded as the checkpoint's taker. */
+  readonly host: string;
+  /** The agent address of this host ("main") and of each holder, for the manifest's `addrs`. */
+  readonly addrs: Record<string, string>;
   /** Drops checkpoint `b` on every holder; never rejects. */
   abort(b: CheckpointBegun): Promise<void>;
 }
@@ -78,6 +82,7 @@ export async function takeCheckpoint(
       }];
     },
     save: (b) => saveLocal(m, tracker, writer!, !!b.parent, opts),
+    extend: copies && ((plain) => ({ ...plain, host: copies.host, addrs: copies.addrs })),
     localPageMap: (b, local) =>
       b.parent
         ? overlayPageMap(b.parent.manifest.pageMap, local.gfns!, b.base)

@@ -1,5 +1,5 @@
 /**
- * `dcres ckpt repair ID`: every copy of a split checkpoint's fragments back where its manifest says
+ * `dcres ckpt repair ID`: every copy of a checkpoint's fragments (a split or a one-host VM's) back where its manifest says
  * it is. Each host the manifest names as holding a fragment (its writer and its copies) is asked
  * what it has; a copy that is missing or was cut short is pushed there again, agent to agent, from a
  * whole one, and then the manifest of its generation, so the copy is part of a committed generation
@@ -9,7 +9,7 @@ import { dirname } from "node:path";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
-import { askHolders, mainAddress } from "./restore_copies.ts";
+import { askHolders, holderAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 
 /** What a repair found and did. */
@@ -38,9 +38,7 @@ export async function repairCheckpoint(
 ): Promise<RepairReport> {
   const t0 = performance.now();
   const plan = await remoteCall<CheckpointPlan>({ ...g, agent: source }, "ckpt.plan", { path });
-  const hosts = plan.split?.hosts ?? {};
-  const addrOf = (n: string): string | undefined =>
-    hosts[n] === "main" || !plan.split ? mainAddress(plan, source) : hosts[n];
+  const addrOf = (n: string) => holderAddress(plan, source, n);
   const want = new Map<string, Set<string>>();
   for (const f of plan.fragments) {
     for (const h of [f.host, ...(f.copies ?? [])]) {

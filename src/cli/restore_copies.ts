@@ -6,6 +6,8 @@
  * holder has whole fails the restore in one line naming every holder and what it said.
  */
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { addressOf } from "../ckpt/holders.ts";
+import { ONE_HOST } from "../ckpt/save.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
 
@@ -37,13 +39,21 @@ export async function askHolders(
 }
 
 /**
- * The address of split checkpoint `plan`'s main host, found through agent `source`: the source's
- * own when it is main (the manifest records main as "main"), else the one manifest 1.3 records.
+ * The agent address of host `name` of checkpoint `plan`, found through agent `source`: the source's
+ * own when `name` is the host that answered, or the checkpoint's taker (a one-host VM's host is
+ * "main" in its fragments) when the taker answered or the agent did not say; else the one the
+ * manifest records.
  */
-export function mainAddress(plan: CheckpointPlan, source: string): string | undefined {
-  const hosts = plan.split?.hosts ?? {};
-  const mainName = Object.keys(hosts).find((n) => hosts[n] === "main");
-  return plan.host === undefined || plan.host === mainName ? source : plan.split?.mainAddr;
+export function holderAddress(
+  plan: CheckpointPlan,
+  source: string,
+  name: string,
+): string | undefined {
+  const taker = plan.taker;
+  const isTaker = name === taker || (name === ONE_HOST && !plan.split);
+  const here = plan.host === undefined || (taker !== undefined && plan.host === taker);
+  if (name === plan.host || (isTaker && here)) return source;
+  return addressOf(plan, name);
 }
 
 /**

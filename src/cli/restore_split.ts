@@ -10,7 +10,7 @@ import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
 import { remoteCall } from "./remote.ts";
-import { chooseHolders, mainAddress } from "./restore_copies.ts";
+import { chooseHolders, holderAddress } from "./restore_copies.ts";
 import { pushFile } from "./store_push.ts";
 import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
@@ -55,9 +55,8 @@ function placeFragments(
   const hosts = plan.split!.hosts;
   const names = Object.keys(hosts);
   const mainName = names.find((n) => hosts[n] === "main")!;
-  const mainAddr = mainAddress(plan, source);
-  const addrOf = (n: string) => hosts[n] === "main" ? mainAddr ?? source : hosts[n];
-  const known = (n: string) => hosts[n] === "main" ? mainAddr : hosts[n];
+  const known = (n: string) => holderAddress(plan, source, n);
+  const addrOf = (n: string) => known(n) ?? source;
   const subNames = names.filter((n) => n !== mainName);
   const map = new Map<string, string>();
   for (const m of t.map ?? []) {

@@ -240,6 +240,11 @@ export async function takeSplitCheckpoint(
     },
     extend: (plain) => ({
       ...plain,
+      host: opts.host,
+      addrs: Object.fromEntries([
+        ...(opts.self ? [[opts.host, opts.self]] : []),
+        ...subs.map((l) => [l.host, l.addr]),
+      ]),
       split: {
         mainMemBytes: pager.stats().mainBudgetPages * PAGE_SIZE,
         hosts: { [opts.host]: "main", ...Object.fromEntries(subs.map((l) => [l.host, l.addr])) },

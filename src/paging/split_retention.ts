@@ -22,6 +22,44 @@ export function prunedOf(host: string, r: { removed?: unknown }): Pruned[] {
   return list as Pruned[];
 }
 
+/** A host asked to prune: its name, and a call to its agent (as the deciding host). */
+export interface PruneTarget {
+  /** Its name. */
+  host: string;
+  /** Calls `method` on its agent. */
+  call<T>(method: string, args: Record<string, unknown>): Promise<T>;
+}
+
+/**
+ * Asks each of `targets` to remove from store `store` the generations `report` did not keep, up to
+ * generation `upTo`; adds what each removed, or why it did not (logged: it only keeps more than it
+ * needs), to `report`.
+ */
+export async function pruneOn(
+  report: RetentionReport,
+  store: string,
+  upTo: number,
+  targets: PruneTarget[],
+): Promise<void> {
+  await Promise.all(targets.map(async (l) => {
+    try {
+      const r = await l.call<{ removed?: unknown }>("ckpt.prune", {
+        store,
+        keep: report.kept,
+        upTo,
+      });
+      report.removed[l.host] = prunedOf(l.host, r);
+    } catch (e) {
+      report.failed[l.host] = (e as Error).message;
+      log.warn("{host} did not remove old generations of {store}: {error}", {
+        host: l.host,
+        store,
+        error: (e as Error).message,
+      });
+    }
+  }));
+}
+
 /**
  * Applies `keep` (undefined: every consistency point) to main's store `root` (host `self`) and to
  * store `store` on each of `subs`. A host that fails is logged and named in the report: what it
@@ -40,23 +78,7 @@ export async function retainOnHosts(
     removed: { [self]: here.removed },
     failed: {},
   };
-  await Promise.all(subs.map(async (l) => {
-    try {
-      const r = await l.call<{ removed?: unknown }>("ckpt.prune", {
-        store,
-        keep: here.kept,
-        upTo: here.upTo,
-      });
-      report.removed[l.host] = prunedOf(l.host, r);
-    } catch (e) {
-      report.failed[l.host] = (e as Error).message;
-      log.warn("sub-host {host} did not remove old generations of {store}: {error}", {
-        host: l.host,
-        store,
-        error: (e as Error).message,
-      });
-    }
-  }));
+  await pruneOn(report, store, here.upTo, subs);
   const n = Object.values(report.removed).reduce((a, p) => a + p.length, 0);
   if (n) {
     log.info("retention of {store} kept generations {kept}; removed {n} directories", {

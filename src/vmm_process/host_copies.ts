@@ -22,6 +22,8 @@ import { loadIdentity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
 import { ReplicaSink } from "../net/replica_sink.ts";
 import { pickCopyHosts } from "../paging/copy_placement.ts";
+import { type StoreHolder, storeHolders } from "../ckpt/holders.ts";
+import { pruneCopies } from "./copy_retention.ts";
 import { fragmentBound } from "../paging/split_replicas.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
@@ -49,7 +51,9 @@ export async function checkpointWithCopies(
   local: (copies?: HostCopies) => Promise<CheckpointReport>,
 ): Promise<CheckpointReport> {
   const want = copiesWanted(r);
-  if (want <= 1) return await local();
+  // Read before retention removes generations: a holder of only those holds copies to prune too.
+  const earlier = r.keep !== undefined && r.identityDir ? holdersBefore(r) : [];
+  if (want <= 1) return await retainCopies(r, await local(), earlier, new Map());
   if (!r.peers || !r.identityDir || !r.host) {
     throw new CheckpointError(
       `--replicas ${want}: this VM's agent has no peers to copy its checkpoint to; start the agent with --peers HOST:PORT,... or use --replicas 1`,
@@ -91,10 +95,55 @@ export async function checkpointWithCopies(
       );
     }
     if (parent && r.incremental) await backfillChain(r.dir, store, parent, holders);
-    return await local(hostCopies(store, pages, holders));
+    const rep = await local(hostCopies(r.host, r.self, store, pages, holders));
+    const now = holders.map((h) => ({ host: h.peer.host, addr: h.peer.addr }));
+    return await retainCopies(
+      r,
+      rep,
+      [...now, ...earlier],
+      new Map(holders.map((h) => [h.peer.host, h.client])),
+    );
   } finally {
     await Promise.all(holders.map((h) => h.client.close()));
   }
+}
+
+/** The other hosts `r`'s store's manifests name as holding copies, and their addresses. */
+function holdersBefore(r: CheckpointRequest): StoreHolder[] {
+  try {
+    return storeHolders(r.dir, [r.host, ONE_HOST]);
+  } catch (e) {
+    log.warn("the holders of {dir} are not known, so retention leaves their copies: {error}", {
+      dir: r.dir,
+      error: (e as Error).message,
+    });
+    return [];
+  }
+}
+
+/**
+ * Once `rep` committed and retention ran here (`--keep`), the same generations go on every holder
+ * in `holders` (the first of each name counts), through `open`'s connections where there is one.
+ */
+async function retainCopies(
+  r: CheckpointRequest,
+  rep: CheckpointReport,
+  holders: StoreHolder[],
+  open: Map<string, RpcClient>,
+): Promise<CheckpointReport> {
+  if (!rep.retention || !r.identityDir || !holders.length) return rep;
+  const once = [...new Map(holders.reverse().map((h) => [h.host, h])).values()];
+  return {
+    ...rep,
+    retention: await pruneCopies(
+      rep.retention,
+      basename(r.dir),
+      rep.generation,
+      once,
+      r.identityDir,
+      open,
+    ),
+  };
 }
 
 /** Connects to `peer` as this host and asks its newest generation of `store`. */
@@ -160,10 +209,21 @@ async function sendFile(
   }
 }
 
-/** The copies of a checkpoint of `store` on `holders`. */
-function hostCopies(store: string, pages: number, holders: Holder[]): HostCopies {
+/** The copies of a checkpoint of `store` by host `host` (agent at `self`) on `holders`. */
+function hostCopies(
+  host: string,
+  self: string | undefined,
+  store: string,
+  pages: number,
+  holders: Holder[],
+): HostCopies {
   const generation = (b: CheckpointBegun) => ({ store, generation: generationName(b.generation) });
   return {
+    host,
+    addrs: Object.fromEntries([
+      ...(self ? [[ONE_HOST, self]] : []),
+      ...holders.map((h) => [h.peer.host, h.peer.addr]),
+    ]),
     ready: () => Promise.resolve(Math.max(0, ...holders.map((h) => h.newest))),
     replicas: (b) => ({
       sink: teeSinks(
