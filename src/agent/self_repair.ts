@@ -17,7 +17,7 @@ import { type ScrubCounters, setAsideDamaged } from "./scrub.ts";
 import type { ScrubbedFile } from "../ckpt/scrub.ts";
 import { pushStoreFile } from "./store_transfer.ts";
 import { fragmentEntry, holderHandlers, wholeHere } from "./holder_rules.ts";
-import { addressOf } from "../ckpt/holders.ts";
+import { addressOf, holderName } from "../ckpt/holders.ts";
 import { safeReadDir } from "./paths.ts";
 import { scrubGenerationOffLoop } from "./verify.ts";
 
@@ -218,9 +218,13 @@ export class SelfRepair {
    */
   replaceable(r: ScrubbedFile): boolean {
     try {
-      return (fragmentEntry(this.#root, r.store, r.file)?.holders ?? []).some((h) =>
-        h !== this.#me
-      );
+      const e = fragmentEntry(this.#root, r.store, r.file);
+      // Another holder only if the manifest says who it is and where: a one-host manifest calls
+      // its own host "main", and a copy nobody can be asked for is no replacement.
+      return !!e && e.holders.some((h) => {
+        const real = holderName(e.m, h);
+        return real !== undefined && real !== this.#me && addressOf(e.m, h) !== undefined;
+      });
     } catch {
       return false;
     }

@@ -29,6 +29,14 @@ export function takerOf(m: Manifest): string | undefined {
   return Object.keys(hosts).find((n) => hosts[n] === "main");
 }
 
+/**
+ * The certificate name of holder `name` in manifest `m`: a one-host VM's own host is "main" there,
+ * which `host` (1.4) names; undefined when an older manifest does not say who that is.
+ */
+export function holderName(m: Manifest, name: string): string | undefined {
+  return name === ONE_HOST && !m.split ? m.host : name;
+}
+
 /** Another host holding part of a store's checkpoints, and its agent's address when known. */
 export interface StoreHolder {
   /** Its name in the manifests. */
@@ -53,8 +61,7 @@ export function storeHolders(dir: string, skip: Iterable<string | undefined>): S
       continue;
     }
     for (const name of new Set(m.fragments.flatMap((f) => [f.host, ...(f.copies ?? [])]))) {
-      // A one-host VM's own host is "main" in its manifests; `host` (1.4) says which that is.
-      const real = name === ONE_HOST && !m.split && m.host !== undefined ? m.host : name;
+      const real = holderName(m, name) ?? name;
       if (not.has(real) || !isName("host", real)) continue;
       out.set(real, addressOf(m, name) ?? out.get(real));
     }
