@@ -37,6 +37,10 @@ export interface Generation {
   status: string;
   /** The checkpoint's id. */
   id?: string;
+  /** The checkpoint an incremental builds on. */
+  parent?: string;
+  /** A merged generation: the checkpoint it stands for (its chain was squashed into it). */
+  mergedFromId?: string;
 }
 
 /** One fault-injection run: the cluster, the split VM "sv" and what was committed so far. */
@@ -51,6 +55,8 @@ export class FaultRun {
   netns?: NetnsLink;
   /** Ids of every checkpoint ever listed as committed, with their generations. */
   readonly committed: Map<string, number> = new Map();
+  /** Each checkpoint's parent, as listed: the chain a merge squashes. */
+  readonly #parents = new Map<string, string>();
   /** Committed checkpoints found lost (not whole on every host, or no longer listed). */
   lost = 0;
   /** Restores of a committed checkpoint made after a fault. */
@@ -154,6 +160,14 @@ export class FaultRun {
   async audit(what: string): Promise<void> {
     const lists = await this.listings();
     const okOn = (k: number, id: string) => lists[k].some((g) => g.id === id && g.status === "ok");
+    for (const g of lists[0]) if (g.id && g.parent) this.#parents.set(g.id, g.parent);
+    // A merge stands for its source and removes the chain it squashed, by design: not a loss.
+    for (const g of lists[0]) {
+      if (g.status !== "ok" || !g.mergedFromId) continue;
+      for (let id: string | undefined = g.mergedFromId; id; id = this.#parents.get(id)) {
+        this.committed.delete(id);
+      }
+    }
     for (const g of lists[0]) if (g.status === "ok" && g.id) this.committed.set(g.id, g.generation);
     for (const id of this.committed.keys()) {
       const missing = this.hosts.filter((_, k) => !okOn(k, id));
@@ -188,6 +202,17 @@ export class FaultRun {
       return state !== "Z" && state !== "X";
     } catch {
       return false;
+    }
+  }
+
+  /**
+   * Waits (at most 30 s) until node `i`'s agent, just killed, is dead: an agent killed inside
+   * uninterruptible I/O (an fdatasync mid-checkpoint) runs on until that returns, so it would
+   * count as up and never be started again.
+   */
+  async agentGone(i: number): Promise<void> {
+    for (const end = performance.now() + 30_000; this.agentUp(i) && performance.now() < end;) {
+      await sleep(50);
     }
   }
 

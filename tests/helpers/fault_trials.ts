@@ -63,6 +63,7 @@ async function killDuring(
     // Sub-hosts in turn, node3 first: its agent runs in the namespace and comes back through it.
     const node = victim === "main-agent" ? "node1" : `node${3 - (run.subKills++ % 2)}`;
     await run.c.run("kill", node);
+    await run.agentGone(Number(node.slice("node".length)));
     hit = `${victim} ${node}`;
   }
   const timer = setTimeout(() => {
