@@ -12,12 +12,10 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
+import type { Manifest } from "../src/ckpt/manifest.ts";
 
-interface Fragment {
-  path: string;
-  host: string;
-  copies?: string[];
-}
+/** A fragment as the manifest JSON lists it. */
+type Fragment = Pick<Manifest["fragments"][number], "path" | "host" | "copies">;
 
 Deno.test("a one-host VM's checkpoint has 2 copies by default and restores on another host after its own host lost its disk", async () => {
   const c = new TestCluster(7495);

@@ -11,12 +11,10 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
+import type { Manifest } from "../src/ckpt/manifest.ts";
 
-interface Fragment {
-  path: string;
-  host: string;
-  copies?: string[];
-}
+/** A fragment as the manifest JSON lists it. */
+type Fragment = Pick<Manifest["fragments"][number], "path" | "host" | "copies">;
 
 Deno.test("a split VM's checkpoint with 2 copies of every fragment restores from the copies after a sub-host and the main host lost their disks, and repair puts every copy back", async () => {
   const c = new TestCluster(7493);

@@ -10,15 +10,13 @@
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
+import type { Manifest } from "../src/ckpt/manifest.ts";
 import { CheckpointStore } from "../src/ckpt/store.ts";
 
 const CHECKPOINTS = 50, KEEP = 5;
 
-interface Fragment {
-  path: string;
-  host: string;
-  copies?: string[];
-}
+/** A fragment as the manifest JSON lists it. */
+type Fragment = Pick<Manifest["fragments"][number], "path" | "host" | "copies">;
 
 Deno.test("50 incremental checkpoints with --keep 5 and background merges: no store holds more than 5 generations plus one merge, and every kept generation restores and verifies", async () => {
   const c = new TestCluster(7495);
