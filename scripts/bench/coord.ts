@@ -7,7 +7,8 @@
  * restored lazily by the coordinator, against a plain `dcres restore --lazy` of the same checkpoint
  * by hand in the same run (the reference), measured alike: from the command to the guest running.
  * Recovery needs the coordinator's automatic restore; until it records a `restored` event, the
- * bench says so and reports detection alone. --mem (1G), --main-mem (256M), --ws per vCPU (128M).
+ * bench says so and reports detection alone. --mem (1G), --main-mem (256M), --ws per vCPU (128M) on
+ * KVM; 256M, 64M and 32M on the emulated CPU unless DCRES_BENCH_SIZE=full.
  */
 import { join } from "node:path";
 import { issueHost } from "../../src/cli/ca_admin.ts";
@@ -61,8 +62,9 @@ export async function benchCoord(args: string[]): Promise<unknown> {
     return i >= 0 ? args[i + 1] : dflt;
   };
   const ba = BenchAccel.open();
-  const mem = flag("--mem", "1G"), mainMem = flag("--main-mem", "256M");
-  const ws = flag("--ws", "128M");
+  const mem = flag("--mem", ba.pick({ full: "1G", emu: "256M" }));
+  const mainMem = flag("--main-mem", ba.pick({ full: "256M", emu: "64M" }));
+  const ws = flag("--ws", ba.pick({ full: "128M", emu: "32M" }));
   const tag = (label: string) => ba.cpu(label);
   const b = new BenchAgents("coord", 7437);
   const hosts = await b.up(4);
