@@ -3,6 +3,7 @@
  * that runs it (`dcres coord`, or an agent with `--coordinator`), and `coord status` read while it
  * runs.
  */
+import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { issueHost } from "../../src/cli/ca_admin.ts";
 import { selfCommand, spawnDetached } from "../../src/agent/spawn.ts";
@@ -36,21 +37,25 @@ export class TestCoord {
   #proc?: Deno.ChildProcess;
 
   /**
-   * Issues a coordinator certificate and writes a config leasing `agents` (`name` them nodeN, as
-   * scripts/cluster does) with `extra` fields over {@link FAST_TIMINGS}.
+   * Writes `NAME.json`, a config leasing `agents` (named nodeN, as scripts/cluster does) with
+   * `extra` fields over {@link FAST_TIMINGS}, and issues the cluster's coordinator certificate
+   * unless it has one; `NAME.log` is its log. Coordinators of one cluster share the store.
    */
   static async create(
     c: TestCluster,
     agents: string[],
     extra: Record<string, unknown> = {},
+    name = "coord",
   ): Promise<TestCoord> {
     const dir = c.env.DCRES_CLUSTER_DIR;
-    await issueHost({
-      caDir: join(dir, "ca"),
-      host: "coord",
-      role: "coordinator",
-      outDir: join(dir, "coord", "identity"),
-    });
+    if (!existsSync(join(dir, "coord", "identity", "host.crt"))) {
+      await issueHost({
+        caDir: join(dir, "ca"),
+        host: "coord",
+        role: "coordinator",
+        outDir: join(dir, "coord", "identity"),
+      });
+    }
     const config = {
       agents: agents.map((addr, i) => ({ name: `node${i + 1}`, addr })),
       identityDir: join(dir, "coord", "identity"),
@@ -59,7 +64,7 @@ export class TestCoord {
       ...FAST_TIMINGS,
       ...extra,
     };
-    const t = new TestCoord(c, join(dir, "coord.json"), join(dir, "coord.log"));
+    const t = new TestCoord(c, join(dir, `${name}.json`), join(dir, `${name}.log`));
     Deno.writeTextFileSync(t.conf, JSON.stringify(config));
     return t;
   }
