@@ -192,6 +192,10 @@ Deno.test({
     } ms before down; ${seen.length} samples, ${afterDown.length} after down`,
   );
 
+  // A partition, not a crash: the agent lived through it, and answers again once healed.
+  const agentState = Deno.readTextFileSync(`/proc/${agentPid}/stat`).split(") ")[1]?.[0];
+  assert(agentState && !"ZX".includes(agentState), `node3's agent died (${agentState})`);
+
   // Healed: the host is up again under a new epoch; its VM stays fenced and writes nothing.
   await link.heal();
   await coord.until("node3 up again", (s) => hostOf(s, h3).state === "up");
