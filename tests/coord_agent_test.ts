@@ -1,12 +1,13 @@
 /**
  * One binary as agent and coordinator (issue 16 item 1): `dcres agent --coordinator COORD.json`,
  * and `coordinator` in the agent's config file, run the coordinator in the agent's own process.
- * It leases its own host and the others, and SIGTERM stops both. A bad coordinator config starts
- * nothing.
+ * It leases its own host and the others, and SIGTERM stops both. A missing coordinator config
+ * starts nothing; a coordinator that cannot start takes the agent down with its error.
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
+import { dcres } from "./helpers/cli.ts";
 import { hostOf, TestCoord } from "./helpers/coord_run.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -60,14 +61,23 @@ Deno.test("an agent started with --coordinator, or with coordinator in its confi
   assert(log.includes('coordinator \\"coord-a\\" stopped'), log);
   assert(log.includes("agent stopped"), log);
 
-  // The flag, here in a process of its own.
+  // The flag, here in a process of its own. A coordinator that cannot start (an agent's identity
+  // is not a coordinator's) takes the agent down with its error.
   Deno.removeSync(join(node1, "agent.json"));
-  const stopped = Date.now();
-  coord.start([
+  const agentArgs = [
     ...["agent", "--listen", hosts[0], "--data-dir", join(node1, "data")],
     ...["--identity", join(node1, "identity"), "--guest-dir", join(root, "guests")],
-    ...["--coordinator", coord.conf],
-  ]);
+  ];
+  const bad = join(root, "coord-bad.json");
+  const conf = JSON.parse(Deno.readTextFileSync(coord.conf));
+  Deno.writeTextFileSync(bad, JSON.stringify({ ...conf, identityDir: join(node1, "identity") }));
+  const r = await dcres([...agentArgs, "--coordinator", bad], { env: c.env });
+  assert(r.code !== 0, "an agent whose coordinator could not start ran on");
+  // The agent logs its start and stop on stderr too; the error is the last line.
+  const lastLine = r.stderr.trim().split("\n").at(-1)!;
+  assert(/^dcres: identityDir .*role is agent, not coordinator/.test(lastLine), r.stderr);
+  const stopped = Date.now();
+  coord.start([...agentArgs, "--coordinator", coord.conf]);
   cleanup.defer(() => coord.stop());
   s = await coord.until(
     "every host answering the coordinator of `agent --coordinator`",
