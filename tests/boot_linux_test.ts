@@ -1,10 +1,9 @@
 /**
  * The Linux boot path without running a kernel: boot_params layout against the kernel headers,
- * the setup header of the installed Debian kernel, what loadLinux writes into guest memory, the
- * entry registers, every refusal, and the initramfs archive.
+ * the setup header of the installed Debian kernel, what loadLinux writes into guest memory and the
+ * entry registers. Refusals: boot_linux_refusal_test.ts; the initramfs: boot_initramfs_test.ts.
  */
-import { gunzipSync } from "node:zlib";
-import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
+import { assert, assertEquals } from "./helpers/assert.ts";
 import { kvmSregs } from "../src/ffi/kvm_abi.ts";
 import {
   BOOT_PARAMS,
@@ -17,88 +16,24 @@ import {
   readField64,
   SETUP_HEADER,
   SETUP_HEADER_OFFSET,
-  writeField,
-  writeField64,
   XLOADFLAGS,
 } from "../src/vmm/boot/boot_params.ts";
-import {
-  BootImageError,
-  parseBzImage,
-  protectedModeKernel,
-  protocolText,
-} from "../src/vmm/boot/bzimage.ts";
+import { parseBzImage, protectedModeKernel, protocolText } from "../src/vmm/boot/bzimage.ts";
 import {
   gdtDescriptor,
-  type LinuxBootSetup,
   linuxE820,
   linuxRegs,
   linuxSregs,
   loadLinux,
 } from "../src/vmm/boot/linux.ts";
-import {
-  buildInitramfs,
-  type CpioEntry,
-  findGuestKernel,
-  GUEST_READY_LINE,
-  INIT_SCRIPT,
-  writeNewc,
-} from "../src/vmm/boot/initramfs.ts";
+import { findGuestKernel } from "../src/vmm/boot/initramfs.ts";
+import { cString, fakeBzImage, HIGH, MiB, zeroPage } from "./helpers/boot_image.ts";
 
-const MiB = 1024 * 1024;
 const GiB = 1024 * MiB;
 const EBDA = 0x9fc00;
-const HIGH = 0x100000;
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-/** A minimal bzImage: a valid setup header and a patterned protected-mode payload. */
-function fakeBzImage(o: {
-  version?: number;
-  xloadflags?: number;
-  initSize?: number;
-  payload?: number;
-  magic?: number;
-  cmdlineSize?: number;
-  truncate?: number;
-} = {}): Uint8Array {
-  const setupSects = 4;
-  const setupSize = (setupSects + 1) * 512;
-  const payload = o.payload ?? 256 * 1024;
-  const img = new Uint8Array(setupSize + payload);
-  const dv = new DataView(img.buffer);
-  const H = SETUP_HEADER;
-  writeField(dv, H.setup_sects, setupSects);
-  writeField(dv, H.syssize, payload / 16);
-  writeField(dv, H.boot_flag, 0xaa55);
-  img[H.jump.offset] = 0xeb;
-  img[H.jump.offset + 1] = 0x26c - 0x202;
-  writeField(dv, H.header, o.magic ?? 0x53726448);
-  writeField(dv, H.version, o.version ?? 0x020f);
-  writeField(dv, H.loadflags, LOADFLAGS.LOADED_HIGH);
-  writeField(dv, H.code32_start, HIGH);
-  writeField(dv, H.initrd_addr_max, 0x7fffffff);
-  writeField(dv, H.kernel_alignment, 2 * MiB);
-  writeField(dv, H.relocatable_kernel, 1);
-  writeField(dv, H.xloadflags, o.xloadflags ?? XLOADFLAGS.XLF_KERNEL_64);
-  writeField(dv, H.cmdline_size, o.cmdlineSize ?? 2047);
-  writeField64(dv, H.pref_address, 16n * BigInt(MiB));
-  writeField(dv, H.init_size, o.initSize ?? 8 * MiB);
-  const version = new TextEncoder().encode("6.99.0-fake (test) #1\0");
-  img.set(version, 0x400);
-  writeField(dv, H.kernel_version, 0x400 - 0x200);
-  for (let i = setupSize; i < img.length; i++) img[i] = (i * 7 + 3) & 0xff;
-  return o.truncate ? img.subarray(0, o.truncate) : img;
-}
-
-function zeroPage(ram: Uint8Array, setup: LinuxBootSetup): DataView {
-  return new DataView(ram.buffer, ram.byteOffset + Number(setup.rsi), BOOT_PARAMS_SIZE);
-}
-
-function cString(ram: Uint8Array, at: number): string {
-  const end = ram.indexOf(0, at);
-  return new TextDecoder().decode(ram.subarray(at, end));
-}
 
 function readE820(dv: DataView) {
   const n = readField(dv, BOOT_PARAMS.e820_entries);
@@ -129,10 +64,6 @@ function translate(ram: Uint8Array, cr3: bigint, va: bigint): bigint | undefined
   return undefined;
 }
 
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
-
 function readTextSync(path: string): string | undefined {
   try {
     return Deno.readTextFileSync(path);
@@ -142,27 +73,6 @@ function readTextSync(path: string): string | undefined {
 }
 
 const realKernel = findGuestKernel();
-
-/** Parses a gzipped or plain newc archive into name -> {mode, data, rdev}. */
-function parseNewc(archive: Uint8Array) {
-  const text = new TextDecoder();
-  const files = new Map<string, { mode: number; data: Uint8Array; rdev: [number, number] }>();
-  let off = 0;
-  const align4 = (n: number) => (n + 3) & ~3;
-  for (;;) {
-    const hdr = text.decode(archive.subarray(off, off + 110));
-    assertEquals(hdr.slice(0, 6), "070701", `newc magic at ${off}`);
-    const f = (i: number) => parseInt(hdr.slice(6 + i * 8, 14 + i * 8), 16);
-    const [mode, size, rmaj, rmin, namesize] = [f(1), f(6), f(9), f(10), f(11)];
-    const name = text.decode(archive.subarray(off + 110, off + 110 + namesize - 1));
-    assertEquals(archive[off + 110 + namesize - 1], 0, `${name} is NUL-terminated`);
-    const dataAt = align4(off + 110 + namesize);
-    if (name === "TRAILER!!!") return files;
-    files.set(name, { mode, data: archive.subarray(dataAt, dataAt + size), rdev: [rmaj, rmin] });
-    off = align4(dataAt + size);
-    assert(off <= archive.length, "archive ends inside an entry");
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // boot_params layout
@@ -462,185 +372,4 @@ Deno.test("the installed kernel loads with an initramfs into 256 MiB and 64 MiB 
     assert(rd >= kernelRunEnd, "initrd clear of the kernel's init_size window");
     assertEquals(readField64(dv, SETUP_HEADER.pref_address), setup.header.prefAddress);
   }
-});
-
-// ---------------------------------------------------------------------------------------------
-// refusals
-
-Deno.test("a file without the HdrS magic is refused as not a bzImage, naming the file", () => {
-  const e = assertThrows(
-    () => parseBzImage(fakeBzImage({ magic: 0x12345678 }), "/tmp/vmlinux"),
-    BootImageError,
-    "/tmp/vmlinux: not a bzImage (no HdrS magic at 0x202)",
-  );
-  assertEquals((e as BootImageError).path, "/tmp/vmlinux");
-  assertThrows(() => parseBzImage(new Uint8Array(100), "tiny"), BootImageError, "tiny: ");
-});
-
-Deno.test("boot protocol older than 2.12 is refused", () => {
-  assertThrows(
-    () => parseBzImage(fakeBzImage({ version: 0x020a }), "old"),
-    BootImageError,
-    "boot protocol 2.10 is older than the 2.12",
-  );
-});
-
-Deno.test("a kernel without XLF_KERNEL_64 is refused", () => {
-  assertThrows(
-    () => parseBzImage(fakeBzImage({ xloadflags: 0 }), "k32"),
-    BootImageError,
-    "XLF_KERNEL_64",
-  );
-});
-
-Deno.test("a truncated bzImage is refused", () => {
-  assertThrows(
-    () => parseBzImage(fakeBzImage({ truncate: 5 * 512 + 1000 }), "cut"),
-    BootImageError,
-    "cut: truncated",
-  );
-});
-
-Deno.test("memSize below 64 MiB is refused", () => {
-  const memSize = 32 * MiB;
-  assertThrows(
-    () =>
-      loadLinux(new Uint8Array(memSize), {
-        kernel: fakeBzImage(),
-        kernelPath: "k",
-        cmdline: "",
-        memSize,
-      }),
-    BootImageError,
-    "guest memory of 32 MiB is below the 64 MiB",
-  );
-});
-
-Deno.test("a kernel whose init_size does not fit in memSize is refused with the size needed", () => {
-  const memSize = 64 * MiB;
-  const kernel = fakeBzImage({ initSize: 100 * MiB });
-  assertThrows(
-    () => loadLinux(new Uint8Array(memSize), { kernel, kernelPath: "big", cmdline: "", memSize }),
-    BootImageError,
-    "give the VM at least 102 MiB",
-  );
-});
-
-Deno.test("an initrd that does not fit above the kernel is refused, naming the initrd", () => {
-  const memSize = 64 * MiB;
-  const opts = {
-    kernel: fakeBzImage({ initSize: 40 * MiB }),
-    kernelPath: "k",
-    initrd: new Uint8Array(30 * MiB),
-    initrdPath: "/tmp/huge.cpio.gz",
-    cmdline: "",
-    memSize,
-  };
-  assertThrows(
-    () => loadLinux(new Uint8Array(memSize), opts),
-    BootImageError,
-    "/tmp/huge.cpio.gz: initrd of 30 MiB does not fit",
-  );
-});
-
-Deno.test("a command line longer than cmdline_size is refused", () => {
-  const memSize = 64 * MiB;
-  const kernel = fakeBzImage({ cmdlineSize: 16 });
-  const ram = new Uint8Array(memSize);
-  const ok = loadLinux(ram, { kernel, kernelPath: "k", cmdline: "x".repeat(16), memSize });
-  assertEquals(cString(ram, readField(zeroPage(ram, ok), SETUP_HEADER.cmd_line_ptr)).length, 16);
-  assertThrows(
-    () => loadLinux(ram, { kernel, kernelPath: "k", cmdline: "x".repeat(17), memSize }),
-    BootImageError,
-    "command line is 17 bytes but this kernel accepts at most 16",
-  );
-});
-
-// ---------------------------------------------------------------------------------------------
-// initramfs
-
-Deno.test("newc archive round trip keeps names, modes, data, symlinks and device numbers", () => {
-  const entries: CpioEntry[] = [
-    { name: "bin", kind: "dir", perm: 0o755 },
-    { name: "bin/x", kind: "file", perm: 0o755, data: new Uint8Array([1, 2, 3, 4, 5]) },
-    { name: "bin/y", kind: "symlink", perm: 0o777, data: "/bin/x" },
-    { name: "dev/console", kind: "chardev", perm: 0o600, rdev: { major: 5, minor: 1 } },
-  ];
-  const archive = writeNewc(entries);
-  assertEquals(archive.length % 4, 0);
-  const files = parseNewc(archive);
-  assertEquals([...files.keys()], ["bin", "bin/x", "bin/y", "dev/console"]);
-  assertEquals(files.get("bin")!.mode, 0o040755);
-  assertEquals(files.get("bin/x")!.mode, 0o100755);
-  assertEquals([...files.get("bin/x")!.data], [1, 2, 3, 4, 5]);
-  assertEquals(files.get("bin/y")!.mode, 0o120777);
-  assertEquals(new TextDecoder().decode(files.get("bin/y")!.data), "/bin/x");
-  assertEquals(files.get("dev/console")!.mode, 0o020600);
-  assertEquals(files.get("dev/console")!.rdev, [5, 1]);
-});
-
-Deno.test("the busybox initramfs holds /init, /bin/busybox and the applets /init needs", async () => {
-  const busybox = "/bin/busybox";
-  try {
-    Deno.statSync(busybox);
-  } catch {
-    console.log("skipped: /bin/busybox is missing (apt-get install busybox-static)");
-    return;
-  }
-  const files = parseNewc(gunzipSync(await buildInitramfs({ busybox })));
-  const init = files.get("init");
-  assert(init, "init present");
-  assertEquals(init.mode, 0o100755);
-  const script = new TextDecoder().decode(init.data);
-  assertEquals(script, INIT_SCRIPT);
-  assert(script.startsWith("#!/bin/sh\n"));
-  assert(script.split("\n").includes(`echo ${GUEST_READY_LINE}`), "prints the ready line");
-  const bb = files.get("bin/busybox");
-  assert(bb, "bin/busybox present");
-  assertEquals(bb.mode, 0o100755);
-  assert(sameBytes(bb.data, await Deno.readFile(busybox)), "bin/busybox is the host's busybox");
-  for (const name of ["bin/sh", "bin/mount", "sbin/poweroff", "bin/cat", "bin/echo", "bin/grep"]) {
-    const link = files.get(name);
-    assert(link, `${name} present`);
-    assertEquals(link.mode, 0o120777, `${name} is a symlink`);
-    assertEquals(new TextDecoder().decode(link.data), "/bin/busybox");
-  }
-  assertEquals(files.get("dev/console")?.rdev, [5, 1]);
-  assertEquals(files.get("dev/ttyS0")?.rdev, [4, 64]);
-  for (const dir of ["proc", "sys", "dev", "tmp"]) {
-    assertEquals(files.get(dir)!.mode & 0o170000, 0o040000);
-  }
-  // Every entry's parent directory comes earlier, as the kernel's unpacker needs.
-  const seen = new Set<string>();
-  for (const name of files.keys()) {
-    const parent = name.slice(0, Math.max(0, name.lastIndexOf("/")));
-    assert(!parent || seen.has(parent), `${name} after its parent`);
-    seen.add(name);
-  }
-  // The shell that will run /init accepts it.
-  const dir = await Deno.makeTempDir();
-  try {
-    await Deno.writeTextFile(`${dir}/init`, script);
-    const check = await new Deno.Command(busybox, { args: ["sh", "-n", `${dir}/init`] }).output();
-    assert(check.success, new TextDecoder().decode(check.stderr));
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("findGuestKernel prefers the newest cloud kernel, then any vmlinuz", async () => {
-  const dir = await Deno.makeTempDir();
-  try {
-    assertEquals(findGuestKernel(dir), undefined);
-    await Deno.writeFile(`${dir}/vmlinuz-6.1.0-9-amd64`, new Uint8Array());
-    assertEquals(findGuestKernel(dir), `${dir}/vmlinuz-6.1.0-9-amd64`);
-    for (const n of ["6.1.0-9", "6.1.0-10", "5.10.0-30"]) {
-      await Deno.writeFile(`${dir}/vmlinuz-${n}-cloud-amd64`, new Uint8Array());
-    }
-    await Deno.writeFile(`${dir}/vmlinuz-6.9.0-1-amd64`, new Uint8Array());
-    assertEquals(findGuestKernel(dir), `${dir}/vmlinuz-6.1.0-10-cloud-amd64`);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-  assertEquals(findGuestKernel("/nonexistent-boot-dir"), undefined);
 });
