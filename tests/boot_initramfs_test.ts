@@ -3,7 +3,7 @@
  * packs, and how the guest kernel is found.
  */
 import { gunzipSync } from "node:zlib";
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, sameBytes } from "./helpers/assert.ts";
 import {
   buildInitramfs,
   type CpioEntry,
@@ -12,10 +12,6 @@ import {
   INIT_SCRIPT,
   writeNewc,
 } from "../src/vmm/boot/initramfs.ts";
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
-}
 
 /** Parses a gzipped or plain newc archive into name -> {mode, data, rdev}. */
 function parseNewc(archive: Uint8Array) {

@@ -8,7 +8,7 @@
  */
 import fc from "fast-check";
 import { join } from "node:path";
-import { assert, assertEquals } from "./helpers/assert.ts";
+import { assert, assertEquals, sameBytes } from "./helpers/assert.ts";
 import { CheckpointFormatError, crc32 } from "../src/ckpt/format.ts";
 import { PAGE_SIZE as PAGE } from "../src/accel/accel.ts";
 import {
@@ -117,10 +117,6 @@ function applyDamage(orig: Uint8Array, d: Damage): Uint8Array<ArrayBuffer> {
       out.fill(0, clip(d.at), clip(d.at + d.len));
       return out;
   }
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 /**

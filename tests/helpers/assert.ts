@@ -51,3 +51,8 @@ function checkError(e: unknown, cls?: new (...args: never[]) => Error, includes?
     throw new Error(`expected message to include "${includes}", got "${(e as Error).message}"`);
   }
 }
+
+/** Whether two byte arrays hold the same bytes. */
+export function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
