@@ -8,6 +8,8 @@ import { existsSync } from "node:fs";
 import { loadCoordConfig } from "../coord/config.ts";
 import { Coordinator } from "../coord/daemon.ts";
 import { openState } from "../coord/open_state.ts";
+import type { CoordState } from "../coord/state.ts";
+import { coordMetricsText } from "../coord/metrics.ts";
 import { coordStatus, formatCoordStatus } from "../coord/status.ts";
 import { checkIdentity, type Identity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
@@ -34,10 +36,23 @@ export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<nu
   const onSignal = () => stop.abort();
   Deno.addSignalListener("SIGTERM", onSignal);
   Deno.addSignalListener("SIGINT", onSignal);
+  const coord = new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity));
+  const metrics = cfg.metricsPort
+    ? Deno.serve(
+      { hostname: "127.0.0.1", port: cfg.metricsPort, onListen: () => {} },
+      async (req) =>
+        new URL(req.url).pathname === "/metrics"
+          ? new Response(await coordMetricsText(state, coord.counters, state.isLeader()), {
+            headers: { "content-type": "text/plain; version=0.0.4" },
+          })
+          : new Response("not found\n", { status: 404 }),
+    )
+    : undefined;
   console.log(JSON.stringify({ ready: true, id: cfg.id, store: state.where }));
   try {
-    await new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity)).run(stop.signal);
+    await coord.run(stop.signal);
   } finally {
+    await metrics?.shutdown();
     Deno.removeSignalListener("SIGTERM", onSignal);
     Deno.removeSignalListener("SIGINT", onSignal);
     await state.close();
@@ -65,18 +80,26 @@ async function coordinatorIdentity(dir: string): Promise<Identity> {
   return identity;
 }
 
+/** The store of `config`; with `create`, a SQLite file is made if absent, else it must exist. */
+export async function openConfiguredState(config: string, create = false): Promise<CoordState> {
+  const cfg = loadCoordConfig(config);
+  if (create && !cfg.store.startsWith("etcd://")) {
+    Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
+  } else if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
+    throw new ConfigError(
+      `store ${cfg.store}: no coordinator state there yet; start 'dcres coord --config ${config}' first`,
+    );
+  }
+  return await openState(cfg.store);
+}
+
 /** Prints the cluster's hosts, leases, VMs and recent events from the coordinator's store. */
 export async function coordStatusCommand(
   g: GlobalOptions,
   f: Required<CoordFlags>,
 ): Promise<number> {
   const cfg = loadCoordConfig(f.config);
-  if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
-    throw new ConfigError(
-      `store ${cfg.store}: no coordinator state there yet; start 'dcres coord --config ${f.config}' first`,
-    );
-  }
-  const state = await openState(cfg.store);
+  const state = await openConfiguredState(f.config);
   try {
     const now = Date.now();
     const s = await coordStatus(cfg, state, now);
