@@ -32,6 +32,11 @@ const REPLY = v.object({
   })),
 });
 
+type Reply = v.InferOutput<typeof REPLY>;
+
+/** An agent's refusal of an incremental checkpoint that has no parent to build on (ckpt/transaction.ts). */
+const FULL_NEEDED = /take a full (one|checkpoint) first/;
+
 /** Counts of scheduled checkpoints by VM, since this coordinator started: for `/metrics`. */
 export class ScheduleCounters {
   /** Checkpoints taken and catalogued. */
@@ -150,28 +155,41 @@ export class Scheduler {
     }
   }
 
-  async #take(p: Policy, at: Placement, newest: CatalogEntry | undefined, run: VmRun) {
-    const full = isFull(p.incremental, p.fullEvery, newest);
-    const t0 = Date.now();
-    let reply: v.InferOutput<typeof REPLY>;
+  /** Checkpoints `p.vm` through its main host; an incremental one with nothing to build on
+   * (a checkpoint by hand into another store moved the VM's dirty log) is taken full instead. */
+  async #call(p: Policy, at: Placement, full: boolean): Promise<Reply> {
+    const client = await this.#dial(at.main);
     try {
-      const client = await this.#dial(at.main);
-      try {
-        const raw = await client.call("checkpoint", {
+      const call = (incremental: boolean) =>
+        client.call("checkpoint", {
           name: p.vm,
           mode: p.mode,
-          incremental: !full,
+          incremental,
           replicas: p.replicas,
           keep: p.keep,
         }, { deadlineMs: CHECKPOINT_DEADLINE_MS });
-        const r = v.safeParse(REPLY, raw);
-        if (!r.success) {
-          throw new Error(`the agent's reply is not a checkpoint report: ${r.issues[0].message}`);
-        }
-        reply = r.output;
-      } finally {
-        await client.close();
+      let raw: unknown;
+      try {
+        raw = await call(!full);
+      } catch (e) {
+        if (full || !FULL_NEEDED.test((e as Error).message)) throw e;
+        raw = await call(false);
       }
+      const r = v.safeParse(REPLY, raw);
+      if (!r.success) {
+        throw new Error(`the agent's reply is not a checkpoint report: ${r.issues[0].message}`);
+      }
+      return r.output;
+    } finally {
+      await client.close();
+    }
+  }
+
+  async #take(p: Policy, at: Placement, newest: CatalogEntry | undefined, run: VmRun) {
+    const t0 = Date.now();
+    let reply: Reply;
+    try {
+      reply = await this.#call(p, at, isFull(p.incremental, p.fullEvery, newest));
     } catch (e) {
       await this.#failed(p, at, run, e);
       return;
