@@ -28,7 +28,7 @@ function assertSpaced(list: CatalogEntry[], every: number): void {
 }
 
 Deno.test("policies take checkpoints on schedule that restore; busy VMs are skipped, failures retried with backoff; a restarted coordinator carries on", async () => {
-  const c = new TestCluster(7595);
+  const c = new TestCluster(7850);
   const dir = c.env.DCRES_CLUSTER_DIR;
   const [h1, h2] = await c.up(2);
   const coords = await TestCoords.create(c);

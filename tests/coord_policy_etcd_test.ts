@@ -1,0 +1,104 @@
+/**
+ * Issue 16's acceptance with etcd: two coordinators share their state in a real etcd; a policy set
+ * through the CLI before either runs is taken up by the leader; the leader is killed (SIGKILL), the
+ * standby leads within the leadership's lease (and a margin) and goes on with the policy: the next
+ * checkpoint is taken, from the catalog, not before it was due; nothing committed is lost.
+ */
+import { assert, assertEquals } from "./helpers/assert.ts";
+import { TestCluster } from "./helpers/cluster.ts";
+import { TestCoords } from "./helpers/coord_proc.ts";
+import { etcdBinary, TestEtcd } from "./helpers/etcd.ts";
+import { openState } from "../src/coord/open_state.ts";
+import type { CatalogEntry } from "../src/coord/state.ts";
+
+const EVERY = 3000;
+const LEADER_TTL = 3000;
+/** Time for the standby to notice the lapse and for the status to show it. */
+const MARGIN = 3000;
+
+Deno.test({
+  name:
+    "with etcd, the standby takes over from a killed leader within its lease and goes on with the policies",
+  ignore: !etcdBinary(),
+  fn: async () => {
+    const etcd = await TestEtcd.start();
+    const c = new TestCluster(7860);
+    let coords: TestCoords | undefined;
+    try {
+      const [h1] = await c.up(1);
+      coords = await TestCoords.create(c);
+      const common = {
+        agents: [{ name: "node1", addr: h1 }],
+        store: etcd.url,
+        heartbeatMs: 300,
+        suspectMs: 1000,
+        downMs: 2000,
+        leaderTtlMs: LEADER_TTL,
+        lease: { ttlMs: 5000, drift: 0.01, fenceMs: 1000 },
+      };
+      const confA = coords.config("coord-a", common);
+      const confB = coords.config("coord-b", common);
+      const catalog = async (): Promise<CatalogEntry[]> => {
+        const s = await openState(etcd.url);
+        try {
+          return (await s.list("checkpoint", "v1")).map((x) => x.value)
+            .sort((a, b) => a.generation - b.generation);
+        } finally {
+          await s.close();
+        }
+      };
+      await c.ok(["--agent", h1, "vm", "start", "--name", "v1", "--mem", "64M"]);
+      // Set while no coordinator runs: the store holds it.
+      await c.ok([
+        ...["coord", "policy", "set", "v1", "--config", confA, "--every", "3s"],
+        ...["--mode", "cow", "--incremental", "--full-every", "5", "--replicas", "1"],
+      ]);
+      const a = coords.start(confA);
+      await coords.until(confA, "coord-a leads", (s) => s.leader?.id === "coord-a");
+      coords.start(confB);
+      const vm = (s: Awaited<ReturnType<TestCoords["status"]>>) => s.vms.find((v) => v.vm === "v1");
+      await coords.until(confA, "two checkpoints", (s) => (vm(s)?.checkpoints ?? 0) >= 2);
+      assertEquals((await coords.status(confB)).leader?.id, "coord-a", "the standby led");
+
+      const before = await catalog();
+      const eventsBefore = (await coords.status(confA)).events;
+      const killedAt = Date.now();
+      await coords.stop(a, "SIGKILL");
+      await coords.until(
+        confB,
+        "coord-b leads",
+        (s) => s.leader?.id === "coord-b",
+        LEADER_TTL + MARGIN + 5000,
+      );
+      const tookOver = Date.now() - killedAt;
+      assert(tookOver <= LEADER_TTL + MARGIN, `the standby led ${tookOver} ms after the kill`);
+      await coords.until(
+        confB,
+        "a checkpoint by the new leader",
+        (s) => (vm(s)?.checkpoints ?? 0) > (before.length + 1),
+      );
+      const after = await catalog();
+      for (const e of before) assert(after.some((x) => x.id === e.id), `lost ${e.id}`);
+      for (let i = 1; i < after.length; i++) {
+        const gap = after[i].timeMs - after[i - 1].timeMs;
+        assert(gap >= EVERY, `${after[i].id} taken ${gap} ms after the previous, before due`);
+      }
+      const firstNew = after.find((e) => e.timeMs > killedAt)!;
+      const s = await coords.status(confB);
+      for (const e of eventsBefore) {
+        assert(s.events.some((x) => x.seq === e.seq) || e.seq < s.events[0].seq, `lost ${e.seq}`);
+      }
+      console.log(
+        `  standby led ${tookOver} ms after the kill (lease ${LEADER_TTL} ms); its first checkpoint ${
+          firstNew.timeMs - killedAt
+        } ms after the kill, ${
+          firstNew.timeMs - before.at(-1)!.timeMs
+        } ms after the last before it`,
+      );
+    } finally {
+      await coords?.stopAll();
+      await c.down();
+      await etcd.stop();
+    }
+  },
+});
