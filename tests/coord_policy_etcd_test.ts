@@ -9,6 +9,7 @@ import { TestCluster } from "./helpers/cluster.ts";
 import { TestCoords } from "./helpers/coord_proc.ts";
 import { etcdBinary, TestEtcd } from "./helpers/etcd.ts";
 import { openState } from "../src/coord/open_state.ts";
+import { dueAt } from "../src/coord/policy_time.ts";
 import type { CatalogEntry } from "../src/coord/state.ts";
 
 const EVERY = 3000;
@@ -84,6 +85,9 @@ Deno.test({
         assert(gap >= EVERY, `${after[i].id} taken ${gap} ms after the previous, before due`);
       }
       const firstNew = after.find((e) => e.timeMs > killedAt)!;
+      // Not skipped either: taken when due, or at once if it fell due during the takeover.
+      const due = Math.max(dueAt("v1", EVERY, before.at(-1)!, 0), killedAt + tookOver);
+      assert(firstNew.timeMs <= due + 2000, `${firstNew.timeMs - due} ms late`);
       const s = await coords.status(confB);
       for (const e of eventsBefore) {
         assert(s.events.some((x) => x.seq === e.seq) || e.seq < s.events[0].seq, `lost ${e.seq}`);

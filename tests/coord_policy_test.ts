@@ -13,11 +13,13 @@ import { TestCluster, testPort } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
 import { TestCoords } from "./helpers/coord_proc.ts";
 import { openState } from "../src/coord/open_state.ts";
-import { retryDelay } from "../src/coord/policy_time.ts";
+import { dueAt, retryDelay } from "../src/coord/policy_time.ts";
 import type { CatalogEntry, CoordEvent } from "../src/coord/state.ts";
 import type { CoordStatus } from "../src/coord/status.ts";
 
 const EVERY = 3000;
+/** The default leadership lease: a coordinator restarted under its id may wait that long to lead. */
+const LEADER_TTL = 5000;
 
 /** Consecutive recovery points of `list` are at least a period apart. */
 function assertSpaced(list: CatalogEntry[], every: number): void {
@@ -171,6 +173,7 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     const beforeKill = await catalog();
     const eventsBefore = await events();
     await coords.stop(coord, "SIGKILL");
+    const restartedAt = Date.now();
     coord = coords.start(conf);
     await coords.until(
       conf,
@@ -181,6 +184,13 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     const after = await catalog();
     for (const e of beforeKill) assert(after.some((x) => x.id === e.id), `lost ${e.id}`);
     assertSpaced(after.slice(beforeKill.length - 1), 4000);
+    // Nor skipped: the first after the restart comes when due, or once the restarted one leads.
+    const last = beforeKill.at(-1)!, next = after[beforeKill.length];
+    const due = Math.max(dueAt("v1", 4000, last, 0), restartedAt + LEADER_TTL);
+    assert(
+      next.timeMs <= due + 2000,
+      `the first after the restart came ${next.timeMs - due} ms late`,
+    );
     const eventsAfter = await events();
     for (const e of eventsBefore) {
       assert(eventsAfter.some((x) => x.seq === e.seq), `lost event ${e.seq}`);
@@ -192,6 +202,15 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     await c.ok(["--agent", h1, "restore", newest.id, "--name", "v1r"]);
     const verify = await c.ok(["--agent", h1, "guest", "verify", "v1r"]);
     assert(/ok/i.test(verify), verify);
+
+    // Only VMs whose host is up: node1's agent dies, and once the host is suspect the schedule
+    // stops trying its VM (at most an attempt already under way fails).
+    Deno.kill(Number(Deno.readTextFileSync(join(dir, "node1", "agent.pid"))), "SIGKILL");
+    s = await coords.until(conf, "node1 suspect", (s) => s.hosts[0].state !== "up");
+    const suspectSeq = s.events.findLast((e) => e.kind === "host-suspect" && e.host === h1)!.seq;
+    await new Promise((r) => setTimeout(r, 3 * 4000));
+    const tried = (await events()).filter((e) => e.seq > suspectSeq && e.vm === "v1");
+    assert(tried.length <= 1, `v1 tried while its host was not up: ${JSON.stringify(tried)}`);
   } finally {
     await coords.stopAll();
     await c.down();
