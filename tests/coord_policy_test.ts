@@ -148,6 +148,11 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
       assert(gap < retryDelay(i, EVERY) + 2000, `retry ${i} only after ${gap} ms`);
     }
     assert(failed.every((e) => e.detail && !e.detail.includes("\n")), JSON.stringify(failed));
+    console.log(
+      `  retries ${
+        failed.slice(1).map((e, i) => e.timeMs - failed[i].timeMs).join(", ")
+      } ms apart: ${failed[0].detail}`,
+    );
     const before = (await catalog()).length;
     await coords.until(
       conf,
@@ -190,6 +195,13 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     assert(
       next.timeMs <= due + 2000,
       `the first after the restart came ${next.timeMs - due} ms late`,
+    );
+    console.log(
+      `  after the restart: first checkpoint ${next.timeMs - restartedAt} ms after it, ${
+        next.timeMs - last.timeMs
+      } ms after the last before it; ${manual} by hand, ${
+        busyEvents.filter((e) => e.kind === "checkpoint-skipped").length
+      } skipped`,
     );
     const eventsAfter = await events();
     for (const e of eventsBefore) {
