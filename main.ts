@@ -1,6 +1,6 @@
 /** dcres CLI entry: parse, dispatch, one-line errors, exit codes. */
 import { Command, CommanderError, Option } from "commander";
-import { configure, getStreamSink, jsonLinesFormatter } from "@logtape/logtape";
+import { configure, dispose, getStreamSink, jsonLinesFormatter } from "@logtape/logtape";
 import { CommandFailed, EXIT, type GlobalOptions } from "./src/cli/context.ts";
 import { runCommand, type RunFlags } from "./src/cli/run.ts";
 import { vmmCommand, type VmmFlags } from "./src/cli/vmm.ts";
@@ -137,7 +137,10 @@ export function program(
 
   p.command("agent")
     .description("run the per-host agent (QUIC RPC with mutual authentication, VM supervision)")
-    .option("--config <file>", "JSON settings: listen, dataDir, identityDir, peers, zone, replicas")
+    .option(
+      "--config <file>",
+      "JSON settings: listen, dataDir, identityDir, peers, zone, replicas, coordinator",
+    )
     .option("--listen <addr>", "QUIC address HOST:PORT (default 127.0.0.1:7400)")
     .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
     .option("--identity <dir>", "host.crt, host.key, ca.crt (default /etc/dcres/identity)")
@@ -165,6 +168,10 @@ export function program(
       "re-read stored checkpoint copies in the background at this rate, e.g. 32M, or off (default)",
     )
     .option("--scrub-every <duration>", "start a background scrub pass this often (default 24h)")
+    .option(
+      "--coordinator <file>",
+      "also run the coordinator of this config in the same process (docs/COORDINATOR.md)",
+    )
     .action(act((f: AgentFlags) => agentCommand(g(), f)));
 
   const coord = p.command("coord")
@@ -392,4 +399,10 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-if (import.meta.main) Deno.exit(await main(Deno.args));
+if (import.meta.main) {
+  const code = await main(Deno.args);
+  // The log's stream sink writes in the background: its last lines (a daemon's "stopped") would be
+  // lost to an exit that does not wait for them.
+  await dispose();
+  Deno.exit(code);
+}

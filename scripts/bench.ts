@@ -6,6 +6,7 @@ const benches: Record<string, (args: string[]) => Promise<unknown>> = {
   paging: async (args) => (await import("./bench/paging.ts")).benchPaging(args),
   dcres: async (args) => (await import("./bench/dcres.ts")).benchDcres(args),
   durable: async () => (await import("./bench/durable.ts")).benchDurable(),
+  coord: async (args) => (await import("./bench/coord.ts")).benchCoord(args),
 };
 
 const name = Deno.args[0];

@@ -11,77 +11,21 @@ import { join } from "node:path";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
-import { issueHost } from "../src/cli/ca_admin.ts";
-import { selfCommand, spawnDetached } from "../src/agent/spawn.ts";
-import type { CoordStatus, HostStatus } from "../src/coord/status.ts";
+import { FAST_TIMINGS, hostOf, TestCoord } from "./helpers/coord_run.ts";
 import type { VmInfo } from "../src/vmm/control/protocol.ts";
 import { LEASE_FILE } from "../src/vmm_process/fence.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const TTL_MS = 5000;
+const TTL_MS = FAST_TIMINGS.lease.ttlMs;
 
 Deno.test("the coordinator leases every host, keeps VMs running, and declares a dead host down only after its VM fenced itself and its lease lapsed; a standby takes over from its state", async () => {
   const c = new TestCluster(7495);
   const dir = c.env.DCRES_CLUSTER_DIR;
   const [h1, h2, h3] = await c.up(3);
-  const conf = join(dir, "coord.json");
-  const confB = join(dir, "coord-b.json");
-  await issueHost({
-    caDir: join(dir, "ca"),
-    host: "coord",
-    role: "coordinator",
-    outDir: join(dir, "coord", "identity"),
-  });
-  const config = {
-    agents: [h1, h2, h3].map((addr, i) => ({ name: `node${i + 1}`, addr })),
-    identityDir: join(dir, "coord", "identity"),
-    dataDir: join(dir, "coord"),
-    id: "coord-a",
-    heartbeatMs: 300,
-    suspectMs: 1000,
-    downMs: 2000,
-    lease: { ttlMs: TTL_MS, drift: 0.01, fenceMs: 1000 },
-  };
-  Deno.writeTextFileSync(conf, JSON.stringify(config));
+  const coord = await TestCoord.create(c, [h1, h2, h3]);
   // A second coordinator on the same store, which must stand by while the first leads.
-  Deno.writeTextFileSync(confB, JSON.stringify({ ...config, id: "coord-b" }));
-  const log = join(dir, "coord.log");
-  const logB = join(dir, "coord-b.log");
-  const startCoord = (file = conf, to = log) =>
-    spawnDetached(selfCommand(["coord", "--config", file]), to);
-  let coord = startCoord();
-  let standby: Deno.ChildProcess | undefined;
-  /** Stops a coordinator with SIGTERM and waits until it has gone (its child is unref'd). */
-  const stopCoord = async (p: Deno.ChildProcess | undefined) => {
-    try {
-      p?.kill("SIGTERM");
-    } catch {
-      return;
-    }
-    for (const end = Date.now() + 15_000; p && Date.now() < end; await sleep(100)) {
-      try {
-        if (/^\d+ \(.*\) Z/.test(Deno.readTextFileSync(`/proc/${p.pid}/stat`))) return;
-      } catch {
-        return;
-      }
-    }
-    if (p) throw new Error(`a coordinator did not stop on SIGTERM; see ${log}`);
-  };
-  const status = async (): Promise<CoordStatus> =>
-    JSON.parse(await c.ok(["--json", "coord", "status", "--config", conf]));
-  const host = (s: CoordStatus, addr: string): HostStatus => s.hosts.find((h) => h.addr === addr)!;
-  const until = async (what: string, pred: (s: CoordStatus) => boolean): Promise<CoordStatus> => {
-    let last: CoordStatus | undefined;
-    for (const end = Date.now() + 30_000; Date.now() < end; await sleep(250)) {
-      try {
-        last = await status();
-        if (pred(last)) return last;
-      } catch {
-        // The store is not there until the coordinator has made it.
-      }
-    }
-    throw new Error(`${what}: ${JSON.stringify(last)}; see ${log}`);
-  };
+  const standby = await TestCoord.create(c, [h1, h2, h3], { id: "coord-b" }, "coord-b");
+  coord.start();
   const localVm = async (node: string, name: string): Promise<VmInfo> => {
     const r = await dcres(["--state-dir", join(dir, node, "data", "run"), "--json", "vm", "ls"]);
     assertEquals(r.code, 0, r.stderr);
@@ -91,16 +35,16 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     for (const [addr, name] of [[h1, "v1"], [h2, "v2"]]) {
       await c.ok(["--agent", addr, "vm", "start", "--name", name, "--mem", "64M"]);
     }
-    let s = await until(
+    let s = await coord.until(
       "every host up and leased",
       (s) =>
         s.hosts.every((h) => h.state === "up" && h.lease && h.lastHeartbeatAgeMs! < 1000) &&
-        host(s, h2).vms.some((v) => v.vm === "v2"),
+        hostOf(s, h2).vms.some((v) => v.vm === "v2"),
     );
     assertEquals(s.leader?.id, "coord-a");
-    standby = startCoord(confB, logB);
-    assertEquals(host(s, h1).vms, [{ vm: "v1", subs: [] }]);
-    assertEquals(host(s, h3).vms, []);
+    standby.start();
+    assertEquals(hostOf(s, h1).vms, [{ vm: "v1", subs: [] }]);
+    assertEquals(hostOf(s, h3).vms, []);
     for (const n of ["node1", "node2", "node3"]) {
       assert(
         Deno.statSync(join(dir, n, "data", "run", LEASE_FILE)).isFile,
@@ -124,7 +68,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     // node2's agent dies; its VMM lives on and must fence itself.
     const killedAt = Date.now();
     Deno.kill(Number(Deno.readTextFileSync(join(dir, "node2", "agent.pid"))), "SIGKILL");
-    s = await until("node2 declared down", (s) => host(s, h2).state === "down");
+    s = await coord.until("node2 declared down", (s) => hostOf(s, h2).state === "down");
     const fenced = await localVm("node2", "v2");
     assertEquals(fenced.state, "paused", "v2 runs on although its host was declared down");
     assert(fenced.pausedReason?.includes("lease"), fenced.pausedReason);
@@ -136,7 +80,7 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
       fenced.fencedAtMs! < down.timeMs,
       `v2 fenced at ${fenced.fencedAtMs}, after host-down at ${down.timeMs}`,
     );
-    const lease = host(s, h2).lease!;
+    const lease = hostOf(s, h2).lease!;
     assert(
       down.timeMs >= lease.expiresMs,
       `down at ${down.timeMs}, before the lease lapsed at ${lease.expiresMs}`,
@@ -149,18 +93,21 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
         down.timeMs - fenced.fencedAtMs!
       } ms before down; lease lapsed ${down.timeMs - lease.expiresMs} ms before down)`,
     );
-    assertEquals(host(s, h1).state, "up");
+    assertEquals(hostOf(s, h1).state, "up");
     assertEquals((await localVm("node1", "v1")).state, "running");
 
     // The first coordinator stops: the standby takes over from the state, and the first, started
     // again, stands by; events are kept and no host is announced again.
-    assert(!Deno.readTextFileSync(logB).includes("leads"), "the standby led while the first did");
+    assert(
+      !Deno.readTextFileSync(standby.log).includes("leads"),
+      "the standby led while the first did",
+    );
     const seqBefore = s.events.at(-1)!.seq;
-    await stopCoord(coord);
-    await until("the standby leads", (s) => s.leader?.id === "coord-b");
-    coord = startCoord();
+    await coord.stop();
+    await coord.until("the standby leads", (s) => s.leader?.id === "coord-b");
+    coord.start();
     await sleep(TTL_MS + 1000);
-    s = await until(
+    s = await coord.until(
       "hosts re-learned",
       (s) => s.hosts.filter((h) => h.addr !== h2).every((h) => h.lastHeartbeatAgeMs! < 1000),
     );
@@ -171,16 +118,16 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
       [],
       "the new leader re-announced hosts",
     );
-    assertEquals(host(s, h2).state, "down");
+    assertEquals(hostOf(s, h2).state, "down");
     assertEquals((await localVm("node1", "v1")).state, "running", "v1 fenced across the takeover");
 
     // node2 comes back: leased again under the new epoch; its fenced VM stays paused.
     await c.run("start", "node2");
-    s = await until("node2 up again", (s) => host(s, h2).state === "up");
-    assertEquals(host(s, h2).lease!.epoch, 2);
+    s = await coord.until("node2 up again", (s) => hostOf(s, h2).state === "up");
+    assertEquals(hostOf(s, h2).lease!.epoch, 2);
     await sleep(TTL_MS);
     assertEquals((await localVm("node2", "v2")).state, "paused", "a fenced VM resumed");
-    const human = (await c.ok(["coord", "status", "--config", conf])).split("\n");
+    const human = (await c.ok(["coord", "status", "--config", coord.conf])).split("\n");
     for (const [n, state] of [["node1", "up"], ["node2", "up"], ["node3", "up"]]) {
       assertEquals(
         human.filter((l) => l.startsWith(`${n} `) && l.includes(` ${state},`)).length,
@@ -191,8 +138,8 @@ Deno.test("the coordinator leases every host, keeps VMs running, and declares a 
     const verify = await c.ok(["--agent", h1, "guest", "verify", "v1"]);
     assert(/ok/i.test(verify), verify);
   } finally {
-    await stopCoord(coord);
-    await stopCoord(standby);
+    await coord.stop();
+    await standby.stop();
     await c.down();
   }
 });

@@ -6,7 +6,7 @@
  */
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
-import { TestCoords } from "./helpers/coord_proc.ts";
+import { TestCoord } from "./helpers/coord_run.ts";
 import { etcdBinary, TestEtcd } from "./helpers/etcd.ts";
 import { openState } from "../src/coord/open_state.ts";
 import { dueAt } from "../src/coord/policy_time.ts";
@@ -24,21 +24,13 @@ Deno.test({
   fn: async () => {
     const etcd = await TestEtcd.start();
     const c = new TestCluster(7860);
-    let coords: TestCoords | undefined;
+    const coords: TestCoord[] = [];
     try {
       const [h1] = await c.up(1);
-      coords = await TestCoords.create(c);
-      const common = {
-        agents: [{ name: "node1", addr: h1 }],
-        store: etcd.url,
-        heartbeatMs: 300,
-        suspectMs: 1000,
-        downMs: 2000,
-        leaderTtlMs: LEADER_TTL,
-        lease: { ttlMs: 5000, drift: 0.01, fenceMs: 1000 },
-      };
-      const confA = coords.config("coord-a", common);
-      const confB = coords.config("coord-b", common);
+      const common = { store: etcd.url, leaderTtlMs: LEADER_TTL };
+      const a = await TestCoord.create(c, [h1], { ...common, id: "coord-a" }, "coord-a");
+      const b = await TestCoord.create(c, [h1], { ...common, id: "coord-b" }, "coord-b");
+      coords.push(a, b);
       const catalog = async (): Promise<CatalogEntry[]> => {
         const s = await openState(etcd.url);
         try {
@@ -51,30 +43,24 @@ Deno.test({
       await c.ok(["--agent", h1, "vm", "start", "--name", "v1", "--mem", "64M"]);
       // Set while no coordinator runs: the store holds it.
       await c.ok([
-        ...["coord", "policy", "set", "v1", "--config", confA, "--every", "3s"],
+        ...["coord", "policy", "set", "v1", "--config", a.conf, "--every", "3s"],
         ...["--mode", "cow", "--incremental", "--full-every", "5", "--replicas", "1"],
       ]);
-      const a = coords.start(confA);
-      await coords.until(confA, "coord-a leads", (s) => s.leader?.id === "coord-a");
-      coords.start(confB);
-      const vm = (s: Awaited<ReturnType<TestCoords["status"]>>) => s.vms.find((v) => v.vm === "v1");
-      await coords.until(confA, "two checkpoints", (s) => (vm(s)?.checkpoints ?? 0) >= 2);
-      assertEquals((await coords.status(confB)).leader?.id, "coord-a", "the standby led");
+      a.start();
+      await a.until("coord-a leads", (s) => s.leader?.id === "coord-a");
+      b.start();
+      const vm = (s: Awaited<ReturnType<TestCoord["status"]>>) => s.vms.find((v) => v.vm === "v1");
+      await a.until("two checkpoints", (s) => (vm(s)?.checkpoints ?? 0) >= 2);
+      assertEquals((await b.status()).leader?.id, "coord-a", "the standby led");
 
       const before = await catalog();
-      const eventsBefore = (await coords.status(confA)).events;
+      const eventsBefore = (await a.status()).events;
       const killedAt = Date.now();
-      await coords.stop(a, "SIGKILL");
-      await coords.until(
-        confB,
-        "coord-b leads",
-        (s) => s.leader?.id === "coord-b",
-        LEADER_TTL + MARGIN + 5000,
-      );
+      await a.stop("SIGKILL");
+      await b.until("coord-b leads", (s) => s.leader?.id === "coord-b", LEADER_TTL + MARGIN + 5000);
       const tookOver = Date.now() - killedAt;
       assert(tookOver <= LEADER_TTL + MARGIN, `the standby led ${tookOver} ms after the kill`);
-      await coords.until(
-        confB,
+      await b.until(
         "a checkpoint by the new leader",
         (s) => (vm(s)?.checkpoints ?? 0) > (before.length + 1),
       );
@@ -88,7 +74,7 @@ Deno.test({
       // Not skipped either: taken when due, or at once if it fell due during the takeover.
       const due = Math.max(dueAt("v1", EVERY, before.at(-1)!, 0), killedAt + tookOver);
       assert(firstNew.timeMs <= due + 2000, `${firstNew.timeMs - due} ms late`);
-      const s = await coords.status(confB);
+      const s = await b.status();
       for (const e of eventsBefore) {
         assert(s.events.some((x) => x.seq === e.seq) || e.seq < s.events[0].seq, `lost ${e.seq}`);
       }
@@ -100,7 +86,7 @@ Deno.test({
         } ms after the last before it`,
       );
     } finally {
-      await coords?.stopAll();
+      for (const x of coords) await x.stop();
       await c.down();
       await etcd.stop();
     }

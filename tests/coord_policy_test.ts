@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster, testPort } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
-import { TestCoords } from "./helpers/coord_proc.ts";
+import { TestCoord } from "./helpers/coord_run.ts";
 import { openState } from "../src/coord/open_state.ts";
 import { dueAt, retryDelay } from "../src/coord/policy_time.ts";
 import type { CatalogEntry, CoordEvent } from "../src/coord/state.ts";
@@ -33,14 +33,8 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
   const c = new TestCluster(7850);
   const dir = c.env.DCRES_CLUSTER_DIR;
   const [h1, h2] = await c.up(2);
-  const coords = await TestCoords.create(c);
   const metricsPort = testPort(9595);
-  const conf = coords.config("coord-a", {
-    agents: [h1, h2].map((addr, i) => ({ name: `node${i + 1}`, addr })),
-    heartbeatMs: 300,
-    suspectMs: 1000,
-    downMs: 2000,
-    lease: { ttlMs: 5000, drift: 0.01, fenceMs: 1000 },
+  const coord = await TestCoord.create(c, [h1, h2], {
     metricsPort,
     policies: {
       v1: { everyMs: EVERY, mode: "cow", incremental: true, fullEvery: 3, keep: 50, replicas: 1 },
@@ -65,13 +59,12 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     }
   };
   const vmOf = (s: CoordStatus, vm = "v1") => s.vms.find((v) => v.vm === vm);
-  let coord: Deno.ChildProcess | undefined;
   try {
     await c.ok(["--agent", h1, "vm", "start", "--name", "v1", "--mem", "64M"]);
-    coord = coords.start(conf);
+    coord.start();
 
     // On schedule: the config's policy seeds the store; one in three checkpoints is full.
-    let s = await coords.until(conf, "four checkpoints of v1", (s) => vmOf(s)!.checkpoints >= 4);
+    let s = await coord.until("four checkpoints of v1", (s) => vmOf(s)!.checkpoints >= 4);
     assertEquals(vmOf(s)!.policy?.everyMs, EVERY, "the config's policy did not seed the store");
     let list = await catalog();
     assertSpaced(list, EVERY);
@@ -82,10 +75,10 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     assertEquals(taken.map((e) => e.checkpoint), list.slice(0, taken.length).map((e) => e.id));
 
     // Status and /metrics show the recovery point's age, under a period and a little.
-    s = await coords.status(conf);
+    s = await coord.status();
     const age = vmOf(s)!.recoveryPointAgeMs!;
     assert(age >= 0 && age < 2 * EVERY, `recovery point ${age} ms old`);
-    const text = await c.ok(["coord", "status", "--config", conf]);
+    const text = await c.ok(["coord", "status", "--config", coord.conf]);
     assert(
       /vm v1: every 3\.0s cow incremental \(full every 3\).*recovery point \d+\.\ds old/.test(text),
       text,
@@ -129,8 +122,7 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     Deno.renameSync(storeDir, `${storeDir}.away`);
     Deno.writeTextFileSync(storeDir, "not a directory\n");
     const failFrom = (await events()).at(-1)!.seq;
-    s = await coords.until(
-      conf,
+    s = await coord.until(
       "four failures",
       (s) => s.events.filter((e) => e.seq > failFrom && e.kind === "checkpoint-failed").length >= 4,
     );
@@ -154,34 +146,25 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
       } ms apart: ${failed[0].detail}`,
     );
     const before = (await catalog()).length;
-    await coords.until(
-      conf,
-      "a checkpoint after the failures",
-      (s) => vmOf(s)!.checkpoints > before,
-    );
+    await coord.until("a checkpoint after the failures", (s) => vmOf(s)!.checkpoints > before);
     const metrics2 = await (await fetch(`http://127.0.0.1:${metricsPort}/metrics`)).text();
     assert(/^dcres_coord_checkpoint_failures_total\{vm="v1"\} [4-9]/m.test(metrics2), metrics2);
     assert(/^dcres_coord_checkpoint_skips_total\{vm="v1"\} [1-9]/m.test(metrics2), metrics2);
 
     // The CLI changes the policy under the running leader: the next one comes a new period later.
-    await c.ok(["coord", "policy", "set", "v1", "--config", conf, "--every", "4s"]);
+    await c.ok(["coord", "policy", "set", "v1", "--config", coord.conf, "--every", "4s"]);
     const changedAt = Date.now();
-    await coords.until(
-      conf,
-      "a checkpoint at the new period",
-      (s) => vmOf(s)!.newest!.timeMs > changedAt,
-    );
+    await coord.until("a checkpoint at the new period", (s) => vmOf(s)!.newest!.timeMs > changedAt);
     list = await catalog();
     assert(list.at(-1)!.timeMs - list.at(-2)!.timeMs >= 4000, "the new period was not kept");
 
     // Killed mid-schedule and started again on its state: nothing lost, nothing retaken early.
     const beforeKill = await catalog();
     const eventsBefore = await events();
-    await coords.stop(coord, "SIGKILL");
+    await coord.stop("SIGKILL");
     const restartedAt = Date.now();
-    coord = coords.start(conf);
-    await coords.until(
-      conf,
+    coord.start();
+    await coord.until(
       "two more checkpoints after the restart",
       (s) => vmOf(s)!.checkpoints >= beforeKill.length + 2,
       90_000,
@@ -207,7 +190,7 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     for (const e of eventsBefore) {
       assert(eventsAfter.some((x) => x.seq === e.seq), `lost event ${e.seq}`);
     }
-    assertEquals((await coords.status(conf)).vms.find((v) => v.vm === "v1")!.policy?.everyMs, 4000);
+    assertEquals((await coord.status()).vms.find((v) => v.vm === "v1")!.policy?.everyMs, 4000);
 
     // The newest checkpoint restores, and the guest verifies.
     const newest = after.at(-1)!;
@@ -219,13 +202,13 @@ Deno.test("policies take checkpoints on schedule that restore; busy VMs are skip
     // stops trying its VM (at most an attempt already under way fails). A dial of the dead agent
     // fails after the 10 s handshake timeout, so two and a half of those would see retries.
     Deno.kill(Number(Deno.readTextFileSync(join(dir, "node1", "agent.pid"))), "SIGKILL");
-    s = await coords.until(conf, "node1 suspect", (s) => s.hosts[0].state !== "up");
+    s = await coord.until("node1 suspect", (s) => s.hosts[0].state !== "up");
     const suspectSeq = s.events.findLast((e) => e.kind === "host-suspect" && e.host === h1)!.seq;
     await new Promise((r) => setTimeout(r, 25_000));
     const tried = (await events()).filter((e) => e.seq > suspectSeq && e.vm === "v1");
     assert(tried.length <= 1, `v1 tried while its host was not up: ${JSON.stringify(tried)}`);
   } finally {
-    await coords.stopAll();
+    await coord.stop();
     await c.down();
   }
 });

@@ -42,6 +42,11 @@ Deno.test("a one-host VM's checkpoint has 2 copies by default and restores on an
     assert(holder && holder !== "node1", JSON.stringify(frags));
     // Both generations went to the same holder, so it holds the whole chain.
     assertEquals(frags.map((f) => [f.host, f.copies]), [["main", [holder]], ["main", [holder]]]);
+    // Inspect names the host that took it and where each holder is reached.
+    assertEquals(info.host, "node1");
+    assertEquals(Object.keys(info.addrs).sort(), [holder, "main"].sort());
+    const text = await c.ok([...a, "ckpt", "inspect", inc.checkpoint]);
+    assert(text.includes(`by host node1`) && text.includes(`held by main (`), text);
     // Saved paused, the copy is the same bytes; saved while the guest ran (precopy), a page
     // written between its copy and its disk write differs only in a record a later one supersedes.
     for (const f of frags) {

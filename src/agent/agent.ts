@@ -8,7 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { DCRES_VERSION } from "../ckpt/format.ts";
 import { DEFAULT_CHECKPOINT_MODE } from "../ckpt/manifest.ts";
 import { DEFAULT_MAX_DOWNTIME_MS } from "../ckpt/transaction.ts";
-import { inspectCheckpoint, listGenerations } from "../ckpt/inspect.ts";
+import { inspectCheckpoint, listGenerations, summarizeCheckpoint } from "../ckpt/inspect.ts";
 import { type Identity, loadIdentity, verifyPeerCertificate } from "../net/identity.ts";
 import { formatHostPort, type HostPort, isHostPort, parseHostPort } from "../net/address.ts";
 import { RpcClient, RpcServer } from "../net/quic.ts";
@@ -391,18 +391,8 @@ export function agentHandlers(
     ...scrubHandlers(root, scrubs),
     "ckpt.ls": (args, ctx) =>
       Promise.resolve(listGenerations(checkpointPath(root, args.path, "store", ctx.role))),
-    "ckpt.inspect": (args, ctx) => {
-      const i = inspectCheckpoint(inData(args.path, ctx.role));
-      return Promise.resolve({
-        dir: i.dir,
-        chain: i.chain,
-        ...i.manifest,
-        accel: i.manifest.machine.vm.accel,
-        machine: undefined,
-        pageMap: undefined,
-        prefetchOrder: undefined,
-      });
-    },
+    "ckpt.inspect": (args, ctx) =>
+      Promise.resolve(summarizeCheckpoint(inspectCheckpoint(inData(args.path, ctx.role)))),
     "ckpt.verify": async (args, ctx) => ({
       ok: true,
       ...await verifyOffLoop(inData(args.path, ctx.role), true, ctx.signal),

@@ -74,6 +74,88 @@ export function inspectCheckpoint(path: string): CheckpointInfo {
   return { dir, manifest, chain: [...new Set(manifest.fragments.map((f) => f.generation))] };
 }
 
+/** What `ckpt inspect` shows of a checkpoint, locally and through an agent alike. */
+export interface CheckpointSummary {
+  /** Generation directory. */
+  dir: string;
+  /** Checkpoint id. */
+  id: string;
+  /** VM name. */
+  vm: string;
+  /** dcres version that wrote it. */
+  dcresVersion: string;
+  /** Generation number. */
+  generation: number;
+  /** The generation it is incremental on; null for a full checkpoint. */
+  parent: number | null;
+  /** Generations whose fragments it uses. */
+  chain: number[];
+  /** Checkpoint mode. */
+  mode: string;
+  /** Whether pages are zstd-compressed. */
+  compressed: boolean;
+  /** When it was taken (ISO time). */
+  createdAt: string;
+  /** Guest memory size, bytes. */
+  memSize: number;
+  /** Guest kind. */
+  guest: string;
+  /** vCPUs. */
+  vcpus: number;
+  /** The accelerator it was taken on. */
+  accel: string;
+  /** The host (certificate name) that took it, when recorded (manifest 1.4). */
+  host?: string;
+  /** Each writer's and copy holder's agent address, when recorded (manifest 1.4). */
+  addrs?: Record<string, string>;
+  /** Its fragments: where each is, its pages and size, and which hosts hold copies. */
+  fragments: Array<{
+    path: string;
+    host: string;
+    generation: number;
+    pages: number;
+    bytes: number;
+    copies?: string[];
+  }>;
+  /** Timings and counts. */
+  stats: Manifest["stats"];
+  /** For a merged checkpoint: the generation whose chain it squashed. */
+  mergedFrom?: number;
+}
+
+/** The summary `ckpt inspect` shows of `info`. */
+export function summarizeCheckpoint(info: CheckpointInfo): CheckpointSummary {
+  const m = info.manifest;
+  return {
+    dir: info.dir,
+    id: m.id,
+    vm: m.vm,
+    dcresVersion: m.dcresVersion,
+    generation: m.generation,
+    parent: m.parent,
+    chain: info.chain,
+    mode: m.mode,
+    compressed: m.compressed,
+    createdAt: m.createdAt,
+    memSize: m.machine.spec.memSize,
+    guest: m.machine.spec.guest,
+    vcpus: m.machine.spec.vcpus,
+    accel: m.machine.vm.accel,
+    ...(m.host === undefined ? {} : { host: m.host }),
+    ...(m.addrs === undefined ? {} : { addrs: m.addrs }),
+    fragments: m.fragments.map((f) => ({
+      path: f.path,
+      host: f.host,
+      generation: f.generation,
+      pages: f.pages,
+      bytes: f.bytes,
+      ...(f.copies === undefined ? {} : { copies: f.copies }),
+    })),
+    stats: m.stats,
+    ...(m.mergedFrom === undefined ? {} : { mergedFrom: m.mergedFrom }),
+  };
+}
+
 /** Checks every checksum of every file the checkpoint uses; throws on the first problem. */
 export function verifyCheckpoint(
   path: string,

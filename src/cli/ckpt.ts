@@ -1,9 +1,11 @@
 /** `dcres ckpt ls|inspect|verify|merge|repair|scrub` (`gc` in gc.ts): look into and maintain checkpoint stores, without a VM. */
 import { resolve } from "node:path";
 import {
+  type CheckpointSummary,
   type GenerationRow,
   inspectCheckpoint,
   listGenerations,
+  summarizeCheckpoint,
   verifyCheckpoint,
 } from "../ckpt/inspect.ts";
 import { agentAddr, remoteCall } from "./remote.ts";
@@ -43,53 +45,31 @@ export async function ckptLs(g: GlobalOptions, dir: string): Promise<number> {
   return EXIT.OK;
 }
 
-/** `ckpt inspect DIR`: generation, chain, mode, pages, sizes, timings of the latest (or given) generation. */
+/** `ckpt inspect DIR`: generation, chain, mode, pages, sizes, holders, timings of the latest (or given) generation. */
 export async function ckptInspect(g: GlobalOptions, path: string): Promise<number> {
-  if (agentAddr(g)) {
-    const info = await remoteCall<Record<string, unknown>>(g, "ckpt.inspect", { path });
-    report(g, info, () => JSON.stringify(info, null, 2));
-    return EXIT.OK;
-  }
-  const { dir, manifest: m, chain } = inspectCheckpoint(resolve(path));
-  const info = {
-    dir,
-    id: m.id,
-    vm: m.vm,
-    dcresVersion: m.dcresVersion,
-    generation: m.generation,
-    parent: m.parent,
-    chain,
-    mode: m.mode,
-    compressed: m.compressed,
-    createdAt: m.createdAt,
-    memSize: m.machine.spec.memSize,
-    guest: m.machine.spec.guest,
-    vcpus: m.machine.spec.vcpus,
-    accel: m.machine.vm.accel,
-    fragments: m.fragments.map((f) => ({
-      path: f.path,
-      host: f.host,
-      generation: f.generation,
-      pages: f.pages,
-      bytes: f.bytes,
-    })),
-    stats: m.stats,
-    mergedFrom: m.mergedFrom,
+  const s = agentAddr(g)
+    ? await remoteCall<CheckpointSummary>(g, "ckpt.inspect", { path })
+    : summarizeCheckpoint(inspectCheckpoint(resolve(path)));
+  const where = (f: CheckpointSummary["fragments"][number]) => {
+    const holders = [f.host, ...(f.copies ?? [])];
+    return holders.map((h) => s.addrs?.[h] ? `${h} (${s.addrs[h]})` : h).join(", ");
   };
-  report(g, info, () =>
+  report(g, s, () =>
     [
-      `${dir}: generation ${m.generation} of VM ${m.vm} (${m.machine.spec.guest}, ${
-        fmtBytes(m.machine.spec.memSize)
-      }, ${m.machine.spec.vcpus} vCPU, taken on ${m.machine.vm.accel})`,
-      `  mode ${m.mode}${m.compressed ? ", zstd" : ""}; ${
-        m.parent ? `incremental on ${m.parent}` : "full"
-      }; chain ${info.chain.join(" <- ")}${m.mergedFrom ? `; merged from ${m.mergedFrom}` : ""}`,
-      `  pages saved ${m.stats.pagesSaved}, zero ${m.stats.zeroPages}, reused ${m.stats.pagesReused}, saved twice ${m.stats.pagesSavedTwice}`,
-      `  written ${fmtBytes(m.stats.bytesWritten)}; ${m.stats.rounds} round(s), downtime ${
-        m.stats.downtimeMs.toFixed(1)
-      } ms, total ${m.stats.totalMs.toFixed(0)} ms`,
-      ...m.fragments.map((f) => `  fragment ${f.path}: ${f.pages} pages, ${fmtBytes(f.bytes)}`),
-      `  written by dcres ${m.dcresVersion} at ${m.createdAt}`,
+      `${s.dir}: generation ${s.generation} of VM ${s.vm} (${s.guest}, ${
+        fmtBytes(s.memSize)
+      }, ${s.vcpus} vCPU, taken on ${s.accel}${s.host ? ` by host ${s.host}` : ""})`,
+      `  mode ${s.mode}${s.compressed ? ", zstd" : ""}; ${
+        s.parent !== null ? `incremental on ${s.parent}` : "full"
+      }; chain ${s.chain.join(" <- ")}${s.mergedFrom ? `; merged from ${s.mergedFrom}` : ""}`,
+      `  pages saved ${s.stats.pagesSaved}, zero ${s.stats.zeroPages}, reused ${s.stats.pagesReused}, saved twice ${s.stats.pagesSavedTwice}`,
+      `  written ${fmtBytes(s.stats.bytesWritten)}; ${s.stats.rounds} round(s), downtime ${
+        s.stats.downtimeMs.toFixed(1)
+      } ms, total ${s.stats.totalMs.toFixed(0)} ms`,
+      ...s.fragments.map((f) =>
+        `  fragment ${f.path}: ${f.pages} pages, ${fmtBytes(f.bytes)}; held by ${where(f)}`
+      ),
+      `  written by dcres ${s.dcresVersion} at ${s.createdAt}`,
     ].join("\n"));
   return EXIT.OK;
 }

@@ -5,7 +5,7 @@
 import { getLogger } from "@logtape/logtape";
 import { dirname } from "node:path";
 import { existsSync } from "node:fs";
-import { loadCoordConfig } from "../coord/config.ts";
+import { type CoordConfig, loadCoordConfig } from "../coord/config.ts";
 import { Coordinator } from "../coord/daemon.ts";
 import { openState } from "../coord/open_state.ts";
 import type { CoordState } from "../coord/state.ts";
@@ -23,19 +23,68 @@ export interface CoordFlags {
   config?: string;
 }
 
-/** Runs the coordinator. */
+/** Runs the coordinator until SIGTERM or SIGINT. */
 export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<number> {
   if (!f.config) throw new UsageError("dcres coord: give --config FILE (docs/COORDINATOR.md)");
   const cfg = loadCoordConfig(f.config);
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  Deno.addSignalListener("SIGTERM", onSignal);
+  Deno.addSignalListener("SIGINT", onSignal);
+  try {
+    const c = await startCoordinator(cfg, stop.signal);
+    console.log(JSON.stringify(c.ready));
+    await c.done;
+  } finally {
+    Deno.removeSignalListener("SIGTERM", onSignal);
+    Deno.removeSignalListener("SIGINT", onSignal);
+  }
+  return EXIT.OK;
+}
+
+/** What a coordinator says once it has its identity and store. */
+export interface CoordReady {
+  /** Always true. */
+  ready: true;
+  /** Its id in the election. */
+  id: string;
+  /** Its store (`sqlite:PATH` or the etcd endpoints). */
+  store: string;
+}
+
+/** A coordinator started in this process. */
+export interface RunningCoordinator {
+  /** What it said once its identity and store were open. */
+  ready: CoordReady;
+  /** Settles once it has stopped (its signal aborted) or failed. */
+  done: Promise<void>;
+}
+
+/**
+ * Starts the coordinator of `cfg` in this process (`dcres coord`, or beside the agent with
+ * `dcres agent --coordinator`) until `signal` aborts; resolves once its identity and store are
+ * open, or rejects with why they are not.
+ */
+export function startCoordinator(
+  cfg: CoordConfig,
+  signal: AbortSignal,
+): Promise<RunningCoordinator> {
+  const ready = Promise.withResolvers<CoordReady>();
+  const done = runCoordinator(cfg, signal, ready.resolve);
+  done.catch(ready.reject);
+  return ready.promise.then((r) => ({ ready: r, done }));
+}
+
+async function runCoordinator(
+  cfg: CoordConfig,
+  signal: AbortSignal,
+  onReady: (r: CoordReady) => void,
+): Promise<void> {
   const identity = await coordinatorIdentity(cfg.identityDir);
   if (!cfg.store.startsWith("etcd://")) {
     Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
   }
   const state = await openState(cfg.store);
-  const stop = new AbortController();
-  const onSignal = () => stop.abort();
-  Deno.addSignalListener("SIGTERM", onSignal);
-  Deno.addSignalListener("SIGINT", onSignal);
   const coord = new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity));
   const metrics = cfg.metricsPort
     ? Deno.serve(
@@ -48,17 +97,14 @@ export async function coordCommand(_g: GlobalOptions, f: CoordFlags): Promise<nu
           : new Response("not found\n", { status: 404 }),
     )
     : undefined;
-  console.log(JSON.stringify({ ready: true, id: cfg.id, store: state.where }));
+  onReady({ ready: true, id: cfg.id, store: state.where });
   try {
-    await coord.run(stop.signal);
+    await coord.run(signal);
   } finally {
     await metrics?.shutdown();
-    Deno.removeSignalListener("SIGTERM", onSignal);
-    Deno.removeSignalListener("SIGINT", onSignal);
     await state.close();
   }
   getLogger(["dcres", "coord"]).info("coordinator {id} stopped", { id: cfg.id });
-  return EXIT.OK;
 }
 
 /** The identity in `dir`, which must be whole and of role `coordinator`. */

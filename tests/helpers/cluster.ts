@@ -17,10 +17,12 @@ export class TestCluster {
   readonly env: Record<string, string>;
 
   constructor(port: number) {
+    const dir = Deno.makeTempDirSync({ prefix: "dcres-cluster-" });
     this.env = {
-      DCRES_CLUSTER_DIR: Deno.makeTempDirSync({ prefix: "dcres-cluster-" }),
+      DCRES_CLUSTER_DIR: dir,
       DCRES_CLUSTER_PORT: String(testPort(port)),
-      XDG_CONFIG_HOME: Deno.makeTempDirSync({ prefix: "dcres-client-" }),
+      // Inside the cluster's directory, so `down` removes the client's identity with it.
+      XDG_CONFIG_HOME: `${dir}/client`,
     };
   }
 
