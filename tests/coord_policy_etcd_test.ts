@@ -1,5 +1,6 @@
 /**
- * Issue 16's acceptance with etcd: two coordinators share their state in a real etcd; a policy set
+ * Issue 16's acceptance with etcd: two coordinators share their state in a real etcd; a split VM's
+ * policy set
  * through the CLI before either runs is taken up by the leader; the leader is killed (SIGKILL), the
  * standby leads within the leadership's lease (and a margin) and goes on with the policy: the next
  * checkpoint is taken, from the catalog, not before it was due; nothing committed is lost.
@@ -26,10 +27,10 @@ Deno.test({
     const c = new TestCluster(7860);
     const coords: TestCoord[] = [];
     try {
-      const [h1] = await c.up(1);
+      const [h1, h2] = await c.up(2);
       const common = { store: etcd.url, leaderTtlMs: LEADER_TTL };
-      const a = await TestCoord.create(c, [h1], { ...common, id: "coord-a" }, "coord-a");
-      const b = await TestCoord.create(c, [h1], { ...common, id: "coord-b" }, "coord-b");
+      const a = await TestCoord.create(c, [h1, h2], { ...common, id: "coord-a" }, "coord-a");
+      const b = await TestCoord.create(c, [h1, h2], { ...common, id: "coord-b" }, "coord-b");
       coords.push(a, b);
       const catalog = async (): Promise<CatalogEntry[]> => {
         const s = await openState(etcd.url);
@@ -40,7 +41,11 @@ Deno.test({
           await s.close();
         }
       };
-      await c.ok(["--agent", h1, "vm", "start", "--name", "v1", "--mem", "64M"]);
+      // Split over both hosts: the main host's agent takes each checkpoint with its sub-host.
+      await c.ok([
+        ...["--agent", h1, "vm", "start", "--main", h1, "--sub", h2, "--name", "v1"],
+        ...["--mem", "64M", "--main-mem", "32M"],
+      ]);
       // Set while no coordinator runs: the store holds it.
       await c.ok([
         ...["coord", "policy", "set", "v1", "--config", a.conf, "--every", "3s"],
@@ -66,6 +71,7 @@ Deno.test({
       );
       const after = await catalog();
       for (const e of before) assert(after.some((x) => x.id === e.id), `lost ${e.id}`);
+      assertEquals(after.map((e) => e.hosts), after.map(() => [h1, h2]), "not split checkpoints");
       for (let i = 1; i < after.length; i++) {
         const gap = after[i].timeMs - after[i - 1].timeMs;
         assert(gap >= EVERY, `${after[i].id} taken ${gap} ms after the previous, before due`);

@@ -188,7 +188,8 @@ export class Coordinator {
     for (const vm of h.vms) {
       if (!isName("vm", vm.name)) continue;
       reported.add(vm.name);
-      const subs = (vm.split ?? []).filter((s) => s !== h.certHost)
+      // Paging names the main host's own share "main" (remote_pager.ts stats).
+      const subs = (vm.split ?? []).filter((s) => s !== h.certHost && s !== "main")
         .map((s) => addrOf.get(s) ?? s).filter((s) => isName("host", s));
       const old = placements.get(vm.name)?.value;
       if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;
