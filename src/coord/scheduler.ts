@@ -19,6 +19,8 @@ const log = getLogger(["dcres", "coord", "schedule"]);
 
 /** Ms between looks at the schedule. */
 export const TICK_MS = 250;
+/** Most scheduled checkpoints under way at once through one host. */
+export const PER_HOST = 2;
 /** The longest one checkpoint may take before it counts as failed. */
 export const CHECKPOINT_DEADLINE_MS = 600_000;
 
@@ -73,6 +75,8 @@ export class Scheduler {
   readonly #catalog = new Map<string, CatalogEntry[]>();
   #since = 0;
   #inFlight = new Set<Promise<void>>();
+  /** Scheduled checkpoints under way by main host. */
+  readonly #perHost = new Map<string, number>();
 
   /** A schedule over `state`, reaching agents with `dial`, checkpointing VMs whose host is up. */
   constructor(
@@ -137,18 +141,27 @@ export class Scheduler {
     const policies = await this.#state.list("policy");
     const placements = new Map((await this.#state.list("placement")).map((p) => [p.value.vm, p]));
     const now = Date.now();
+    const due: { p: Policy; at: Placement; newest?: CatalogEntry; run: VmRun; when: number }[] = [];
     for (const { value: p } of policies) {
       const run = this.#runs.get(p.vm) ?? { busy: false, holdUntil: 0, failures: 0 };
       this.#runs.set(p.vm, run);
       if (run.busy) continue;
       const newest = this.#catalog.get(p.vm)?.at(-1);
-      if (now < Math.max(dueAt(p.vm, p.everyMs, newest, this.#since), run.holdUntil)) continue;
+      const when = Math.max(dueAt(p.vm, p.everyMs, newest, this.#since), run.holdUntil);
       // A VM no agent reports, or whose host is not up, has nothing to checkpoint now.
       const at = placements.get(p.vm)?.value;
-      if (!at || !this.#hostUp(at.main) || signal.aborted) continue;
+      if (now >= when && at && this.#hostUp(at.main)) due.push({ p, at, newest, run, when });
+    }
+    // The most overdue first, and a few at a time per host: after a takeover many may be due at
+    // once, and they would all start together.
+    for (const { p, at, newest, run } of due.sort((a, b) => a.when - b.when)) {
+      const busy = this.#perHost.get(at.main) ?? 0;
+      if (busy >= PER_HOST || signal.aborted) continue;
+      this.#perHost.set(at.main, busy + 1);
       run.busy = true;
       const job = this.#take(p, at, newest, run).finally(() => {
         run.busy = false;
+        this.#perHost.set(at.main, this.#perHost.get(at.main)! - 1);
         this.#inFlight.delete(job);
       });
       this.#inFlight.add(job);
