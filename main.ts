@@ -11,6 +11,7 @@ import { migrateCommand, type MigrateFlags } from "./src/cli/migrate.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
 import { coordCommand, type CoordFlags, coordStatusCommand } from "./src/cli/coord.ts";
+import { policyLs, policyRm, policySet, type PolicySetFlags } from "./src/cli/coord_policy.ts";
 import { statusCommand } from "./src/cli/status.ts";
 import { parseDuration, UsageError } from "./src/cli/units.ts";
 import { checkpointCommand, type CheckpointFlags } from "./src/cli/checkpoint.ts";
@@ -182,6 +183,27 @@ export function program(
     .description("hosts, their leases and VMs, and recent events, from the coordinator's store")
     .requiredOption("--config <file>", "the coordinator's config (its agents and store)")
     .action(act((f: Required<CoordFlags>) => coordStatusCommand(g(), f)));
+  const policy = coord.command("policy")
+    .description("VMs' checkpoint policies in the coordinator's store (running or not)");
+  policy.command("set <vm>")
+    .description("set or change a VM's policy; flags left out keep their value (or the default)")
+    .requiredOption("--config <file>", "the coordinator's config (its store)")
+    .option("--every <duration>", "time between checkpoints, e.g. 60s (required for a new policy)")
+    .option("--mode <mode>", "stop, precopy or cow (default cow)")
+    .option("--incremental", "save only what changed since the previous checkpoint")
+    .option("--no-incremental", "every checkpoint full (the default)")
+    .option("--full-every <n>", "with --incremental, one checkpoint in n is full (0: never)")
+    .option("--keep <n>", "generations kept (default 10)")
+    .option("--replicas <n>", "copies of every fragment (default 2)")
+    .action(act((vm: string, f: PolicySetFlags) => policySet(g(), vm, f)));
+  policy.command("ls")
+    .description("every VM's policy and recovery point")
+    .requiredOption("--config <file>", "the coordinator's config (its store)")
+    .action(act((f: { config: string }) => policyLs(g(), f)));
+  policy.command("rm <vm>")
+    .description("remove a VM's policy (its checkpoints stay)")
+    .requiredOption("--config <file>", "the coordinator's config (its store)")
+    .action(act((vm: string, f: { config: string }) => policyRm(g(), vm, f)));
 
   p.command("status")
     .description("this agent's VMs, checkpoints, disk use and peers (local agent, or --agent)")

@@ -14,6 +14,36 @@ Deno.test("a config with only its agents gets the documented defaults", () => {
   assertEquals(c.lease, { ttlMs: 10_000, drift: 0.01, fenceMs: 2000 });
 });
 
+Deno.test("policies get the documented defaults, each field given kept", () => {
+  const c = parse({
+    agents,
+    metricsPort: 9470,
+    policies: { web: { everyMs: 60_000 }, db: { everyMs: 5000, incremental: true, fullEvery: 4 } },
+  });
+  assertEquals(c.metricsPort, 9470);
+  assertEquals(c.policies, [
+    {
+      vm: "web",
+      everyMs: 60_000,
+      mode: "cow",
+      incremental: false,
+      fullEvery: 0,
+      keep: 10,
+      replicas: 2,
+    },
+    {
+      vm: "db",
+      everyMs: 5000,
+      mode: "cow",
+      incremental: true,
+      fullEvery: 4,
+      keep: 10,
+      replicas: 2,
+    },
+  ]);
+  assertEquals(parse({ agents }).policies, []);
+});
+
 Deno.test("bad configs are refused in one line naming the field", () => {
   const bad: [unknown, string][] = [
     [{}, "agents"],
@@ -26,6 +56,14 @@ Deno.test("bad configs are refused in one line naming the field", () => {
     [{ agents, heartbeatMs: 5000, lease: { ttlMs: 10_000 } }, "under 3 heartbeats"],
     [{ agents, lease: { fenceMs: 100 } }, "fenceMs"],
     [{ agents, suspectMs: 5000, downMs: 4000 }, "downMs"],
+    [{ agents, metricsPort: 70000 }, "metricsPort"],
+    [{ agents, policies: { v1: {} } }, "policies.v1.everyMs"],
+    [{ agents, policies: { v1: { everyMs: 500 } } }, "policies.v1: policy: everyMs"],
+    [{ agents, policies: { v1: { everyMs: 1000, mode: "fast" } } }, "policies.v1.mode"],
+    [{ agents, policies: { v1: { everyMs: 1000, keep: 0 } } }, "policies.v1: policy: keep"],
+    [{ agents, policies: { v1: { everyMs: 1000, replicas: 17 } } }, "replicas"],
+    [{ agents, policies: { v1: { everyMs: 1000, every: 5 } } }, "policies.v1.every"],
+    [{ agents, policies: { "../x": { everyMs: 1000 } } }, "not a VM name"],
   ];
   for (const [c, what] of bad) {
     const e = assertThrows(() => parse(c), ConfigError, what);

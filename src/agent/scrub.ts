@@ -6,6 +6,7 @@
 import { join } from "node:path";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import type { ScrubbedFile } from "../ckpt/scrub.ts";
+import { metricFamily } from "../codec/prometheus.ts";
 import { nameArg } from "./paths.ts";
 import { scrubOffLoop } from "./verify.ts";
 
@@ -29,18 +30,34 @@ export class ScrubCounters {
   /** The counters in Prometheus text form. */
   metrics(): string[] {
     return [
-      "# HELP dcres_scrub_bytes_total Bytes of stored fragment copies scrubbed.",
-      "# TYPE dcres_scrub_bytes_total counter",
-      `dcres_scrub_bytes_total ${this.bytes}`,
-      "# HELP dcres_scrub_damaged_total Damaged fragment copies scrubs found.",
-      "# TYPE dcres_scrub_damaged_total counter",
-      `dcres_scrub_damaged_total ${this.damaged}`,
-      "# HELP dcres_scrub_set_aside_total Damaged copies set aside for a repair to replace.",
-      "# TYPE dcres_scrub_set_aside_total counter",
-      `dcres_scrub_set_aside_total ${this.setAside}`,
-      "# HELP dcres_repair_copies_total Fragment copies written here in place of lost or damaged ones.",
-      "# TYPE dcres_repair_copies_total counter",
-      `dcres_repair_copies_total ${this.repaired}`,
+      ...metricFamily(
+        "dcres_scrub_bytes_total",
+        "counter",
+        "Bytes of stored fragment copies scrubbed.",
+        [
+          { value: this.bytes },
+        ],
+      ),
+      ...metricFamily(
+        "dcres_scrub_damaged_total",
+        "counter",
+        "Damaged fragment copies scrubs found.",
+        [
+          { value: this.damaged },
+        ],
+      ),
+      ...metricFamily(
+        "dcres_scrub_set_aside_total",
+        "counter",
+        "Damaged copies set aside for a repair to replace.",
+        [{ value: this.setAside }],
+      ),
+      ...metricFamily(
+        "dcres_repair_copies_total",
+        "counter",
+        "Fragment copies written here in place of lost or damaged ones.",
+        [{ value: this.repaired }],
+      ),
     ];
   }
 }

@@ -98,7 +98,9 @@ export function checkpointHandlers(
       } catch (e) {
         throw new RpcError("bad-request", (e as Error).message);
       }
-      if (busy) throw new CheckpointError(`a checkpoint of ${m.spec.name} is already in progress`);
+      if (busy) {
+        throw new RpcError("busy", `a checkpoint of ${m.spec.name} is already in progress`);
+      }
       if (m.vm.isStopped) throw new CheckpointError(`${m.spec.name} has stopped`);
       busy = true;
       let last = 0;

@@ -8,6 +8,8 @@ import { existsSync } from "node:fs";
 import { type CoordConfig, loadCoordConfig } from "../coord/config.ts";
 import { Coordinator } from "../coord/daemon.ts";
 import { openState } from "../coord/open_state.ts";
+import type { CoordState } from "../coord/state.ts";
+import { coordMetricsText } from "../coord/metrics.ts";
 import { coordStatus, formatCoordStatus } from "../coord/status.ts";
 import { checkIdentity, type Identity, verifyPeerCertificate } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
@@ -83,10 +85,23 @@ async function runCoordinator(
     Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
   }
   const state = await openState(cfg.store);
+  const coord = new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity));
+  const metrics = cfg.metricsPort
+    ? Deno.serve(
+      { hostname: "127.0.0.1", port: cfg.metricsPort, onListen: () => {} },
+      async (req) =>
+        new URL(req.url).pathname === "/metrics"
+          ? new Response(await coordMetricsText(state, coord.counters, state.isLeader()), {
+            headers: { "content-type": "text/plain; version=0.0.4" },
+          })
+          : new Response("not found\n", { status: 404 }),
+    )
+    : undefined;
   onReady({ ready: true, id: cfg.id, store: state.where });
   try {
-    await new Coordinator(cfg, state, (addr) => RpcClient.connect(addr, identity)).run(signal);
+    await coord.run(signal);
   } finally {
+    await metrics?.shutdown();
     await state.close();
   }
   getLogger(["dcres", "coord"]).info("coordinator {id} stopped", { id: cfg.id });
@@ -111,18 +126,26 @@ async function coordinatorIdentity(dir: string): Promise<Identity> {
   return identity;
 }
 
+/** The store of `config`; with `create`, a SQLite file is made if absent, else it must exist. */
+export async function openConfiguredState(config: string, create = false): Promise<CoordState> {
+  const cfg = loadCoordConfig(config);
+  if (create && !cfg.store.startsWith("etcd://")) {
+    Deno.mkdirSync(dirname(cfg.store), { recursive: true, mode: 0o700 });
+  } else if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
+    throw new ConfigError(
+      `store ${cfg.store}: no coordinator state there yet; start 'dcres coord --config ${config}' first`,
+    );
+  }
+  return await openState(cfg.store);
+}
+
 /** Prints the cluster's hosts, leases, VMs and recent events from the coordinator's store. */
 export async function coordStatusCommand(
   g: GlobalOptions,
   f: Required<CoordFlags>,
 ): Promise<number> {
   const cfg = loadCoordConfig(f.config);
-  if (!cfg.store.startsWith("etcd://") && !existsSync(cfg.store)) {
-    throw new ConfigError(
-      `store ${cfg.store}: no coordinator state there yet; start 'dcres coord --config ${f.config}' first`,
-    );
-  }
-  const state = await openState(cfg.store);
+  const state = await openConfiguredState(f.config);
   try {
     const now = Date.now();
     const s = await coordStatus(cfg, state, now);

@@ -11,9 +11,14 @@ import {
   type LeaseTerms,
   LeaseTermsError,
 } from "../agent/lease.ts";
+import { CHECKPOINT_MODES } from "../ckpt/manifest.ts";
+import { isName, shown } from "../codec/names.ts";
 import { parseHostPort } from "../net/address.ts";
 import { ConfigError } from "../rpc/errors.ts";
 import { FENCE_CHECK_MS } from "../vmm_process/fence.ts";
+import { makePolicy } from "./policy.ts";
+import { MAX_LIST } from "./records.ts";
+import type { Policy } from "./state.ts";
 
 /** Most agents one coordinator watches. */
 export const MAX_AGENTS = 1000;
@@ -43,6 +48,22 @@ const schema = v.strictObject({
     drift: v.optional(v.number()),
     fenceMs: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(0), v.maxValue(600_000))),
   })),
+  metricsPort: v.optional(v.pipe(v.number(), v.safeInteger(), v.minValue(1), v.maxValue(65535))),
+  // Each checked whole by the store's rules once its defaults are filled in (policy.ts).
+  policies: v.optional(v.pipe(
+    v.record(
+      v.string(),
+      v.strictObject({
+        everyMs: v.number(),
+        mode: v.optional(v.picklist(CHECKPOINT_MODES)),
+        incremental: v.optional(v.boolean()),
+        fullEvery: v.optional(v.number()),
+        keep: v.optional(v.number()),
+        replicas: v.optional(v.number()),
+      }),
+    ),
+    v.check((r) => Object.keys(r).length <= MAX_LIST, `more than ${MAX_LIST} policies`),
+  )),
 });
 
 /** A checked coordinator config, defaults filled in. */
@@ -67,6 +88,10 @@ export interface CoordConfig {
   leaderTtlMs: number;
   /** The lease terms sent to agents. */
   lease: LeaseTerms;
+  /** Serve Prometheus metrics on 127.0.0.1:PORT (off when absent). */
+  metricsPort?: number;
+  /** Checkpoint policies to seed the store with, for VMs it has none for. */
+  policies: Policy[];
 }
 
 /** The config in `text` (from `file`), checked; throws ConfigError with one line. */
@@ -112,6 +137,15 @@ export function parseCoordConfig(text: string, file: string): CoordConfig {
     downMs: c.downMs ?? 10_000,
     leaderTtlMs: c.leaderTtlMs ?? 5000,
     lease: { ...DEFAULT_LEASE_TERMS, ...c.lease },
+    ...(c.metricsPort === undefined ? {} : { metricsPort: c.metricsPort }),
+    policies: Object.entries(c.policies ?? {}).map(([vm, p]) => {
+      if (!isName("vm", vm)) throw new ConfigError(`${file}: policies.${shown(vm)}: not a VM name`);
+      try {
+        return makePolicy(vm, p);
+      } catch (e) {
+        throw new ConfigError(`${file}: policies.${vm}: ${(e as Error).message}`);
+      }
+    }),
   };
   try {
     checkLeaseTerms(cfg.lease);

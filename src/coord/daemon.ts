@@ -2,7 +2,8 @@
  * The coordinator daemon (`dcres coord`): it campaigns for leadership in its store and, while it
  * leads, heartbeats every agent of its config, which renews their leases, judges each host up,
  * suspect or down, and records what changes (host states as events, lease epochs and expiries,
- * where each VM runs). A standby waits in the campaign. Policies and restores build on this.
+ * where each VM runs), and takes checkpoints by the VMs' policies (scheduler.ts). A standby waits in
+ * the campaign.
  */
 import { getLogger } from "@logtape/logtape";
 import { isName } from "../codec/names.ts";
@@ -10,6 +11,7 @@ import { sleep } from "../rpc/deadline.ts";
 import type { CoordConfig } from "./config.ts";
 import { type HostState, nextHostState } from "./host_state.ts";
 import { type Dial, HostWatch } from "./host_watch.ts";
+import { ScheduleCounters, Scheduler } from "./scheduler.ts";
 import {
   type CoordState,
   type Leadership,
@@ -44,6 +46,8 @@ export class Coordinator {
   readonly #state: CoordState;
   readonly #dial: Dial;
   #hosts: HostWatch[] = [];
+  /** Its scheduled checkpoints, counted for `/metrics`. */
+  readonly counters: ScheduleCounters = new ScheduleCounters();
 
   /** A coordinator over `state` that reaches agents with `dial`. */
   constructor(cfg: CoordConfig, state: CoordState, dial: Dial) {
@@ -86,6 +90,9 @@ export class Coordinator {
       (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
     );
     const beats = this.#hosts.map((h) => this.#beatLoop(h, term, signal));
+    const up = (addr: string) => this.#hosts.some((h) => h.addr === addr && h.state === "up");
+    const schedule = new Scheduler(this.#state, this.#dial, up, this.counters)
+      .run(this.#cfg.policies, signal);
     while (!signal.aborted) {
       await sleep(this.#cfg.heartbeatMs);
       // A renewal of the leadership that is late pauses the work; a lost one aborts `signal`.
@@ -96,7 +103,7 @@ export class Coordinator {
         log.warn("recording host states failed: {error}", { error: (e as Error).message });
       }
     }
-    await Promise.all(beats);
+    await Promise.all([...beats, schedule]);
   }
 
   async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
@@ -181,7 +188,8 @@ export class Coordinator {
     for (const vm of h.vms) {
       if (!isName("vm", vm.name)) continue;
       reported.add(vm.name);
-      const subs = (vm.split ?? []).filter((s) => s !== h.certHost)
+      // Paging names the main host's own share "main" (remote_pager.ts stats).
+      const subs = (vm.split ?? []).filter((s) => s !== h.certHost && s !== "main")
         .map((s) => addrOf.get(s) ?? s).filter((s) => isName("host", s));
       const old = placements.get(vm.name)?.value;
       if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;

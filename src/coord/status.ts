@@ -1,11 +1,13 @@
 /**
  * What `dcres coord status` shows, read from the store alone (so it works with the coordinator
  * stopped, and from any host that reaches the store): each configured host's state (its newest
- * state event), its lease, when it last answered, the VMs placed on it, and recent events.
+ * state event), its lease, when it last answered, the VMs placed on it, each VM's policy and
+ * recovery point, and recent events.
  */
 import type { CoordConfig } from "./config.ts";
 import { recordedHostStates } from "./daemon.ts";
 import type { HostState } from "./host_state.ts";
+import { formatProtection, type VmProtection, vmProtection } from "./protection.ts";
 import type { CoordEvent, CoordState, LeaderInfo } from "./state.ts";
 
 /** One host in the status. */
@@ -32,6 +34,8 @@ export interface CoordStatus {
   leader?: LeaderInfo;
   /** Every configured host. */
   hosts: HostStatus[];
+  /** Every VM with a policy or a checkpoint: its policy and recovery point. */
+  vms: VmProtection[];
   /** The newest events, oldest first. */
   events: CoordEvent[];
 }
@@ -68,6 +72,7 @@ export async function coordStatus(
     store: state.where,
     leader: await state.leader(),
     hosts,
+    vms: await vmProtection(state, now),
     events: await state.events({ limit: eventCount }),
   };
 }
@@ -92,6 +97,7 @@ export function formatCoordStatus(s: CoordStatus, now: number): string[] {
       : "no VMs";
     lines.push(`${h.name} ${h.addr} ${h.state}, ${beat}, ${lease}, ${vms}`);
   }
+  lines.push(...s.vms.map(formatProtection));
   for (const e of s.events) {
     lines.push(
       `  ${new Date(e.timeMs).toISOString()} ${e.kind}${e.host ? ` ${e.host}` : ""}${

@@ -91,7 +91,7 @@ export class SplitControl {
       }
       return await local();
     }
-    if (this.busy) throw new Error(`${name}: another paging operation is under way`);
+    if (this.busy) throw new RpcError("busy", `${name}: another paging operation is under way`);
     const host = r.host ?? "main";
     // A merge still under way owns the store's next generation.
     await this.merging;
@@ -179,7 +179,9 @@ export class SplitControl {
   }
 
   private async exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    if (this.busy) throw new Error(`${this.m.spec.name}: another paging operation is under way`);
+    if (this.busy) {
+      throw new RpcError("busy", `${this.m.spec.name}: another paging operation is under way`);
+    }
     if (this.m.vm.isStopped) throw new Error(`${this.m.spec.name} has stopped`);
     this.busy = true;
     try {

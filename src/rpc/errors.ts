@@ -15,6 +15,8 @@ export type RpcErrorCode =
   | "permission-denied"
   /** The call met a damaged copy of a checkpoint file and set it aside: trying again reads another. */
   | "damaged-copy"
+  /** The VM is in the middle of another operation (a checkpoint, a migration): try again later. */
+  | "busy"
   | "failed";
 
 const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
@@ -26,6 +28,7 @@ const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
   "unauthenticated",
   "permission-denied",
   "damaged-copy",
+  "busy",
   "failed",
 ]);
 

@@ -85,13 +85,13 @@ export class TestCoord {
     return this.#proc?.pid;
   }
 
-  /** Stops the process with SIGTERM and waits until it has gone (its child is unref'd). */
-  async stop(): Promise<void> {
+  /** Stops the process with `sig` and waits until it has gone (its child is unref'd). */
+  async stop(sig: Deno.Signal = "SIGTERM"): Promise<void> {
     const p = this.#proc;
     this.#proc = undefined;
     if (!p) return;
     try {
-      p.kill("SIGTERM");
+      p.kill(sig);
     } catch {
       return;
     }
@@ -102,7 +102,7 @@ export class TestCoord {
         return;
       }
     }
-    throw new Error(`the coordinator's process did not stop on SIGTERM; see ${this.log}`);
+    throw new Error(`the coordinator's process did not stop on ${sig}; see ${this.log}`);
   }
 
   /** `dcres coord status --json`. */
@@ -110,10 +110,14 @@ export class TestCoord {
     return JSON.parse(await this.#c.ok(["--json", "coord", "status", "--config", this.conf]));
   }
 
-  /** Waits (at most 30 s) until `pred` holds of the status; returns that status. */
-  async until(what: string, pred: (s: CoordStatus) => boolean): Promise<CoordStatus> {
+  /** Waits (at most `ms`) until `pred` holds of the status; returns that status. */
+  async until(
+    what: string,
+    pred: (s: CoordStatus) => boolean,
+    ms = 30_000,
+  ): Promise<CoordStatus> {
     let last: CoordStatus | undefined;
-    for (const end = Date.now() + 30_000; Date.now() < end; await sleep(250)) {
+    for (const end = Date.now() + ms; Date.now() < end; await sleep(250)) {
       try {
         last = await this.status();
         if (pred(last)) return last;
