@@ -9,6 +9,7 @@ import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
 import { dcres } from "./helpers/cli.ts";
 import { hostOf, TestCoord } from "./helpers/coord_run.ts";
+import { SqliteState } from "../src/coord/sqlite_state.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -24,13 +25,22 @@ async function gone(pid: number): Promise<boolean> {
   return false;
 }
 
-Deno.test("an agent started with --coordinator, or with coordinator in its config, leases itself and the other agents; SIGTERM stops both", async () => {
+Deno.test("an agent started with --coordinator, or with coordinator in its config, leases itself and the other agents (pruning events older than it keeps); SIGTERM stops both", async () => {
   const c = new TestCluster(7491);
   const root = c.env.DCRES_CLUSTER_DIR;
   await using cleanup = new AsyncDisposableStack();
   cleanup.defer(() => c.down());
   const hosts = await c.up(3);
-  const coord = await TestCoord.create(c, hosts);
+  const coord = await TestCoord.create(c, hosts, { eventsKeepMs: 3600_000 });
+  // An event older than the config keeps, and one within it.
+  Deno.mkdirSync(join(root, "coord"), { recursive: true });
+  const store = new SqliteState(join(root, "coord", "coord.db"));
+  const hourAgo = Date.now() - 3600_000;
+  await store.commit([
+    { op: "event", event: { kind: "restored", timeMs: hourAgo - 60_000, vm: "old" } },
+    { op: "event", event: { kind: "restored", timeMs: hourAgo + 600_000, vm: "recent" } },
+  ]);
+  await store.close();
   const node1 = join(root, "node1");
   const pid1 = () => Number(Deno.readTextFileSync(join(node1, "agent.pid")));
 
@@ -52,6 +62,8 @@ Deno.test("an agent started with --coordinator, or with coordinator in its confi
     (s) => s.hosts.every((h) => h.state === "up" && h.lease),
   );
   assertEquals(s.leader?.id, "coord-a");
+  const kept = s.events.filter((e) => e.kind === "restored").map((e) => e.vm);
+  assertEquals(kept, ["recent"], "the leader did not prune the event older than it keeps");
   for (const h of hosts) {
     assert(s.events.some((e) => e.kind === "host-up" && e.host === h), `no host-up for ${h}`);
   }

@@ -362,8 +362,37 @@ for (const b of BACKENDS) {
   contract(b, "a store written by a newer dcres is refused, not rewritten", async (s, f) => {
     await s.close();
     await f.setSchema(99);
-    await assertRejects(() => f.open(), StateCorruptError, "schema version 99, newer than 1");
+    await assertRejects(() => f.open(), StateCorruptError, "schema version 99, newer than 2");
   });
+
+  contract(
+    b,
+    "a store of schema 1 is brought to 2; SQLite's leases take their host's state from its newest state event",
+    async (s, f) => {
+      const lease = { host: "10.0.0.1:7000", expiresMs: 5, epoch: 2 };
+      const at = (kind: string, timeMs: number) => ({
+        op: "event" as const,
+        event: { kind, timeMs, host: lease.host },
+      });
+      await s.commit([
+        { op: "put", kind: "lease", value: lease },
+        at("host-up", 1),
+        at("host-down", 2),
+        { op: "event", event: { kind: "restored", timeMs: 3, host: lease.host } },
+      ]);
+      await s.close();
+      await f.setSchema(1);
+      const again = await f.open();
+      try {
+        assertEquals(await f.schema(), 2);
+        const got = (await again.get("lease", lease.host))?.value;
+        // etcd's step only raises the mark: its leases gain a state when next judged.
+        assertEquals(got, b.name === "SqliteState" ? { ...lease, state: "down" } : lease);
+      } finally {
+        await again.close();
+      }
+    },
+  );
 }
 
 const etcd = BACKENDS.find((b) => b.name === "EtcdState")!;

@@ -43,6 +43,7 @@ const schema = v.strictObject({
   suspectMs: v.optional(ms(3600_000)),
   downMs: v.optional(ms(3600_000)),
   leaderTtlMs: v.optional(ms(600_000)),
+  eventsKeepMs: v.optional(v.pipe(ms(10 * 365 * 86_400_000), v.minValue(3600_000))),
   lease: v.optional(v.strictObject({
     ttlMs: v.optional(ms(3600_000)),
     drift: v.optional(v.number()),
@@ -86,6 +87,8 @@ export interface CoordConfig {
   downMs: number;
   /** Length of the leadership's lease in the store, ms. */
   leaderTtlMs: number;
+  /** How long events are kept, ms; the leader prunes older ones. */
+  eventsKeepMs: number;
   /** The lease terms sent to agents. */
   lease: LeaseTerms;
   /** Serve Prometheus metrics on 127.0.0.1:PORT (off when absent). */
@@ -136,6 +139,7 @@ export function parseCoordConfig(text: string, file: string): CoordConfig {
     suspectMs: c.suspectMs ?? 3000,
     downMs: c.downMs ?? 10_000,
     leaderTtlMs: c.leaderTtlMs ?? 5000,
+    eventsKeepMs: c.eventsKeepMs ?? 7 * 86_400_000,
     lease: { ...DEFAULT_LEASE_TERMS, ...c.lease },
     ...(c.metricsPort === undefined ? {} : { metricsPort: c.metricsPort }),
     policies: Object.entries(c.policies ?? {}).map(([vm, p]) => {

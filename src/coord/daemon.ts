@@ -23,22 +23,15 @@ import {
 
 const log = getLogger(["dcres", "coord"]);
 
+/** How often the leader prunes old events, ms. */
+const PRUNE_EVERY_MS = 600_000;
+
 /** The kinds of event a host's state change records. */
 const STATE_EVENT: Record<HostState, string> = {
   up: "host-up",
   suspect: "host-suspect",
   down: "host-down",
 };
-
-/** Each host's last recorded state, from the newest events (a restarted coordinator goes on from it). */
-export async function recordedHostStates(state: CoordState): Promise<Map<string, HostState>> {
-  const out = new Map<string, HostState>();
-  for (const e of await state.events()) {
-    const s = (Object.keys(STATE_EVENT) as HostState[]).find((k) => STATE_EVENT[k] === e.kind);
-    if (s && e.host) out.set(e.host, s);
-  }
-  return out;
-}
 
 /** A running coordinator. */
 export class Coordinator {
@@ -80,10 +73,9 @@ export class Coordinator {
   async #lead(term: number, signal: AbortSignal): Promise<void> {
     const now = performance.now();
     const leases = new Map((await this.#state.list("lease")).map((l) => [l.value.host, l.value]));
-    const states = await recordedHostStates(this.#state);
     this.#hosts = this.#cfg.agents.map((a) => {
       const h = new HostWatch(a.name, a.addr, this.#cfg.lease, leases.get(a.addr)?.epoch ?? 1, now);
-      h.state = states.get(a.addr);
+      h.state = leases.get(a.addr)?.state;
       return h;
     });
     const placements = new Map(
@@ -93,10 +85,15 @@ export class Coordinator {
     const up = (addr: string) => this.#hosts.some((h) => h.addr === addr && h.state === "up");
     const schedule = new Scheduler(this.#state, this.#dial, up, this.counters)
       .run(this.#cfg.policies, signal);
+    let prunedAt = -Infinity;
     while (!signal.aborted) {
       await sleep(this.#cfg.heartbeatMs);
       // A renewal of the leadership that is late pauses the work; a lost one aborts `signal`.
       if (signal.aborted || !this.#state.isLeader()) continue;
+      if (performance.now() - prunedAt > PRUNE_EVERY_MS) {
+        prunedAt = performance.now();
+        await this.#prune();
+      }
       try {
         await this.#record(placements);
       } catch (e) {
@@ -104,6 +101,21 @@ export class Coordinator {
       }
     }
     await Promise.all([...beats, schedule]);
+  }
+
+  /** Drops events older than the config keeps: host states live in the leases, not in events. */
+  async #prune(): Promise<void> {
+    try {
+      const n = await this.#state.pruneEvents(Date.now() - this.#cfg.eventsKeepMs);
+      if (n) {
+        log.info("pruned {n} events older than {days} days", {
+          n,
+          days: this.#cfg.eventsKeepMs / 86_400_000,
+        });
+      }
+    } catch (e) {
+      log.warn("pruning old events failed: {error}", { error: (e as Error).message });
+    }
   }
 
   async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
@@ -139,9 +151,11 @@ export class Coordinator {
       );
       let apply = () => {};
       let epoch = h.epoch;
+      let judged = h.state;
       // A host never heard of stays unknown until it answers or its silence makes it suspect.
       if (!(h.state === undefined && !answered && next === "up") && next !== h.state) {
         if (next === "down") epoch++;
+        judged = next;
         const silentS = ((now - h.lastOkAt) / 1000).toFixed(1);
         const detail = next === "up"
           ? `${h.name} answers heartbeats`
@@ -164,7 +178,11 @@ export class Coordinator {
       if (answered || ops.length) {
         // Past once lapsed: the record keeps when that was.
         const expiresMs = Math.round(wall + (h.granted.lapsedAt - now));
-        ops.push({ op: "put", kind: "lease", value: { host: h.addr, expiresMs, epoch } });
+        ops.push({
+          op: "put",
+          kind: "lease",
+          value: { host: h.addr, expiresMs, epoch, ...(judged ? { state: judged } : {}) },
+        });
       }
       if (ops.length) batches.push({ ops, apply });
       if (answered) moves.push(...this.#placementOps(h, placements));

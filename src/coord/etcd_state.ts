@@ -26,7 +26,7 @@ const SCHEMA_KEY = `${ROOT}schema`;
 const LEADER_KEY = `${ROOT}leader`;
 const EVENTS = `${ROOT}e/`;
 /** The etcd layout's version: the key names above and the records' fields (records.ts). */
-export const ETCD_SCHEMA_VERSION = 1;
+export const ETCD_SCHEMA_VERSION = 2;
 
 /** Events are keyed by time first, so old ones go in one range; `seq` is their create revision. */
 const eventKey = (timeMs: number) => `${EVENTS}${String(timeMs).padStart(16, "0")}-`;
@@ -79,6 +79,15 @@ export class EtcdState implements S.CoordState {
       throw new StateCorruptError(
         this.where,
         `holds schema version ${found.output.version}, newer than ${ETCD_SCHEMA_VERSION} that this dcres knows; run a newer dcres`,
+      );
+    }
+    if (found.output.version < ETCD_SCHEMA_VERSION) {
+      // 1 → 2 only lets leases carry their host's state, so raising the mark converts it all: an
+      // older dcres then refuses the store by its version instead of a record it cannot read.
+      await this.#etcd.txn(
+        [{ key: b64(SCHEMA_KEY), target: "MOD", result: "EQUAL", mod_revision: String(kv.modRev) }],
+        [{ request_put: { key: b64(SCHEMA_KEY), value: b64(mine) } }],
+        [],
       );
     }
   }

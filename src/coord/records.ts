@@ -49,7 +49,12 @@ const SCHEMAS: { [K in RecordKind]: v.GenericSchema<RecordOf[K]> } = {
     timeMs: time,
     hosts,
   }),
-  lease: v.strictObject({ host: named("host"), expiresMs: time, epoch: time }),
+  lease: v.strictObject({
+    host: named("host"),
+    expiresMs: time,
+    epoch: time,
+    state: v.optional(v.picklist(["up", "suspect", "down"])),
+  }),
 };
 
 const EVENT: v.GenericSchema<CoordEventInput> = v.strictObject({

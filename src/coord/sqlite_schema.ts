@@ -20,6 +20,16 @@ const MIGRATIONS: readonly string[] = [
    CREATE TABLE leader (
      one INTEGER PRIMARY KEY CHECK (one = 1), holder TEXT NOT NULL, term INTEGER NOT NULL,
      expires_ms INTEGER NOT NULL);`,
+  // 2: a lease records its host's state, taken here from the newest host-state event.
+  `UPDATE records SET value = json_set(value, '$.state', (
+     SELECT substr(json_extract(e.value, '$.kind'), 6) FROM events e
+     WHERE json_extract(e.value, '$.host') = json_extract(records.value, '$.host')
+       AND json_extract(e.value, '$.kind') IN ('host-up', 'host-suspect', 'host-down')
+     ORDER BY e.seq DESC LIMIT 1))
+   WHERE kind = 'lease' AND EXISTS (
+     SELECT 1 FROM events e
+     WHERE json_extract(e.value, '$.host') = json_extract(records.value, '$.host')
+       AND json_extract(e.value, '$.kind') IN ('host-up', 'host-suspect', 'host-down'));`,
 ];
 
 /** The schema version this dcres writes. */

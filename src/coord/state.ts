@@ -6,6 +6,7 @@
  * coordinators acting on the same reading never both win.
  */
 import type { CheckpointMode } from "../ckpt/manifest.ts";
+import type { HostState } from "./host_state.ts";
 
 /** How a VM is to be protected: `dcres coord policy set VM --every 60s --mode cow ...`. */
 export interface Policy {
@@ -57,6 +58,11 @@ export interface HostLease {
   expiresMs: number;
   /** Fencing token: raised whenever the host's VMs may have been taken over elsewhere. */
   epoch: number;
+  /**
+   * The host's state as last judged (schema 2): state, not history, so it outlives any pruning
+   * of events. Absent until judged, and in leases an etcd store kept from schema 1.
+   */
+  state?: HostState;
 }
 
 /** The record of each kind. */

@@ -5,7 +5,6 @@
  * recovery point, and recent events.
  */
 import type { CoordConfig } from "./config.ts";
-import { recordedHostStates } from "./daemon.ts";
 import type { HostState } from "./host_state.ts";
 import { formatProtection, type VmProtection, vmProtection } from "./protection.ts";
 import type { CoordEvent, CoordState, LeaderInfo } from "./state.ts";
@@ -47,7 +46,6 @@ export async function coordStatus(
   now: number,
   eventCount = 20,
 ): Promise<CoordStatus> {
-  const states = await recordedHostStates(state);
   const leases = new Map((await state.list("lease")).map((l) => [l.value.host, l.value]));
   const placements = (await state.list("placement")).map((p) => p.value);
   // The coordinator writes a lease's expiry as its last grant plus this much (GrantedLease).
@@ -58,7 +56,7 @@ export async function coordStatus(
     return {
       name: a.name,
       addr: a.addr,
-      state: states.get(a.addr) ?? "unknown",
+      state: lease?.state ?? "unknown",
       ...(lease
         ? {
           lease: { epoch: lease.epoch, expiresMs: lease.expiresMs },

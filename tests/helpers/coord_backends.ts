@@ -15,6 +15,8 @@ export interface StoreFixture {
   putRaw(kind: RecordKind, key: string, value: Uint8Array): Promise<void>;
   /** Marks the store as written by a dcres of schema `version`. */
   setSchema(version: number): Promise<void>;
+  /** The schema version the store is marked with. */
+  schema(): Promise<number>;
   /** Removes it (and stops what serves it). */
   remove(): Promise<void>;
   /** The etcd serving it, for outage tests. */
@@ -53,6 +55,14 @@ const sqlite: Backend = {
           new TextDecoder().decode(value),
         ),
       setSchema: (version) => raw(`PRAGMA user_version = ${version}`),
+      schema: () => {
+        const db = new DatabaseSync(path);
+        const { user_version } = db.prepare("PRAGMA user_version").get() as {
+          user_version: number;
+        };
+        db.close();
+        return Promise.resolve(Number(user_version));
+      },
       remove: () => Promise.resolve(Deno.removeSync(dir, { recursive: true })),
     });
   },
@@ -69,6 +79,8 @@ const etcd: Backend = {
       putRaw: (kind, key, value) => server.putRaw(`/dcres/coord/r/${kind}/${key}`, value),
       setSchema: (version) =>
         server.putRaw("/dcres/coord/schema", new TextEncoder().encode(JSON.stringify({ version }))),
+      schema: async () =>
+        JSON.parse(new TextDecoder().decode(await server.getRaw("/dcres/coord/schema"))).version,
       remove: () => server.stop(),
       etcd: server,
     };

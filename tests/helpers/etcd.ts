@@ -113,6 +113,17 @@ export class TestEtcd {
     });
   }
 
+  /** The value at `key`, read directly, or undefined. */
+  async getRaw(key: string): Promise<Uint8Array | undefined> {
+    const r = await this.post("/v3/kv/range", {
+      key: new TextEncoder().encode(key).toBase64(),
+    }) as {
+      kvs?: { value?: string }[];
+    };
+    const value = r.kvs?.[0]?.value;
+    return value === undefined ? undefined : Uint8Array.fromBase64(value);
+  }
+
   /** Kills etcd and removes its directory. */
   async stop(): Promise<void> {
     await this.kill();
