@@ -2,7 +2,8 @@
  * The coordinator daemon (`dcres coord`): it campaigns for leadership in its store and, while it
  * leads, heartbeats every agent of its config, which renews their leases, judges each host up,
  * suspect or down, and records what changes (host states as events, lease epochs and expiries,
- * where each VM runs). A standby waits in the campaign. Policies and restores build on this.
+ * where each VM runs), and restores the VMs of a host declared down (`recovery.ts`). A standby
+ * waits in the campaign.
  */
 import { getLogger } from "@logtape/logtape";
 import { isName } from "../codec/names.ts";
@@ -10,6 +11,8 @@ import { sleep } from "../rpc/deadline.ts";
 import type { CoordConfig } from "./config.ts";
 import { type HostState, nextHostState } from "./host_state.ts";
 import { type Dial, HostWatch } from "./host_watch.ts";
+import { dialCalls } from "./agent_calls.ts";
+import { Recovery, runsHere, splitAddrs } from "./recovery.ts";
 import {
   type CoordState,
   type Leadership,
@@ -43,6 +46,7 @@ export class Coordinator {
   readonly #cfg: CoordConfig;
   readonly #state: CoordState;
   readonly #dial: Dial;
+  readonly #recovery: Recovery;
   #hosts: HostWatch[] = [];
 
   /** A coordinator over `state` that reaches agents with `dial`. */
@@ -50,6 +54,7 @@ export class Coordinator {
     this.#cfg = cfg;
     this.#state = state;
     this.#dial = dial;
+    this.#recovery = new Recovery(state, dialCalls(dial));
   }
 
   /** Leads whenever elected, until `signal` aborts. */
@@ -92,11 +97,13 @@ export class Coordinator {
       if (signal.aborted || !this.#state.isLeader()) continue;
       try {
         await this.#record(placements);
+        await this.#recovery.tick(this.#hosts);
       } catch (e) {
         log.warn("recording host states failed: {error}", { error: (e as Error).message });
       }
     }
     await Promise.all(beats);
+    await this.#recovery.settle();
   }
 
   async #beatLoop(h: HostWatch, term: number, signal: AbortSignal): Promise<void> {
@@ -175,20 +182,43 @@ export class Coordinator {
 
   /** Placement changes from `h`'s report: its VMs run there, with their split's hosts as subs. */
   #placementOps(h: HostWatch, placements: Map<string, Versioned<Placement>>): StateOp[][] {
-    const addrOf = new Map(this.#hosts.filter((x) => x.certHost).map((x) => [x.certHost!, x.addr]));
     const out: StateOp[][] = [];
     const reported = new Set<string>();
     for (const vm of h.vms) {
       if (!isName("vm", vm.name)) continue;
       reported.add(vm.name);
-      const subs = (vm.split ?? []).filter((s) => s !== h.certHost)
-        .map((s) => addrOf.get(s) ?? s).filter((s) => isName("host", s));
-      const old = placements.get(vm.name)?.value;
+      // A VM being restored is placed by the restore.
+      if (this.#recovery.busy(vm.name)) continue;
+      const subs = splitAddrs(this.#hosts, h, vm.name).filter((s) => isName("host", s));
+      const was = placements.get(vm.name);
+      const old = was?.value;
       if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;
-      out.push([{ op: "put", kind: "placement", value: { vm: vm.name, main: h.addr, subs } }]);
+      // A copy that does not run (fenced, paused) does not take the VM from where it is placed.
+      if (old && old.main !== h.addr && !runsHere(h, vm.name)) continue;
+      const put: StateOp = {
+        op: "put",
+        kind: "placement",
+        value: { vm: vm.name, main: h.addr, subs },
+      };
+      const from = old && this.#hosts.find((x) => x.addr === old.main);
+      if (!from || from.state === "up") {
+        out.push([put]);
+        continue;
+      }
+      // Its host failed and someone runs it here already: adopted, not restored.
+      out.push([{ ...put, expect: was!.rev }, {
+        op: "event",
+        event: {
+          kind: "adopted",
+          timeMs: Date.now(),
+          vm: vm.name,
+          host: h.addr,
+          detail: `${vm.name} runs on ${h.name} while ${from.name} is ${from.state ?? "unknown"}`,
+        },
+      }]);
     }
     for (const [vm, p] of placements) {
-      if (p.value.main === h.addr && !reported.has(vm)) {
+      if (p.value.main === h.addr && !reported.has(vm) && !this.#recovery.busy(vm)) {
         out.push([{ op: "delete", kind: "placement", key: vm }]);
         placements.delete(vm);
       }

@@ -43,6 +43,8 @@ export interface SplitTargets {
   subs?: string[];
   /** OLD=NEW: NEW plays the part of OLD (a host name or address of the checkpoint). */
   map?: string[];
+  /** Every host of the checkpoint (by name) → the host that plays its part (several may share one). */
+  assign?: Record<string, string>;
 }
 
 /** The outcome of a split restore. */
@@ -100,6 +102,15 @@ function placeFragments(
     main = t.single;
     subs = [];
     for (const n of names) roleTarget.set(n, t.single);
+  } else if (t.assign) {
+    const to = (n: string) => {
+      const a = t.assign![n];
+      if (!a) throw new RestoreTargetError(`no host is assigned the part of ${n}`);
+      return a;
+    };
+    main = to(mainName);
+    subs = [...new Set(subNames.map(to))].filter((a) => a !== main);
+    for (const n of names) roleTarget.set(n, to(n));
   } else if (t.main) {
     main = t.main;
     subs = t.subs ?? [];
@@ -198,7 +209,7 @@ async function restoreOnce(
     for (const f of mans) await copy(f);
   }));
   const copied = { files, bytes, ms: performance.now() - tc };
-  if (t.single) {
+  if (t.single || (t.assign && !subs.length)) {
     const restore = await calls.call<Record<string, unknown>>(main, "restore", {
       path: gen,
       name,
