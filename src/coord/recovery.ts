@@ -32,6 +32,8 @@ interface Retry {
   at: number;
   /** The wait after the next failure. */
   nextWaitMs: number;
+  /** Why the last attempt failed: recorded again only when it changes. */
+  why: string;
 }
 
 /** Restores VMs of failed hosts and cleans up after them; only the leader runs it. */
@@ -67,6 +69,8 @@ export class Recovery {
     const up = hosts.filter((h) => h.state === "up");
     for (const [vm, p] of placements) {
       const failed = [p.value.main, ...p.value.subs].map((a) => down.get(a)).filter((h) => !!h);
+      // Its hosts are back (or it was placed anew): nothing to retry.
+      if (!failed.length) this.#retry.delete(vm);
       if (!failed.length || this.#running.has(vm)) continue;
       const retry = this.#retry.get(vm);
       if (retry && now < retry.at) continue;
@@ -224,12 +228,14 @@ export class Recovery {
       return;
     }
     const wait = last?.nextWaitMs ?? FIRST_RETRY_MS;
+    const why = (e as Error).message.split("\n")[0].slice(0, 900);
     this.#retry.set(vm, {
       at: performance.now() + wait,
       nextWaitMs: Math.min(MAX_RETRY_MS, wait * 2),
+      why,
     });
-    const why = (e as Error).message.split("\n")[0].slice(0, 900);
     log.warn("restoring {vm} failed, again in {s} s: {why}", { vm, s: wait / 1000, why });
+    if (last?.why === why) return;
     await this.#state.commit([{
       op: "event",
       event: { kind: "restore-failed", timeMs: Date.now(), vm, host, detail: why },
