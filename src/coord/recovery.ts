@@ -248,9 +248,13 @@ export function runsHere(h: HostWatch, vm: string): boolean {
   return h.vms.some((v) => v.name === vm && v.state === "running" && !isFenced(v));
 }
 
-/** The agent addresses of the sub-hosts `h` reported for `vm` (certificate names mapped). */
+/**
+ * The agent addresses of the sub-hosts `h` reported for `vm`. Its VMM names its own part "main"
+ * and the others by address (certificate names are mapped too).
+ */
 export function splitAddrs(hosts: readonly HostWatch[], h: HostWatch, vm: string): string[] {
   const split = h.vms.find((v) => v.name === vm)?.split ?? [];
   const addrOf = new Map(hosts.filter((x) => x.certHost).map((x) => [x.certHost!, x.addr]));
-  return split.filter((s) => s !== h.certHost).map((s) => addrOf.get(s) ?? s);
+  return split.filter((s) => s !== "main" && s !== h.certHost).map((s) => addrOf.get(s) ?? s)
+    .filter((s) => s !== h.addr);
 }
