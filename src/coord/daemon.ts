@@ -87,16 +87,13 @@ export class Coordinator {
       h.state = states.get(a.addr);
       return h;
     });
-    const placements = new Map(
-      (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
-    );
     const beats = this.#hosts.map((h) => this.#beatLoop(h, term, signal));
     while (!signal.aborted) {
       await sleep(this.#cfg.heartbeatMs);
       // A renewal of the leadership that is late pauses the work; a lost one aborts `signal`.
       if (signal.aborted || !this.#state.isLeader()) continue;
       try {
-        await this.#record(placements);
+        await this.#record();
         await this.#recovery.tick(this.#hosts);
       } catch (e) {
         log.warn("recording host states failed: {error}", { error: (e as Error).message });
@@ -118,7 +115,11 @@ export class Coordinator {
   }
 
   /** Judges every host and commits what changed. */
-  async #record(placements: Map<string, Versioned<Placement>>): Promise<void> {
+  async #record(): Promise<void> {
+    // Read afresh each round: restores and adoptions change placements between rounds.
+    const placements = new Map(
+      (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
+    );
     const now = performance.now();
     const wall = Date.now();
     const batches: Batch[] = [];
@@ -173,11 +174,9 @@ export class Coordinator {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
       for (const b of group) b.apply();
     }
-    if (!moves.length) return;
     for (const group of chunks(moves.map((ops) => ({ ops, apply: () => {} })))) {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
     }
-    for (const p of await this.#state.list("placement")) placements.set(p.value.vm, p);
   }
 
   /** Placement changes from `h`'s report: its VMs run there, with their split's hosts as subs. */

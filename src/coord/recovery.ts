@@ -16,6 +16,9 @@ import { type CoordState, type Placement, StaleRevisionError, type Versioned } f
 
 const log = getLogger(["dcres", "coord", "recovery"]);
 
+/** `n` ms for a message. */
+const ms = (n: number) => `${Math.round(n)} ms`;
+
 /** The first wait before a failed restore is tried again; it doubles up to {@link MAX_RETRY_MS}. */
 const FIRST_RETRY_MS = 1000;
 /** The longest wait between attempts at one VM's restore. */
@@ -123,13 +126,21 @@ export class Recovery {
     const claim = await this.#state.commit([
       { op: "put", kind: "placement", value: old, expect: p.rev },
     ], { asLeader: true });
+    const t0 = performance.now();
     const src = await newestCheckpoint(this.#calls, vm, survivors);
+    const t1 = performance.now();
     await this.#release(vm, old, lost);
+    const t2 = performance.now();
     const choice = chooseRestoreTargets(ruleInput(src, survivors, [old.main, ...old.subs]));
     if (!choice) throw new Error("no host is up to restore onto");
-    await restoreSplit(this.#calls, src.source, src.plan, { name: vm, lazy: true }, {
+    const r = await restoreSplit(this.#calls, src.source, src.plan, { name: vm, lazy: true }, {
       assign: choice.assign,
     });
+    const steps = `found in ${ms(t1 - t0)}, old parts released in ${
+      ms(t2 - t1)
+    }, ${r.copied.files} files copied in ${ms(r.copied.ms)}, sub-hosts loaded in ${
+      ms(r.loadMs)
+    }, restored in ${ms(r.totalMs)}`;
     // The guest runs again: counted from the failed host's last answer.
     const recoveryMs = Math.round(performance.now() - Math.min(...failed.map((h) => h.lastOkAt)));
     const catalog = (await this.#state.list("checkpoint", vm).catch(() => []))
@@ -145,7 +156,7 @@ export class Recovery {
       recoveryPointMs: src.pointMs,
       detail: `${vm} restored from ${src.plan.store}/${src.plan.generation} onto ${choice.main}${
         choice.subs.length ? ` with ${choice.subs.join(", ")}` : ""
-      } after ${lost.join(", ")} failed${behind}`,
+      } after ${lost.join(", ")} failed (${steps})${behind}`,
     });
     log.info("{vm} restored onto {main} in {ms} ms", { vm, main: choice.main, ms: recoveryMs });
   }
