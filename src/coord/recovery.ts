@@ -142,7 +142,12 @@ export class Recovery {
       ms(r.loadMs)
     }, restored in ${ms(r.totalMs)}`;
     // The guest runs again: counted from the failed host's last answer.
-    const recoveryMs = Math.round(performance.now() - Math.min(...failed.map((h) => h.lastOkAt)));
+    // A lazy restore answers once every page is in; the guest ran from `resumeMs` on.
+    const lag = Number(r.restore.residentMs) - Number(r.restore.resumeMs);
+    const recoveryMs = Math.round(
+      performance.now() - Math.min(...failed.map((h) => h.lastOkAt)) -
+        (Number.isFinite(lag) && lag > 0 ? lag : 0),
+    );
     const catalog = (await this.#state.list("checkpoint", vm).catch(() => []))
       .reduce((n, c) => Math.max(n, c.value.generation), 0);
     const behind = catalog > Number(src.plan.generation.slice(1))
