@@ -14,6 +14,8 @@ import { SqliteState } from "../src/coord/sqlite_state.ts";
 import type { LeasedVm } from "../src/agent/lease_handler.ts";
 
 const TERMS = { ttlMs: 5000, drift: 0.01, fenceMs: 1000 };
+/** The leadership's signal, never aborted here (a deposed leader is the store's to refuse). */
+const LEADS = new AbortController().signal;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Agent calls that answer from `answers` (by method) and note every call. */
@@ -71,7 +73,7 @@ Deno.test("a VM run by hand on another host that is up is adopted, not restored"
     }]);
     const { agents, calls } = scripted({});
     const r = new Recovery(s, agents);
-    await r.tick([h1, h2, h3]);
+    await r.tick([h1, h2, h3], LEADS);
     await r.settle();
     assertEquals(calls, [], "an adopted VM asks nothing of any agent");
     assertEquals(await kinds(s), ["adopted sv"]);
@@ -99,7 +101,7 @@ Deno.test("a VM with no checkpoint on the survivors: restore-failed once per rea
     const { agents, calls } = scripted({ "ckpt.ls": () => [] });
     const r = new Recovery(s, agents);
     for (let i = 0; i < 3; i++) {
-      await r.tick([h1, h2]);
+      await r.tick([h1, h2], LEADS);
       await r.settle();
       assert(r.busy("v1"), "a failed restore is to be retried");
       await sleep(1100 * 2 ** i);
@@ -110,7 +112,7 @@ Deno.test("a VM with no checkpoint on the survivors: restore-failed once per rea
     assert(events[0].detail!.includes("no host that is up holds a committed checkpoint of v1"));
     // Its host comes back with the fenced copy, still placed there: nothing to retry or remove.
     h1.state = "up";
-    await r.tick([h1, h2]);
+    await r.tick([h1, h2], LEADS);
     await r.settle();
     assert(!r.busy("v1"));
     assertEquals(calls.length, 3);
@@ -132,7 +134,7 @@ Deno.test("a fenced copy on a host that came back is stopped and recorded; a pau
     ]);
     const { agents, calls } = scripted({ "vm.stop": () => null });
     const r = new Recovery(s, agents);
-    await r.tick([h1, h2]);
+    await r.tick([h1, h2], LEADS);
     for (let i = 0; i < 50 && !(await kinds(s)).length; i++) await sleep(20);
     assertEquals(calls, [`${h1.addr} vm.stop`]);
     assertEquals(await kinds(s), ["cleaned-up sv"]);
@@ -150,7 +152,7 @@ Deno.test("a coordinator that no longer leads neither adopts nor restores", asyn
     await s.resign();
     const { agents } = scripted({});
     const r = new Recovery(s, agents);
-    await r.tick([h1, h2]);
+    await r.tick([h1, h2], LEADS);
     await r.settle();
     assertEquals(await kinds(s), []);
     assertEquals((await s.get("placement", "sv"))!.value.main, h1.addr);

@@ -94,7 +94,7 @@ export class Coordinator {
       if (signal.aborted || !this.#state.isLeader()) continue;
       try {
         await this.#record();
-        await this.#recovery.tick(this.#hosts);
+        await this.#recovery.tick(this.#hosts, signal);
       } catch (e) {
         log.warn("recording host states failed: {error}", { error: (e as Error).message });
       }

@@ -63,7 +63,7 @@ export class Recovery {
    * it runs elsewhere already: then it is adopted), and the clean-up of fenced copies on hosts that
    * came back. The work goes on in the background; {@link settle} waits for it.
    */
-  async tick(hosts: readonly HostWatch[]): Promise<void> {
+  async tick(hosts: readonly HostWatch[], signal: AbortSignal): Promise<void> {
     const placements = new Map(
       (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
     );
@@ -77,7 +77,7 @@ export class Recovery {
       if (!failed.length || this.#running.has(vm)) continue;
       const retry = this.#retry.get(vm);
       if (retry && now < retry.at) continue;
-      const job = this.#recover(vm, p, failed, hosts)
+      const job = this.#recover(vm, p, failed, hosts, signal)
         .then(() => {
           this.#retry.delete(vm);
         }, (e) => this.#failed(vm, failed[0].addr, e, retry))
@@ -99,12 +99,13 @@ export class Recovery {
     await Promise.allSettled([...this.#running.values()]);
   }
 
-  /** Restores `vm` after `failed` (its hosts that are down) onto hosts of `up`. */
+  /** Restores `vm` after `failed` (its hosts that are down), unless `signal` (the leadership) ends. */
   async #recover(
     vm: string,
     p: Versioned<Placement>,
     failed: HostWatch[],
     hosts: readonly HostWatch[],
+    signal: AbortSignal,
   ): Promise<void> {
     const old = p.value;
     const lost = failed.map((h) => h.addr);
@@ -129,10 +130,13 @@ export class Recovery {
     const t0 = performance.now();
     const src = await newestCheckpoint(this.#calls, vm, survivors);
     const t1 = performance.now();
+    // A leader deposed meanwhile stops before it touches a VM.
+    signal.throwIfAborted();
     await this.#release(vm, old, lost);
     const t2 = performance.now();
     const choice = chooseRestoreTargets(ruleInput(src, survivors, [old.main, ...old.subs]));
     if (!choice) throw new Error("no host is up to restore onto");
+    signal.throwIfAborted();
     const r = await restoreSplit(this.#calls, src.source, src.plan, { name: vm, lazy: true }, {
       assign: choice.assign,
     });
