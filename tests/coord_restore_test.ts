@@ -6,7 +6,8 @@
  * guest verifies and goes on from that checkpoint, and `coord status` shows the restore with its
  * recovery time and point; the host that comes back has its fenced copy stopped and removed, never
  * resumed. Then a sub-host of the restored VM is killed with its VMs: the main's paused VM is
- * stopped and the VM restored from a checkpoint of the restored VM.
+ * stopped and the VM restored from a checkpoint of the restored VM; then its main host, with its
+ * VMs, and it is restored once more.
  */
 import { join } from "node:path";
 import { perAccel } from "./helpers/accel.ts";
@@ -93,17 +94,18 @@ Deno.test("the coordinator restores a split VM whose main host, then whose sub-h
     return out;
   };
   /** Waits for the restore of sv after `host` failed; checks what the event says. */
+  let seen = 0;
   const restored = async (host: string, ckpt: { id: string; t0: number; t1: number }) => {
-    const s = await until(
-      `sv restored after ${node(host)} failed`,
-      (s) => s.events.some((e) => e.kind === "restored" && e.vm === "sv" && e.host === host),
-    );
-    const e: CoordEvent = s.events.find((e) => e.kind === "restored" && e.host === host)!;
+    const mine = (e: CoordEvent) =>
+      e.kind === "restored" && e.vm === "sv" && e.host === host && e.seq > seen;
+    const s = await until(`sv restored after ${node(host)} failed`, (s) => s.events.some(mine));
+    const e = s.events.find(mine)!;
+    seen = e.seq;
     assertEquals(e.checkpoint, ckpt.id, JSON.stringify(e));
     assert(e.recoveryMs! > 0, JSON.stringify(e));
     assert(e.recoveryPointMs! >= ckpt.t0 && e.recoveryPointMs! <= ckpt.t1, JSON.stringify(e));
     assert(!s.events.some((e) => e.kind === "restore-failed"), JSON.stringify(s.events));
-    const down = s.events.find((d) => d.kind === "host-down" && d.host === host)!;
+    const down = s.events.findLast((d) => d.kind === "host-down" && d.host === host)!;
     const p = placed(s)!;
     console.log(
       `  ${node(host)} failed: restored onto ${node(p.main)} with ${p.subs.map(node).join(",")} ${
@@ -175,9 +177,25 @@ Deno.test("the coordinator restores a split VM whose main host, then whose sub-h
       assertEquals(await localVm(node(h)), undefined, `sv is also on ${node(h)}`);
     }
     await c.run("start", node(sub));
-    const end = await until(`${node(sub)} up again`, (s) => s.hosts.every((h) => h.state === "up"));
+    await until(`${node(sub)} up again`, (s) => s.hosts.every((h) => h.state === "up"));
     assertEquals(await localVm(node(sub)), undefined);
     assertEquals((await c.until(two.p.main, "sv", () => true, 10_000)).state, "running");
+
+    // Its main host is killed with its VMs (`scripts/cluster kill`): restored once more.
+    const third = await checkpoints(two.p.main, 1);
+    await c.run("kill", node(two.p.main));
+    const three = await restored(two.p.main, third[0]);
+    assertEquals(three.p.subs.length, 3, "four hosts are up: the same shape");
+    const at3 = progress(await c.until(three.p.main, "sv", (v) => v.state === "running", 10_000));
+    assert(at3.written >= third[0].before.written && at3.ticks >= third[0].before.ticks);
+    assert((await c.ok(["--agent", three.p.main, "guest", "verify", "sv"])).startsWith("OK"));
+    await c.run("start", node(two.p.main));
+    const end = await until(
+      `${node(two.p.main)} up again`,
+      (s) => s.hosts.every((h) => h.state === "up"),
+    );
+    assertEquals(await localVm(node(two.p.main)), undefined, "the killed VM came back");
+    assertEquals((await c.until(three.p.main, "sv", () => true, 10_000)).state, "running");
     // Its own restores are not taken for someone else's, and every round was recorded.
     assertEquals(end.events.filter((e) => e.kind === "adopted"), []);
     const failed = Deno.readTextFileSync(log).split("\n").filter((l) => l.includes("failed"));
