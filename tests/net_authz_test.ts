@@ -3,7 +3,8 @@
  * loopback addresses of their own: a proof relayed by another cluster member is refused; a server
  * with a certificate from another CA is refused even when the client's TLS trusts that CA; an
  * operator's certificate cannot serve as an agent's, an agent's cannot call an operator's methods,
- * and a third agent cannot touch pages of a VM whose main host it is not.
+ * a third agent cannot touch pages of a VM whose main host it is not, and only the coordinator
+ * (not an operator) may release a VM's pages that a main host left.
  */
 import { assert, assertEquals, assertRejects } from "./helpers/assert.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
@@ -40,6 +41,7 @@ async function cluster() {
     m: await issue("member", "127.0.0.22", "agent"),
     third: await issue("third", "127.0.0.23", "agent"),
     op: await issue("alice", undefined, "operator"),
+    coord: await issue("coord", undefined, "coordinator"),
     opAsServer: await issue("opserver", "127.0.0.24", "operator"),
     foreign: await issue("foreign", "127.0.0.25", "agent", "foreign"),
   };
@@ -263,8 +265,17 @@ Deno.test("a third agent's page or merge call about a VM whose main host it is n
     await third.call("pages.open", { vm: "vm2", pages: 8 });
     await main.call("pages.drop", { vm: "vm1" });
     await third.call("pages.open", { vm: "vm1", pages: 8 });
+    // The coordinator releases the pages a failed main host left; an operator may not.
+    const op = await RpcClient.connect(addrOf(sub), c.op);
+    const denied = await assertRejects(() => op.call("pages.drop", { vm: "vm1" }), RpcError);
+    assertEquals((denied as RpcError).code, "permission-denied");
+    const coord = await RpcClient.connect(addrOf(sub), c.coord);
+    assertEquals(await coord.call("pages.drop", { vm: "vm1" }), { dropped: "vm1" });
+    await main.call("pages.open", { vm: "vm1", pages: 8 });
     main.close();
     third.close();
+    op.close();
+    coord.close();
   } finally {
     sub.close();
   }

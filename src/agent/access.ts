@@ -56,7 +56,8 @@ export const AGENT_ACCESS: AccessPolicy = {
   "pages.open": AGENTS,
   "pages.channel": AGENTS,
   "pages.held": AGENTS,
-  "pages.drop": AGENTS,
+  /** The coordinator releases a failed main host's pages on its sub-hosts once it restored the VM. */
+  "pages.drop": ["agent", "coordinator"],
   "pages.save.begin": AGENTS,
   "pages.save": AGENTS,
   "pages.save.owe": AGENTS,

@@ -35,7 +35,7 @@ export interface LeasedVm {
   state: "running" | "paused" | "stopped";
   /** Why it is paused, when nobody asked (fenced, a sub-host unreachable). */
   pausedReason?: string;
-  /** For a split VM: the hosts (certificate names) holding its pages, this one included. */
+  /** For a split VM: the hosts holding its pages, "main" for this one, the others by address. */
   split?: string[];
 }
 

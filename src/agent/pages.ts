@@ -85,7 +85,8 @@ function ownedByMain(
         owners.release(vm);
         return await h(args, ctx);
       }
-      owners.claim(method, vm, ctx);
+      // The coordinator drops what a failed main host left (it restored the VM elsewhere).
+      if (!(method === "pages.drop" && ctx.role === "coordinator")) owners.claim(method, vm, ctx);
       const result = await h(args, ctx);
       if (method === "pages.drop") owners.release(vm);
       return result;

@@ -8,9 +8,9 @@ import {
   summarizeCheckpoint,
   verifyCheckpoint,
 } from "../ckpt/inspect.ts";
-import { agentAddr, remoteCall } from "./remote.ts";
+import { agentAddr, agentCalls, remoteCall } from "./remote.ts";
 import { mergeChain } from "../ckpt/merge.ts";
-import { mergeSplit } from "./merge_split.ts";
+import { mergeSplit } from "../coord/split_merge.ts";
 import { resolveCheckpoint } from "../ckpt/store.ts";
 import { EXIT, type GlobalOptions, report } from "./context.ts";
 import { fmtBytes, UsageError } from "./units.ts";
@@ -149,7 +149,7 @@ export async function ckptMerge(
   const keep = keepFlag(f.keep);
   const source = agentAddr(g);
   if (source) {
-    const r = await mergeSplit(g, source, path);
+    const r = await mergeSplit(agentCalls(g), source, path);
     const gc = await gcThrough(g, source, r.store, keep);
     report(
       g,

@@ -2,6 +2,7 @@
 import { join } from "node:path";
 import { RpcClient } from "../net/quic.ts";
 import { type Identity, loadIdentity } from "../net/identity.ts";
+import { type AgentCalls, dialCalls } from "../coord/agent_calls.ts";
 import type { GlobalOptions } from "./context.ts";
 
 /** Where the client identity is by default ($XDG_CONFIG_HOME/dcres/client or ~/.config/...). */
@@ -53,4 +54,10 @@ export async function remoteCall<T>(
   } finally {
     await client.close();
   }
+}
+
+/** Calls on any agent as this CLI's identity: how the coordinator's orchestration runs in-process. */
+export function agentCalls(g: GlobalOptions): AgentCalls {
+  const identity = clientIdentity(g);
+  return dialCalls((addr) => RpcClient.connect(addr, identity));
 }

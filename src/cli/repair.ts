@@ -8,9 +8,9 @@
 import { dirname } from "node:path";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import type { GlobalOptions } from "./context.ts";
-import { remoteCall } from "./remote.ts";
-import { askHolders, holderAddress } from "./restore_copies.ts";
-import { pushFile } from "./store_push.ts";
+import { agentCalls } from "./remote.ts";
+import { askHolders, holderAddress } from "../coord/holders.ts";
+import { pushFile } from "../coord/store_push.ts";
 
 /** What a repair found and did. */
 export interface RepairReport {
@@ -37,7 +37,8 @@ export async function repairCheckpoint(
   path: string,
 ): Promise<RepairReport> {
   const t0 = performance.now();
-  const plan = await remoteCall<CheckpointPlan>({ ...g, agent: source }, "ckpt.plan", { path });
+  const calls = agentCalls(g);
+  const plan = await calls.call<CheckpointPlan>(source, "ckpt.plan", { path });
   const addrOf = (n: string) => holderAddress(plan, source, n);
   const want = new Map<string, Set<string>>();
   for (const f of plan.fragments) {
@@ -49,7 +50,7 @@ export async function repairCheckpoint(
       want.set(a, files);
     }
   }
-  const have = await askHolders(g, plan.store, want);
+  const have = await askHolders(calls, plan.store, want);
   const sizeAt = (a: string, file: string) => {
     const h = have.get(a);
     return h && "sizes" in h ? h.sizes[file] : undefined;
@@ -93,7 +94,15 @@ export async function repairCheckpoint(
         report.failed.push(`${f.path} on ${h}: no whole copy is left anywhere`);
         continue;
       }
-      const bytes = await pushFile(g, from, a, plan.store, f.path, h_.partial[f.path] ?? 0, true);
+      const bytes = await pushFile(
+        calls,
+        from,
+        a,
+        plan.store,
+        f.path,
+        h_.partial[f.path] ?? 0,
+        true,
+      );
       report.repaired.push({ file: f.path, to: a, from, bytes });
       const m = manifestsTo.get(a) ?? new Set();
       manifestsTo.set(a, m.add(`${dirname(f.path)}/MANIFEST`));
@@ -108,7 +117,7 @@ export async function repairCheckpoint(
         report.failed.push(`${file} on ${a}: no host has this manifest to copy`);
         continue;
       }
-      await pushFile(g, from, a, plan.store, file, 0);
+      await pushFile(calls, from, a, plan.store, file, 0);
     }
   }
   report.ms = performance.now() - t0;

@@ -4,11 +4,16 @@ import { checkGuestSupported } from "../vmm/machine.ts";
 import { EXIT, type GlobalOptions, report, stateDirOf } from "./context.ts";
 import { hostVm, type RestoreTimes, targetSpec } from "../vmm_process/host_vm.ts";
 import { spawnRestore } from "../agent/spawn.ts";
-import { agentAddr, remoteCall } from "./remote.ts";
+import { agentAddr, agentCalls, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
-import { restoreSplit, type SplitTargets } from "./restore_split.ts";
+import {
+  restoreSplit,
+  RestoreTargetError,
+  type SplitRestoreReport,
+  type SplitTargets,
+} from "../coord/split_restore.ts";
 import { noteSlowGuestKernel, openAcceleratorFlag, remoteAccel } from "./accel_flag.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
@@ -61,7 +66,7 @@ export async function restoreCommand(
     }
     if (plan.split || placed) {
       const r = await restoreSplit(
-        g,
+        agentCalls(g),
         source,
         {
           ...plan,
@@ -71,7 +76,11 @@ export async function restoreCommand(
         },
         { name: f.name, lazy: f.lazy, ...remoteAccel(f.accel) },
         targets,
-      );
+      ).catch((e): SplitRestoreReport => {
+        // The targets came from the flags: a person's mistake, told as one.
+        if (e instanceof RestoreTargetError) throw new UsageError(e.message);
+        throw e;
+      });
       report(g, r, () =>
         [
           `restored ${r.name} from checkpoint ${plan.id.slice(0, 12)} on ${r.main}${

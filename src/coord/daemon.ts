@@ -2,8 +2,8 @@
  * The coordinator daemon (`dcres coord`): it campaigns for leadership in its store and, while it
  * leads, heartbeats every agent of its config, which renews their leases, judges each host up,
  * suspect or down, and records what changes (host states as events, lease epochs and expiries,
- * where each VM runs), and takes checkpoints by the VMs' policies (scheduler.ts). A standby waits in
- * the campaign.
+ * where each VM runs), takes checkpoints by the VMs' policies (`scheduler.ts`), and restores the
+ * VMs of a host declared down (`recovery.ts`). A standby waits in the campaign.
  */
 import { getLogger } from "@logtape/logtape";
 import { isName } from "../codec/names.ts";
@@ -11,6 +11,8 @@ import { sleep } from "../rpc/deadline.ts";
 import type { CoordConfig } from "./config.ts";
 import { type HostState, nextHostState } from "./host_state.ts";
 import { type Dial, HostWatch } from "./host_watch.ts";
+import { dialCalls } from "./agent_calls.ts";
+import { Recovery, runsHere, splitAddrs } from "./recovery.ts";
 import { ScheduleCounters, Scheduler } from "./scheduler.ts";
 import {
   type CoordState,
@@ -38,6 +40,7 @@ export class Coordinator {
   readonly #cfg: CoordConfig;
   readonly #state: CoordState;
   readonly #dial: Dial;
+  readonly #recovery: Recovery;
   #hosts: HostWatch[] = [];
   /** Its scheduled checkpoints, counted for `/metrics`. */
   readonly counters: ScheduleCounters = new ScheduleCounters();
@@ -47,6 +50,7 @@ export class Coordinator {
     this.#cfg = cfg;
     this.#state = state;
     this.#dial = dial;
+    this.#recovery = new Recovery(state, dialCalls(dial));
   }
 
   /** Leads whenever elected, until `signal` aborts. */
@@ -78,9 +82,6 @@ export class Coordinator {
       h.state = leases.get(a.addr)?.state;
       return h;
     });
-    const placements = new Map(
-      (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
-    );
     const beats = this.#hosts.map((h) => this.#beatLoop(h, term, signal));
     const up = (addr: string) => this.#hosts.some((h) => h.addr === addr && h.state === "up");
     const schedule = new Scheduler(this.#state, this.#dial, up, this.counters)
@@ -95,12 +96,14 @@ export class Coordinator {
         await this.#prune();
       }
       try {
-        await this.#record(placements);
+        await this.#record();
+        await this.#recovery.tick(this.#hosts, signal);
       } catch (e) {
         log.warn("recording host states failed: {error}", { error: (e as Error).message });
       }
     }
     await Promise.all([...beats, schedule]);
+    await this.#recovery.settle();
   }
 
   /** Drops events older than the config keeps: host states live in the leases, not in events. */
@@ -130,7 +133,11 @@ export class Coordinator {
   }
 
   /** Judges every host and commits what changed. */
-  async #record(placements: Map<string, Versioned<Placement>>): Promise<void> {
+  async #record(): Promise<void> {
+    // Read afresh each round: restores and adoptions change placements between rounds.
+    const placements = new Map(
+      (await this.#state.list("placement")).map((p) => [p.value.vm, p] as const),
+    );
     const now = performance.now();
     const wall = Date.now();
     const batches: Batch[] = [];
@@ -191,30 +198,50 @@ export class Coordinator {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
       for (const b of group) b.apply();
     }
-    if (!moves.length) return;
     for (const group of chunks(moves.map((ops) => ({ ops, apply: () => {} })))) {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
     }
-    for (const p of await this.#state.list("placement")) placements.set(p.value.vm, p);
   }
 
   /** Placement changes from `h`'s report: its VMs run there, with their split's hosts as subs. */
   #placementOps(h: HostWatch, placements: Map<string, Versioned<Placement>>): StateOp[][] {
-    const addrOf = new Map(this.#hosts.filter((x) => x.certHost).map((x) => [x.certHost!, x.addr]));
     const out: StateOp[][] = [];
     const reported = new Set<string>();
     for (const vm of h.vms) {
       if (!isName("vm", vm.name)) continue;
       reported.add(vm.name);
-      // Paging names the main host's own share "main" (remote_pager.ts stats).
-      const subs = (vm.split ?? []).filter((s) => s !== h.certHost && s !== "main")
-        .map((s) => addrOf.get(s) ?? s).filter((s) => isName("host", s));
-      const old = placements.get(vm.name)?.value;
+      // A VM being restored is placed by the restore.
+      if (this.#recovery.busy(vm.name)) continue;
+      const subs = splitAddrs(this.#hosts, h, vm.name).filter((s) => isName("host", s));
+      const was = placements.get(vm.name);
+      const old = was?.value;
       if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;
-      out.push([{ op: "put", kind: "placement", value: { vm: vm.name, main: h.addr, subs } }]);
+      // A copy that does not run (fenced, paused) does not take the VM from where it is placed.
+      if (old && old.main !== h.addr && !runsHere(h, vm.name)) continue;
+      const put: StateOp = {
+        op: "put",
+        kind: "placement",
+        value: { vm: vm.name, main: h.addr, subs },
+      };
+      const from = old && this.#hosts.find((x) => x.addr === old.main);
+      if (!from || from.state === "up") {
+        out.push([put]);
+        continue;
+      }
+      // Its host failed and someone runs it here already: adopted, not restored.
+      out.push([{ ...put, expect: was!.rev }, {
+        op: "event",
+        event: {
+          kind: "adopted",
+          timeMs: Date.now(),
+          vm: vm.name,
+          host: h.addr,
+          detail: `${vm.name} runs on ${h.name} while ${from.name} is ${from.state ?? "unknown"}`,
+        },
+      }]);
     }
     for (const [vm, p] of placements) {
-      if (p.value.main === h.addr && !reported.has(vm)) {
+      if (p.value.main === h.addr && !reported.has(vm) && !this.#recovery.busy(vm)) {
         out.push([{ op: "delete", kind: "placement", key: vm }]);
         placements.delete(vm);
       }

@@ -100,8 +100,21 @@ export function formatCoordStatus(s: CoordStatus, now: number): string[] {
     lines.push(
       `  ${new Date(e.timeMs).toISOString()} ${e.kind}${e.host ? ` ${e.host}` : ""}${
         e.vm ? ` ${e.vm}` : ""
-      }${e.detail ? `: ${e.detail}` : ""}`,
+      }${recoveryText(e)}${e.detail ? `: ${e.detail}` : ""}`,
     );
   }
   return lines;
+}
+
+/** A restore's recovery time and point, for its event's line. */
+function recoveryText(e: CoordEvent): string {
+  const parts = [
+    e.recoveryMs === undefined ? "" : `recovered in ${(e.recoveryMs / 1000).toFixed(1)}s`,
+    e.recoveryPointMs === undefined
+      ? ""
+      : `recovery point ${new Date(e.recoveryPointMs).toISOString()}${
+        e.checkpoint ? ` (checkpoint ${e.checkpoint.slice(0, 12)})` : ""
+      }`,
+  ].filter(Boolean);
+  return parts.length ? ` (${parts.join(", ")})` : "";
 }

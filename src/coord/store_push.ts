@@ -1,6 +1,5 @@
-/** Checkpoint files moved between agents on the CLI's request: the holder pushes, the target keeps. */
-import type { GlobalOptions } from "./context.ts";
-import { remoteCall } from "./remote.ts";
+/** Checkpoint files moved between agents on request: the holder pushes, the target keeps. */
+import type { AgentCalls } from "./agent_calls.ts";
 
 /** Attempts at one file before a restore gives up: each resumes from what arrived. */
 const PUSH_ATTEMPTS = 3;
@@ -12,7 +11,7 @@ const PUSH_ATTEMPTS = 3;
  * Returns the bytes sent.
  */
 export async function pushFile(
-  g: GlobalOptions,
+  calls: AgentCalls,
   from: string,
   to: string,
   store: string,
@@ -22,20 +21,19 @@ export async function pushFile(
 ): Promise<number> {
   for (let attempt = 1;; attempt++) {
     try {
-      const r = await remoteCall<{ bytes: number }>(
-        { ...g, agent: from },
+      const r = await calls.call<{ bytes: number }>(
+        from,
         "ckpt.push",
         { store, file, to, offset, ...(repair ? { repair } : {}) },
-        undefined,
-        3_600_000,
+        { deadlineMs: 3_600_000 },
       );
       return r.bytes;
     } catch (e) {
       if (attempt >= PUSH_ATTEMPTS) {
         throw new Error(`copying ${store}/${file} from ${from} to ${to}: ${(e as Error).message}`);
       }
-      const have = await remoteCall<{ partial: Record<string, number> }>(
-        { ...g, agent: to },
+      const have = await calls.call<{ partial: Record<string, number> }>(
+        to,
         "ckpt.have",
         { store, files: [file] },
       );

@@ -1,20 +1,37 @@
 /**
- * `dcres restore CKPT` of a split VM's checkpoint, coordinated from the CLI: every target host gets
+ * The restore of a split VM's checkpoint, run by the coordinator after a failure and by
+ * `dcres restore CKPT` in-process (the same code, each calling agents as itself): every target host gets
  * the fragments it will load (pushed agent to agent by the hosts that saved them, all at once, when
  * it lacks them), the sub-hosts load theirs into page stores, and the main host restores the machine with
- * its own pages and pages the rest from the sub-hosts. `--single` restores onto one host instead,
- * `--main/--sub` onto another split, `--map OLD=NEW` has NEW play OLD's part.
+ * its own pages and pages the rest from the sub-hosts. `single` restores onto one host instead,
+ * `main`/`subs` onto another split, `map` has a new host play an old one's part.
  */
 import { dirname } from "node:path";
 import type { AccelChoice } from "../accel/accel.ts";
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
-import type { GlobalOptions } from "./context.ts";
-import { remoteCall } from "./remote.ts";
-import { chooseHolders, holderAddress } from "./restore_copies.ts";
-import { pushFile } from "./store_push.ts";
-import { checkAddress, UsageError } from "./units.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { parseHostPort } from "../net/address.ts";
 import { RpcError } from "../rpc/errors.ts";
+import type { AgentCalls } from "./agent_calls.ts";
+import { chooseHolders, holderAddress } from "./holders.ts";
+import { pushFile } from "./store_push.ts";
+
+/** Targets that cannot take the checkpoint (a host named twice, an unknown host mapped, ...). */
+export class RestoreTargetError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RestoreTargetError";
+  }
+}
+
+/** `addr` as a target of `what`, checked to be HOST:PORT. */
+function checkTarget(what: string, addr: string): void {
+  try {
+    parseHostPort(addr);
+  } catch (e) {
+    throw new RestoreTargetError(`${what} ${(e as Error).message}`);
+  }
+}
 
 /** Where a split restore puts things. */
 export interface SplitTargets {
@@ -26,6 +43,8 @@ export interface SplitTargets {
   subs?: string[];
   /** OLD=NEW: NEW plays the part of OLD (a host name or address of the checkpoint). */
   map?: string[];
+  /** Every host of the checkpoint (by name) → the host that plays its part (several may share one). */
+  assign?: Record<string, string>;
 }
 
 /** The outcome of a split restore. */
@@ -62,12 +81,14 @@ function placeFragments(
   for (const m of t.map ?? []) {
     const [old, neu] = m.split("=");
     if (!old || !neu) {
-      throw new UsageError(`--map ${m}: use OLD=NEW, OLD a host name or address, NEW HOST:PORT`);
+      throw new RestoreTargetError(
+        `--map ${m}: use OLD=NEW, OLD a host name or address, NEW HOST:PORT`,
+      );
     }
-    checkAddress("--map", neu);
+    checkTarget("--map", neu);
     const name = names.find((n) => n === old || addrOf(n) === old);
     if (!name) {
-      throw new UsageError(
+      throw new RestoreTargetError(
         `--map ${m}: ${old} took no part in checkpoint ${plan.id} (its hosts: ${
           names.map((n) => `${n} ${addrOf(n)}`).join(", ")
         })`,
@@ -81,10 +102,21 @@ function placeFragments(
     main = t.single;
     subs = [];
     for (const n of names) roleTarget.set(n, t.single);
+  } else if (t.assign) {
+    const to = (n: string) => {
+      const a = t.assign![n];
+      if (!a) throw new RestoreTargetError(`no host is assigned the part of ${n}`);
+      return a;
+    };
+    main = to(mainName);
+    subs = [...new Set(subNames.map(to))].filter((a) => a !== main);
+    for (const n of names) roleTarget.set(n, to(n));
   } else if (t.main) {
     main = t.main;
     subs = t.subs ?? [];
-    if (!subs.length) throw new UsageError("--main needs --sub HOST:PORT,... (or use --single)");
+    if (!subs.length) {
+      throw new RestoreTargetError("--main needs --sub HOST:PORT,... (or use --single)");
+    }
     roleTarget.set(mainName, main);
     subNames.forEach((n, i) => roleTarget.set(n, subs[i % subs.length]));
   } else {
@@ -93,9 +125,11 @@ function placeFragments(
     roleTarget.set(mainName, main);
     subNames.forEach((n, i) => roleTarget.set(n, subs[i]));
   }
-  for (const a of [main, ...subs]) checkAddress("target host", a);
-  if (subs.includes(main)) throw new UsageError(`${main} cannot be both main and a sub-host`);
-  if (new Set(subs).size !== subs.length) throw new UsageError("a sub-host is named twice");
+  for (const a of [main, ...subs]) checkTarget("target host", a);
+  if (subs.includes(main)) {
+    throw new RestoreTargetError(`${main} cannot be both main and a sub-host`);
+  }
+  if (new Set(subs).size !== subs.length) throw new RestoreTargetError("a sub-host is named twice");
   const target = plan.fragments.map((f) => {
     const r = roleTarget.get(f.host);
     if (!r) throw new Error(`fragment ${f.path} was saved by ${f.host}, not a host of the split`);
@@ -109,7 +143,7 @@ function placeFragments(
 
 /** Restores split checkpoint `path` (found through the agent `source`) onto `t`'s hosts. */
 export async function restoreSplit(
-  g: GlobalOptions,
+  calls: AgentCalls,
   source: string,
   plan: CheckpointPlan,
   opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
@@ -117,19 +151,19 @@ export async function restoreSplit(
 ): Promise<SplitRestoreReport> {
   const placed = placeFragments(plan, source, t);
   try {
-    return await restoreOnce(g, source, plan, opts, t, placed);
+    return await restoreOnce(calls, source, plan, opts, t, placed);
   } catch (e) {
     // A target that met a damaged copy set it aside (and could not replace it itself, or a lazy
     // restore's pages moved): once more, fetching whole copies again. Any other failure stands: a
     // second try could reload the sub-hosts under a VM that did start.
     if (!(e instanceof RpcError && e.code === "damaged-copy")) throw e;
-    return await restoreOnce(g, source, plan, opts, t, placed);
+    return await restoreOnce(calls, source, plan, opts, t, placed);
   }
 }
 
 /** One attempt at {@link restoreSplit}: fetch what the targets lack, load the sub-hosts, restore. */
 async function restoreOnce(
-  g: GlobalOptions,
+  calls: AgentCalls,
   source: string,
   plan: CheckpointPlan,
   opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
@@ -138,7 +172,7 @@ async function restoreOnce(
 ): Promise<SplitRestoreReport> {
   const t0 = performance.now();
   const name = opts.name ?? plan.vm;
-  const origin = await chooseHolders(g, plan, copiesAt, target);
+  const origin = await chooseHolders(calls, plan, copiesAt, target);
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied
   // generation is a committed one there), the restored generation's last.
@@ -157,13 +191,9 @@ async function restoreOnce(
   let files = 0, bytes = 0;
   await Promise.all([...wants].map(async ([host, files_]) => {
     const list = [...files_.keys()];
-    const { missing, partial } = await remoteCall<
+    const { missing, partial } = await calls.call<
       { missing: string[]; partial: Record<string, number> }
-    >(
-      { ...g, agent: host },
-      "ckpt.have",
-      { store: plan.store, files: list },
-    );
+    >(host, "ckpt.have", { store: plan.store, files: list });
     // Fragments first, manifests last: a generation there is complete before it is committed.
     const order = missing.sort((a, b) =>
       Number(a.endsWith("MANIFEST")) - Number(b.endsWith("MANIFEST"))
@@ -172,15 +202,15 @@ async function restoreOnce(
     const mans = order.filter((f) => f.endsWith("MANIFEST"));
     const copy = async (f: string) => {
       const w = files_.get(f)!;
-      bytes += await pushFile(g, w.from, host, plan.store, f, partial?.[f] ?? 0);
+      bytes += await pushFile(calls, w.from, host, plan.store, f, partial?.[f] ?? 0);
       files++;
     };
     await Promise.all(frags.map(copy));
     for (const f of mans) await copy(f);
   }));
   const copied = { files, bytes, ms: performance.now() - tc };
-  if (t.single) {
-    const restore = await remoteCall<Record<string, unknown>>({ ...g, agent: main }, "restore", {
+  if (t.single || (t.assign && !subs.length)) {
+    const restore = await calls.call<Record<string, unknown>>(main, "restore", {
       path: gen,
       name,
       lazy: !!opts.lazy,
@@ -192,7 +222,7 @@ async function restoreOnce(
   const tl = performance.now();
   const loaded = await Promise.all(
     subs.map((s) =>
-      remoteCall<{ heldPages: number }>({ ...g, agent: s }, "pages.load", {
+      calls.call<{ heldPages: number }>(s, "pages.load", {
         vm: name,
         pages,
         ckpt: gen,
@@ -202,7 +232,7 @@ async function restoreOnce(
   );
   const loadMs = performance.now() - tl;
   const holders = target.map((h) => h === main ? 0 : 1 + subs.indexOf(h));
-  const restore = await remoteCall<Record<string, unknown>>({ ...g, agent: main }, "restore", {
+  const restore = await calls.call<Record<string, unknown>>(main, "restore", {
     path: gen,
     name,
     lazy: !!opts.lazy,

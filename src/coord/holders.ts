@@ -8,8 +8,7 @@
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
 import { addressOf } from "../ckpt/holders.ts";
 import { ONE_HOST } from "../ckpt/save.ts";
-import type { GlobalOptions } from "./context.ts";
-import { remoteCall } from "./remote.ts";
+import type { AgentCalls } from "./agent_calls.ts";
 
 /** What one holder said about the files asked of it: what it has whole and in part, or why not. */
 export type HolderAnswer =
@@ -18,7 +17,7 @@ export type HolderAnswer =
 
 /** Asks every holder in `asked` (address → files of `store`) what it has, all at once. */
 export async function askHolders(
-  g: GlobalOptions,
+  calls: AgentCalls,
   store: string,
   asked: Map<string, Iterable<string>>,
 ): Promise<Map<string, HolderAnswer>> {
@@ -26,9 +25,9 @@ export async function askHolders(
     await Promise.all(
       [...asked].map(async ([addr, files]): Promise<[string, HolderAnswer]> => {
         try {
-          const r = await remoteCall<
+          const r = await calls.call<
             { sizes?: Record<string, number>; partial?: Record<string, number> }
-          >({ ...g, agent: addr }, "ckpt.have", { store, files: [...files] });
+          >(addr, "ckpt.have", { store, files: [...files] });
           return [addr, { sizes: r.sizes ?? {}, partial: r.partial ?? {} }];
         } catch (e) {
           return [addr, { error: (e as Error).message }];
@@ -62,7 +61,7 @@ export function holderAddress(
  * copy (the target itself: nothing moves).
  */
 export async function chooseHolders(
-  g: GlobalOptions,
+  calls: AgentCalls,
   plan: CheckpointPlan,
   holders: string[][],
   prefer: string[],
@@ -73,7 +72,7 @@ export async function chooseHolders(
       asked.set(a, [...(asked.get(a) ?? []), f.path]);
     }
   });
-  const answers = await askHolders(g, plan.store, asked);
+  const answers = await askHolders(calls, plan.store, asked);
   const load = new Map<string, number>();
   return plan.fragments.map((f, k) => {
     const whole = (a: string) => {

@@ -1,5 +1,5 @@
 /**
- * `dcres --agent MAIN ckpt merge ID`: squashes a checkpoint's chain on every host that holds part of
+ * A checkpoint chain's merge (`dcres --agent MAIN ckpt merge ID`, run in-process): squashes a checkpoint's chain on every host that holds part of
  * it, at once and locally (each host writes one new fragment from its own fragments, nothing crosses
  * the network but the manifest); the merged manifest is committed on every host once every part is
  * written, so a restore never reads a long chain.
@@ -12,9 +12,7 @@ import { reportedGeneration } from "../ckpt/store.ts";
 import type { MergePart } from "../ckpt/merge.ts";
 import { newCheckpointId } from "../ckpt/transaction.ts";
 import { generationName } from "../ckpt/store.ts";
-import { RpcClient } from "../net/quic.ts";
-import type { GlobalOptions } from "./context.ts";
-import { clientIdentity, remoteCall } from "./remote.ts";
+import type { AgentCalls } from "./agent_calls.ts";
 
 /** What a merge did. */
 export interface SplitMergeReport {
@@ -34,37 +32,32 @@ export interface SplitMergeReport {
 
 /** Calls `method` on agent `addr`, uploading `upload` or collecting DATA frames. */
 async function stream(
-  g: GlobalOptions,
+  calls: AgentCalls,
   addr: string,
   method: string,
   args: Record<string, unknown>,
   upload?: Uint8Array,
 ): Promise<Uint8Array> {
-  const client = await RpcClient.connect(addr, clientIdentity(g));
   const parts: Uint8Array[] = [];
-  try {
-    await client.call(method, args, {
-      onData: (b) => parts.push(b.slice()),
-      upload: upload && piecesOf(upload),
-    });
-  } finally {
-    await client.close();
-  }
+  await calls.call(addr, method, args, {
+    onData: (b) => parts.push(b.slice()),
+    upload: upload && piecesOf(upload),
+  });
   return await gather(parts);
 }
 
 /** Merges the chain of `path` (found through agent `source`) on every host holding part of it. */
 export async function mergeSplit(
-  g: GlobalOptions,
+  calls: AgentCalls,
   source: string,
   path: string,
 ): Promise<SplitMergeReport> {
   const t0 = performance.now();
-  const plan = await remoteCall<CheckpointPlan>({ ...g, agent: source }, "ckpt.plan", { path });
+  const plan = await calls.call<CheckpointPlan>(source, "ckpt.plan", { path });
   if (!plan.inStore) throw new Error(`${path} is outside the agent's checkpoint store`);
   const src: Manifest = decodeManifest(
     `${plan.store}/${plan.generation}/MANIFEST`,
-    await stream(g, source, "ckpt.get", {
+    await stream(calls, source, "ckpt.get", {
       store: plan.store,
       file: `${plan.generation}/MANIFEST`,
     }),
@@ -78,7 +71,7 @@ export async function mergeSplit(
     others.map(async (a) =>
       reportedGeneration(
         a,
-        await remoteCall({ ...g, agent: a }, "ckpt.newest", { store: plan.store }),
+        await calls.call(a, "ckpt.newest", { store: plan.store }),
       )
     ),
   );
@@ -88,7 +81,7 @@ export async function mergeSplit(
   const last = src.fragments.map((f) => f.host).find((h) => addrOf(h) === source) ?? "main";
   const merged = await mergeOnHosts(src, generation, id, last, {
     part: (h, on) =>
-      remoteCall<MergePart>({ ...g, agent: addrOf(on) }, "ckpt.merge.part", {
+      calls.call<MergePart>(addrOf(on), "ckpt.merge.part", {
         store: plan.store,
         generation: plan.generation,
         newGeneration: generation,
@@ -96,10 +89,16 @@ export async function mergeSplit(
         host: h,
       }),
     commit: async (h, bytes) => {
-      await stream(g, addrOf(h), "ckpt.commit", { store: plan.store, generation: genName }, bytes);
+      await stream(
+        calls,
+        addrOf(h),
+        "ckpt.commit",
+        { store: plan.store, generation: genName },
+        bytes,
+      );
     },
     abort: async (h) => {
-      await remoteCall({ ...g, agent: addrOf(h) }, "ckpt.abort", {
+      await calls.call(addrOf(h), "ckpt.abort", {
         store: plan.store,
         generation: genName,
       });
