@@ -51,6 +51,7 @@ async function withScheduler(
   policies: Policy[],
   agent: FakeAgent,
   ms: number,
+  placed: { subs: string[]; up: (host: string) => boolean } = { subs: [], up: () => true },
 ): Promise<{ state: SqliteState; counters: ScheduleCounters }> {
   const dir = Deno.makeTempDirSync({ prefix: "dcres-sched-" });
   const state = new SqliteState(join(dir, "coord.db"));
@@ -58,12 +59,12 @@ async function withScheduler(
   for (const p of policies) {
     await state.commit([
       { op: "put", kind: "policy", value: p },
-      { op: "put", kind: "placement", value: { vm: p.vm, main: HOST, subs: [] } },
+      { op: "put", kind: "placement", value: { vm: p.vm, main: HOST, subs: placed.subs } },
     ]);
   }
   const counters = new ScheduleCounters();
   const stop = new AbortController();
-  const run = new Scheduler(state, agent.dial, () => true, counters).run([], stop.signal);
+  const run = new Scheduler(state, agent.dial, placed.up, counters).run([], stop.signal);
   await sleep(ms);
   stop.abort();
   await run;
@@ -92,6 +93,28 @@ Deno.test("at most PER_HOST checkpoints run at once through one host, however ma
   } finally {
     await state.close();
   }
+});
+
+Deno.test("a split VM with a sub-host that is not up is not checkpointed; once every host is up it is", async () => {
+  const sub = "10.0.0.9:7000";
+  let subUp = false;
+  const agent = new FakeAgent();
+  const { state } = await withScheduler([policy("sv")], agent, 2500, {
+    subs: [sub],
+    up: (h) => h !== sub || subUp,
+  });
+  try {
+    assertEquals(agent.calls, [], "a checkpoint was asked for while a sub-host was down");
+  } finally {
+    await state.close();
+  }
+  subUp = true;
+  const again = await withScheduler([policy("sv")], agent, 2500, {
+    subs: [sub],
+    up: (h) => h !== sub || subUp,
+  });
+  await again.state.close();
+  assert(agent.calls.length >= 1, "no checkpoint once every host was up");
 });
 
 Deno.test("an incremental the agent cannot build is retaken full at once; a hostile reply is a failure", async () => {

@@ -148,9 +148,11 @@ export class Scheduler {
       if (run.busy) continue;
       const newest = this.#catalog.get(p.vm)?.at(-1);
       const when = Math.max(dueAt(p.vm, p.everyMs, newest, this.#since), run.holdUntil);
-      // A VM no agent reports, or whose host is not up, has nothing to checkpoint now.
+      // A VM no agent reports, or with a host not up (its main, or a sub-host holding its pages),
+      // has nothing to checkpoint now.
       const at = placements.get(p.vm)?.value;
-      if (now >= when && at && this.#hostUp(at.main)) due.push({ p, at, newest, run, when });
+      const hostsUp = at && [at.main, ...at.subs].every((h) => this.#hostUp(h));
+      if (now >= when && hostsUp) due.push({ p, at, newest, run, when });
     }
     // The most overdue first, and a few at a time per host: after a takeover many may be due at
     // once, and they would all start together.
