@@ -3,14 +3,15 @@
  * agent's VM runs. The agent runs in a network namespace joined to this one by a veth pair, and the
  * test cuts that link. Sampling every 50 ms, straight from the VM's control socket (which a cut
  * network does not reach) and from the coordinator's store, it checks that the VM fenced itself
- * strictly before the coordinator declared its host down, and that no sample ever saw the VM run
- * once the host was down; once automatic restore records a `restored` event, also that the old copy
- * had stopped before the new one started. Healed, the host is up again and its VM stays fenced.
+ * strictly before the coordinator declared its host down, that no sample ever saw the VM run once
+ * the host was down, and that the coordinator's restore elsewhere started only after the old copy
+ * had fenced, so no sample saw two copies able to run. Healed, the host is up again and its fenced
+ * copy is cleaned up, never resumed; the restored copy runs on and verifies.
  */
 import { join } from "node:path";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { TestCluster } from "./helpers/cluster.ts";
-import { FAST_TIMINGS, hostOf, TestCoord } from "./helpers/coord_run.ts";
+import { hostOf, TestCoord } from "./helpers/coord_run.ts";
 import { NetnsLink } from "./helpers/netns.ts";
 import { SqliteState } from "../src/coord/sqlite_state.ts";
 import type { CoordEvent } from "../src/coord/state.ts";
@@ -78,6 +79,15 @@ Deno.test({
   await c.ok(["--agent", h3, "vm", "start", "--name", "p", "--mem", "64M"]);
   await c.ok(["--agent", hosts[0], "vm", "start", "--name", "q", "--mem", "64M"]);
   await coord.until("p placed on node3", (s) => hostOf(s, h3).vms.some((v) => v.vm === "p"));
+  // A checkpoint to restore from, held outside the namespace too. From inside it node3 cannot reach
+  // the others' loopback addresses, so the test puts the copy where a peer's replica would be.
+  const ck = JSON.parse(
+    await c.ok(["--agent", h3, "--json", "checkpoint", "p", "--mode", "cow", "--replicas", "1"]),
+  );
+  const copy = await new Deno.Command("cp", {
+    args: ["-r", join(root, "node3", "data", "ckpt", "p"), join(root, "node1", "data", "ckpt")],
+  }).output();
+  assert(copy.success, new TextDecoder().decode(copy.stderr));
   const run3 = join(root, "node3", "data", "run");
   const p0 = await request<VmInfo>(run3, "p", { op: "info" });
   // The link really is the namespace's: the VM's VMM is in it, and this process is not.
@@ -124,10 +134,8 @@ Deno.test({
   for (const end = Date.now() + 60_000; !samples.at(-1)?.down; await sleep(100)) {
     assert(Date.now() < end, `node3 never declared down; see ${coord.log}`);
   }
-  // Restore, once the coordinator does it, follows the host-down within a few seconds.
-  // TODO(after the restore merge): wait here for the `restored` event and require it below.
-  for (const end = Date.now() + 3000; !samples.at(-1)?.restored && Date.now() < end;) {
-    await sleep(100);
+  for (const end = Date.now() + 90_000; !samples.at(-1)?.restored; await sleep(100)) {
+    assert(Date.now() < end, `p never restored after node3 was declared down; see ${coord.log}`);
   }
   await sleep(4 * SAMPLE_MS);
   const seen = [...samples];
@@ -162,26 +170,28 @@ Deno.test({
     "the guest did not run before the cut",
   );
 
-  // The restore, when the coordinator makes one: the old copy had stopped before the new started.
-  // Conditional until automatic restore is merged; then it becomes mandatory.
-  const restored = seen.find((s) => s.restored)?.restored;
-  if (restored) {
-    assert(restored.host && restored.host !== h3, `restored on ${restored.host}`);
-    assert(restored.seq > down.seq, "restored before the host was declared down");
-    assert(
-      fencedAt < restored.timeMs,
-      `old copy fenced at ${fencedAt}, restored at ${restored.timeMs}`,
-    );
-    assertEquals(seen.filter((s) => s.restored && mayRun(s)).length, 0, "two copies ran at once");
-    const t = Date.now();
-    const vms = JSON.parse(await c.ok(["--agent", restored.host, "--json", "vm", "ls"]));
-    const startedAt = t - (vms as VmInfo[]).find((v) => v.name === "p")!.uptimeMs;
-    assert(fencedAt < startedAt, `the new copy started at ${startedAt}, before the fence`);
-  } else {
-    console.log("  restored: no event (automatic restore not built in yet); checked up to down");
-  }
+  // The restore elsewhere, from the checkpoint: the old copy had stopped before the new started.
+  const restored = seen.find((s) => s.restored)!.restored!;
+  // The event names the host that failed; the placement, where the VM runs now.
+  assertEquals(restored.host, h3);
+  const newMain = (await state.get("placement", "p"))!.value.main;
+  assert(newMain !== h3, `restored on ${newMain}`);
+  assertEquals(restored.checkpoint, ck.checkpoint);
+  assert(restored.seq > down.seq, "restored before the host was declared down");
+  assert(
+    fencedAt < restored.timeMs,
+    `old copy fenced at ${fencedAt}, restored at ${restored.timeMs}`,
+  );
+  assertEquals(seen.filter((s) => s.restored && mayRun(s)).length, 0, "two copies ran at once");
+  const t = Date.now();
+  const vms = JSON.parse(await c.ok(["--agent", newMain, "--json", "vm", "ls"]));
+  const startedAt = t - (vms as VmInfo[]).find((v) => v.name === "p")!.uptimeMs;
+  assert(fencedAt < startedAt, `the new copy started at ${startedAt}, before the fence`);
+  assert((await c.ok(["--agent", newMain, "guest", "verify", "p"])).startsWith("OK"));
   const s = await coord.status();
-  const events = s.events.filter((e) => e.host === h3 && e.seq > seq0);
+  const events = s.events.filter((e) =>
+    e.host === h3 && e.seq > seq0 && e.kind.startsWith("host-")
+  );
   assertEquals(events.map((e) => e.kind), ["host-suspect", "host-down"], JSON.stringify(events));
   assert(down.timeMs >= hostOf(s, h3).lease!.expiresMs, "declared down before its lease lapsed");
   console.log(
@@ -196,15 +206,28 @@ Deno.test({
   const agentState = Deno.readTextFileSync(`/proc/${agentPid}/stat`).split(") ")[1]?.[0];
   assert(agentState && !"ZX".includes(agentState), `node3's agent died (${agentState})`);
 
-  // Healed: the host is up again under a new epoch; its VM stays fenced and writes nothing.
+  // Healed: the host is up again under a new epoch; its fenced copy never runs again and is
+  // cleaned up, while the restored copy runs on.
+  const healedAt = samples.length;
   await link.heal();
   await coord.until("node3 up again", (s) => hostOf(s, h3).state === "up");
   assertEquals(hostOf(await coord.status(), h3).lease!.epoch, 2);
-  await sleep(FAST_TIMINGS.lease.ttlMs);
-  const after = await request<VmInfo>(run3, "p", { op: "info" });
-  assertEquals(after.state, "paused", "a fenced VM resumed once its host was back");
-  assertEquals(after.fencedAtMs, fencedAt);
-  assertEquals(after.memstamp!.written, fenced[0], "the fenced guest wrote memory after healing");
+  await coord.until(
+    "node3's fenced copy of p cleaned up",
+    (s) => s.events.some((e) => e.kind === "cleaned-up" && e.host === h3 && e.vm === "p"),
+  );
+  for (const end = Date.now() + 30_000; typeof samples.at(-1)?.vm !== "string"; await sleep(100)) {
+    assert(Date.now() < end, "node3's copy of p still answers after its clean-up");
+  }
+  const healed = samples.slice(healedAt);
+  assertEquals(healed.filter((x) => typeof x.vm !== "string" && mayRun(x)).length, 0, "resumed");
+  assert(
+    healed.every((x) => typeof x.vm === "string" || x.vm.memstamp!.written === fenced[0]),
+    "the fenced guest wrote memory after healing",
+  );
+  const moved = await request<VmInfo>(join(root, "node1", "data", "run"), "p", { op: "info" })
+    .catch(() => undefined);
+  if (newMain === hosts[0]) assertEquals(moved?.state, "running", "the restored p stopped");
   const q = await request<VmInfo>(join(root, "node1", "data", "run"), "q", { op: "info" });
   assertEquals(q.state, "running", "a VM on the other side of the cut was fenced");
 });

@@ -8,10 +8,12 @@
  */
 import { getLogger } from "@logtape/logtape";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
+import type { Manifest } from "../ckpt/manifest.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
 import { generationName } from "../ckpt/store.ts";
 import {
   type CheckpointBegun,
+  CheckpointError,
   type CheckpointOptions,
   type CheckpointParticipant,
   type CheckpointReport,
@@ -181,6 +183,7 @@ export async function takeSplitCheckpoint(
       return await newestOnSubs(subs, m.spec.name);
     },
     participants: (b) => {
+      checkChainWriters(b.parent?.manifest, [opts.host, ...subs.map((l) => l.host)]);
       const file = `${generationName(b.generation)}/${opts.host}.frag`;
       const sinks = placement[0].map((j) => {
         const l = subs[j - 1];
@@ -274,4 +277,20 @@ export async function takeSplitCheckpoint(
     pagesSentToSave: c!.sentToSave,
     pagesMovedMeanwhile: pager.stats().pageIns + pager.stats().pageOuts - moves0,
   };
+}
+
+/**
+ * An incremental builds on its parent's chain, and a restore places each of the chain's fragments
+ * by its writer's part in the newest split: so every writer must still be a host of this VM. After
+ * a restore onto other hosts, the first checkpoint is full.
+ */
+function checkChainWriters(parent: Manifest | undefined, hosts: string[]): void {
+  if (!parent) return;
+  const gone = [...new Set(parent.fragments.map((f) => f.host))].filter((h) => !hosts.includes(h));
+  if (!gone.length) return;
+  throw new CheckpointError(
+    `--incremental: the chain of generation ${parent.generation} holds fragments written by ${
+      gone.join(", ")
+    }, no longer a host of this VM (it was restored onto other hosts); take a full checkpoint first`,
+  );
 }
