@@ -204,7 +204,11 @@ export class Scheduler {
     const t0 = Date.now();
     let reply: Reply;
     try {
-      reply = await this.#call(p, at, isFull(p.incremental, p.fullEvery, newest));
+      // A VM restored onto other hosts since its newest checkpoint starts a new chain: the old one
+      // was written partly by hosts no longer in its split (the agent would refuse it).
+      const moved = newest !== undefined &&
+        [at.main, ...at.subs].some((h) => !newest.hosts.includes(h));
+      reply = await this.#call(p, at, moved || isFull(p.incremental, p.fullEvery, newest));
     } catch (e) {
       await this.#failed(p, at, run, e);
       return;

@@ -10,7 +10,7 @@ import { getLogger } from "@logtape/logtape";
 import type { FragmentWriter } from "../ckpt/fragment_writer.ts";
 import type { Manifest } from "../ckpt/manifest.ts";
 import { expandPageMap } from "../ckpt/page_map.ts";
-import { generationName } from "../ckpt/store.ts";
+import { CheckpointStore, generationName } from "../ckpt/store.ts";
 import {
   type CheckpointBegun,
   CheckpointError,
@@ -179,11 +179,17 @@ export async function takeSplitCheckpoint(
           `--replicas ${opts.replicas}: this host's agent address is unknown, so no sub-host can copy its fragment here`,
         );
       }
+      if (opts.incremental) {
+        // The parent runCheckpoint builds on: refused here, before a generation is begun.
+        checkChainWriters(
+          new CheckpointStore(opts.dir).latest()?.manifest,
+          hosts.map((h) => h.host),
+        );
+      }
       // Sub-hosts keep their fragments in the store named after the VM.
       return await newestOnSubs(subs, m.spec.name);
     },
     participants: (b) => {
-      checkChainWriters(b.parent?.manifest, [opts.host, ...subs.map((l) => l.host)]);
       const file = `${generationName(b.generation)}/${opts.host}.frag`;
       const sinks = placement[0].map((j) => {
         const l = subs[j - 1];
