@@ -17,16 +17,12 @@
 import { getLogger } from "@logtape/logtape";
 import { bootTimeMs } from "../ffi/libc.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
-import { within } from "../rpc/deadline.ts";
 import { RpcError } from "../rpc/errors.ts";
 import { listVms } from "../vmm/control/client.ts";
 import { writeLease } from "../vmm_process/fence.ts";
 import { checkLeaseTerms, HeldLease, type LeaseTerms, LeaseTermsError } from "./lease.ts";
 
 const log = getLogger(["dcres", "agent", "lease"]);
-
-/** How long a heartbeat waits for the VMMs to say how they are, ms. */
-const VMS_WAIT_MS = 300;
 
 /** Renewals an agent remembers awaiting their grant: a few heartbeats' worth. */
 const MAX_PENDING = 16;
@@ -49,8 +45,8 @@ export interface LeaseReply {
   renewal: string;
   /** Ms of lease the agent holds from now on (0 when none), by its own clock. */
   heldMs: number;
-  /** Its VMs; absent when they did not all answer in time (the lease must not wait on a VMM). */
-  vms?: LeasedVm[];
+  /** Its VMs. */
+  vms: LeasedVm[];
 }
 
 /** The agent's side of the heartbeats: its lease and the renewals it has begun. */
@@ -90,20 +86,13 @@ export class AgentLease {
     while (this.#pending.size > MAX_PENDING) {
       this.#pending.delete(this.#pending.keys().next().value!);
     }
-    // A VMM busy for a while (a checkpoint) must not cost the host its lease: the renewal is
-    // answered on time, with the VMs when they answered by then.
-    const listed = await within(listVms(this.#stateDir), VMS_WAIT_MS);
-    const vms = listed?.map((v): LeasedVm => ({
+    const vms = (await listVms(this.#stateDir)).map((v): LeasedVm => ({
       name: v.name,
       state: v.state,
       ...(v.pausedReason ? { pausedReason: v.pausedReason } : {}),
       ...(v.paging ? { split: Object.keys(v.paging.residentPages).sort() } : {}),
     }));
-    return {
-      renewal,
-      heldMs: Math.max(0, Math.round(this.#written - bootTimeMs())),
-      ...(vms ? { vms } : {}),
-    };
+    return { renewal, heldMs: Math.max(0, Math.round(this.#written - bootTimeMs())), vms };
   }
 
   /** Extends the lease by the renewal `grant` names, if this agent began it, and hands it on. */

@@ -16,7 +16,7 @@ const MAX_VMS = 4096;
 const replySchema = v.object({
   renewal: v.pipe(v.string(), v.minLength(1), v.maxLength(64)),
   heldMs: v.pipe(v.number(), v.minValue(0)),
-  vms: v.optional(v.pipe(
+  vms: v.pipe(
     v.array(v.object({
       name: v.pipe(v.string(), v.maxLength(256)),
       state: v.picklist(["running", "paused", "stopped"]),
@@ -24,7 +24,7 @@ const replySchema = v.object({
       split: v.optional(v.pipe(v.array(v.pipe(v.string(), v.maxLength(256))), v.maxLength(64))),
     })),
     v.maxLength(MAX_VMS),
-  )),
+  ),
 });
 
 /** Dials an agent as the coordinator. */
@@ -87,8 +87,7 @@ export class HostWatch {
       this.#pending = reply.renewal;
       this.lastOkAt = at;
       this.answered = true;
-      // Without a list (its VMMs were slow to answer) what it last reported stands.
-      if (reply.vms) this.vms = reply.vms;
+      this.vms = reply.vms;
       this.lastError = undefined;
     } catch (e) {
       this.lastError = e instanceof v.ValiError
