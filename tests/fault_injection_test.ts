@@ -103,12 +103,17 @@ Deno.test({
         const v = await run.cli(["--agent", h, "ckpt", "verify", id]);
         if (v.code !== 0) {
           run.lost++;
-          console.log(`  LOST at the end: ${id} on ${h}: ${v.stderr}`);
+          run.problem(`LOST at the end: ${id} on ${h}: ${v.stderr}`);
         }
       }
     }));
     console.log(run.report());
-    assertEquals(run.lost + run.badRestores, 0, "lost checkpoints plus failed restores");
+    // The failures themselves in the message: CI shows a failing test's message, not its output.
+    assertEquals(
+      run.lost + run.badRestores,
+      0,
+      `lost checkpoints plus failed restores:\n${run.problems.join("\n")}`,
+    );
     assertEquals(run.liveBad, [], "live guests that failed to verify");
     assertEquals(run.unclean, [], "failures not said in one line");
   } finally {

@@ -65,6 +65,8 @@ export class FaultRun {
   badRestores = 0;
   /** Live guests (never restored) that failed `guest verify` after a fault, with why. */
   liveBad: string[] = [];
+  /** Every lost checkpoint and bad restore, as printed: the failure message carries them. */
+  readonly problems: string[] = [];
   /** Failures that said more than one line, or nothing, with what they were. */
   unclean: string[] = [];
   /** Trials run, by kind. */
@@ -173,7 +175,7 @@ export class FaultRun {
       const missing = this.hosts.filter((_, k) => !okOn(k, id));
       if (missing.length) {
         this.lost++;
-        console.log(`  LOST after ${what}: ${id} not committed on ${missing.join(", ")}`);
+        this.problem(`LOST after ${what}: ${id} not committed on ${missing.join(", ")}`);
       }
     }
   }
@@ -252,14 +254,20 @@ export class FaultRun {
       : undefined;
     if (!v?.stdout.startsWith("OK")) {
       this.badRestores++;
-      console.log(
-        `  BAD RESTORE after ${what} of ${id}${lazy ? " (lazy)" : ""}: ${r.stderr}${
+      this.problem(
+        `BAD RESTORE after ${what} of ${id}${lazy ? " (lazy)" : ""}: ${r.stderr}${
           v ? v.stdout + v.stderr : ""
         }`,
       );
       // Whatever is left runs no further: the next trial starts from a clean restore.
       await this.cli(["--agent", this.main, "vm", "stop", "sv"]);
     }
+  }
+
+  /** Prints a lost checkpoint or a bad restore and keeps it for the failure message. */
+  problem(line: string): void {
+    this.problems.push(line.trim());
+    console.log(`  ${line.trim()}`);
   }
 
   /** The summary line, and every live guest that failed to verify. */
