@@ -39,6 +39,8 @@ export class CowSession implements CowSaver {
   private armed = false;
   private pump?: ReturnType<typeof setInterval>;
   private copies: Array<{ gfn: number; page: Uint8Array<ArrayBuffer> }> = [];
+  /** Lifts protection before the VMM writes a page itself (it could not serve its own fault). */
+  private guard?: Disposable;
   /** Pages copied aside because the guest wrote them before they were saved. */
   copiedAside = 0;
 
@@ -51,6 +53,7 @@ export class CowSession implements CowSaver {
   static async prepare(mem: GuestMemory): Promise<CowSession> {
     const uffd = Userfaultfd.open(FEATURE.WP_HUGETLBFS_SHMEM | FEATURE.WP_UNPOPULATED);
     const s = new CowSession(mem, uffd);
+    s.guard = mem.guardWrites((g) => s.written(g));
     try {
       uffd.register(mem.hostAddr, mem.size, REGISTER_MODE.WP);
       for (let off = 0; off < mem.size; off += PROTECT_STEP) {
@@ -103,16 +106,20 @@ export class CowSession implements CowSaver {
   serve(): void {
     for (let evs = this.uffd.readEvents(); evs.length; evs = this.uffd.readEvents()) {
       for (const ev of evs) {
-        const g = Number((ev.address - this.mem.hostAddr) / BigInt(PAGE_SIZE));
-        if (!this.armed) this.touched.add(g);
-        else if (this.wanted[g] && !this.saved[g]) {
-          this.copies.push({ gfn: g, page: this.mem.view(g * PAGE_SIZE, PAGE_SIZE).slice() });
-          this.saved[g] = 1;
-          this.copiedAside++;
-        }
-        this.uffd.writeProtect(this.addr(g), PAGE_SIZE, false);
+        this.written(Number((ev.address - this.mem.hostAddr) / BigInt(PAGE_SIZE)));
       }
     }
+  }
+
+  /** Page `g` is about to be written: its old contents are kept if still wanted, then it is freed. */
+  private written(g: number): void {
+    if (!this.armed) this.touched.add(g);
+    else if (this.wanted[g] && !this.saved[g]) {
+      this.copies.push({ gfn: g, page: this.mem.view(g * PAGE_SIZE, PAGE_SIZE).slice() });
+      this.saved[g] = 1;
+      this.copiedAside++;
+    }
+    this.uffd.writeProtect(this.addr(g), PAGE_SIZE, false);
   }
 
   /** Saves every wanted page (the guest running), in `todo` order, with copied-aside pages as they come. */
@@ -159,6 +166,7 @@ export class CowSession implements CowSaver {
   /** Removes all protection and closes the userfaultfd. */
   close(): void {
     clearInterval(this.pump);
+    this.guard?.[Symbol.dispose]();
     try {
       this.uffd.writeProtect(this.mem.hostAddr, this.mem.size, false);
       this.uffd.unregister(this.mem.hostAddr, this.mem.size);

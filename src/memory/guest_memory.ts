@@ -31,6 +31,8 @@ export class GuestMemory implements Persist<GuestMemoryState> {
   /** One bit per page the VMM wrote since the last `takeWritten`, laid out as a dirty bitmap. */
   readonly #written: Uint8Array;
   #anyWritten = false;
+  /** Whoever write-protects pages of this memory, told before the VMM writes one (`prepareWrite`). */
+  readonly #guards = new Set<(gfn: number) => void>();
 
   private constructor(
     /** The memfd. */
@@ -110,6 +112,30 @@ export class GuestMemory implements Persist<GuestMemoryState> {
   }
 
   /**
+   * Has `guard` told of each page the VMM is about to write itself, until the returned handle is
+   * disposed: a copy-on-write checkpoint keeps the page's old contents and lifts its protection.
+   */
+  guardWrites(guard: (gfn: number) => void): Disposable {
+    this.#guards.add(guard);
+    return { [Symbol.dispose]: () => this.#guards.delete(guard) };
+  }
+
+  /**
+   * The VMM is about to write [addr, addr+len) itself while the guest may run: every guard lets go
+   * of those pages first, since a write from this thread to a page it write-protected would wait
+   * forever on a fault only this thread serves; the pages are recorded as `markWritten` does.
+   */
+  prepareWrite(addr: number, len: number): void {
+    if (len <= 0) return;
+    this.markWritten(addr, len);
+    if (!this.#guards.size) return;
+    const last = Math.floor((addr + len - 1) / PAGE_SIZE);
+    for (let p = Math.floor(addr / PAGE_SIZE); p <= last; p++) {
+      for (const guard of this.#guards) guard(p);
+    }
+  }
+
+  /**
    * ORs the pages recorded by `markWritten` into `into` (a dirty bitmap: one bit per page,
    * `Math.ceil(pages / 64) * 8` bytes) and forgets them.
    */
@@ -130,6 +156,11 @@ export class GuestMemory implements Persist<GuestMemoryState> {
   close(): void {
     libc.munmap(this.ptr, this.size);
     libc.close(this.fd);
+  }
+
+  /** Unmaps and closes, at the end of a `using` block. */
+  [Symbol.dispose](): void {
+    this.close();
   }
 }
 

@@ -48,9 +48,20 @@ export class MainMemory {
   readonly #mem: GuestMemory;
   readonly #uffd: Userfaultfd;
 
+  readonly #guard: Disposable;
+
   constructor(mem: GuestMemory, uffd: Userfaultfd) {
     this.#mem = mem;
     this.#uffd = uffd;
+    // A page the VMM writes itself must not be protected: this thread serves the fault it would take.
+    this.#guard = mem.guardWrites((g) => {
+      if (this.onWriteProtected) this.writeFault(g);
+    });
+  }
+
+  /** Stops lifting protection for the VMM's own writes (the pager is done with this memory). */
+  close(): void {
+    this.#guard[Symbol.dispose]();
   }
 
   /** The guest memory. */

@@ -390,6 +390,7 @@ export class RemotePager {
     await within(Promise.all(this.#loops), STOP_WAIT_MS);
     const mem = this.#ctx.memory.guest;
     this.#uffd.teardown(mem.hostAddr, mem.size);
+    this.#ctx.memory.close();
     if (drop) await links.drop();
     links.close();
   }

@@ -289,10 +289,10 @@ export class MemstampControl {
   async verify(timeoutMs = 120_000): Promise<VerifyResult> {
     const cfg = this.mem.u64(LAYOUT.CONFIG, 16);
     const seq = cfg[CFG.CMDSEQ / 8] + 1n;
+    // No dirty log sees this write, and a copy-on-write checkpoint may have protected the page.
+    this.mem.prepareWrite(LAYOUT.CONFIG, 16 * 8);
     cfg[CFG.CMD / 8] = BigInt(CMD.VERIFY);
     Atomics.store(cfg as unknown as BigInt64Array, CFG.CMDSEQ / 8, seq);
-    // No dirty log sees this write; an incremental checkpoint must still save the new sequence.
-    this.mem.markWritten(LAYOUT.CONFIG, 16 * 8);
     const n = this.vcpus;
     const done = () =>
       Array.from(
