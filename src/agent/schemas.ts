@@ -13,6 +13,11 @@ import { RpcError } from "../rpc/errors.ts";
 // Names are only bounded here: each kind's grammar (codec/names.ts) checks them where they are used,
 // with a message that names the grammar.
 const name = v.pipe(v.string(), v.maxLength(65536));
+/**
+ * Most entries of a list argument naming a checkpoint's files or fragments (`ckpt.have`'s files,
+ * `pages.load`'s fragments).
+ */
+export const MAX_LIST_ARG = 65536;
 const file = v.pipe(v.string(), v.minLength(1), v.maxLength(4096));
 const count = v.pipe(v.number(), v.safeInteger(), v.minValue(0));
 /** An agent address, HOST:PORT (net/address.ts parses it when it is dialed). */
@@ -22,9 +27,15 @@ const store = { store: name };
 const generation = { ...store, generation: name };
 const vm = { name };
 const flag = v.optional(v.boolean());
+/** Most sub-hosts a split VM may have. */
+export const MAX_SUBS = 64;
 const split = v.optional(v.looseObject({
   mainMemBytes: count,
-  subs: v.pipe(v.array(v.pipe(v.string(), v.maxLength(300))), v.minLength(1), v.maxLength(64)),
+  subs: v.pipe(
+    v.array(v.pipe(v.string(), v.maxLength(300))),
+    v.minLength(1),
+    v.maxLength(MAX_SUBS),
+  ),
   holders: v.optional(v.pipe(v.array(count), v.maxLength(1 << 20))),
 }));
 const accel = v.optional(v.picklist(["auto", "kvm", "emu"]));
@@ -73,7 +84,10 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "ckpt.inspect": v.object({ path: file }),
   "ckpt.verify": v.object({ path: file }),
   "ckpt.plan": v.object({ path: file }),
-  "ckpt.have": v.object({ ...store, files: v.optional(v.pipe(v.array(file), v.maxLength(65536))) }),
+  "ckpt.have": v.object({
+    ...store,
+    files: v.optional(v.pipe(v.array(file), v.maxLength(MAX_LIST_ARG))),
+  }),
   "ckpt.get": v.object({ ...store, file }),
   "ckpt.put": v.object({ ...store, file, bytes: count }),
   "ckpt.push": v.object({ ...store, file, to: address, offset: v.optional(count), repair: flag }),
@@ -103,7 +117,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
   "pages.load": v.object({
     ...pagesOf,
     ckpt: file,
-    fragments: v.pipe(v.array(count), v.maxLength(65536)),
+    fragments: v.pipe(v.array(count), v.maxLength(MAX_LIST_ARG)),
   }),
   "pages.save.begin": v.looseObject({ ...pagesOf, id: saveId }),
   "pages.save": v.looseObject({ ...pagesOf, id: saveId }),

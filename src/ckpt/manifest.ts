@@ -141,6 +141,11 @@ export const MAX_ADDRS = 64;
 /** An agent address as a manifest records it: HOST:PORT, at most 300 characters. */
 const ADDR = /^[A-Za-z0-9._:[\]-]{1,294}:[0-9]{1,5}$/;
 
+/** True when `a` is an agent address as a manifest records it (HOST:PORT, at most 300 characters). */
+export function isRecordedAddress(a: unknown): a is string {
+  return typeof a === "string" && a.length <= 300 && ADDR.test(a);
+}
+
 /** Encodes a manifest into its file bytes. */
 export function encodeManifest(m: Manifest): Uint8Array<ArrayBuffer> {
   const body = encodeCbor(m);
@@ -283,7 +288,7 @@ function checkAddrs(m: Manifest, bad: (off: number, what: string) => never): voi
   }
   for (const [name, a] of entries) {
     if (!isName("host", name)) bad(HEADER, new NameError(`field "addrs"`, name, "host").message);
-    if (typeof a !== "string" || a.length > 300 || !ADDR.test(a)) {
+    if (!isRecordedAddress(a)) {
       bad(HEADER, `field "addrs.${name}" is not an address (HOST:PORT)`);
     }
   }

@@ -6,7 +6,7 @@
  * there. Committed manifests never change, so a copy goes back to the host that held it.
  */
 import { dirname } from "node:path";
-import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { checkPlan } from "../agent/plan_reply.ts";
 import type { GlobalOptions } from "./context.ts";
 import { agentCalls } from "./remote.ts";
 import { askHolders, holderAddress } from "../coord/holders.ts";
@@ -38,7 +38,7 @@ export async function repairCheckpoint(
 ): Promise<RepairReport> {
   const t0 = performance.now();
   const calls = agentCalls(g);
-  const plan = await calls.call<CheckpointPlan>(source, "ckpt.plan", { path });
+  const plan = checkPlan(source, await calls.call<unknown>(source, "ckpt.plan", { path }));
   const addrOf = (n: string) => holderAddress(plan, source, n);
   const want = new Map<string, Set<string>>();
   for (const f of plan.fragments) {

@@ -7,7 +7,7 @@ import { spawnRestore } from "../agent/spawn.ts";
 import { agentAddr, agentCalls, remoteCall } from "./remote.ts";
 import { progressBar } from "./progress.ts";
 import { fmtBytes, parseDuration, UsageError } from "./units.ts";
-import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { checkPlan } from "../agent/plan_reply.ts";
 import {
   restoreSplit,
   RestoreTargetError,
@@ -58,7 +58,7 @@ export async function restoreCommand(
     throw new UsageError("--single, --main, --sub and --map restore through agents: add --agent");
   }
   if (source) {
-    const plan = await remoteCall<CheckpointPlan>(g, "ckpt.plan", { path });
+    const plan = checkPlan(source, await remoteCall<unknown>(g, "ckpt.plan", { path }));
     if (placed && !plan.inStore) {
       throw new UsageError(
         `${path} is outside the agent's checkpoint store: --single, --main and --map restore checkpoints named by id (or STORE/gNNNNNN) in it`,

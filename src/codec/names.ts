@@ -50,9 +50,14 @@ export class NameError extends Error {
     /** Its kind. */
     readonly kind: NameKind,
   ) {
-    super(`${field} ${shown(value)} is not a ${kind.replace("-", " ")} (${GRAMMARS[kind].text})`);
+    super(`${field} ${shown(value)} is not ${grammarOf(kind)}`);
     this.name = "NameError";
   }
+}
+
+/** What a `kind` name is, for a message: "a store (a letter or digit, then ...)". */
+export function grammarOf(kind: NameKind): string {
+  return `a ${kind.replace("-", " ")} (${GRAMMARS[kind].text})`;
 }
 
 /** `v` quoted for a one-line message: escaped, and cut after 80 characters. */

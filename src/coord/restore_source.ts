@@ -4,6 +4,7 @@
  * and the facts the placement rule needs about it (`restore_rule.ts`).
  */
 import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { checkPlan } from "../agent/plan_reply.ts";
 import type { GenerationRow } from "../ckpt/inspect.ts";
 import { generationName } from "../ckpt/store.ts";
 import type { AgentCalls } from "./agent_calls.ts";
@@ -59,9 +60,12 @@ export async function newestCheckpoint(
     undefined,
   );
   if (!best) throw new NoCheckpointError(vm, said);
-  const plan = await calls.call<CheckpointPlan>(best.host, "ckpt.plan", {
-    path: `${vm}/${generationName(best.row.generation)}`,
-  });
+  const plan = checkPlan(
+    best.host,
+    await calls.call<unknown>(best.host, "ckpt.plan", {
+      path: `${vm}/${generationName(best.row.generation)}`,
+    }),
+  );
   const pointMs = Date.parse(best.row.createdAt ?? "");
   return {
     source: best.host,

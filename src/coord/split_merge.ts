@@ -4,7 +4,7 @@
  * the network but the manifest); the merged manifest is committed on every host once every part is
  * written, so a restore never reads a long chain.
  */
-import type { CheckpointPlan } from "../agent/ckpt_files.ts";
+import { checkPlan } from "../agent/plan_reply.ts";
 import { decodeManifest, type Manifest } from "../ckpt/manifest.ts";
 import { gather, piecesOf } from "../net/chunks.ts";
 import { mergeOnHosts } from "../paging/split_merge.ts";
@@ -53,7 +53,7 @@ export async function mergeSplit(
   path: string,
 ): Promise<SplitMergeReport> {
   const t0 = performance.now();
-  const plan = await calls.call<CheckpointPlan>(source, "ckpt.plan", { path });
+  const plan = checkPlan(source, await calls.call<unknown>(source, "ckpt.plan", { path }));
   if (!plan.inStore) throw new Error(`${path} is outside the agent's checkpoint store`);
   const src: Manifest = decodeManifest(
     `${plan.store}/${plan.generation}/MANIFEST`,

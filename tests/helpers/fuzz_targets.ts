@@ -37,6 +37,7 @@ import {
   PageWireError,
 } from "../../src/paging/wire.ts";
 import { checkRuns } from "../../src/memory/runs.ts";
+import { BadPlanError, checkPlan } from "../../src/agent/plan_reply.ts";
 import { PAGE_SIZE } from "../../src/accel/accel.ts";
 
 /** Longest time one input of at most 1 MiB may take to decode or be refused. */
@@ -161,6 +162,47 @@ async function readMessages(bytes: Uint8Array): Promise<number> {
   return n;
 }
 
+/** `ckpt.plan` answers as an agent encodes them: one-host or split, with copies and addresses. */
+const planArb: fc.Arbitrary<Uint8Array> = fc.record({
+  hosts: fc.integer({ min: 1, max: 5 }),
+  generations: fc.integer({ min: 1, max: 9 }),
+  split: fc.boolean(),
+  copies: fc.boolean(),
+}).map(({ hosts, generations, split, copies }) => {
+  const names = Array.from({ length: hosts }, (_, i) => `node${i + 1}`);
+  const addrs = Object.fromEntries(names.map((n, i) => [n, `127.0.0.${i + 2}:7400`]));
+  const fragments = Array.from({ length: generations }).flatMap((_, g) =>
+    names.map((host, i) => ({
+      path: `g00000${g + 1}/${host}.frag`,
+      host,
+      bytes: 4096 * (i + g + 1) + 64,
+      ...(copies && hosts > 1 ? { copies: [names[(i + 1) % hosts]] } : {}),
+    }))
+  );
+  return encodeCbor({
+    store: "vm1",
+    inStore: true,
+    generation: `g00000${generations}`,
+    next: generations + 1,
+    id: "00112233445566778899aabbccddeeff",
+    vm: "vm1",
+    memSize: 64 * PAGE_SIZE,
+    fragments,
+    host: "node1",
+    addrs,
+    taker: "node1",
+    ...(split
+      ? {
+        split: {
+          mainMemBytes: 16 * PAGE_SIZE,
+          hosts: { ...addrs, node1: "main" },
+          mainAddr: addrs.node1,
+        },
+      }
+      : {}),
+  });
+});
+
 const gfnsArb = fc.array(fc.nat({ max: VM_PAGES - 1 }), { maxLength: 8 }).map((a) =>
   Uint32Array.from(a)
 );
@@ -255,6 +297,12 @@ export const TARGETS: Target[] = [
     decode: (b) => checkPageMap("MANIFEST", decodeManifest("MANIFEST", b)),
     typed: [CheckpointFormatError],
     valid: fc.oneof(fc.constant(encodeManifest(sampleManifest())), mutatedManifest),
+  },
+  {
+    name: "plan-reply",
+    decode: (b) => checkPlan("127.0.0.3:7400", decodeCbor(b)),
+    typed: [CborError, BadPlanError],
+    valid: planArb,
   },
   {
     name: "page-store-index",
