@@ -58,21 +58,24 @@ export function holderAddress(
 /**
  * For each fragment of `plan`, the address to copy it from, among `holders[k]` (the addresses of
  * the hosts holding fragment k, the writer's first); `prefer[k]` is taken when it holds a whole
- * copy (the target itself: nothing moves).
+ * copy (the target itself: nothing moves). Hosts in `down` are known to be down and not asked: the
+ * coordinator's restore after a failure would otherwise wait out a connection to the failed host.
  */
 export async function chooseHolders(
   calls: AgentCalls,
   plan: CheckpointPlan,
   holders: string[][],
   prefer: string[],
+  down: ReadonlySet<string> = new Set(),
 ): Promise<string[]> {
   const asked = new Map<string, string[]>();
   plan.fragments.forEach((f, k) => {
     for (const a of new Set([prefer[k], ...holders[k]])) {
-      asked.set(a, [...(asked.get(a) ?? []), f.path]);
+      if (!down.has(a)) asked.set(a, [...(asked.get(a) ?? []), f.path]);
     }
   });
   const answers = await askHolders(calls, plan.store, asked);
+  for (const a of down) answers.set(a, { error: "down" });
   const load = new Map<string, number>();
   return plan.fragments.map((f, k) => {
     const whole = (a: string) => {
@@ -83,7 +86,7 @@ export async function chooseHolders(
     const ok = holders[k].filter(whole);
     if (!ok.length) {
       const said = holders[k].map((a) => {
-        const r = answers.get(a)!;
+        const r = answers.get(a) ?? { error: "not asked" };
         if ("error" in r) return `${a}: ${r.error}`;
         const size = r.sizes[f.path];
         return `${a}: ${size === undefined ? "missing" : `${size} of ${f.bytes} bytes`}`;

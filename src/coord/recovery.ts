@@ -137,9 +137,14 @@ export class Recovery {
     const choice = chooseRestoreTargets(ruleInput(src, survivors, [old.main, ...old.subs]));
     if (!choice) throw new Error("no host is up to restore onto");
     signal.throwIfAborted();
-    const r = await restoreSplit(this.#calls, src.source, src.plan, { name: vm, lazy: true }, {
-      assign: choice.assign,
-    });
+    const down = hosts.filter((h) => h.state === "down").map((h) => h.addr);
+    const r = await restoreSplit(
+      this.#calls,
+      src.source,
+      src.plan,
+      { name: vm, lazy: true, down },
+      { assign: choice.assign },
+    );
     const steps = `found in ${ms(t1 - t0)}, old parts released in ${
       ms(t2 - t1)
     }, ${r.copied.files} files copied in ${ms(r.copied.ms)}, sub-hosts loaded in ${

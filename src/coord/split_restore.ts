@@ -47,6 +47,18 @@ export interface SplitTargets {
   assign?: Record<string, string>;
 }
 
+/** How a split restore runs. */
+export interface RestoreOptions {
+  /** Name of the restored VM (default: the checkpoint's). */
+  name?: string;
+  /** Resume at once and load memory on demand. */
+  lazy?: boolean;
+  /** The accelerator to restore on. */
+  accel?: AccelChoice;
+  /** Hosts known to be down: none of their copies is asked for. */
+  down?: readonly string[];
+}
+
 /** The outcome of a split restore. */
 export interface SplitRestoreReport {
   /** Restored VM name. */
@@ -146,7 +158,7 @@ export async function restoreSplit(
   calls: AgentCalls,
   source: string,
   plan: CheckpointPlan,
-  opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
+  opts: RestoreOptions,
   t: SplitTargets,
 ): Promise<SplitRestoreReport> {
   const placed = placeFragments(plan, source, t);
@@ -166,13 +178,13 @@ async function restoreOnce(
   calls: AgentCalls,
   source: string,
   plan: CheckpointPlan,
-  opts: { name?: string; lazy?: boolean; accel?: AccelChoice },
+  opts: RestoreOptions,
   t: SplitTargets,
   { main, subs, target, holders: copiesAt }: ReturnType<typeof placeFragments>,
 ): Promise<SplitRestoreReport> {
   const t0 = performance.now();
   const name = opts.name ?? plan.vm;
-  const origin = await chooseHolders(calls, plan, copiesAt, target);
+  const origin = await chooseHolders(calls, plan, copiesAt, target, new Set(opts.down));
   const gen = `${plan.store}/${plan.generation}`;
   // Each target needs its fragments and the manifests of their generations (so a copied
   // generation is a committed one there), the restored generation's last.
