@@ -10,7 +10,7 @@ import { PAGE_SIZE } from "../src/accel/accel.ts";
 import { type CheckpointPlan, ckptFileHandlers } from "../src/agent/ckpt_files.ts";
 import { checkpointPath } from "../src/agent/paths.ts";
 import { BadPlanError, checkPlan, MAX_PLAN_FRAGMENTS } from "../src/agent/plan_reply.ts";
-import { commitManifest, type Manifest, MAX_MEM_SIZE } from "../src/ckpt/manifest.ts";
+import { commitManifest, type Manifest, MAX_ADDRS, MAX_MEM_SIZE } from "../src/ckpt/manifest.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import type { AgentCalls } from "../src/coord/agent_calls.ts";
 import { newestCheckpoint } from "../src/coord/restore_source.ts";
@@ -254,7 +254,10 @@ Deno.test("too many copies or addresses, or a host named twice among a fragment'
   refused("fragments[0].copies", (p) => frags(p)[0].copies = ["node3", "node3"]);
   refused(
     "addrs",
-    (p) => p.addrs = Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`h${i}`, "a:1"])),
+    (p) =>
+      p.addrs = Object.fromEntries(
+        Array.from({ length: MAX_ADDRS + 1 }, (_, i) => [`h${i}`, "a:1"]),
+      ),
   );
 });
 

@@ -6,7 +6,13 @@ import fc from "fast-check";
 import { assert, assertEquals } from "./helpers/assert.ts";
 import { encodeCbor } from "../src/codec/cbor.ts";
 import { crc32, MANIFEST_VERSION } from "../src/ckpt/format.ts";
-import { decodeManifest, encodeManifest, type Manifest } from "../src/ckpt/manifest.ts";
+import {
+  decodeManifest,
+  encodeManifest,
+  type Manifest,
+  MAX_ADDRS,
+  MAX_SUBS,
+} from "../src/ckpt/manifest.ts";
 import {
   buildPageMap,
   compressPageMap,
@@ -89,6 +95,23 @@ Deno.test("a manifest round-trips through its file bytes, and the file is laid o
     }),
     { numRuns: 100 },
   );
+});
+
+Deno.test("a manifest records the address of every host of the largest split, main and each sub-host, and no more", () => {
+  const [machine] = fc.sample(machineState, 1);
+  const m = manifestOf(machine, Uint32Array.of(0), 1);
+  const addrs = (n: number) =>
+    Object.fromEntries(Array.from({ length: n }, (_, i) => [`node${i}`, `10.0.0.${i}:7400`]));
+  const largest = { ...m, addrs: addrs(MAX_SUBS + 1) };
+  assertEquals(MAX_ADDRS, MAX_SUBS + 1);
+  assertEquals(decodeManifest("MANIFEST", encodeManifest(largest)), largest);
+  let err = "";
+  try {
+    decodeManifest("MANIFEST", encodeManifest({ ...m, addrs: addrs(MAX_ADDRS + 1) }));
+  } catch (e) {
+    err = (e as Error).message;
+  }
+  assert(err.includes(`more than ${MAX_ADDRS}`), err);
 });
 
 // ---------------------------------------------------------------------------------------------

@@ -11,9 +11,15 @@
 import * as v from "valibot";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { grammarOf, isName, type NameKind, shown } from "../codec/names.ts";
-import { isRecordedAddress, MAX_ADDRS, MAX_COPIES, MAX_MEM_SIZE } from "../ckpt/manifest.ts";
+import {
+  isRecordedAddress,
+  MAX_ADDRS,
+  MAX_COPIES,
+  MAX_MEM_SIZE,
+  MAX_SUBS,
+} from "../ckpt/manifest.ts";
 import type { CheckpointPlan } from "./ckpt_files.ts";
-import { MAX_LIST_ARG, MAX_SUBS } from "./schemas.ts";
+import { MAX_LIST_ARG } from "./schemas.ts";
 
 /**
  * Most fragments a plan may list. A restore or repair asks a holder for each fragment together with

@@ -5,7 +5,7 @@
  * `agent/access.ts`).
  */
 import * as v from "valibot";
-import { CHECKPOINT_MODES } from "../ckpt/manifest.ts";
+import { CHECKPOINT_MODES, MAX_SUBS } from "../ckpt/manifest.ts";
 import { MAX_KEEP } from "../ckpt/retention.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
@@ -27,8 +27,6 @@ const store = { store: name };
 const generation = { ...store, generation: name };
 const vm = { name };
 const flag = v.optional(v.boolean());
-/** Most sub-hosts a split VM may have. */
-export const MAX_SUBS = 64;
 const split = v.optional(v.looseObject({
   mainMemBytes: count,
   subs: v.pipe(

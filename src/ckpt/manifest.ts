@@ -136,8 +136,10 @@ export interface Manifest {
   host?: string;
 }
 
-/** Most entries `addrs` may hold: every writer and copy of a split VM's largest ring. */
-export const MAX_ADDRS = 64;
+/** Most sub-hosts a split VM may have. */
+export const MAX_SUBS = 64;
+/** Most entries `addrs` may hold: every writer and copy of a split VM's largest ring (main too). */
+export const MAX_ADDRS = MAX_SUBS + 1;
 /** An agent address as a manifest records it: HOST:PORT, at most 300 characters. */
 const ADDR = /^[A-Za-z0-9._:[\]-]{1,294}:[0-9]{1,5}$/;
 
