@@ -13,7 +13,7 @@ import { BadPlanError, checkPlan, MAX_PLAN_FRAGMENTS } from "../src/agent/plan_r
 import { commitManifest, type Manifest, MAX_ADDRS, MAX_MEM_SIZE } from "../src/ckpt/manifest.ts";
 import { initCa, issueHost } from "../src/cli/ca_admin.ts";
 import type { AgentCalls } from "../src/coord/agent_calls.ts";
-import { newestCheckpoint } from "../src/coord/restore_source.ts";
+import { newestCheckpoint, NoCheckpointError } from "../src/coord/restore_source.ts";
 import { mergeSplit } from "../src/coord/split_merge.ts";
 import { loadIdentity } from "../src/net/identity.ts";
 import { RpcClient, RpcServer } from "../src/net/quic.ts";
@@ -312,8 +312,15 @@ Deno.test("an answer missing any required field is refused, naming the field", (
   assertEquals(checkPlan(AGENT, bare), bare as unknown as CheckpointPlan);
 });
 
-/** Agent calls that answer `ckpt.ls` with one good generation and `ckpt.plan` with `plan`. */
-function fakeCalls(plan: unknown, called: string[]): AgentCalls {
+/**
+ * Agent calls that answer `ckpt.ls` with one good generation and `ckpt.plan` with `plan`, or with
+ * `plans[addr]` for the agent at `addr` when given.
+ */
+function fakeCalls(
+  plan: unknown,
+  called: string[],
+  plans: Record<string, unknown> = {},
+): AgentCalls {
   return {
     call<T>(addr: string, method: string): Promise<T> {
       called.push(`${addr} ${method}`);
@@ -322,7 +329,7 @@ function fakeCalls(plan: unknown, called: string[]): AgentCalls {
           [{ status: "ok", generation: 3, createdAt: "2025-01-01T00:00:00.000Z" }] as T,
         );
       }
-      if (method === "ckpt.plan") return Promise.resolve(plan as T);
+      if (method === "ckpt.plan") return Promise.resolve((plans[addr] ?? plan) as T);
       return Promise.reject(new Error(`${method} should not have been called`));
     },
   };
@@ -340,16 +347,22 @@ Deno.test("a merge stops at a bad plan before it asks any host for anything else
   assertEquals(called, [`${AGENT} ckpt.plan`]);
 });
 
-Deno.test("the coordinator's restore source refuses a bad plan from the newest holder", async () => {
+Deno.test("the coordinator's restore source refuses a bad plan, and takes the checkpoint from another holder that answers a good one", async () => {
   const bad = { ...goodPlan(), fragments: [{ path: "/etc/shadow", host: "node1", bytes: 1 }] };
   const called: string[] = [];
-  await assertRejects(
+  const e = await assertRejects(
     () => newestCheckpoint(fakeCalls(bad, called), "vm1", [AGENT]),
-    BadPlanError,
+    NoCheckpointError,
     "fragments[0].path",
   );
+  assert(e.message.includes(`${AGENT}: the agent at ${AGENT} answered ckpt.plan`), e.message);
   assertEquals(called, [`${AGENT} ckpt.ls`, `${AGENT} ckpt.plan`]);
-  // And takes a good one.
-  const ok = await newestCheckpoint(fakeCalls(goodPlan(), []), "vm1", [AGENT]);
+  const other = "127.0.0.9:7400";
+  const ok = await newestCheckpoint(
+    fakeCalls(goodPlan(), [], { [AGENT]: bad }),
+    "vm1",
+    [AGENT, other],
+  );
+  assertEquals(ok.source, other);
   assertEquals(ok.plan, goodPlan());
 });

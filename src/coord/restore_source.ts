@@ -55,28 +55,37 @@ export async function newestCheckpoint(
       return undefined;
     }
   }));
-  const best = found.reduce<(typeof found)[number]>(
-    (a, f) => (f && (!a || f.row.generation > a.row.generation) ? f : a),
-    undefined,
+  // Newest first; a host whose plan cannot be had or checked passes to the next holder, of the same
+  // generation when another has it.
+  const ranked = found.filter((f) => f !== undefined).sort((a, b) =>
+    b.row.generation - a.row.generation
   );
-  if (!best) throw new NoCheckpointError(vm, said);
-  const plan = checkPlan(
-    best.host,
-    await calls.call<unknown>(best.host, "ckpt.plan", {
-      path: `${vm}/${generationName(best.row.generation)}`,
-    }),
-  );
-  const pointMs = Date.parse(best.row.createdAt ?? "");
-  return {
-    source: best.host,
-    // A one-host checkpoint's fragments come from the agent that answered (a holder).
-    plan: {
-      ...plan,
-      split: plan.split ??
-        { mainMemBytes: plan.memSize, hosts: { main: "main" }, mainAddr: best.host },
-    },
-    pointMs: Number.isFinite(pointMs) ? pointMs : 0,
-  };
+  for (const best of ranked) {
+    let plan: CheckpointPlan;
+    try {
+      plan = checkPlan(
+        best.host,
+        await calls.call<unknown>(best.host, "ckpt.plan", {
+          path: `${vm}/${generationName(best.row.generation)}`,
+        }),
+      );
+    } catch (e) {
+      said.push(`${best.host}: ${(e as Error).message.slice(0, 200)}`);
+      continue;
+    }
+    const pointMs = Date.parse(best.row.createdAt ?? "");
+    return {
+      source: best.host,
+      // A one-host checkpoint's fragments come from the agent that answered (a holder).
+      plan: {
+        ...plan,
+        split: plan.split ??
+          { mainMemBytes: plan.memSize, hosts: { main: "main" }, mainAddr: best.host },
+      },
+      pointMs: Number.isFinite(pointMs) ? pointMs : 0,
+    };
+  }
+  throw new NoCheckpointError(vm, said);
 }
 
 /** The placement rule's input for restoring `src` onto `up`, the VM having run on `previous`. */
