@@ -9,6 +9,7 @@ import { fsyncDir } from "../ffi/atomic_file.ts";
 import * as libc from "../ffi/libc.ts";
 import { CheckpointFormatError } from "./format.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
+import { isName } from "../codec/names.ts";
 
 /** A generation directory as found on disk. */
 export interface GenerationEntry {
@@ -28,7 +29,13 @@ export class NoCheckpointError extends Error {
   }
 }
 
-const GEN = /^g(\d{6,})$/;
+/** The newest generation a store may reach: its directory name has at most nine digits. */
+export const MAX_GENERATION = 999_999_999;
+
+/** The number of generation directory `name`, or undefined when it does not name one. */
+export function generationOf(name: string): number | undefined {
+  return isName("generation", name) ? Number(name.slice(1)) : undefined;
+}
 
 /** Name of generation `n`'s directory. */
 export function generationName(n: number): string {
@@ -43,7 +50,7 @@ export function generationName(n: number): string {
  */
 export function reportedGeneration(host: string, r: { generation?: unknown }): number {
   const g = r.generation;
-  if (!Number.isSafeInteger(g) || (g as number) < 0 || (g as number) > 999_999_999) {
+  if (!Number.isSafeInteger(g) || (g as number) < 0 || (g as number) > MAX_GENERATION) {
     throw new Error(`${host} reported its newest generation as ${JSON.stringify(g)}`);
   }
   return g as number;
@@ -158,7 +165,7 @@ export class CheckpointStore {
   /** Every generation directory, ascending. */
   generations(): GenerationEntry[] {
     return safeEntries(this.root)
-      .filter((e) => e.isDirectory && GEN.test(e.name))
+      .filter((e) => e.isDirectory && generationOf(e.name) !== undefined)
       .map((e) => {
         const dir = join(this.root, e.name);
         let committed = false;
@@ -167,7 +174,7 @@ export class CheckpointStore {
         } catch {
           committed = false;
         }
-        return { generation: Number(GEN.exec(e.name)![1]), dir, committed };
+        return { generation: generationOf(e.name)!, dir, committed };
       })
       .sort((a, b) => a.generation - b.generation);
   }

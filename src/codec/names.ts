@@ -33,9 +33,11 @@ const GRAMMARS: Record<NameKind, { re: RegExp; text: string }> = {
     re: /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/,
     text: "a letter or digit, then [A-Za-z0-9_.-], 1-63 in all",
   },
-  generation: { re: /^g[0-9]{6}$/, text: "g and six digits" },
+  // Six digits, more once a store passes generation 999999 (a checkpoint every 20 s does in 231
+  // days); nine at most, as the newest generation a host may report (ckpt/store.ts).
+  generation: { re: /^g[0-9]{6,9}$/, text: "g and six to nine digits" },
   "fragment-path": {
-    re: /^g[0-9]{6}\/[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}\.frag$/,
+    re: /^g[0-9]{6,9}\/[A-Za-z0-9][A-Za-z0-9_.:-]{0,252}\.frag$/,
     text: "gNNNNNN/HOST.frag, relative to the store",
   },
 };
