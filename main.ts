@@ -10,6 +10,7 @@ import { consoleCommand } from "./src/cli/console.ts";
 import { migrateCommand, type MigrateFlags } from "./src/cli/migrate.ts";
 import { demoCommand } from "./src/cli/demo.ts";
 import { agentCommand, type AgentFlags } from "./src/cli/agent.ts";
+import { AGENT_FILE_KEYS } from "./src/cli/agent_config.ts";
 import { coordCommand, type CoordFlags, coordStatusCommand } from "./src/cli/coord.ts";
 import { policyLs, policyRm, policySet, type PolicySetFlags } from "./src/cli/coord_policy.ts";
 import { statusCommand } from "./src/cli/status.ts";
@@ -139,7 +140,7 @@ export function program(
     .description("run the per-host agent (QUIC RPC with mutual authentication, VM supervision)")
     .option(
       "--config <file>",
-      "JSON settings: listen, dataDir, identityDir, peers, zone, replicas, coordinator",
+      `JSON settings, each flag overriding its key: ${AGENT_FILE_KEYS.join(", ")}`,
     )
     .option("--listen <addr>", "QUIC address HOST:PORT (default 127.0.0.1:7400)")
     .option("--data-dir <dir>", "VM sockets, logs and checkpoints (default /var/lib/dcres)")
