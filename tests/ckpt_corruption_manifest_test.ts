@@ -4,7 +4,7 @@
  */
 import { assert, assertEquals, assertThrows } from "./helpers/assert.ts";
 import { CheckpointFormatError, crc32, MANIFEST_VERSION } from "../src/ckpt/format.ts";
-import { decodeManifest, encodeManifest, type Manifest } from "../src/ckpt/manifest.ts";
+import { decodeManifest, encodeManifest, type Manifest, MAX_ADDRS } from "../src/ckpt/manifest.ts";
 import { encodeCbor } from "../src/codec/cbor.ts";
 import { FRAG_PAGES, MANIFEST_HEADER, manifestFor } from "./helpers/ckpt_fixture.ts";
 
@@ -183,9 +183,13 @@ for (
     ["an address with a newline", { addrs: { node2: "a\nb:1" } }, "addrs.node2"],
     ["an address over 300 characters", { addrs: { node2: `${"a".repeat(300)}:1` } }, "addrs"],
     [
-      "more than 64 addresses",
-      { addrs: Object.fromEntries(Array.from({ length: 65 }, (_, i) => [`n${i}`, "h:1"])) },
-      "more than 64",
+      `more than ${MAX_ADDRS} addresses`,
+      {
+        addrs: Object.fromEntries(
+          Array.from({ length: MAX_ADDRS + 1 }, (_, i) => [`n${i}`, "h:1"]),
+        ),
+      },
+      `more than ${MAX_ADDRS}`,
     ],
     ["a taker that is not a host name", { host: "node1\nforged" }, `field "host"`],
   ] as const
