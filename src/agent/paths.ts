@@ -60,6 +60,31 @@ function isStorePath(arg: string): boolean {
 
 const STORE_GRAMMAR = "a checkpoint id (8-32 hex digits), STORE or STORE/gNNNNNN";
 
+/** A generation an id argument matches: by its own id, or as the merge of that id's chain. */
+interface Hit {
+  /** The full id matched. */
+  id: string;
+  /** The store holding it. */
+  store: string;
+  /** The generation directory. */
+  dir: string;
+}
+
+/**
+ * The one generation `exact` (ids matched) and `merged` (merges standing for a matched id), both in
+ * ascending generation order per store, name; "ambiguous" when they name more than one checkpoint.
+ * A checkpoint and merges of its chain are one consistency point: the newest merge in its store is
+ * taken, since it stands alone, while the original's chain is being removed (a merge commits, then
+ * removes what it squashed) and may have lost a parent already.
+ */
+function pickHit(exact: Hit[], merged: Hit[]): Hit | "ambiguous" | undefined {
+  if (new Set([...exact, ...merged].map((h) => h.id)).size > 1) return "ambiguous";
+  const stores = new Set([...exact, ...merged].map((h) => h.store));
+  if (stores.size > 1) return "ambiguous";
+  if (merged.length) return merged.at(-1);
+  return exact.length > 1 ? "ambiguous" : exact[0];
+}
+
 /**
  * What a checkpoint argument names on this agent, whose stores are under `root`: a store name
  * (`STORE`, `STORE/gNNNNNN`), or a checkpoint id (its hex, or a unique prefix of at least 8 digits)
@@ -82,31 +107,29 @@ export function checkpointPath(
   }
   const path = join(root, arg);
   if (!isName("checkpoint-id", arg) || existsSync(path)) return confine(root, path, field, arg);
-  const exact: Array<{ store: string; dir: string }> = [];
-  const merged: Array<{ store: string; dir: string }> = [];
+  const exact: Hit[] = [];
+  const merged: Hit[] = [];
   for (const e of safeReadDir(root)) {
     if (!e.isDirectory) continue;
     for (const g of listGenerations(join(root, e.name))) {
-      if (g.id?.startsWith(arg)) exact.push({ store: join(root, e.name), dir: g.dir });
-      // A checkpoint whose chain was merged (and then removed) restores from the merged one, the
-      // same consistency point: the newest of them, generations ascending.
+      const store = join(root, e.name);
+      if (g.id?.startsWith(arg)) exact.push({ id: g.id, store, dir: g.dir });
       else if (g.mergedFromId?.startsWith(arg)) {
-        merged.push({ store: join(root, e.name), dir: g.dir });
+        merged.push({ id: g.mergedFromId, store, dir: g.dir });
       }
     }
   }
-  const sameStore = merged.every((h) => h.store === merged[0].store);
-  const hits = exact.length || !sameStore ? [...exact, ...merged] : merged.slice(-1);
-  if (hits.length === 0) {
+  const hit = pickHit(exact, merged);
+  if (hit === undefined) {
     throw new RpcError(
       "bad-request",
       `no checkpoint with id ${arg} in this agent's stores ('dcres status' lists them)`,
     );
   }
-  if (hits.length > 1) {
+  if (hit === "ambiguous") {
     throw new RpcError("bad-request", `checkpoint id ${arg} is ambiguous here; give more digits`);
   }
-  return confine(root, want === "store" ? hits[0].store : hits[0].dir, field, arg);
+  return confine(root, want === "store" ? hit.store : hit.dir, field, arg);
 }
 
 /**
