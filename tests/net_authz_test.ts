@@ -235,7 +235,7 @@ Deno.test("a third agent's page or merge call about a VM whose main host it is n
   const stores = new PageStores(`${c.d}/pages`, 1024, "victim");
   const owners = new PageOwners(stores.dir);
   const sub = serve(c.v, "127.0.0.21", {
-    ...pageHandlers(stores, `${c.d}/ckpt`, (p) => String(p), owners),
+    ...pageHandlers(stores, `${c.d}/ckpt`, (p) => String(p), { owners }),
     ...mergesFromMain(owners, { "ckpt.abort": () => Promise.resolve("aborted") }, ["ckpt.abort"]),
   });
   try {

@@ -13,25 +13,8 @@ import {
 } from "../src/paging/wire.ts";
 import { PageStoreError, PageStores, VmPageStore } from "../src/paging/page_store.ts";
 import { PAGE_SIZE } from "../src/accel/accel.ts";
+import { pagesOf, withDir } from "./helpers/page_fixture.ts";
 
-/** Pages filled with a distinct byte pattern each, keyed by `tag`. */
-function pagesOf(tags: number[]): Uint8Array {
-  const out = new Uint8Array(tags.length * PAGE_SIZE);
-  tags.forEach((t, i) => {
-    for (let o = 0; o < PAGE_SIZE; o++) out[i * PAGE_SIZE + o] = (t * 31 + o) & 0xff;
-  });
-  return out;
-}
-
-/** Runs `fn` with a fresh temporary directory, removed afterwards. */
-function withDir(fn: (dir: string) => void) {
-  const dir = Deno.makeTempDirSync({ prefix: "dcres-pages-" });
-  try {
-    fn(dir);
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-}
 
 Deno.test("a new holder table places every page where told and counts each host's pages", () => {
   const o = new PageOwnership(10, 3, (g) => g % 3);

@@ -176,7 +176,12 @@ export class Agent {
         ...new AgentLease(Agent.stateDir(cfg)).handlers(),
         ...mergesFromMain(owners, agentHandlers(cfg, me.host, t0, connect), MERGE_METHODS),
         ...heldAsData(
-          pageHandlers(stores, root, generation, owners, connect, cfg.storeQuotaBytes),
+          pageHandlers(stores, root, generation, {
+            owners,
+            connect,
+            quotaBytes: cfg.storeQuotaBytes,
+            heal: (dir) => repair.heal(dir),
+          }),
         ),
       },
       repair,

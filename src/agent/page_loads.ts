@@ -1,62 +1,193 @@
 /**
  * A sub-host's part of a split restore: the pages of the checkpoint's fragments assigned to this
- * host are loaded from its local copies into a fresh page store of the VM, which main then pages
- * from.
+ * host go into a fresh page store of the VM, which main then pages from. Eagerly, every page is read
+ * and checked before the call answers; lazily, the store answers for them at once and reads each
+ * from its fragment on first request, while a background pass brings in the rest.
  */
+import { getLogger } from "@logtape/logtape";
 import * as libc from "../ffi/libc.ts";
 import { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
 import type { CallerRole } from "../rpc/roles.ts";
-import type { PageStores } from "../paging/page_store.ts";
+import {
+  type PageSource,
+  PageSourceError,
+  type PageStores,
+  type VmPageStore,
+} from "../paging/page_store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 import { nextTurn } from "../rpc/deadline.ts";
 
+const log = getLogger(["dcres", "agent", "pages"]);
+
 const BATCH = 1024;
 
-/** `pages.load`: fill the store of `vm` with the pages of fragments `fragments` of checkpoint `ckpt`. */
-export function pageLoadHandlers(
-  stores: PageStores,
-  resolve: (arg: unknown, role: CallerRole, field?: string) => string,
-  vmArgs: (a: Record<string, unknown>) => { vm: string; pages: number },
-): Record<string, RpcHandler> {
-  return {
-    "pages.load": async (args, ctx) => {
-      const { vm, pages } = vmArgs(args);
-      const frags = args.fragments;
-      if (!Array.isArray(frags) || !frags.every((f) => Number.isSafeInteger(f) && f >= 0)) {
-        throw new RpcError("bad-request", "fragments must be fragment indices");
-      }
-      const t0 = performance.now();
-      const ck = OpenCheckpoint.open(
-        resolve(args.ckpt, ctx.role, "ckpt"),
-        new Set(frags as number[]),
-      );
+/**
+ * Replaces the damaged copies a failed read of generation `dir` met; resolves with the files
+ * replaced (none: the failure was not a damaged copy here).
+ */
+export type Heal = (dir: string) => Promise<string[]>;
+
+/** Pages of some fragments of an opened checkpoint, reopened after its damaged copies are replaced. */
+class CheckpointPages implements PageSource {
+  #ck: OpenCheckpoint;
+  readonly #frags: ReadonlySet<number>;
+  #healing?: Promise<boolean>;
+
+  constructor(ck: OpenCheckpoint, frags: ReadonlySet<number>) {
+    this.#ck = ck;
+    this.#frags = frags;
+  }
+
+  read(gfns: number[], into: Uint8Array<ArrayBuffer>): void {
+    const base = libc.ptrValue(Deno.UnsafePointer.of(into));
+    this.#ck.loadTo(gfns, into, base, gfns.map((_, k) => k * PAGE_SIZE));
+  }
+
+  /**
+   * Has `heal` replace the damaged copies here and reopens the checkpoint; resolves false when
+   * nothing was replaced (the pages cannot come from here). One healing at a time.
+   */
+  heal(heal: Heal): Promise<boolean> {
+    this.#healing ??= (async () => {
       try {
-        if (ck.manifest.machine.spec.memSize !== pages * PAGE_SIZE) {
+        if (!(await heal(this.#ck.dir)).length) return false;
+        const next = OpenCheckpoint.open(this.#ck.dir, this.#frags);
+        this.#ck.close();
+        this.#ck = next;
+        return true;
+      } finally {
+        this.#healing = undefined;
+      }
+    })();
+    return this.#healing;
+  }
+
+  close(): void {
+    this.#ck.close();
+  }
+}
+
+/** The lazy loads under way on this host, and the page loads' RPC handler. */
+export class PageLoads {
+  readonly #stores: PageStores;
+  readonly #heal?: Heal;
+  readonly #sources = new WeakMap<VmPageStore, CheckpointPages>();
+
+  /** Over `stores`; `heal` replaces damaged checkpoint copies a lazy load meets. */
+  constructor(stores: PageStores, heal?: Heal) {
+    this.#stores = stores;
+    this.#heal = heal;
+  }
+
+  /**
+   * Brings those of `gfns` still in the checkpoint into `store`; a damaged copy met on the way is
+   * replaced and read again once. Throws PageSourceError when the pages cannot be had.
+   */
+  async ready(store: VmPageStore, gfns: ArrayLike<number>): Promise<void> {
+    try {
+      store.fill(gfns);
+    } catch (e) {
+      if (!(e instanceof PageSourceError) || !(await this.#healed(store, e))) throw e;
+      store.fill(gfns);
+    }
+  }
+
+  async #healed(store: VmPageStore, e: PageSourceError): Promise<boolean> {
+    const source = this.#sources.get(store);
+    if (!source || !this.#heal) return false;
+    log.warn("{vm}: {error}; replacing the damaged copy", { vm: store.vm, error: e.message });
+    try {
+      return await source.heal(this.#heal);
+    } catch (why) {
+      log.error("{vm}: could not replace the damaged copy: {error}", {
+        vm: store.vm,
+        error: (why as Error).message,
+      });
+      return false;
+    }
+  }
+
+  /** Reads every page still in the checkpoint into `store`, a batch per turn. */
+  async #fillInBackground(store: VmPageStore): Promise<void> {
+    const t0 = performance.now(), total = store.pendingPages;
+    while (!store.closed && store.pendingPages) {
+      try {
+        await this.ready(store, store.nextPending(BATCH));
+      } catch (e) {
+        if (store.closed) return;
+        log.error("{vm}: lazy load stopped with {left} pages still in the checkpoint: {error}", {
+          vm: store.vm,
+          left: store.pendingPages,
+          error: (e as Error).message,
+        });
+        return;
+      }
+      // Main's page requests and the agent's other work get a turn between batches.
+      await nextTurn();
+    }
+    if (store.closed) return;
+    log.info("{vm}: lazy load of {pages} pages done in {ms} ms", {
+      vm: store.vm,
+      pages: total,
+      ms: Math.round(performance.now() - t0),
+    });
+  }
+
+  /**
+   * `pages.load`: fill the store of `vm` with the pages of fragments `fragments` of checkpoint
+   * `ckpt`; with `lazy`, answer once the pages are registered and bring them in afterwards.
+   */
+  handlers(
+    resolve: (arg: unknown, role: CallerRole, field?: string) => string,
+    vmArgs: (a: Record<string, unknown>) => { vm: string; pages: number },
+  ): Record<string, RpcHandler> {
+    const stores = this.#stores;
+    return {
+      "pages.load": async (args, ctx) => {
+        const { vm, pages } = vmArgs(args);
+        const frags = args.fragments;
+        if (!Array.isArray(frags) || !frags.every((f) => Number.isSafeInteger(f) && f >= 0)) {
+          throw new RpcError("bad-request", "fragments must be fragment indices");
+        }
+        const t0 = performance.now();
+        const only = new Set(frags as number[]);
+        using ck = new DisposableStack();
+        const opened = ck.adopt(
+          OpenCheckpoint.open(resolve(args.ckpt, ctx.role, "ckpt"), only),
+          (c) => c.close(),
+        );
+        if (opened.manifest.machine.spec.memSize !== pages * PAGE_SIZE) {
           throw new RpcError(
             "bad-request",
-            `checkpoint ${ck.manifest.id} is not of a ${pages}-page VM`,
+            `checkpoint ${opened.manifest.id} is not of a ${pages}-page VM`,
           );
         }
-        const gfns = ck.pagesOf(new Set(frags as number[]));
+        const gfns = opened.pagesOf(only);
         stores.drop(vm);
         stores.reserve(gfns.length);
         const store = stores.store(vm, pages, true);
+        if (args.lazy === true) {
+          const source = new CheckpointPages(opened, only);
+          store.backWith(gfns, source);
+          ck.move();
+          this.#sources.set(store, source);
+          void this.#fillInBackground(store);
+          return { heldPages: store.heldPages, ms: performance.now() - t0, lazy: true };
+        }
         const buf = new Uint8Array(BATCH * PAGE_SIZE);
         const base = libc.ptrValue(Deno.UnsafePointer.of(buf));
         for (let i = 0; i < gfns.length; i += BATCH) {
           const part = gfns.slice(i, i + BATCH);
-          ck.loadTo(part, buf, base, part.map((_, k) => k * PAGE_SIZE));
+          opened.loadTo(part, buf, base, part.map((_, k) => k * PAGE_SIZE));
           store.put(part, buf.subarray(0, part.length * PAGE_SIZE));
           ctx.progress({ done: i + part.length, total: gfns.length });
           // The agent's other work (page channels of running VMs) gets a turn between batches.
           await nextTurn();
         }
         return { heldPages: store.heldPages, ms: performance.now() - t0 };
-      } finally {
-        ck.close();
-      }
-    },
-  };
+      },
+    };
+  }
 }

@@ -7,7 +7,7 @@ import { nameArg } from "./paths.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { checkRuns, expandRuns } from "../memory/runs.ts";
 import { PageSaves } from "./page_saves.ts";
-import { pageLoadHandlers } from "./page_loads.ts";
+import { type Heal, PageLoads } from "./page_loads.ts";
 import { PageOwners } from "./page_owners.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
@@ -22,6 +22,7 @@ function vmArgs(args: Record<string, unknown>): { vm: string; pages: number } {
 async function serve(
   stores: PageStores,
   saves: PageSaves,
+  loads: PageLoads,
   vm: string,
   pages: number,
   r: PageRequest,
@@ -30,6 +31,7 @@ async function serve(
   switch (r.op) {
     case PageOp.GET:
       await saves.beforeLeaving(vm, r.gfns);
+      await loads.ready(store, r.gfns);
       return store.get(r.gfns);
     case PageOp.PUT: {
       // A page still held here is replaced (main took it over as a zero page and cancelled its
@@ -49,6 +51,18 @@ async function serve(
   }
 }
 
+/** What a page service reaches besides its stores. */
+export interface PageServiceOptions {
+  /** Which VM's main host each VM's pages answer to. */
+  owners?: PageOwners;
+  /** Dials another agent (fragment copies); by default none is reached. */
+  connect?: (addr: string) => Promise<RpcClient>;
+  /** Most bytes of checkpoints under the checkpoint root. */
+  quotaBytes?: number;
+  /** Replaces damaged checkpoint copies a lazy load meets. */
+  heal?: Heal;
+}
+
 /**
  * RPC handlers over `stores`; `ckptRoot` holds the checkpoint stores sub-host fragments go to, and
  * `resolve` turns a checkpoint path or id into its generation directory.
@@ -57,11 +71,12 @@ export function pageHandlers(
   stores: PageStores,
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
-  owners: PageOwners = new PageOwners(stores.dir),
-  connect: (addr: string) => Promise<RpcClient> = noPeers,
-  quotaBytes?: number,
+  opts: PageServiceOptions = {},
 ): Record<string, RpcHandler> {
-  return ownedByMain(owners, pageMethods(stores, ckptRoot, resolve, connect, quotaBytes));
+  return ownedByMain(
+    opts.owners ?? new PageOwners(stores.dir),
+    pageMethods(stores, ckptRoot, resolve, opts),
+  );
 }
 
 /** The connector of a page service that reaches no other agent (copies of fragments are refused). */
@@ -99,11 +114,11 @@ function pageMethods(
   stores: PageStores,
   ckptRoot: string,
   resolve: (arg: unknown, role: CallerRole, field?: string) => string,
-  connect: (addr: string) => Promise<RpcClient>,
-  quotaBytes?: number,
+  opts: PageServiceOptions,
 ): Record<string, RpcHandler> {
-  const saves = new PageSaves(stores, ckptRoot, connect, quotaBytes);
-  const loads = pageLoadHandlers(stores, resolve, vmArgs);
+  const saves = new PageSaves(stores, ckptRoot, opts.connect ?? noPeers, opts.quotaBytes);
+  const pageLoads = new PageLoads(stores, opts.heal);
+  const loads = pageLoads.handlers(resolve, vmArgs);
   return {
     ...saves.handlers(vmArgs),
     ...loads,
@@ -140,7 +155,7 @@ function pageMethods(
           reply = encodePageReply({
             op: r.op,
             seq: r.seq,
-            data: await serve(stores, saves, vm, pages, r),
+            data: await serve(stores, saves, pageLoads, vm, pages, r),
           });
         } catch (e) {
           if (!(e instanceof PageStoreError)) throw e;

@@ -116,6 +116,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
     ...pagesOf,
     ckpt: file,
     fragments: v.pipe(v.array(count), v.maxLength(MAX_LIST_ARG)),
+    lazy: v.optional(v.boolean()),
   }),
   "pages.save.begin": v.looseObject({ ...pagesOf, id: saveId }),
   "pages.save": v.looseObject({ ...pagesOf, id: saveId }),

@@ -239,6 +239,8 @@ async function restoreOnce(
         pages,
         ckpt: gen,
         fragments: target.flatMap((h, k) => h === s ? [k] : []),
+        // Lazily, a sub-host answers for its pages at once and reads them in as main asks.
+        ...(opts.lazy ? { lazy: true } : {}),
       })
     ),
   );

@@ -14,8 +14,8 @@ import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** The store refused: full, unknown VM, a page it does not hold, or a damaged file. */
 export class PageStoreError extends Error {
-  constructor(message: string) {
-    super(message);
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
     this.name = "PageStoreError";
   }
 }
@@ -49,9 +49,34 @@ function indexLayout(pages: number) {
   return { bitmap, crcs, size: crcs + pages * 4 };
 }
 
+/**
+ * Where the pages of a lazy load still are (a checkpoint's fragments): read on first request and by
+ * a background pass, so the store answers for them before their bytes are here.
+ */
+export interface PageSource {
+  /** Reads `gfns` into `into` (one page after another), each checked whole, or throws. */
+  read(gfns: number[], into: Uint8Array<ArrayBuffer>): void;
+  /** Lets go of the source's files. */
+  close(): void;
+}
+
+/** A page could not be read from the store's source (a damaged or lost checkpoint copy). */
+export class PageSourceError extends PageStoreError {
+  constructor(vm: string, cause: Error) {
+    super(`${vm}: a page still in its checkpoint could not be read: ${cause.message}`, { cause });
+    this.name = "PageSourceError";
+  }
+}
+
 /** The pages of one VM held here. */
 export class VmPageStore {
   private heldCount = 0;
+  /** Held pages whose bytes are still in `#source` (in memory only: the index claims none). */
+  #pending?: Uint8Array;
+  #pendingCount = 0;
+  #source?: PageSource;
+  #cursor = 0;
+  #closed = false;
 
   private constructor(
     /** VM name. */ readonly vm: string,
@@ -102,19 +127,111 @@ export class VmPageStore {
     return store;
   }
 
-  /** Pages held. */
+  /** Pages held (those still in the source too). */
   get heldPages(): number {
-    return this.heldCount;
+    return this.heldCount + this.#pendingCount;
   }
 
-  /** True when `gfn` is held here. */
+  /** Held pages still to be read from the source. */
+  get pendingPages(): number {
+    return this.#pendingCount;
+  }
+
+  /** True when `gfn` is held here (in the store, or still in its source). */
   holds(gfn: number): boolean {
+    return this.#inStore(gfn) || this.#isPending(gfn);
+  }
+
+  #inStore(gfn: number): boolean {
     return (this.held[gfn >> 3] & (1 << (gfn & 7))) !== 0;
   }
 
-  /** The held bitmap (bit g set: page g is here). */
+  #isPending(gfn: number): boolean {
+    return !!this.#pending && (this.#pending[gfn >> 3] & (1 << (gfn & 7))) !== 0;
+  }
+
+  /** The held bitmap (bit g set: page g is here, or still in the source). */
   bitmap(): Uint8Array {
-    return this.held.slice();
+    const out = this.held.slice();
+    if (this.#pending) for (let i = 0; i < out.length; i++) out[i] |= this.#pending[i];
+    return out;
+  }
+
+  /**
+   * Starts holding `gfns` of an empty store with their bytes still in `source` (a lazy load), which
+   * the store owns from now on. Until {@link fill} brings a page in, the index does not claim it.
+   */
+  backWith(gfns: ArrayLike<number>, source: PageSource): void {
+    if (this.heldCount || this.#source) {
+      throw new PageStoreError(`${this.vm}: a lazy load needs an empty page store`);
+    }
+    this.#source = source;
+    this.#pending = new Uint8Array(this.held.length);
+    for (let i = 0; i < gfns.length; i++) {
+      const g = gfns[i];
+      if (!this.#isPending(g)) this.#pendingCount++;
+      this.#pending[g >> 3] |= 1 << (g & 7);
+    }
+    this.#endSourceIfDone();
+  }
+
+  /** Swaps the source of the pages not yet read (a damaged copy replaced); the old one is closed. */
+  replaceSource(source: PageSource): void {
+    if (!this.#source) {
+      source.close();
+      return;
+    }
+    this.#source.close();
+    this.#source = source;
+  }
+
+  /** Up to `max` pages still in the source, from where the last call left off. */
+  nextPending(max: number): number[] {
+    const out: number[] = [];
+    if (!this.#pending) return out;
+    for (let n = 0; n < this.pages && out.length < max; n++) {
+      const g = (this.#cursor + n) % this.pages;
+      if (this.#isPending(g)) out.push(g);
+    }
+    if (out.length) this.#cursor = (out[out.length - 1] + 1) % this.pages;
+    return out;
+  }
+
+  /**
+   * Reads those of `gfns` still in the source into the store; throws PageSourceError when the
+   * source cannot give them (they stay pending, so a replaced source can be tried again).
+   */
+  fill(gfns: ArrayLike<number>): void {
+    if (!this.#pendingCount) return;
+    const todo: number[] = [];
+    for (let i = 0; i < gfns.length; i++) if (this.#isPending(gfns[i])) todo.push(gfns[i]);
+    if (!todo.length) return;
+    todo.sort((a, b) => a - b);
+    const buf = new Uint8Array(todo.length * PAGE_SIZE);
+    try {
+      this.#source!.read(todo, buf);
+    } catch (e) {
+      throw new PageSourceError(this.vm, e as Error);
+    }
+    this.put(todo, buf);
+  }
+
+  #unpend(gfns: ArrayLike<number>) {
+    if (!this.#pendingCount) return;
+    for (let i = 0; i < gfns.length; i++) {
+      const g = gfns[i];
+      if (!this.#isPending(g)) continue;
+      this.#pending![g >> 3] &= ~(1 << (g & 7));
+      this.#pendingCount--;
+    }
+    this.#endSourceIfDone();
+  }
+
+  #endSourceIfDone() {
+    if (this.#pendingCount || !this.#source) return;
+    this.#source.close();
+    this.#source = undefined;
+    this.#pending = undefined;
   }
 
   /** Starts holding `gfns` of a fresh store (holes in its file: zero pages), a new VM's share. */
@@ -134,15 +251,20 @@ export class VmPageStore {
     }
     this.writeCrcs(gfns);
     this.mark(gfns, true);
+    this.#unpend(gfns);
   }
 
-  /** Reads `gfns`, every one of which must be held and intact (a page-in). */
+  /**
+   * Reads `gfns`, every one of which must be held and intact (a page-in); pages still in the source
+   * are read from it first.
+   */
   get(gfns: ArrayLike<number>): Uint8Array {
     for (let i = 0; i < gfns.length; i++) {
       if (!this.holds(gfns[i])) {
         throw new PageStoreError(`${this.vm}: gfn ${gfns[i]} is not held on this host`);
       }
     }
+    this.fill(gfns);
     const out = new Uint8Array(gfns.length * PAGE_SIZE);
     for (const [i, n] of indexRuns(gfns)) {
       const part = out.subarray(i * PAGE_SIZE, (i + n) * PAGE_SIZE);
@@ -164,6 +286,7 @@ export class VmPageStore {
   /** Stops holding `gfns` (main has them now). */
   release(gfns: ArrayLike<number>): void {
     this.mark(gfns, false);
+    this.#unpend(gfns);
   }
 
   private writeCrcs(gfns: ArrayLike<number>) {
@@ -201,8 +324,15 @@ export class VmPageStore {
     writeFull(this.index, 0, h);
   }
 
-  /** Closes the files. */
+  /** True once closed (the store was dropped or started afresh). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Closes the files (and the source of pages not yet read: those are no longer held). */
   close(): void {
+    this.#closed = true;
+    this.#source?.close();
     this.data.close();
     this.index.close();
   }
