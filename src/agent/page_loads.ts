@@ -17,11 +17,17 @@ import {
   type VmPageStore,
 } from "../paging/page_store.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
-import { nextTurn } from "../rpc/deadline.ts";
+import { nextTurn, sleep } from "../rpc/deadline.ts";
 
 const log = getLogger(["dcres", "agent", "pages"]);
 
 const BATCH = 1024;
+/**
+ * The background fill starts this long after a lazy load answers: the restored VMM is starting
+ * then (on a small host the fill would take the CPU it starts with), and main asks for what it
+ * needs first meanwhile.
+ */
+const FILL_DELAY_MS = 1_500;
 
 /**
  * Replaces the damaged copies a failed read of generation `dir` met; resolves with the files
@@ -109,10 +115,12 @@ export class PageLoads {
     }
   }
 
-  /** Reads every page still in the checkpoint into `store`, a batch per turn. */
+  /** Reads every page still in the checkpoint into `store`, a batch at a time, after a while. */
   async #fillInBackground(store: VmPageStore): Promise<void> {
+    await sleep(FILL_DELAY_MS);
     const t0 = performance.now(), total = store.pendingPages;
     while (!store.closed && store.pendingPages) {
+      const tb = performance.now();
       try {
         await this.ready(store, store.nextPending(BATCH));
       } catch (e) {
@@ -124,8 +132,8 @@ export class PageLoads {
         });
         return;
       }
-      // Main's page requests and the agent's other work get a turn between batches.
-      await nextTurn();
+      // At most half of a CPU: main's page requests, the guest and the agent's other work come first.
+      await sleep(performance.now() - tb);
     }
     if (store.closed) return;
     log.info("{vm}: lazy load of {pages} pages done in {ms} ms", {

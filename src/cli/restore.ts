@@ -94,7 +94,7 @@ export async function restoreCommand(
           } in ${r.totalMs.toFixed(0)} ms`,
           `  copied ${r.copied.files} files (${fmtBytes(r.copied.bytes)}) in ${
             r.copied.ms.toFixed(0)
-          } ms; sub-hosts loaded in ${r.loadMs.toFixed(0)} ms`,
+          } ms; sub-hosts loaded ${r.loadMs.toFixed(0)} ms after the copies began`,
         ].join("\n"));
       return EXIT.OK;
     }

@@ -147,9 +147,9 @@ export class Recovery {
     );
     const steps = `found in ${ms(t1 - t0)}, old parts released in ${
       ms(t2 - t1)
-    }, ${r.copied.files} files copied in ${ms(r.copied.ms)}, sub-hosts loaded in ${
+    }, ${r.copied.files} files copied in ${ms(r.copied.ms)}, sub-hosts loaded ${
       ms(r.loadMs)
-    }, restored in ${ms(r.totalMs)}`;
+    } after the copies began, restored in ${ms(r.totalMs)}`;
     // The guest runs again: counted from the failed host's last answer.
     // A lazy restore answers once every page is in; the guest ran from `resumeMs` on.
     const lag = Number(r.restore.residentMs) - Number(r.restore.resumeMs);

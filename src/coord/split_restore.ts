@@ -69,7 +69,10 @@ export interface SplitRestoreReport {
   subs: Record<string, number>;
   /** Files copied between hosts, and their bytes. */
   copied: { files: number; bytes: number; ms: number };
-  /** ms until every sub-host had loaded its pages. */
+  /**
+   * ms from the start of the copies until every sub-host had loaded its pages (each loads once its
+   * own copies are in, so this overlaps `copied.ms`).
+   */
   loadMs: number;
   /** ms from the start until the VM ran with all of main's pages. */
   totalMs: number;
@@ -200,8 +203,10 @@ async function restoreOnce(
   });
   want(main, `${plan.generation}/MANIFEST`, source);
   const tc = performance.now();
-  let files = 0, bytes = 0;
-  await Promise.all([...wants].map(async ([host, files_]) => {
+  let files = 0, bytes = 0, copiedAt = tc;
+  const copyTo = async (host: string) => {
+    const files_ = wants.get(host);
+    if (!files_) return;
     const list = [...files_.keys()];
     const { missing, partial } = await calls.call<
       { missing: string[]; partial: Record<string, number> }
@@ -219,32 +224,45 @@ async function restoreOnce(
     };
     await Promise.all(frags.map(copy));
     for (const f of mans) await copy(f);
-  }));
-  const copied = { files, bytes, ms: performance.now() - tc };
+    copiedAt = Math.max(copiedAt, performance.now());
+  };
+  const copies = new Map([...wants.keys()].map((h) => [h, copyTo(h)] as const));
+  const copied = () => ({ files, bytes, ms: copiedAt - tc });
   if (t.single || (t.assign && !subs.length)) {
+    await Promise.all(copies.values());
     const restore = await calls.call<Record<string, unknown>>(main, "restore", {
       path: gen,
       name,
       lazy: !!opts.lazy,
       ...(opts.accel ? { accel: opts.accel } : {}),
     });
-    return { name, main, subs: {}, copied, loadMs: 0, totalMs: performance.now() - t0, restore };
+    return {
+      name,
+      main,
+      subs: {},
+      copied: copied(),
+      loadMs: 0,
+      totalMs: performance.now() - t0,
+      restore,
+    };
   }
   const pages = plan.memSize / PAGE_SIZE;
-  const tl = performance.now();
-  const loaded = await Promise.all(
-    subs.map((s) =>
-      calls.call<{ heldPages: number }>(s, "pages.load", {
+  // Each sub-host loads as soon as its own copies are in, while others may still be copying.
+  const [loaded] = await Promise.all([
+    Promise.all(subs.map(async (s) => {
+      await copies.get(s);
+      return await calls.call<{ heldPages: number }>(s, "pages.load", {
         vm: name,
         pages,
         ckpt: gen,
         fragments: target.flatMap((h, k) => h === s ? [k] : []),
         // Lazily, a sub-host answers for its pages at once and reads them in as main asks.
         ...(opts.lazy ? { lazy: true } : {}),
-      })
-    ),
-  );
-  const loadMs = performance.now() - tl;
+      });
+    })),
+    Promise.all(copies.values()),
+  ]);
+  const loadMs = performance.now() - tc;
   const holders = target.map((h) => h === main ? 0 : 1 + subs.indexOf(h));
   const restore = await calls.call<Record<string, unknown>>(main, "restore", {
     path: gen,
@@ -257,7 +275,7 @@ async function restoreOnce(
     name,
     main,
     subs: Object.fromEntries(subs.map((s, i) => [s, loaded[i].heldPages])),
-    copied,
+    copied: copied(),
     loadMs,
     totalMs: performance.now() - t0,
     restore,
