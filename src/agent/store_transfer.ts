@@ -70,7 +70,7 @@ export async function receiveStoreFile(
   const gen = dirname(path);
   const keep = isCommitted(gen) || basename(path) === MANIFEST_FILE;
   const refuse = () =>
-    new RpcError("bad-request", `${name} exists in a committed generation; it never changes`);
+    new RpcError("exists", `${name} exists in a committed generation; it never changes`);
   if (keep && existsSync(path)) throw refuse();
   Deno.mkdirSync(gen, { recursive: true, mode: 0o700 });
   // An uncommitted generation is being written by this copy: no writer's clean-up removes it.
@@ -199,7 +199,7 @@ export function transferHandlers(
   // Two writers of one `.part` (a restore's push and an agent's own repair) would interleave.
   const alone = async <T>(path: string, name: unknown, write: () => Promise<T>): Promise<T> => {
     if (writing.has(path)) {
-      throw new RpcError("bad-request", `${name} is being written by another call; try again`);
+      throw new RpcError("busy", `${name} is being written by another call; try again`);
     }
     writing.add(path);
     try {

@@ -15,8 +15,13 @@ export type RpcErrorCode =
   | "permission-denied"
   /** The call met a damaged copy of a checkpoint file and set it aside: trying again reads another. */
   | "damaged-copy"
-  /** The VM is in the middle of another operation (a checkpoint, a migration): try again later. */
+  /**
+   * The VM is in the middle of another operation (a checkpoint, a migration), or the file is being
+   * written by another call: try again later.
+   */
   | "busy"
+  /** The file is in a committed generation already (never replaced): there is nothing to copy. */
+  | "exists"
   | "failed";
 
 const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
@@ -29,6 +34,7 @@ const CODES: ReadonlySet<string> = new Set<RpcErrorCode>([
   "permission-denied",
   "damaged-copy",
   "busy",
+  "exists",
   "failed",
 ]);
 
