@@ -30,7 +30,8 @@ import { OpenCheckpoint } from "../src/ckpt/open_checkpoint.ts";
 import { encodeFrame, FrameKind } from "../src/net/frame.ts";
 import { FrameReader } from "../src/net/frame_reader.ts";
 import { RpcError } from "../src/net/rpc_messages.ts";
-import { decodeIndex, PageStoreError } from "../src/paging/page_store.ts";
+import { decodeIndex } from "../src/paging/page_index.ts";
+import { PageStoreError } from "../src/paging/page_store.ts";
 import { checkRuns } from "../src/memory/runs.ts";
 import { PAGE_SIZE } from "../src/accel/accel.ts";
 

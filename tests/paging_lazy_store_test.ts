@@ -9,9 +9,13 @@ import {
   type PageSource,
   PageSourceError,
   PageStoreError,
+  PageStores,
   VmPageStore,
 } from "../src/paging/page_store.ts";
 import { PAGE_SIZE } from "../src/accel/accel.ts";
+
+/** What a lazy load records of its source (opaque to the store). */
+const DESCRIBE = new TextEncoder().encode('{"ckpt":"vm/g000001"}');
 
 /** A source giving pagesOf(gfn) for each gfn, counting reads; `broken` pages fail to read. */
 class FakeSource implements PageSource {
@@ -34,7 +38,7 @@ Deno.test("pages still in the source are held, and read from it once, on first r
     const s = VmPageStore.open(dir, "vm", 64, true);
     const src = new FakeSource();
     try {
-      s.backWith([3, 4, 5, 40], src);
+      s.backWith([3, 4, 5, 40], src, DESCRIBE);
       assertEquals(s.heldPages, 4);
       assertEquals(s.pendingPages, 4);
       assert(s.holds(3) && s.holds(40) && !s.holds(6));
@@ -52,20 +56,58 @@ Deno.test("pages still in the source are held, and read from it once, on first r
   });
 });
 
-Deno.test("the index claims only pages whose bytes are in the store", () => {
+Deno.test("the index claims only pages whose bytes are in the store; the record, the others", () => {
   withDir((dir) => {
     const a = VmPageStore.open(dir, "vm", 64, true);
-    a.backWith([1, 2, 3], new FakeSource());
+    a.backWith([1, 2, 3, 4, 5], new FakeSource(), DESCRIBE);
     a.get([2]);
+    a.put([3], pagesOf([33]));
+    a.release([4]);
     a.close();
+    // An agent killed here: its index has pages 2 and 3, its lazy load record pages 1 and 5.
     const b = VmPageStore.open(dir, "vm", 64);
     try {
-      assertEquals(b.heldPages, 1, "a reopened store holds the page read in, not the others");
-      assertEquals(b.get([2]), pagesOf([2]));
-      assertThrows(() => b.get([1]), PageStoreError, "gfn 1 is not held");
+      assertEquals(b.heldPages, 4);
+      assertEquals(b.pendingPages, 2);
+      assert(b.holds(1) && b.holds(5) && !b.holds(4), "a released page is not held again");
+      assertEquals(b.unfinishedLoad, DESCRIBE);
+      assertThrows(() => b.get([1]), PageSourceError, "not open");
+      const src = new FakeSource();
+      b.replaceSource(src);
+      assertEquals(b.unfinishedLoad, undefined);
+      assertEquals(b.get([3, 2, 1]), pagesOf([33, 2, 1]), "main's put stands");
+      b.fill(b.nextPending(10));
+      assertEquals(src.reads, [1, 5]);
+      assert(src.closed);
+      assertThrows(() => Deno.statSync(`${dir}/vm.lazy`), Deno.errors.NotFound);
     } finally {
       b.close();
     }
+    const c = VmPageStore.open(dir, "vm", 64);
+    try {
+      assertEquals([c.heldPages, c.pendingPages], [4, 0]);
+    } finally {
+      c.close();
+    }
+  });
+});
+
+Deno.test("a store started afresh, or dropped, leaves no lazy load record behind", () => {
+  withDir((dir) => {
+    const a = VmPageStore.open(dir, "vm", 64, true);
+    a.backWith([1, 2], new FakeSource(), DESCRIBE);
+    a.close();
+    const b = VmPageStore.open(dir, "vm", 64, true);
+    assertEquals([b.heldPages, b.unfinishedLoad], [0, undefined]);
+    b.close();
+    assertThrows(() => Deno.statSync(`${dir}/vm.lazy`), Deno.errors.NotFound);
+    const stores = new PageStores(dir, 100, "h1");
+    stores.store("vm", 64, true).backWith([7], new FakeSource(), DESCRIBE);
+    stores.store("vm2", 64, true);
+    assertEquals(stores.unfinishedLoads(), [{ vm: "vm", pages: 64 }]);
+    stores.drop("vm");
+    stores.drop("vm2");
+    assertEquals(stores.unfinishedLoads(), []);
   });
 });
 
@@ -74,7 +116,7 @@ Deno.test("a page main puts or releases ends its backing: the source is not read
     const s = VmPageStore.open(dir, "vm", 64, true);
     const src = new FakeSource();
     try {
-      s.backWith([1, 2, 3], src);
+      s.backWith([1, 2, 3], src, DESCRIBE);
       s.put([1], pagesOf([77]));
       s.release([2]);
       assertEquals(s.heldPages, 2);
@@ -99,7 +141,7 @@ Deno.test("the fill brings every page in, batch by batch, each once", () => {
     const src = new FakeSource();
     const gfns = Array.from({ length: 250 }, (_, i) => i + 50);
     try {
-      s.backWith(gfns, src);
+      s.backWith(gfns, src, DESCRIBE);
       s.get([120]);
       const batches: number[][] = [];
       for (let b = s.nextPending(64); b.length; b = s.nextPending(64)) {
@@ -124,7 +166,7 @@ Deno.test("a page the source cannot read is refused, stays pending, and comes fr
     const s = VmPageStore.open(dir, "vm", 64, true);
     const bad = new FakeSource(new Set([9]));
     try {
-      s.backWith([8, 9, 10], bad);
+      s.backWith([8, 9, 10], bad, DESCRIBE);
       assertThrows(() => s.get([8, 9]), PageSourceError, "gfn 9 checksum mismatch");
       assertEquals(s.pendingPages, 3, "nothing of a failed read is taken");
       assertEquals(s.get([10]), pagesOf([10]));
@@ -145,11 +187,40 @@ Deno.test("only an empty store can be backed by a checkpoint", () => {
     try {
       s.put([1], pagesOf([1]));
       const src = new FakeSource();
-      assertThrows(() => s.backWith([2], src), PageStoreError, "needs an empty page store");
+      assertThrows(
+        () => s.backWith([2], src, DESCRIBE),
+        PageStoreError,
+        "needs an empty page store",
+      );
       assertEquals(s.heldPages, 1);
       assertEquals(s.get([1]).length, PAGE_SIZE);
     } finally {
       s.close();
+    }
+  });
+});
+
+Deno.test("a host's stores read every page still in a checkpoint in before the agent stops", () => {
+  withDir((dir) => {
+    const stores = new PageStores(dir, 10_000, "h1");
+    const good = new FakeSource(), bad = new FakeSource(new Set([7]));
+    stores.store("a", 3000, true).backWith(
+      Array.from({ length: 2500 }, (_, i) => i),
+      good,
+      DESCRIBE,
+    );
+    stores.store("b", 64, true).backWith([6, 7, 8], bad, DESCRIBE);
+    assertEquals(stores.finishLoads(), 3, "the pages of a source that fails are counted lost");
+    assertEquals(stores.list().map((s) => [s.vm, s.pendingPages]), [["a", 0], ["b", 3]]);
+    assert(good.closed);
+    stores.drop("b");
+    const a = VmPageStore.open(dir, "a", 3000);
+    try {
+      assertEquals(a.heldPages, 2500, "a restarted agent's index claims them all");
+      assertEquals(a.get([0, 2499]), pagesOf([0, 2499]));
+    } finally {
+      a.close();
+      stores.drop("a");
     }
   });
 });

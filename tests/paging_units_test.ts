@@ -15,7 +15,6 @@ import { PageStoreError, PageStores, VmPageStore } from "../src/paging/page_stor
 import { PAGE_SIZE } from "../src/accel/accel.ts";
 import { pagesOf, withDir } from "./helpers/page_fixture.ts";
 
-
 Deno.test("a new holder table places every page where told and counts each host's pages", () => {
   const o = new PageOwnership(10, 3, (g) => g % 3);
   for (let g = 0; g < 10; g++) assertEquals(o.holderOf(g), g % 3);
@@ -270,7 +269,7 @@ Deno.test("held pages and their contents survive closing and reopening the store
       const c = stores.store("vm", 40);
       assertEquals(c.heldPages, 4);
       assertEquals(stores.heldPages(), 4);
-      assertEquals(stores.list(), [{ vm: "vm", heldPages: 4 }]);
+      assertEquals(stores.list(), [{ vm: "vm", heldPages: 4, pendingPages: 0 }]);
       assertEquals(c.get([20, 5]), pagesOf([20, 5]));
     } finally {
       stores.drop("vm");
@@ -342,7 +341,7 @@ Deno.test("dropping a VM's store closes it and deletes its files", () => {
     for (const ext of ["pages", "held"]) {
       assertThrows(() => Deno.statSync(join(dir, `vm.${ext}`)), Deno.errors.NotFound);
     }
-    assertEquals(stores.list(), [{ vm: "other", heldPages: 1 }]);
+    assertEquals(stores.list(), [{ vm: "other", heldPages: 1, pendingPages: 0 }]);
     assertEquals(stores.heldPages(), 1);
     stores.drop("vm"); // dropping twice is harmless
     assertEquals(stores.store("vm", 8).heldPages, 0);

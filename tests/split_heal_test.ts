@@ -97,8 +97,10 @@ Deno.test("fragment copies stay whole by themselves: restores and verify take a 
     assert((await c.ok(["--agent", main, "guest", "verify", "hv"])).startsWith("OK"));
     assert(same(copy("node1", "node1"), copy("node2", "node1")), "main's copy is not whole again");
     assertEquals((await scrubOf(main)).setAside, 2);
-    await waitFor("node2's copy replaced by its lazy load", () =>
-      same(copy("node2", "node2"), copy("node3", "node2")));
+    await waitFor(
+      "node2's copy replaced by its lazy load",
+      () => same(copy("node2", "node2"), copy("node3", "node2")),
+    );
     assertEquals((await scrubOf(s1)).setAside, 2);
     assert((await c.ok(["--agent", main, "vm", "check", "hv"])).startsWith("OK"));
     // ckpt verify on main meets a damaged copy of node3's fragment there, and a whole one comes.

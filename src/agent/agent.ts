@@ -19,6 +19,7 @@ import { listVms, request } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
 import { pageHandlers } from "./pages.ts";
+import { PageLoads } from "./page_loads.ts";
 import { heldAsData } from "./page_held.ts";
 import { ckptFileHandlers } from "./ckpt_files.ts";
 import { PageStores } from "../paging/page_store.ts";
@@ -170,6 +171,11 @@ export class Agent {
     const generation = (arg: unknown, role: CallerRole, field?: string) =>
       checkpointPath(root, arg, "generation", role, field);
     const repair = new SelfRepair(root, me.host, connect, scrubs);
+    const loads = new PageLoads(stores, root, generation, (dir) => repair.heal(dir));
+    // Before anyone is served: main's first request for such a page finds its source open.
+    for (const f of loads.resumeUnfinished()) {
+      log.error("{vm}: the lazy load a stopped agent left cannot go on: {error}", f);
+    }
     // A restore or verify that met a damaged copy here is tried again once it is replaced.
     const handlers = validated(withSelfRepair(
       {
@@ -180,7 +186,7 @@ export class Agent {
             owners,
             connect,
             quotaBytes: cfg.storeQuotaBytes,
-            heal: (dir) => repair.heal(dir),
+            loads,
           }),
         ),
       },
@@ -212,6 +218,7 @@ export class Agent {
     });
     const local = new LocalRpcServer(Agent.socketPath(cfg), handlers);
     const agent = new Agent(cfg, quic, local, me.host);
+    agent.pageStores = stores;
     if (cfg.scrubRateBytes) {
       const every = cfg.scrubEveryMs ?? DEFAULT_SCRUB_EVERY_MS;
       agent.scrub = new BackgroundScrub(root, cfg.scrubRateBytes, every, repair, scrubs);
@@ -260,10 +267,21 @@ export class Agent {
   /** The background scrub, when enabled. */
   scrub?: BackgroundScrub;
 
-  /** Stops serving; the VMs keep running. */
+  /** The split VMs' page stores this agent serves. */
+  pageStores?: PageStores;
+
+  /** Stops serving; the VMs keep running, and pages of lazy loads are read in first. */
   stop(): void {
     this.quic.close();
     this.local.close();
+    const lost = this.pageStores?.finishLoads() ?? 0;
+    if (lost) {
+      log.error(
+        "{lost} pages of lazy restores could not be read from their checkpoints before stopping; " +
+          "their VMs will miss them: restore them again from the checkpoint",
+        { lost },
+      );
+    }
     void this.metrics?.shutdown();
     void this.scrub?.stop();
   }

@@ -4,7 +4,9 @@
  * and checked before the call answers; lazily, the store answers for them at once and reads each
  * from its fragment on first request, while a background pass brings in the rest.
  */
+import { relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
+import * as v from "valibot";
 import * as libc from "../ffi/libc.ts";
 import { OpenCheckpoint } from "../ckpt/open_checkpoint.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
@@ -75,16 +77,69 @@ class CheckpointPages implements PageSource {
   }
 }
 
+/** Resolves a checkpoint argument as the agent does, to its generation directory. */
+export type ResolveCheckpoint = (arg: unknown, role: CallerRole, field?: string) => string;
+
+/** What a lazy load records of its source: the checkpoint (under the root), its id, the fragments. */
+const LoadSource = v.object({
+  ckpt: v.pipe(v.string(), v.maxLength(4096)),
+  id: v.pipe(v.string(), v.regex(/^[0-9a-f]{32}$/)),
+  fragments: v.pipe(v.array(v.pipe(v.number(), v.integer(), v.minValue(0))), v.maxLength(4096)),
+});
+
 /** The lazy loads under way on this host, and the page loads' RPC handler. */
 export class PageLoads {
   readonly #stores: PageStores;
+  readonly #root: string;
+  readonly #resolve: ResolveCheckpoint;
   readonly #heal?: Heal;
   readonly #sources = new WeakMap<VmPageStore, CheckpointPages>();
 
-  /** Over `stores`; `heal` replaces damaged checkpoint copies a lazy load meets. */
-  constructor(stores: PageStores, heal?: Heal) {
+  /**
+   * Over `stores`, with checkpoints under `root` found through `resolve`; `heal` replaces damaged
+   * checkpoint copies a lazy load meets.
+   */
+  constructor(stores: PageStores, root: string, resolve: ResolveCheckpoint, heal?: Heal) {
     this.#stores = stores;
+    this.#root = root;
+    this.#resolve = resolve;
     this.#heal = heal;
+  }
+
+  /**
+   * Picks up the lazy loads a stopped agent left unfinished: each reads its pages from its
+   * checkpoint again, on request and in the background. Returns the VMs whose load cannot go on
+   * (their pages still in the checkpoint fail by name when main asks), with why.
+   */
+  resumeUnfinished(): Array<{ vm: string; error: string }> {
+    const failed: Array<{ vm: string; error: string }> = [];
+    for (const u of this.#stores.unfinishedLoads()) {
+      try {
+        if ("error" in u) throw new Error(u.error);
+        const store = this.#stores.store(u.vm, u.pages);
+        const describe = store.unfinishedLoad;
+        if (!describe) continue;
+        const src = v.parse(LoadSource, JSON.parse(new TextDecoder().decode(describe)));
+        const only = new Set(src.fragments);
+        const ck = OpenCheckpoint.open(this.#resolve(src.ckpt, "root", "ckpt"), only);
+        if (ck.manifest.id !== src.id) {
+          ck.close();
+          throw new Error(`${src.ckpt} is checkpoint ${ck.manifest.id} now, not ${src.id}`);
+        }
+        const source = new CheckpointPages(ck, only);
+        store.replaceSource(source);
+        this.#sources.set(store, source);
+        log.info("{vm}: lazy load picked up again, {left} pages still in {ckpt}", {
+          vm: u.vm,
+          left: store.pendingPages,
+          ckpt: src.ckpt,
+        });
+        void this.#fillInBackground(store);
+      } catch (e) {
+        failed.push({ vm: u.vm, error: (e as Error).message });
+      }
+    }
+    return failed;
   }
 
   /**
@@ -148,10 +203,9 @@ export class PageLoads {
    * `ckpt`; with `lazy`, answer once the pages are registered and bring them in afterwards.
    */
   handlers(
-    resolve: (arg: unknown, role: CallerRole, field?: string) => string,
     vmArgs: (a: Record<string, unknown>) => { vm: string; pages: number },
   ): Record<string, RpcHandler> {
-    const stores = this.#stores;
+    const stores = this.#stores, resolve = this.#resolve;
     return {
       "pages.load": async (args, ctx) => {
         const { vm, pages } = vmArgs(args);
@@ -178,7 +232,12 @@ export class PageLoads {
         const store = stores.store(vm, pages, true);
         if (args.lazy === true) {
           const source = new CheckpointPages(opened, only);
-          store.backWith(gfns, source);
+          const describe: v.InferOutput<typeof LoadSource> = {
+            ckpt: relative(this.#root, opened.dir),
+            id: opened.manifest.id,
+            fragments: [...only],
+          };
+          store.backWith(gfns, source, new TextEncoder().encode(JSON.stringify(describe)));
           ck.move();
           this.#sources.set(store, source);
           void this.#fillInBackground(store);

@@ -7,7 +7,7 @@ import { nameArg } from "./paths.ts";
 import { PageStoreError, type PageStores } from "../paging/page_store.ts";
 import { checkRuns, expandRuns } from "../memory/runs.ts";
 import { PageSaves } from "./page_saves.ts";
-import { type Heal, PageLoads } from "./page_loads.ts";
+import { PageLoads } from "./page_loads.ts";
 import { PageOwners } from "./page_owners.ts";
 import { decodePageRequest, encodePageReply, PageOp, type PageRequest } from "../paging/wire.ts";
 
@@ -59,8 +59,8 @@ export interface PageServiceOptions {
   connect?: (addr: string) => Promise<RpcClient>;
   /** Most bytes of checkpoints under the checkpoint root. */
   quotaBytes?: number;
-  /** Replaces damaged checkpoint copies a lazy load meets. */
-  heal?: Heal;
+  /** The lazy loads of this host (by default, a new set without healing). */
+  loads?: PageLoads;
 }
 
 /**
@@ -117,8 +117,8 @@ function pageMethods(
   opts: PageServiceOptions,
 ): Record<string, RpcHandler> {
   const saves = new PageSaves(stores, ckptRoot, opts.connect ?? noPeers, opts.quotaBytes);
-  const pageLoads = new PageLoads(stores, opts.heal);
-  const loads = pageLoads.handlers(resolve, vmArgs);
+  const pageLoads = opts.loads ?? new PageLoads(stores, ckptRoot, resolve);
+  const loads = pageLoads.handlers(vmArgs);
   return {
     ...saves.handlers(vmArgs),
     ...loads,

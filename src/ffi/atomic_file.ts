@@ -83,7 +83,8 @@ function dirOf(path: string): string {
   return slash < 0 ? "." : slash === 0 ? "/" : path.slice(0, slash);
 }
 
-function removeQuietly(path: string): void {
+/** Removes `path`, if it is there. */
+export function removeQuietly(path: string): void {
   try {
     Deno.removeSync(path);
   } catch {

@@ -1,31 +1,31 @@
 /**
  * A sub-host's page store: the pages of split VMs this host holds, in two files per VM in the
  * agent's data directory, so they outlive an agent restart. `VM.pages` is a sparse file of the VM's
- * memory; `VM.held` is the index: a header (magic "DCRESPGS", format version, page count, checksums),
- * the bitmap of the pages held, and a CRC-32 of every page. The store serves only pages it holds and
- * whose checksum matches: asked for another, it answers with an error, never with zeros or garbage.
- * Compatibility: a reader opens indexes of its own major version (any minor); a newer major is
- * refused by name. A per-host capacity bounds the pages held across all VMs.
+ * memory; `VM.held` is the index (`page_index.ts`). The store serves only pages it holds and whose
+ * checksum matches: asked for another, it answers with an error, never with zeros or garbage. A
+ * per-host capacity bounds the pages held across all VMs.
  */
 import { join } from "node:path";
-import { crc32, hasMagic, magic, writeHead } from "../ckpt/format.ts";
+import { crc32 } from "../ckpt/format.ts";
+import {
+  decodeIndex,
+  decodeIndexHeader,
+  encodeIndexHeader,
+  INDEX_HEADER,
+  indexFlaw,
+  indexLayout,
+  PageStoreError,
+} from "./page_index.ts";
 import { indexRuns } from "../memory/runs.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { lazyRecordPages, type PageSource, PendingPages } from "./lazy_pages.ts";
+import { removeQuietly } from "../ffi/atomic_file.ts";
 
-/** The store refused: full, unknown VM, a page it does not hold, or a damaged file. */
-export class PageStoreError extends Error {
-  constructor(message: string, options?: ErrorOptions) {
-    super(message, options);
-    this.name = "PageStoreError";
-  }
-}
+export { type PageSource, PageStoreError };
 
-/** "DCRESPGS" */
-export const STORE_MAGIC: Uint8Array = magic("DCRESPGS");
-/** Index format version this build writes. */
-export const STORE_VERSION = { major: 1, minor: 0 } as const;
-const HEADER = 32;
 const ZERO_PAGE_CRC = crc32(new Uint8Array(PAGE_SIZE));
+/** Pages read from a source at a time when the stores finish their loads. */
+const FINISH_BATCH = 1024;
 
 function readFull(f: Deno.FsFile, at: number, into: Uint8Array): number {
   f.seekSync(at, Deno.SeekMode.Start);
@@ -42,24 +42,6 @@ function writeFull(f: Deno.FsFile, at: number, from: Uint8Array) {
   for (let o = 0; o < from.length;) o += f.writeSync(from.subarray(o));
 }
 
-/** Where the parts of an index of `pages` pages live. */
-function indexLayout(pages: number) {
-  const bitmap = Math.ceil(pages / 8);
-  const crcs = HEADER + Math.ceil(bitmap / 8) * 8;
-  return { bitmap, crcs, size: crcs + pages * 4 };
-}
-
-/**
- * Where the pages of a lazy load still are (a checkpoint's fragments): read on first request and by
- * a background pass, so the store answers for them before their bytes are here.
- */
-export interface PageSource {
-  /** Reads `gfns` into `into` (one page after another), each checked whole, or throws. */
-  read(gfns: number[], into: Uint8Array<ArrayBuffer>): void;
-  /** Lets go of the source's files. */
-  close(): void;
-}
-
 /** A page could not be read from the store's source (a damaged or lost checkpoint copy). */
 export class PageSourceError extends PageStoreError {
   constructor(vm: string, cause: Error) {
@@ -71,14 +53,12 @@ export class PageSourceError extends PageStoreError {
 /** The pages of one VM held here. */
 export class VmPageStore {
   private heldCount = 0;
-  /** Held pages whose bytes are still in `#source` (in memory only: the index claims none). */
-  #pending?: Uint8Array;
-  #pendingCount = 0;
-  #source?: PageSource;
-  #cursor = 0;
+  /** Held pages whose bytes are still in a lazy load's source (the index claims none of them). */
+  #lazy?: PendingPages;
   #closed = false;
 
   private constructor(
+    /** Directory of the store's files. */ readonly dir: string,
     /** VM name. */ readonly vm: string,
     /** Pages of the VM's memory. */ readonly pages: number,
     private readonly data: Deno.FsFile,
@@ -106,7 +86,7 @@ export class VmPageStore {
         crcs = new Uint32Array(pages);
         created = true;
       } else {
-        const head = new Uint8Array(HEADER);
+        const head = new Uint8Array(INDEX_HEADER);
         readFull(index, 0, head);
         // The header is checked before the rest is read, so the allocation is this VM's index.
         const bytes = new Uint8Array(decodeIndexHeader(indexPath, head, pages, size));
@@ -122,79 +102,83 @@ export class VmPageStore {
     const data = Deno.openSync(join(dir, `${vm}.pages`), { read: true, write: true, create: true });
     if (created) data.truncateSync(0);
     data.truncateSync(pages * PAGE_SIZE);
-    const store = new VmPageStore(vm, pages, data, index, held, crcs);
+    const store = new VmPageStore(dir, vm, pages, data, index, held, crcs);
     if (created) store.writeHeader();
+    const record = join(dir, `${vm}.lazy`);
+    try {
+      if (fresh) removeQuietly(record);
+      else store.#lazy = PendingPages.recover(record, pages, (g) => store.#inStore(g));
+    } catch (e) {
+      store.close();
+      throw e;
+    }
     return store;
   }
 
   /** Pages held (those still in the source too). */
   get heldPages(): number {
-    return this.heldCount + this.#pendingCount;
+    return this.heldCount + this.pendingPages;
   }
 
   /** Held pages still to be read from the source. */
   get pendingPages(): number {
-    return this.#pendingCount;
+    return this.#lazy?.count ?? 0;
   }
 
   /** True when `gfn` is held here (in the store, or still in its source). */
   holds(gfn: number): boolean {
-    return this.#inStore(gfn) || this.#isPending(gfn);
+    return this.#inStore(gfn) || !!this.#lazy?.has(gfn);
   }
 
   #inStore(gfn: number): boolean {
     return (this.held[gfn >> 3] & (1 << (gfn & 7))) !== 0;
   }
 
-  #isPending(gfn: number): boolean {
-    return !!this.#pending && (this.#pending[gfn >> 3] & (1 << (gfn & 7))) !== 0;
-  }
-
   /** The held bitmap (bit g set: page g is here, or still in the source). */
   bitmap(): Uint8Array {
     const out = this.held.slice();
-    if (this.#pending) for (let i = 0; i < out.length; i++) out[i] |= this.#pending[i];
+    this.#lazy?.orInto(out);
     return out;
   }
 
   /**
    * Starts holding `gfns` of an empty store with their bytes still in `source` (a lazy load), which
-   * the store owns from now on. Until {@link fill} brings a page in, the index does not claim it.
+   * the store owns from now on; `describe` is recorded with them, for an agent that picks the load
+   * up again after a restart ({@link unfinishedLoad}). The index claims a page once {@link fill}
+   * brings it in.
    */
-  backWith(gfns: ArrayLike<number>, source: PageSource): void {
-    if (this.heldCount || this.#source) {
+  backWith(gfns: ArrayLike<number>, source: PageSource, describe: Uint8Array): void {
+    if (this.heldCount || this.#lazy) {
       throw new PageStoreError(`${this.vm}: a lazy load needs an empty page store`);
     }
-    this.#source = source;
-    this.#pending = new Uint8Array(this.held.length);
-    for (let i = 0; i < gfns.length; i++) {
-      const g = gfns[i];
-      if (!this.#isPending(g)) this.#pendingCount++;
-      this.#pending[g >> 3] |= 1 << (g & 7);
-    }
-    this.#endSourceIfDone();
+    this.#lazy = PendingPages.create(this.#recordPath, this.pages, gfns, source, describe);
+    this.#endLoadIfDone();
   }
 
-  /** Swaps the source of the pages not yet read (a damaged copy replaced); the old one is closed. */
+  get #recordPath(): string {
+    return join(this.dir, `${this.vm}.lazy`);
+  }
+
+  /**
+   * The description of a lazy load an agent stopped in the middle of, whose pages nobody reads yet
+   * ({@link replaceSource} gives them a source again); undefined when there is none.
+   */
+  get unfinishedLoad(): Uint8Array | undefined {
+    return this.#lazy && !this.#lazy.attached ? this.#lazy.describe : undefined;
+  }
+
+  /**
+   * Reads the pages still in the source from `source` from now on (a damaged copy replaced, or an
+   * unfinished load picked up); the old source is closed. Without pages left, `source` is closed.
+   */
   replaceSource(source: PageSource): void {
-    if (!this.#source) {
-      source.close();
-      return;
-    }
-    this.#source.close();
-    this.#source = source;
+    if (this.#lazy) this.#lazy.attach(source);
+    else source.close();
   }
 
   /** Up to `max` pages still in the source, from where the last call left off. */
   nextPending(max: number): number[] {
-    const out: number[] = [];
-    if (!this.#pending) return out;
-    for (let n = 0; n < this.pages && out.length < max; n++) {
-      const g = (this.#cursor + n) % this.pages;
-      if (this.#isPending(g)) out.push(g);
-    }
-    if (out.length) this.#cursor = (out[out.length - 1] + 1) % this.pages;
-    return out;
+    return this.#lazy?.next(max) ?? [];
   }
 
   /**
@@ -202,14 +186,11 @@ export class VmPageStore {
    * source cannot give them (they stay pending, so a replaced source can be tried again).
    */
   fill(gfns: ArrayLike<number>): void {
-    if (!this.#pendingCount) return;
-    const todo: number[] = [];
-    for (let i = 0; i < gfns.length; i++) if (this.#isPending(gfns[i])) todo.push(gfns[i]);
-    if (!todo.length) return;
-    todo.sort((a, b) => a - b);
+    const todo = this.#lazy?.among(gfns);
+    if (!todo?.length) return;
     const buf = new Uint8Array(todo.length * PAGE_SIZE);
     try {
-      this.#source!.read(todo, buf);
+      this.#lazy!.read(todo, buf);
     } catch (e) {
       throw new PageSourceError(this.vm, e as Error);
     }
@@ -217,21 +198,15 @@ export class VmPageStore {
   }
 
   #unpend(gfns: ArrayLike<number>) {
-    if (!this.#pendingCount) return;
-    for (let i = 0; i < gfns.length; i++) {
-      const g = gfns[i];
-      if (!this.#isPending(g)) continue;
-      this.#pending![g >> 3] &= ~(1 << (g & 7));
-      this.#pendingCount--;
-    }
-    this.#endSourceIfDone();
+    if (!this.#lazy) return;
+    this.#lazy.clear(gfns);
+    this.#endLoadIfDone();
   }
 
-  #endSourceIfDone() {
-    if (this.#pendingCount || !this.#source) return;
-    this.#source.close();
-    this.#source = undefined;
-    this.#pending = undefined;
+  #endLoadIfDone() {
+    if (!this.#lazy || this.#lazy.count) return;
+    this.#lazy.finish();
+    this.#lazy = undefined;
   }
 
   /** Starts holding `gfns` of a fresh store (holes in its file: zero pages), a new VM's share. */
@@ -311,17 +286,12 @@ export class VmPageStore {
     }
     if (hi < 0) return;
     // Written through, with the header's checksums, so a restarted agent knows what it holds.
-    writeFull(this.index, HEADER + lo, this.held.subarray(lo, hi + 1));
+    writeFull(this.index, INDEX_HEADER + lo, this.held.subarray(lo, hi + 1));
     this.writeHeader();
   }
 
   private writeHeader() {
-    const h = new Uint8Array(HEADER);
-    const dv = writeHead(h, STORE_MAGIC, STORE_VERSION);
-    dv.setUint32(12, this.pages, true);
-    dv.setUint32(16, crc32(this.held), true);
-    dv.setUint32(20, crc32(h.subarray(0, 20)), true);
-    writeFull(this.index, 0, h);
+    writeFull(this.index, 0, encodeIndexHeader(this.pages, this.held));
   }
 
   /** True once closed (the store was dropped or started afresh). */
@@ -332,88 +302,15 @@ export class VmPageStore {
   /** Closes the files (and the source of pages not yet read: those are no longer held). */
   close(): void {
     this.#closed = true;
-    this.#source?.close();
+    this.#lazy?.close();
     this.data.close();
     this.index.close();
   }
 }
 
-function indexFlaw(path: string, why: string): PageStoreError {
-  return new PageStoreError(
-    `${path}: ${why}; its pages cannot be trusted (stop the VM, or delete the file if it is gone)`,
-  );
-}
-
-/**
- * Checks an index's header (its first HEADER bytes, of a file of `fileSize` bytes) against a VM of
- * `pages` pages; returns how many bytes of the file are the index, so no more is read.
- */
-export function decodeIndexHeader(
-  path: string,
-  h: Uint8Array,
-  pages: number,
-  fileSize: number,
-): number {
-  if (h.length < HEADER || fileSize < HEADER) {
-    throw indexFlaw(path, "index is too short for its header");
-  }
-  const dv = new DataView(h.buffer, h.byteOffset, HEADER);
-  if (!hasMagic(h, 0, STORE_MAGIC)) {
-    throw indexFlaw(path, "not a dcres page store index (wrong magic)");
-  }
-  const major = dv.getUint16(8, true);
-  if (major > STORE_VERSION.major) {
-    throw new PageStoreError(
-      `${path}: page store format ${major}.${
-        dv.getUint16(10, true)
-      } is newer than this dcres (${STORE_VERSION.major}.${STORE_VERSION.minor}); upgrade dcres on this host`,
-    );
-  }
-  if (crc32(h.subarray(0, 20)) !== dv.getUint32(20, true)) {
-    throw indexFlaw(path, "index header checksum mismatch");
-  }
-  const had = dv.getUint32(12, true);
-  if (had !== pages) {
-    throw new PageStoreError(
-      `this host's page store ${path} has ${had} pages, the request says ${pages}`,
-    );
-  }
-  const { bitmap, size } = indexLayout(pages);
-  if (fileSize < HEADER + bitmap) throw indexFlaw(path, "index is truncated in its bitmap");
-  if (fileSize < size) throw indexFlaw(path, "index is truncated in its page checksums");
-  return size;
-}
-
-/**
- * Decodes a whole index (`bytes`, from its first byte) of a VM of `pages` pages into the held bitmap
- * and the page checksums, views of `bytes`; throws PageStoreError naming the flaw.
- */
-export function decodeIndex(
-  path: string,
-  bytes: Uint8Array,
-  pages: number,
-): { held: Uint8Array; crcs: Uint32Array } {
-  decodeIndexHeader(path, bytes, pages, bytes.length);
-  const { bitmap, crcs } = indexLayout(pages);
-  const held = bytes.slice(HEADER, HEADER + bitmap);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, HEADER);
-  if (crc32(held) !== dv.getUint32(16, true)) {
-    throw indexFlaw(path, "held bitmap checksum mismatch");
-  }
-  const table = new Uint32Array(pages);
-  new Uint8Array(table.buffer).set(bytes.subarray(crcs, crcs + pages * 4));
-  return { held, crcs: table };
-}
-
 /** Deletes the store files of `vm` under `dir`. */
 function removeStore(dir: string, vm: string) {
-  for (const ext of ["pages", "held"]) {
-    try {
-      Deno.removeSync(join(dir, `${vm}.${ext}`));
-    } catch {
-      // Already gone.
-    }
-  }
+  for (const ext of ["pages", "held", "lazy"]) removeQuietly(join(dir, `${vm}.${ext}`));
 }
 
 function popcount(b: number): number {
@@ -469,6 +366,50 @@ export class PageStores {
     }
   }
 
+  /**
+   * Reads every page still in a checkpoint into its store (the agent stopping: a restarted agent
+   * knows only the pages its index claims); returns how many could not be read.
+   */
+  finishLoads(): number {
+    let lost = 0;
+    for (const s of this.open.values()) {
+      for (let b = s.nextPending(FINISH_BATCH); b.length; b = s.nextPending(FINISH_BATCH)) {
+        try {
+          s.fill(b);
+        } catch {
+          lost += s.pendingPages;
+          break;
+        }
+      }
+    }
+    return lost;
+  }
+
+  /**
+   * The VMs whose store has a lazy load a stopped agent left unfinished, with their page counts (or
+   * why the record cannot be read).
+   */
+  unfinishedLoads(): Array<{ vm: string; pages: number } | { vm: string; error: string }> {
+    const out: Array<{ vm: string; pages: number } | { vm: string; error: string }> = [];
+    let names: Deno.DirEntry[];
+    try {
+      names = [...Deno.readDirSync(this.dir)];
+    } catch {
+      return out;
+    }
+    for (const e of names) {
+      if (!e.isFile || !e.name.endsWith(".lazy")) continue;
+      const vm = e.name.slice(0, -".lazy".length);
+      try {
+        const pages = lazyRecordPages(join(this.dir, e.name));
+        if (pages !== undefined) out.push({ vm, pages });
+      } catch (err) {
+        out.push({ vm, error: (err as Error).message });
+      }
+    }
+    return out;
+  }
+
   /** Forgets and deletes the store of `vm`. */
   drop(vm: string): void {
     this.open.get(vm)?.close();
@@ -476,8 +417,12 @@ export class PageStores {
     removeStore(this.dir, vm);
   }
 
-  /** Stores of all VMs with pages here. */
-  list(): Array<{ vm: string; heldPages: number }> {
-    return [...this.open.values()].map((s) => ({ vm: s.vm, heldPages: s.heldPages }));
+  /** Stores of all VMs with pages here, and how many of those pages are still in a checkpoint. */
+  list(): Array<{ vm: string; heldPages: number; pendingPages: number }> {
+    return [...this.open.values()].map((s) => ({
+      vm: s.vm,
+      heldPages: s.heldPages,
+      pendingPages: s.pendingPages,
+    }));
   }
 }

@@ -27,7 +27,8 @@ import {
   PageStoreError,
   STORE_MAGIC,
   STORE_VERSION,
-} from "../../src/paging/page_store.ts";
+} from "../../src/paging/page_index.ts";
+import { decodeLazyRecord, encodeLazyRecord } from "../../src/paging/lazy_record.ts";
 import {
   decodePageReply,
   decodePageRequest,
@@ -309,6 +310,19 @@ export const TARGETS: Target[] = [
     decode: (b) => decodeIndex("VM.held", b, VM_PAGES),
     typed: [PageStoreError],
     valid: fc.integer({ min: 1, max: 9 }).map((k) => sampleIndex(k)),
+  },
+  {
+    name: "lazy-load-record",
+    decode: (b) => decodeLazyRecord("VM.lazy", b, 1 << 28),
+    typed: [PageStoreError],
+    valid: fc.tuple(fc.integer({ min: 1, max: 4 * VM_PAGES }), fc.uint8Array({ maxLength: 200 }))
+      .map(([pages, source]) =>
+        encodeLazyRecord({
+          pages,
+          pending: new Uint8Array(Math.ceil(pages / 8)).fill(0x5a),
+          source,
+        })
+      ),
   },
   {
     name: "page-request",
