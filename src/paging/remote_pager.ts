@@ -35,6 +35,8 @@ export type { SplitReport } from "./split_migration.ts";
 
 /** Longest `stop` waits for the fault and budget loops to notice. */
 const STOP_WAIT_MS = 2000;
+/** How long a sub-host has to answer the check before a checkpoint (QUIC gives up after 3 s). */
+const PROBE_MS = 5000;
 
 const log = getLogger(["dcres", "paging"]);
 
@@ -253,11 +255,14 @@ export class RemotePager {
 
   /**
    * Reconnects the sub-hosts whose links are down (nothing may have asked them for a page since
-   * they came back) and waits up to `timeoutMs` for them; throws naming those still unreachable.
+   * they came back, or the link does not know yet: each is asked once) and waits up to `timeoutMs`
+   * for them; throws naming those still unreachable.
    */
   async ensureLinks(timeoutMs = 10_000): Promise<void> {
     const links = this.#ctx.links;
     const deadline = performance.now() + timeoutMs;
+    // A link that looks up may be to an agent that was restarted: asked once, it says.
+    await Promise.all(links.active().map((l) => l.probe(PROBE_MS)));
     for (const l of links.active()) if (l.down) void this.#faults.reconnect(l.index);
     while (links.active().some((l) => l.down) && performance.now() < deadline) {
       await sleep(100);

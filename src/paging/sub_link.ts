@@ -8,6 +8,7 @@ import { getLogger } from "@logtape/logtape";
 import { Inbox } from "../rpc/inbox.ts";
 import type { Identity } from "../net/identity.ts";
 import { RpcClient } from "../net/quic.ts";
+import { RpcError } from "../rpc/errors.ts";
 import { gather } from "../net/chunks.ts";
 import { PageStoreError } from "./page_store.ts";
 import { ReleaseQueue } from "./release_queue.ts";
@@ -188,6 +189,23 @@ export class SubLink {
       onBack();
     } finally {
       this.reconnecting = false;
+    }
+  }
+
+  /**
+   * Checks the link with one round trip, bounded by `ms`: an agent killed and started again leaves
+   * the old connection looking up until QUIC's idle timeout, and a call on it fails only then. A
+   * link that does not answer is marked down (an answer that is an error still means it is up).
+   */
+  async probe(ms: number): Promise<void> {
+    const client = this.client;
+    if (!client) return;
+    try {
+      await client.call("pages.open", { vm: this.vm, pages: this.pages }, { deadlineMs: ms });
+    } catch (e) {
+      const answered = e instanceof RpcError && e.code !== "deadline-exceeded" &&
+        e.code !== "cancelled";
+      if (!answered && this.client === client) this.fail(`no answer: ${(e as Error).message}`);
     }
   }
 
