@@ -10,6 +10,7 @@ import { AgentLease, type LeaseReply } from "../src/agent/lease_handler.ts";
 import { validated } from "../src/agent/schemas.ts";
 import { bootTimeMs } from "../src/ffi/libc.ts";
 import { RpcError } from "../src/rpc/errors.ts";
+import { within } from "../src/rpc/deadline.ts";
 import { LEASE_FILE } from "../src/vmm_process/fence.ts";
 import type { RpcContext } from "../src/rpc/dispatcher.ts";
 
@@ -76,4 +77,37 @@ Deno.test("lease terms that cannot keep the promise are refused in one line", as
   const { call } = setup();
   await assertRejects(() => call({ terms: { ...TERMS, drift: 0.5 } }), RpcError, "drift");
   await assertRejects(() => call({ terms: { ...TERMS, extra: 1 } }), RpcError, "agent.lease");
+});
+
+Deno.test("a VMM that does not answer is named unanswered, and the heartbeat answers in time all the same", async () => {
+  const dir = Deno.makeTempDirSync({ prefix: "dcres-lease-" });
+  // A control socket whose VMM accepts the connection and never says anything (a hung VMM).
+  const stuck = Deno.listen({ transport: "unix", path: join(dir, "stuck.sock") });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of stuck) held.push(c);
+  })();
+  try {
+    const h = validated(new AgentLease(dir).handlers())["agent.lease"];
+    const t0 = performance.now();
+    const r = await within(
+      h({ term: 1, epoch: 1, terms: TERMS, vmsWithinMs: 200 }, {} as RpcContext),
+      5000,
+    ) as LeaseReply | undefined;
+    const ms = performance.now() - t0;
+    assert(r, "the heartbeat waited on the hung VMM");
+    assertEquals(r.vms, []);
+    assertEquals(r.unanswered, ["stuck"]);
+    assert(ms < 2000, `the heartbeat waited ${ms} ms for a hung VMM`);
+    await assertRejects(
+      () => h({ term: 1, epoch: 1, terms: TERMS, vmsWithinMs: 5 }, {} as RpcContext),
+      RpcError,
+      "vmsWithinMs",
+    );
+  } finally {
+    stuck.close();
+    held.forEach((c) => c.close());
+    await accepting.catch(() => {});
+    Deno.removeSync(dir, { recursive: true });
+  }
 });

@@ -18,7 +18,7 @@ import { getLogger } from "@logtape/logtape";
 import { bootTimeMs } from "../ffi/libc.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { RpcError } from "../rpc/errors.ts";
-import { listVms } from "../vmm/control/client.ts";
+import { surveyVms } from "../vmm/control/client.ts";
 import { writeLease } from "../vmm_process/fence.ts";
 import { checkLeaseTerms, HeldLease, type LeaseTerms, LeaseTermsError } from "./lease.ts";
 
@@ -45,9 +45,14 @@ export interface LeaseReply {
   renewal: string;
   /** Ms of lease the agent holds from now on (0 when none), by its own clock. */
   heldMs: number;
-  /** Its VMs. */
+  /** Its VMs that answered in time. */
   vms: LeasedVm[];
+  /** VMs whose VMM did not answer in time (absent when none): nothing is known of them now. */
+  unanswered?: string[];
 }
+
+/** How long a heartbeat waits for the VMMs' answers unless the coordinator says (`vmsWithinMs`). */
+const VMS_WITHIN_MS = 1000;
 
 /** The agent's side of the heartbeats: its lease and the renewals it has begun. */
 export class AgentLease {
@@ -86,13 +91,20 @@ export class AgentLease {
     while (this.#pending.size > MAX_PENDING) {
       this.#pending.delete(this.#pending.keys().next().value!);
     }
-    const vms = (await listVms(this.#stateDir)).map((v): LeasedVm => ({
+    // Bounded: a VMM that hangs must not hold up the answer and cost every VM here the lease.
+    const survey = await surveyVms(this.#stateDir, (args.vmsWithinMs as number) ?? VMS_WITHIN_MS);
+    const vms = survey.vms.map((v): LeasedVm => ({
       name: v.name,
       state: v.state,
       ...(v.pausedReason ? { pausedReason: v.pausedReason } : {}),
       ...(v.paging ? { split: Object.keys(v.paging.residentPages).sort() } : {}),
     }));
-    return { renewal, heldMs: Math.max(0, Math.round(this.#written - bootTimeMs())), vms };
+    return {
+      renewal,
+      heldMs: Math.max(0, Math.round(this.#written - bootTimeMs())),
+      vms,
+      ...(survey.unanswered.length ? { unanswered: survey.unanswered } : {}),
+    };
   }
 
   /** Extends the lease by the renewal `grant` names, if this agent began it, and hands it on. */

@@ -134,6 +134,7 @@ export const AGENT_SCHEMAS: Readonly<Record<string, v.GenericSchema>> = {
       fenceMs: ms,
     }),
     grant: v.optional(v.pipe(v.string(), v.maxLength(64))),
+    vmsWithinMs: v.optional(v.pipe(v.number(), v.integer(), v.minValue(10), v.maxValue(60_000))),
   }),
 };
 

@@ -6,22 +6,15 @@
  * VMs of a host declared down (`recovery.ts`). A standby waits in the campaign.
  */
 import { getLogger } from "@logtape/logtape";
-import { isName } from "../codec/names.ts";
 import { sleep } from "../rpc/deadline.ts";
 import type { CoordConfig } from "./config.ts";
 import { type HostState, nextHostState } from "./host_state.ts";
 import { type Dial, HostWatch } from "./host_watch.ts";
 import { dialCalls } from "./agent_calls.ts";
-import { Recovery, runsHere, splitAddrs } from "./recovery.ts";
+import { Recovery } from "./recovery.ts";
+import { placementOps } from "./placement_report.ts";
 import { ScheduleCounters, Scheduler } from "./scheduler.ts";
-import {
-  type CoordState,
-  type Leadership,
-  MAX_OPS,
-  type Placement,
-  type StateOp,
-  type Versioned,
-} from "./state.ts";
+import { type CoordState, type Leadership, MAX_OPS, type StateOp } from "./state.ts";
 
 const log = getLogger(["dcres", "coord"]);
 
@@ -192,7 +185,9 @@ export class Coordinator {
         });
       }
       if (ops.length) batches.push({ ops, apply });
-      if (answered) moves.push(...this.#placementOps(h, placements));
+      if (answered) {
+        moves.push(...placementOps(h, this.#hosts, placements, (vm) => this.#recovery.busy(vm)));
+      }
     }
     for (const group of chunks(batches)) {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
@@ -201,52 +196,6 @@ export class Coordinator {
     for (const group of chunks(moves.map((ops) => ({ ops, apply: () => {} })))) {
       await this.#state.commit(group.flatMap((b) => b.ops), { asLeader: true });
     }
-  }
-
-  /** Placement changes from `h`'s report: its VMs run there, with their split's hosts as subs. */
-  #placementOps(h: HostWatch, placements: Map<string, Versioned<Placement>>): StateOp[][] {
-    const out: StateOp[][] = [];
-    const reported = new Set<string>();
-    for (const vm of h.vms) {
-      if (!isName("vm", vm.name)) continue;
-      reported.add(vm.name);
-      // A VM being restored is placed by the restore.
-      if (this.#recovery.busy(vm.name)) continue;
-      const subs = splitAddrs(this.#hosts, h, vm.name).filter((s) => isName("host", s));
-      const was = placements.get(vm.name);
-      const old = was?.value;
-      if (old && old.main === h.addr && old.subs.join(",") === subs.join(",")) continue;
-      // A copy that does not run (fenced, paused) does not take the VM from where it is placed.
-      if (old && old.main !== h.addr && !runsHere(h, vm.name)) continue;
-      const put: StateOp = {
-        op: "put",
-        kind: "placement",
-        value: { vm: vm.name, main: h.addr, subs },
-      };
-      const from = old && this.#hosts.find((x) => x.addr === old.main);
-      if (!from || from.state === "up") {
-        out.push([put]);
-        continue;
-      }
-      // Its host failed and someone runs it here already: adopted, not restored.
-      out.push([{ ...put, expect: was!.rev }, {
-        op: "event",
-        event: {
-          kind: "adopted",
-          timeMs: Date.now(),
-          vm: vm.name,
-          host: h.addr,
-          detail: `${vm.name} runs on ${h.name} while ${from.name} is ${from.state ?? "unknown"}`,
-        },
-      }]);
-    }
-    for (const [vm, p] of placements) {
-      if (p.value.main === h.addr && !reported.has(vm) && !this.#recovery.busy(vm)) {
-        out.push([{ op: "delete", kind: "placement", key: vm }]);
-        placements.delete(vm);
-      }
-    }
-    return out;
   }
 }
 

@@ -25,6 +25,9 @@ const replySchema = v.object({
     })),
     v.maxLength(MAX_VMS),
   ),
+  unanswered: v.optional(
+    v.pipe(v.array(v.pipe(v.string(), v.maxLength(256))), v.maxLength(MAX_VMS)),
+  ),
 });
 
 /** Dials an agent as the coordinator. */
@@ -48,6 +51,8 @@ export class HostWatch {
   epoch: number;
   /** Its VMs, as last reported. */
   vms: LeasedVm[] = [];
+  /** VMs it has whose VMMs did not answer its last heartbeat in time: nothing is known of them. */
+  unanswered: string[] = [];
   /** The host name in its certificate, once connected. */
   certHost?: string;
   /** Why its last heartbeat failed. */
@@ -79,6 +84,8 @@ export class HostWatch {
         epoch: this.epoch,
         terms,
         ...(grant ? { grant } : {}),
+        // The VMMs get a third of the wait: the answer comes in time, if without the slow ones.
+        vmsWithinMs: Math.max(10, Math.floor(timeoutMs / 3)),
       }, { deadlineMs: timeoutMs });
       // The grant counts from the answer's arrival: the agent began this renewal before answering.
       const at = performance.now();
@@ -88,6 +95,7 @@ export class HostWatch {
       this.lastOkAt = at;
       this.answered = true;
       this.vms = reply.vms;
+      this.unanswered = reply.unanswered ?? [];
       this.lastError = undefined;
     } catch (e) {
       this.lastError = e instanceof v.ValiError

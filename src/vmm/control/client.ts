@@ -1,4 +1,5 @@
 /** Client side of a VMM's control socket, and discovery of VMs in a state directory. */
+import { within } from "../../rpc/deadline.ts";
 import { join } from "node:path";
 import { fromWireError, RpcError, type RpcErrorCode } from "../../rpc/errors.ts";
 import { closeQuietly } from "../../rpc/unix_server.ts";
@@ -124,30 +125,66 @@ export async function openConsole(stateDir: string, name: string): Promise<Conso
 
 /** Every live VM in the state directory; sockets whose VMM is gone are removed. */
 export async function listVms(stateDir: string): Promise<VmInfo[]> {
-  const out: VmInfo[] = [];
-  let entries: Deno.DirEntry[];
+  return (await surveyVms(stateDir)).vms;
+}
+
+/** VMMs asked at once by {@link surveyVms}. */
+const SURVEY_AT_ONCE = 32;
+
+/**
+ * Every live VM in the state directory, their VMMs asked a few at a time; with `withinMs`, a VMM
+ * that has not answered by then is named in `unanswered` instead of holding up the caller (a hung
+ * VMM must not cost its host the coordinator's lease). Sockets whose VMM is gone are removed.
+ */
+export async function surveyVms(
+  stateDir: string,
+  withinMs?: number,
+): Promise<{ vms: VmInfo[]; unanswered: string[] }> {
+  const vms: VmInfo[] = [], unanswered: string[] = [];
+  let names: string[];
   try {
-    entries = [...Deno.readDirSync(stateDir)];
+    names = [...Deno.readDirSync(stateDir)].filter((e) => e.name.endsWith(".sock"))
+      .map((e) => e.name.slice(0, -5));
   } catch {
-    return out;
+    return { vms, unanswered };
   }
-  for (const e of entries) {
-    if (!e.name.endsWith(".sock")) continue;
-    const name = e.name.slice(0, -5);
+  const signal = withinMs === undefined ? undefined : AbortSignal.timeout(withinMs);
+  let over = false;
+  const ask = async (name: string): Promise<true> => {
     try {
-      const info = await request<VmInfo>(stateDir, name, { op: "info" });
+      const info = await request<VmInfo>(stateDir, name, { op: "info" }, undefined, signal);
+      // An answer after the survey ended is not one: that VM was named unanswered.
+      if (over) return true;
       // A VM told to stop answers until its process is gone; it is not running any more.
       // A VMM from before accelerators does not say: it runs on KVM.
-      if (info.state !== "stopped") out.push({ ...info, accel: info.accel ?? "kvm" });
+      if (info.state !== "stopped") vms.push({ ...info, accel: info.accel ?? "kvm" });
     } catch (err) {
-      if (err instanceof VmNotFoundError) {
+      if (over) return true;
+      if (signal?.aborted) unanswered.push(name);
+      else if (err instanceof VmNotFoundError) {
         try {
-          Deno.removeSync(join(stateDir, e.name));
+          Deno.removeSync(join(stateDir, `${name}.sock`));
         } catch {
           // Another client cleaned it.
         }
       }
     }
+    return true;
+  };
+  const end = performance.now() + (withinMs ?? 0);
+  for (let i = 0; i < names.length; i += SURVEY_AT_ONCE) {
+    await Promise.all(
+      names.slice(i, i + SURVEY_AT_ONCE).map(async (name) => {
+        if (withinMs === undefined) return await ask(name);
+        // Bounded as a whole: a connect to a VMM that accepts nothing any more does not see `signal`.
+        const done = await within(ask(name), Math.max(0, end - performance.now()));
+        if (!done && !unanswered.includes(name)) unanswered.push(name);
+      }),
+    );
   }
-  return out.sort((a, b) => a.name.localeCompare(b.name));
+  over = true;
+  return {
+    vms: vms.sort((a, b) => a.name.localeCompare(b.name)),
+    unanswered: unanswered.sort(),
+  };
 }
