@@ -15,7 +15,7 @@ import { RpcClient, RpcServer } from "../net/quic.ts";
 import { Revocations } from "../net/revocation.ts";
 import type { RpcHandler } from "../rpc/dispatcher.ts";
 import { ConfigError, RpcError } from "../rpc/errors.ts";
-import { listVms, request } from "../vmm/control/client.ts";
+import { listVms, request, surveyVms } from "../vmm/control/client.ts";
 import type { MachineSpec } from "../vmm/machine.ts";
 import { relayConsole } from "./console.ts";
 import { pageHandlers } from "./pages.ts";
@@ -98,6 +98,9 @@ function dialable(listen: string): boolean {
 export const DEFAULT_GUEST_DIR = "/var/lib/dcres/guests";
 
 const log = getLogger(["dcres", "agent"]);
+
+/** How long `status` waits for each VMM before naming it unanswered. */
+const STATUS_VMS_WITHIN_MS = 2000;
 
 /** The accelerator a request asks for (its `accel`), else the agent's default. */
 function accelArg(cfg: AgentConfig, args: Record<string, unknown>): AccelChoice {
@@ -203,19 +206,24 @@ export class Agent {
       ...(cfg.recheckMs ? { limits: { recheckMs: cfg.recheckMs } } : {}),
     });
     quic.start();
-    handlers.status = async () => ({
-      host: me.host,
-      version: DCRES_VERSION,
-      accel: cfg.accel ?? accelChoice(),
-      addr: formatHostPort(quic.addr),
-      uptimeMs: Math.round(performance.now() - t0),
-      vms: await listVms(Agent.stateDir(cfg)),
-      checkpoints: storeUsage(cfg.dataDir),
-      pageStores: { capacityPages: stores.capacityPages, vms: stores.list() },
-      refusedConnections: quic.refused,
-      peers: quic.peers(),
-      scrub: scrubs.toJSON(),
-    });
+    handlers.status = async () => {
+      // Bounded: an operator's `dcres status` answers while a VMM hangs, and names it.
+      const survey = await surveyVms(Agent.stateDir(cfg), STATUS_VMS_WITHIN_MS);
+      return {
+        host: me.host,
+        version: DCRES_VERSION,
+        accel: cfg.accel ?? accelChoice(),
+        addr: formatHostPort(quic.addr),
+        uptimeMs: Math.round(performance.now() - t0),
+        vms: survey.vms,
+        ...(survey.unanswered.length ? { unanswered: survey.unanswered } : {}),
+        checkpoints: storeUsage(cfg.dataDir),
+        pageStores: { capacityPages: stores.capacityPages, vms: stores.list() },
+        refusedConnections: quic.refused,
+        peers: quic.peers(),
+        scrub: scrubs.toJSON(),
+      };
+    };
     const local = new LocalRpcServer(Agent.socketPath(cfg), handlers);
     const agent = new Agent(cfg, quic, local, me.host);
     agent.pageStores = stores;

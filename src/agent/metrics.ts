@@ -2,7 +2,7 @@
 import { join } from "node:path";
 import { listGenerations } from "../ckpt/inspect.ts";
 import { metricFamily } from "../codec/prometheus.ts";
-import { listVms } from "../vmm/control/client.ts";
+import { surveyVms } from "../vmm/control/client.ts";
 import type { ScrubCounters } from "./scrub.ts";
 import { safeReadDir } from "./paths.ts";
 
@@ -38,10 +38,14 @@ export interface MetricsSources {
   scrubs: ScrubCounters;
 }
 
+/** How long the metrics wait for each VMM before counting it unanswered. */
+const METRICS_VMS_WITHIN_MS = 2000;
+
 /** The agent's Prometheus metrics, as text. */
 export async function metricsText(o: MetricsSources): Promise<string> {
   const { t0, scrubs } = o;
-  const vms = await listVms(o.stateDir);
+  // Bounded below a scrape's timeout: a VMM that hangs is counted, not waited for.
+  const { vms, unanswered } = await surveyVms(o.stateDir, METRICS_VMS_WITHIN_MS);
   const paged = vms.filter((v) => v.paging);
   const m = metricFamily;
   const lines = [
@@ -49,6 +53,9 @@ export async function metricsText(o: MetricsSources): Promise<string> {
       { value: Number(((performance.now() - t0) / 1000).toFixed(1)) },
     ]),
     ...m("dcres_vms", "gauge", "VMs this agent supervises.", [{ value: vms.length }]),
+    ...m("dcres_vms_unanswered", "gauge", "VMs whose VMM did not answer in time.", [
+      { value: unanswered.length },
+    ]),
     ...m(
       "dcres_vm_memory_bytes",
       "gauge",

@@ -14,6 +14,8 @@ interface Status {
   accel?: string;
   uptimeMs: number;
   vms: VmInfo[];
+  /** VMs whose VMM did not answer in time (absent when none). */
+  unanswered?: string[];
   checkpoints: Array<{ store: string; generations: number; bytes: number }>;
   refusedConnections: number;
   peers: string[];
@@ -36,6 +38,13 @@ export async function statusCommand(g: GlobalOptions, f: { dataDir: string }): P
           ).join(", ")
           : "none"
       }`,
+      ...(s.unanswered?.length
+        ? [
+          `VMs not answering: ${
+            s.unanswered.join(", ")
+          } (their VMMs may hang: see their logs, or 'dcres vm stop NAME')`,
+        ]
+        : []),
       `checkpoints: ${
         s.checkpoints.length
           ? s.checkpoints.map((c) =>
