@@ -265,3 +265,64 @@ Deno.test("a checksummed manifest whose fragments field is null is refused with 
   const m = { ...manifestFor(FRAG_PAGES, "g000001/main.frag", 1), fragments: null };
   refusesManifest(encodeManifest(m as unknown as Manifest), 24, "fragments");
 });
+
+for (
+  const [what, change, expect] of [
+    ["a fragment size that is negative", { bytes: -1 }, "fragments[0].bytes"],
+    ["a fragment size that is not whole", { bytes: 1.5 }, "fragments[0].bytes"],
+    ["a fragment size past any fragment of the VM", { bytes: 2 ** 40 }, "this VM's largest"],
+  ] as const
+) {
+  Deno.test(`a checksummed manifest with ${what} is refused naming the field`, () => {
+    const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+    const fragments = [{ ...m.fragments[0], ...change }];
+    const bytes = manifestWithBody(encodeCbor({ ...m, fragments }));
+    assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, expect);
+  });
+}
+
+const goodSplit = {
+  mainMemBytes: 4096,
+  hosts: { node1: "main", node2: "127.0.0.3:7400" },
+  mainAddr: "127.0.0.2:7400",
+};
+for (
+  const [what, split, expect] of [
+    ["split that is a list", [goodSplit], `field "split" is not a map`],
+    ["main's budget that is negative", { ...goodSplit, mainMemBytes: -4096 }, "mainMemBytes"],
+    ["split hosts that are a list", { ...goodSplit, hosts: ["node1"] }, "split.hosts"],
+    [
+      "a split host that is not a host name",
+      { ...goodSplit, hosts: { "../x": "127.0.0.3:7400" } },
+      "split.hosts",
+    ],
+    [
+      "a split host whose address is not one",
+      { ...goodSplit, hosts: { node2: "node2" } },
+      "split.hosts.node2",
+    ],
+    [
+      `more than ${MAX_ADDRS} split hosts`,
+      {
+        ...goodSplit,
+        hosts: Object.fromEntries(
+          Array.from({ length: MAX_ADDRS + 1 }, (_, i) => [`n${i}`, "h:1"]),
+        ),
+      },
+      `more than ${MAX_ADDRS}`,
+    ],
+    ["main's address without a port", { ...goodSplit, mainAddr: "127.0.0.2" }, "split.mainAddr"],
+  ] as const
+) {
+  Deno.test(`a checksummed manifest with ${what} is refused naming the field`, () => {
+    const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+    const bytes = manifestWithBody(encodeCbor({ ...m, split }));
+    assertThrows(() => decodeManifest(MFILE, bytes), CheckpointFormatError, expect);
+  });
+}
+
+Deno.test("a manifest of a split VM with its participants' addresses decodes with them", () => {
+  const m = manifestFor(FRAG_PAGES, "g000003/main.frag", 7);
+  const got = decodeManifest(MFILE, manifestWithBody(encodeCbor({ ...m, split: goodSplit })));
+  assertEquals(got.split, goodSplit);
+});

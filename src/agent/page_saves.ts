@@ -24,7 +24,8 @@ import { isName } from "../codec/names.ts";
 import { parseHostPort } from "../net/address.ts";
 import type { RpcClient } from "../net/quic.ts";
 import { ReplicaSink } from "../net/replica_sink.ts";
-import { fragmentBound, type ReplicaHost } from "../paging/split_replicas.ts";
+import type { ReplicaHost } from "../paging/split_replicas.ts";
+import { fragmentBound } from "../ckpt/fragment_layout.ts";
 
 /** One checkpoint under way of one VM on this host. */
 interface SaveSession extends SaveSessionBase {

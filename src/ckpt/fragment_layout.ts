@@ -4,6 +4,7 @@
  */
 import { array, pad, struct, u16, u32, u64, u8 } from "../ffi/struct.ts";
 import { magic } from "./format.ts";
+import { PAGE_SIZE } from "../accel/accel.ts";
 
 /** "DCRFRAG" */
 export const FRAGMENT_MAGIC: Uint8Array = magic("DCRFRAG");
@@ -69,3 +70,16 @@ export const fragmentFooter = struct("fragment_footer", {
   reserved: pad(12, 4),
   footer_crc32: u32,
 });
+
+/** Most precopy rounds a checkpoint runs, of any strategy (one host: 30, a split VM: 10). */
+export const MAX_PRECOPY_ROUNDS = 30;
+
+/**
+ * The most bytes a fragment of a host holding `pages` pages can reach: every page saved in each
+ * precopy round and once more, with its index. A replica's agent refuses a stream past it, and a
+ * manifest recording a bigger fragment is refused.
+ */
+export function fragmentBound(pages: number): number {
+  const copies = pages * (MAX_PRECOPY_ROUNDS + 1);
+  return HEADER_SIZE + copies * (PAGE_SIZE + pageEntry.size + chunkEntry.size) + (1 << 20);
+}

@@ -19,6 +19,7 @@ import {
   writeHead,
 } from "./format.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { fragmentBound } from "./fragment_layout.ts";
 
 /** "DCRMANIF" */
 export const MANIFEST_MAGIC: Uint8Array = magic("DCRMANIF");
@@ -233,12 +234,13 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
   if (!isName("vm", m.machine.spec.name)) {
     bad(HEADER, new NameError(`field "machine.spec.name"`, m.machine.spec.name, "vm").message);
   }
-  const mainAddr: unknown = m.split?.mainAddr;
-  if (mainAddr !== undefined && (typeof mainAddr !== "string" || mainAddr.length > 300)) {
-    bad(HEADER, `field "split.mainAddr" is not an address (HOST:PORT)`);
-  }
   checkAddrs(m, bad);
+  checkSplit(m, bad);
+  const most = fragmentBound(mem / PAGE_SIZE);
   for (const [k, f] of m.fragments.entries()) {
+    if (!isCount(f.bytes) || f.bytes > most) {
+      bad(HEADER, `field "fragments[${k}].bytes" is not a size up to ${most} (this VM's largest)`);
+    }
     // A fragment path is joined to the store: only gNNNNNN/HOST.frag, never absolute nor `..`.
     if (!isName("fragment-path", f.path)) {
       bad(HEADER, new NameError(`field "fragments[${k}].path"`, f.path, "fragment-path").message);
@@ -271,6 +273,41 @@ export function decodeManifest(file: string, buf: Uint8Array): Manifest {
     }
   }
   return m;
+}
+
+/**
+ * Checks `split` of `m`, when present: main's budget a size, at most MAX_ADDRS
+ * participants by host name, each with an agent address ("main" for main), and main's address.
+ */
+function checkSplit(m: Manifest, bad: (off: number, what: string) => never): void {
+  const split: unknown = m.split;
+  if (split === undefined) return;
+  if (typeof split !== "object" || split === null || Array.isArray(split)) {
+    bad(HEADER, `field "split" is not a map`);
+  }
+  const sp = split as Record<string, unknown>;
+  if (!isCount(sp.mainMemBytes) || sp.mainMemBytes > MAX_MEM_SIZE) {
+    bad(HEADER, `field "split.mainMemBytes" is not a size up to ${MAX_MEM_SIZE}`);
+  }
+  const hosts = sp.hosts;
+  if (typeof hosts !== "object" || hosts === null || Array.isArray(hosts)) {
+    bad(HEADER, `field "split.hosts" is not a map of host names to addresses`);
+  }
+  const entries = Object.entries(hosts as Record<string, unknown>);
+  if (entries.length > MAX_ADDRS) {
+    bad(HEADER, `field "split.hosts" has ${entries.length} entries, more than ${MAX_ADDRS}`);
+  }
+  for (const [name, a] of entries) {
+    if (!isName("host", name)) {
+      bad(HEADER, new NameError(`field "split.hosts"`, name, "host").message);
+    }
+    if (a !== "main" && !isRecordedAddress(a)) {
+      bad(HEADER, `field "split.hosts.${name}" is not an address (HOST:PORT) or "main"`);
+    }
+  }
+  if (sp.mainAddr !== undefined && !isRecordedAddress(sp.mainAddr)) {
+    bad(HEADER, `field "split.mainAddr" is not an address (HOST:PORT)`);
+  }
 }
 
 /** Checks the 1.4 fields `addrs` and `host` of `m`, when present; `bad` throws. */

@@ -23,11 +23,12 @@ import {
 import { type CowSaver, CowSession } from "./cow.ts";
 import { AccelCowSession } from "./cow_accel.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
+import { MAX_PRECOPY_ROUNDS } from "./fragment_layout.ts";
 
 /** The host name of a one-host VM's fragment (`gNNNNNN/main.frag`), whichever host wrote it. */
 export const ONE_HOST = "main";
 const BATCH = 16384;
-const MAX_ROUNDS = 30;
+const MAX_ROUNDS = MAX_PRECOPY_ROUNDS;
 
 /**
  * Copies of a one-host VM's fragment on other hosts, streamed while it is written, and copies of its

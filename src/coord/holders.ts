@@ -75,6 +75,7 @@ export async function chooseHolders(
     }
   });
   const answers = await askHolders(calls, plan.store, asked);
+  // Every holder is asked or known to be down: each has an answer below.
   for (const a of down) answers.set(a, { error: "down" });
   const load = new Map<string, number>();
   return plan.fragments.map((f, k) => {
@@ -86,7 +87,7 @@ export async function chooseHolders(
     const ok = holders[k].filter(whole);
     if (!ok.length) {
       const said = holders[k].map((a) => {
-        const r = answers.get(a) ?? { error: "not asked" };
+        const r = answers.get(a)!;
         if ("error" in r) return `${a}: ${r.error}`;
         const size = r.sizes[f.path];
         return `${a}: ${size === undefined ? "missing" : `${size} of ${f.bytes} bytes`}`;

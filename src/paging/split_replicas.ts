@@ -4,10 +4,7 @@
  * then the sub-hosts in order), so no two copies of a fragment share a host and every host holds
  * as many copies of others' fragments as it wrote itself.
  */
-import { PAGE_SIZE } from "../accel/accel.ts";
-import { chunkEntry, HEADER_SIZE, pageEntry } from "../ckpt/fragment_layout.ts";
 import { MAX_COPIES } from "../ckpt/manifest.ts";
-import { MAX_ROUNDS } from "./split_save.ts";
 
 /** A host a copy goes to. */
 export interface ReplicaHost {
@@ -46,13 +43,4 @@ export function ringPlacement(n: number, replicas: number): number[][] {
     { length: n },
     (_, k) => Array.from({ length: replicas - 1 }, (_, j) => (k + 1 + j) % n),
   );
-}
-
-/**
- * The most bytes a fragment of a host holding `pages` pages can reach: every page saved in each
- * precopy round and once more, with its index. A replica's agent refuses a stream past it.
- */
-export function fragmentBound(pages: number): number {
-  const copies = pages * (MAX_ROUNDS + 1);
-  return HEADER_SIZE + copies * (PAGE_SIZE + pageEntry.size + chunkEntry.size) + (1 << 20);
 }

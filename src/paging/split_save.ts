@@ -11,8 +11,9 @@ import type { DirtyTracker, DirtyTransaction } from "../memory/dirty_tracker.ts"
 import type { SplitCheckpoint } from "./split_session.ts";
 import { PAGE_SIZE } from "../accel/accel.ts";
 
-/** Rounds of precopy before the pause, and of saving after the point, at most. */
-export const MAX_ROUNDS = 10;
+/** Rounds of precopy before the pause, and of saving after the point, at most (within the bound
+ * `fragmentBound` counts on, MAX_PRECOPY_ROUNDS). */
+const MAX_ROUNDS = 10;
 /** Waits for pages on the move to land, after a round that saved nothing, at most. */
 const MAX_WAITS = 10_000;
 /** Write rate assumed before the first round measured one. */

@@ -24,7 +24,7 @@ import { ReplicaSink } from "../net/replica_sink.ts";
 import { pickCopyHosts } from "../paging/copy_placement.ts";
 import { type StoreHolder, storeHolders } from "../ckpt/holders.ts";
 import { pruneCopies } from "./copy_retention.ts";
-import { fragmentBound } from "../paging/split_replicas.ts";
+import { fragmentBound } from "../ckpt/fragment_layout.ts";
 
 const log = getLogger(["dcres", "checkpoint"]);
 
