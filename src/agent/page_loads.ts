@@ -4,7 +4,7 @@
  * and checked before the call answers; lazily, the store answers for them at once and reads each
  * from its fragment on first request, while a background pass brings in the rest.
  */
-import { relative } from "node:path";
+import { isAbsolute, relative } from "node:path";
 import { getLogger } from "@logtape/logtape";
 import * as v from "valibot";
 import * as libc from "../ffi/libc.ts";
@@ -30,6 +30,9 @@ const BATCH = 1024;
  * needs first meanwhile.
  */
 const FILL_DELAY_MS = 1_500;
+/** The first wait before a fill batch that failed is tried again; it doubles up to the next. */
+const FILL_RETRY_MS = 10_000;
+const MAX_FILL_RETRY_MS = 600_000;
 
 /**
  * Replaces the damaged copies a failed read of generation `dir` met; resolves with the files
@@ -42,6 +45,7 @@ class CheckpointPages implements PageSource {
   #ck: OpenCheckpoint;
   readonly #frags: ReadonlySet<number>;
   #healing?: Promise<boolean>;
+  #closed = false;
 
   constructor(ck: OpenCheckpoint, frags: ReadonlySet<number>) {
     this.#ck = ck;
@@ -55,13 +59,19 @@ class CheckpointPages implements PageSource {
 
   /**
    * Has `heal` replace the damaged copies here and reopens the checkpoint; resolves false when
-   * nothing was replaced (the pages cannot come from here). One healing at a time.
+   * nothing was replaced (the pages cannot come from here), or the load ended meanwhile. One
+   * healing at a time.
    */
   heal(heal: Heal): Promise<boolean> {
     this.#healing ??= (async () => {
       try {
-        if (!(await heal(this.#ck.dir)).length) return false;
-        const next = OpenCheckpoint.open(this.#ck.dir, this.#frags);
+        const dir = this.#ck.dir, id = this.#ck.manifest.id;
+        if (!(await heal(dir)).length || this.#closed) return false;
+        const next = OpenCheckpoint.open(dir, this.#frags);
+        if (this.#closed || next.manifest.id !== id) {
+          next.close();
+          return false;
+        }
         this.#ck.close();
         this.#ck = next;
         return true;
@@ -73,8 +83,23 @@ class CheckpointPages implements PageSource {
   }
 
   close(): void {
+    this.#closed = true;
     this.#ck.close();
   }
+}
+
+/**
+ * Generation directory `dir` as a store path under checkpoint root `root` (both as the file system
+ * resolves them: the root may be reached through a symbolic link), or undefined when it is not one.
+ */
+function underRoot(root: string, dir: string): string | undefined {
+  let rel: string;
+  try {
+    rel = relative(Deno.realPathSync(root), Deno.realPathSync(dir));
+  } catch {
+    return undefined;
+  }
+  return rel && !rel.startsWith("..") && !isAbsolute(rel) ? rel : undefined;
 }
 
 /** Resolves a checkpoint argument as the agent does, to its generation directory. */
@@ -94,6 +119,8 @@ export class PageLoads {
   readonly #resolve: ResolveCheckpoint;
   readonly #heal?: Heal;
   readonly #sources = new WeakMap<VmPageStore, CheckpointPages>();
+  /** Settles when the fill batch under way (of any load here) and its pause are over. */
+  #turn: Promise<void> = Promise.resolve();
 
   /**
    * Over `stores`, with checkpoints under `root` found through `resolve`; `heal` replaces damaged
@@ -121,7 +148,8 @@ export class PageLoads {
         if (!describe) continue;
         const src = v.parse(LoadSource, JSON.parse(new TextDecoder().decode(describe)));
         const only = new Set(src.fragments);
-        const ck = OpenCheckpoint.open(this.#resolve(src.ckpt, "root", "ckpt"), only);
+        // As a peer's argument: a store path under the checkpoint root, never an absolute path.
+        const ck = OpenCheckpoint.open(this.#resolve(src.ckpt, "agent", "ckpt"), only);
         if (ck.manifest.id !== src.id) {
           ck.close();
           throw new Error(`${src.ckpt} is checkpoint ${ck.manifest.id} now, not ${src.id}`);
@@ -170,25 +198,45 @@ export class PageLoads {
     }
   }
 
-  /** Reads every page still in the checkpoint into `store`, a batch at a time, after a while. */
+  /**
+   * Reads every page still in the checkpoint into `store`, a batch at a time, after a while; one
+   * batch at a time on this host, whatever the loads. A batch that fails (after a heal) is tried
+   * again later, the wait doubling: main's requests still get their pages meanwhile, if they can.
+   */
   async #fillInBackground(store: VmPageStore): Promise<void> {
     await sleep(FILL_DELAY_MS);
     const t0 = performance.now(), total = store.pendingPages;
+    let wait = FILL_RETRY_MS;
     while (!store.closed && store.pendingPages) {
-      const tb = performance.now();
+      const turn = this.#turn;
+      let done!: () => void;
+      this.#turn = new Promise((r) => done = r);
+      await turn;
+      let failed: Error | undefined;
       try {
+        if (store.closed) break;
+        const tb = performance.now();
         await this.ready(store, store.nextPending(BATCH));
+        wait = FILL_RETRY_MS;
+        // At most half of a CPU: main's page requests, the guest and the agent's other work first.
+        await sleep(performance.now() - tb);
       } catch (e) {
-        if (store.closed) return;
-        log.error("{vm}: lazy load stopped with {left} pages still in the checkpoint: {error}", {
+        failed = e as Error;
+      } finally {
+        done();
+      }
+      if (!failed || store.closed) continue;
+      log.error(
+        "{vm}: {left} pages still in the checkpoint; the fill tries again in {s} s: {error}",
+        {
           vm: store.vm,
           left: store.pendingPages,
-          error: (e as Error).message,
-        });
-        return;
-      }
-      // At most half of a CPU: main's page requests, the guest and the agent's other work come first.
-      await sleep(performance.now() - tb);
+          s: wait / 1000,
+          error: failed.message,
+        },
+      );
+      await sleep(wait);
+      wait = Math.min(2 * wait, MAX_FILL_RETRY_MS);
     }
     if (store.closed) return;
     log.info("{vm}: lazy load of {pages} pages done in {ms} ms", {
@@ -230,10 +278,12 @@ export class PageLoads {
         stores.drop(vm);
         stores.reserve(gfns.length);
         const store = stores.store(vm, pages, true);
-        if (args.lazy === true) {
+        // Lazily only what an agent started again can find (a store path under its root).
+        const ckpt = underRoot(this.#root, opened.dir);
+        if (args.lazy === true && ckpt !== undefined) {
           const source = new CheckpointPages(opened, only);
           const describe: v.InferOutput<typeof LoadSource> = {
-            ckpt: relative(this.#root, opened.dir),
+            ckpt,
             id: opened.manifest.id,
             fragments: [...only],
           };

@@ -32,6 +32,8 @@ async function serve(
     case PageOp.GET:
       await saves.beforeLeaving(vm, r.gfns);
       await loads.ready(store, r.gfns);
+      // The store may have been dropped or loaded afresh while this request waited.
+      if (store.closed) throw new PageStoreError(`${vm}: its pages here were replaced; ask again`);
       return store.get(r.gfns);
     case PageOp.PUT: {
       // A page still held here is replaced (main took it over as a zero page and cancelled its

@@ -334,8 +334,12 @@ export class FragmentReader {
     for (let c = 0; c < this.chunks.length; c++) if (this.chunks[c].compressed) this.inflate(c);
   }
 
-  /** Closes the file. */
+  #closed = false;
+
+  /** Closes the file; once, so a descriptor number reused since is never closed under its owner. */
   close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
     libc.close(this.fd);
   }
 }

@@ -9,9 +9,11 @@ import { PageStoreError } from "./page_index.ts";
 import {
   decodeLazyHeader,
   decodeLazyRecord,
-  encodeLazyHeader,
   encodeLazyRecord,
+  encodeLazySlot,
   LAZY_HEADER,
+  lazyLayout,
+  slotOffset,
 } from "./lazy_record.ts";
 
 /**
@@ -49,6 +51,8 @@ export class PendingPages {
   readonly #bits: Uint8Array;
   readonly #describe: Uint8Array;
   readonly #record: Deno.FsFile;
+  readonly #slotAt: (seq: number) => number;
+  #seq: number;
   #count = 0;
   #cursor = 0;
   #source?: PageSource;
@@ -59,9 +63,13 @@ export class PendingPages {
     pages: number,
     bits: Uint8Array,
     describe: Uint8Array,
+    seq: number,
     source?: PageSource,
   ) {
     this.#path = path;
+    this.#seq = seq;
+    const layout = lazyLayout(pages, describe.length);
+    this.#slotAt = (n) => slotOffset(layout, n);
     this.#pages = pages;
     this.#bits = bits;
     this.#describe = describe;
@@ -83,8 +91,11 @@ export class PendingPages {
   ): PendingPages {
     const bits = new Uint8Array(Math.ceil(pages / 8));
     for (let i = 0; i < gfns.length; i++) bits[gfns[i] >> 3] |= 1 << (gfns[i] & 7);
-    writeFileAtomic(path, encodeLazyRecord({ pages, pending: bits, source: describe }));
-    return new PendingPages(path, pages, bits, describe, source);
+    writeFileAtomic(path, encodeLazyRecord({ pages, pending: bits, source: describe }), {
+      // One name, so a kill in the middle leaves nothing the next record does not replace.
+      tmp: `${path}.tmp`,
+    });
+    return new PendingPages(path, pages, bits, describe, 0, source);
   }
 
   /**
@@ -106,8 +117,8 @@ export class PendingPages {
       );
     }
     for (let g = 0; g < pages; g++) if (held(g)) r.pending[g >> 3] &= ~(1 << (g & 7));
-    const p = new PendingPages(path, pages, r.pending, r.source);
-    p.#writeThrough(0, r.pending.length - 1);
+    const p = new PendingPages(path, pages, r.pending, r.source, r.seq);
+    p.#writeThrough();
     if (p.#count) return p;
     p.finish();
     return undefined;
@@ -140,6 +151,10 @@ export class PendingPages {
 
   /** Reads from `source` from now on (a damaged copy replaced, or a load picked up); the old one is closed. */
   attach(source: PageSource): void {
+    if (this.#closed) {
+      source.close();
+      return;
+    }
     this.#source?.close();
     this.#source = source;
   }
@@ -170,21 +185,25 @@ export class PendingPages {
 
   /** Takes `gfns` off the record (in the store now, put by main, or released to it). */
   clear(gfns: ArrayLike<number>): void {
-    let lo = Infinity, hi = -1;
+    let changed = false;
     for (let i = 0; i < gfns.length; i++) {
       const g = gfns[i];
       if (!this.has(g)) continue;
       this.#bits[g >> 3] &= ~(1 << (g & 7));
       this.#count--;
-      lo = Math.min(lo, g >> 3);
-      hi = Math.max(hi, g >> 3);
+      changed = true;
     }
-    if (hi >= 0) this.#writeThrough(lo, hi);
+    if (changed) this.#writeThrough();
   }
 
-  #writeThrough(lo: number, hi: number) {
-    writeFull(this.#record, LAZY_HEADER + lo, this.#bits.subarray(lo, hi + 1));
-    writeFull(this.#record, 0, encodeLazyHeader(this.#pages, this.#bits, this.#describe));
+  /**
+   * Writes the bitmap into the slot of the older sequence number, in one piece: a kill that cuts it
+   * short leaves the other slot, one update older, whose pages are either in the index now (it
+   * wins) or were released in a call main never had an answer to (main sends it again).
+   */
+  #writeThrough() {
+    this.#seq++;
+    writeFull(this.#record, this.#slotAt(this.#seq), encodeLazySlot(this.#seq, this.#bits));
   }
 
   /** The load is over: the source and the record go. */

@@ -1,11 +1,13 @@
 /**
  * The record of a lazy load under way in a sub-host's page store (`VM.lazy`), so an agent killed in
  * the middle of one picks it up again instead of forgetting the pages still in the checkpoint: a
- * header (magic "DCRESPGL", format version, page count, checksums, the length of the source's
- * description), the bitmap of the pages still in the source, written through as pages come in,
- * and the description (opaque here; the agent writes which checkpoint and fragments). The file is
- * removed once the load is done. Compatibility: a reader opens records of its own major version
- * (any minor); a newer major is refused by name.
+ * header (magic "DCRESPGL", format version, page count, the length and checksum of the source's
+ * description), the description (opaque here; the agent writes which checkpoint and fragments), and
+ * two slots, each a sequence number, a checksum and the bitmap of the pages still in the source.
+ * Updates go to the slot of the older sequence number in one write, so one cut short by a kill
+ * leaves the other slot, one update older, to read. The file is removed once the load is done.
+ * Compatibility: a reader opens records of its own major version (any minor); a newer major is
+ * refused by name.
  */
 import { crc32, hasMagic, magic, writeHead } from "../ckpt/format.ts";
 import { PageStoreError } from "./page_index.ts";
@@ -16,6 +18,8 @@ export const LAZY_MAGIC: Uint8Array = magic("DCRESPGL");
 export const LAZY_VERSION = { major: 1, minor: 0 } as const;
 /** Bytes of the record header. */
 export const LAZY_HEADER = 32;
+/** Bytes of a slot's own header (sequence number, checksum, reserved) before its bitmap. */
+export const SLOT_HEADER = 16;
 /** Most bytes of a source's description. */
 export const MAX_SOURCE_BYTES = 64 << 10;
 
@@ -27,6 +31,16 @@ export interface LazyLoadRecord {
   pending: Uint8Array;
   /** The source's description, as the agent wrote it. */
   source: Uint8Array;
+  /** Sequence number of the slot `pending` was read from (0 in a new record). */
+  seq: number;
+}
+
+/** Where the parts of a record of `pages` pages with a `sourceLen`-byte description are. */
+export function lazyLayout(pages: number, sourceLen: number) {
+  const bitmap = Math.ceil(pages / 8);
+  const slots = LAZY_HEADER + Math.ceil(sourceLen / 8) * 8;
+  const slotSize = SLOT_HEADER + bitmap;
+  return { bitmap, slots, slotSize, size: slots + 2 * slotSize };
 }
 
 function flaw(path: string, why: string): PageStoreError {
@@ -36,44 +50,50 @@ function flaw(path: string, why: string): PageStoreError {
   );
 }
 
-/** The header of a record of `pages` pages, `pending` its bitmap, `source` its description. */
-export function encodeLazyHeader(
-  pages: number,
-  pending: Uint8Array,
-  source: Uint8Array,
-): Uint8Array {
-  const h = new Uint8Array(LAZY_HEADER);
-  const dv = writeHead(h, LAZY_MAGIC, LAZY_VERSION);
-  dv.setUint32(12, pages, true);
-  dv.setUint32(16, crc32(pending), true);
-  dv.setUint32(20, source.length, true);
-  dv.setUint32(24, crc32(source), true);
-  dv.setUint32(28, crc32(h.subarray(0, 28)), true);
-  return h;
+/** A slot holding `pending` under sequence number `seq`, as written in one piece. */
+export function encodeLazySlot(seq: number, pending: Uint8Array): Uint8Array {
+  const out = new Uint8Array(SLOT_HEADER + pending.length);
+  const dv = new DataView(out.buffer);
+  dv.setBigUint64(0, BigInt(seq), true);
+  out.set(pending, SLOT_HEADER);
+  dv.setUint32(8, crc32(out.subarray(SLOT_HEADER), crc32(out.subarray(0, 8))), true);
+  return out;
 }
 
-/** A whole record: header, bitmap, description. */
-export function encodeLazyRecord(r: LazyLoadRecord): Uint8Array {
+/** Where the slot for sequence number `seq` is, in a record of this layout. */
+export function slotOffset(layout: ReturnType<typeof lazyLayout>, seq: number): number {
+  return layout.slots + (seq % 2) * layout.slotSize;
+}
+
+/** A whole new record (sequence number 0 in both slots). */
+export function encodeLazyRecord(r: Omit<LazyLoadRecord, "seq">): Uint8Array {
   if (r.source.length > MAX_SOURCE_BYTES) {
     throw new PageStoreError(`a lazy load's source description is over ${MAX_SOURCE_BYTES} bytes`);
   }
-  const out = new Uint8Array(LAZY_HEADER + r.pending.length + r.source.length);
-  out.set(encodeLazyHeader(r.pages, r.pending, r.source), 0);
-  out.set(r.pending, LAZY_HEADER);
-  out.set(r.source, LAZY_HEADER + r.pending.length);
+  const layout = lazyLayout(r.pages, r.source.length);
+  const out = new Uint8Array(layout.size);
+  const dv = writeHead(out, LAZY_MAGIC, LAZY_VERSION);
+  dv.setUint32(12, r.pages, true);
+  dv.setUint32(16, r.source.length, true);
+  dv.setUint32(20, crc32(r.source), true);
+  dv.setUint32(28, crc32(out.subarray(0, 28)), true);
+  out.set(r.source, LAZY_HEADER);
+  const slot = encodeLazySlot(0, r.pending);
+  out.set(slot, layout.slots);
+  out.set(slot, layout.slots + layout.slotSize);
   return out;
 }
 
 /**
  * Checks a record's header (its first LAZY_HEADER bytes, of a file of `fileSize` bytes); returns
- * the page count and how many bytes the whole record is, so no more is read.
+ * the page count, the description's length and how many bytes the whole record is.
  */
 export function decodeLazyHeader(
   path: string,
   h: Uint8Array,
   fileSize: number,
   maxPages: number,
-): { pages: number; size: number } {
+): { pages: number; sourceLen: number; size: number } {
   if (h.length < LAZY_HEADER || fileSize < LAZY_HEADER) {
     throw flaw(path, "record is too short for its header");
   }
@@ -90,31 +110,43 @@ export function decodeLazyHeader(
   if (crc32(h.subarray(0, 28)) !== dv.getUint32(28, true)) {
     throw flaw(path, "record header checksum mismatch");
   }
-  const pages = dv.getUint32(12, true), sourceLen = dv.getUint32(20, true);
+  const pages = dv.getUint32(12, true), sourceLen = dv.getUint32(16, true);
   if (pages < 1 || pages > maxPages) throw flaw(path, `record is of ${pages} pages`);
   if (sourceLen > MAX_SOURCE_BYTES) {
     throw flaw(path, `source description of ${sourceLen} bytes, over ${MAX_SOURCE_BYTES}`);
   }
-  const size = LAZY_HEADER + Math.ceil(pages / 8) + sourceLen;
+  const { size } = lazyLayout(pages, sourceLen);
   if (fileSize < size) throw flaw(path, "record is cut short");
   if (fileSize > size) throw flaw(path, "record has bytes past its end");
-  return { pages, size };
+  return { pages, sourceLen, size };
 }
 
-/** Decodes a whole record (`bytes`, from its first byte); throws PageStoreError naming the flaw. */
+/**
+ * Decodes a whole record (`bytes`, from its first byte), its pending pages from the slot of the
+ * higher sequence number whose checksum holds; throws PageStoreError naming the flaw.
+ */
 export function decodeLazyRecord(
   path: string,
   bytes: Uint8Array,
   maxPages: number,
 ): LazyLoadRecord {
-  const { pages } = decodeLazyHeader(path, bytes, bytes.length, maxPages);
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, LAZY_HEADER);
-  const bitmap = Math.ceil(pages / 8);
-  const pending = bytes.slice(LAZY_HEADER, LAZY_HEADER + bitmap);
-  if (crc32(pending) !== dv.getUint32(16, true)) throw flaw(path, "bitmap checksum mismatch");
-  const source = bytes.slice(LAZY_HEADER + bitmap);
-  if (crc32(source) !== dv.getUint32(24, true)) {
+  const { pages, sourceLen } = decodeLazyHeader(path, bytes, bytes.length, maxPages);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
+  const source = bytes.slice(LAZY_HEADER, LAZY_HEADER + sourceLen);
+  if (crc32(source) !== dv.getUint32(20, true)) {
     throw flaw(path, "source description checksum mismatch");
   }
-  return { pages, pending, source };
+  const layout = lazyLayout(pages, sourceLen);
+  let best: { seq: number; at: number } | undefined;
+  for (const at of [layout.slots, layout.slots + layout.slotSize]) {
+    const slot = bytes.subarray(at, at + layout.slotSize);
+    const crc = crc32(slot.subarray(SLOT_HEADER), crc32(slot.subarray(0, 8)));
+    if (crc !== dv.getUint32(at + 8, true)) continue;
+    const seq = dv.getBigUint64(at, true);
+    if (seq > BigInt(Number.MAX_SAFE_INTEGER)) continue;
+    if (!best || Number(seq) > best.seq) best = { seq: Number(seq), at };
+  }
+  if (!best) throw flaw(path, "both copies of its pending bitmap fail their checksums");
+  const from = best.at + SLOT_HEADER;
+  return { pages, pending: bytes.slice(from, from + layout.bitmap), source, seq: best.seq };
 }

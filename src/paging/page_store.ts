@@ -73,6 +73,9 @@ export class VmPageStore {
   static open(dir: string, vm: string, pages: number, fresh = false): VmPageStore {
     Deno.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const indexPath = join(dir, `${vm}.held`);
+    const record = join(dir, `${vm}.lazy`);
+    // Before the index is emptied: a kill in between never leaves an old load's record over it.
+    if (fresh) removeLazyRecord(record);
     const index = Deno.openSync(indexPath, { read: true, write: true, create: true });
     let held: Uint8Array, crcs: Uint32Array;
     let created = false;
@@ -104,9 +107,9 @@ export class VmPageStore {
     data.truncateSync(pages * PAGE_SIZE);
     const store = new VmPageStore(dir, vm, pages, data, index, held, crcs);
     if (created) store.writeHeader();
-    const record = join(dir, `${vm}.lazy`);
     try {
-      if (fresh) removeQuietly(record);
+      // An index made anew has no load under way: a record beside it is an orphan.
+      if (created) removeLazyRecord(record);
       else store.#lazy = PendingPages.recover(record, pages, (g) => store.#inStore(g));
     } catch (e) {
       store.close();
@@ -308,9 +311,19 @@ export class VmPageStore {
   }
 }
 
-/** Deletes the store files of `vm` under `dir`. */
+/** Deletes a lazy load record at `path` and what a kill in its writing may have left. */
+function removeLazyRecord(path: string) {
+  removeQuietly(path);
+  removeQuietly(`${path}.tmp`);
+}
+
+/**
+ * Deletes the store files of `vm` under `dir`, the lazy load record first: a kill in the middle
+ * never leaves a record whose load would come back without its store.
+ */
 function removeStore(dir: string, vm: string) {
-  for (const ext of ["pages", "held", "lazy"]) removeQuietly(join(dir, `${vm}.${ext}`));
+  removeLazyRecord(join(dir, `${vm}.lazy`));
+  for (const ext of ["held", "pages"]) removeQuietly(join(dir, `${vm}.${ext}`));
 }
 
 function popcount(b: number): number {
