@@ -30,12 +30,15 @@ class FakeSource implements PageSource {
   }
 }
 
-/** A committed one-fragment checkpoint of FRAG_PAGES pages in store `dir`; its generation dir. */
+/** A committed one-fragment checkpoint of FRAG_PAGES pages (a copy on node2) in store `dir`; its generation dir. */
 async function checkpointIn(dir: string): Promise<string> {
   const store = new CheckpointStore(dir);
   const { dir: gen } = store.begin();
   const footerCrc = await writeFragment(join(gen, "main.frag"), false);
-  commitManifest(gen, manifestFor(FRAG_PAGES, `${gen.slice(dir.length + 1)}/main.frag`, footerCrc));
+  const m = manifestFor(FRAG_PAGES, `${gen.slice(dir.length + 1)}/main.frag`, footerCrc);
+  // Another host holds a copy: only such a fragment is loaded lazily.
+  m.fragments[0].copies = ["node2"];
+  commitManifest(gen, m);
   return gen;
 }
 
@@ -376,5 +379,41 @@ Deno.test("a source given to a closed store is closed, not kept", () => {
     const late = new FakeSource();
     s.replaceSource(late);
     assert(late.closed, "the late source is let go of");
+  });
+});
+
+Deno.test("a lazy load of a fragment no other host holds reads it whole first, so a damaged page refuses it", async () => {
+  await withTmp(async (tmp) => {
+    const root = join(tmp, "ckpt");
+    const store = new CheckpointStore(join(root, "vm1"));
+    const { dir: gen } = store.begin();
+    const footerCrc = await writeFragment(join(gen, "main.frag"), false);
+    commitManifest(gen, manifestFor(FRAG_PAGES, "g000001/main.frag", footerCrc));
+    const stores = new PageStores(join(tmp, "pages"), 1000, "h1");
+    const load = new PageLoads(
+      stores,
+      root,
+      (arg, role, field) => checkpointPath(root, arg, "generation", role, field),
+    ).handlers(vmArgs)["pages.load"];
+    const args = { vm: "vm1", pages: FRAG_PAGES, ckpt: "vm1", fragments: [0], lazy: true };
+    try {
+      const r = await load(args, ctx("agent")) as { lazy?: boolean };
+      assertEquals(r.lazy, undefined, "loaded eagerly");
+      assertEquals(stores.store("vm1", FRAG_PAGES).pendingPages, 0);
+      const f = Deno.openSync(join(gen, "main.frag"), { write: true });
+      // The first chunk's pages (gfns 1, 7 and 0; gfn 1's copy there is superseded).
+      f.seekSync(4096, Deno.SeekMode.Start);
+      f.writeSync(new Uint8Array(3 * 4096).fill(0xee));
+      f.close();
+      let refused: unknown;
+      try {
+        await load(args, ctx("agent"));
+      } catch (e) {
+        refused = e;
+      }
+      assert(refused instanceof Error && /checksum/.test(refused.message), String(refused));
+    } finally {
+      stores.drop("vm1");
+    }
   });
 });

@@ -278,9 +278,12 @@ export class PageLoads {
         stores.drop(vm);
         stores.reserve(gfns.length);
         const store = stores.store(vm, pages, true);
-        // Lazily only what an agent started again can find (a store path under its root).
+        // Lazily only what an agent started again can find (a store path under its root), and only
+        // fragments another host holds a copy of: a damaged page met later can be had from there.
+        // A fragment of one copy is read whole first, so a damaged one refuses the restore up front.
         const ckpt = underRoot(this.#root, opened.dir);
-        if (args.lazy === true && ckpt !== undefined) {
+        const copied = [...only].every((k) => !!opened.manifest.fragments[k]?.copies?.length);
+        if (args.lazy === true && ckpt !== undefined && copied) {
           const source = new CheckpointPages(opened, only);
           const describe: v.InferOutput<typeof LoadSource> = {
             ckpt,
