@@ -200,7 +200,7 @@ Deno.test("only an empty store can be backed by a checkpoint", () => {
   });
 });
 
-Deno.test("a host's stores read every page still in a checkpoint in before the agent stops", () => {
+Deno.test("a host's stores read every page still in a checkpoint in before the agent stops, for as long as they are given", () => {
   withDir((dir) => {
     const stores = new PageStores(dir, 10_000, "h1");
     const good = new FakeSource(), bad = new FakeSource(new Set([7]));
@@ -210,7 +210,7 @@ Deno.test("a host's stores read every page still in a checkpoint in before the a
       DESCRIBE,
     );
     stores.store("b", 64, true).backWith([6, 7, 8], bad, DESCRIBE);
-    assertEquals(stores.finishLoads(), 3, "the pages of a source that fails are counted lost");
+    assertEquals(stores.finishLoads(60_000), 3, "the pages of a source that fails are left");
     assertEquals(stores.list().map((s) => [s.vm, s.pendingPages]), [["a", 0], ["b", 3]]);
     assert(good.closed);
     stores.drop("b");
@@ -220,6 +220,29 @@ Deno.test("a host's stores read every page still in a checkpoint in before the a
       assertEquals(a.get([0, 2499]), pagesOf([0, 2499]));
     } finally {
       a.close();
+      stores.drop("a");
+    }
+  });
+});
+
+Deno.test("a stopping agent out of time leaves the pages still in the checkpoint to the record", () => {
+  withDir((dir) => {
+    const stores = new PageStores(dir, 10_000, "h1");
+    const src = new FakeSource();
+    stores.store("a", 3000, true).backWith(
+      Array.from({ length: 2500 }, (_, i) => i),
+      src,
+      DESCRIBE,
+    );
+    assertEquals(stores.finishLoads(0), 2500);
+    assertEquals(src.reads, []);
+    stores.store("a", 3000).close();
+    const again = VmPageStore.open(dir, "a", 3000);
+    try {
+      assertEquals([again.pendingPages, again.heldPages], [2500, 2500]);
+      assertEquals(again.unfinishedLoad, DESCRIBE);
+    } finally {
+      again.close();
       stores.drop("a");
     }
   });

@@ -304,6 +304,8 @@ export class VmPageStore {
 
   /** Closes the files (and the source of pages not yet read: those are no longer held). */
   close(): void {
+    // Once: a descriptor number reused since must never be closed under its new owner.
+    if (this.#closed) return;
     this.#closed = true;
     this.#lazy?.close();
     this.data.close();
@@ -380,22 +382,25 @@ export class PageStores {
   }
 
   /**
-   * Reads every page still in a checkpoint into its store (the agent stopping: a restarted agent
-   * knows only the pages its index claims); returns how many could not be read.
+   * Reads pages still in a checkpoint into their stores for up to `withinMs` (the agent stopping:
+   * what is left stays in the lazy load records, picked up again at the next start); returns how
+   * many are left.
    */
-  finishLoads(): number {
-    let lost = 0;
+  finishLoads(withinMs: number): number {
+    const end = performance.now() + withinMs;
     for (const s of this.open.values()) {
       for (let b = s.nextPending(FINISH_BATCH); b.length; b = s.nextPending(FINISH_BATCH)) {
+        if (performance.now() > end) break;
         try {
           s.fill(b);
         } catch {
-          lost += s.pendingPages;
           break;
         }
       }
     }
-    return lost;
+    let left = 0;
+    for (const s of this.open.values()) left += s.pendingPages;
+    return left;
   }
 
   /**
