@@ -289,22 +289,7 @@ function checkSplit(m: Manifest, bad: (off: number, what: string) => never): voi
   if (!isCount(sp.mainMemBytes) || sp.mainMemBytes > MAX_MEM_SIZE) {
     bad(HEADER, `field "split.mainMemBytes" is not a size up to ${MAX_MEM_SIZE}`);
   }
-  const hosts = sp.hosts;
-  if (typeof hosts !== "object" || hosts === null || Array.isArray(hosts)) {
-    bad(HEADER, `field "split.hosts" is not a map of host names to addresses`);
-  }
-  const entries = Object.entries(hosts as Record<string, unknown>);
-  if (entries.length > MAX_ADDRS) {
-    bad(HEADER, `field "split.hosts" has ${entries.length} entries, more than ${MAX_ADDRS}`);
-  }
-  for (const [name, a] of entries) {
-    if (!isName("host", name)) {
-      bad(HEADER, new NameError(`field "split.hosts"`, name, "host").message);
-    }
-    if (a !== "main" && !isRecordedAddress(a)) {
-      bad(HEADER, `field "split.hosts.${name}" is not an address (HOST:PORT) or "main"`);
-    }
-  }
+  checkHostMap("split.hosts", sp.hosts, true, bad);
   if (sp.mainAddr !== undefined && !isRecordedAddress(sp.mainAddr)) {
     bad(HEADER, `field "split.mainAddr" is not an address (HOST:PORT)`);
   }
@@ -316,19 +301,33 @@ function checkAddrs(m: Manifest, bad: (off: number, what: string) => never): voi
   if (host !== undefined && !isName("host", host)) {
     bad(HEADER, new NameError(`field "host"`, host, "host").message);
   }
-  const addrs: unknown = m.addrs;
-  if (addrs === undefined) return;
-  if (typeof addrs !== "object" || addrs === null || Array.isArray(addrs)) {
-    bad(HEADER, `field "addrs" is not a map of host names to addresses`);
+  if (m.addrs !== undefined) checkHostMap("addrs", m.addrs, false, bad);
+}
+
+/**
+ * Checks `field`, a map of at most MAX_ADDRS host names to agent addresses (`"main"` too when
+ * `main` allows it); `bad` throws.
+ */
+function checkHostMap(
+  field: string,
+  map: unknown,
+  main: boolean,
+  bad: (off: number, what: string) => never,
+): void {
+  if (typeof map !== "object" || map === null || Array.isArray(map)) {
+    bad(HEADER, `field "${field}" is not a map of host names to addresses`);
   }
-  const entries = Object.entries(addrs as Record<string, unknown>);
+  const entries = Object.entries(map as Record<string, unknown>);
   if (entries.length > MAX_ADDRS) {
-    bad(HEADER, `field "addrs" has ${entries.length} entries, more than ${MAX_ADDRS}`);
+    bad(HEADER, `field "${field}" has ${entries.length} entries, more than ${MAX_ADDRS}`);
   }
   for (const [name, a] of entries) {
-    if (!isName("host", name)) bad(HEADER, new NameError(`field "addrs"`, name, "host").message);
-    if (!isRecordedAddress(a)) {
-      bad(HEADER, `field "addrs.${name}" is not an address (HOST:PORT)`);
+    if (!isName("host", name)) bad(HEADER, new NameError(`field "${field}"`, name, "host").message);
+    if (!(main && a === "main") && !isRecordedAddress(a)) {
+      bad(
+        HEADER,
+        `field "${field}.${name}" is not an address (HOST:PORT)${main ? ` or "main"` : ""}`,
+      );
     }
   }
 }
